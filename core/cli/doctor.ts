@@ -1,0 +1,18 @@
+import { initBackend } from '../backend.js';
+import { parse } from './args.js';
+
+export const summary = 'show which tfjs backend runs here, and why the faster ones do not';
+
+export async function run(argv: string[]): Promise<void> {
+  const { values } = parse(argv, { backend: { type: 'string' }, json: { type: 'boolean' } });
+  const r = await initBackend(values.backend);
+  if (values.json) {
+    console.log(JSON.stringify(r));
+    return;
+  }
+  console.log(`backend   ${r.chosen}${r.forcedBy ? ` (forced by ${r.forcedBy})` : ''}`);
+  console.log(`tfjs      ${r.tfjsVersion}`);
+  console.log(`threads   ${r.threads}`);
+  console.log(`gpu       ${r.gpu}`);
+  for (const a of r.attempts) if (a.name !== r.chosen) console.log(`  ${a.name.padEnd(15)} ${a.reason}`);
+}

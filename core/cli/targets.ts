@@ -1,0 +1,47 @@
+import { hog, type HogBias } from '../targets/hog.js';
+import { readRgb } from '../targets/image.js';
+import { pixelTargets } from '../targets/pixels.js';
+import { numberList, parse, positiveInt, UsageError } from './args.js';
+
+export const summary = 'print the HOG or pixel targets of one image (no resize)';
+
+export async function run(argv: string[]): Promise<void> {
+  const { values } = parse(argv, {
+    image: { type: 'string' },
+    kind: { type: 'string', default: 'hog' },
+    bins: { type: 'string', default: '9' },
+    cells: { type: 'string', default: '4,8,16,32' },
+    bias: { type: 'string' },
+    'norm-pix': { type: 'boolean', default: false },
+    json: { type: 'boolean', default: false },
+  });
+  if (!values.image) throw new UsageError('--image FILE is required');
+  if (values.kind !== 'hog' && values.kind !== 'pixel') throw new UsageError(`--kind: expected hog or pixel, got "${values.kind}"`);
+  const nbins = positiveInt('bins', values.bins);
+  const cells = numberList('cells', values.cells);
+  if (cells.some((c) => !Number.isInteger(c) || c < 1)) throw new UsageError(`--cells: expected positive integers, got "${values.cells}"`);
+  const bias = values.bias ? numberList('bias', values.bias) : undefined;
+  if (bias && bias.length !== 2) throw new UsageError(`--bias: expected two numbers b0,b1, got "${values.bias}"`);
+
+  const img = await readRgb(values.image);
+  const tooBig = cells.find((c) => c > img.height || c > img.width);
+  if (tooBig) throw new UsageError(`--cells: cell ${tooBig} is larger than the ${img.width}×${img.height} image ${values.image}`);
+  const perCell =
+    values.kind === 'hog'
+      ? hog(img, nbins, cells, bias && cells.map(() => bias as unknown as HogBias))
+      : cells.map((p) => pixelTargets(img, p, values['norm-pix']));
+  const scales = cells.map((cell, k) => {
+    const grid = [Math.floor(img.height / cell), Math.floor(img.width / cell)];
+    const L = grid[0]! * grid[1]!;
+    return { cell, grid, shape: [L, perCell[k]!.length / L], values: Array.from(perCell[k]!) };
+  });
+  const head =
+    values.kind === 'hog' ? { kind: 'hog', bins: nbins, ...(bias ? { bias } : {}) } : { kind: 'pixel', normPix: values['norm-pix'] };
+  if (values.json) {
+    console.log(JSON.stringify({ ...head, scales }));
+    return;
+  }
+  console.log(`${values.image}: ${img.width}×${img.height}, ${values.kind} targets`);
+  for (const s of scales)
+    console.log(`  cell ${String(s.cell).padStart(3)}  grid ${s.grid.join('×').padEnd(7)}  shape [${s.shape.join(', ')}]`);
+}

@@ -1,0 +1,145 @@
+import { z } from 'zod';
+
+/** Encoder shapes of the paper's models (spec §2); ViT-T is DeiT-Tiny's shape. */
+export const MODEL_SIZES = {
+  'vit-tiny': { D: 192, depth: 12, heads: 3 },
+  'vit-small': { D: 384, depth: 12, heads: 6 },
+  'vit-base': { D: 768, depth: 12, heads: 12 },
+  'vit-large': { D: 1024, depth: 24, heads: 16 },
+} as const;
+export type ModelSize = keyof typeof MODEL_SIZES;
+
+/** Prediction-grid scales relative to the patch grid (spec §8): ×4, ×2, ×1, ×0.5. */
+export const SCALES = [4, 2, 1, 0.5] as const;
+export type Scale = (typeof SCALES)[number];
+
+const int = (min: number) => z.number().int().min(min);
+
+export const ModelConfigBase = z.object({
+  size: z.enum(Object.keys(MODEL_SIZES) as [ModelSize, ...ModelSize[]]).default('vit-tiny'),
+  /** Overrides of the size's encoder width, depth and heads, for custom models. */
+  D: int(4).optional(),
+  depth: int(1).optional(),
+  heads: int(1).optional(),
+  imgSize: int(8).default(224),
+  patchSize: int(1).default(16),
+  mlpRatio: z.number().positive().default(4),
+  /** `local`: LocalMIM; `global`: MAE-style single decoder on the last block; `isolated`: gradients stopped after each tap (paper Table 5). */
+  variant: z.enum(['local', 'global', 'isolated']).default('local'),
+  target: z.enum(['hog', 'pixel']).default('hog'),
+  /** HOG orientation bins: 9 in the official ViT-B recipe, 18 in the paper and ViT-L. */
+  nbins: z.union([z.literal(9), z.literal(18)]).default(9),
+  /** Random frozen offsets on the Sobel responses, as the official `--hog_bias` (spec §10.2). */
+  hogBias: z.boolean().default(false),
+  /** Standardise each pixel-target token by its own mean and variance (spec §10.3). */
+  normPix: z.boolean().default(true),
+  maskRatio: z.number().gt(0).lt(1).default(0.75),
+  /** 0-based blocks whose outputs feed the decoders; default [1, 3, depth−3, depth−1] (global: [depth−1]). */
+  taps: z.array(int(0)).optional(),
+  /** One scale per tap; default [4, 2, 1, 0.5] (global: [1]). HOG cell / pixel patch of scale s is p/s. */
+  scales: z.array(z.union(SCALES.map((s) => z.literal(s)) as [z.ZodLiteral<Scale>, ...z.ZodLiteral<Scale>[]])).optional(),
+  decoderDim: int(4).default(256),
+  decoderHeads: int(1).default(8),
+  decoderDepth: int(1).default(1),
+});
+export type ModelConfig = z.output<typeof ModelConfigBase>;
+
+/** Everything the model needs, derived from a parsed config; never stored. */
+export interface ModelDims {
+  D: number;
+  depth: number;
+  heads: number;
+  /** Patch size, patch-grid side, patch count. */
+  p: number;
+  g: number;
+  L: number;
+  nKeep: number;
+  taps: number[];
+  scales: Scale[];
+  /** HOG cell size or pixel-target patch of each scale, in pixels. */
+  cells: number[];
+  /** Output features per location of each scale: 3·nbins (HOG) or 3·cell² (pixels). */
+  F: number[];
+}
+
+export function modelDims(c: ModelConfig): ModelDims {
+  const size = MODEL_SIZES[c.size];
+  const D = c.D ?? size.D;
+  const depth = c.depth ?? size.depth;
+  const heads = c.heads ?? size.heads;
+  const p = c.patchSize;
+  const g = Math.floor(c.imgSize / p);
+  const L = g * g;
+  const global = c.variant === 'global';
+  const taps = c.taps ?? (global ? [depth - 1] : [1, 3, depth - 3, depth - 1]);
+  const scales = c.scales ?? (global ? [1] : [...SCALES]);
+  const cells = scales.map((s) => p / s);
+  const F = cells.map((cell) => (c.target === 'hog' ? 3 * c.nbins : 3 * cell * cell));
+  return { D, depth, heads, p, g, L, nKeep: Math.floor(L * (1 - c.maskRatio)), taps, scales, cells, F };
+}
+
+export const ModelConfigSchema = ModelConfigBase.superRefine((c, ctx) => {
+  const issue = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: [path], message });
+  const d = modelDims(c);
+  if (d.D % d.heads !== 0) issue('heads', `encoder width D=${d.D} must be divisible by heads=${d.heads}`);
+  if (d.D % 4 !== 0) issue('D', `encoder width D=${d.D} must be a multiple of 4 (2-D sin-cos positions)`);
+  if (c.decoderDim % c.decoderHeads !== 0)
+    issue('decoderHeads', `decoderDim=${c.decoderDim} must be divisible by decoderHeads=${c.decoderHeads}`);
+  if (c.decoderDim % 4 !== 0) issue('decoderDim', `decoderDim=${c.decoderDim} must be a multiple of 4 (sin-cos positions, ×4 head)`);
+  if (c.imgSize % d.p !== 0) issue('imgSize', `imgSize=${c.imgSize} must be a multiple of patchSize=${d.p}`);
+  if (d.nKeep < 1 || d.nKeep >= d.L)
+    issue('maskRatio', `maskRatio=${c.maskRatio} keeps ${d.nKeep} of ${d.L} patches: at least one must be visible and one masked`);
+  if (d.taps.length !== d.scales.length) issue('taps', `${d.taps.length} taps but ${d.scales.length} scales: one scale per tapped block`);
+  if (d.taps.some((t, i) => t >= d.depth || (i > 0 && t <= d.taps[i - 1]!)))
+    issue('taps', `taps [${d.taps}] must be increasing 0-based block indices below depth=${d.depth}`);
+  if (c.variant === 'global' && d.scales.length !== 1) issue('scales', 'the global (MAE-style) variant has exactly one decoder and scale');
+  for (const [k, s] of d.scales.entries()) {
+    if (!Number.isInteger(d.cells[k]!) || d.cells[k]! < 1)
+      issue('patchSize', `patchSize=${d.p} must be divisible by ${s} for scale ×${s} (cell p/${s})`);
+    if (s === 0.5 && d.g % 2 !== 0) issue('imgSize', `scale ×0.5 needs an even patch grid, but imgSize/patchSize = ${d.g}`);
+  }
+  if (c.hogBias && c.target !== 'hog') issue('hogBias', 'hogBias applies only to HOG targets');
+});
+
+export const OptimConfigSchema = z.object({
+  /** Per-step batch (per process); the effective batch is batch · accumIter. */
+  batch: int(1).default(32),
+  accumIter: int(1).default(1),
+  epochs: int(1).default(100),
+  /** Warmup of the official 100-epoch recipe; 40 for the 1600-epoch ones. */
+  warmupEpochs: z.number().min(0).default(10),
+  /** Base learning rate: lr = blr · effective batch / 256 (spec §13). 2e-4 as the ViT-B recipe. */
+  blr: z.number().positive().default(2e-4),
+  /** Absolute learning rate; overrides blr when given. */
+  lr: z.number().positive().optional(),
+  minLr: z.number().min(0).default(1e-6),
+  weightDecay: z.number().min(0).default(0.05),
+  beta1: z.number().min(0).lt(1).default(0.9),
+  beta2: z.number().min(0).lt(1).default(0.95),
+  eps: z.number().positive().default(1e-8),
+});
+export type OptimConfig = z.output<typeof OptimConfigSchema>;
+
+export const RunConfigSchema = z.object({
+  model: ModelConfigSchema.default(() => ModelConfigSchema.parse({})),
+  optim: OptimConfigSchema.default(() => OptimConfigSchema.parse({})),
+  seed: int(0).default(0),
+});
+export type RunConfig = z.output<typeof RunConfigSchema>;
+export type RunConfigInput = z.input<typeof RunConfigSchema>;
+
+export const peakLr = (o: OptimConfig) => o.lr ?? (o.blr * o.batch * o.accumIter) / 256;
+
+/** Parses a config, turning zod's issues into one error that names each bad field. */
+export function parseRunConfig(input: unknown): RunConfig {
+  const r = RunConfigSchema.safeParse(input);
+  if (!r.success) throw new ConfigError(r.error.issues.map((i) => `${i.path.join('.') || '(config)'}: ${i.message}`));
+  return r.data;
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid config: ${problems.join('; ')}`);
+    this.name = 'ConfigError';
+  }
+}

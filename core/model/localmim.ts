@@ -1,0 +1,129 @@
+import * as tf from '@tensorflow/tfjs';
+import { modelDims, type ModelConfig, type ModelDims } from '../config.js';
+import { hog, type HogBias } from '../targets/hog.js';
+import { normalize, type RgbImage } from '../targets/image.js';
+import { pixelTargets } from '../targets/pixels.js';
+import { decode } from './decoder.js';
+import { randomMasking, scaleMask } from './masking.js';
+import { ParamStore } from './params.js';
+import { sinCosPosEmbed } from './posEmbed.js';
+import { forwardIntermediates } from './vit.js';
+
+/** A batch made ready on the host: everything that needs no gradient is gathered here, not in tfjs. */
+export interface PreparedBatch {
+  B: number;
+  /** Visible patches `[B·nKeep, 3p²]` in noise order, flattened `(c, dy, dx)`, normalised. */
+  patches: Float32Array;
+  /** Their fixed positions `[B·nKeep, D]`. */
+  pos: Float32Array;
+  idsKeep: Int32Array;
+  /** mask [B, L]: 1 = removed (predicted), 0 = visible. */
+  mask: Float32Array;
+  /** Per scale: target `[B, N_k, F_k]` and mask resampled to the scale's grid `[B, N_k]`. */
+  targets: Float32Array[];
+  scaleMasks: Float32Array[];
+}
+
+export type ForwardOutput = {
+  latents: tf.Tensor[];
+  preds: tf.Tensor[];
+  losses: tf.Scalar[];
+  loss: tf.Scalar;
+};
+
+/** LocalMIM (and its `global`/`isolated` variants): encoder taps → per-scale decoders → summed masked losses. */
+export class LocalMIM {
+  readonly dims: ModelDims;
+  readonly params: ParamStore;
+  private readonly posTable: Float32Array;
+
+  constructor(
+    readonly config: ModelConfig,
+    seed: number,
+  ) {
+    this.dims = modelDims(config);
+    this.params = new ParamStore(config, seed);
+    this.posTable = sinCosPosEmbed(this.dims.D, this.dims.g);
+  }
+
+  /** Masks, patches and targets of a batch of `imgSize²` images; `noise [B, L]` decides the mask (spec §6). */
+  prepare(images: RgbImage[], noise: Float32Array): PreparedBatch {
+    const { D, p, g, L, nKeep, cells, scales } = this.dims;
+    const B = images.length;
+    const { idsKeep, mask } = randomMasking(noise, B, L, nKeep);
+    const P = 3 * p * p;
+    const patches = new Float32Array(B * nKeep * P);
+    const pos = new Float32Array(B * nKeep * D);
+    const perImage = images.map((img) => this.targetsOf(img));
+    images.forEach((img, b) => {
+      const X = normalize(img);
+      for (let k = 0; k < nKeep; k++) {
+        const n = idsKeep[b * nKeep + k]!;
+        const [ty, tx] = [Math.floor(n / g), n % g];
+        const out = patches.subarray((b * nKeep + k) * P);
+        for (let c = 0; c < 3; c++)
+          for (let dy = 0; dy < p; dy++)
+            for (let dx = 0; dx < p; dx++) out[(c * p + dy) * p + dx] = X[((ty * p + dy) * img.width + tx * p + dx) * 3 + c]!;
+        pos.set(this.posTable.subarray((1 + n) * D, (2 + n) * D), (b * nKeep + k) * D);
+      }
+    });
+    const targets = cells.map((_, k) => concat(perImage.map((t) => t[k]!)));
+    const scaleMasks = scales.map((s) => scaleMask(mask, B, g, s));
+    return { B, patches, pos, idsKeep, mask, targets, scaleMasks };
+  }
+
+  /** Targets of one image, one `[N_k, F_k]` array per scale (spec §10). */
+  targetsOf(img: RgbImage): Float32Array[] {
+    const c = this.config;
+    const { cells, scales } = this.dims;
+    if (c.target === 'pixel') return cells.map((cell) => pixelTargets(img, cell, c.normPix));
+    const bias = c.hogBias ? scales.map((_, k) => this.params.get(`hog_enc.${k}.conv.bias`).dataSync() as unknown as HogBias) : undefined;
+    return hog(img, c.nbins, cells, bias);
+  }
+
+  /** The whole forward pass and loss (spec §11). Call inside `tf.tidy`. */
+  forward(batch: PreparedBatch): ForwardOutput {
+    const { D, p, L, nKeep, F } = this.dims;
+    const { B } = batch;
+    const P = (name: string) => this.params.get(name);
+    const patches = tf.tensor2d(batch.patches, [B * nKeep, 3 * p * p]);
+    const pos = tf.tensor2d(batch.pos, [B * nKeep, D]);
+    const latents = forwardIntermediates(P, this.dims, patches, pos, B, this.config.variant === 'isolated');
+    const un = { select: tf.tensor3d(selection(batch.idsKeep, B, L, nKeep), [B, L, nKeep]), mask: tf.tensor3d(batch.mask, [B, L, 1]) };
+    const preds = latents.map((z, k) => decode(P, k, this.config, this.dims, z, un, B));
+    const losses = preds.map((pred, k) => {
+      const N = batch.scaleMasks[k]!.length / B;
+      const target = tf.tensor3d(batch.targets[k]!, [B, N, F[k]!]);
+      return maskedMse(pred, target, batch.scaleMasks[k]!, [B, N]);
+    });
+    return { latents, preds, losses, loss: tf.addN(losses) as tf.Scalar };
+  }
+
+  dispose(): void {
+    this.params.dispose();
+  }
+}
+
+/** Σ M·mean_f (P − T)² / Σ M, over the whole batch (spec §11). */
+function maskedMse(pred: tf.Tensor, target: tf.Tensor, M: Float32Array, shape: [number, number]): tf.Scalar {
+  const total = M.reduce((a, b) => a + b, 0);
+  const perLocation = tf.mean(tf.squaredDifference(pred, target), -1); // [B, N]
+  return tf.div(tf.sum(tf.mul(perLocation, tf.tensor2d(M, shape))), total);
+}
+
+/** One-hot `[B, L, nKeep]`: patch n of sample b takes visible token k when idsKeep[b, k] = n. */
+function selection(idsKeep: Int32Array, B: number, L: number, nKeep: number): Float32Array {
+  const S = new Float32Array(B * L * nKeep);
+  for (let b = 0; b < B; b++) for (let k = 0; k < nKeep; k++) S[(b * L + idsKeep[b * nKeep + k]!) * nKeep + k] = 1;
+  return S;
+}
+
+function concat(parts: Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((n, a) => n + a.length, 0));
+  let at = 0;
+  for (const a of parts) {
+    out.set(a, at);
+    at += a.length;
+  }
+  return out;
+}

@@ -1,0 +1,47 @@
+import * as tf from '@tensorflow/tfjs';
+
+// tfjs's wasm backend hands only plain (untransposed) matmuls to its fast GEMM, and tf.matMul's own
+// gradient uses transposed ones (tfjs-notes §1). These ops transpose explicitly in forward and backward.
+
+// tf.customGrad's typing takes a variadic (Tensor | GradSaveFunc)[]; ours name their arguments.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+const customGrad = (
+  f: (...args: any[]) => { value: tf.Tensor; gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor | tf.Tensor[] },
+) => tf.customGrad(f as Parameters<typeof tf.customGrad>[0]);
+
+const T2 = (x: tf.Tensor) => tf.transpose(x, x.rank === 2 ? [1, 0] : [0, 2, 1]);
+
+/** `a @ b` for 2-D `[M, K] @ [K, N]` or batched 3-D `[n, M, K] @ [n, K, N]`, with explicit-transpose gradients. */
+export const mm = customGrad((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
+  save([a, b]);
+  return {
+    value: tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D),
+    gradFunc: (dy: tf.Tensor, [sa, sb]: tf.Tensor[]) => [
+      tf.matMul(dy as tf.Tensor2D, T2(sb!) as tf.Tensor2D),
+      tf.matMul(T2(sa!) as tf.Tensor2D, dy as tf.Tensor2D),
+    ],
+  };
+}) as (a: tf.Tensor, b: tf.Tensor) => tf.Tensor;
+
+/** PyTorch `nn.Linear` on `x [M, in]` with `W [out, in]` (the official layout) and `bias [out]`. */
+export function linear(x: tf.Tensor, W: tf.Tensor, bias?: tf.Tensor): tf.Tensor2D {
+  const y = mm(x, tf.transpose(W));
+  return (bias ? tf.add(y, bias) : y) as tf.Tensor2D;
+}
+
+/** LayerNorm over the last axis with PyTorch's biased variance. */
+export function layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps = 1e-6): tf.Tensor {
+  const { mean, variance } = tf.moments(x, -1, true);
+  return tf.add(tf.mul(tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps))), weight), bias);
+}
+
+/** Exact (erf) GELU, as PyTorch's default. */
+export function gelu(x: tf.Tensor): tf.Tensor {
+  return tf.mul(tf.mul(x, 0.5), tf.add(1, tf.erf(tf.mul(x, Math.SQRT1_2))));
+}
+
+/** Identity forward, zero gradient: tfjs has no stop_gradient op. */
+export const stopGradient = customGrad((x: tf.Tensor) => ({
+  value: tf.clone(x),
+  gradFunc: (dy: tf.Tensor) => tf.zerosLike(dy),
+})) as (x: tf.Tensor) => tf.Tensor;

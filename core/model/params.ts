@@ -1,0 +1,169 @@
+import * as tf from '@tensorflow/tfjs';
+import { modelDims, type ModelConfig } from '../config.js';
+import { Rng } from '../random.js';
+import { sinCosPosEmbed } from './posEmbed.js';
+
+/**
+ * A parameter by its official state-dict name (spec §14), in the official PyTorch layout:
+ * Linear `[out, in]`, Conv2d `[out, in, kh, kw]`, ConvTranspose2d `[in, out, kh, kw]`.
+ */
+export interface ParamSpec {
+  name: string;
+  shape: number[];
+  init: (rng: Rng, n: number) => Float32Array;
+}
+
+const fill = (v: number) => (_: Rng, n: number) => new Float32Array(n).fill(v);
+const uniform = (bound: number) => (rng: Rng, n: number) => Float32Array.from({ length: n }, () => rng.uniform(-bound, bound));
+const normal = (std: number) => (rng: Rng, n: number) => Float32Array.from({ length: n }, () => std * rng.normal());
+// Xavier-uniform for every Linear and for the patch embedding viewed as a [D, 3p²] matrix, as MAE does.
+const xavier = (fanOut: number, fanIn: number) => uniform(Math.sqrt(6 / (fanIn + fanOut)));
+
+function specs(c: ModelConfig): ParamSpec[] {
+  const { D, depth, p, scales, F } = modelDims(c);
+  const d = c.decoderDim;
+  const out: ParamSpec[] = [];
+  const add = (name: string, shape: number[], init: ParamSpec['init']) => out.push({ name, shape, init });
+  const linear = (name: string, o: number, i: number) => {
+    add(`${name}.weight`, [o, i], xavier(o, i));
+    add(`${name}.bias`, [o], fill(0));
+  };
+  const norm = (name: string, n: number) => {
+    add(`${name}.weight`, [n], fill(1));
+    add(`${name}.bias`, [n], fill(0));
+  };
+  // Heads keep PyTorch's conv defaults, U(±1/√fan_in); a transposed conv [in, out, k, k] has fan_in = out·k².
+  const conv1x1 = (name: string, o: number, i: number) => {
+    add(`${name}.weight`, [o, i, 1, 1], uniform(1 / Math.sqrt(i)));
+    add(`${name}.bias`, [o], uniform(1 / Math.sqrt(i)));
+  };
+  const deconv = (name: string, i: number, o: number) => {
+    add(`${name}.weight`, [i, o, 2, 2], uniform(1 / Math.sqrt(o * 4)));
+    add(`${name}.bias`, [o], uniform(1 / Math.sqrt(o * 4)));
+  };
+  const block = (name: string, W: number) => {
+    norm(`${name}.norm1`, W);
+    linear(`${name}.attn.qkv`, 3 * W, W);
+    linear(`${name}.attn.proj`, W, W);
+    norm(`${name}.norm2`, W);
+    linear(`${name}.mlp.fc1`, c.mlpRatio * W, W);
+    linear(`${name}.mlp.fc2`, W, c.mlpRatio * W);
+  };
+
+  add('cls_token', [1, 1, D], normal(0.02));
+  add('patch_embed.proj.weight', [D, 3, p, p], xavier(D, 3 * p * p));
+  add('patch_embed.proj.bias', [D], uniform(1 / Math.sqrt(3 * p * p)));
+  for (let i = 0; i < depth; i++) block(`blocks.${i}`, D);
+  scales.forEach((_, k) => norm(`norm.${k}`, D));
+  scales.forEach((s, k) => {
+    const dec = `decoder.${k}`;
+    add(`${dec}.mask_token`, [1, 1, d], normal(0.02));
+    linear(`${dec}.embed`, d, D);
+    for (let i = 0; i < c.decoderDepth; i++) block(`${dec}.blocks.${i}`, d);
+    norm(`${dec}.norm`, d);
+    const head = HEADS[s]!(d);
+    for (const layer of head) {
+      const name = `${dec}.pred.${layer.index}`;
+      if (layer.kind === 'deconv') deconv(name, layer.cin, layer.cout);
+      else if (layer.kind === 'norm') norm(name, layer.cin);
+      else if (layer.kind === 'conv') conv1x1(name, F[k]!, layer.cin);
+    }
+  });
+  return out;
+}
+
+/** The rescaling head of each scale (spec §8), with the official `pred.k` module indices. */
+export type HeadLayer = { index: number; kind: 'deconv' | 'norm' | 'gelu' | 'pool' | 'conv'; cin: number; cout: number };
+export const HEADS: Record<number, (d: number) => HeadLayer[]> = {
+  4: (d) => [
+    { index: 0, kind: 'deconv', cin: d, cout: d / 2 },
+    { index: 1, kind: 'norm', cin: d / 2, cout: d / 2 },
+    { index: 2, kind: 'gelu', cin: d / 2, cout: d / 2 },
+    { index: 3, kind: 'deconv', cin: d / 2, cout: d / 4 },
+    { index: 4, kind: 'conv', cin: d / 4, cout: 0 },
+  ],
+  2: (d) => [
+    { index: 0, kind: 'deconv', cin: d, cout: d / 2 },
+    { index: 1, kind: 'conv', cin: d / 2, cout: 0 },
+  ],
+  1: (d) => [{ index: 0, kind: 'conv', cin: d, cout: 0 }],
+  0.5: (d) => [
+    { index: 0, kind: 'pool', cin: d, cout: d },
+    { index: 1, kind: 'conv', cin: d, cout: 0 },
+  ],
+};
+
+/** Frozen tensors of the state dict: sin-cos tables and the HOG layers' Sobel kernels (and biases). */
+function bufferValues(c: ModelConfig, rng: Rng): Map<string, { shape: number[]; values: Float32Array }> {
+  const { D, g, scales } = modelDims(c);
+  const out = new Map<string, { shape: number[]; values: Float32Array }>();
+  out.set('pos_embed', { shape: [1, 1 + g * g, D], values: sinCosPosEmbed(D, g) });
+  scales.forEach((_, k) =>
+    out.set(`decoder.${k}.pos_embed`, { shape: [1, 1 + g * g, c.decoderDim], values: sinCosPosEmbed(c.decoderDim, g) }),
+  );
+  if (c.target !== 'hog') return out;
+  const sobel = Float32Array.of(1, 0, -1, 2, 0, -2, 1, 0, -1, 1, 2, 1, 0, 0, 0, -1, -2, -1);
+  scales.forEach((_, k) => {
+    out.set(`hog_enc.${k}.conv.weight`, { shape: [2, 1, 3, 3], values: sobel });
+    // The official bias keeps PyTorch's default conv init U(±1/3) (fan-in 9) and is frozen (spec §10.2).
+    if (c.hogBias) out.set(`hog_enc.${k}.conv.bias`, { shape: [2], values: uniform(1 / 3)(rng, 2) });
+  });
+  return out;
+}
+
+/** Whether AdamW decays a parameter: not 1-D tensors nor biases (timm `add_weight_decay`, spec §13). */
+export const decays = (name: string, shape: readonly number[]) => shape.length > 1 && !name.endsWith('.bias');
+
+/** The model's state: trainable variables and frozen buffers, both keyed by official name. */
+export class ParamStore {
+  private static instances = 0;
+  readonly vars = new Map<string, tf.Variable>();
+  readonly buffers = new Map<string, tf.Tensor>();
+
+  constructor(c: ModelConfig, seed: number) {
+    const rng = new Rng(seed);
+    // tfjs variable names are global: prefix them so that several models can live side by side.
+    const prefix = `m${ParamStore.instances++}/`;
+    for (const s of specs(c)) {
+      const n = s.shape.reduce((a, b) => a * b, 1);
+      this.vars.set(
+        s.name,
+        tf.tidy(() => tf.variable(tf.tensor(s.init(rng, n), s.shape), true, prefix + s.name)),
+      );
+    }
+    for (const [name, b] of bufferValues(c, rng)) this.buffers.set(name, tf.keep(tf.tensor(b.values, b.shape)));
+  }
+
+  get(name: string): tf.Tensor {
+    const t = this.vars.get(name) ?? this.buffers.get(name);
+    if (!t) throw new Error(`model has no parameter named ${name}`);
+    return t;
+  }
+
+  /** Every tensor of the state dict, by official name. */
+  entries(): [string, tf.Tensor][] {
+    return [...this.vars, ...this.buffers];
+  }
+
+  /** Overwrites named tensors (shapes must match); unknown names are an error, missing ones are kept. */
+  assign(values: ReadonlyMap<string, Float32Array>): void {
+    for (const [name, v] of values) {
+      const t = this.get(name);
+      if (v.length !== t.size) throw new Error(`${name}: expected ${t.size} values for shape [${t.shape}], got ${v.length}`);
+      const next = tf.tensor(v, t.shape);
+      if (t instanceof tf.Variable) {
+        t.assign(next);
+        next.dispose();
+      } else {
+        t.dispose();
+        this.buffers.set(name, tf.keep(next));
+      }
+    }
+  }
+
+  dispose(): void {
+    for (const [, t] of this.entries()) t.dispose();
+    this.vars.clear();
+    this.buffers.clear();
+  }
+}

@@ -1,0 +1,44 @@
+/** A small seeded PRNG (sfc32), so that masks, initialisation and data order are reproducible and resumable. */
+export class Rng {
+  private s: Uint32Array;
+
+  constructor(seed: number | Uint32Array) {
+    if (typeof seed !== 'number') {
+      this.s = Uint32Array.from(seed);
+      return;
+    }
+    this.s = new Uint32Array([0x9e3779b9, 0x243f6a88, 0xb7e15162, seed >>> 0]);
+    for (let i = 0; i < 12; i++) this.next();
+  }
+
+  /** Uniform in [0, 1). */
+  next(): number {
+    const s = this.s;
+    const t = (((s[0]! + s[1]!) >>> 0) + s[3]!) >>> 0;
+    s[3] = (s[3]! + 1) >>> 0;
+    s[0] = s[1]! ^ (s[1]! >>> 9);
+    s[1] = (s[2]! + (s[2]! << 3)) >>> 0;
+    s[2] = ((s[2]! << 21) | (s[2]! >>> 11)) >>> 0;
+    s[2] = (s[2]! + t) >>> 0;
+    return t / 4294967296;
+  }
+
+  uniform(lo: number, hi: number): number {
+    return lo + (hi - lo) * this.next();
+  }
+
+  /** Standard normal (Box–Muller). */
+  normal(): number {
+    const u = 1 - this.next();
+    return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * this.next());
+  }
+
+  fill(n: number): Float32Array {
+    return Float32Array.from({ length: n }, () => this.next());
+  }
+
+  /** The generator's state, to save in a checkpoint. */
+  state(): number[] {
+    return Array.from(this.s);
+  }
+}

@@ -1,0 +1,76 @@
+import * as tf from '@tensorflow/tfjs';
+import type { OptimConfig } from '../config.js';
+import type { LocalMIM, PreparedBatch } from '../model/localmim.js';
+import { AdamW } from './adamw.js';
+
+export interface StepResult {
+  /** Total loss averaged over the accumulated micro-batches, and the same per scale. */
+  loss: number;
+  losses: number[];
+  lr: number;
+}
+
+export class NonFiniteLossError extends Error {
+  constructor(
+    readonly step: number,
+    readonly losses: number[],
+  ) {
+    super(
+      `loss is not finite at optimizer step ${step} (per-scale losses ${losses.join(', ')}); stopped, weights kept from the last good step`,
+    );
+    this.name = 'NonFiniteLossError';
+  }
+}
+
+/** Forward, losses, backward and AdamW for one optimizer step over `accumIter` micro-batches. */
+export class TrainStep {
+  readonly optimizer: AdamW;
+
+  constructor(
+    readonly model: LocalMIM,
+    o: OptimConfig,
+  ) {
+    this.optimizer = new AdamW(model.params.vars, o);
+  }
+
+  /** Gradients of the mean loss over the micro-batches, and the per-scale losses; the caller disposes the grads. */
+  gradients(batches: PreparedBatch[]): { grads: tf.NamedTensorMap; losses: number[] } {
+    const vars = [...this.model.params.vars.values()];
+    let grads: tf.NamedTensorMap = {};
+    const losses = new Array<number>(this.model.dims.scales.length).fill(0);
+    for (const batch of batches) {
+      let scaleLosses: tf.Scalar[] = [];
+      const { value, grads: g } = tf.variableGrads(() => {
+        const out = this.model.forward(batch);
+        scaleLosses = out.losses.map((l) => tf.keep(l));
+        // Accumulation divides the loss, not the gradients, as the official loop does.
+        return tf.div(out.loss, batches.length) as tf.Scalar;
+      }, vars);
+      scaleLosses.forEach((l, k) => (losses[k]! += l.dataSync()[0]! / batches.length));
+      tf.dispose([value, ...scaleLosses]);
+      const sum = tf.tidy(() =>
+        Object.fromEntries(Object.entries(g).map(([name, t]) => [name, grads[name] ? tf.add(grads[name], t) : tf.clone(t)])),
+      );
+      tf.dispose([...Object.values(grads), ...Object.values(g)]);
+      grads = sum;
+    }
+    return { grads, losses };
+  }
+
+  /** One optimizer step at learning rate `lr`; throws {@link NonFiniteLossError} before touching the weights. */
+  run(batches: PreparedBatch[], lr: number): StepResult {
+    const { grads, losses } = this.gradients(batches);
+    const loss = losses.reduce((a, b) => a + b, 0);
+    if (!Number.isFinite(loss)) {
+      tf.dispose(Object.values(grads));
+      throw new NonFiniteLossError(this.optimizer.step + 1, losses);
+    }
+    this.optimizer.apply(grads, lr);
+    tf.dispose(Object.values(grads));
+    return { loss, losses, lr };
+  }
+
+  dispose(): void {
+    this.optimizer.dispose();
+  }
+}

@@ -1,0 +1,92 @@
+import { describe, expect, test } from 'vitest';
+import { ConfigError, modelDims, parseRunConfig, peakLr } from '../core/config.js';
+import { decays } from '../core/model/params.js';
+import { lrAt } from '../core/train/schedule.js';
+
+function problems(input: unknown): string[] {
+  try {
+    parseRunConfig(input);
+  } catch (err) {
+    if (err instanceof ConfigError) return err.problems;
+    throw err;
+  }
+  return [];
+}
+
+describe('config', () => {
+  test('defaults are the paper’s: ViT, patch 16 at 224, taps [1, 3, depth−3, depth−1], cells 4/8/16/32', () => {
+    const c = parseRunConfig({});
+    expect(c.model).toMatchObject({
+      imgSize: 224,
+      patchSize: 16,
+      maskRatio: 0.75,
+      nbins: 9,
+      decoderDim: 256,
+      decoderHeads: 8,
+      variant: 'local',
+    });
+    expect(modelDims(c.model)).toMatchObject({ taps: [1, 3, 9, 11], scales: [4, 2, 1, 0.5], cells: [4, 8, 16, 32], nKeep: 49, L: 196 });
+    expect(c.optim).toMatchObject({ beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.05, minLr: 1e-6 });
+  });
+
+  test('HOG cells follow the patch size: p = 8 gives 2/4/8/16', () => {
+    expect(modelDims(parseRunConfig({ model: { imgSize: 64, patchSize: 8 } }).model).cells).toEqual([2, 4, 8, 16]);
+  });
+
+  test('the global variant has one decoder on the last block at scale ×1', () => {
+    expect(modelDims(parseRunConfig({ model: { size: 'vit-small', variant: 'global' } }).model)).toMatchObject({
+      taps: [11],
+      scales: [1],
+      cells: [16],
+    });
+  });
+
+  test.each([
+    [{ model: { imgSize: 60 } }, /^model\.imgSize: .*multiple of patchSize/],
+    [{ model: { patchSize: 6, imgSize: 60 } }, /^model\.patchSize: .*scale ×4/],
+    [{ model: { imgSize: 48, patchSize: 16 } }, /^model\.imgSize: scale ×0\.5 needs an even patch grid/],
+    [{ model: { heads: 5 } }, /^model\.heads: .*divisible by heads=5/],
+    [{ model: { D: 30, heads: 3 } }, /^model\.D: .*multiple of 4/],
+    [{ model: { taps: [1, 3, 9] } }, /^model\.taps: 3 taps but 4 scales/],
+    [{ model: { taps: [1, 3, 3, 11] } }, /^model\.taps: .*increasing/],
+    [{ model: { taps: [1, 3, 9, 12] } }, /^model\.taps: .*below depth=12/],
+    [{ model: { variant: 'global', scales: [4, 1], taps: [5, 11] } }, /^model\.scales: .*exactly one decoder/],
+    [{ model: { maskRatio: 1.5 } }, /^model\.maskRatio/],
+    [{ model: { imgSize: 32, patchSize: 16, maskRatio: 0.9 } }, /^model\.maskRatio: .*keeps 0 of 4/],
+    [{ model: { decoderDim: 250 } }, /^model\.decoderHeads: /],
+    [{ model: { target: 'pixel', hogBias: true } }, /^model\.hogBias: /],
+    [{ model: { size: 'vit-huge' } }, /^model\.size: /],
+    [{ optim: { batch: 0 } }, /^optim\.batch: /],
+  ])('%j is rejected naming the field', (input, message) => {
+    const found = problems(input);
+    expect(
+      found.some((p) => message.test(p)),
+      found.join('\n'),
+    ).toBe(true);
+  });
+});
+
+describe('optimisation', () => {
+  const o = parseRunConfig({ optim: { batch: 64, accumIter: 4, blr: 1.5e-4, epochs: 100, warmupEpochs: 10 } }).optim;
+
+  test('lr = blr · effective batch / 256', () => {
+    expect(peakLr(o)).toBeCloseTo(1.5e-4, 12);
+    expect(peakLr({ ...o, lr: 3e-3 })).toBe(3e-3);
+  });
+
+  test('per-iteration warmup from 0, then cosine down to minLr', () => {
+    expect(lrAt(0, o)).toBe(0);
+    expect(lrAt(5, o)).toBeCloseTo(peakLr(o) / 2, 12);
+    expect(lrAt(10, o)).toBeCloseTo(peakLr(o), 12);
+    expect(lrAt(55, o)).toBeCloseTo(o.minLr + (peakLr(o) - o.minLr) / 2, 12);
+    expect(lrAt(100, o)).toBeCloseTo(o.minLr, 12);
+  });
+
+  test('weight decay skips 1-D tensors and biases, not tokens', () => {
+    expect(decays('blocks.0.attn.qkv.weight', [576, 192])).toBe(true);
+    expect(decays('cls_token', [1, 1, 192])).toBe(true);
+    expect(decays('decoder.0.mask_token', [1, 1, 256])).toBe(true);
+    expect(decays('blocks.0.norm1.weight', [192])).toBe(false);
+    expect(decays('decoder.0.pred.0.bias', [128])).toBe(false);
+  });
+});

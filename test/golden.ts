@@ -1,0 +1,24 @@
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import type { RgbImage } from '../core/targets/image.js';
+
+/** Reference outputs of the official code, read from the read-only `shared/` folder beside the checkout. */
+export function readGolden<T>(file: string): T {
+  const path = fileURLToPath(new URL(`../../shared/golden/${file}`, import.meta.url));
+  return JSON.parse(readFileSync(path, 'utf8')) as T;
+}
+
+export function goldenImage(img: { height: number; width: number; pixels_u8_hwc: number[] }): RgbImage {
+  return { height: img.height, width: img.width, data: Uint8Array.from(img.pixels_u8_hwc) };
+}
+
+/** Largest `|a − b| − tol(i)` over all entries; ≤ 0 means every entry is within its tolerance. */
+export function worstExcess(a: ArrayLike<number>, b: ArrayLike<number>, tol: (i: number) => number): { excess: number; index: number } {
+  if (a.length !== b.length) throw new Error(`length ${a.length} ≠ ${b.length}`);
+  let worst = { excess: -Infinity, index: -1 };
+  for (let i = 0; i < a.length; i++) {
+    const excess = Math.abs(a[i]! - b[i]!) - tol(i);
+    if (!(excess <= worst.excess)) worst = { excess, index: i };
+  }
+  return worst;
+}

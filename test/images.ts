@@ -1,0 +1,18 @@
+import type { RgbImage } from '../core/targets/image.js';
+import { Rng } from '../core/random.js';
+
+/** Smooth random test images: a few random sinusoids per channel, so that HOG targets have structure. */
+export function syntheticImages(n: number, size: number, seed: number): RgbImage[] {
+  const rng = new Rng(seed);
+  return Array.from({ length: n }, () => {
+    const waves = Array.from({ length: 9 }, () => [rng.uniform(-0.3, 0.3), rng.uniform(-0.3, 0.3), rng.uniform(0, 6.3)] as const);
+    const data = new Uint8Array(size * size * 3);
+    for (let y = 0; y < size; y++)
+      for (let x = 0; x < size; x++)
+        for (let c = 0; c < 3; c++) {
+          const v = waves.slice(3 * c, 3 * c + 3).reduce((s, [fx, fy, ph]) => s + Math.sin(fx * x + fy * y + ph), 0);
+          data[(y * size + x) * 3 + c] = Math.round(127.5 + 40 * v);
+        }
+    return { height: size, width: size, data };
+  });
+}
