@@ -1,5 +1,7 @@
-// npm run bench [-- --backends wasm,cpu --seconds 60]: one full pretraining step (forward, four losses,
-// backward, AdamW) of vit-tiny at 64 px, patch 8, batch 32, mask 0.75, on every backend that loads.
+// npm run bench [-- --only step,data --backends wasm,cpu --seconds 60]
+// step: one full pretraining step (forward, four losses, backward, AdamW) of vit-tiny at 64 px, patch 8,
+//       batch 32, mask 0.75, on every backend that loads.
+// data: indexing throughput against a bare sharp decode loop, and loader epochs with a cold and a warm cache.
 import * as tf from '@tensorflow/tfjs';
 import { parseArgs } from 'node:util';
 import { BACKENDS, useBackend, type BackendName } from '../core/backend.js';
@@ -8,9 +10,11 @@ import { LocalMIM } from '../core/model/localmim.js';
 import { Rng } from '../core/random.js';
 import { TrainStep } from '../core/train/step.js';
 import { syntheticImages } from '../test/images.js';
+import { benchData } from './data.js';
 
 const { values } = parseArgs({
   options: {
+    only: { type: 'string', default: 'data,step' },
     backends: { type: 'string', default: BACKENDS.join(',') },
     seconds: { type: 'string', default: '60' },
     batch: { type: 'string', default: '32' },
@@ -50,8 +54,11 @@ async function benchPretrainStep(backend: BackendName): Promise<Result> {
   return { backend, stepsPerS, imagesPerS: stepsPerS * B, steps };
 }
 
+const sections = values.only.split(',');
+if (sections.includes('data')) await benchData();
+
 const results: Result[] = [];
-for (const name of values.backends.split(',') as BackendName[]) {
+for (const name of sections.includes('step') ? (values.backends.split(',') as BackendName[]) : []) {
   const why = await useBackend(name);
   if (why) {
     console.log(`${name.padEnd(15)} skipped: ${why}`);
@@ -73,9 +80,11 @@ for (const name of values.backends.split(',') as BackendName[]) {
   );
 }
 
-console.log(`\npretrain step: vit-tiny, 64 px, patch 8, batch ${B}, mask 0.75, 4 decoders, HOG, AdamW (tfjs ${tf.version.tfjs})`);
-console.log('backend          steps/s   images/s   s/step   timed steps');
-for (const r of results)
-  console.log(
-    `${r.backend.padEnd(15)} ${r.stepsPerS.toFixed(3).padStart(8)} ${r.imagesPerS.toFixed(1).padStart(10)} ${(1 / r.stepsPerS).toFixed(2).padStart(8)} ${String(r.steps).padStart(13)}`,
-  );
+if (results.length) {
+  console.log(`\npretrain step: vit-tiny, 64 px, patch 8, batch ${B}, mask 0.75, 4 decoders, HOG, AdamW (tfjs ${tf.version.tfjs})`);
+  console.log('backend          steps/s   images/s   s/step   timed steps');
+  for (const r of results)
+    console.log(
+      `${r.backend.padEnd(15)} ${r.stepsPerS.toFixed(3).padStart(8)} ${r.imagesPerS.toFixed(1).padStart(10)} ${(1 / r.stepsPerS).toFixed(2).padStart(8)} ${String(r.steps).padStart(13)}`,
+    );
+}

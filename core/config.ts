@@ -143,3 +143,12 @@ export class ConfigError extends Error {
     this.name = 'ConfigError';
   }
 }
+
+/** The paper's configurations, as starting points: LocalMIM with HOG or pixels, the MAE baseline, isolated gradients. */
+export const PRESETS = {
+  'localmim-hog': { variant: 'local', target: 'hog' },
+  'localmim-pixel': { variant: 'local', target: 'pixel' },
+  mae: { variant: 'global', target: 'pixel' },
+  isolated: { variant: 'isolated', target: 'hog' },
+} as const satisfies Record<string, Partial<ModelConfig>>;
+export type Preset = keyof typeof PRESETS;

@@ -42,3 +42,14 @@ export class Rng {
     return Array.from(this.s);
   }
 }
+
+/** A 32-bit seed from several integers (e.g. seed, epoch, index), so each draw is addressable and resumable. */
+export function seedFor(...parts: number[]): number {
+  let h = 0x811c9dc5;
+  for (const p of parts) {
+    h = Math.imul(h ^ (p >>> 0), 0x01000193);
+    h = Math.imul(h ^ (h >>> 15), 0x85ebca6b);
+    h ^= h >>> 13;
+  }
+  return h >>> 0;
+}

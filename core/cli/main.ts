@@ -7,8 +7,11 @@ interface Command {
 }
 
 const COMMANDS: Record<string, () => Promise<Command>> = {
-  doctor: () => import('./doctor.js'),
+  index: () => import('./index-cmd.js'),
+  pretrain: () => import('./pretrain.js'),
+  runs: () => import('./runs.js'),
   targets: () => import('./targets.js'),
+  doctor: () => import('./doctor.js'),
 };
 
 function usage(): string {

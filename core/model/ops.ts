@@ -4,10 +4,11 @@ import * as tf from '@tensorflow/tfjs';
 // gradient uses transposed ones (tfjs-notes §1). These ops transpose explicitly in forward and backward.
 
 // tf.customGrad's typing takes a variadic (Tensor | GradSaveFunc)[]; ours name their arguments.
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-const customGrad = (
-  f: (...args: any[]) => { value: tf.Tensor; gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor | tf.Tensor[] },
-) => tf.customGrad(f as Parameters<typeof tf.customGrad>[0]);
+type GradFn<A extends unknown[]> = (...args: A) => {
+  value: tf.Tensor;
+  gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor | tf.Tensor[];
+};
+const customGrad = <A extends unknown[]>(f: GradFn<A>) => tf.customGrad(f as unknown as Parameters<typeof tf.customGrad>[0]);
 
 const T2 = (x: tf.Tensor) => tf.transpose(x, x.rank === 2 ? [1, 0] : [0, 2, 1]);
 

@@ -5,6 +5,11 @@ export interface RgbImage {
   data: Float32Array | Uint8Array;
 }
 
+/** A decoded 8-bit image, as sharp produces it. */
+export interface Rgb8 extends RgbImage {
+  data: Uint8Array;
+}
+
 export const IMAGENET_MEAN = [0.485, 0.456, 0.406] as const;
 export const IMAGENET_STD = [0.229, 0.224, 0.225] as const;
 
@@ -19,7 +24,7 @@ export function normalize(img: RgbImage): Float32Array {
 }
 
 /** Decodes an image file to RGB as stored (no resize, no rotation); alpha dropped, grey expanded. */
-export async function readRgb(file: string): Promise<RgbImage> {
+export async function readRgb(file: string): Promise<Rgb8> {
   const { default: sharp } = await import('sharp');
   try {
     const { data, info } = await sharp(file).removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });

@@ -1,0 +1,73 @@
+import { indexFolder, type IndexSummary } from '../data/indexer.js';
+import { homeDir, homePaths } from '../home.js';
+import { Store } from '../store/store.js';
+import { parse, positiveInt, UsageError } from './args.js';
+import { duration, StatusLine } from './progress.js';
+
+export const summary = 'index a folder of images (incremental): sizes, hashes, rejected files';
+
+export async function run(argv: string[]): Promise<void> {
+  const { values, positionals } = parse(argv, {
+    home: { type: 'string' },
+    'max-pixels': { type: 'string' },
+    'min-side': { type: 'string' },
+    json: { type: 'boolean', default: false },
+  });
+  const dir = positionals[0];
+  if (!dir) throw new UsageError('usage: localmim index DIR');
+  const store = new Store(homePaths(homeDir(values.home)).db);
+  try {
+    const s = await indexWithProgress(store, dir, {
+      maxPixels: values['max-pixels'] ? positiveInt('max-pixels', values['max-pixels']) : undefined,
+      minSide: values['min-side'] ? positiveInt('min-side', values['min-side']) : undefined,
+      quiet: values.json,
+    });
+    if (values.json) console.log(JSON.stringify(s));
+    else printSummary(s);
+  } finally {
+    store.close();
+  }
+}
+
+export async function indexWithProgress(
+  store: Store,
+  dir: string,
+  o: { maxPixels?: number; minSide?: number; quiet?: boolean },
+): Promise<IndexSummary> {
+  const line = new StatusLine();
+  const s = await indexFolder(store, dir, {
+    maxPixels: o.maxPixels,
+    minSide: o.minSide,
+    onProgress: o.quiet
+      ? undefined
+      : (p) => line.update(`indexing ${p.done}/${p.total} files  ${p.filesPerS.toFixed(0)} files/s  ETA ${duration(p.etaS)}`),
+  });
+  line.done();
+  return s;
+}
+
+export function printSummary(s: IndexSummary): void {
+  const log = (t: string) => console.error(t);
+  log(
+    `${s.root}: ${s.images} images (${s.added} new, ${s.updated} changed, ${s.unchanged} unchanged, ${s.removed} removed) in ${s.seconds.toFixed(1)} s`,
+  );
+  log(
+    `  formats: ${
+      Object.entries(s.byFormat)
+        .map(([f, n]) => `${f} ${n}`)
+        .join(', ') || 'none'
+    }`,
+  );
+  log(
+    `  shorter side: ${
+      s.sizeHistogram
+        .filter((b) => b.count)
+        .map((b) => `${b.label} px: ${b.count}`)
+        .join(', ') || '—'
+    }`,
+  );
+  if (s.ignored) log(`  ${s.ignored} files without an image extension ignored`);
+  for (const group of s.duplicates) log(`  duplicate: ${group.join(' = ')}`);
+  if (s.rejected.length) log(`  ${s.rejected.length} rejected:`);
+  for (const r of s.rejected) log(`    ${r.path}: ${r.reason}`);
+}

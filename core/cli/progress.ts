@@ -1,0 +1,31 @@
+/** Terminal status: one line rewritten in place on a TTY, or a plain line every few seconds elsewhere. */
+export class StatusLine {
+  private last = 0;
+  private width = 0;
+
+  constructor(private readonly out: NodeJS.WriteStream = process.stderr) {}
+
+  update(text: string, force = false): void {
+    if (this.out.isTTY) {
+      this.out.write(`\r${text.padEnd(this.width)}`);
+      this.width = text.length;
+    } else if (force || Date.now() - this.last > 5000) {
+      this.out.write(text + '\n');
+      this.last = Date.now();
+    }
+  }
+
+  /** Ends the in-place line so that the next output starts on a fresh one. */
+  done(): void {
+    if (this.out.isTTY && this.width) this.out.write('\n');
+    this.width = 0;
+  }
+}
+
+export function duration(seconds: number): string {
+  if (!Number.isFinite(seconds)) return '?';
+  const s = Math.round(seconds);
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  return h ? `${h}h${String(m).padStart(2, '0')}m` : m ? `${m}m${String(s % 60).padStart(2, '0')}s` : `${s}s`;
+}

@@ -1,0 +1,45 @@
+import { homeDir, homePaths, isAlive } from '../home.js';
+import { Store } from '../store/store.js';
+import { parse, positiveInt, UsageError } from './args.js';
+
+export const summary = 'list runs, or show one: localmim runs [show ID]';
+
+export async function run(argv: string[]): Promise<void> {
+  const { values, positionals } = parse(argv, { home: { type: 'string' }, json: { type: 'boolean', default: false } });
+  const store = new Store(homePaths(homeDir(values.home)).db);
+  try {
+    store.markInterrupted(isAlive);
+    if (positionals[0] === 'show') return show(store, positiveInt('ID', positionals[1] ?? ''), values.json);
+    if (positionals.length) throw new UsageError(`unknown runs subcommand "${positionals[0]}" (use: localmim runs [show ID])`);
+    const runs = store.runs().map((r) => ({ ...r, lastLoss: store.metrics(r.id).at(-1)?.loss ?? null }));
+    if (values.json) return console.log(JSON.stringify(runs));
+    if (!runs.length) return console.log('no runs yet: start one with localmim pretrain');
+    console.log('id  status       step    epoch   loss     backend  name');
+    for (const r of runs)
+      console.log(
+        `${String(r.id).padEnd(3)} ${r.status.padEnd(12)} ${String(r.step).padEnd(7)} ${r.epoch.toFixed(2).padEnd(7)} ${r.lastLoss?.toFixed(4).padEnd(8) ?? '—'.padEnd(8)} ${r.backend.padEnd(8)} ${r.name}`,
+      );
+  } finally {
+    store.close();
+  }
+}
+
+function show(store: Store, id: number, json: boolean): void {
+  const run = store.run(id);
+  if (!run) throw new UsageError(`no run ${id}`);
+  const metrics = store.metrics(id);
+  const checkpoints = store.checkpoints(id);
+  if (json) return console.log(JSON.stringify({ run, lastMetrics: metrics.at(-1) ?? null, checkpoints }));
+  console.log(`run ${run.id}: ${run.name}  [${run.status}]  backend ${run.backend}`);
+  console.log(`created ${run.createdAt}, updated ${run.updatedAt}; step ${run.step}, epoch ${run.epoch.toFixed(2)}`);
+  if (run.error) console.log(`error: ${run.error}`);
+  const last = metrics.at(-1);
+  if (last)
+    console.log(
+      `last: step ${last.step} loss ${last.loss.toFixed(4)} [${last.losses.map((l) => l.toFixed(4)).join(', ')}] lr ${last.lr.toExponential(2)} ${last.imagesPerS.toFixed(1)} img/s`,
+    );
+  console.log('checkpoints:');
+  for (const c of checkpoints)
+    console.log(`  step ${c.step}  loss ${c.loss?.toFixed(4) ?? '—'}  ${(c.size / 1e6).toFixed(1)} MB  ${c.path}`);
+  console.log(`config: ${JSON.stringify(run.config, null, 2)}`);
+}

@@ -1,0 +1,224 @@
+import { createHash } from 'node:crypto';
+import { readFile, readdir, realpath, stat } from 'node:fs/promises';
+import { basename, extname, join, relative, sep } from 'node:path';
+import sharp from 'sharp';
+import type { ImageRow, Store } from '../store/store.js';
+import { IMAGE_EXTENSIONS, trainableFormat } from './formats.js';
+
+export interface IndexOptions {
+  /** Images above this many pixels are rejected before decoding (decompression bombs). */
+  maxPixels?: number;
+  /** Images whose shorter side is below this are rejected. */
+  minSide?: number;
+  concurrency?: number;
+  onProgress?: (p: IndexProgress) => void;
+}
+
+export interface IndexProgress {
+  done: number;
+  total: number;
+  filesPerS: number;
+  etaS: number;
+}
+
+export interface IndexSummary {
+  datasetId: number;
+  root: string;
+  images: number;
+  added: number;
+  updated: number;
+  unchanged: number;
+  removed: number;
+  /** Files without an image extension, not looked at. */
+  ignored: number;
+  rejected: { path: string; reason: string }[];
+  duplicates: string[][];
+  byFormat: Record<string, number>;
+  /** Count of images by shorter side, in buckets `<64, 64–127, …, ≥1024`. */
+  sizeHistogram: { label: string; count: number }[];
+  seconds: number;
+}
+
+const DEFAULTS = { maxPixels: 80_000_000, minSide: 16, concurrency: 4 };
+
+/** Indexes a folder into the store, incrementally: only new or changed files (size, mtime) are decoded. */
+export async function indexFolder(store: Store, root: string, opts: IndexOptions = {}): Promise<IndexSummary> {
+  const o = { ...DEFAULTS, ...opts };
+  const t0 = performance.now();
+  const realRoot = await realpath(root).catch((err: NodeJS.ErrnoException) => {
+    throw new Error(`${root}: cannot open the folder (${err.code ?? err.message})`);
+  });
+  if (!(await stat(realRoot)).isDirectory()) throw new Error(`${root}: not a folder`);
+  const dataset = store.ensureDataset(realRoot, basename(realRoot));
+  const known = new Map(store.images(dataset.id).map((r) => [r.path, r]));
+
+  const { files, problems, ignored } = await walk(realRoot);
+  const seen = new Set([...files.map((f) => f.rel), ...problems.map((p) => p.path)]);
+  let unchanged = 0;
+  const upserts = problems.filter((p) => {
+    const same = known.get(p.path)?.reason === p.reason;
+    if (same) unchanged++;
+    return !same;
+  });
+  const todo = files.filter((f) => {
+    const prev = known.get(f.rel);
+    const same = prev && prev.size === f.size && prev.mtimeMs === f.mtimeMs;
+    if (same) unchanged++;
+    return !same;
+  });
+
+  let done = 0;
+  const started = performance.now();
+  await pool(todo, o.concurrency, async (f) => {
+    upserts.push(await inspect(f, o));
+    done++;
+    const rate = done / Math.max((performance.now() - started) / 1000, 1e-3);
+    o.onProgress?.({ done, total: todo.length, filesPerS: rate, etaS: (todo.length - done) / rate });
+  });
+
+  const removed = [...known.keys()].filter((p) => !seen.has(p));
+  store.applyIndex(dataset.id, upserts, removed);
+  return summarize(store, dataset.id, realRoot, {
+    added: upserts.filter((r) => !known.has(r.path)).length,
+    updated: upserts.filter((r) => known.has(r.path)).length,
+    unchanged,
+    removed: removed.length,
+    ignored,
+    seconds: (performance.now() - t0) / 1000,
+  });
+}
+
+interface FoundFile {
+  abs: string;
+  rel: string;
+  size: number;
+  mtimeMs: number;
+}
+
+/** Recursive listing that follows symlinks once (loops are cut by real path) and never throws on one entry. */
+async function walk(root: string) {
+  const files: FoundFile[] = [];
+  const problems: ImageRow[] = [];
+  let ignored = 0;
+  const visited = new Set<string>();
+  const reject = (abs: string, reason: string) => problems.push(rejectedRow(relative(root, abs).split(sep).join('/'), 0, 0, reason));
+
+  async function visit(dir: string): Promise<void> {
+    const real = await realpath(dir);
+    if (visited.has(real)) return; // a symlink loop, or a folder linked twice
+    visited.add(real);
+    let entries;
+    try {
+      entries = await readdir(dir, { withFileTypes: true });
+    } catch (err) {
+      return void reject(dir, `folder cannot be read (${(err as NodeJS.ErrnoException).code})`);
+    }
+    for (const e of entries.sort((a, b) => (a.name < b.name ? -1 : 1))) {
+      const abs = join(dir, e.name);
+      let st;
+      try {
+        st = await stat(abs); // follows symlinks
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (IMAGE_EXTENSIONS.has(extname(e.name).toLowerCase()) || e.isSymbolicLink())
+          reject(abs, code === 'ENOENT' || code === 'ELOOP' ? 'broken or looping symlink' : `cannot stat (${code})`);
+        continue;
+      }
+      if (st.isDirectory()) await visit(abs);
+      else if (!st.isFile() || !IMAGE_EXTENSIONS.has(extname(e.name).toLowerCase())) ignored++;
+      else files.push({ abs, rel: relative(root, abs).split(sep).join('/'), size: st.size, mtimeMs: st.mtimeMs });
+    }
+  }
+  await visit(root);
+  return { files, problems, ignored };
+}
+
+function rejectedRow(path: string, size: number, mtimeMs: number, reason: string): ImageRow {
+  return { path, size, mtimeMs, status: 'rejected', format: null, width: null, height: null, hash: null, label: null, reason };
+}
+
+/** Reads, hashes and fully decodes one file; any problem becomes a rejected row with the reason. */
+async function inspect(f: FoundFile, o: typeof DEFAULTS): Promise<ImageRow> {
+  const reject = (reason: string) => rejectedRow(f.rel, f.size, f.mtimeMs, reason);
+  if (f.size === 0) return reject('empty file (0 bytes)');
+  let bytes: Buffer;
+  try {
+    bytes = await readFile(f.abs);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    return reject(code === 'EACCES' || code === 'EPERM' ? 'permission denied' : `cannot read (${code})`);
+  }
+  let meta: sharp.Metadata;
+  try {
+    meta = await sharp(bytes, { limitInputPixels: false }).metadata();
+  } catch (err) {
+    return reject(`not a decodable image (${firstLine(err)})`);
+  }
+  const format = trainableFormat(meta.format, meta.compression);
+  if (!format) return reject(`unsupported format ${meta.format ?? 'unknown'}`);
+  const rotated = (meta.orientation ?? 1) >= 5;
+  const [width, height] = rotated ? [meta.height!, meta.width!] : [meta.width!, meta.height!];
+  if (width * height > o.maxPixels) return reject(`too large: ${width}×${height} exceeds ${o.maxPixels} pixels`);
+  if (Math.min(width, height) < o.minSide) return reject(`too small: ${width}×${height} (shorter side under ${o.minSide} px)`);
+  try {
+    // A full decode (cheaply shrunk) finds truncated and corrupt data that the header alone does not.
+    await sharp(bytes, { failOn: 'truncated', limitInputPixels: o.maxPixels }).resize(32, 32, { fit: 'inside' }).raw().toBuffer();
+  } catch (err) {
+    return reject(`corrupt or truncated ${format} (${firstLine(err)})`);
+  }
+  const parts = f.rel.split('/');
+  return {
+    path: f.rel,
+    size: f.size,
+    mtimeMs: f.mtimeMs,
+    status: 'ok',
+    format,
+    width,
+    height,
+    hash: createHash('sha256').update(bytes).digest('hex'),
+    label: parts.length > 1 ? parts[0]! : null,
+    reason: null,
+  };
+}
+
+const firstLine = (err: unknown) =>
+  String((err as Error).message ?? err)
+    .split('\n')[0]!
+    .trim();
+
+async function pool<T>(items: T[], n: number, work: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await work(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
+}
+
+const BUCKETS = [64, 128, 256, 512, 1024];
+
+function summarize(
+  store: Store,
+  datasetId: number,
+  root: string,
+  counts: Omit<IndexSummary, 'datasetId' | 'root' | 'images' | 'rejected' | 'duplicates' | 'byFormat' | 'sizeHistogram'>,
+): IndexSummary {
+  const rows = store.images(datasetId);
+  const ok = rows.filter((r) => r.status === 'ok');
+  const byHash = new Map<string, string[]>();
+  for (const r of ok) byHash.set(r.hash!, [...(byHash.get(r.hash!) ?? []), r.path]);
+  const byFormat: Record<string, number> = {};
+  for (const r of ok) byFormat[r.format!] = (byFormat[r.format!] ?? 0) + 1;
+  const labels = ['<64', '64–127', '128–255', '256–511', '512–1023', '≥1024'];
+  const histogram = labels.map((label) => ({ label, count: 0 }));
+  for (const r of ok) histogram[BUCKETS.filter((b) => Math.min(r.width!, r.height!) >= b).length]!.count++;
+  return {
+    datasetId,
+    root,
+    images: ok.length,
+    ...counts,
+    rejected: rows.filter((r) => r.status === 'rejected').map((r) => ({ path: r.path, reason: r.reason! })),
+    duplicates: [...byHash.values()].filter((paths) => paths.length > 1),
+    byFormat,
+    sizeHistogram: histogram,
+  };
+}

@@ -1,0 +1,85 @@
+import { Rng, seedFor } from '../random.js';
+import type { Rgb8 } from '../targets/image.js';
+import { applyCrop, randomCrop } from './augment.js';
+import type { DecodeCache } from './cache.js';
+
+export interface DataItem {
+  abs: string;
+  hash: string;
+}
+
+const PERMUTATION = 1;
+const CROP = 2;
+
+/**
+ * Seeded, resumable batches: the order of epoch e and the crop of its k-th sample are functions of
+ * (seed, e, k) alone, so a resumed run sees exactly the batches it would have seen. Batches are
+ * prepared ahead (decoding and resizing run on libuv's threads) while the trainer computes.
+ */
+export class Loader {
+  readonly batchesPerEpoch: number;
+  private readonly ahead = new Map<string, Promise<Rgb8[]>>();
+  private orders = new Map<number, Int32Array>();
+
+  constructor(
+    readonly items: DataItem[],
+    readonly cache: DecodeCache,
+    readonly imgSize: number,
+    readonly batch: number,
+    readonly seed: number,
+    readonly prefetch = 2,
+  ) {
+    if (items.length < batch) throw new Error(`data: ${items.length} usable images, fewer than one batch of ${batch}`);
+    this.batchesPerEpoch = Math.floor(items.length / batch); // drop_last, as the official loader
+  }
+
+  /** Micro-batch `i` of epoch `epoch`, starting the next ones in the background. */
+  async get(epoch: number, i: number): Promise<Rgb8[]> {
+    const out = this.start(epoch, i);
+    this.ahead.delete(`${epoch}:${i}`);
+    for (let k = 1; k <= this.prefetch; k++) {
+      const j = i + k;
+      this.start(epoch + Math.floor(j / this.batchesPerEpoch), j % this.batchesPerEpoch);
+    }
+    return out;
+  }
+
+  private start(epoch: number, i: number): Promise<Rgb8[]> {
+    const key = `${epoch}:${i}`;
+    let p = this.ahead.get(key);
+    if (!p) {
+      p = this.load(epoch, i);
+      p.catch(() => undefined); // surfaced when awaited by get()
+      this.ahead.set(key, p);
+    }
+    return p;
+  }
+
+  private load(epoch: number, i: number): Promise<Rgb8[]> {
+    const order = this.order(epoch);
+    const side = Math.ceil(this.imgSize * 1.15);
+    return Promise.all(
+      Array.from({ length: this.batch }, async (_, j) => {
+        const k = i * this.batch + j;
+        const item = this.items[order[k]!]!;
+        const img = await this.cache.get(item.abs, item.hash, side);
+        return applyCrop(img, randomCrop(new Rng(seedFor(this.seed, CROP, epoch, k)), img.width, img.height), this.imgSize);
+      }),
+    );
+  }
+
+  private order(epoch: number): Int32Array {
+    let order = this.orders.get(epoch);
+    if (!order) {
+      const rng = new Rng(seedFor(this.seed, PERMUTATION, epoch));
+      order = Int32Array.from(this.items.keys());
+      for (let i = order.length - 1; i > 0; i--) {
+        const j = Math.floor(rng.next() * (i + 1));
+        [order[i], order[j]] = [order[j]!, order[i]!];
+      }
+      if (this.orders.size > 2) this.orders.delete(Math.min(...this.orders.keys()));
+      this.orders.set(epoch, order);
+    }
+    return order;
+  }
+}

@@ -1,0 +1,89 @@
+// Numbered migrations; `PRAGMA user_version` records the last one applied. Never edit a shipped
+// migration: add the next number.
+
+const now = `(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))`;
+
+export const MIGRATIONS: { version: number; sql: string }[] = [
+  {
+    version: 10,
+    sql: `
+      CREATE TABLE datasets (
+        id         INTEGER PRIMARY KEY,
+        root       TEXT NOT NULL UNIQUE,
+        name       TEXT NOT NULL,
+        created_at TEXT NOT NULL DEFAULT ${now},
+        indexed_at TEXT
+      ) STRICT;
+
+      CREATE TABLE images (
+        id         INTEGER PRIMARY KEY,
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
+        path       TEXT NOT NULL,
+        size       INTEGER NOT NULL,
+        mtime_ms   REAL NOT NULL,
+        status     TEXT NOT NULL CHECK (status IN ('ok', 'rejected')),
+        format     TEXT,
+        width      INTEGER,
+        height     INTEGER,
+        hash       TEXT,
+        label      TEXT,
+        reason     TEXT,
+        UNIQUE (dataset_id, path)
+      ) STRICT;
+      CREATE INDEX images_by_hash ON images (dataset_id, hash);
+
+      CREATE TABLE runs (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL,
+        dataset_id  INTEGER REFERENCES datasets(id) ON DELETE SET NULL,
+        config      TEXT NOT NULL,
+        backend     TEXT NOT NULL,
+        status      TEXT NOT NULL CHECK (status IN ('running', 'paused', 'finished', 'failed', 'interrupted')),
+        pid         INTEGER,
+        error       TEXT,
+        notes       TEXT NOT NULL DEFAULT '',
+        tags        TEXT NOT NULL DEFAULT '[]',
+        step        INTEGER NOT NULL DEFAULT 0,
+        epoch       REAL NOT NULL DEFAULT 0,
+        created_at  TEXT NOT NULL DEFAULT ${now},
+        updated_at  TEXT NOT NULL DEFAULT ${now},
+        finished_at TEXT
+      ) STRICT;
+
+      CREATE TABLE metrics (
+        run_id       INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        step         INTEGER NOT NULL,
+        epoch        REAL NOT NULL,
+        samples      INTEGER NOT NULL,
+        loss         REAL NOT NULL,
+        losses       TEXT NOT NULL,
+        lr           REAL NOT NULL,
+        images_per_s REAL NOT NULL,
+        time         TEXT NOT NULL DEFAULT ${now},
+        PRIMARY KEY (run_id, step)
+      ) STRICT, WITHOUT ROWID;
+
+      CREATE TABLE checkpoints (
+        id         INTEGER PRIMARY KEY,
+        run_id     INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        step       INTEGER NOT NULL,
+        epoch      REAL NOT NULL,
+        loss       REAL,
+        path       TEXT NOT NULL,
+        size       INTEGER NOT NULL,
+        hash       TEXT NOT NULL,
+        created_at TEXT NOT NULL DEFAULT ${now},
+        UNIQUE (run_id, step)
+      ) STRICT;
+
+      CREATE TABLE exports (
+        id            INTEGER PRIMARY KEY,
+        run_id        INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        checkpoint_id INTEGER REFERENCES checkpoints(id) ON DELETE SET NULL,
+        format        TEXT NOT NULL,
+        path          TEXT NOT NULL,
+        created_at    TEXT NOT NULL DEFAULT ${now}
+      ) STRICT;
+    `,
+  },
+];

@@ -1,0 +1,202 @@
+import { openDatabase, type DB } from './db.js';
+
+export type RunStatus = 'running' | 'paused' | 'finished' | 'failed' | 'interrupted';
+
+export interface ImageRow {
+  path: string;
+  size: number;
+  mtimeMs: number;
+  status: 'ok' | 'rejected';
+  format: string | null;
+  width: number | null;
+  height: number | null;
+  hash: string | null;
+  label: string | null;
+  reason: string | null;
+}
+
+export interface DatasetRow {
+  id: number;
+  root: string;
+  name: string;
+  createdAt: string;
+  indexedAt: string | null;
+}
+
+export interface RunRow {
+  id: number;
+  name: string;
+  datasetId: number | null;
+  config: unknown;
+  backend: string;
+  status: RunStatus;
+  pid: number | null;
+  error: string | null;
+  notes: string;
+  tags: string[];
+  step: number;
+  epoch: number;
+  createdAt: string;
+  updatedAt: string;
+  finishedAt: string | null;
+}
+
+export interface MetricRow {
+  step: number;
+  epoch: number;
+  samples: number;
+  loss: number;
+  losses: number[];
+  lr: number;
+  imagesPerS: number;
+}
+
+export interface CheckpointRow {
+  id: number;
+  runId: number;
+  step: number;
+  epoch: number;
+  loss: number | null;
+  path: string;
+  size: number;
+  hash: string;
+  createdAt: string;
+}
+
+const camel = (row: Record<string, unknown>) =>
+  Object.fromEntries(Object.entries(row).map(([k, v]) => [k.replace(/_(\w)/g, (_, c: string) => c.toUpperCase()), v]));
+
+/** The run store: the one writer of the app's SQLite database. */
+export class Store {
+  readonly db: DB;
+
+  constructor(path: string) {
+    this.db = openDatabase(path);
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  // ── datasets and images ────────────────────────────────────────────────────────────────────────
+
+  dataset(root: string): DatasetRow | undefined {
+    const row = this.db.prepare('SELECT * FROM datasets WHERE root = ?').get(root) as Record<string, unknown> | undefined;
+    return row && (camel(row) as unknown as DatasetRow);
+  }
+
+  datasetById(id: number): DatasetRow | undefined {
+    const row = this.db.prepare('SELECT * FROM datasets WHERE id = ?').get(id) as Record<string, unknown> | undefined;
+    return row && (camel(row) as unknown as DatasetRow);
+  }
+
+  ensureDataset(root: string, name: string): DatasetRow {
+    this.db.prepare('INSERT INTO datasets (root, name) VALUES (?, ?) ON CONFLICT (root) DO NOTHING').run(root, name);
+    return this.dataset(root)!;
+  }
+
+  images(datasetId: number, status?: 'ok' | 'rejected'): ImageRow[] {
+    const sql = `SELECT path, size, mtime_ms, status, format, width, height, hash, label, reason FROM images
+                 WHERE dataset_id = ? ${status ? 'AND status = ?' : ''} ORDER BY path`;
+    const rows = this.db.prepare(sql).all(...(status ? [datasetId, status] : [datasetId])) as Record<string, unknown>[];
+    return rows.map((r) => camel(r) as unknown as ImageRow);
+  }
+
+  /** Applies one indexing pass atomically: upserted rows, removed paths, and the index time. */
+  applyIndex(datasetId: number, upserts: ImageRow[], removed: string[]): void {
+    const upsert = this.db.prepare(`
+      INSERT INTO images (dataset_id, path, size, mtime_ms, status, format, width, height, hash, label, reason)
+      VALUES (@datasetId, @path, @size, @mtimeMs, @status, @format, @width, @height, @hash, @label, @reason)
+      ON CONFLICT (dataset_id, path) DO UPDATE SET size = excluded.size, mtime_ms = excluded.mtime_ms, status = excluded.status,
+        format = excluded.format, width = excluded.width, height = excluded.height, hash = excluded.hash,
+        label = excluded.label, reason = excluded.reason`);
+    const remove = this.db.prepare('DELETE FROM images WHERE dataset_id = ? AND path = ?');
+    this.db.transaction(() => {
+      for (const row of upserts) upsert.run({ datasetId, ...row });
+      for (const path of removed) remove.run(datasetId, path);
+      this.db.prepare(`UPDATE datasets SET indexed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?`).run(datasetId);
+    })();
+  }
+
+  // ── runs ───────────────────────────────────────────────────────────────────────────────────────
+
+  createRun(r: { name: string; datasetId: number | null; config: unknown; backend: string }): RunRow {
+    const info = this.db
+      .prepare(`INSERT INTO runs (name, dataset_id, config, backend, status, pid) VALUES (?, ?, ?, ?, 'running', ?)`)
+      .run(r.name, r.datasetId, JSON.stringify(r.config), r.backend, process.pid);
+    return this.run(Number(info.lastInsertRowid))!;
+  }
+
+  run(id: number): RunRow | undefined {
+    const row = this.db.prepare('SELECT * FROM runs WHERE id = ?').get(id) as Record<string, unknown> | undefined;
+    return row && parseRun(row);
+  }
+
+  runs(): RunRow[] {
+    return (this.db.prepare('SELECT * FROM runs ORDER BY id').all() as Record<string, unknown>[]).map(parseRun);
+  }
+
+  updateRun(
+    id: number,
+    fields: Partial<Pick<RunRow, 'status' | 'pid' | 'error' | 'backend' | 'step' | 'epoch' | 'name' | 'notes' | 'tags'>>,
+  ): void {
+    const cols = Object.keys(fields);
+    if (!cols.length) return;
+    const values = Object.values(fields).map((v) => (Array.isArray(v) ? JSON.stringify(v) : v));
+    const finished = fields.status && fields.status !== 'running' ? `, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')` : '';
+    const set = cols.map((c) => `${c.replace(/[A-Z]/g, (m) => '_' + m.toLowerCase())} = ?`).join(', ');
+    this.db
+      .prepare(`UPDATE runs SET ${set}, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')${finished} WHERE id = ?`)
+      .run(...values, id);
+  }
+
+  /** Runs left 'running' by a process that no longer exists were killed: mark them interrupted. */
+  markInterrupted(isAlive: (pid: number) => boolean): void {
+    const stale = this.runs().filter((r) => r.status === 'running' && (r.pid === null || !isAlive(r.pid)));
+    for (const r of stale) this.updateRun(r.id, { status: 'interrupted', pid: null });
+  }
+
+  // ── metrics and checkpoints ────────────────────────────────────────────────────────────────────
+
+  /** Appends metric rows in one transaction; rows at an existing step replace it (a resumed run redoes steps). */
+  addMetrics(runId: number, rows: MetricRow[]): void {
+    const insert = this.db.prepare(`INSERT OR REPLACE INTO metrics (run_id, step, epoch, samples, loss, losses, lr, images_per_s)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?)`);
+    this.db.transaction(() => {
+      for (const m of rows) insert.run(runId, m.step, m.epoch, m.samples, m.loss, JSON.stringify(m.losses), m.lr, m.imagesPerS);
+    })();
+  }
+
+  metrics(runId: number): MetricRow[] {
+    const rows = this.db
+      .prepare('SELECT step, epoch, samples, loss, losses, lr, images_per_s FROM metrics WHERE run_id = ? ORDER BY step')
+      .all(runId) as Record<string, unknown>[];
+    return rows.map((r) => ({ ...(camel(r) as unknown as MetricRow), losses: JSON.parse(r.losses as string) as number[] }));
+  }
+
+  /** Forgets metrics after a step: a resumed run recomputes them from its checkpoint. */
+  truncateMetrics(runId: number, afterStep: number): void {
+    this.db.prepare('DELETE FROM metrics WHERE run_id = ? AND step > ?').run(runId, afterStep);
+  }
+
+  addCheckpoint(c: Omit<CheckpointRow, 'id' | 'createdAt'>): CheckpointRow {
+    this.db
+      .prepare(`INSERT OR REPLACE INTO checkpoints (run_id, step, epoch, loss, path, size, hash) VALUES (?, ?, ?, ?, ?, ?, ?)`)
+      .run(c.runId, c.step, c.epoch, c.loss, c.path, c.size, c.hash);
+    return this.checkpoints(c.runId).find((x) => x.step === c.step)!;
+  }
+
+  checkpoints(runId: number): CheckpointRow[] {
+    const rows = this.db.prepare('SELECT * FROM checkpoints WHERE run_id = ? ORDER BY step').all(runId) as Record<string, unknown>[];
+    return rows.map((r) => camel(r) as unknown as CheckpointRow);
+  }
+
+  deleteCheckpoint(id: number): void {
+    this.db.prepare('DELETE FROM checkpoints WHERE id = ?').run(id);
+  }
+}
+
+function parseRun(row: Record<string, unknown>): RunRow {
+  const r = camel(row) as Record<string, unknown>;
+  return { ...(r as unknown as RunRow), config: JSON.parse(r.config as string), tags: JSON.parse(r.tags as string) as string[] };
+}

@@ -1,0 +1,95 @@
+import * as tf from '@tensorflow/tfjs';
+import { createHash } from 'node:crypto';
+import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { parseRunConfig, type RunConfig } from '../config.js';
+import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../export/safetensors.js';
+import type { LocalMIM } from '../model/localmim.js';
+import type { AdamW } from './adamw.js';
+
+/** Where training stands: enough, with the weights and moments, to continue exactly. */
+export interface TrainState {
+  /** Optimizer steps done. */
+  step: number;
+  /** Fractional epoch reached. */
+  epoch: number;
+  /** Mean loss of the steps since the previous checkpoint. */
+  loss: number | null;
+  config: RunConfig;
+}
+
+const MOMENTS = ['exp_avg', 'exp_avg_sq'] as const;
+
+/**
+ * Writes model weights (official names), AdamW moments and the training state as one safetensors file,
+ * atomically: a temp file, fsync, rename, fsync of the folder. A crash leaves the old file or the new one.
+ */
+export function saveCheckpoint(path: string, model: LocalMIM, optimizer: AdamW, state: TrainState): { size: number; hash: string } {
+  const tensors = new Map<string, NamedTensor>();
+  for (const [name, t] of model.params.entries()) tensors.set(name, { shape: t.shape, values: t.dataSync() as Float32Array });
+  for (const [k, moments] of [optimizer.m, optimizer.v].entries())
+    for (const [name, t] of moments)
+      tensors.set(`optimizer.${MOMENTS[k]}.${name}`, { shape: t.shape, values: t.dataSync() as Float32Array });
+  const bytes = encodeSafetensors(tensors, {
+    format: 'localmim-checkpoint',
+    version: '1',
+    optimizer_step: String(optimizer.step),
+    state: JSON.stringify(state),
+  });
+  mkdirSync(dirname(path), { recursive: true });
+  const tmp = `${path}.tmp-${process.pid}`;
+  const fd = openSync(tmp, 'w');
+  try {
+    writeSync(fd, bytes);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, path);
+  const dir = openSync(dirname(path), 'r');
+  fsyncSync(dir);
+  closeSync(dir);
+  return { size: bytes.length, hash: createHash('sha256').update(bytes).digest('hex') };
+}
+
+export interface LoadedCheckpoint {
+  state: TrainState;
+  optimizerStep: number;
+  tensors: Map<string, NamedTensor>;
+  hash: string;
+}
+
+export function loadCheckpoint(path: string): LoadedCheckpoint {
+  let bytes: Buffer;
+  try {
+    bytes = readFileSync(path);
+  } catch (err) {
+    throw new Error(`${path}: cannot read checkpoint (${(err as NodeJS.ErrnoException).code})`);
+  }
+  const { tensors, metadata } = decodeSafetensors(bytes, path);
+  if (metadata.format !== 'localmim-checkpoint' || !metadata.state) throw new Error(`${path}: not a LocalMIM checkpoint`);
+  const raw = JSON.parse(metadata.state) as TrainState;
+  return {
+    state: { ...raw, config: parseRunConfig(raw.config) },
+    optimizerStep: Number(metadata.optimizer_step),
+    tensors,
+    hash: createHash('sha256').update(bytes).digest('hex'),
+  };
+}
+
+/** Puts a checkpoint's weights and moments into a freshly built model and optimizer. */
+export function restoreCheckpoint(ckpt: LoadedCheckpoint, model: LocalMIM, optimizer: AdamW): void {
+  const values = (prefix: string) =>
+    new Map([...ckpt.tensors].filter(([n]) => n.startsWith(prefix)).map(([n, t]) => [n.slice(prefix.length), t.values]));
+  model.params.assign(new Map([...ckpt.tensors].filter(([n]) => !n.startsWith('optimizer.')).map(([n, t]) => [n, t.values])));
+  for (const [k, moments] of [optimizer.m, optimizer.v].entries()) {
+    for (const [name, v] of values(`optimizer.${MOMENTS[k]}.`)) {
+      const target = moments.get(name);
+      if (!target) throw new Error(`checkpoint has moments for unknown parameter ${name}`);
+      const t = tf.tensor(v, target.shape);
+      target.assign(t);
+      t.dispose();
+    }
+  }
+  optimizer.step = ckpt.optimizerStep;
+}

@@ -1,0 +1,206 @@
+import {
+  chmodSync,
+  copyFileSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  unlinkSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { deflateSync } from 'node:zlib';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { randomCrop } from '../core/data/augment.js';
+import { DecodeCache } from '../core/data/cache.js';
+import { indexFolder, type IndexSummary } from '../core/data/indexer.js';
+import { Loader } from '../core/data/loader.js';
+import { Rng } from '../core/random.js';
+import { Store } from '../core/store/store.js';
+
+const tmp = mkdtempSync(join(tmpdir(), 'localmim-data-'));
+const root = join(tmp, 'photos');
+const store = new Store(join(tmp, 'home', 'localmim.db'));
+afterAll(() => {
+  store.close();
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+const gradient = (w: number, h: number, channels: 1 | 3 | 4 = 3) =>
+  sharp(Buffer.from(Array.from({ length: w * h * channels }, (_, i) => (i * 7) % 251)), { raw: { width: w, height: h, channels } });
+
+/** A PNG whose header claims 100000 × 100000 pixels: a decompression bomb that must not be decoded. */
+function hugeHeaderPng(): Buffer {
+  const chunk = (type: string, data: Buffer) => {
+    const body = Buffer.concat([Buffer.from(type, 'ascii'), data]);
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(body));
+    return Buffer.concat([len, body, crc]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(100_000, 0);
+  ihdr.writeUInt32BE(100_000, 4);
+  ihdr.set([8, 2, 0, 0, 0], 8);
+  return Buffer.concat([
+    Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]),
+    chunk('IHDR', ihdr),
+    chunk('IDAT', deflateSync(Buffer.alloc(10))),
+    chunk('IEND', Buffer.alloc(0)),
+  ]);
+}
+
+function crc32(buf: Buffer): number {
+  let c = ~0;
+  for (const b of buf) {
+    c ^= b;
+    for (let k = 0; k < 8; k++) c = (c >>> 1) ^ (0xedb88320 & -(c & 1));
+  }
+  return ~c >>> 0;
+}
+
+let first: IndexSummary;
+
+beforeAll(async () => {
+  mkdirSync(join(root, 'cats'), { recursive: true });
+  mkdirSync(join(root, 'dogs', 'deeper'), { recursive: true });
+  await gradient(64, 48)
+    .jpeg()
+    .toFile(join(root, 'cats', 'a.jpg'));
+  await gradient(64, 64)
+    .png()
+    .toFile(join(root, 'cats', 'b.png'));
+  await gradient(50, 40)
+    .webp()
+    .toFile(join(root, 'dogs', 'c.webp'));
+  await gradient(40, 40)
+    .gif()
+    .toFile(join(root, 'dogs', 'd.gif'));
+  await gradient(40, 40)
+    .tiff()
+    .toFile(join(root, 'dogs', 'deeper', 'e.tiff'));
+  await gradient(48, 48).avif().toFile(join(root, 'f.avif'));
+  await gradient(40, 40, 1).png().toFile(join(root, 'grey.png'));
+  await gradient(40, 40, 4).png().toFile(join(root, 'alpha.png'));
+  await gradient(40, 20).withMetadata({ orientation: 6 }).jpeg().toFile(join(root, 'rotated.jpg'));
+  await gradient(32, 32).png().toFile(join(root, 'ünïcode name with spaces.png'));
+  copyFileSync(join(root, 'cats', 'b.png'), join(root, 'dogs', 'b-copy.png'));
+  const jpeg = readFileSync(join(root, 'cats', 'a.jpg'));
+  writeFileSync(join(root, 'truncated.jpg'), jpeg.subarray(0, Math.floor(jpeg.length / 2))); // head -c half
+  writeFileSync(join(root, 'empty.jpg'), '');
+  writeFileSync(join(root, 'notes.png'), 'a text file renamed .png');
+  writeFileSync(join(root, 'README.txt'), 'not an image extension: ignored');
+  await gradient(1, 1).png().toFile(join(root, 'tiny.png'));
+  writeFileSync(join(root, 'bomb.png'), hugeHeaderPng());
+  symlinkSync('..', join(root, 'dogs', 'loop'));
+  symlinkSync('missing.jpg', join(root, 'dangling.jpg'));
+  first = await indexFolder(store, root);
+});
+
+describe('indexing', () => {
+  test('every format decodes, with its size after EXIF rotation and its class folder', () => {
+    expect(first.images).toBe(11);
+    expect(first.byFormat).toEqual({ jpeg: 2, png: 5, webp: 1, gif: 1, tiff: 1, avif: 1 });
+    const rows = new Map(store.images(first.datasetId, 'ok').map((r) => [r.path, r]));
+    expect(rows.get('rotated.jpg')).toMatchObject({ width: 20, height: 40 });
+    expect(rows.get('cats/a.jpg')).toMatchObject({ width: 64, height: 48, label: 'cats', format: 'jpeg' });
+    expect(rows.get('dogs/deeper/e.tiff')?.label).toBe('dogs');
+    expect(rows.get('f.avif')?.label).toBeNull();
+    expect(rows.has('ünïcode name with spaces.png')).toBe(true);
+    expect(rows.get('cats/a.jpg')?.hash).toMatch(/^[0-9a-f]{64}$/);
+  });
+
+  test('hostile files are rejected with a reason, never crashing the indexer', () => {
+    const reasons = Object.fromEntries(first.rejected.map((r) => [r.path, r.reason]));
+    expect(reasons['truncated.jpg']).toMatch(/corrupt or truncated jpeg/);
+    expect(reasons['empty.jpg']).toBe('empty file (0 bytes)');
+    expect(reasons['notes.png']).toMatch(/not a decodable image/);
+    expect(reasons['tiny.png']).toMatch(/too small: 1×1/);
+    expect(reasons['bomb.png']).toMatch(/too large: 100000×100000/);
+    expect(reasons['dangling.jpg']).toMatch(/broken or looping symlink/);
+    expect(first.rejected).toHaveLength(6);
+    expect(first.ignored).toBe(1);
+  });
+
+  test('exact duplicates are reported', () => {
+    expect(first.duplicates).toEqual([['cats/b.png', 'dogs/b-copy.png']]);
+  });
+
+  test('re-indexing is incremental: unchanged files are not decoded again, changes are picked up', async () => {
+    await gradient(30, 30).png().toFile(join(root, 'new.png'));
+    unlinkSync(join(root, 'dogs', 'c.webp'));
+    await gradient(64, 40)
+      .jpeg({ quality: 50 })
+      .toFile(join(root, 'cats', 'a.jpg'));
+    utimesSync(join(root, 'cats', 'a.jpg'), new Date(), new Date(Date.now() + 5000));
+    const again = await indexFolder(store, root);
+    expect(again).toMatchObject({ added: 1, removed: 1, images: 11 });
+    // 17 entries the first time (11 images, 6 rejected); one is gone and one changed.
+    expect(again).toMatchObject({ unchanged: 15, updated: 1 });
+    expect(store.images(first.datasetId, 'ok').find((r) => r.path === 'cats/a.jpg')).toMatchObject({ width: 64, height: 40 });
+  });
+
+  test.skipIf(process.getuid?.() === 0)('a file without read permission is rejected (not testable as root)', async () => {
+    await gradient(30, 30).png().toFile(join(root, 'locked.png'));
+    chmodSync(join(root, 'locked.png'), 0);
+    const s = await indexFolder(store, root);
+    expect(s.rejected.find((r) => r.path === 'locked.png')?.reason).toBe('permission denied');
+  });
+
+  test('an unreadable folder is a clear error', async () => {
+    await expect(indexFolder(store, join(tmp, 'nope'))).rejects.toThrow(/nope: cannot open the folder \(ENOENT\)/);
+  });
+});
+
+describe('input pipeline', () => {
+  test('RandomResizedCrop stays inside the image with area 0.2–1 and aspect 3/4–4/3', () => {
+    const rng = new Rng(1);
+    for (let i = 0; i < 500; i++) {
+      const c = randomCrop(rng, 120, 80);
+      expect(c.left + c.width).toBeLessThanOrEqual(120);
+      expect(c.top + c.height).toBeLessThanOrEqual(80);
+      const area = (c.width * c.height) / (120 * 80);
+      expect(area).toBeGreaterThan(0.18);
+      expect(area).toBeLessThanOrEqual(1);
+      expect(c.width / c.height).toBeGreaterThan(0.7);
+      expect(c.width / c.height).toBeLessThan(1.4);
+    }
+  });
+
+  test('batches are a function of (seed, epoch, index) and later epochs hit the decode cache', async () => {
+    const items = store.images(first.datasetId, 'ok').map((r) => ({ abs: join(root, r.path), hash: r.hash! }));
+    const cache = new DecodeCache(join(tmp, 'home', 'cache'));
+    const a = new Loader(items, cache, 32, 4, 5);
+    const b = new Loader(items, new DecodeCache(join(tmp, 'home', 'cache')), 32, 4, 5);
+    const x = await a.get(1, 1);
+    expect(x.map((img) => [img.width, img.height])).toEqual([
+      [32, 32],
+      [32, 32],
+      [32, 32],
+      [32, 32],
+    ]);
+    expect((await b.get(1, 1)).map((img) => Buffer.from(img.data).toString('base64'))).toEqual(
+      x.map((img) => Buffer.from(img.data).toString('base64')),
+    );
+    expect(Buffer.from((await a.get(2, 1))[0]!.data).equals(Buffer.from(x[0]!.data))).toBe(false);
+    await a.get(0, 0);
+    await a.get(0, 1);
+    expect(cache.hits).toBeGreaterThan(0);
+  });
+
+  test('the decode cache is bounded', async () => {
+    const items = store.images(first.datasetId, 'ok').map((r) => ({ abs: join(root, r.path), hash: r.hash! }));
+    const cache = new DecodeCache(join(tmp, 'small-cache'), 20_000);
+    for (const item of items) await cache.get(item.abs, item.hash, 48);
+    expect(await cache.size()).toBeLessThanOrEqual(20_000);
+  });
+
+  test('fewer images than one batch is a clear error', () => {
+    expect(() => new Loader([], new DecodeCache(join(tmp, 'c2')), 32, 8, 0)).toThrow(/0 usable images, fewer than one batch of 8/);
+  });
+});

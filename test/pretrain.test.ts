@@ -1,0 +1,124 @@
+import Database from 'better-sqlite3';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, test } from 'vitest';
+import { Store } from '../core/store/store.js';
+import { loadCheckpoint } from '../core/train/checkpoint.js';
+import { localmim } from './cli.js';
+
+const BIN = fileURLToPath(new URL('../bin/localmim.js', import.meta.url));
+const dir = mkdtempSync(join(tmpdir(), 'localmim-pretrain-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+// A small model so that a whole run on the sample images takes seconds; 37 steps of 8 images per epoch.
+const config = join(dir, 'tiny.json');
+writeFileSync(
+  config,
+  JSON.stringify({
+    model: { D: 32, depth: 8, heads: 2, decoderDim: 16, decoderHeads: 2, imgSize: 32 },
+    optim: { epochs: 1, batch: 8, warmupEpochs: 0.3, blr: 2e-3 },
+    seed: 7,
+  }),
+);
+const args = (home: string) => ['pretrain', '--json', '--home', home, '--config', config, '--checkpoint-every', '4'];
+
+type Event = { type: string; step?: number; loss?: number; path?: string; runId?: number; message?: string };
+
+/** Starts a pretraining process; resolves with its events, killing it with SIGKILL after `killAfterSteps` steps. */
+function runUntil(
+  cliArgs: string[],
+  killAfterSteps?: number,
+  delayMs = 0,
+): Promise<{ events: Event[]; killed: boolean; code: number | null }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [BIN, ...cliArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const events: Event[] = [];
+    let killed = false;
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    createInterface({ input: child.stdout }).on('line', (l) => {
+      const e = JSON.parse(l) as Event;
+      events.push(e);
+      if (
+        !killed &&
+        killAfterSteps !== undefined &&
+        e.type === 'step' &&
+        events.filter((x) => x.type === 'step').length === killAfterSteps
+      ) {
+        killed = true;
+        setTimeout(() => child.kill('SIGKILL'), delayMs);
+      }
+    });
+    child.on('close', (code) => {
+      if (!killed && code !== 0) events.push({ type: 'stderr', message: stderr });
+      resolve({ events, killed, code });
+    });
+  });
+}
+
+function checkStore(home: string) {
+  const db = new Database(join(home, 'localmim.db'), { readonly: true });
+  expect(db.pragma('integrity_check', { simple: true })).toBe('ok');
+  db.close();
+  const store = new Store(join(home, 'localmim.db'));
+  for (const c of store.checkpoints(1)) expect(loadCheckpoint(c.path).hash).toBe(c.hash);
+  const losses = store.metrics(1).map((m) => [m.step, m.loss] as const);
+  const run = store.run(1)!;
+  store.close();
+  return { losses, run };
+}
+
+describe('localmim pretrain', () => {
+  const reference = join(dir, 'reference');
+
+  test('a short real run on the sample images: events, metrics, checkpoints', async () => {
+    const { events, code } = await runUntil(args(reference));
+    expect(code, JSON.stringify(events.at(-1))).toBe(0);
+    const start = events.find((e) => e.type === 'start') as Event & { backend: string; totalSteps: number };
+    expect(start).toMatchObject({ runId: 1, totalSteps: 37 });
+    expect(start.backend).toBeTruthy();
+    const steps = events.filter((e) => e.type === 'step');
+    expect(steps.map((e) => e.step)).toEqual(Array.from({ length: 37 }, (_, i) => i + 1));
+    expect(events.filter((e) => e.type === 'checkpoint').map((e) => e.step)).toEqual([4, 8, 12, 16, 20, 24, 28, 32, 36, 37]);
+    expect(events.at(-1)).toMatchObject({ type: 'end', step: 37 });
+    const { losses, run } = checkStore(reference);
+    expect(run.status).toBe('finished');
+    expect(losses.map(([, l]) => l)).toEqual(steps.map((e) => e.loss));
+    expect(localmim(['runs', '--home', reference]).stdout).toMatch(/^1 +finished +37 /m);
+  });
+
+  test('killed with SIGKILL at arbitrary moments, it resumes and reproduces the uninterrupted losses', async () => {
+    const home = join(dir, 'killed');
+    const kills: [number, number][] = [
+      [6, 0],
+      [3, 40],
+      [9, 5],
+    ];
+    let r = await runUntil(args(home), ...kills[0]!);
+    expect(r.killed).toBe(true);
+    for (const kill of [...kills.slice(1), undefined]) {
+      const state = checkStore(home);
+      expect(['running', 'interrupted']).toContain(state.run.status);
+      r = await runUntil(['pretrain', '--json', '--home', home, '--resume', '1', '--checkpoint-every', '4'], ...(kill ?? []));
+      if (!kill) expect(r.code, JSON.stringify(r.events.at(-1))).toBe(0);
+    }
+    const resumed = checkStore(home);
+    expect(resumed.run.status).toBe('finished');
+    const expected = checkStore(reference).losses;
+    expect(resumed.losses.map(([s]) => s)).toEqual(expected.map(([s]) => s));
+    resumed.losses.forEach(([step, loss], i) =>
+      expect(Math.abs(loss - expected[i]![1]), `step ${step}`).toBeLessThan(1e-6 * expected[i]![1]),
+    );
+  });
+
+  test('bad flags name the field', () => {
+    const r = localmim(['pretrain', '--home', join(dir, 'bad'), '--img', '60']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/model\.imgSize: imgSize=60 must be a multiple of patchSize=8/);
+    expect(localmim(['pretrain', '--home', join(dir, 'bad'), '--preset', 'simclr']).stderr).toMatch(/--preset: unknown preset "simclr"/);
+  });
+});

@@ -1,0 +1,82 @@
+import Database from 'better-sqlite3';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, expect, test } from 'vitest';
+import { DatabaseFromTheFutureError, latestVersion, openDatabase } from '../core/store/db.js';
+import { Store } from '../core/store/store.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'localmim-store-'));
+let n = 0;
+const fresh = () => join(dir, `db-${n++}.sqlite`);
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+test('a new database gets WAL, foreign keys and every migration', () => {
+  const db = openDatabase(fresh());
+  expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
+  expect(db.pragma('foreign_keys', { simple: true })).toBe(1);
+  expect(db.pragma('user_version', { simple: true })).toBe(latestVersion());
+  const tables = (db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as { name: string }[]).map(
+    (t) => t.name,
+  );
+  expect(tables).toEqual(['checkpoints', 'datasets', 'exports', 'images', 'metrics', 'runs']);
+  db.close();
+});
+
+test('a database from a newer version of the app is refused, untouched', () => {
+  const path = fresh();
+  const raw = new Database(path);
+  raw.pragma(`user_version = ${latestVersion() + 10}`);
+  raw.close();
+  expect(() => openDatabase(path)).toThrow(DatabaseFromTheFutureError);
+  expect(new Database(path).pragma('user_version', { simple: true })).toBe(latestVersion() + 10);
+});
+
+test('runs, metrics and checkpoints round-trip; deleting a run cascades', () => {
+  const store = new Store(fresh());
+  const ds = store.ensureDataset('/data/photos', 'photos');
+  const run = store.createRun({ name: 'r', datasetId: ds.id, config: { a: 1 }, backend: 'wasm' });
+  expect(run).toMatchObject({ status: 'running', pid: process.pid, config: { a: 1 }, tags: [] });
+  store.addMetrics(
+    run.id,
+    [1, 2, 3].map((step) => ({
+      step,
+      epoch: step / 10,
+      samples: step * 8,
+      loss: 1 / step,
+      losses: [0.5 / step, 0.5 / step],
+      lr: 1e-4,
+      imagesPerS: 5,
+    })),
+  );
+  store.truncateMetrics(run.id, 2);
+  expect(store.metrics(run.id).map((m) => [m.step, m.losses])).toEqual([
+    [1, [0.5, 0.5]],
+    [2, [0.25, 0.25]],
+  ]);
+  store.addCheckpoint({ runId: run.id, step: 2, epoch: 0.2, loss: 0.5, path: '/x', size: 1, hash: 'h' });
+  store.updateRun(run.id, { status: 'paused', tags: ['hog'], notes: 'first try' });
+  expect(store.run(run.id)).toMatchObject({ status: 'paused', tags: ['hog'], notes: 'first try' });
+  expect(store.run(run.id)!.finishedAt).toBeTruthy();
+  store.db.prepare('DELETE FROM runs WHERE id = ?').run(run.id);
+  expect(store.metrics(run.id)).toEqual([]);
+  expect(store.checkpoints(run.id)).toEqual([]);
+  store.close();
+});
+
+test('a run left running by a dead process is marked interrupted', () => {
+  const store = new Store(fresh());
+  const run = store.createRun({ name: 'r', datasetId: null, config: {}, backend: 'wasm' });
+  store.markInterrupted(() => true);
+  expect(store.run(run.id)!.status).toBe('running');
+  store.markInterrupted(() => false);
+  expect(store.run(run.id)!.status).toBe('interrupted');
+  store.close();
+});
+
+test('status values are checked by the schema', () => {
+  const store = new Store(fresh());
+  const run = store.createRun({ name: 'r', datasetId: null, config: {}, backend: 'wasm' });
+  expect(() => store.updateRun(run.id, { status: 'exploded' as 'failed' })).toThrow(/CHECK constraint failed/);
+  store.close();
+});
