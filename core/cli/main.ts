@@ -10,8 +10,12 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   index: () => import('./index-cmd.js'),
   pretrain: () => import('./pretrain.js'),
   runs: () => import('./runs.js'),
+  serve: () => import('./serve.js'),
+  start: () => import('./start.js'),
   targets: () => import('./targets.js'),
   doctor: () => import('./doctor.js'),
+  job: () => import('./job.js'),
+  backend: () => import('./backend.js'),
 };
 
 function usage(): string {

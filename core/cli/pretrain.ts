@@ -1,12 +1,13 @@
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeBackend, initBackend } from '../backend.js';
 import { parseRunConfig, PRESETS, type Preset, type RunConfig } from '../config.js';
 import { DecodeCache } from '../data/cache.js';
 import { Loader } from '../data/loader.js';
 import { homeDir, homePaths, isAlive, SAMPLE_IMAGES } from '../home.js';
-import { Store, type MetricRow, type RunRow } from '../store/store.js';
-import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
+import { latestGoodCheckpoint, RunRecorder } from '../service/recorder.js';
+import { Store, type RunRow } from '../store/store.js';
+import type { LoadedCheckpoint } from '../train/checkpoint.js';
 import { pretrain, type TrainEvent } from '../train/loop.js';
 import { parse, positiveInt, UsageError } from './args.js';
 import { indexWithProgress, printSummary } from './index-cmd.js';
@@ -148,11 +149,10 @@ export async function run(argv: string[]): Promise<void> {
     };
     process.on('SIGINT', onSigint);
 
-    const keep = positiveInt('keep', values.keep);
-    const pending: MetricRow[] = [];
-    const flush = () => store.addMetrics(runId, pending.splice(0));
+    const recorder = new RunRecorder(store, runId, positiveInt('keep', values.keep));
     let total = 0;
     const onEvent = (e: TrainEvent) => {
+      recorder.handle(e);
       if (e.type === 'start') {
         total = e.totalSteps;
         emit({
@@ -168,30 +168,14 @@ export async function run(argv: string[]): Promise<void> {
         if (!values.json)
           console.error(`run ${runId}: ${e.totalSteps} steps (${e.stepsPerEpoch} per epoch), from step ${e.step}, data in ${home}`);
       } else if (e.type === 'step') {
-        pending.push({
-          step: e.step,
-          epoch: e.epoch,
-          samples: e.samples,
-          loss: e.loss,
-          losses: e.losses,
-          lr: e.lr,
-          imagesPerS: e.imagesPerS,
-        });
-        if (pending.length >= 20) flush();
-        store.updateRun(runId, { step: e.step, epoch: e.epoch });
         emit({ ...e, runId });
         const eta = ((total - e.step) * config.optim.batch * config.optim.accumIter) / e.imagesPerS;
         line.update(
           `step ${e.step}/${total}  epoch ${e.epoch.toFixed(2)}  loss ${e.loss.toFixed(4)} [${e.losses.map((l) => l.toFixed(3)).join(' ')}]  lr ${e.lr.toExponential(2)}  ${e.imagesPerS.toFixed(1)} img/s  ETA ${duration(eta)}`,
         );
       } else if (e.type === 'checkpoint') {
-        flush();
-        store.addCheckpoint({ runId, step: e.step, epoch: e.epoch, loss: e.loss, path: e.path, size: e.size, hash: e.hash });
-        prune(store, runId, keep);
         emit({ type: 'checkpoint', runId, path: e.path, step: e.step, epoch: e.epoch, loss: e.loss });
       } else {
-        flush();
-        store.updateRun(runId, { status: e.status, pid: null, step: e.step });
         line.done();
         emit({ type: 'end', runId, status: e.status, step: e.step });
         if (!values.json)
@@ -222,29 +206,5 @@ export async function run(argv: string[]): Promise<void> {
     throw err;
   } finally {
     store.close();
-  }
-}
-
-/** The newest checkpoint of a run whose file is intact (hash as recorded); none means start over. */
-function latestGoodCheckpoint(store: Store, runId: number): LoadedCheckpoint | undefined {
-  for (const c of store.checkpoints(runId).reverse()) {
-    try {
-      const loaded = loadCheckpoint(c.path);
-      if (loaded.hash === c.hash) return loaded;
-    } catch {
-      // A missing or unreadable file: fall back to an older checkpoint.
-    }
-  }
-  return undefined;
-}
-
-/** Keeps the last `keep` checkpoints and the one with the lowest loss; deletes the rest, file and row. */
-function prune(store: Store, runId: number, keep: number): void {
-  const all = store.checkpoints(runId);
-  const best = all.filter((c) => c.loss !== null).sort((a, b) => a.loss! - b.loss!)[0];
-  for (const c of all.slice(0, Math.max(0, all.length - keep))) {
-    if (c.id === best?.id) continue;
-    store.deleteCheckpoint(c.id);
-    rmSync(c.path, { force: true });
   }
 }

@@ -41,17 +41,31 @@ export interface IndexSummary {
 
 const DEFAULTS = { maxPixels: 80_000_000, minSide: 16, concurrency: 4 };
 
-/** Indexes a folder into the store, incrementally: only new or changed files (size, mtime) are decoded. */
-export async function indexFolder(store: Store, root: string, opts: IndexOptions = {}): Promise<IndexSummary> {
-  const o = { ...DEFAULTS, ...opts };
-  const t0 = performance.now();
-  const realRoot = await realpath(root).catch((err: NodeJS.ErrnoException) => {
+/** What one pass over a folder found; applying it to the store is a separate, atomic step. */
+export interface ScanResult {
+  root: string;
+  upserts: ImageRow[];
+  removed: string[];
+  counts: { added: number; updated: number; unchanged: number; removed: number; ignored: number };
+}
+
+/** The record of a file from an earlier pass: enough to tell whether it changed. */
+export type KnownFile = Pick<ImageRow, 'path' | 'size' | 'mtimeMs' | 'reason'>;
+
+/** Resolves a folder to its real path, with a clear error when it is not a readable folder. */
+export async function resolveFolder(root: string): Promise<string> {
+  const real = await realpath(root).catch((err: NodeJS.ErrnoException) => {
     throw new Error(`${root}: cannot open the folder (${err.code ?? err.message})`);
   });
-  if (!(await stat(realRoot)).isDirectory()) throw new Error(`${root}: not a folder`);
-  const dataset = store.ensureDataset(realRoot, basename(realRoot));
-  const known = new Map(store.images(dataset.id).map((r) => [r.path, r]));
+  if (!(await stat(real)).isDirectory()) throw new Error(`${root}: not a folder`);
+  return real;
+}
 
+/** Scans a folder against what is known of it: only new or changed files (size, mtime) are decoded. Touches no database. */
+export async function scanFolder(root: string, knownRows: KnownFile[], opts: IndexOptions = {}): Promise<ScanResult> {
+  const o = { ...DEFAULTS, ...opts };
+  const realRoot = await resolveFolder(root);
+  const known = new Map(knownRows.map((r) => [r.path, r]));
   const { files, problems, ignored } = await walk(realRoot);
   const seen = new Set([...files.map((f) => f.rel), ...problems.map((p) => p.path)]);
   let unchanged = 0;
@@ -77,15 +91,28 @@ export async function indexFolder(store: Store, root: string, opts: IndexOptions
   });
 
   const removed = [...known.keys()].filter((p) => !seen.has(p));
-  store.applyIndex(dataset.id, upserts, removed);
-  return summarize(store, dataset.id, realRoot, {
-    added: upserts.filter((r) => !known.has(r.path)).length,
-    updated: upserts.filter((r) => known.has(r.path)).length,
-    unchanged,
-    removed: removed.length,
-    ignored,
-    seconds: (performance.now() - t0) / 1000,
-  });
+  const added = upserts.filter((r) => !known.has(r.path)).length;
+  return {
+    root: realRoot,
+    upserts,
+    removed,
+    counts: { added, updated: upserts.length - added, unchanged, removed: removed.length, ignored },
+  };
+}
+
+/** Records a scan in the store and summarises the dataset as it now stands. */
+export function applyScan(store: Store, scan: ScanResult, seconds: number): IndexSummary {
+  const dataset = store.ensureDataset(scan.root, basename(scan.root));
+  store.applyIndex(dataset.id, scan.upserts, scan.removed);
+  return summarize(store, dataset.id, scan.root, { ...scan.counts, seconds });
+}
+
+/** Indexes a folder into the store, incrementally. */
+export async function indexFolder(store: Store, root: string, opts: IndexOptions = {}): Promise<IndexSummary> {
+  const t0 = performance.now();
+  const known = store.dataset(await resolveFolder(root));
+  const scan = await scanFolder(root, known ? store.images(known.id) : [], opts);
+  return applyScan(store, scan, (performance.now() - t0) / 1000);
 }
 
 interface FoundFile {
@@ -196,7 +223,7 @@ async function pool<T>(items: T[], n: number, work: (item: T) => Promise<void>):
 
 const BUCKETS = [64, 128, 256, 512, 1024];
 
-function summarize(
+export function summarize(
   store: Store,
   datasetId: number,
   root: string,

@@ -90,6 +90,17 @@ export class Store {
     return row && (camel(row) as unknown as DatasetRow);
   }
 
+  /** Every dataset with its counts of usable and rejected images. */
+  datasetSummaries(): (DatasetRow & { images: number; rejected: number })[] {
+    const rows = this.db
+      .prepare(
+        `SELECT d.*, COUNT(i.id) FILTER (WHERE i.status = 'ok') AS images, COUNT(i.id) FILTER (WHERE i.status = 'rejected') AS rejected
+         FROM datasets d LEFT JOIN images i ON i.dataset_id = d.id GROUP BY d.id ORDER BY d.id`,
+      )
+      .all() as Record<string, unknown>[];
+    return rows.map((r) => camel(r) as unknown as DatasetRow & { images: number; rejected: number });
+  }
+
   ensureDataset(root: string, name: string): DatasetRow {
     this.db.prepare('INSERT INTO datasets (root, name) VALUES (?, ?) ON CONFLICT (root) DO NOTHING').run(root, name);
     return this.dataset(root)!;

@@ -24,6 +24,8 @@ export interface PretrainOptions {
   resumeFrom?: LoadedCheckpoint;
   /** Stop (after checkpointing) once this many optimizer steps are done in total. */
   stopAtStep?: number;
+  /** Called after every step, e.g. to render reconstruction previews. */
+  afterStep?: (model: LocalMIM, step: number) => Promise<void>;
   /** Abort = checkpoint at the next step boundary and stop with status 'paused'. */
   signal?: AbortSignal;
   onEvent: (e: TrainEvent) => void;
@@ -81,6 +83,7 @@ export async function pretrain(o: PretrainOptions): Promise<{ step: number; stat
         imagesPerS: images / seconds,
       });
 
+      await o.afterStep?.(model, step);
       const stopping = o.signal?.aborted || step === o.stopAtStep;
       const due =
         (o.checkpointEverySteps && step % o.checkpointEverySteps === 0) ||

@@ -1,0 +1,100 @@
+import * as tf from '@tensorflow/tfjs';
+import sharp from 'sharp';
+import type { LocalMIM } from '../model/localmim.js';
+import type { Rgb8 } from '../targets/image.js';
+
+/** Side of every preview picture, in pixels. */
+const SIDE = 256;
+
+export interface PreviewProbe {
+  input: Buffer;
+  masked: Buffer;
+  /** Per scale: target and prediction as PNG (HOG as orientation glyphs per cell, pixels as images). */
+  scales: { cell: number; target: Buffer; pred: Buffer }[];
+}
+
+/** Reconstructions of a fixed probe set under a fixed mask: what the model predicts at every scale. */
+export async function renderPreview(model: LocalMIM, probes: Rgb8[], noise: Float32Array): Promise<PreviewProbe[]> {
+  const batch = model.prepare(probes, noise);
+  const preds = tf.tidy(() => model.forward(batch).preds.map((p) => p.dataSync() as Float32Array));
+  const { g, p, cells, F } = model.dims;
+  const hog = model.config.target === 'hog';
+  return Promise.all(
+    probes.map(async (img, b) => ({
+      input: await png(img),
+      masked: await png(maskedCopy(img, batch.mask.subarray(b * g * g, (b + 1) * g * g), g, p)),
+      scales: await Promise.all(
+        cells.map(async (cell, k) => {
+          const n = (img.height / cell) * (img.width / cell);
+          const at = (a: Float32Array) => a.subarray(b * n * F[k]!, (b + 1) * n * F[k]!);
+          const draw = (a: Float32Array) =>
+            hog ? hogGlyphs(a, img.height / cell, img.width / cell, model.config.nbins) : png(pixelImage(a, img, cell));
+          return { cell, target: await draw(at(batch.targets[k]!)), pred: await draw(at(preds[k]!)) };
+        }),
+      ),
+    })),
+  );
+}
+
+function png(img: Rgb8): Promise<Buffer> {
+  return sharp(img.data, { raw: { width: img.width, height: img.height, channels: 3 } })
+    .resize(SIDE, SIDE, { kernel: 'nearest' })
+    .png()
+    .toBuffer();
+}
+
+/** The input with removed patches (mask 1) faded to grey, as the encoder does not see them. */
+function maskedCopy(img: Rgb8, mask: Float32Array, g: number, p: number): Rgb8 {
+  const data = Uint8Array.from(img.data);
+  for (let y = 0; y < img.height; y++)
+    for (let x = 0; x < img.width; x++)
+      if (mask[Math.floor(y / p) * g + Math.floor(x / p)])
+        for (let c = 0; c < 3; c++) data[(y * img.width + x) * 3 + c] = 96 + data[(y * img.width + x) * 3 + c]! / 8;
+  return { ...img, data };
+}
+
+/** Pixel targets `[N, (dy, dx, c)]` put back in place, each patch stretched to 0–255 (they are standardised). */
+function pixelImage(a: Float32Array, img: Rgb8, cell: number): Rgb8 {
+  const gw = img.width / cell;
+  const data = new Uint8Array(img.width * img.height * 3);
+  const P = 3 * cell * cell;
+  for (let n = 0; n < a.length / P; n++) {
+    const patch = a.subarray(n * P, (n + 1) * P);
+    let lo = Infinity;
+    let hi = -Infinity;
+    for (const v of patch) [lo, hi] = [Math.min(lo, v), Math.max(hi, v)];
+    const [ty, tx] = [Math.floor(n / gw), n % gw];
+    for (let i = 0; i < P; i++) {
+      const [dy, dx, c] = [Math.floor(i / (3 * cell)), Math.floor(i / 3) % cell, i % 3];
+      data[((ty * cell + dy) * img.width + tx * cell + dx) * 3 + c] = hi > lo ? (255 * (patch[i]! - lo)) / (hi - lo) : 128;
+    }
+  }
+  return { width: img.width, height: img.height, data };
+}
+
+/**
+ * HOG histograms `[gh·gw, 3·nbins]` as glyphs: in each cell, one line per orientation bin along the edge
+ * direction (perpendicular to the gradient), as bright as the bin summed over the three channels.
+ */
+function hogGlyphs(a: Float32Array, gh: number, gw: number, nbins: number): Promise<Buffer> {
+  const size = SIDE / gw;
+  let max = 1e-6;
+  const cellHist = (n: number, k: number) => a[n * 3 * nbins + k]! + a[n * 3 * nbins + nbins + k]! + a[n * 3 * nbins + 2 * nbins + k]!;
+  for (let n = 0; n < gh * gw; n++) for (let k = 0; k < nbins; k++) max = Math.max(max, cellHist(n, k));
+  const lines: string[] = [];
+  for (let n = 0; n < gh * gw; n++) {
+    const [cx, cy] = [((n % gw) + 0.5) * size, (Math.floor(n / gw) + 0.5) * size];
+    for (let k = 0; k < nbins; k++) {
+      const v = Math.max(0, cellHist(n, k)) / max;
+      if (v < 0.05) continue;
+      // Bin k holds gradients at θ = atan2(c0, c1) ∈ [kπ/n, (k+1)π/n); (sin θ, cos θ) is the gradient in (x, y).
+      const theta = ((k + 0.5) * Math.PI) / nbins;
+      const [dx, dy] = [(Math.cos(theta) * size) / 2, (-Math.sin(theta) * size) / 2];
+      lines.push(
+        `<line x1="${(cx - dx).toFixed(1)}" y1="${(cy - dy).toFixed(1)}" x2="${(cx + dx).toFixed(1)}" y2="${(cy + dy).toFixed(1)}" stroke-opacity="${v.toFixed(2)}"/>`,
+      );
+    }
+  }
+  const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${SIDE}" height="${(SIDE * gh) / gw}"><rect width="100%" height="100%" fill="#111"/><g stroke="#fff" stroke-width="${Math.max(1, size / 10).toFixed(1)}">${lines.join('')}</g></svg>`;
+  return sharp(Buffer.from(svg)).png().toBuffer();
+}

@@ -1,0 +1,77 @@
+import { z } from 'zod';
+
+// The one API of LocalMIM Studio: the same methods and events over Electron IPC (preload) and over
+// HTTP + server-sent events (`localmim serve`). Each method's arguments are validated by its schema on
+// the receiving side; results are plain JSON.
+
+const id = z.number().int().positive();
+
+export const METHODS = {
+  'app.info': z.object({}),
+  'datasets.list': z.object({}),
+  'datasets.add': z.object({ path: z.string().min(1).max(4096) }),
+  'datasets.addSample': z.object({}),
+  'datasets.get': z.object({ id }),
+  'datasets.thumbnails': z.object({ id, offset: z.number().int().min(0).default(0), limit: z.number().int().min(1).max(200).default(48) }),
+  'config.check': z.object({ config: z.unknown(), datasetId: id.optional() }),
+  'runs.list': z.object({}),
+  'runs.get': z.object({ id }),
+  'runs.create': z.object({ datasetId: id, name: z.string().max(200).optional(), config: z.unknown() }),
+  'runs.pause': z.object({ id }),
+  'runs.resume': z.object({ id }),
+  'runs.cancel': z.object({ id }),
+  'runs.extend': z.object({ id, epochs: z.number().int().min(1).max(100_000) }),
+  'runs.update': z.object({
+    id,
+    name: z.string().max(200).optional(),
+    notes: z.string().max(20_000).optional(),
+    tags: z.array(z.string().max(50)).max(50).optional(),
+  }),
+  'runs.preview': z.object({ id, step: z.number().int().min(0) }),
+} as const;
+
+export type Method = keyof typeof METHODS;
+export type Args<M extends Method> = z.input<(typeof METHODS)[M]>;
+
+export const isMethod = (m: unknown): m is Method => typeof m === 'string' && Object.hasOwn(METHODS, m);
+
+/** Validates a call's arguments, turning zod's issues into one message that names each bad field. */
+export function parseArgs<M extends Method>(method: M, args: unknown): z.output<(typeof METHODS)[M]> {
+  const r = METHODS[method].safeParse(args ?? {});
+  if (!r.success)
+    throw new ApiError(
+      'bad-request',
+      `${method}: ${r.error.issues.map((i) => `${i.path.join('.') || 'arguments'}: ${i.message}`).join('; ')}`,
+    );
+  return r.data as z.output<(typeof METHODS)[M]>;
+}
+
+export class ApiError extends Error {
+  constructor(
+    readonly kind: 'bad-request' | 'not-found' | 'conflict' | 'forbidden',
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ApiError';
+  }
+}
+
+/** Events pushed to every window: training progress, indexing progress, status changes. */
+export type ApiEvent =
+  | { type: 'dataset.progress'; datasetPath: string; done: number; total: number; filesPerS: number; etaS: number }
+  | { type: 'dataset.indexed'; datasetId: number }
+  | { type: 'dataset.error'; datasetPath: string; message: string }
+  | { type: 'run.status'; runId: number; status: string; error: string | null }
+  | { type: 'run.metrics'; runId: number; rows: MetricPoint[] }
+  | { type: 'run.checkpoint'; runId: number; step: number }
+  | { type: 'run.preview'; runId: number; step: number };
+
+export interface MetricPoint {
+  step: number;
+  epoch: number;
+  samples: number;
+  loss: number;
+  losses: number[];
+  lr: number;
+  imagesPerS: number;
+}

@@ -1,0 +1,43 @@
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { homeDir } from '../home.js';
+import { launchNodeJob } from '../jobs/launch.js';
+import { startServer } from '../server/server.js';
+import { Service } from '../service/service.js';
+import { parse, positiveInt, UsageError } from './args.js';
+
+export const summary = 'serve the app to a browser: localmim serve [--port 5170] [--host 127.0.0.1]';
+
+export const RENDERER_DIR = fileURLToPath(new URL('../../renderer/dist', import.meta.url));
+
+export async function run(argv: string[]): Promise<void> {
+  const { values } = parse(argv, {
+    port: { type: 'string', default: '5170' },
+    host: { type: 'string', default: '127.0.0.1' },
+    home: { type: 'string' },
+    'preview-every': { type: 'string', default: '25' },
+  });
+  await serve({
+    port: values.port === '0' ? 0 : positiveInt('port', values.port),
+    host: values.host,
+    home: homeDir(values.home),
+    previewEvery: positiveInt('preview-every', values['preview-every']),
+  });
+}
+
+export async function serve(o: { port: number; host: string; home: string; previewEvery?: number }): Promise<void> {
+  if (!existsSync(`${RENDERER_DIR}/index.html`)) throw new UsageError(`the UI is not built (${RENDERER_DIR}): run npm run build`);
+  if (!['127.0.0.1', 'localhost', '::1'].includes(o.host))
+    console.error(`warning: serving on ${o.host}, reachable from other machines; the token is the only protection`);
+  const service = new Service(o.home, launchNodeJob, { previewEvery: o.previewEvery });
+  const { server, url } = await startServer({ service, rendererDir: RENDERER_DIR, host: o.host, port: o.port });
+  console.log(`LocalMIM Studio: ${url}`);
+  const stop = async () => {
+    console.error('stopping: pausing running runs (they checkpoint first)…');
+    server.close();
+    await service.shutdown();
+    process.exit(0);
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+}

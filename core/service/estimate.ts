@@ -1,0 +1,35 @@
+import { modelDims, type RunConfig } from '../config.js';
+
+/** Rough effective throughput of one training step per backend, in GFLOP/s (tfjs-notes; measured here for wasm). */
+const GFLOPS: Record<string, number> = { 'tensorflow-gpu': 2000, tensorflow: 60, wasm: 10, cpu: 0.3 };
+
+/**
+ * Parameters, memory and time per epoch of a run, before it starts: parameter count exact, memory and
+ * time estimated (weights + gradients + two AdamW moments + activations; FLOPs ≈ 6 · params-in-use · tokens).
+ */
+export function estimate(c: RunConfig, images: number, backend: string) {
+  const { D, depth, nKeep, L, scales, F, p } = modelDims(c.model);
+  const d = c.model.decoderDim;
+  const r = c.model.mlpRatio;
+  const block = (W: number) => 2 * W + 3 * W * W + 3 * W + W * W + W + 2 * W + 2 * r * W * W + r * W + W;
+  const head = (s: number, f: number) =>
+    s === 4
+      ? d * (d / 2) * 4 + d / 2 + d + (d / 2) * (d / 4) * 4 + d / 4 + (d / 4) * f + f
+      : s === 2
+        ? d * (d / 2) * 4 + d / 2 + (d / 2) * f + f
+        : d * f + f;
+  const encoder = D + 3 * p * p * D + D + depth * block(D) + scales.length * 2 * D;
+  const decoders = scales.reduce((n, s, k) => n + d + D * d + d + c.model.decoderDepth * block(d) + 2 * d + head(s, F[k]!), 0);
+  const params = encoder + decoders;
+  const B = c.optim.batch;
+  const flopsPerImage = 6 * ((encoder - 3 * p * p * D) * (1 + nKeep) + 3 * p * p * D * nKeep + decoders * (1 + L));
+  const activations = B * (depth * (1 + nKeep) * D * 14 + scales.length * (1 + L) * d * 14) * 4;
+  const stepsPerEpoch = Math.floor(images / B / c.optim.accumIter);
+  return {
+    params,
+    encoderParams: encoder,
+    memoryMB: Math.round((params * 16 + activations) / 1e6),
+    secondsPerEpoch: (stepsPerEpoch * B * c.optim.accumIter * flopsPerImage) / ((GFLOPS[backend] ?? 10) * 1e9),
+    stepsPerEpoch,
+  };
+}

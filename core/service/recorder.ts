@@ -1,0 +1,73 @@
+import { rmSync } from 'node:fs';
+import type { MetricRow, Store } from '../store/store.js';
+import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
+import type { TrainEvent } from '../train/loop.js';
+
+/**
+ * Persists a run's training events: metric rows in batched transactions, checkpoint rows (after their
+ * files are safely renamed into place), retention, and the run's status. Used by the CLI in-process and
+ * by the service for job processes: one writer either way.
+ */
+export class RunRecorder {
+  private pending: MetricRow[] = [];
+  private flushed = Date.now();
+
+  constructor(
+    private readonly store: Store,
+    readonly runId: number,
+    private readonly keep = 3,
+  ) {}
+
+  handle(e: TrainEvent): void {
+    if (e.type === 'step') {
+      this.pending.push({
+        step: e.step,
+        epoch: e.epoch,
+        samples: e.samples,
+        loss: e.loss,
+        losses: e.losses,
+        lr: e.lr,
+        imagesPerS: e.imagesPerS,
+      });
+      // Batched, but never more than two seconds behind, so that a reloaded window sees recent steps.
+      if (this.pending.length >= 20 || Date.now() - this.flushed > 2000) this.flush();
+      this.store.updateRun(this.runId, { step: e.step, epoch: e.epoch });
+    } else if (e.type === 'checkpoint') {
+      this.flush();
+      this.store.addCheckpoint({ runId: this.runId, step: e.step, epoch: e.epoch, loss: e.loss, path: e.path, size: e.size, hash: e.hash });
+      this.prune();
+    } else if (e.type === 'end') {
+      this.flush();
+      this.store.updateRun(this.runId, { status: e.status, pid: null, step: e.step });
+    }
+  }
+
+  flush(): void {
+    this.flushed = Date.now();
+    if (this.pending.length) this.store.addMetrics(this.runId, this.pending.splice(0));
+  }
+
+  /** Keeps the last `keep` checkpoints and the one with the lowest loss; deletes the rest, file and row. */
+  private prune(): void {
+    const all = this.store.checkpoints(this.runId);
+    const best = all.filter((c) => c.loss !== null).sort((a, b) => a.loss! - b.loss!)[0];
+    for (const c of all.slice(0, Math.max(0, all.length - this.keep))) {
+      if (c.id === best?.id) continue;
+      this.store.deleteCheckpoint(c.id);
+      rmSync(c.path, { force: true });
+    }
+  }
+}
+
+/** The newest checkpoint of a run whose file is intact (hash as recorded); undefined means start over. */
+export function latestGoodCheckpoint(store: Store, runId: number): LoadedCheckpoint | undefined {
+  for (const c of store.checkpoints(runId).reverse()) {
+    try {
+      const loaded = loadCheckpoint(c.path);
+      if (loaded.hash === c.hash) return loaded;
+    } catch {
+      // A missing or unreadable file: fall back to an older checkpoint.
+    }
+  }
+  return undefined;
+}

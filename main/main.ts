@@ -1,0 +1,86 @@
+import { app, BrowserWindow, dialog, ipcMain, Menu, session, shell, type IpcMainInvokeEvent } from 'electron';
+import { join } from 'node:path';
+import { APP_NAME } from '../core/home.js';
+import { startBackend } from './backend.js';
+import { isAppUrl, isSafeExternal, windowOptions } from './window.js';
+
+const appRoot = app.getAppPath();
+const rendererIndex = join(appRoot, 'renderer', 'dist', 'index.html');
+const preload = join(import.meta.dirname, 'preload.cjs');
+
+if (!app.requestSingleInstanceLock()) app.quit();
+app.setName(APP_NAME);
+
+let win: BrowserWindow | undefined;
+let quitting = false;
+
+function createWindow(): void {
+  win = new BrowserWindow(windowOptions(preload));
+  win.once('ready-to-show', () => win?.show());
+  win.webContents.setWindowOpenHandler(({ url }) => {
+    if (isSafeExternal(url)) void shell.openExternal(url);
+    return { action: 'deny' };
+  });
+  win.webContents.on('will-navigate', (e, url) => {
+    if (!isAppUrl(url, rendererIndex)) e.preventDefault();
+  });
+  void win.loadFile(rendererIndex);
+}
+
+/** Every IPC message must come from our own page, in the top frame. */
+function trusted(e: IpcMainInvokeEvent): boolean {
+  return !!e.senderFrame && e.senderFrame === e.sender.mainFrame && isAppUrl(e.senderFrame.url, rendererIndex);
+}
+
+app.on('second-instance', () => {
+  if (win?.isMinimized()) win.restore();
+  win?.focus();
+});
+
+void app.whenReady().then(() => {
+  session.defaultSession.setPermissionRequestHandler((_wc, _permission, cb) => cb(false));
+  const backend = startBackend(appRoot, app.isPackaged);
+  backend.onEvent((e) => win?.webContents.send('event', e));
+  ipcMain.handle('api', async (e, method: unknown, args: unknown) => {
+    if (!trusted(e)) return { ok: false, error: { kind: 'forbidden', message: 'untrusted sender' } };
+    if (typeof method !== 'string' || method.length > 100)
+      return { ok: false, error: { kind: 'bad-request', message: 'method must be a string' } };
+    return backend.call(method, args); // the service validates the arguments against the API's schemas
+  });
+  ipcMain.handle('pickFolder', async (e) => {
+    if (!trusted(e) || !win) return null;
+    const r = await dialog.showOpenDialog(win, { properties: ['openDirectory'], title: 'Choose a folder of images' });
+    return r.canceled ? null : (r.filePaths[0] ?? null);
+  });
+  Menu.setApplicationMenu(
+    Menu.buildFromTemplate([
+      { role: process.platform === 'darwin' ? 'appMenu' : 'fileMenu' },
+      { role: 'editMenu' },
+      {
+        label: 'View',
+        submenu: [
+          { role: 'reload' },
+          { role: 'toggleDevTools' },
+          { type: 'separator' },
+          { role: 'resetZoom' },
+          { role: 'zoomIn' },
+          { role: 'zoomOut' },
+        ],
+      },
+      { role: 'windowMenu' },
+    ]),
+  );
+  createWindow();
+  app.on('activate', () => BrowserWindow.getAllWindows().length === 0 && createWindow());
+  // On quit, running runs checkpoint and are marked paused before the app exits.
+  app.on('before-quit', (e) => {
+    if (quitting) return;
+    e.preventDefault();
+    quitting = true;
+    void backend.shutdown().then(() => app.quit());
+  });
+});
+
+app.on('window-all-closed', () => {
+  if (process.platform !== 'darwin') app.quit();
+});

@@ -1,0 +1,22 @@
+// Bundles Electron's main process, preload and job entry with esbuild (shipped inside vite's dependencies):
+// main and the job process as ESM with node_modules external; the preload as CommonJS, as a sandboxed
+// preload must be.
+import { build } from 'esbuild';
+
+const common = { bundle: true, platform: 'node', target: 'node20', sourcemap: true, logLevel: 'warning' };
+await build({
+  ...common,
+  entryPoints: { main: 'main/main.ts', job: 'main/job.ts', 'backend-host': 'main/backend-host.ts' },
+  outdir: 'dist/main',
+  format: 'esm',
+  packages: 'external',
+  outExtension: { '.js': '.js' },
+});
+await build({
+  ...common,
+  entryPoints: { preload: 'main/preload.ts' },
+  outdir: 'dist/main',
+  format: 'cjs',
+  external: ['electron'],
+  outExtension: { '.js': '.cjs' },
+});

@@ -1,0 +1,98 @@
+import { execSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { afterAll, beforeAll, expect, test } from 'vitest';
+
+// The whole app in Debian's Chromium against `localmim serve`, with a real data folder and real training.
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const ARTIFACTS = join(ROOT, 'test-artifacts');
+const home = mkdtempSync(join(tmpdir(), 'localmim-e2e-'));
+let server: ChildProcess;
+let browser: Browser;
+let page: Page;
+let url = '';
+const consoleErrors: string[] = [];
+
+beforeAll(async () => {
+  if (!existsSync(join(ROOT, 'renderer/dist/index.html'))) execSync('npm run build', { cwd: ROOT, stdio: 'inherit' });
+  mkdirSync(ARTIFACTS, { recursive: true });
+  server = spawn(process.execPath, [join(ROOT, 'bin/localmim.js'), 'serve', '--port', '0', '--home', home, '--preview-every', '5'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  url = await new Promise<string>((resolve) =>
+    createInterface({ input: server.stdout! }).on('line', (l) => l.startsWith('LocalMIM Studio: ') && resolve(l.slice(17))),
+  );
+  browser = await chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+  page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  page.on('console', (m) => m.type() === 'error' && consoleErrors.push(m.text()));
+  page.on('pageerror', (e) => consoleErrors.push(e.message));
+});
+
+afterAll(async () => {
+  await browser?.close();
+  server?.kill('SIGTERM');
+  await new Promise((r) => server?.once('exit', r));
+  rmSync(home, { recursive: true, force: true });
+});
+
+const shot = (name: string) => page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
+
+test('add the sample images, train, watch the chart, pause, resume, see checkpoints and reconstructions', async () => {
+  await page.goto(url);
+  await expect.poll(() => page.getByTestId('backend').textContent()).toMatch(/Compute: (wasm|cpu|tensorflow)/);
+  await page.getByRole('button', { name: 'Use the sample images' }).click();
+  await page.getByTestId('dataset-row').filter({ hasText: '300' }).waitFor({ timeout: 60_000 });
+  await page.getByTestId('thumbnails').locator('img').first().waitFor();
+  await shot('1-datasets');
+
+  await page.goto(url.replace(/\/\?token=.*/, '/#/new?dataset=1'));
+  const field = (label: string) => page.getByLabel(label, { exact: true });
+  await field('Image size (px)').fill('30');
+  await expect.poll(() => page.getByTestId('field-error').first().textContent()).toMatch(/imgSize=30 must be a multiple of patchSize=8/);
+  expect(await page.getByRole('button', { name: 'Start pretraining' }).isDisabled()).toBe(true);
+  await field('Image size (px)').fill('32');
+  await field('Batch').fill('8');
+  await field('Epochs').fill('3');
+  await field('Warmup epochs').fill('1');
+  await page.getByTestId('estimate').waitFor();
+  await shot('2-new-run');
+  await page.getByRole('button', { name: 'Start pretraining' }).click();
+
+  const points = async () => Number(await page.getByTestId('charts').getAttribute('data-points'));
+  await page.getByTestId('charts').waitFor({ timeout: 120_000 });
+  await expect.poll(points, { timeout: 120_000 }).toBeGreaterThan(5);
+  await page.getByTestId('preview').first().locator('img').nth(3).waitFor({ timeout: 60_000 });
+  await shot('3-training');
+
+  await page.getByRole('button', { name: 'Pause' }).click();
+  await expect.poll(() => page.getByTestId('run-status').textContent(), { timeout: 60_000 }).toBe('paused');
+  await page.getByTestId('checkpoints').locator('tbody tr').first().waitFor();
+  const pausedAt = await points();
+
+  await page.reload(); // status and charts survive a reload
+  await expect.poll(() => page.getByTestId('run-status').textContent()).toBe('paused');
+  expect(await points()).toBe(pausedAt);
+
+  await page.getByRole('button', { name: 'Resume' }).click();
+  await expect.poll(() => page.getByTestId('run-status').textContent(), { timeout: 60_000 }).toBe('running');
+  await expect.poll(points, { timeout: 120_000 }).toBeGreaterThan(pausedAt + 3);
+  await shot('4-resumed');
+  await page.getByRole('button', { name: 'Pause' }).click();
+  await expect.poll(() => page.getByTestId('run-status').textContent(), { timeout: 60_000 }).toBe('paused');
+
+  expect(consoleErrors).toEqual([]);
+});
