@@ -15,7 +15,9 @@ function electronBinary(): { path?: string; why?: string } {
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     if (e.code === 'MODULE_NOT_FOUND') return { why: 'the electron package is not installed: its binary download failed' };
-    return { why: /failed to install correctly/.test(e.message) ? 'the Electron binary was not downloaded' : String(e.message).split('\n')[0] };
+    return {
+      why: /failed to install correctly/.test(e.message) ? 'the Electron binary was not downloaded' : String(e.message).split('\n')[0],
+    };
   }
 }
 
