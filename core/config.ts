@@ -152,3 +152,36 @@ export const PRESETS = {
   isolated: { variant: 'isolated', target: 'hog' },
 } as const satisfies Record<string, Partial<ModelConfig>>;
 export type Preset = keyof typeof PRESETS;
+
+/** Fine-tuning and linear probing (spec §14, paper Table 9), with defaults scaled down to small data. */
+export const FinetuneConfigSchema = OptimConfigSchema.extend({
+  epochs: int(1).default(50),
+  warmupEpochs: z.number().min(0).default(5),
+  /** MAE's fine-tuning base rate; lr = blr · effective batch / 256. */
+  blr: z.number().positive().default(5e-4),
+  beta2: z.number().min(0).lt(1).default(0.999),
+  /** Layer-wise lr decay: block i gets layerDecay^(depth − i) of the head's rate (0.65 ViT-B, 0.75 ViT-L). */
+  layerDecay: z.number().gt(0).max(1).default(0.75),
+  dropPath: z.number().min(0).lt(1).default(0.1),
+  smoothing: z.number().min(0).lt(1).default(0.1),
+  /** Mixup and CutMix Beta(α, α) parameters; 0 turns them off (the paper uses 0.8 and 1.0 on ImageNet). */
+  mixup: z.number().min(0).default(0),
+  cutmix: z.number().min(0).default(0),
+  /** Smallest crop area of RandomResizedCrop during fine-tuning (timm's 0.08). */
+  minScale: z.number().gt(0).max(1).default(0.08),
+  valFraction: z.number().gt(0).lt(1).default(0.2),
+  /** Train only the head on frozen features. */
+  linearProbe: z.boolean().default(false),
+});
+export type FinetuneConfig = z.output<typeof FinetuneConfigSchema>;
+
+export const FinetuneRunSchema = z.object({
+  model: ModelConfigSchema,
+  finetune: FinetuneConfigSchema.default(() => FinetuneConfigSchema.parse({})),
+  seed: int(0).default(0),
+  /** Class names, in label index order. */
+  classes: z.array(z.string()).min(2),
+  /** The pretraining run and checkpoint step it starts from; null = from scratch. */
+  from: z.object({ runId: int(1), step: int(0) }).nullable(),
+});
+export type FinetuneRun = z.output<typeof FinetuneRunSchema>;

@@ -20,7 +20,22 @@ test('a new database gets WAL, foreign keys and every migration', () => {
     (t) => t.name,
   );
   expect(tables).toEqual(['checkpoints', 'datasets', 'exports', 'images', 'metrics', 'runs']);
+  expect((db.prepare('PRAGMA table_info(runs)').all() as { name: string }[]).map((c) => c.name)).toContain('parent_id');
   db.close();
+});
+
+test('migration 20 keeps the runs and metrics of a version-10 database', () => {
+  const path = fresh();
+  const old = openDatabase(path, 10);
+  old.prepare(`INSERT INTO runs (name, config, backend, status) VALUES ('old', '{}', 'wasm', 'finished')`).run();
+  old
+    .prepare(`INSERT INTO metrics (run_id, step, epoch, samples, loss, losses, lr, images_per_s) VALUES (1, 1, 0.1, 8, 0.5, '[]', 1e-4, 3)`)
+    .run();
+  old.close();
+  const store = new Store(path);
+  expect(store.run(1)).toMatchObject({ name: 'old', kind: 'pretrain', parentId: null });
+  expect(store.metrics(1)[0]).toMatchObject({ step: 1, valTop1: null });
+  store.close();
 });
 
 test('a database from a newer version of the app is refused, untouched', () => {

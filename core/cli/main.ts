@@ -9,6 +9,7 @@ interface Command {
 const COMMANDS: Record<string, () => Promise<Command>> = {
   index: () => import('./index-cmd.js'),
   pretrain: () => import('./pretrain.js'),
+  finetune: () => import('./finetune.js'),
   runs: () => import('./runs.js'),
   serve: () => import('./serve.js'),
   start: () => import('./start.js'),

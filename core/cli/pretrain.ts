@@ -5,13 +5,13 @@ import { parseRunConfig, PRESETS, type Preset, type RunConfig } from '../config.
 import { DecodeCache } from '../data/cache.js';
 import { Loader } from '../data/loader.js';
 import { homeDir, homePaths, isAlive, SAMPLE_IMAGES } from '../home.js';
-import { latestGoodCheckpoint, RunRecorder } from '../service/recorder.js';
+import { latestGoodCheckpoint } from '../service/recorder.js';
 import { Store, type RunRow } from '../store/store.js';
 import type { LoadedCheckpoint } from '../train/checkpoint.js';
-import { pretrain, type TrainEvent } from '../train/loop.js';
+import { pretrain } from '../train/loop.js';
 import { parse, positiveInt, UsageError } from './args.js';
 import { indexWithProgress, printSummary } from './index-cmd.js';
-import { duration, StatusLine } from './progress.js';
+import { terminalSession } from './session.js';
 
 export const summary = 'pretrain a ViT with LocalMIM on a folder (default: the bundled sample images)';
 
@@ -42,7 +42,7 @@ const OPTIONS = {
   json: { type: 'boolean', default: false },
 } as const;
 
-type Values = ReturnType<typeof parse<typeof OPTIONS>>['values'];
+type Values = Partial<ReturnType<typeof parse<typeof OPTIONS>>['values']>;
 
 function num(values: Values, flag: keyof Values): number | undefined {
   const v = values[flag];
@@ -101,7 +101,6 @@ export async function run(argv: string[]): Promise<void> {
   const paths = homePaths(home);
   const store = new Store(paths.db);
   const emit = values.json ? (e: object) => console.log(JSON.stringify(e)) : () => {};
-  const line = new StatusLine();
   let runRow: RunRow | undefined;
   try {
     store.markInterrupted(isAlive);
@@ -140,52 +139,16 @@ export async function run(argv: string[]): Promise<void> {
       backend: backend.chosen,
     });
     const runId = runRow.id;
-    const abort = new AbortController();
-    const onSigint = () => {
-      if (abort.signal.aborted) process.exit(130);
-      abort.abort();
-      line.done();
-      if (!values.json) console.error('stopping: checkpointing after this step (Ctrl-C again to quit at once)');
-    };
-    process.on('SIGINT', onSigint);
-
-    const recorder = new RunRecorder(store, runId, positiveInt('keep', values.keep));
-    let total = 0;
-    const onEvent = (e: TrainEvent) => {
-      recorder.handle(e);
-      if (e.type === 'start') {
-        total = e.totalSteps;
-        emit({
-          type: 'start',
-          runId,
-          backend: backend.chosen,
-          backendReport: backend,
-          config: e.config,
-          step: e.step,
-          totalSteps: e.totalSteps,
-          stepsPerEpoch: e.stepsPerEpoch,
-        });
-        if (!values.json)
-          console.error(`run ${runId}: ${e.totalSteps} steps (${e.stepsPerEpoch} per epoch), from step ${e.step}, data in ${home}`);
-      } else if (e.type === 'step') {
-        emit({ ...e, runId });
-        const eta = ((total - e.step) * config.optim.batch * config.optim.accumIter) / e.imagesPerS;
-        line.update(
-          `step ${e.step}/${total}  epoch ${e.epoch.toFixed(2)}  loss ${e.loss.toFixed(4)} [${e.losses.map((l) => l.toFixed(3)).join(' ')}]  lr ${e.lr.toExponential(2)}  ${e.imagesPerS.toFixed(1)} img/s  ETA ${duration(eta)}`,
-        );
-      } else if (e.type === 'checkpoint') {
-        emit({ type: 'checkpoint', runId, path: e.path, step: e.step, epoch: e.epoch, loss: e.loss });
-      } else {
-        line.done();
-        emit({ type: 'end', runId, status: e.status, step: e.step });
-        if (!values.json)
-          console.error(
-            e.status === 'finished'
-              ? `run ${runId} finished at step ${e.step}`
-              : `run ${runId} paused at step ${e.step}: resume with localmim pretrain --resume ${runId}`,
-          );
-      }
-    };
+    const session = terminalSession({
+      store,
+      runId,
+      json: values.json,
+      keep: positiveInt('keep', values.keep),
+      backend,
+      home,
+      imagesPerStep: config.optim.batch * config.optim.accumIter,
+      resume: `localmim pretrain --resume ${runId}`,
+    });
     await pretrain({
       config,
       loader,
@@ -195,12 +158,11 @@ export async function run(argv: string[]): Promise<void> {
       checkpointEveryMinutes: num(values, 'checkpoint-minutes'),
       stopAtStep: values['max-steps'] ? positiveInt('max-steps', values['max-steps']) : undefined,
       resumeFrom,
-      signal: abort.signal,
-      onEvent,
+      signal: session.signal,
+      onEvent: session.onEvent,
     });
-    process.off('SIGINT', onSigint);
+    session.close();
   } catch (err) {
-    line.done();
     if (runRow) store.updateRun(runRow.id, { status: 'failed', pid: null, error: (err as Error).message });
     emit({ type: 'error', runId: runRow?.id ?? null, message: (err as Error).message });
     throw err;

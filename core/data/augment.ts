@@ -14,7 +14,13 @@ export interface Crop {
  * torchvision's RandomResizedCrop parameters (spec §3): area fraction in [0.2, 1], aspect ratio
  * log-uniform in [3/4, 4/3], ten tries, then a centre crop clamped to the ratio range; flip with p = 0.5.
  */
-export function randomCrop(rng: Rng, W: number, H: number, scale = [0.2, 1] as const, ratio = [3 / 4, 4 / 3] as const): Crop {
+export function randomCrop(
+  rng: Rng,
+  W: number,
+  H: number,
+  scale: readonly [number, number] = [0.2, 1],
+  ratio: readonly [number, number] = [3 / 4, 4 / 3],
+): Crop {
   const flip = (crop: Omit<Crop, 'flip'>): Crop => ({ ...crop, flip: rng.next() < 0.5 });
   const area = W * H;
   for (let i = 0; i < 10; i++) {

@@ -28,6 +28,8 @@ export class Loader {
     readonly batch: number,
     readonly seed: number,
     readonly prefetch = 2,
+    /** Smallest crop area of RandomResizedCrop: 0.2 in pretraining (spec §3), 0.08 in fine-tuning. */
+    readonly minScale = 0.2,
   ) {
     if (items.length < batch) throw new Error(`data: ${items.length} usable images, fewer than one batch of ${batch}`);
     this.batchesPerEpoch = Math.floor(items.length / batch); // drop_last, as the official loader
@@ -55,15 +57,20 @@ export class Loader {
     return p;
   }
 
-  private load(epoch: number, i: number): Promise<Rgb8[]> {
+  /** Indices into `items` of micro-batch `i` of epoch `epoch`. */
+  itemsAt(epoch: number, i: number): number[] {
     const order = this.order(epoch);
+    return Array.from({ length: this.batch }, (_, j) => order[i * this.batch + j]!);
+  }
+
+  private load(epoch: number, i: number): Promise<Rgb8[]> {
     const side = Math.ceil(this.imgSize * 1.15);
     return Promise.all(
-      Array.from({ length: this.batch }, async (_, j) => {
-        const k = i * this.batch + j;
-        const item = this.items[order[k]!]!;
+      this.itemsAt(epoch, i).map(async (index, j) => {
+        const item = this.items[index]!;
         const img = await this.cache.get(item.abs, item.hash, side);
-        return applyCrop(img, randomCrop(new Rng(seedFor(this.seed, CROP, epoch, k)), img.width, img.height), this.imgSize);
+        const crop = randomCrop(new Rng(seedFor(this.seed, CROP, epoch, i * this.batch + j)), img.width, img.height, [this.minScale, 1]);
+        return applyCrop(img, crop, this.imgSize);
       }),
     );
   }

@@ -1,13 +1,14 @@
 import * as tf from '@tensorflow/tfjs';
 import { modelDims, type ModelConfig, type ModelDims } from '../config.js';
 import { hog, type HogBias } from '../targets/hog.js';
-import { normalize, type RgbImage } from '../targets/image.js';
+import type { RgbImage } from '../targets/image.js';
 import { pixelTargets } from '../targets/pixels.js';
 import { decode } from './decoder.js';
 import { randomMasking, scaleMask } from './masking.js';
 import { ParamStore } from './params.js';
+import { gatherPatches } from './patches.js';
 import { sinCosPosEmbed } from './posEmbed.js';
-import { forwardIntermediates } from './vit.js';
+import { encode } from './vit.js';
 
 /** A batch made ready on the host: everything that needs no gradient is gathered here, not in tfjs. */
 export interface PreparedBatch {
@@ -51,22 +52,8 @@ export class LocalMIM {
     const { D, p, g, L, nKeep, cells, scales } = this.dims;
     const B = images.length;
     const { idsKeep, mask } = randomMasking(noise, B, L, nKeep);
-    const P = 3 * p * p;
-    const patches = new Float32Array(B * nKeep * P);
-    const pos = new Float32Array(B * nKeep * D);
+    const { patches, pos } = gatherPatches(images, (b) => idsKeep.subarray(b * nKeep, (b + 1) * nKeep), p, this.posTable, D);
     const perImage = images.map((img) => this.targetsOf(img));
-    images.forEach((img, b) => {
-      const X = normalize(img);
-      for (let k = 0; k < nKeep; k++) {
-        const n = idsKeep[b * nKeep + k]!;
-        const [ty, tx] = [Math.floor(n / g), n % g];
-        const out = patches.subarray((b * nKeep + k) * P);
-        for (let c = 0; c < 3; c++)
-          for (let dy = 0; dy < p; dy++)
-            for (let dx = 0; dx < p; dx++) out[(c * p + dy) * p + dx] = X[((ty * p + dy) * img.width + tx * p + dx) * 3 + c]!;
-        pos.set(this.posTable.subarray((1 + n) * D, (2 + n) * D), (b * nKeep + k) * D);
-      }
-    });
     const targets = cells.map((_, k) => concat(perImage.map((t) => t[k]!)));
     const scaleMasks = scales.map((s) => scaleMask(mask, B, g, s));
     return { B, patches, pos, idsKeep, mask, targets, scaleMasks };
@@ -88,7 +75,7 @@ export class LocalMIM {
     const P = (name: string) => this.params.get(name);
     const patches = tf.tensor2d(batch.patches, [B * nKeep, 3 * p * p]);
     const pos = tf.tensor2d(batch.pos, [B * nKeep, D]);
-    const latents = forwardIntermediates(P, this.dims, patches, pos, B, this.config.variant === 'isolated');
+    const { latents } = encode(P, this.dims, patches, pos, B, { taps: this.dims.taps, isolate: this.config.variant === 'isolated' });
     const un = { select: tf.tensor3d(selection(batch.idsKeep, B, L, nKeep), [B, L, nKeep]), mask: tf.tensor3d(batch.mask, [B, L, 1]) };
     const preds = latents.map((z, k) => decode(P, k, this.config, this.dims, z, un, B));
     const losses = preds.map((pred, k) => {

@@ -19,7 +19,11 @@ const normal = (std: number) => (rng: Rng, n: number) => Float32Array.from({ len
 // Xavier-uniform for every Linear and for the patch embedding viewed as a [D, 3p²] matrix, as MAE does.
 const xavier = (fanOut: number, fanIn: number) => uniform(Math.sqrt(6 / (fanIn + fanOut)));
 
-function specs(c: ModelConfig): ParamSpec[] {
+/**
+ * Parameters of the pretraining model, or, with `classes`, of the fine-tuning classifier: the same
+ * backbone (timm names) plus `fc_norm` and `head` on mean-pooled patch tokens (spec §14).
+ */
+function specs(c: ModelConfig, classes?: number): ParamSpec[] {
   const { D, depth, p, scales, F } = modelDims(c);
   const d = c.decoderDim;
   const out: ParamSpec[] = [];
@@ -54,6 +58,13 @@ function specs(c: ModelConfig): ParamSpec[] {
   add('patch_embed.proj.weight', [D, 3, p, p], xavier(D, 3 * p * p));
   add('patch_embed.proj.bias', [D], uniform(1 / Math.sqrt(3 * p * p)));
   for (let i = 0; i < depth; i++) block(`blocks.${i}`, D);
+  if (classes) {
+    norm('fc_norm', D);
+    // The official fine-tuning initialises the new head with a truncated normal of std 2e-5.
+    add('head.weight', [classes, D], normal(2e-5));
+    add('head.bias', [classes], fill(0));
+    return out;
+  }
   scales.forEach((_, k) => norm(`norm.${k}`, D));
   scales.forEach((s, k) => {
     const dec = `decoder.${k}`;
@@ -94,10 +105,11 @@ export const HEADS: Record<number, (d: number) => HeadLayer[]> = {
 };
 
 /** Frozen tensors of the state dict: sin-cos tables and the HOG layers' Sobel kernels (and biases). */
-function bufferValues(c: ModelConfig, rng: Rng): Map<string, { shape: number[]; values: Float32Array }> {
+function bufferValues(c: ModelConfig, rng: Rng, classifier: boolean): Map<string, { shape: number[]; values: Float32Array }> {
   const { D, g, scales } = modelDims(c);
   const out = new Map<string, { shape: number[]; values: Float32Array }>();
   out.set('pos_embed', { shape: [1, 1 + g * g, D], values: sinCosPosEmbed(D, g) });
+  if (classifier) return out;
   scales.forEach((_, k) =>
     out.set(`decoder.${k}.pos_embed`, { shape: [1, 1 + g * g, c.decoderDim], values: sinCosPosEmbed(c.decoderDim, g) }),
   );
@@ -120,18 +132,18 @@ export class ParamStore {
   readonly vars = new Map<string, tf.Variable>();
   readonly buffers = new Map<string, tf.Tensor>();
 
-  constructor(c: ModelConfig, seed: number) {
+  constructor(c: ModelConfig, seed: number, classes?: number) {
     const rng = new Rng(seed);
     // tfjs variable names are global: prefix them so that several models can live side by side.
     const prefix = `m${ParamStore.instances++}/`;
-    for (const s of specs(c)) {
+    for (const s of specs(c, classes)) {
       const n = s.shape.reduce((a, b) => a * b, 1);
       this.vars.set(
         s.name,
         tf.tidy(() => tf.variable(tf.tensor(s.init(rng, n), s.shape), true, prefix + s.name)),
       );
     }
-    for (const [name, b] of bufferValues(c, rng)) this.buffers.set(name, tf.keep(tf.tensor(b.values, b.shape)));
+    for (const [name, b] of bufferValues(c, rng, classes !== undefined)) this.buffers.set(name, tf.keep(tf.tensor(b.values, b.shape)));
   }
 
   get(name: string): tf.Tensor {

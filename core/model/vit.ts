@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import type { ModelDims } from '../config.js';
+import type { Rng } from '../random.js';
 import { gelu, layerNorm, linear, mm, stopGradient } from './ops.js';
 
 export type Param = (name: string) => tf.Tensor;
@@ -7,55 +7,109 @@ export type Param = (name: string) => tf.Tensor;
 // Activations stay 2-D, [B·T, W], between blocks so that every Linear is a plain 2-D GEMM.
 
 /** Multi-head self-attention with one fused qkv projection (timm layout, spec §7). x: [B·T, W]. */
-export function attention(P: Param, name: string, x: tf.Tensor, B: number, T: number, heads: number): tf.Tensor {
+export function attention(
+  P: Param,
+  name: string,
+  x: tf.Tensor,
+  B: number,
+  T: number,
+  heads: number,
+  onProbs?: (p: tf.Tensor) => void,
+): tf.Tensor {
   const W = x.shape[1]!;
   const hd = W / heads;
   const qkv = linear(x, P(`${name}.qkv.weight`), P(`${name}.qkv.bias`)); // [B·T, 3W]
   const split = tf.transpose(tf.reshape(qkv, [B, T, 3, heads, hd]), [2, 0, 3, 1, 4]); // [3, B, H, T, hd]
   const [q, k, v] = tf.split(tf.reshape(split, [3, B * heads, T, hd]), 3, 0).map((t) => tf.reshape(t, [B * heads, T, hd]));
-  const scores = mm(tf.mul(q!, hd ** -0.5), tf.transpose(k!, [0, 2, 1])); // [B·H, T, T]
-  const out = mm(tf.softmax(scores), v!); // [B·H, T, hd]
+  const probs = tf.softmax(mm(tf.mul(q!, hd ** -0.5), tf.transpose(k!, [0, 2, 1]))); // [B·H, T, T]
+  onProbs?.(probs);
+  const out = mm(probs, v!); // [B·H, T, hd]
   const merged = tf.reshape(tf.transpose(tf.reshape(out, [B, heads, T, hd]), [0, 2, 1, 3]), [B * T, W]);
   return linear(merged, P(`${name}.proj.weight`), P(`${name}.proj.bias`));
 }
 
+export interface BlockOptions {
+  onProbs?: (p: tf.Tensor) => void;
+  /** Stochastic depth: per-row scale `[B·T, 1]` of each residual branch, 0 (dropped) or 1/(1−rate). */
+  keep?: [tf.Tensor, tf.Tensor];
+}
+
 /** Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)). x: [B·T, W]. */
-export function block(P: Param, name: string, x: tf.Tensor, B: number, T: number, heads: number): tf.Tensor {
-  const a = attention(P, `${name}.attn`, layerNorm(x, P(`${name}.norm1.weight`), P(`${name}.norm1.bias`)), B, T, heads);
-  x = tf.add(x, a);
+export function block(P: Param, name: string, x: tf.Tensor, B: number, T: number, heads: number, o: BlockOptions = {}): tf.Tensor {
+  const branch = (y: tf.Tensor, i: 0 | 1) => (o.keep ? tf.mul(y, o.keep[i]) : y);
+  const a = attention(P, `${name}.attn`, layerNorm(x, P(`${name}.norm1.weight`), P(`${name}.norm1.bias`)), B, T, heads, o.onProbs);
+  x = tf.add(x, branch(a, 0));
   const h = gelu(
     linear(layerNorm(x, P(`${name}.norm2.weight`), P(`${name}.norm2.bias`)), P(`${name}.mlp.fc1.weight`), P(`${name}.mlp.fc1.bias`)),
   );
-  return tf.add(x, linear(h, P(`${name}.mlp.fc2.weight`), P(`${name}.mlp.fc2.bias`)));
+  return tf.add(x, branch(linear(h, P(`${name}.mlp.fc2.weight`), P(`${name}.mlp.fc2.bias`)), 1));
+}
+
+export interface EncoderDims {
+  D: number;
+  depth: number;
+  heads: number;
+}
+
+export interface EncoderOptions {
+  /** Blocks (0-based) whose output, through its own LayerNorm `norm.j`, is returned; the run stops at the last. */
+  taps?: readonly number[];
+  /** Stop gradients after each tap (paper Table 5). */
+  isolate?: boolean;
+  /** Receives each block's attention probabilities `[B·H, T, T]`. */
+  onAttention?: (block: number, probs: tf.Tensor) => void;
+  /** Stochastic depth with a rate rising linearly to `rate` over the blocks, as timm. */
+  dropPath?: { rate: number; rng: Rng };
 }
 
 /**
- * The encoder on the visible patches (spec §7). `patches [B·nKeep, 3p²]` are flattened `(c, dy, dx)`
- * like the patch conv's weight, `pos [B·nKeep, D]` their fixed positions (gathered on the host, as neither
- * needs a gradient). Returns the normalised output of every tapped block, `[B·(1+nKeep), D]` each.
- * With `isolate`, gradients stop after each tap (paper Table 5).
+ * The ViT encoder (spec §7) on `n` patches per image: `patches [B·n, 3p²]` flattened `(c, dy, dx)` like
+ * the patch conv's weight, `pos [B·n, D]` their fixed positions (gathered on the host, as neither needs
+ * a gradient). Returns the normalised tapped outputs and the last block's output `x [B·(1+n), D]`.
  */
-export function forwardIntermediates(
+export function encode(
   P: Param,
-  dims: ModelDims,
+  dims: EncoderDims,
   patches: tf.Tensor,
   pos: tf.Tensor,
   B: number,
-  isolate: boolean,
-): tf.Tensor[] {
-  const { D, depth, heads, nKeep, taps } = dims;
-  const T = 1 + nKeep;
+  o: EncoderOptions = {},
+): { latents: tf.Tensor[]; x: tf.Tensor } {
+  const { D, depth, heads } = dims;
+  const n = patches.shape[0]! / B;
+  const T = 1 + n;
   const Wpe = tf.reshape(P('patch_embed.proj.weight'), [D, -1]); // [D, 3, p, p] -> [D, 3p²]
-  const tokens = tf.reshape(tf.add(linear(patches, Wpe, P('patch_embed.proj.bias')), pos), [B, nKeep, D]);
+  const tokens = tf.reshape(tf.add(linear(patches, Wpe, P('patch_embed.proj.bias')), pos), [B, n, D]);
   const cls = tf.tile(P('cls_token'), [B, 1, 1]); // pos[0] is zero
   let x: tf.Tensor = tf.reshape(tf.concat([cls, tokens], 1), [B * T, D]);
+  const taps = o.taps ?? [];
+  const last = taps.length ? taps[taps.length - 1]! : depth - 1;
   const latents: tf.Tensor[] = [];
-  for (let i = 0; i <= taps[taps.length - 1]! && i < depth; i++) {
-    x = block(P, `blocks.${i}`, x, B, T, heads);
+  for (let i = 0; i <= last; i++) {
+    const keep =
+      o.dropPath && o.dropPath.rate > 0 ? keepMasks(o.dropPath, (o.dropPath.rate * i) / Math.max(depth - 1, 1), B, T) : undefined;
+    x = block(P, `blocks.${i}`, x, B, T, heads, { keep, onProbs: o.onAttention && ((p) => o.onAttention!(i, p)) });
     const j = taps.indexOf(i);
     if (j < 0) continue;
     latents.push(layerNorm(x, P(`norm.${j}.weight`), P(`norm.${j}.bias`)));
-    if (isolate) x = stopGradient(x);
+    if (o.isolate) x = stopGradient(x);
   }
-  return latents;
+  return { latents, x };
+}
+
+/** Two per-sample keep masks (attention and MLP branch), repeated over the sample's T tokens: `[B·T, 1]`. */
+function keepMasks({ rng }: { rng: Rng }, rate: number, B: number, T: number): [tf.Tensor, tf.Tensor] {
+  const mask = () => {
+    const m = new Float32Array(B * T);
+    for (let b = 0; b < B; b++) m.fill(rng.next() < rate ? 0 : 1 / (1 - rate), b * T, (b + 1) * T);
+    return tf.tensor2d(m, [B * T, 1]);
+  };
+  return [mask(), mask()];
+}
+
+/** Mean of the patch tokens (class token excluded): the backbone's feature. x: [B·(1+n), D] -> [B, D]. */
+export function meanPatchTokens(x: tf.Tensor, B: number): tf.Tensor {
+  const D = x.shape[1]!;
+  const T = x.shape[0]! / B;
+  return tf.mean(tf.slice(tf.reshape(x, [B, T, D]), [0, 1, 0], [B, T - 1, D]), 1);
 }

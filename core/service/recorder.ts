@@ -1,5 +1,5 @@
 import { rmSync } from 'node:fs';
-import type { MetricRow, Store } from '../store/store.js';
+import type { MetricRow, RunRow, Store } from '../store/store.js';
 import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
 import type { TrainEvent } from '../train/loop.js';
 
@@ -32,6 +32,9 @@ export class RunRecorder {
       // Batched, but never more than two seconds behind, so that a reloaded window sees recent steps.
       if (this.pending.length >= 20 || Date.now() - this.flushed > 2000) this.flush();
       this.store.updateRun(this.runId, { step: e.step, epoch: e.epoch });
+    } else if (e.type === 'eval') {
+      this.flush();
+      this.store.setEval(this.runId, e.step, e.top1, e.loss);
     } else if (e.type === 'checkpoint') {
       this.flush();
       this.store.addCheckpoint({ runId: this.runId, step: e.step, epoch: e.epoch, loss: e.loss, path: e.path, size: e.size, hash: e.hash });
@@ -70,4 +73,28 @@ export function latestGoodCheckpoint(store: Store, runId: number): LoadedCheckpo
     }
   }
   return undefined;
+}
+
+/** `RUN` or `RUN:STEP` → that run's newest intact checkpoint, or the one at STEP; errors name what is missing. */
+export function checkpointFor(store: Store, spec: string): { run: RunRow; checkpoint: LoadedCheckpoint; step: number } {
+  const m = /^(\d+)(?::(\d+))?$/.exec(spec.trim());
+  if (!m) throw new Error(`"${spec}": expected RUN or RUN:STEP, e.g. 3 or 3:1200`);
+  const run = store.run(Number(m[1]));
+  if (!run) throw new Error(`no run ${m[1]}`);
+  if (m[2] === undefined) {
+    const checkpoint = latestGoodCheckpoint(store, run.id);
+    if (!checkpoint) throw new Error(`run ${run.id} has no intact checkpoint yet`);
+    return { run, checkpoint, step: checkpoint.state.step };
+  }
+  const row = store.checkpoints(run.id).find((c) => c.step === Number(m[2]));
+  if (!row)
+    throw new Error(
+      `run ${run.id} has no checkpoint at step ${m[2]} (it has: ${
+        store
+          .checkpoints(run.id)
+          .map((c) => c.step)
+          .join(', ') || 'none'
+      })`,
+    );
+  return { run, checkpoint: loadCheckpoint(row.path), step: row.step };
 }

@@ -86,4 +86,13 @@ export const MIGRATIONS: { version: number; sql: string }[] = [
       ) STRICT;
     `,
   },
+  {
+    version: 20,
+    sql: `
+      ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'pretrain' CHECK (kind IN ('pretrain', 'finetune', 'import'));
+      ALTER TABLE runs ADD COLUMN parent_id INTEGER REFERENCES runs(id) ON DELETE SET NULL;
+      ALTER TABLE metrics ADD COLUMN val_top1 REAL;
+      ALTER TABLE metrics ADD COLUMN val_loss REAL;
+    `,
+  },
 ];

@@ -23,8 +23,12 @@ export interface DatasetRow {
   indexedAt: string | null;
 }
 
+export type RunKind = 'pretrain' | 'finetune' | 'import';
+
 export interface RunRow {
   id: number;
+  kind: RunKind;
+  parentId: number | null;
   name: string;
   datasetId: number | null;
   config: unknown;
@@ -49,6 +53,9 @@ export interface MetricRow {
   losses: number[];
   lr: number;
   imagesPerS: number;
+  /** Fine-tuning: top-1 and loss on the validation split, at the steps that end an epoch. */
+  valTop1?: number | null;
+  valLoss?: number | null;
 }
 
 export interface CheckpointRow {
@@ -131,10 +138,17 @@ export class Store {
 
   // ── runs ───────────────────────────────────────────────────────────────────────────────────────
 
-  createRun(r: { name: string; datasetId: number | null; config: unknown; backend: string }): RunRow {
+  createRun(r: {
+    name: string;
+    datasetId: number | null;
+    config: unknown;
+    backend: string;
+    kind?: RunKind;
+    parentId?: number | null;
+  }): RunRow {
     const info = this.db
-      .prepare(`INSERT INTO runs (name, dataset_id, config, backend, status, pid) VALUES (?, ?, ?, ?, 'running', ?)`)
-      .run(r.name, r.datasetId, JSON.stringify(r.config), r.backend, process.pid);
+      .prepare(`INSERT INTO runs (name, dataset_id, config, backend, status, pid, kind, parent_id) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)`)
+      .run(r.name, r.datasetId, JSON.stringify(r.config), r.backend, process.pid, r.kind ?? 'pretrain', r.parentId ?? null);
     return this.run(Number(info.lastInsertRowid))!;
   }
 
@@ -180,9 +194,16 @@ export class Store {
 
   metrics(runId: number): MetricRow[] {
     const rows = this.db
-      .prepare('SELECT step, epoch, samples, loss, losses, lr, images_per_s FROM metrics WHERE run_id = ? ORDER BY step')
+      .prepare(
+        'SELECT step, epoch, samples, loss, losses, lr, images_per_s, val_top1, val_loss FROM metrics WHERE run_id = ? ORDER BY step',
+      )
       .all(runId) as Record<string, unknown>[];
     return rows.map((r) => ({ ...(camel(r) as unknown as MetricRow), losses: JSON.parse(r.losses as string) as number[] }));
+  }
+
+  /** Records a validation result on the metric row of the step that ended the epoch. */
+  setEval(runId: number, step: number, top1: number, loss: number): void {
+    this.db.prepare('UPDATE metrics SET val_top1 = ?, val_loss = ? WHERE run_id = ? AND step = ?').run(top1, loss, runId, step);
   }
 
   /** Forgets metrics after a step: a resumed run recomputes them from its checkpoint. */

@@ -2,7 +2,14 @@ import * as tf from '@tensorflow/tfjs';
 import type { OptimConfig } from '../config.js';
 import { decays } from '../model/params.js';
 
-/** PyTorch's AdamW (decoupled weight decay, bias-corrected moments), with timm's no-decay rule (spec §13). */
+export interface ParamGroups {
+  /** Multiplier of the learning rate per parameter (layer-wise decay in fine-tuning). */
+  lrScale?: (name: string) => number;
+  /** Which parameters decay; default timm's rule: not 1-D tensors nor biases. */
+  decays?: (name: string, shape: readonly number[]) => boolean;
+}
+
+/** PyTorch's AdamW (decoupled weight decay, bias-corrected moments), with timm's parameter groups (spec §13). */
 export class AdamW {
   step = 0;
   readonly m = new Map<string, tf.Variable>();
@@ -11,6 +18,7 @@ export class AdamW {
   constructor(
     private readonly vars: ReadonlyMap<string, tf.Variable>,
     private readonly o: OptimConfig,
+    private readonly groups: ParamGroups = {},
   ) {
     for (const [name, p] of vars) {
       this.m.set(
@@ -38,9 +46,10 @@ export class AdamW {
         const v = this.v.get(name)!;
         m.assign(tf.add(tf.mul(m, beta1), tf.mul(g, 1 - beta1)));
         v.assign(tf.add(tf.mul(v, beta2), tf.mul(tf.square(g), 1 - beta2)));
-        const decayed = decays(name, p.shape) && weightDecay > 0 ? tf.mul(p, 1 - lr * weightDecay) : p;
+        const rate = lr * (this.groups.lrScale?.(name) ?? 1);
+        const decayed = (this.groups.decays ?? decays)(name, p.shape) && weightDecay > 0 ? tf.mul(p, 1 - rate * weightDecay) : p;
         const denom = tf.add(tf.div(tf.sqrt(v), Math.sqrt(bc2)), eps);
-        p.assign(tf.sub(decayed, tf.mul(tf.div(m, denom), lr / bc1)));
+        p.assign(tf.sub(decayed, tf.mul(tf.div(m, denom), rate / bc1)));
       }
     });
   }

@@ -2,9 +2,8 @@ import * as tf from '@tensorflow/tfjs';
 import { createHash } from 'node:crypto';
 import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { parseRunConfig, type RunConfig } from '../config.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../export/safetensors.js';
-import type { LocalMIM } from '../model/localmim.js';
+import type { ParamStore } from '../model/params.js';
 import type { AdamW } from './adamw.js';
 
 /** Where training stands: enough, with the weights and moments, to continue exactly. */
@@ -15,7 +14,8 @@ export interface TrainState {
   epoch: number;
   /** Mean loss of the steps since the previous checkpoint. */
   loss: number | null;
-  config: RunConfig;
+  /** The run's config (a RunConfig, or a FinetuneRun for fine-tuning), parsed by whoever resumes. */
+  config: unknown;
 }
 
 const MOMENTS = ['exp_avg', 'exp_avg_sq'] as const;
@@ -24,7 +24,12 @@ const MOMENTS = ['exp_avg', 'exp_avg_sq'] as const;
  * Writes model weights (official names), AdamW moments and the training state as one safetensors file,
  * atomically: a temp file, fsync, rename, fsync of the folder. A crash leaves the old file or the new one.
  */
-export function saveCheckpoint(path: string, model: LocalMIM, optimizer: AdamW, state: TrainState): { size: number; hash: string } {
+export function saveCheckpoint(
+  path: string,
+  model: { params: ParamStore },
+  optimizer: AdamW,
+  state: TrainState,
+): { size: number; hash: string } {
   const tensors = new Map<string, NamedTensor>();
   for (const [name, t] of model.params.entries()) tensors.set(name, { shape: t.shape, values: t.dataSync() as Float32Array });
   for (const [k, moments] of [optimizer.m, optimizer.v].entries())
@@ -68,9 +73,8 @@ export function loadCheckpoint(path: string): LoadedCheckpoint {
   }
   const { tensors, metadata } = decodeSafetensors(bytes, path);
   if (metadata.format !== 'localmim-checkpoint' || !metadata.state) throw new Error(`${path}: not a LocalMIM checkpoint`);
-  const raw = JSON.parse(metadata.state) as TrainState;
   return {
-    state: { ...raw, config: parseRunConfig(raw.config) },
+    state: JSON.parse(metadata.state) as TrainState,
     optimizerStep: Number(metadata.optimizer_step),
     tensors,
     hash: createHash('sha256').update(bytes).digest('hex'),
@@ -78,7 +82,7 @@ export function loadCheckpoint(path: string): LoadedCheckpoint {
 }
 
 /** Puts a checkpoint's weights and moments into a freshly built model and optimizer. */
-export function restoreCheckpoint(ckpt: LoadedCheckpoint, model: LocalMIM, optimizer: AdamW): void {
+export function restoreCheckpoint(ckpt: LoadedCheckpoint, model: { params: ParamStore }, optimizer: AdamW): void {
   const values = (prefix: string) =>
     new Map([...ckpt.tensors].filter(([n]) => n.startsWith(prefix)).map(([n, t]) => [n.slice(prefix.length), t.values]));
   model.params.assign(new Map([...ckpt.tensors].filter(([n]) => !n.startsWith('optimizer.')).map(([n, t]) => [n, t.values])));

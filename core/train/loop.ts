@@ -10,6 +10,7 @@ import { TrainStep } from './step.js';
 export type TrainEvent =
   | { type: 'start'; step: number; totalSteps: number; stepsPerEpoch: number; backend: string; config: RunConfig }
   | { type: 'step'; step: number; epoch: number; samples: number; loss: number; losses: number[]; lr: number; imagesPerS: number }
+  | { type: 'eval'; step: number; epoch: number; top1: number; loss: number }
   | { type: 'checkpoint'; path: string; step: number; epoch: number; loss: number | null; size: number; hash: string }
   | { type: 'end'; status: 'finished' | 'paused'; step: number };
 

@@ -1,0 +1,61 @@
+import * as tf from '@tensorflow/tfjs';
+import { modelDims, type ModelConfig, type ModelDims } from '../config.js';
+import type { Rng } from '../random.js';
+import type { RgbImage } from '../targets/image.js';
+import { layerNorm, linear } from './ops.js';
+import { ParamStore } from './params.js';
+import { gatherPatches } from './patches.js';
+import { sinCosPosEmbed } from './posEmbed.js';
+import { encode, meanPatchTokens, type Param } from './vit.js';
+
+/**
+ * The backbone's feature of each image: the mean of its patch tokens after the last block (class token
+ * excluded, no norm), on all patches. Images must be at the model's input size. Returns `[B, D]`; call in `tf.tidy`.
+ */
+export function backboneFeatures(
+  P: Param,
+  dims: ModelDims,
+  posTable: Float32Array,
+  images: RgbImage[],
+  dropPath?: { rate: number; rng: Rng },
+): tf.Tensor {
+  const { D, p, L } = dims;
+  const all = Int32Array.from({ length: L }, (_, i) => i);
+  const { patches, pos } = gatherPatches(images, () => all, p, posTable, D);
+  const B = images.length;
+  const { x } = encode(P, dims, tf.tensor2d(patches, [B * L, 3 * p * p]), tf.tensor2d(pos, [B * L, D]), B, { dropPath });
+  return meanPatchTokens(x, B);
+}
+
+/** The fine-tuning model (spec §14): the pretrained backbone, mean-pooled patch tokens, `fc_norm`, `head`. */
+export class ViTClassifier {
+  readonly dims: ModelDims;
+  readonly params: ParamStore;
+  readonly posTable: Float32Array;
+
+  constructor(
+    readonly config: ModelConfig,
+    readonly classes: number,
+    seed: number,
+  ) {
+    this.dims = modelDims(config);
+    this.params = new ParamStore(config, seed, classes);
+    this.posTable = sinCosPosEmbed(this.dims.D, this.dims.g);
+  }
+
+  readonly P = (name: string) => this.params.get(name);
+
+  /** Class scores `[B, classes]`; with `dropPath` (training), stochastic depth. Call in `tf.tidy`. */
+  logits(images: RgbImage[], dropPath?: { rate: number; rng: Rng }): tf.Tensor {
+    const f = backboneFeatures(this.P, this.dims, this.posTable, images, dropPath);
+    return linear(layerNorm(f, this.P('fc_norm.weight'), this.P('fc_norm.bias')), this.P('head.weight'), this.P('head.bias'));
+  }
+
+  dispose(): void {
+    this.params.dispose();
+  }
+}
+
+/** Names of the backbone's tensors: what a fine-tuning run takes from a pretraining checkpoint, and what export keeps. */
+export const isBackbone = (name: string) =>
+  name === 'cls_token' || name === 'pos_embed' || name.startsWith('patch_embed.') || name.startsWith('blocks.');

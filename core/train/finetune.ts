@@ -1,0 +1,228 @@
+import * as tf from '@tensorflow/tfjs';
+import { FinetuneRunSchema, type FinetuneRun } from '../config.js';
+import { applyCrop } from '../data/augment.js';
+import type { DecodeCache } from '../data/cache.js';
+import type { Loader } from '../data/loader.js';
+import { isBackbone, ViTClassifier } from '../model/classifier.js';
+import { Rng, seedFor } from '../random.js';
+import type { RgbImage, Rgb8 } from '../targets/image.js';
+import { AdamW } from './adamw.js';
+import { saveCheckpoint, restoreCheckpoint, type LoadedCheckpoint } from './checkpoint.js';
+import type { TrainEvent } from './loop.js';
+import { lrAt } from './schedule.js';
+import { NonFiniteLossError } from './step.js';
+
+export interface FinetuneOptions {
+  config: FinetuneRun;
+  /** Training batches (labels by item index) and the validation set. */
+  loader: Loader;
+  trainLabels: number[];
+  val: { abs: string; hash: string; label: number }[];
+  cache: DecodeCache;
+  /** Backbone weights of the pretraining checkpoint; absent = from scratch. */
+  init?: ReadonlyMap<string, Float32Array>;
+  resumeFrom?: LoadedCheckpoint;
+  backend: string;
+  checkpointPath: (step: number) => string;
+  signal?: AbortSignal;
+  onEvent: (e: TrainEvent) => void;
+}
+
+const MIX = 6;
+const DROP = 7;
+
+/** Fine-tuning or linear probing (spec §14): label-smoothed cross-entropy, layer-wise lr decay, top-1 each epoch. */
+export async function finetune(o: FinetuneOptions): Promise<{ step: number; status: 'finished' | 'paused'; top1: number | null }> {
+  const cfg = FinetuneRunSchema.parse(o.config);
+  const f = cfg.finetune;
+  const K = cfg.classes.length;
+  const model = new ViTClassifier(cfg.model, K, cfg.seed);
+  const { depth } = model.dims;
+  if (o.init) model.params.assign(new Map([...o.init].filter(([name]) => isBackbone(name))));
+  const trainable = new Map([...model.params.vars].filter(([name]) => !f.linearProbe || name.startsWith('head.')));
+  const layer = (name: string) => (name.startsWith('blocks.') ? Number(name.split('.')[1]) + 1 : isBackbone(name) ? 0 : depth + 1);
+  const optimizer = new AdamW(trainable, f, {
+    lrScale: (name) => f.layerDecay ** (depth + 1 - layer(name)),
+    decays: (name, shape) => shape.length > 1 && !name.endsWith('.bias') && name !== 'cls_token' && name !== 'pos_embed',
+  });
+  let top1: number | null = null;
+  try {
+    if (o.resumeFrom) restoreCheckpoint(o.resumeFrom, model, optimizer);
+    const stepsPerEpoch = Math.floor(o.loader.batchesPerEpoch / f.accumIter);
+    const totalSteps = f.epochs * stepsPerEpoch;
+    let step = o.resumeFrom?.state.step ?? 0;
+    o.onEvent({ type: 'start', step, totalSteps, stepsPerEpoch, backend: o.backend, config: cfg as never });
+    const valImages = await Promise.all(o.val.map((v) => centerCrop(o.cache, v.abs, v.hash, cfg.model.imgSize)));
+    let since: number[] = [];
+    const checkpoint = () => {
+      const loss = since.length ? since.reduce((a, b) => a + b, 0) / since.length : null;
+      const path = o.checkpointPath(step);
+      const written = saveCheckpoint(path, model, optimizer, { step, epoch: step / stepsPerEpoch, loss, config: cfg });
+      o.onEvent({ type: 'checkpoint', path, step, epoch: step / stepsPerEpoch, loss, ...written });
+      since = [];
+    };
+
+    while (step < totalSteps) {
+      const t0 = performance.now();
+      const epoch = Math.floor(step / stepsPerEpoch);
+      const j = step % stepsPerEpoch;
+      const lr = lrAt(epoch + j / stepsPerEpoch, f);
+      let loss = 0;
+      let grads: tf.NamedTensorMap = {};
+      for (let a = 0; a < f.accumIter; a++) {
+        const i = j * f.accumIter + a;
+        const images = await o.loader.get(epoch, i);
+        const labels = o.loader.itemsAt(epoch, i).map((k) => o.trainLabels[k]!);
+        const rng = new Rng(seedFor(cfg.seed, MIX, step, a));
+        const { mixed, targets } = mixBatch(images, labels, K, f, rng);
+        const dropRng = new Rng(seedFor(cfg.seed, DROP, step, a));
+        const { value, grads: g } = tf.variableGrads(
+          () =>
+            tf.div(
+              crossEntropy(model.logits(mixed, f.linearProbe ? undefined : { rate: f.dropPath, rng: dropRng }), targets),
+              f.accumIter,
+            ) as tf.Scalar,
+          [...trainable.values()],
+        );
+        loss += value.dataSync()[0]!;
+        value.dispose();
+        const sum = tf.tidy(() => Object.fromEntries(Object.entries(g).map(([n, t]) => [n, grads[n] ? tf.add(grads[n], t) : tf.clone(t)])));
+        tf.dispose([...Object.values(grads), ...Object.values(g)]);
+        grads = sum;
+      }
+      if (!Number.isFinite(loss)) {
+        tf.dispose(Object.values(grads));
+        throw new NonFiniteLossError(step + 1, [loss]);
+      }
+      optimizer.apply(grads, lr);
+      tf.dispose(Object.values(grads));
+      step += 1;
+      since.push(loss);
+      const images = f.batch * f.accumIter;
+      o.onEvent({
+        type: 'step',
+        step,
+        epoch: step / stepsPerEpoch,
+        samples: step * images,
+        loss,
+        losses: [],
+        lr,
+        imagesPerS: images / ((performance.now() - t0) / 1000),
+      });
+      if (step % stepsPerEpoch === 0 || step === totalSteps) {
+        const r = evaluate(
+          model,
+          valImages,
+          o.val.map((v) => v.label),
+          f.batch,
+        );
+        top1 = r.top1;
+        o.onEvent({ type: 'eval', step, epoch: step / stepsPerEpoch, ...r });
+      }
+      const stopping = o.signal?.aborted;
+      if (step === totalSteps || stopping || step % stepsPerEpoch === 0) checkpoint();
+      if (stopping && step < totalSteps) {
+        o.onEvent({ type: 'end', status: 'paused', step });
+        return { step, status: 'paused', top1 };
+      }
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    o.onEvent({ type: 'end', status: 'finished', step });
+    return { step, status: 'finished', top1 };
+  } finally {
+    optimizer.dispose();
+    model.dispose();
+  }
+}
+
+/** Soft-target cross-entropy: `mean_b Σ_k −t[b,k] · log softmax(logits)[b,k]`. */
+function crossEntropy(logits: tf.Tensor, targets: Float32Array): tf.Scalar {
+  const t = tf.tensor2d(targets, logits.shape as [number, number]);
+  return tf.mean(tf.sum(tf.mul(t, tf.neg(tf.logSoftmax(logits))), -1));
+}
+
+/** Label smoothing, and (when enabled) Mixup or CutMix with the batch's mirror image, as timm pairs them. */
+function mixBatch(images: Rgb8[], labels: number[], K: number, f: FinetuneRun['finetune'], rng: Rng) {
+  const B = images.length;
+  const smooth = (y: number) => Float32Array.from({ length: K }, (_, k) => (k === y ? 1 - f.smoothing : 0) + f.smoothing / K);
+  const useCutmix = f.cutmix > 0 && (f.mixup === 0 || rng.next() < 0.5);
+  const alpha = useCutmix ? f.cutmix : f.mixup;
+  const targets = new Float32Array(B * K);
+  if (alpha <= 0) {
+    labels.forEach((y, b) => targets.set(smooth(y), b * K));
+    return { mixed: images as RgbImage[], targets };
+  }
+  let lambda = beta(alpha, rng);
+  const { width: W, height: H } = images[0]!;
+  let box = { x0: 0, y0: 0, x1: 0, y1: 0 };
+  if (useCutmix) {
+    const cut = Math.sqrt(1 - lambda);
+    const [cx, cy] = [rng.next() * W, rng.next() * H];
+    box = {
+      x0: Math.max(0, Math.round(cx - (cut * W) / 2)),
+      x1: Math.min(W, Math.round(cx + (cut * W) / 2)),
+      y0: Math.max(0, Math.round(cy - (cut * H) / 2)),
+      y1: Math.min(H, Math.round(cy + (cut * H) / 2)),
+    };
+    lambda = 1 - ((box.x1 - box.x0) * (box.y1 - box.y0)) / (W * H);
+  }
+  const mixed = images.map((img, b) => {
+    const other = images[B - 1 - b]!.data;
+    const data = Float32Array.from(img.data);
+    for (let i = 0; i < data.length; i++) {
+      const [y, x] = [Math.floor(i / 3 / W), Math.floor(i / 3) % W];
+      if (!useCutmix) data[i] = lambda * data[i]! + (1 - lambda) * other[i]!;
+      else if (x >= box.x0 && x < box.x1 && y >= box.y0 && y < box.y1) data[i] = other[i]!;
+    }
+    return { width: W, height: H, data };
+  });
+  labels.forEach((y, b) => {
+    const [a, c] = [smooth(y), smooth(labels[B - 1 - b]!)];
+    for (let k = 0; k < K; k++) targets[b * K + k] = lambda * a[k]! + (1 - lambda) * c[k]!;
+  });
+  return { mixed, targets };
+}
+
+/** Beta(α, α) from two Gamma(α) draws (Marsaglia–Tsang, boosted for α < 1). */
+function beta(alpha: number, rng: Rng): number {
+  const gamma = (a: number): number => {
+    if (a < 1) return gamma(a + 1) * rng.next() ** (1 / a);
+    const d = a - 1 / 3;
+    const c = 1 / Math.sqrt(9 * d);
+    for (;;) {
+      const x = rng.normal();
+      const v = (1 + c * x) ** 3;
+      if (v > 0 && Math.log(1 - rng.next()) < 0.5 * x * x + d - d * v + d * Math.log(v)) return d * v;
+    }
+  };
+  const [x, y] = [gamma(alpha), gamma(alpha)];
+  return x / (x + y);
+}
+
+/** Top-1 accuracy and mean cross-entropy on the validation images. */
+function evaluate(model: ViTClassifier, images: Rgb8[], labels: number[], batch: number): { top1: number; loss: number } {
+  let correct = 0;
+  let loss = 0;
+  for (let i = 0; i < images.length; i += batch) {
+    const chunk = images.slice(i, i + batch);
+    const ys = labels.slice(i, i + batch);
+    const [pred, nll] = tf.tidy(() => {
+      const logits = model.logits(chunk);
+      const picked = tf.sum(tf.mul(tf.logSoftmax(logits), tf.oneHot(tf.tensor1d(ys, 'int32'), model.classes)), -1);
+      return [tf.argMax(logits, -1).dataSync() as Int32Array, tf.neg(tf.sum(picked)).dataSync()[0]!] as const;
+    });
+    pred.forEach((p, b) => (correct += p === ys[b] ? 1 : 0));
+    loss += nll;
+  }
+  return { top1: images.length ? correct / images.length : 0, loss: images.length ? loss / images.length : 0 };
+}
+
+/** Evaluation transform (timm): shorter side to size/0.875, centre crop. */
+async function centerCrop(cache: DecodeCache, abs: string, hash: string, size: number): Promise<Rgb8> {
+  const img = await cache.get(abs, hash, Math.round(size / 0.875));
+  return applyCrop(
+    img,
+    { left: Math.floor((img.width - size) / 2), top: Math.floor((img.height - size) / 2), width: size, height: size, flip: false },
+    size,
+  );
+}
