@@ -34,7 +34,7 @@ export const ModelConfigBase = z.object({
   /** Standardise each pixel-target token by its own mean and variance (spec §10.3). */
   normPix: z.boolean().default(true),
   maskRatio: z.number().gt(0).lt(1).default(0.75),
-  /** 0-based blocks whose outputs feed the decoders; default [1, 3, depth−3, depth−1] (global: [depth−1]). */
+  /** 0-based blocks whose outputs feed the decoders; default the distinct ones of [1, 3, depth−3, depth−1] (global: [depth−1]). */
   taps: z.array(int(0)).optional(),
   /** One scale per tap; default [4, 2, 1, 0.5] (global: [1]). HOG cell / pixel patch of scale s is p/s. */
   scales: z.array(z.union(SCALES.map((s) => z.literal(s)) as [z.ZodLiteral<Scale>, ...z.ZodLiteral<Scale>[]])).optional(),
@@ -71,8 +71,10 @@ export function modelDims(c: ModelConfig): ModelDims {
   const g = Math.floor(c.imgSize / p);
   const L = g * g;
   const global = c.variant === 'global';
-  const taps = c.taps ?? (global ? [depth - 1] : [1, 3, depth - 3, depth - 1]);
-  const scales = c.scales ?? (global ? [1] : [...SCALES]);
+  // The official rule; shallow models (depth < 7) keep its distinct blocks and the first scales, as the official zip does.
+  const taps =
+    c.taps ?? (global ? [depth - 1] : [...new Set([1, 3, depth - 3, depth - 1])].filter((t) => t >= 0 && t < depth).sort((a, b) => a - b));
+  const scales = c.scales ?? (global ? [1] : SCALES.slice(0, taps.length));
   const cells = scales.map((s) => p / s);
   const F = cells.map((cell) => (c.target === 'hog' ? 3 * c.nbins : 3 * cell * cell));
   return { D, depth, heads, p, g, L, nKeep: Math.floor(L * (1 - c.maskRatio)), taps, scales, cells, F };

@@ -33,6 +33,14 @@ describe('config', () => {
     expect(modelDims(parseRunConfig({ model: { imgSize: 64, patchSize: 8 } }).model).cells).toEqual([2, 4, 8, 16]);
   });
 
+  test('shallow models keep the distinct official taps and the first scales, as the official zip does', () => {
+    expect(modelDims(parseRunConfig({ model: { depth: 4, imgSize: 64, patchSize: 8 } }).model)).toMatchObject({
+      taps: [1, 3],
+      scales: [4, 2],
+      cells: [2, 4],
+    });
+  });
+
   test('the global variant has one decoder on the last block at scale ×1', () => {
     expect(modelDims(parseRunConfig({ model: { size: 'vit-small', variant: 'global' } }).model)).toMatchObject({
       taps: [11],
@@ -47,7 +55,7 @@ describe('config', () => {
     [{ model: { imgSize: 48, patchSize: 16 } }, /^model\.imgSize: scale ×0\.5 needs an even patch grid/],
     [{ model: { heads: 5 } }, /^model\.heads: .*divisible by heads=5/],
     [{ model: { D: 30, heads: 3 } }, /^model\.D: .*multiple of 4/],
-    [{ model: { taps: [1, 3, 9] } }, /^model\.taps: 3 taps but 4 scales/],
+    [{ model: { taps: [1, 3, 9], scales: [4, 2, 1, 0.5] } }, /^model\.taps: 3 taps but 4 scales/],
     [{ model: { taps: [1, 3, 3, 11] } }, /^model\.taps: .*increasing/],
     [{ model: { taps: [1, 3, 9, 12] } }, /^model\.taps: .*below depth=12/],
     [{ model: { variant: 'global', scales: [4, 1], taps: [5, 11] } }, /^model\.scales: .*exactly one decoder/],

@@ -5,7 +5,8 @@ import { parseRunConfig, PRESETS, type Preset, type RunConfig } from '../config.
 import { DecodeCache } from '../data/cache.js';
 import { Loader } from '../data/loader.js';
 import { homeDir, homePaths, isAlive, SAMPLE_IMAGES } from '../home.js';
-import { latestGoodCheckpoint } from '../service/recorder.js';
+import { backboneOf } from '../export/backbone.js';
+import { checkpointFor, latestGoodCheckpoint } from '../service/recorder.js';
 import { Store, type RunRow } from '../store/store.js';
 import type { LoadedCheckpoint } from '../train/checkpoint.js';
 import { pretrain } from '../train/loop.js';
@@ -33,6 +34,7 @@ const OPTIONS = {
   config: { type: 'string' },
   name: { type: 'string' },
   resume: { type: 'string' },
+  init: { type: 'string' },
   'checkpoint-every': { type: 'string' },
   'checkpoint-minutes': { type: 'string', default: '10' },
   keep: { type: 'string', default: '3' },
@@ -109,6 +111,7 @@ export async function run(argv: string[]): Promise<void> {
 
     let config: RunConfig;
     let resumeFrom: LoadedCheckpoint | undefined;
+    let init: Map<string, Float32Array> | undefined;
     let root: string;
     if (values.resume) {
       runRow = store.run(positiveInt('resume', values.resume));
@@ -125,6 +128,16 @@ export async function run(argv: string[]): Promise<void> {
     } else {
       config = configFromFlags(values);
       root = values.data ?? SAMPLE_IMAGES;
+      if (values.init) {
+        // Continue from an earlier or imported backbone: its shape wins; decoders start fresh.
+        const source = checkpointFor(store, values.init);
+        const b = backboneOf(source.run, source.checkpoint);
+        config = parseRunConfig({
+          ...config,
+          model: { ...config.model, ...pick(b.model, ['size', 'D', 'depth', 'heads', 'patchSize', 'imgSize', 'mlpRatio']) },
+        });
+        init = new Map([...b.tensors].filter(([n]) => !n.startsWith('fc_norm.') && !n.startsWith('head.')).map(([n, t]) => [n, t.values]));
+      }
     }
 
     const indexed = await indexWithProgress(store, root, { quiet: values.json });
@@ -158,6 +171,7 @@ export async function run(argv: string[]): Promise<void> {
       checkpointEveryMinutes: num(values, 'checkpoint-minutes'),
       stopAtStep: values['max-steps'] ? positiveInt('max-steps', values['max-steps']) : undefined,
       resumeFrom,
+      init,
       signal: session.signal,
       onEvent: session.onEvent,
     });
@@ -170,3 +184,5 @@ export async function run(argv: string[]): Promise<void> {
     store.close();
   }
 }
+
+const pick = <T extends object, K extends keyof T>(o: T, keys: K[]) => Object.fromEntries(keys.map((k) => [k, o[k]])) as Pick<T, K>;

@@ -50,9 +50,10 @@ export function terminalSession(o: {
       emit(e);
       const scales = e.losses.length ? ` [${e.losses.map((l) => l.toFixed(3)).join(' ')}]` : '';
       const eta = ((total - e.step) * o.imagesPerStep) / e.imagesPerS;
-      line.update(
-        `step ${e.step}/${total}  epoch ${e.epoch.toFixed(2)}  loss ${e.loss.toFixed(4)}${scales}  lr ${e.lr.toExponential(2)}  ${e.imagesPerS.toFixed(1)} img/s  ETA ${duration(eta)}`,
-      );
+      if (!o.json)
+        line.update(
+          `step ${e.step}/${total}  epoch ${e.epoch.toFixed(2)}  loss ${e.loss.toFixed(4)}${scales}  lr ${e.lr.toExponential(2)}  ${e.imagesPerS.toFixed(1)} img/s  ETA ${duration(eta)}`,
+        );
     } else if (e.type === 'eval') {
       emit(e);
       line.done();

@@ -5,7 +5,6 @@ import type { RgbImage } from '../targets/image.js';
 import { layerNorm, linear } from './ops.js';
 import { ParamStore } from './params.js';
 import { gatherPatches } from './patches.js';
-import { sinCosPosEmbed } from './posEmbed.js';
 import { encode, meanPatchTokens, type Param } from './vit.js';
 
 /**
@@ -31,7 +30,6 @@ export function backboneFeatures(
 export class ViTClassifier {
   readonly dims: ModelDims;
   readonly params: ParamStore;
-  readonly posTable: Float32Array;
 
   constructor(
     readonly config: ModelConfig,
@@ -40,14 +38,13 @@ export class ViTClassifier {
   ) {
     this.dims = modelDims(config);
     this.params = new ParamStore(config, seed, classes);
-    this.posTable = sinCosPosEmbed(this.dims.D, this.dims.g);
   }
 
   readonly P = (name: string) => this.params.get(name);
 
   /** Class scores `[B, classes]`; with `dropPath` (training), stochastic depth. Call in `tf.tidy`. */
   logits(images: RgbImage[], dropPath?: { rate: number; rng: Rng }): tf.Tensor {
-    const f = backboneFeatures(this.P, this.dims, this.posTable, images, dropPath);
+    const f = backboneFeatures(this.P, this.dims, this.P('pos_embed').dataSync() as Float32Array, images, dropPath);
     return linear(layerNorm(f, this.P('fc_norm.weight'), this.P('fc_norm.bias')), this.P('head.weight'), this.P('head.bias'));
   }
 

@@ -7,7 +7,6 @@ import { decode } from './decoder.js';
 import { randomMasking, scaleMask } from './masking.js';
 import { ParamStore } from './params.js';
 import { gatherPatches } from './patches.js';
-import { sinCosPosEmbed } from './posEmbed.js';
 import { encode } from './vit.js';
 
 /** A batch made ready on the host: everything that needs no gradient is gathered here, not in tfjs. */
@@ -36,7 +35,6 @@ export type ForwardOutput = {
 export class LocalMIM {
   readonly dims: ModelDims;
   readonly params: ParamStore;
-  private readonly posTable: Float32Array;
 
   constructor(
     readonly config: ModelConfig,
@@ -44,7 +42,6 @@ export class LocalMIM {
   ) {
     this.dims = modelDims(config);
     this.params = new ParamStore(config, seed);
-    this.posTable = sinCosPosEmbed(this.dims.D, this.dims.g);
   }
 
   /** Masks, patches and targets of a batch of `imgSize²` images; `noise [B, L]` decides the mask (spec §6). */
@@ -52,11 +49,16 @@ export class LocalMIM {
     const { D, p, g, L, nKeep, cells, scales } = this.dims;
     const B = images.length;
     const { idsKeep, mask } = randomMasking(noise, B, L, nKeep);
-    const { patches, pos } = gatherPatches(images, (b) => idsKeep.subarray(b * nKeep, (b + 1) * nKeep), p, this.posTable, D);
+    const { patches, pos } = gatherPatches(images, (b) => idsKeep.subarray(b * nKeep, (b + 1) * nKeep), p, this.posTable(), D);
     const perImage = images.map((img) => this.targetsOf(img));
     const targets = cells.map((_, k) => concat(perImage.map((t) => t[k]!)));
     const scaleMasks = scales.map((s) => scaleMask(mask, B, g, s));
     return { B, patches, pos, idsKeep, mask, targets, scaleMasks };
+  }
+
+  /** The encoder's positions `[1 + L, D]`: sin-cos unless weights were imported with their own. */
+  posTable(): Float32Array {
+    return this.params.get('pos_embed').dataSync() as Float32Array;
   }
 
   /** Targets of one image, one `[N_k, F_k]` array per scale (spec §10). */

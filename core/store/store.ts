@@ -223,6 +223,10 @@ export class Store {
     return rows.map((r) => camel(r) as unknown as CheckpointRow);
   }
 
+  addExport(runId: number, format: string, path: string): void {
+    this.db.prepare('INSERT INTO exports (run_id, format, path) VALUES (?, ?, ?)').run(runId, format, path);
+  }
+
   deleteCheckpoint(id: number): void {
     this.db.prepare('DELETE FROM checkpoints WHERE id = ?').run(id);
   }

@@ -23,6 +23,8 @@ export interface PretrainOptions {
   checkpointEverySteps?: number;
   checkpointEveryMinutes?: number;
   resumeFrom?: LoadedCheckpoint;
+  /** Starting weights by name (e.g. an imported or earlier backbone); the rest keeps its initialisation. */
+  init?: ReadonlyMap<string, Float32Array>;
   /** Stop (after checkpointing) once this many optimizer steps are done in total. */
   stopAtStep?: number;
   /** Called after every step, e.g. to render reconstruction previews. */
@@ -41,6 +43,7 @@ export async function pretrain(o: PretrainOptions): Promise<{ step: number; stat
   const model = new LocalMIM(cfg.model, seed);
   const trainer = new TrainStep(model, optim);
   try {
+    if (o.init && !o.resumeFrom) model.params.assign(o.init);
     if (o.resumeFrom) restoreCheckpoint(o.resumeFrom, model, trainer.optimizer);
     const stepsPerEpoch = Math.floor(o.loader.batchesPerEpoch / optim.accumIter);
     if (stepsPerEpoch < 1) throw new Error(`data: ${o.loader.batchesPerEpoch} batches per epoch, fewer than accumIter=${optim.accumIter}`);

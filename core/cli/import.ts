@@ -1,0 +1,33 @@
+import { importWeights } from '../export/export.js';
+import { initBackend } from '../backend.js';
+import { homeDir, homePaths } from '../home.js';
+import { Store } from '../store/store.js';
+import { parse, positiveInt, UsageError } from './args.js';
+
+export const summary = 'import timm/MAE ViT weights (safetensors) as a run to fine-tune or keep pretraining';
+
+export async function run(argv: string[]): Promise<void> {
+  const { values, positionals } = parse(argv, {
+    heads: { type: 'string' },
+    name: { type: 'string' },
+    home: { type: 'string' },
+    json: { type: 'boolean', default: false },
+  });
+  if (!positionals[0]) throw new UsageError('usage: localmim import FILE.safetensors [--heads H]');
+  await initBackend();
+  const home = homeDir(values.home);
+  const paths = homePaths(home);
+  const store = new Store(paths.db);
+  try {
+    const r = importWeights(store, positionals[0], {
+      heads: values.heads ? positiveInt('heads', values.heads) : undefined,
+      name: values.name,
+      home,
+      checkpointPath: (id) => paths.checkpoint(id, 0),
+    });
+    if (values.json) console.log(JSON.stringify(r));
+    else console.log(`imported as run ${r.runId}: fine-tune with localmim finetune --from ${r.runId}, or pretrain with --init ${r.runId}`);
+  } finally {
+    store.close();
+  }
+}

@@ -1,0 +1,72 @@
+import { createHash } from 'node:crypto';
+import * as tf from '@tensorflow/tfjs';
+import { FinetuneRunSchema, modelDims, parseRunConfig, type ModelConfig } from '../config.js';
+import { isBackbone } from '../model/classifier.js';
+import type { LoadedCheckpoint } from '../train/checkpoint.js';
+import type { Param } from '../model/vit.js';
+import type { RunRow, Store } from '../store/store.js';
+import type { NamedTensor } from './safetensors.js';
+
+/** What a checkpoint holds for use outside pretraining: the backbone, and for a fine-tuned run its head. */
+export interface Backbone {
+  model: ModelConfig;
+  /** timm names and layouts: cls_token, pos_embed, patch_embed.proj.*, blocks.*, and fc_norm.*, head.* when fine-tuned. */
+  tensors: Map<string, NamedTensor>;
+  classes: string[] | null;
+}
+
+export function backboneOf(run: RunRow, ckpt: LoadedCheckpoint): Backbone {
+  const finetuned = run.kind === 'finetune';
+  const model = finetuned ? FinetuneRunSchema.parse(run.config).model : parseRunConfig(run.config).model;
+  const keep = (name: string) => isBackbone(name) || (finetuned && (name.startsWith('fc_norm.') || name.startsWith('head.')));
+  const tensors = new Map([...ckpt.tensors].filter(([name]) => keep(name)));
+  return { model, tensors, classes: finetuned ? FinetuneRunSchema.parse(run.config).classes : null };
+}
+
+/** Parameters read straight from named tensors (each call makes a tensor: use inside `tf.tidy`). */
+export function paramsOf(tensors: ReadonlyMap<string, NamedTensor>): Param {
+  return (name) => {
+    const t = tensors.get(name);
+    if (!t) throw new Error(`weights have no tensor named ${name}`);
+    return tf.tensor(t.values, t.shape);
+  };
+}
+
+/** A fingerprint of a dataset's content: sha256 over its images' hashes in path order. */
+export function datasetHash(store: Store, datasetId: number): { images: number; hash: string } {
+  const rows = store.images(datasetId, 'ok');
+  const h = createHash('sha256');
+  for (const r of rows) h.update(r.hash!);
+  return { images: rows.length, hash: h.digest('hex') };
+}
+
+/** timm's `VisionTransformer` arguments for this backbone (spec §14: global average pooling, fc_norm). */
+export function timmConfig(b: Backbone) {
+  const { D, depth, heads, p } = modelDims(b.model);
+  const named = { 192: 'vit_tiny', 384: 'vit_small', 768: 'vit_base', 1024: 'vit_large' }[D] ?? 'vit_base';
+  return {
+    architecture: `${named}_patch16_224`,
+    num_classes: b.classes?.length ?? 0,
+    global_pool: 'avg',
+    label_names: b.classes ?? undefined,
+    model_args: {
+      img_size: b.model.imgSize,
+      patch_size: p,
+      embed_dim: D,
+      depth,
+      num_heads: heads,
+      mlp_ratio: b.model.mlpRatio,
+      qkv_bias: true,
+      class_token: true,
+      global_pool: 'avg',
+    },
+    pretrained_cfg: {
+      input_size: [3, b.model.imgSize, b.model.imgSize],
+      mean: [0.485, 0.456, 0.406],
+      std: [0.229, 0.224, 0.225],
+      interpolation: 'bicubic',
+      crop_pct: 0.875,
+      classifier: 'head',
+    },
+  };
+}

@@ -1,0 +1,203 @@
+import * as tf from '@tensorflow/tfjs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { SAMPLE_IMAGES } from '../core/home.js';
+import { localmim } from './cli.js';
+import './setup.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'localmim-export-'));
+const home = join(dir, 'home');
+const image = join(dir, 'probe.png');
+const config = {
+  model: { D: 32, depth: 4, heads: 2, decoderDim: 16, decoderHeads: 2, imgSize: 32, patchSize: 8, taps: [0, 1, 2, 3] },
+  optim: { epochs: 1, batch: 16 },
+};
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const run = (args: string[]) => {
+  const r = localmim([...args, '--home', home]);
+  expect(r.code, r.stderr).toBe(0);
+  return r.stdout;
+};
+const features = (spec: string) =>
+  (JSON.parse(run(['features', spec, '--image', image, '--json'])) as { shape: number[]; values: number[] }).values;
+
+beforeAll(async () => {
+  writeFileSync(join(dir, 'tiny.json'), JSON.stringify(config));
+  await sharp(join(SAMPLE_IMAGES, 'coffee-07.jpg')).resize(32, 32).png().toFile(image);
+  const labeled = join(dir, 'labeled');
+  for (const f of readdirSync(SAMPLE_IMAGES).filter((f) => /^(coffee|rocket)-/.test(f))) {
+    mkdirSync(join(labeled, f.split('-')[0]!), { recursive: true });
+    symlinkSync(join(SAMPLE_IMAGES, f), join(labeled, f.split('-')[0]!, f));
+  }
+  run(['pretrain', '--json', '--config', join(dir, 'tiny.json')]); // run 1
+  run(['finetune', '--json', '--from', '1', '--data', labeled, '--epochs', '1', '--batch', '16']); // run 2
+});
+
+/** An independent, minimal safetensors reader: header length, JSON header, offsets and dtypes checked. */
+function readSafetensors(file: string) {
+  const buf = readFileSync(file);
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<
+    string,
+    { dtype: string; shape: number[]; data_offsets: [number, number] }
+  >;
+  delete header.__metadata__;
+  const data = buf.subarray(8 + n);
+  const entries = Object.entries(header).sort((a, b) => a[1].data_offsets[0] - b[1].data_offsets[0]);
+  let expectStart = 0;
+  const tensors = new Map<string, { shape: number[]; v: Float32Array }>();
+  for (const [name, e] of entries) {
+    expect(e.dtype, name).toBe('F32');
+    expect(e.data_offsets[0], `${name} starts where the previous ends`).toBe(expectStart);
+    expect(e.data_offsets[1] - e.data_offsets[0]).toBe(4 * e.shape.reduce((a, b) => a * b, 1));
+    expectStart = e.data_offsets[1];
+    const v = new Float32Array(e.shape.reduce((a, b) => a * b, 1));
+    for (let i = 0; i < v.length; i++) v[i] = data.readFloatLE(e.data_offsets[0] + 4 * i);
+    tensors.set(name, { shape: e.shape, v });
+  }
+  expect(expectStart).toBe(data.length);
+  return tensors;
+}
+
+/** A plain ViT forward in typed-array loops, from timm-named tensors: mean of the patch tokens after the last block. */
+function plainFeatures(
+  t: Map<string, { shape: number[]; v: Float32Array }>,
+  img: { data: Uint8Array; width: number },
+  heads: number,
+): number[] {
+  const get = (n: string) => t.get(n)!.v;
+  const D = t.get('cls_token')!.shape[2]!;
+  const p = t.get('patch_embed.proj.weight')!.shape[2]!;
+  const g = img.width / p;
+  const L = g * g;
+  const T = L + 1;
+  const mean = [0.485, 0.456, 0.406];
+  const std = [0.229, 0.224, 0.225];
+  const px = (y: number, x: number, c: number) => (img.data[(y * img.width + x) * 3 + c]! / 255 - mean[c]!) / std[c]!;
+  let x = Array.from({ length: T }, () => new Float64Array(D));
+  const pe = get('patch_embed.proj.weight');
+  const pos = get('pos_embed');
+  for (let d = 0; d < D; d++) x[0]![d] = get('cls_token')[d]! + pos[d]!;
+  for (let n = 0; n < L; n++)
+    for (let d = 0; d < D; d++) {
+      let s = get('patch_embed.proj.bias')[d]!;
+      for (let c = 0; c < 3; c++)
+        for (let dy = 0; dy < p; dy++)
+          for (let dx = 0; dx < p; dx++) s += pe[((d * 3 + c) * p + dy) * p + dx]! * px(Math.floor(n / g) * p + dy, (n % g) * p + dx, c);
+      x[n + 1]![d] = s + pos[(n + 1) * D + d]!;
+    }
+  const ln = (v: Float64Array, w: Float32Array, b: Float32Array) => {
+    const m = v.reduce((a, c) => a + c, 0) / v.length;
+    const var_ = v.reduce((a, c) => a + (c - m) ** 2, 0) / v.length;
+    return v.map((c, i) => ((c - m) / Math.sqrt(var_ + 1e-6)) * w[i]! + b[i]!);
+  };
+  const lin = (v: Float64Array, W: Float32Array, b: Float32Array) =>
+    Float64Array.from({ length: b.length }, (_, o) => v.reduce((s, c, i) => s + c * W[o * v.length + i]!, b[o]!));
+  const erf = (z: number) => {
+    const s = Math.sign(z);
+    const a = Math.abs(z);
+    const u = 1 / (1 + 0.3275911 * a);
+    return s * (1 - ((((1.061405429 * u - 1.453152027) * u + 1.421413741) * u - 0.284496736) * u + 0.254829592) * u * Math.exp(-a * a));
+  };
+  for (let i = 0; t.has(`blocks.${i}.norm1.weight`); i++) {
+    const k = (n: string) => get(`blocks.${i}.${n}`);
+    const qkv = x.map((v) => lin(ln(v, k('norm1.weight'), k('norm1.bias')), k('attn.qkv.weight'), k('attn.qkv.bias')));
+    const hd = D / heads;
+    const attended = x.map(() => new Float64Array(D));
+    for (let h = 0; h < heads; h++)
+      for (let q = 0; q < T; q++) {
+        const s = Array.from({ length: T }, (_, j) => {
+          let dot = 0;
+          for (let e = 0; e < hd; e++) dot += qkv[q]![h * hd + e]! * qkv[j]![D + h * hd + e]!;
+          return dot / Math.sqrt(hd);
+        });
+        const mx = Math.max(...s);
+        const ex = s.map((v) => Math.exp(v - mx));
+        const z = ex.reduce((a, b) => a + b, 0);
+        for (let j = 0; j < T; j++) for (let e = 0; e < hd; e++) attended[q]![h * hd + e]! += (ex[j]! / z) * qkv[j]![2 * D + h * hd + e]!;
+      }
+    x = x.map((v, q) => v.map((c, d) => c + lin(attended[q]!, k('attn.proj.weight'), k('attn.proj.bias'))[d]!));
+    x = x.map((v) => {
+      const h = lin(ln(v, k('norm2.weight'), k('norm2.bias')), k('mlp.fc1.weight'), k('mlp.fc1.bias')).map(
+        (c) => 0.5 * c * (1 + erf(c / Math.SQRT2)),
+      );
+      const o = lin(h, k('mlp.fc2.weight'), k('mlp.fc2.bias'));
+      return v.map((c, d) => c + o[d]!);
+    });
+  }
+  return Array.from({ length: D }, (_, d) => x.slice(1).reduce((s, v) => s + v[d]!, 0) / L);
+}
+
+describe('export', () => {
+  test('safetensors: timm keys and layouts, no decoders; a plain forward from the file gives the app’s features', async () => {
+    const out = join(dir, 'st');
+    run(['export', '1', '--format', 'safetensors', '--out', out]);
+    const t = readSafetensors(join(out, 'model.safetensors'));
+    const shapes = Object.fromEntries([...t].map(([n, v]) => [n, v.shape]));
+    expect(shapes).toMatchObject({
+      cls_token: [1, 1, 32],
+      pos_embed: [1, 17, 32],
+      'patch_embed.proj.weight': [32, 3, 8, 8],
+      'patch_embed.proj.bias': [32],
+    });
+    expect(shapes['blocks.2.attn.qkv.weight']).toEqual([96, 32]);
+    expect(shapes['blocks.2.mlp.fc1.weight']).toEqual([128, 32]);
+    expect([...t.keys()].filter((n) => /^(decoder|norm\.|hog_enc|fc_norm|head)/.test(n))).toEqual([]);
+    expect(t.size).toBe(4 + 4 * 12);
+    const cfg = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'));
+    expect(cfg.model_args).toMatchObject({ img_size: 32, patch_size: 8, embed_dim: 32, depth: 4, num_heads: 2, global_pool: 'avg' });
+    expect(readFileSync(join(out, 'README.md'), 'utf8')).toMatch(/content sha256 [0-9a-f]{64}[\s\S]*licence[\s\S]*timm\.create_model/);
+
+    const { data, info } = await sharp(image).raw().toBuffer({ resolveWithObject: true });
+    const ours = features('1');
+    const plain = plainFeatures(t, { data: new Uint8Array(data), width: info.width }, 2);
+    plain.forEach((v, d) => expect(Math.abs(v - ours[d]!), `feature ${d}`).toBeLessThan(1e-4));
+  });
+
+  test('a fine-tuned run exports fc_norm and head too', () => {
+    const out = join(dir, 'ft');
+    run(['export', '2', '--out', out]);
+    const t = readSafetensors(join(out, 'model.safetensors'));
+    expect(t.get('head.weight')!.shape).toEqual([2, 32]);
+    expect(t.has('fc_norm.weight')).toBe(true);
+    expect(JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'))).toMatchObject({ num_classes: 2, label_names: ['coffee', 'rocket'] });
+  });
+
+  test('round trip: export, import, identical features', () => {
+    const out = join(dir, 'rt');
+    run(['export', '1', '--out', out]);
+    const { runId } = JSON.parse(run(['import', join(out, 'model.safetensors'), '--json'])) as { runId: number };
+    expect(features(String(runId))).toEqual(features('1'));
+  });
+
+  test('tfjs: model.json + weights load with tf.loadLayersModel and give the same features', async () => {
+    const out = join(dir, 'tfjs');
+    run(['export', '2', '--format', 'tfjs', '--out', out]);
+    const json = JSON.parse(readFileSync(join(out, 'model.json'), 'utf8'));
+    const weights = readFileSync(join(out, 'weights.bin'));
+    const model = await tf.loadLayersModel(
+      tf.io.fromMemory({
+        modelTopology: json.modelTopology,
+        weightSpecs: json.weightsManifest[0].weights,
+        weightData: weights.buffer.slice(weights.byteOffset, weights.byteOffset + weights.length),
+      }),
+    );
+    const { data } = await sharp(image).raw().toBuffer({ resolveWithObject: true });
+    const mean = [0.485, 0.456, 0.406];
+    const std = [0.229, 0.224, 0.225];
+    const x = tf.tensor4d(
+      Float32Array.from(data, (u, i) => (u / 255 - mean[i % 3]!) / std[i % 3]!),
+      [1, 32, 32, 3],
+    );
+    const [f, logits] = model.predict(x) as tf.Tensor[];
+    const got = Array.from(f!.dataSync());
+    features('2').forEach((v, d) => expect(Math.abs(v - got[d]!), `feature ${d}`).toBeLessThan(1e-4));
+    expect(logits!.shape).toEqual([1, 2]);
+    tf.dispose([x, f!, logits!]);
+    model.dispose();
+  });
+});
