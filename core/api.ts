@@ -28,6 +28,24 @@ export const METHODS = {
     tags: z.array(z.string().max(50)).max(50).optional(),
   }),
   'runs.preview': z.object({ id, step: z.number().int().min(0) }),
+  'finetune.create': z.object({
+    /** The pretraining run (and checkpoint step; default its newest) to start from; null = from scratch. */
+    from: z.object({ runId: id, step: z.number().int().min(0).optional() }).nullable(),
+    datasetId: id,
+    name: z.string().max(200).optional(),
+    /** Fine-tuning settings (core/config.ts FinetuneConfigSchema); for a scratch run also `model`. */
+    finetune: z.unknown(),
+    model: z.unknown().optional(),
+    seed: z.number().int().min(0).default(0),
+  }),
+  'exports.create': z.object({ runId: id, step: z.number().int().min(0).optional(), format: z.enum(['safetensors', 'tfjs']) }),
+  'analysis.run': z.object({
+    runId: id,
+    step: z.number().int().min(0).optional(),
+    datasetId: id,
+    path: z.string().min(1).max(4096),
+    query: z.number().int().min(0),
+  }),
 } as const;
 
 export type Method = keyof typeof METHODS;
@@ -64,6 +82,7 @@ export type ApiEvent =
   | { type: 'run.status'; runId: number; status: string; error: string | null }
   | { type: 'run.metrics'; runId: number; rows: MetricPoint[] }
   | { type: 'run.checkpoint'; runId: number; step: number }
+  | { type: 'run.eval'; runId: number; step: number; top1: number; loss: number }
   | { type: 'run.preview'; runId: number; step: number };
 
 export interface MetricPoint {
@@ -74,4 +93,6 @@ export interface MetricPoint {
   losses: number[];
   lr: number;
   imagesPerS: number;
+  valTop1?: number | null;
+  valLoss?: number | null;
 }

@@ -1,5 +1,5 @@
 import { execSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -94,5 +94,39 @@ test('add the sample images, train, watch the chart, pause, resume, see checkpoi
   await page.getByRole('button', { name: 'Pause' }).click();
   await expect.poll(() => page.getByTestId('run-status').textContent(), { timeout: 60_000 }).toBe('paused');
 
+  expect(consoleErrors).toEqual([]);
+});
+
+test('export the backbone, look at its attention, fine-tune it on a labeled folder', async () => {
+  await page.getByRole('button', { name: 'Export' }).click();
+  await expect
+    .poll(() => page.getByTestId('exported').textContent(), { timeout: 60_000 })
+    .toMatch(/model\.safetensors, config\.json, README\.md/);
+
+  await page.getByRole('link', { name: 'See its attention…' }).click();
+  await page.getByTestId('attention').locator('canvas').first().waitFor({ timeout: 60_000 });
+  expect(await page.getByTestId('attention').locator('canvas').count()).toBe(12); // one map per block of vit-tiny
+  await shot('5-attention');
+
+  // A labeled folder: two classes of sample crops.
+  const labeled = join(home, 'labeled');
+  for (const cls of ['coffee', 'rocket']) {
+    mkdirSync(join(labeled, cls), { recursive: true });
+    for (let i = 0; i < 30; i++)
+      symlinkSync(join(ROOT, 'assets/sample-images', `${cls}-${String(i).padStart(2, '0')}.jpg`), join(labeled, cls, `${i}.jpg`));
+  }
+  await page.goto(url.replace(/\/\?token=.*/, '/#/datasets'));
+  await page.getByLabel('Folder of images').fill(labeled);
+  await page.getByRole('button', { name: 'Add folder' }).click();
+  await page.getByTestId('dataset-row').filter({ hasText: 'labeled' }).waitFor({ timeout: 60_000 });
+
+  await page.goto(url.replace(/\/\?token=.*/, '/#/finetune?from=1'));
+  await page.getByLabel('Labeled dataset').selectOption({ label: 'labeled (60 images)' });
+  await page.getByLabel('Epochs', { exact: true }).fill('2');
+  await page.getByLabel('Batch', { exact: true }).fill('16');
+  await page.getByRole('button', { name: 'Start fine-tuning' }).click();
+  await expect.poll(() => page.getByTestId('run-status').textContent(), { timeout: 120_000 }).toBe('finished');
+  await page.getByText('Validation top-1').first().waitFor();
+  await shot('6-finetune');
   expect(consoleErrors).toEqual([]);
 });

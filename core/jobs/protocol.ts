@@ -1,5 +1,5 @@
 import type { BackendReport } from '../backend.js';
-import type { RunConfig } from '../config.js';
+import type { FinetuneRun, RunConfig } from '../config.js';
 import type { IndexProgress, KnownFile, ScanResult } from '../data/indexer.js';
 import type { DataItem } from '../data/loader.js';
 import type { TrainEvent } from '../train/loop.js';
@@ -17,6 +17,18 @@ export type JobRequest =
       backend?: string;
       checkpointEveryMinutes: number;
       previewEvery: number;
+    }
+  | {
+      kind: 'finetune';
+      runId: number;
+      home: string;
+      config: FinetuneRun;
+      train: (DataItem & { label: number })[];
+      val: (DataItem & { label: number })[];
+      /** The pretraining checkpoint whose backbone it starts from. */
+      initFrom?: string;
+      resumeFrom?: string;
+      backend?: string;
     };
 
 /** Later messages to a running job. */

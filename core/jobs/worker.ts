@@ -10,6 +10,7 @@ import { homePaths } from '../home.js';
 import { Rng, seedFor } from '../random.js';
 import type { Rgb8 } from '../targets/image.js';
 import { loadCheckpoint } from '../train/checkpoint.js';
+import { finetune } from '../train/finetune.js';
 import { pretrain } from '../train/loop.js';
 import type { JobControl, JobMessage, JobRequest } from './protocol.js';
 
@@ -30,6 +31,7 @@ export async function runJob(
   }
   const report = await initBackend(req.backend);
   post({ type: 'backend', report });
+  if (req.kind === 'finetune') return runFinetune(req, report.chosen, post, onControl);
   const paths = homePaths(req.home);
   const { model: m, optim, seed } = req.config;
   const loader = new Loader(req.items, new DecodeCache(paths.cache), m.imgSize, optim.batch, seed);
@@ -65,6 +67,33 @@ export async function runJob(
       );
       post({ type: 'preview', step });
     },
+  });
+}
+
+async function runFinetune(
+  req: Extract<JobRequest, { kind: 'finetune' }>,
+  backend: string,
+  post: (m: JobMessage) => void,
+  onControl: (cb: (c: JobControl) => void) => void,
+) {
+  const paths = homePaths(req.home);
+  const { model: m, finetune: f, seed } = req.config;
+  const cache = new DecodeCache(paths.cache);
+  const abort = new AbortController();
+  onControl((c) => c.type === 'pause' && abort.abort());
+  const init = req.initFrom ? new Map([...loadCheckpoint(req.initFrom).tensors].map(([n, t]) => [n, t.values])) : undefined;
+  await finetune({
+    config: req.config,
+    loader: new Loader(req.train, cache, m.imgSize, f.batch, seed, 2, f.minScale),
+    trainLabels: req.train.map((t) => t.label),
+    val: req.val,
+    cache,
+    init,
+    resumeFrom: req.resumeFrom ? loadCheckpoint(req.resumeFrom) : undefined,
+    backend,
+    checkpointPath: (step) => paths.checkpoint(req.runId, step),
+    signal: abort.signal,
+    onEvent: (event) => post({ type: 'train', event }),
   });
 }
 

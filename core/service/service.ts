@@ -3,13 +3,27 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { ApiError, isMethod, parseArgs, type ApiEvent, type Args, type Method } from '../api.js';
 import { initBackend } from '../backend.js';
-import { ConfigError, MODEL_SIZES, parseRunConfig, PRESETS, RunConfigSchema, type RunConfig } from '../config.js';
+import { attentionAnalysis } from '../analysis/attention.js';
+import {
+  ConfigError,
+  FinetuneConfigSchema,
+  FinetuneRunSchema,
+  modelDims,
+  MODEL_SIZES,
+  parseRunConfig,
+  PRESETS,
+  RunConfigSchema,
+  type RunConfig,
+} from '../config.js';
+import { labeledSplit } from '../data/labels.js';
+import { backboneOf, paramsOf } from '../export/backbone.js';
+import { exportRun } from '../export/export.js';
 import { applyScan, summarize } from '../data/indexer.js';
 import { homePaths, isAlive, SAMPLE_IMAGES } from '../home.js';
 import type { JobHandle, Launcher } from '../jobs/protocol.js';
 import { Store } from '../store/store.js';
 import { estimate } from './estimate.js';
-import { latestGoodCheckpoint, RunRecorder } from './recorder.js';
+import { checkpointFor, latestGoodCheckpoint, RunRecorder } from './recorder.js';
 
 /**
  * The API's implementation, on top of the store and the job processes. Knows nothing of Electron or HTTP:
@@ -101,7 +115,7 @@ export class Service {
         metrics: this.store.metrics(run.id),
         checkpoints: this.store.checkpoints(run.id),
         previews: this.previews(run.id),
-        active: this.jobs.has(run.id),
+        active: this.jobs.has(run.id) && run.status === 'running',
       };
     },
     'runs.create': (a) => {
@@ -176,6 +190,74 @@ export class Service {
         })),
       };
     },
+    'finetune.create': (a) => {
+      const d = this.dataset(a.datasetId);
+      const source = a.from ? this.checkpoint(a.from.runId, a.from.step) : undefined;
+      const model = source ? backboneOf(source.run, source.checkpoint).model : this.parseConfig({ model: a.model }).model;
+      const finetune = FinetuneConfigSchema.safeParse(a.finetune ?? {});
+      if (!finetune.success)
+        throw new ApiError('bad-request', finetune.error.issues.map((i) => `finetune.${i.path.join('.')}: ${i.message}`).join('; '));
+      let split;
+      try {
+        split = labeledSplit(this.store.images(d.id), finetune.data.valFraction, a.seed, d.name);
+      } catch (err) {
+        throw new ApiError('bad-request', (err as Error).message);
+      }
+      const config = FinetuneRunSchema.parse({
+        model,
+        finetune: finetune.data,
+        seed: a.seed,
+        classes: split.classes,
+        from: source ? { runId: source.run.id, step: source.step } : null,
+      });
+      const kind = config.finetune.linearProbe ? 'linear probe' : 'fine-tune';
+      const run = this.store.createRun({
+        name: a.name || `${kind} of ${source ? `run ${source.run.id}` : 'scratch'} on ${d.name}`,
+        datasetId: d.id,
+        config,
+        backend: 'pending',
+        kind: 'finetune',
+        parentId: source?.run.id ?? null,
+      });
+      this.startJob(run.id);
+      return { runId: run.id };
+    },
+    'exports.create': async (a) => {
+      const run = this.run(a.runId);
+      const spec = a.step === undefined ? String(run.id) : `${run.id}:${a.step}`;
+      try {
+        return await exportRun(this.store, spec, a.format, join(this.home, 'exports', `${spec.replace(':', '-')}-${a.format}`));
+      } catch (err) {
+        throw new ApiError('bad-request', (err as Error).message);
+      }
+    },
+    'analysis.run': async (a) => {
+      const run = this.run(a.runId);
+      const d = this.dataset(a.datasetId);
+      const row = this.store.images(d.id, 'ok').find((r) => r.path === a.path);
+      if (!row) throw new ApiError('not-found', `${a.path} is not an image of dataset ${d.name}`);
+      const { checkpoint } = this.checkpoint(run.id, a.step);
+      const b = backboneOf(run, checkpoint);
+      const S = b.model.imgSize;
+      // The image path comes from the index, never from the request.
+      const data = await sharp(join(d.root, row.path))
+        .rotate()
+        .resize(S, S, { fit: 'cover' })
+        .removeAlpha()
+        .toColourspace('srgb')
+        .raw()
+        .toBuffer();
+      const img = { width: S, height: S, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
+      await initBackend();
+      const { g } = modelDims(b.model);
+      if (a.query >= g * g) throw new ApiError('bad-request', `query: patch ${a.query} is outside the ${g}×${g} grid`);
+      const layers = attentionAnalysis(paramsOf(b.tensors), b.model, b.tensors.get('pos_embed')!.values, img, a.query);
+      const preview = await sharp(data, { raw: { width: S, height: S, channels: 3 } })
+        .png()
+        .toBuffer();
+      const taps = b.model.variant === 'global' || run.kind !== 'pretrain' ? [] : modelDims(b.model).taps;
+      return { runId: run.id, grid: g, query: a.query, taps, image: `data:image/png;base64,${preview.toString('base64')}`, layers };
+    },
   } satisfies { [M in Method]: (a: ReturnType<typeof parseArgs<M>>) => unknown };
 
   private dataset(id: number) {
@@ -188,6 +270,14 @@ export class Service {
     const r = this.store.run(id);
     if (!r) throw new ApiError('not-found', `no run ${id}`);
     return r;
+  }
+
+  private checkpoint(runId: number, step?: number) {
+    try {
+      return checkpointFor(this.store, step === undefined ? String(runId) : `${runId}:${step}`);
+    } catch (err) {
+      throw new ApiError('not-found', (err as Error).message);
+    }
   }
 
   private parseConfig(input: unknown): RunConfig {
@@ -235,7 +325,7 @@ export class Service {
   /** Starts (or resumes, from its newest intact checkpoint) a run in its own job process. */
   private startJob(runId: number): void {
     const run = this.run(runId);
-    const config = parseRunConfig(run.config);
+    if (run.kind === 'import') throw new ApiError('conflict', `run ${runId} holds imported weights: fine-tune it, or pretrain from it`);
     const d = this.dataset(run.datasetId ?? 0);
     const resume = latestGoodCheckpoint(this.store, run.id);
     this.store.truncateMetrics(run.id, resume?.state.step ?? 0);
@@ -271,13 +361,32 @@ export class Service {
       if (this.store.run(runId)?.status === 'running')
         this.setStatus(runId, 'failed', `the training process exited unexpectedly (code ${code})`);
     });
+    const resumeFrom = resume ? this.store.checkpoints(run.id).find((c) => c.step === resume.state.step)?.path : undefined;
+    if (run.kind === 'finetune') {
+      const config = FinetuneRunSchema.parse(run.config);
+      const split = labeledSplit(this.store.images(d.id), config.finetune.valFraction, config.seed, d.name);
+      const item = (t: { path: string; hash: string; label: number }) => ({ abs: join(d.root, t.path), hash: t.hash, label: t.label });
+      const init =
+        config.from && !resumeFrom ? this.store.checkpoints(config.from.runId).find((c) => c.step === config.from!.step)?.path : undefined;
+      job.send({
+        kind: 'finetune',
+        runId,
+        home: this.home,
+        config,
+        train: split.train.map(item),
+        val: split.val.map(item),
+        initFrom: init,
+        resumeFrom,
+      });
+      return;
+    }
     job.send({
       kind: 'pretrain',
       runId,
       home: this.home,
-      config,
+      config: parseRunConfig(run.config),
       items: this.store.images(d.id, 'ok').map((r) => ({ abs: join(d.root, r.path), hash: r.hash! })),
-      resumeFrom: resume ? this.store.checkpoints(run.id).find((c) => c.step === resume.state.step)?.path : undefined,
+      resumeFrom,
       checkpointEveryMinutes: this.options.checkpointEveryMinutes ?? 10,
       previewEvery: this.options.previewEvery ?? 25,
     });
