@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import type { MetricRow } from './store/store.js';
 
 // The one API of LocalMIM Studio: the same methods and events over Electron IPC (preload) and over
 // HTTP + server-sent events (`localmim serve`). Each method's arguments are validated by its schema on
@@ -80,19 +81,7 @@ export type ApiEvent =
   | { type: 'dataset.indexed'; datasetId: number }
   | { type: 'dataset.error'; datasetPath: string; message: string }
   | { type: 'run.status'; runId: number; status: string; error: string | null }
-  | { type: 'run.metrics'; runId: number; rows: MetricPoint[] }
+  | { type: 'run.metrics'; runId: number; rows: MetricRow[] }
   | { type: 'run.checkpoint'; runId: number; step: number }
   | { type: 'run.eval'; runId: number; step: number; top1: number; loss: number }
   | { type: 'run.preview'; runId: number; step: number };
-
-export interface MetricPoint {
-  step: number;
-  epoch: number;
-  samples: number;
-  loss: number;
-  losses: number[];
-  lr: number;
-  imagesPerS: number;
-  valTop1?: number | null;
-  valLoss?: number | null;
-}

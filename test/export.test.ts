@@ -200,4 +200,17 @@ describe('export', () => {
     tf.dispose([x, f!, logits!]);
     model.dispose();
   });
+
+  test('localmim analyze --json: maps, NMI and KL for every block, gradient norms for a pretraining run', () => {
+    const out = JSON.parse(run(['analyze', '1', '--image', image, '--query', '5', '--json'])) as {
+      query: number;
+      layers: { block: number; nmi: number; kl: number; mean: number[]; heads: number[][] }[];
+      gradNorms: number[];
+    };
+    expect(out.query).toBe(5);
+    expect(out.layers.map((l) => l.block)).toEqual([0, 1, 2, 3]);
+    for (const l of out.layers) expect(l.mean.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 5);
+    expect(out.gradNorms).toHaveLength(4);
+    expect(out.gradNorms.every((g) => g > 0)).toBe(true);
+  });
 });

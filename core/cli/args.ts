@@ -27,3 +27,8 @@ export function positiveInt(flag: string, value: string): number {
   if (!Number.isInteger(n) || n < 1) throw new UsageError(`--${flag}: expected a positive integer, got "${value}"`);
   return n;
 }
+
+/** `{ name: { type: 'string' } }` for each name: the many plain string flags of a command. */
+export function strings<K extends string>(...names: K[]): Record<K, { type: 'string' }> {
+  return Object.fromEntries(names.map((n) => [n, { type: 'string' as const }])) as Record<K, { type: 'string' }>;
+}

@@ -9,7 +9,7 @@ import { checkpointFor, latestGoodCheckpoint } from '../service/recorder.js';
 import { Store } from '../store/store.js';
 import type { LoadedCheckpoint } from '../train/checkpoint.js';
 import { finetune } from '../train/finetune.js';
-import { parse, positiveInt, UsageError } from './args.js';
+import { parse, positiveInt, strings, UsageError } from './args.js';
 import { indexWithProgress, printSummary } from './index-cmd.js';
 import { configFromFlags } from './pretrain.js';
 import { terminalSession } from './session.js';
@@ -17,29 +17,24 @@ import { terminalSession } from './session.js';
 export const summary = 'fine-tune (or --linear-probe) a pretrained run on a labeled folder: localmim finetune --from RUN[:STEP] --data DIR';
 
 const OPTIONS = {
-  from: { type: 'string' },
+  ...strings(
+    'from',
+    'data',
+    'epochs',
+    'batch',
+    'blr',
+    'layer-decay',
+    'drop-path',
+    'smoothing',
+    'mixup',
+    'cutmix',
+    'val-fraction',
+    'warmup',
+  ),
+  ...strings('seed', 'model', 'img', 'patch', 'name', 'resume', 'home', 'backend'),
   scratch: { type: 'boolean', default: false },
-  data: { type: 'string' },
   'linear-probe': { type: 'boolean', default: false },
-  epochs: { type: 'string' },
-  batch: { type: 'string' },
-  blr: { type: 'string' },
-  'layer-decay': { type: 'string' },
-  'drop-path': { type: 'string' },
-  smoothing: { type: 'string' },
-  mixup: { type: 'string' },
-  cutmix: { type: 'string' },
-  'val-fraction': { type: 'string' },
-  warmup: { type: 'string' },
-  seed: { type: 'string' },
-  model: { type: 'string' },
-  img: { type: 'string' },
-  patch: { type: 'string' },
-  name: { type: 'string' },
-  resume: { type: 'string' },
   keep: { type: 'string', default: '2' },
-  home: { type: 'string' },
-  backend: { type: 'string' },
   json: { type: 'boolean', default: false },
 } as const;
 

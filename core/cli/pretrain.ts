@@ -10,37 +10,17 @@ import { checkpointFor, latestGoodCheckpoint } from '../service/recorder.js';
 import { Store, type RunRow } from '../store/store.js';
 import type { LoadedCheckpoint } from '../train/checkpoint.js';
 import { pretrain } from '../train/loop.js';
-import { parse, positiveInt, UsageError } from './args.js';
+import { parse, positiveInt, strings, UsageError } from './args.js';
 import { indexWithProgress, printSummary } from './index-cmd.js';
 import { terminalSession } from './session.js';
 
 export const summary = 'pretrain a ViT with LocalMIM on a folder (default: the bundled sample images)';
 
 const OPTIONS = {
-  data: { type: 'string' },
-  preset: { type: 'string' },
-  model: { type: 'string' },
-  img: { type: 'string' },
-  patch: { type: 'string' },
-  epochs: { type: 'string' },
-  batch: { type: 'string' },
-  accum: { type: 'string' },
-  blr: { type: 'string' },
-  lr: { type: 'string' },
-  warmup: { type: 'string' },
-  'mask-ratio': { type: 'string' },
-  bins: { type: 'string' },
-  seed: { type: 'string' },
-  config: { type: 'string' },
-  name: { type: 'string' },
-  resume: { type: 'string' },
-  init: { type: 'string' },
-  'checkpoint-every': { type: 'string' },
+  ...strings('data', 'preset', 'model', 'img', 'patch', 'epochs', 'batch', 'accum', 'blr', 'lr', 'warmup', 'mask-ratio', 'bins', 'seed'),
+  ...strings('config', 'name', 'resume', 'init', 'checkpoint-every', 'max-steps', 'home', 'backend'),
   'checkpoint-minutes': { type: 'string', default: '10' },
   keep: { type: 'string', default: '3' },
-  'max-steps': { type: 'string' },
-  home: { type: 'string' },
-  backend: { type: 'string' },
   json: { type: 'boolean', default: false },
 } as const;
 
