@@ -6,5 +6,7 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 120_000,
     pool: 'forks',
+    // One file at a time: the training tests are CPU-bound, and two at once on 2 cores starve the runner's RPC.
+    fileParallelism: false,
   },
 });

@@ -1,16 +1,19 @@
 // npm run bench [-- --only step,data --backends wasm,cpu --seconds 60]
 // step: one full pretraining step (forward, four losses, backward, AdamW) of vit-tiny at 64 px, patch 8,
 //       batch 32, mask 0.75, on every backend that loads.
+// --peer: the same step in PyTorch (bench/peer.py) on this machine, and the ratio.
 // data: indexing throughput against a bare sharp decode loop, and loader epochs with a cold and a warm cache.
 import * as tf from '@tensorflow/tfjs';
 import { parseArgs } from 'node:util';
 import { BACKENDS, useBackend, type BackendName } from '../core/backend.js';
+import { nativeActive, setNativeGemm } from '../core/native.js';
 import { parseRunConfig } from '../core/config.js';
 import { LocalMIM } from '../core/model/localmim.js';
 import { Rng } from '../core/random.js';
 import { TrainStep } from '../core/train/step.js';
 import { syntheticImages } from '../test/images.js';
 import { benchData } from './data.js';
+import { benchPeer } from './peer.js';
 
 const { values } = parseArgs({
   options: {
@@ -18,6 +21,8 @@ const { values } = parseArgs({
     backends: { type: 'string', default: BACKENDS.join(',') },
     seconds: { type: 'string', default: '60' },
     batch: { type: 'string', default: '32' },
+    peer: { type: 'boolean', default: false },
+    soak: { type: 'string', default: '0' },
   },
 });
 const budgetS = Number(values.seconds);
@@ -48,6 +53,21 @@ async function benchPretrainStep(backend: BackendName): Promise<Result> {
     steps += 1;
     if (busy > budgetS * 1000) break;
   }
+  // --soak N: N more steps, printing resident memory, to show that it does not grow.
+  const soak = Number(values.soak);
+  for (let i = 1; i <= soak; i++) {
+    trainer.run([batch()], 1e-4);
+    if (i % Math.max(1, Math.floor(soak / 5)) === 0)
+      console.log(
+        JSON.stringify({
+          bench: 'soak',
+          backend,
+          step: i,
+          rssMB: Math.round(process.memoryUsage().rss / 2 ** 20),
+          numTensors: tf.memory().numTensors,
+        }),
+      );
+  }
   trainer.dispose();
   model.dispose();
   const stepsPerS = steps / (busy / 1000);
@@ -64,6 +84,10 @@ for (const name of sections.includes('step') ? (values.backends.split(',') as Ba
     console.log(`${name.padEnd(15)} skipped: ${why}`);
     continue;
   }
+  if (name === 'wasm') {
+    const off = process.env.LOCALMIM_NATIVE === '0' ? 'LOCALMIM_NATIVE=0' : setNativeGemm(true);
+    console.log(`wasm: native BLAS path ${off ? `off (${off})` : 'on'}`);
+  }
   const r = await benchPretrainStep(name);
   results.push(r);
   console.log(
@@ -79,6 +103,23 @@ for (const name of sections.includes('step') ? (values.backends.split(',') as Ba
     }),
   );
 }
+
+const peer = values.peer ? benchPeer(B, budgetS) : undefined;
+for (const r of results) {
+  if (peer)
+    console.log(
+      JSON.stringify({
+        bench: 'pretrain-step-vs-peer',
+        backend: r.backend,
+        native: nativeActive(),
+        ratio: +(r.stepsPerS / peer.stepsPerS).toFixed(3),
+        ours: r.stepsPerS,
+        peer: peer.stepsPerS,
+      }),
+    );
+}
+const rss = process.resourceUsage().maxRSS / 1024;
+console.log(JSON.stringify({ bench: 'memory', peakRssMB: +rss.toFixed(0), numTensors: tf.memory().numTensors }));
 
 if (results.length) {
   console.log(`\npretrain step: vit-tiny, 64 px, patch 8, batch ${B}, mask 0.75, 4 decoders, HOG, AdamW (tfjs ${tf.version.tfjs})`);

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { existsSync } from 'node:fs';
+import { nativeThreads, setNativeGemm } from './native.js';
 
 /** Backends in order of preference: fastest first. */
 export const BACKENDS = ['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'] as const;
@@ -20,6 +21,8 @@ export interface BackendReport {
   attempts: BackendAttempt[];
   /** Set when the user forced the backend with --backend or LOCALMIM_BACKEND. */
   forcedBy?: string;
+  /** The native BLAS path under wasm (core/native.ts): what runs, or why it does not. */
+  native: string;
 }
 
 const NODE_PACKAGE: Partial<Record<BackendName, string>> = {
@@ -58,6 +61,12 @@ async function tryBackend(name: BackendName): Promise<string | undefined> {
 
 /** Switches tfjs to one named backend, loading it first; returns why it cannot run, if it cannot. */
 export const useBackend = tryBackend;
+
+function nativeGemm(): string {
+  if (process.env.LOCALMIM_NATIVE === '0') return 'off (LOCALMIM_NATIVE=0)';
+  const why = setNativeGemm(true);
+  return why ? `off: ${why}` : `BLAS sgemm for every matmul (${nativeThreads() || 'system'} threads)`;
+}
 
 function hasNvidiaDriver(): boolean {
   return existsSync('/proc/driver/nvidia/version');
@@ -100,6 +109,7 @@ export async function initBackend(flag?: string): Promise<BackendReport> {
   }
   if (!chosen) throw new Error('backend: no tfjs backend could be loaded');
   current = {
+    native: chosen === 'wasm' ? nativeGemm() : `not used on ${chosen}`,
     chosen,
     tfjsVersion: tf.version.tfjs,
     threads: await threadCount(chosen),
@@ -125,5 +135,6 @@ function gpuStatus(name: BackendName): string {
 export function describeBackend(r: BackendReport): string {
   const skipped = r.attempts.filter((a) => !a.ok && a.name !== r.chosen && !a.reason?.startsWith('not tried: ' + r.chosen));
   const why = skipped.map((a) => `${a.name}: ${a.reason}`).join('; ');
-  return `backend ${r.chosen} (tfjs ${r.tfjsVersion}, ${r.threads} thread${r.threads === 1 ? '' : 's'})${why ? ` — ${why}` : ''}`;
+  const native = r.chosen === 'wasm' ? `, native ${r.native}` : '';
+  return `backend ${r.chosen} (tfjs ${r.tfjsVersion}, ${r.threads} thread${r.threads === 1 ? '' : 's'}${native})${why ? ` — ${why}` : ''}`;
 }

@@ -14,5 +14,6 @@ export async function run(argv: string[]): Promise<void> {
   console.log(`tfjs      ${r.tfjsVersion}`);
   console.log(`threads   ${r.threads}`);
   console.log(`gpu       ${r.gpu}`);
+  console.log(`native    ${r.native}`);
   for (const a of r.attempts) if (a.name !== r.chosen) console.log(`  ${a.name.padEnd(15)} ${a.reason}`);
 }

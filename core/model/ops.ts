@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { nativeActive } from '../native.js';
 
 // tfjs's wasm backend hands only plain (untransposed) matmuls to its fast GEMM, and tf.matMul's own
 // gradient uses transposed ones (tfjs-notes §1). These ops transpose explicitly in forward and backward.
@@ -11,24 +12,39 @@ type GradFn<A extends unknown[]> = (...args: A) => {
 const customGrad = <A extends unknown[]>(f: GradFn<A>) => tf.customGrad(f as unknown as Parameters<typeof tf.customGrad>[0]);
 
 const T2 = (x: tf.Tensor) => tf.transpose(x, x.rank === 2 ? [1, 0] : [0, 2, 1]);
+// With the native sgemm (core/native.ts) transposed operands cost nothing: pass flags instead.
+const matMulT = (a: tf.Tensor, b: tf.Tensor, ta: boolean, tb: boolean) =>
+  nativeActive()
+    ? tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D, ta, tb)
+    : tf.matMul((ta ? T2(a) : a) as tf.Tensor2D, (tb ? T2(b) : b) as tf.Tensor2D);
 
 /** `a @ b` for 2-D `[M, K] @ [K, N]` or batched 3-D `[n, M, K] @ [n, K, N]`, with explicit-transpose gradients. */
 export const mm = customGrad((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
   save([a, b]);
   return {
     value: tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D),
-    gradFunc: (dy: tf.Tensor, [sa, sb]: tf.Tensor[]) => [
-      tf.matMul(dy as tf.Tensor2D, T2(sb!) as tf.Tensor2D),
-      tf.matMul(T2(sa!) as tf.Tensor2D, dy as tf.Tensor2D),
-    ],
+    gradFunc: (dy: tf.Tensor, [sa, sb]: tf.Tensor[]) => [matMulT(dy, sb!, false, true), matMulT(sa!, dy, true, false)],
   };
 }) as (a: tf.Tensor, b: tf.Tensor) => tf.Tensor;
 
+/** `a @ bᵀ` for batched `[n, M, K] @ [n, N, K]ᵀ` (attention scores). */
+export const mmNT = (a: tf.Tensor, b: tf.Tensor) =>
+  nativeActive() ? tf.matMul(a as tf.Tensor3D, b as tf.Tensor3D, false, true) : mm(a, T2(b));
+
 /** PyTorch `nn.Linear` on `x [M, in]` with `W [out, in]` (the official layout) and `bias [out]`. */
 export function linear(x: tf.Tensor, W: tf.Tensor, bias?: tf.Tensor): tf.Tensor2D {
-  const y = mm(x, tf.transpose(W));
+  const y = xWt(x, W);
   return (bias ? tf.add(y, bias) : y) as tf.Tensor2D;
 }
+
+/** `x @ Wᵀ` with W in the official `[out, in]` layout: dx = dy @ W, dW = dyᵀ @ x. */
+const xWt = customGrad((x: tf.Tensor, W: tf.Tensor, save: tf.GradSaveFunc) => {
+  save([x, W]);
+  return {
+    value: matMulT(x, W, false, true),
+    gradFunc: (dy: tf.Tensor, [sx, sW]: tf.Tensor[]) => [tf.matMul(dy as tf.Tensor2D, sW as tf.Tensor2D), matMulT(dy, sx!, true, false)],
+  };
+}) as (x: tf.Tensor, W: tf.Tensor) => tf.Tensor;
 
 /** LayerNorm over the last axis with PyTorch's biased variance. */
 export function layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps = 1e-6): tf.Tensor {

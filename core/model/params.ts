@@ -14,8 +14,13 @@ export interface ParamSpec {
 }
 
 const fill = (v: number) => (_: Rng, n: number) => new Float32Array(n).fill(v);
-const uniform = (bound: number) => (rng: Rng, n: number) => Float32Array.from({ length: n }, () => rng.uniform(-bound, bound));
-const normal = (std: number) => (rng: Rng, n: number) => Float32Array.from({ length: n }, () => std * rng.normal());
+const draw = (f: (rng: Rng) => number) => (rng: Rng, n: number) => {
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = f(rng);
+  return out;
+};
+const uniform = (bound: number) => draw((rng) => rng.uniform(-bound, bound));
+const normal = (std: number) => draw((rng) => std * rng.normal());
 // Xavier-uniform for every Linear and for the patch embedding viewed as a [D, 3p²] matrix, as MAE does.
 const xavier = (fanOut: number, fanIn: number) => uniform(Math.sqrt(6 / (fanIn + fanOut)));
 

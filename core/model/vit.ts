@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import type { Rng } from '../random.js';
-import { gelu, layerNorm, linear, mm, stopGradient } from './ops.js';
+import { gelu, layerNorm, linear, mm, mmNT, stopGradient } from './ops.js';
 
 export type Param = (name: string) => tf.Tensor;
 
@@ -18,10 +18,13 @@ export function attention(
 ): tf.Tensor {
   const W = x.shape[1]!;
   const hd = W / heads;
-  const qkv = linear(x, P(`${name}.qkv.weight`), P(`${name}.qkv.bias`)); // [B·T, 3W]
-  const split = tf.transpose(tf.reshape(qkv, [B, T, 3, heads, hd]), [2, 0, 3, 1, 4]); // [3, B, H, T, hd]
-  const [q, k, v] = tf.split(tf.reshape(split, [3, B * heads, T, hd]), 3, 0).map((t) => tf.reshape(t, [B * heads, T, hd]));
-  const probs = tf.softmax(mm(tf.mul(q!, hd ** -0.5), tf.transpose(k!, [0, 2, 1]))); // [B·H, T, T]
+  // The fused qkv weight [3W, W] is read as three [W, W] blocks: q, k, v (spec §7), each head-major.
+  const [Wq, Wk, Wv] = tf.split(P(`${name}.qkv.weight`), 3, 0);
+  const [bq, bk, bv] = tf.split(P(`${name}.qkv.bias`), 3, 0);
+  const perHead = (Wp: tf.Tensor, bp: tf.Tensor) =>
+    tf.reshape(tf.transpose(tf.reshape(linear(x, Wp, bp), [B, T, heads, hd]), [0, 2, 1, 3]), [B * heads, T, hd]); // [B·H, T, hd]
+  const [q, k, v] = [perHead(Wq!, bq!), perHead(Wk!, bk!), perHead(Wv!, bv!)];
+  const probs = tf.softmax(mmNT(tf.mul(q!, hd ** -0.5), k!)); // [B·H, T, T]
   onProbs?.(probs);
   const out = mm(probs, v!); // [B·H, T, hd]
   const merged = tf.reshape(tf.transpose(tf.reshape(out, [B, heads, T, hd]), [0, 2, 1, 3]), [B * T, W]);
