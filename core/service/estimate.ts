@@ -1,7 +1,7 @@
 import { modelDims, type RunConfig } from '../config.js';
 
-/** Rough effective throughput of one training step per backend, in GFLOP/s (tfjs-notes; measured here for wasm). */
-const GFLOPS: Record<string, number> = { 'tensorflow-gpu': 2000, tensorflow: 60, wasm: 10, cpu: 0.3 };
+/** Rough effective throughput of one training step per backend, in GFLOP/s (tfjs-notes; wasm measured here, with and without the native path). */
+const GFLOPS: Record<string, number> = { 'tensorflow-gpu': 2000, tensorflow: 60, 'wasm-native': 35, wasm: 10, cpu: 0.3 };
 
 /**
  * Parameters, memory and time per epoch of a run, before it starts: parameter count exact, memory and

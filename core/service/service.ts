@@ -20,6 +20,7 @@ import { backboneOf, paramsOf } from '../export/backbone.js';
 import { exportRun } from '../export/export.js';
 import { applyScan, summarize } from '../data/indexer.js';
 import { homePaths, isAlive, SAMPLE_IMAGES } from '../home.js';
+import { nativeActive } from '../native.js';
 import type { JobHandle, Launcher } from '../jobs/protocol.js';
 import { Store } from '../store/store.js';
 import { estimate } from './estimate.js';
@@ -105,7 +106,13 @@ export class Service {
       const r = RunConfigSchema.safeParse(a.config ?? {});
       if (!r.success) return { ok: false, errors: r.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message })) };
       const images = a.datasetId ? this.store.images(a.datasetId, 'ok').length : 0;
-      return { ok: true, errors: [], config: r.data, estimate: estimate(r.data, images, (await initBackend()).chosen) };
+      const backend = (await initBackend()).chosen;
+      return {
+        ok: true,
+        errors: [],
+        config: r.data,
+        estimate: estimate(r.data, images, backend === 'wasm' && nativeActive() ? 'wasm-native' : backend),
+      };
     },
     'runs.list': () => this.store.runs().map((r) => ({ ...r, last: this.store.metrics(r.id).at(-1) ?? null })),
     'runs.get': (a) => {
