@@ -50,7 +50,8 @@ export class LocalMIM {
     const B = images.length;
     const { idsKeep, mask } = randomMasking(noise, B, L, nKeep);
     const { patches, pos } = gatherPatches(images, (b) => idsKeep.subarray(b * nKeep, (b + 1) * nKeep), p, this.posTable(), D);
-    const perImage = images.map((img) => this.targetsOf(img));
+    const bias = this.hogBias();
+    const perImage = images.map((img) => this.targetsOf(img, bias));
     const targets = cells.map((_, k) => concat(perImage.map((t) => t[k]!)));
     const scaleMasks = scales.map((s) => scaleMask(mask, B, g, s));
     return { B, patches, pos, idsKeep, mask, targets, scaleMasks };
@@ -62,12 +63,16 @@ export class LocalMIM {
   }
 
   /** Targets of one image, one `[N_k, F_k]` array per scale (spec §10). */
-  targetsOf(img: RgbImage): Float32Array[] {
+  private targetsOf(img: RgbImage, bias: HogBias[] | undefined): Float32Array[] {
     const c = this.config;
-    const { cells, scales } = this.dims;
-    if (c.target === 'pixel') return cells.map((cell) => pixelTargets(img, cell, c.normPix));
-    const bias = c.hogBias ? scales.map((_, k) => this.params.get(`hog_enc.${k}.conv.bias`).dataSync() as unknown as HogBias) : undefined;
-    return hog(img, c.nbins, cells, bias);
+    if (c.target === 'pixel') return this.dims.cells.map((cell) => pixelTargets(img, cell, c.normPix));
+    return hog(img, c.nbins, this.dims.cells, bias);
+  }
+
+  /** The frozen Sobel offsets of each scale (`--hog_bias`), read once per batch. */
+  private hogBias(): HogBias[] | undefined {
+    if (!this.config.hogBias) return undefined;
+    return this.dims.scales.map((_, k) => Array.from(this.params.get(`hog_enc.${k}.conv.bias`).dataSync()) as unknown as HogBias);
   }
 
   /** The whole forward pass and loss (spec §11). Call inside `tf.tidy`. */

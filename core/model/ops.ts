@@ -2,7 +2,8 @@ import * as tf from '@tensorflow/tfjs';
 import { nativeActive } from '../native.js';
 
 // tfjs's wasm backend hands only plain (untransposed) matmuls to its fast GEMM, and tf.matMul's own
-// gradient uses transposed ones (tfjs-notes §1). These ops transpose explicitly in forward and backward.
+// gradient uses transposed ones (tfjs-notes §1). These ops transpose explicitly in forward and backward,
+// unless the native sgemm (core/native.ts) is on, which takes transposed operands at no cost.
 
 // tf.customGrad's typing takes a variadic (Tensor | GradSaveFunc)[]; ours name their arguments.
 type GradFn<A extends unknown[]> = (...args: A) => {
@@ -12,13 +13,12 @@ type GradFn<A extends unknown[]> = (...args: A) => {
 const customGrad = <A extends unknown[]>(f: GradFn<A>) => tf.customGrad(f as unknown as Parameters<typeof tf.customGrad>[0]);
 
 const T2 = (x: tf.Tensor) => tf.transpose(x, x.rank === 2 ? [1, 0] : [0, 2, 1]);
-// With the native sgemm (core/native.ts) transposed operands cost nothing: pass flags instead.
 const matMulT = (a: tf.Tensor, b: tf.Tensor, ta: boolean, tb: boolean) =>
   nativeActive()
     ? tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D, ta, tb)
     : tf.matMul((ta ? T2(a) : a) as tf.Tensor2D, (tb ? T2(b) : b) as tf.Tensor2D);
 
-/** `a @ b` for 2-D `[M, K] @ [K, N]` or batched 3-D `[n, M, K] @ [n, K, N]`, with explicit-transpose gradients. */
+/** `a @ b` for 2-D `[M, K] @ [K, N]` or batched 3-D `[n, M, K] @ [n, K, N]`, with transpose-aware gradients. */
 export const mm = customGrad((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
   save([a, b]);
   return {

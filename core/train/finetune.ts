@@ -10,7 +10,7 @@ import { AdamW } from './adamw.js';
 import { saveCheckpoint, restoreCheckpoint, type LoadedCheckpoint } from './checkpoint.js';
 import type { TrainEvent } from './loop.js';
 import { lrAt } from './schedule.js';
-import { NonFiniteLossError } from './step.js';
+import { accumulate, NonFiniteLossError } from './step.js';
 
 export interface FinetuneOptions {
   config: FinetuneRun;
@@ -86,9 +86,7 @@ export async function finetune(o: FinetuneOptions): Promise<{ step: number; stat
         );
         loss += value.dataSync()[0]!;
         value.dispose();
-        const sum = tf.tidy(() => Object.fromEntries(Object.entries(g).map(([n, t]) => [n, grads[n] ? tf.add(grads[n], t) : tf.clone(t)])));
-        tf.dispose([...Object.values(grads), ...Object.values(g)]);
-        grads = sum;
+        grads = accumulate(grads, g);
       }
       if (!Number.isFinite(loss)) {
         tf.dispose(Object.values(grads));

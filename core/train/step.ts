@@ -22,6 +22,15 @@ export class NonFiniteLossError extends Error {
   }
 }
 
+/** `acc + g` per variable, disposing both inputs: gradient accumulation over micro-batches. */
+export function accumulate(acc: tf.NamedTensorMap, g: tf.NamedTensorMap): tf.NamedTensorMap {
+  const sum = tf.tidy(() =>
+    Object.fromEntries(Object.entries(g).map(([name, t]) => [name, acc[name] ? tf.add(acc[name], t) : tf.clone(t)])),
+  );
+  tf.dispose([...Object.values(acc), ...Object.values(g)]);
+  return sum;
+}
+
 /** Forward, losses, backward and AdamW for one optimizer step over `accumIter` micro-batches. */
 export class TrainStep {
   readonly optimizer: AdamW;
@@ -48,11 +57,7 @@ export class TrainStep {
       }, vars);
       scaleLosses.forEach((l, k) => (losses[k]! += l.dataSync()[0]! / batches.length));
       tf.dispose([value, ...scaleLosses]);
-      const sum = tf.tidy(() =>
-        Object.fromEntries(Object.entries(g).map(([name, t]) => [name, grads[name] ? tf.add(grads[name], t) : tf.clone(t)])),
-      );
-      tf.dispose([...Object.values(grads), ...Object.values(g)]);
-      grads = sum;
+      grads = accumulate(grads, g);
     }
     return { grads, losses };
   }
