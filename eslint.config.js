@@ -16,4 +16,19 @@ export default tseslint.config(
     files: ['core/**'],
     rules: { 'no-restricted-imports': ['error', { paths: ['electron', 'svelte'], patterns: ['**/main/*', '**/renderer/*'] }] },
   },
+  {
+    // Imports flow one way: the engine knows nothing of the run lifecycle, and the lifecycle nothing of its front doors.
+    files: ['core/*.ts', 'core/{model,targets,train,data,store,analysis}/**'],
+    rules: { 'no-restricted-imports': ['error', { paths: ['electron', 'svelte'], patterns: layersAbove('runs') }] },
+  },
+  {
+    files: ['core/runs/**'],
+    rules: { 'no-restricted-imports': ['error', { paths: ['electron', 'svelte'], patterns: layersAbove('export') }] },
+  },
 );
+
+/** Import patterns of `layer` and every layer above it. */
+function layersAbove(layer) {
+  const order = ['runs', 'export', 'jobs', 'service', 'server', 'cli'];
+  return [...order.slice(order.indexOf(layer)).map((l) => `**/${l}/*`), '**/main/*', '**/renderer/*'];
+}

@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 
 /**
  * Runs bench/peer.py (the same step in PyTorch) with Debian's python3-torch: one torch thread and
- * OPENBLAS_NUM_THREADS=2, the best setting on a 2-core machine (tfjs-notes §9). Undefined without PyTorch.
+ * OPENBLAS_NUM_THREADS=2, the best setting on a 2-core machine (docs/tfjs.md#pytorch-comparisons). Undefined without PyTorch.
  */
 export function benchPeer(batch: number, seconds: number): { stepsPerS: number } | undefined {
   const python = ['/usr/bin/python3', 'python3'].find((p) => spawnSync(p, ['-c', 'import torch'], { stdio: 'ignore' }).status === 0);

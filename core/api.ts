@@ -1,5 +1,6 @@
 import { z } from 'zod';
-import type { MetricRow } from './store/store.js';
+import { describeIssue, MAX_EPOCHS } from './config.js';
+import type { MetricRow, RunStatus } from './store/store.js';
 
 // The one API of LocalMIM Studio: the same methods and events over Electron IPC (preload) and over
 // HTTP + server-sent events (`localmim serve`). Each method's arguments are validated by its schema on
@@ -8,30 +9,35 @@ import type { MetricRow } from './store/store.js';
 const id = z.number().int().positive();
 
 export const METHODS = {
-  'app.info': z.object({}),
-  'datasets.list': z.object({}),
-  'datasets.add': z.object({ path: z.string().min(1).max(4096) }),
-  'datasets.addSample': z.object({}),
-  'datasets.get': z.object({ id }),
-  'datasets.thumbnails': z.object({ id, offset: z.number().int().min(0).default(0), limit: z.number().int().min(1).max(200).default(48) }),
-  'config.check': z.object({ config: z.unknown(), datasetId: id.optional() }),
-  'runs.list': z.object({}),
-  'runs.get': z.object({ id }),
-  'runs.create': z.object({ datasetId: id, name: z.string().max(200).optional(), config: z.unknown() }),
-  'runs.pause': z.object({ id }),
-  'runs.resume': z.object({ id }),
-  'runs.cancel': z.object({ id }),
-  'runs.extend': z.object({ id, epochs: z.number().int().min(1).max(100_000) }),
-  'runs.update': z.object({
+  'app.info': z.strictObject({}),
+  'datasets.list': z.strictObject({}),
+  'datasets.add': z.strictObject({ path: z.string().min(1).max(4096) }),
+  'datasets.addSample': z.strictObject({}),
+  'datasets.get': z.strictObject({ id }),
+  'datasets.thumbnails': z.strictObject({
+    id,
+    offset: z.number().int().min(0).default(0),
+    limit: z.number().int().min(1).max(200).default(48),
+  }),
+  'config.check': z.strictObject({ config: z.unknown(), datasetId: id.optional() }),
+  'runs.list': z.strictObject({}),
+  'runs.get': z.strictObject({ id }),
+  'runs.create': z.strictObject({ datasetId: id, name: z.string().max(200).optional(), config: z.unknown() }),
+  'runs.pause': z.strictObject({ id }),
+  /** `restart`: start over from step 0 when none of the run's checkpoints can be read. */
+  'runs.resume': z.strictObject({ id, restart: z.boolean().default(false) }),
+  'runs.cancel': z.strictObject({ id }),
+  'runs.extend': z.strictObject({ id, epochs: z.number().int().min(1).max(MAX_EPOCHS) }),
+  'runs.update': z.strictObject({
     id,
     name: z.string().max(200).optional(),
     notes: z.string().max(20_000).optional(),
     tags: z.array(z.string().max(50)).max(50).optional(),
   }),
-  'runs.preview': z.object({ id, step: z.number().int().min(0) }),
-  'finetune.create': z.object({
+  'runs.preview': z.strictObject({ id, step: z.number().int().min(0) }),
+  'finetune.create': z.strictObject({
     /** The pretraining run (and checkpoint step; default its newest) to start from; null = from scratch. */
-    from: z.object({ runId: id, step: z.number().int().min(0).optional() }).nullable(),
+    from: z.strictObject({ runId: id, step: z.number().int().min(0).optional() }).nullable(),
     datasetId: id,
     name: z.string().max(200).optional(),
     /** Fine-tuning settings (core/config.ts FinetuneConfigSchema); for a scratch run also `model`. */
@@ -39,8 +45,8 @@ export const METHODS = {
     model: z.unknown().optional(),
     seed: z.number().int().min(0).default(0),
   }),
-  'exports.create': z.object({ runId: id, step: z.number().int().min(0).optional(), format: z.enum(['safetensors', 'tfjs']) }),
-  'analysis.run': z.object({
+  'exports.create': z.strictObject({ runId: id, step: z.number().int().min(0).optional(), format: z.enum(['safetensors', 'tfjs']) }),
+  'analysis.run': z.strictObject({
     runId: id,
     step: z.number().int().min(0).optional(),
     datasetId: id,
@@ -57,11 +63,7 @@ export const isMethod = (m: unknown): m is Method => typeof m === 'string' && Ob
 /** Validates a call's arguments, turning zod's issues into one message that names each bad field. */
 export function parseArgs<M extends Method>(method: M, args: unknown): z.output<(typeof METHODS)[M]> {
   const r = METHODS[method].safeParse(args ?? {});
-  if (!r.success)
-    throw new ApiError(
-      'bad-request',
-      `${method}: ${r.error.issues.map((i) => `${i.path.join('.') || 'arguments'}: ${i.message}`).join('; ')}`,
-    );
+  if (!r.success) throw new ApiError('bad-request', `${method}: ${r.error.issues.map(describeIssue).join('; ')}`);
   return r.data as z.output<(typeof METHODS)[M]>;
 }
 
@@ -80,7 +82,7 @@ export type ApiEvent =
   | { type: 'dataset.progress'; datasetPath: string; done: number; total: number; filesPerS: number; etaS: number }
   | { type: 'dataset.indexed'; datasetId: number }
   | { type: 'dataset.error'; datasetPath: string; message: string }
-  | { type: 'run.status'; runId: number; status: string; error: string | null }
+  | { type: 'run.status'; runId: number; status: RunStatus; error: string | null }
   | { type: 'run.metrics'; runId: number; rows: MetricRow[] }
   | { type: 'run.checkpoint'; runId: number; step: number }
   | { type: 'run.eval'; runId: number; step: number; top1: number; loss: number }

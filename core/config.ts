@@ -1,6 +1,6 @@
 import { z } from 'zod';
 
-/** Encoder shapes of the paper's models (spec §2); ViT-T is DeiT-Tiny's shape. */
+/** Encoder shapes of the paper's models (docs/method.md#model-sizes); ViT-T is DeiT-Tiny's shape. */
 export const MODEL_SIZES = {
   'vit-tiny': { D: 192, depth: 12, heads: 3 },
   'vit-small': { D: 384, depth: 12, heads: 6 },
@@ -9,38 +9,41 @@ export const MODEL_SIZES = {
 } as const;
 export type ModelSize = keyof typeof MODEL_SIZES;
 
-/** Prediction-grid scales relative to the patch grid (spec §8): ×4, ×2, ×1, ×0.5. */
+/** Prediction-grid scales relative to the patch grid (docs/method.md#decoders-and-scales): ×4, ×2, ×1, ×0.5. */
 export const SCALES = [4, 2, 1, 0.5] as const;
 export type Scale = (typeof SCALES)[number];
 
 const int = (min: number) => z.number().int().min(min);
 
-export const ModelConfigBase = z.object({
+/** Longer than any real schedule; a typo like 1e9 is an error, not a run that never ends. */
+export const MAX_EPOCHS = 100_000;
+
+export const ModelConfigBase = z.strictObject({
   size: z.enum(Object.keys(MODEL_SIZES) as [ModelSize, ...ModelSize[]]).default('vit-tiny'),
   /** Overrides of the size's encoder width, depth and heads, for custom models. */
-  D: int(4).optional(),
-  depth: int(1).optional(),
-  heads: int(1).optional(),
-  imgSize: int(8).default(224),
-  patchSize: int(1).default(16),
+  D: int(4).max(8192).optional(),
+  depth: int(1).max(256).optional(),
+  heads: int(1).max(256).optional(),
+  imgSize: int(8).max(4096).default(224),
+  patchSize: int(1).max(256).default(16),
   mlpRatio: z.number().positive().default(4),
   /** `local`: LocalMIM; `global`: MAE-style single decoder on the last block; `isolated`: gradients stopped after each tap (paper Table 5). */
   variant: z.enum(['local', 'global', 'isolated']).default('local'),
   target: z.enum(['hog', 'pixel']).default('hog'),
   /** HOG orientation bins: 9 in the official ViT-B recipe, 18 in the paper and ViT-L. */
   nbins: z.union([z.literal(9), z.literal(18)]).default(9),
-  /** Random frozen offsets on the Sobel responses, as the official `--hog_bias` (spec §10.2). */
+  /** Random frozen offsets on the Sobel responses, as the official `--hog_bias` (docs/method.md#hog-bias). */
   hogBias: z.boolean().default(false),
-  /** Standardise each pixel-target token by its own mean and variance (spec §10.3). */
+  /** Standardise each pixel-target token by its own mean and unbiased variance (docs/method.md#normalized-pixel-targets). */
   normPix: z.boolean().default(true),
   maskRatio: z.number().gt(0).lt(1).default(0.75),
   /** 0-based blocks whose outputs feed the decoders; default the distinct ones of [1, 3, depth−3, depth−1] (global: [depth−1]). */
   taps: z.array(int(0)).optional(),
   /** One scale per tap; default [4, 2, 1, 0.5] (global: [1]). HOG cell / pixel patch of scale s is p/s. */
   scales: z.array(z.union(SCALES.map((s) => z.literal(s)) as [z.ZodLiteral<Scale>, ...z.ZodLiteral<Scale>[]])).optional(),
-  decoderDim: int(4).default(256),
-  decoderHeads: int(1).default(8),
-  decoderDepth: int(1).default(1),
+  decoderDim: int(4).max(8192).default(256),
+  decoderHeads: int(1).max(256).default(8),
+  decoderDepth: int(1).max(64).default(1),
 });
 export type ModelConfig = z.output<typeof ModelConfigBase>;
 
@@ -103,14 +106,14 @@ export const ModelConfigSchema = ModelConfigBase.superRefine((c, ctx) => {
   if (c.hogBias && c.target !== 'hog') issue('hogBias', 'hogBias applies only to HOG targets');
 });
 
-export const OptimConfigSchema = z.object({
+export const OptimConfigSchema = z.strictObject({
   /** Per-step batch (per process); the effective batch is batch · accumIter. */
-  batch: int(1).default(32),
-  accumIter: int(1).default(1),
-  epochs: int(1).default(100),
+  batch: int(1).max(65_536).default(32),
+  accumIter: int(1).max(65_536).default(1),
+  epochs: int(1).max(MAX_EPOCHS).default(100),
   /** Warmup of the official 100-epoch recipe; 40 for the 1600-epoch ones. */
   warmupEpochs: z.number().min(0).default(10),
-  /** Base learning rate: lr = blr · effective batch / 256 (spec §13). 2e-4 as the ViT-B recipe. */
+  /** Base learning rate: lr = blr · effective batch / 256 (docs/method.md#optimizer-and-schedule). 2e-4 as the ViT-B recipe. */
   blr: z.number().positive().default(2e-4),
   /** Absolute learning rate; overrides blr when given. */
   lr: z.number().positive().optional(),
@@ -122,7 +125,7 @@ export const OptimConfigSchema = z.object({
 });
 export type OptimConfig = z.output<typeof OptimConfigSchema>;
 
-export const RunConfigSchema = z.object({
+export const RunConfigSchema = z.strictObject({
   model: ModelConfigSchema.default(() => ModelConfigSchema.parse({})),
   optim: OptimConfigSchema.default(() => OptimConfigSchema.parse({})),
   seed: int(0).default(0),
@@ -132,16 +135,28 @@ export type RunConfigInput = z.input<typeof RunConfigSchema>;
 
 export const peakLr = (o: OptimConfig) => o.lr ?? (o.blr * o.batch * o.accumIter) / 256;
 
-/** Parses a config, turning zod's issues into one error that names each bad field. */
-export function parseRunConfig(input: unknown): RunConfig {
-  const r = RunConfigSchema.safeParse(input);
-  if (!r.success) throw new ConfigError(r.error.issues.map((i) => `${i.path.join('.') || '(config)'}: ${i.message}`));
+/** Parses a config, turning zod's issues into one error that names each bad field (prefixed by `where`). */
+export function parseConfig<S extends z.ZodType>(schema: S, input: unknown, where?: string): z.output<S> {
+  const r = schema.safeParse(input);
+  if (!r.success) throw new ConfigError(r.error.issues.map(describeIssue), where);
   return r.data;
 }
 
+export const parseRunConfig = (input: unknown): RunConfig => parseConfig(RunConfigSchema, input);
+
+/** `optim.epoch: unknown field` rather than zod's "Unrecognized key" at the parent. */
+export function describeIssue(i: z.core.$ZodIssue): string {
+  const at = (path: PropertyKey[]) => path.map(String).join('.');
+  if (i.code === 'unrecognized_keys') return i.keys.map((k) => `${at([...i.path, k])}: unknown field`).join('; ');
+  return `${at(i.path) || '(config)'}: ${i.message}`;
+}
+
 export class ConfigError extends Error {
-  constructor(readonly problems: string[]) {
-    super(`invalid config: ${problems.join('; ')}`);
+  constructor(
+    readonly problems: string[],
+    where?: string,
+  ) {
+    super(`${where ? `${where}: ` : ''}invalid config: ${problems.join('; ')}`);
     this.name = 'ConfigError';
   }
 }
@@ -155,9 +170,9 @@ export const PRESETS = {
 } as const satisfies Record<string, Partial<ModelConfig>>;
 export type Preset = keyof typeof PRESETS;
 
-/** Fine-tuning and linear probing (spec §14, paper Table 9), with defaults scaled down to small data. */
+/** Fine-tuning and linear probing (docs/method.md#fine-tuning, paper Table 9), with defaults scaled down to small data. */
 export const FinetuneConfigSchema = OptimConfigSchema.extend({
-  epochs: int(1).default(50),
+  epochs: int(1).max(MAX_EPOCHS).default(50),
   warmupEpochs: z.number().min(0).default(5),
   /** MAE's fine-tuning base rate; lr = blr · effective batch / 256. */
   blr: z.number().positive().default(5e-4),
@@ -177,13 +192,13 @@ export const FinetuneConfigSchema = OptimConfigSchema.extend({
 });
 export type FinetuneConfig = z.output<typeof FinetuneConfigSchema>;
 
-export const FinetuneRunSchema = z.object({
+export const FinetuneRunSchema = z.strictObject({
   model: ModelConfigSchema,
   finetune: FinetuneConfigSchema.default(() => FinetuneConfigSchema.parse({})),
   seed: int(0).default(0),
   /** Class names, in label index order. */
   classes: z.array(z.string()).min(2),
   /** The pretraining run and checkpoint step it starts from; null = from scratch. */
-  from: z.object({ runId: int(1), step: int(0) }).nullable(),
+  from: z.strictObject({ runId: int(1), step: int(0) }).nullable(),
 });
 export type FinetuneRun = z.output<typeof FinetuneRunSchema>;

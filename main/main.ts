@@ -1,8 +1,8 @@
-import { app, BrowserWindow, dialog, ipcMain, Menu, session, shell, type IpcMainInvokeEvent } from 'electron';
+import { app, BrowserWindow, dialog, ipcMain, Menu, session, shell, type IpcMainInvokeEvent, type WebContents } from 'electron';
 import { join } from 'node:path';
 import { APP_NAME } from '../core/home.js';
 import { startBackend } from './backend.js';
-import { isAppUrl, isSafeExternal, windowOptions } from './window.js';
+import { isAppUrl, isSafeExternal, menuTemplate, windowOptions } from './window.js';
 
 const appRoot = app.getAppPath();
 const rendererIndex = join(appRoot, 'renderer', 'dist', 'index.html');
@@ -15,17 +15,27 @@ let win: BrowserWindow | undefined;
 let quitting = false;
 
 function createWindow(): void {
-  win = new BrowserWindow(windowOptions(preload));
+  win = new BrowserWindow(windowOptions(preload, { packaged: app.isPackaged }));
   win.once('ready-to-show', () => win?.show());
-  win.webContents.setWindowOpenHandler(({ url }) => {
+  void win.loadFile(rendererIndex);
+}
+
+/** Every web contents, ours or any other, stays on the app's page: no navigation, new windows or webviews. */
+function guard(contents: WebContents): void {
+  contents.setWindowOpenHandler(({ url }) => {
     if (isSafeExternal(url)) void shell.openExternal(url);
     return { action: 'deny' };
   });
-  win.webContents.on('will-navigate', (e, url) => {
-    if (!isAppUrl(url, rendererIndex)) e.preventDefault();
+  contents.on('will-navigate', (e) => {
+    if (!isAppUrl(e.url, rendererIndex)) e.preventDefault();
   });
-  void win.loadFile(rendererIndex);
+  contents.on('will-redirect', (e) => {
+    if (!isAppUrl(e.url, rendererIndex)) e.preventDefault();
+  });
+  contents.on('will-attach-webview', (e) => e.preventDefault());
 }
+
+app.on('web-contents-created', (_e, contents) => guard(contents));
 
 /** Every IPC message must come from our own page, in the top frame. */
 function trusted(e: IpcMainInvokeEvent): boolean {
@@ -39,6 +49,7 @@ app.on('second-instance', () => {
 
 void app.whenReady().then(() => {
   session.defaultSession.setPermissionRequestHandler((_wc, _permission, cb) => cb(false));
+  session.defaultSession.setPermissionCheckHandler(() => false);
   const backend = startBackend(appRoot, app.isPackaged);
   backend.onEvent((e) => win?.webContents.send('event', e));
   ipcMain.handle('api', async (e, method: unknown, args: unknown) => {
@@ -52,24 +63,7 @@ void app.whenReady().then(() => {
     const r = await dialog.showOpenDialog(win, { properties: ['openDirectory'], title: 'Choose a folder of images' });
     return r.canceled ? null : (r.filePaths[0] ?? null);
   });
-  Menu.setApplicationMenu(
-    Menu.buildFromTemplate([
-      { role: process.platform === 'darwin' ? 'appMenu' : 'fileMenu' },
-      { role: 'editMenu' },
-      {
-        label: 'View',
-        submenu: [
-          { role: 'reload' },
-          { role: 'toggleDevTools' },
-          { type: 'separator' },
-          { role: 'resetZoom' },
-          { role: 'zoomIn' },
-          { role: 'zoomOut' },
-        ],
-      },
-      { role: 'windowMenu' },
-    ]),
-  );
+  Menu.setApplicationMenu(Menu.buildFromTemplate(menuTemplate({ packaged: app.isPackaged, platform: process.platform })));
   createWindow();
   app.on('activate', () => BrowserWindow.getAllWindows().length === 0 && createWindow());
   // On quit, running runs checkpoint and are marked paused before the app exits.

@@ -1,11 +1,12 @@
-import { execSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, expect, test } from 'vitest';
+import { ensureBuilt } from './cli.js';
 
 // The whole app in Debian's Chromium against `localmim serve`, with a real data folder and real training.
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -18,7 +19,7 @@ let url = '';
 const consoleErrors: string[] = [];
 
 beforeAll(async () => {
-  if (!existsSync(join(ROOT, 'renderer/dist/index.html'))) execSync('npm run build', { cwd: ROOT, stdio: 'inherit' });
+  ensureBuilt();
   mkdirSync(ARTIFACTS, { recursive: true });
   server = spawn(process.execPath, [join(ROOT, 'bin/localmim.js'), 'serve', '--port', '0', '--home', home, '--preview-every', '5'], {
     stdio: ['ignore', 'pipe', 'inherit'],

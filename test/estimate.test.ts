@@ -1,7 +1,7 @@
 import { expect, test } from 'vitest';
 import { parseRunConfig } from '../core/config.js';
 import { LocalMIM } from '../core/model/localmim.js';
-import { estimate } from '../core/service/estimate.js';
+import { estimate } from '../core/runs/estimate.js';
 import './setup.js';
 
 test.each([{}, { target: 'pixel' }, { variant: 'global' }, { size: 'vit-small', imgSize: 96, patchSize: 16 }])(

@@ -3,6 +3,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync,
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
+import { evalImage } from '../core/data/preprocess.js';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { SAMPLE_IMAGES } from '../core/home.js';
 import { localmim } from './cli.js';
@@ -152,9 +153,10 @@ describe('export', () => {
     expect(cfg.model_args).toMatchObject({ img_size: 32, patch_size: 8, embed_dim: 32, depth: 4, num_heads: 2, global_pool: 'avg' });
     expect(readFileSync(join(out, 'README.md'), 'utf8')).toMatch(/content sha256 [0-9a-f]{64}[\s\S]*licence[\s\S]*timm\.create_model/);
 
-    const { data, info } = await sharp(image).raw().toBuffer({ resolveWithObject: true });
+    // The image as the app sees it: the one evaluation transform (shorter side to 32/0.875, centre crop).
+    const { data, width } = await evalImage(image, 32);
     const ours = features('1');
-    const plain = plainFeatures(t, { data: new Uint8Array(data), width: info.width }, 2);
+    const plain = plainFeatures(t, { data, width }, 2);
     plain.forEach((v, d) => expect(Math.abs(v - ours[d]!), `feature ${d}`).toBeLessThan(1e-4));
   });
 
@@ -186,7 +188,7 @@ describe('export', () => {
         weightData: weights.buffer.slice(weights.byteOffset, weights.byteOffset + weights.length),
       }),
     );
-    const { data } = await sharp(image).raw().toBuffer({ resolveWithObject: true });
+    const { data } = await evalImage(image, 32);
     const mean = [0.485, 0.456, 0.406];
     const std = [0.229, 0.224, 0.225];
     const x = tf.tensor4d(

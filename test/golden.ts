@@ -2,9 +2,9 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { RgbImage } from '../core/targets/image.js';
 
-/** Reference outputs of the official code, read from the read-only `shared/` folder beside the checkout. */
+/** Reference outputs of the official code, stored in `test/golden/` (see its README for provenance and tolerances). */
 export function readGolden<T>(file: string): T {
-  const path = fileURLToPath(new URL(`../../shared/golden/${file}`, import.meta.url));
+  const path = fileURLToPath(new URL(`./golden/${file}`, import.meta.url));
   return JSON.parse(readFileSync(path, 'utf8')) as T;
 }
 

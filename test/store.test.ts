@@ -1,5 +1,5 @@
 import Database from 'better-sqlite3';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, expect, test } from 'vitest';
@@ -94,4 +94,32 @@ test('status values are checked by the schema', () => {
   const run = store.createRun({ name: 'r', datasetId: null, config: {}, backend: 'wasm' });
   expect(() => store.updateRun(run.id, { status: 'exploded' as 'failed' })).toThrow(/CHECK constraint failed/);
   store.close();
+});
+
+test('a file that is not a database is refused, naming it and what to do', () => {
+  const path = fresh();
+  writeFileSync(path, Buffer.from('not SQLite at all '.repeat(300)));
+  expect(() => new Store(path)).toThrow(`${path}: cannot open the database (file is not a database): restore it from a backup`);
+});
+
+test('an empty database file beside run folders is refused; in a new home it is a new database', () => {
+  const home = join(dir, 'truncated-home');
+  mkdirSync(join(home, 'runs', '3'), { recursive: true });
+  writeFileSync(join(home, 'localmim.db'), '');
+  expect(() => new Store(join(home, 'localmim.db'))).toThrow(
+    `${join(home, 'localmim.db')}: the database file is empty but ${join(home, 'runs')} holds 1 run folder:`,
+  );
+  expect(statSync(join(home, 'localmim.db')).size).toBe(0);
+  const newHome = join(dir, 'empty-new-home');
+  mkdirSync(newHome);
+  writeFileSync(join(newHome, 'localmim.db'), '');
+  const store = new Store(join(newHome, 'localmim.db'));
+  expect(store.runs()).toEqual([]);
+  store.close();
+});
+
+test('a data folder that cannot be created is named', () => {
+  writeFileSync(join(dir, 'a-file'), '');
+  const folder = join(dir, 'a-file', 'home');
+  expect(() => new Store(join(folder, 'localmim.db'))).toThrow(`${folder}: cannot create the data folder`);
 });

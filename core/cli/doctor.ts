@@ -4,7 +4,14 @@ import { parse } from './args.js';
 export const summary = 'show which tfjs backend runs here, and why the faster ones do not';
 
 export async function run(argv: string[]): Promise<void> {
-  const { values } = parse(argv, { backend: { type: 'string' }, json: { type: 'boolean' } });
+  const { values } = parse(
+    argv,
+    {
+      backend: { type: 'string', arg: 'NAME', help: 'try this backend only (native, wasm, cpu, tensorflow, …)' },
+      json: { type: 'boolean', default: false, help: 'print the report as JSON' },
+    },
+    { usage: 'localmim doctor [options]', summary },
+  );
   const r = await initBackend(values.backend);
   if (values.json) {
     console.log(JSON.stringify(r));

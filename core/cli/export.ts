@@ -5,16 +5,18 @@ import { Store } from '../store/store.js';
 import { parse, UsageError } from './args.js';
 import { homeDir, homePaths } from '../home.js';
 
-export const summary = 'export a backbone: localmim export RUN[:STEP] --format safetensors|tfjs [--out DIR]';
+export const summary = 'export the backbone of a run (its latest intact checkpoint, or the one at STEP) with timm names';
+
+const OPTIONS = {
+  format: { type: 'string', default: 'safetensors', arg: 'FORMAT', help: 'safetensors (timm/PyTorch) or tfjs (a LayersModel)' },
+  out: { type: 'string', arg: 'DIR', help: 'folder to write (default: <home>/exports/RUN-STEP-FORMAT)' },
+  home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
+  json: { type: 'boolean', default: false, help: 'print the folder and files as JSON' },
+} as const;
 
 export async function run(argv: string[]): Promise<void> {
-  const { values, positionals } = parse(argv, {
-    format: { type: 'string', default: 'safetensors' },
-    out: { type: 'string' },
-    home: { type: 'string' },
-    json: { type: 'boolean', default: false },
-  });
-  if (!positionals[0]) throw new UsageError('usage: localmim export RUN[:STEP] --format safetensors|tfjs [--out DIR]');
+  const { values, positionals } = parse(argv, OPTIONS, { usage: 'localmim export RUN[:STEP] [options]', summary });
+  if (!positionals[0]) throw new UsageError('missing RUN[:STEP], e.g. localmim export 3 or localmim export 3:1200');
   if (values.format !== 'safetensors' && values.format !== 'tfjs')
     throw new UsageError(`--format: expected safetensors or tfjs, got "${values.format}"`);
   await initBackend();

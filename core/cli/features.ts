@@ -7,17 +7,16 @@ import { checkpointAndImage } from './checkpoint-input.js';
 
 export const summary = "print the backbone's mean-pooled patch-token features of one image at the model's input size";
 
+const OPTIONS = {
+  image: { type: 'string', arg: 'FILE', help: "the image, at the model's input size (required)" },
+  home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
+  backend: { type: 'string', arg: 'NAME', help: 'tfjs backend to use (default: the fastest that works; see localmim doctor)' },
+  json: { type: 'boolean', default: false, help: 'print all the features as JSON' },
+} as const;
+
 export async function run(argv: string[]): Promise<void> {
-  const { values, positionals } = parse(argv, {
-    image: { type: 'string' },
-    home: { type: 'string' },
-    backend: { type: 'string' },
-    json: { type: 'boolean', default: false },
-  });
-  const { backbone: b, img } = await checkpointAndImage(positionals[0], values.image, {
-    ...values,
-    usage: 'usage: localmim features RUN[:STEP] --image FILE [--json]',
-  });
+  const { values, positionals } = parse(argv, OPTIONS, { usage: 'localmim features RUN[:STEP] --image FILE [options]', summary });
+  const { backbone: b, img } = await checkpointAndImage(positionals[0], values.image, values);
   const f = tf.tidy(
     () => backboneFeatures(paramsOf(b.tensors), modelDims(b.model), b.tensors.get('pos_embed')!.values, [img]).dataSync() as Float32Array,
   );

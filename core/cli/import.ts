@@ -6,14 +6,16 @@ import { parse, positiveInt, UsageError } from './args.js';
 
 export const summary = 'import timm/MAE ViT weights (safetensors) as a run to fine-tune or keep pretraining';
 
+const OPTIONS = {
+  heads: { type: 'string', arg: 'H', help: 'attention heads, when neither a config.json beside the file nor the width tells' },
+  name: { type: 'string', arg: 'NAME', help: 'name of the new run (default: imported FILE)' },
+  home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
+  json: { type: 'boolean', default: false, help: 'print the new run id and model config as JSON' },
+} as const;
+
 export async function run(argv: string[]): Promise<void> {
-  const { values, positionals } = parse(argv, {
-    heads: { type: 'string' },
-    name: { type: 'string' },
-    home: { type: 'string' },
-    json: { type: 'boolean', default: false },
-  });
-  if (!positionals[0]) throw new UsageError('usage: localmim import FILE.safetensors [--heads H]');
+  const { values, positionals } = parse(argv, OPTIONS, { usage: 'localmim import FILE.safetensors [options]', summary });
+  if (!positionals[0]) throw new UsageError('missing FILE.safetensors, the weights to import');
   await initBackend();
   const home = homeDir(values.home);
   const paths = homePaths(home);

@@ -6,15 +6,17 @@ import { duration, StatusLine } from './progress.js';
 
 export const summary = 'index a folder of images (incremental): sizes, hashes, rejected files';
 
+const OPTIONS = {
+  home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
+  'max-pixels': { type: 'string', arg: 'N', help: 'reject images with more pixels than this' },
+  'min-side': { type: 'string', arg: 'PX', help: 'reject images whose shorter side is below this' },
+  json: { type: 'boolean', default: false, help: 'print the summary as JSON, without progress' },
+} as const;
+
 export async function run(argv: string[]): Promise<void> {
-  const { values, positionals } = parse(argv, {
-    home: { type: 'string' },
-    'max-pixels': { type: 'string' },
-    'min-side': { type: 'string' },
-    json: { type: 'boolean', default: false },
-  });
+  const { values, positionals } = parse(argv, OPTIONS, { usage: 'localmim index DIR [options]', summary });
   const dir = positionals[0];
-  if (!dir) throw new UsageError('usage: localmim index DIR');
+  if (!dir) throw new UsageError('missing DIR, the folder of images to index');
   const store = new Store(homePaths(homeDir(values.home)).db);
   try {
     const s = await indexWithProgress(store, dir, {

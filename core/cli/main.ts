@@ -1,5 +1,4 @@
-import { ConfigError } from '../config.js';
-import { UsageError } from './args.js';
+import { HelpShown, UsageError } from './args.js';
 
 interface Command {
   summary: string;
@@ -24,29 +23,59 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
 };
 
 function usage(): string {
-  return ['usage: localmim <command> [options]', '', 'commands:', ...Object.keys(COMMANDS).map((name) => `  ${name}`)].join('\n');
+  return [
+    'usage: localmim <command> [options]',
+    '',
+    'commands:',
+    ...Object.keys(COMMANDS).map((name) => `  ${name}`),
+    '',
+    'localmim <command> --help (or localmim help <command>) lists its options.',
+  ].join('\n');
+}
+
+/**
+ * A closed pipe on stdout (`localmim runs --json | head -1`) ends the command quietly, as a reader that has
+ * seen enough; one on stderr is ignored, so that the exit code still tells success from failure.
+ */
+function onClosedPipe(stream: NodeJS.WriteStream, then: () => void): void {
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    then();
+  });
+}
+
+/** Exactly one line per error (the stack too with LOCALMIM_DEBUG=1); 2 for usage errors, else 1. */
+function report(name: string, err: unknown): number {
+  const e = err instanceof Error ? err : new Error(String(err));
+  console.error(`localmim ${name}: ${e.message.split('\n')[0]}`);
+  if (process.env.LOCALMIM_DEBUG === '1') console.error(e.stack);
+  return e instanceof UsageError ? 2 : 1;
 }
 
 async function main(argv: string[]): Promise<number> {
-  const [name, ...rest] = argv;
-  if (!name || name === '--help' || name === '-h' || name === 'help') {
+  const [first, ...rest] = argv;
+  if (!first || first === '--help' || first === '-h' || (first === 'help' && !rest[0])) {
     console.log(usage());
     return 0;
   }
+  // `localmim help CMD` is `localmim CMD --help`.
+  const [name, args] = first === 'help' ? [rest[0]!, ['--help']] : [first, rest];
   const load = COMMANDS[name];
   if (!load) {
     console.error(`localmim: unknown command "${name}"\n${usage()}`);
     return 2;
   }
   try {
-    await (await load()).run(rest);
+    await (await load()).run(args);
     return 0;
   } catch (err) {
-    const e = err as Error;
-    const known = e instanceof UsageError || e instanceof ConfigError || /^[^\s]+: /.test(e.message);
-    console.error(`localmim ${name}: ${known ? e.message : (e.stack ?? e.message)}`);
-    return e instanceof UsageError ? 2 : 1;
+    if (!(err instanceof HelpShown)) return report(name, err);
+    console.log(err.text);
+    return 0;
   }
 }
 
+onClosedPipe(process.stdout, () => process.exit(0));
+onClosedPipe(process.stderr, () => {});
+process.on('uncaughtException', (err) => process.exit(report(process.argv[2] ?? '', err)));
 process.exitCode = await main(process.argv.slice(2));

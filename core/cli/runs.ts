@@ -2,10 +2,15 @@ import { homeDir, homePaths, isAlive } from '../home.js';
 import { Store } from '../store/store.js';
 import { parse, positiveInt, UsageError } from './args.js';
 
-export const summary = 'list runs, or show one: localmim runs [show ID]';
+export const summary = 'list runs, or show one run: its last metrics, checkpoints and config';
+
+const OPTIONS = {
+  home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
+  json: { type: 'boolean', default: false, help: 'print as JSON' },
+} as const;
 
 export async function run(argv: string[]): Promise<void> {
-  const { values, positionals } = parse(argv, { home: { type: 'string' }, json: { type: 'boolean', default: false } });
+  const { values, positionals } = parse(argv, OPTIONS, { usage: 'localmim runs [show ID] [options]', summary });
   const store = new Store(homePaths(homeDir(values.home)).db);
   try {
     store.markInterrupted(isAlive);

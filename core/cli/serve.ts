@@ -10,13 +10,15 @@ export const summary = 'serve the app to a browser: localmim serve [--port 5170]
 
 export const RENDERER_DIR = fileURLToPath(new URL('../../renderer/dist', import.meta.url));
 
+const OPTIONS = {
+  port: { type: 'string', default: '5170', arg: 'PORT', help: 'port to listen on (0: any free port)' },
+  host: { type: 'string', default: '127.0.0.1', arg: 'HOST', help: 'address to listen on; others than localhost reach the app too' },
+  home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
+  'preview-every': { type: 'string', default: '25', arg: 'STEPS', help: 'steps between the reconstruction previews of running runs' },
+} as const;
+
 export async function run(argv: string[]): Promise<void> {
-  const { values } = parse(argv, {
-    port: { type: 'string', default: '5170' },
-    host: { type: 'string', default: '127.0.0.1' },
-    home: { type: 'string' },
-    'preview-every': { type: 'string', default: '25' },
-  });
+  const { values } = parse(argv, OPTIONS, { usage: 'localmim serve [options]', summary });
   await serve({
     port: values.port === '0' ? 0 : positiveInt('port', values.port),
     host: values.host,
@@ -30,8 +32,9 @@ export async function serve(o: { port: number; host: string; home: string; previ
   if (!['127.0.0.1', 'localhost', '::1'].includes(o.host))
     console.error(`warning: serving on ${o.host}, reachable from other machines; the token is the only protection`);
   const service = new Service(o.home, launchNodeJob, { previewEvery: o.previewEvery });
-  const { server, url } = await startServer({ service, rendererDir: RENDERER_DIR, host: o.host, port: o.port });
+  const { server, url, urls } = await startServer({ service, rendererDir: RENDERER_DIR, host: o.host, port: o.port });
   console.log(`LocalMIM Studio: ${url}`);
+  for (const other of urls.slice(1)) console.log(`  also: ${other}`);
   const stop = async () => {
     console.error('stopping: pausing running runs (they checkpoint first)…');
     server.close();

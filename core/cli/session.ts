@@ -1,14 +1,121 @@
-import type { BackendReport } from '../backend.js';
-import { RunRecorder } from '../service/recorder.js';
-import type { Store } from '../store/store.js';
-import type { TrainEvent } from '../train/loop.js';
+import { describeBackend, initBackend, type BackendReport } from '../backend.js';
+import { homeDir, homePaths, isAlive, SAMPLE_IMAGES } from '../home.js';
+import { runTrainJob } from '../runs/job.js';
+import { begin, prepare, type RunRequest } from '../runs/lifecycle.js';
+import { RunRecorder } from '../runs/recorder.js';
+import { Store } from '../store/store.js';
+import type { Cadence, TrainEvent } from '../train/loop.js';
+import { parse, positiveInt, UsageError, type Flags } from './args.js';
+import { indexWithProgress, printSummary } from './index-cmd.js';
 import { duration, StatusLine } from './progress.js';
+
+/** How often a terminal run checkpoints and how many checkpoints it keeps. */
+export const cadenceFlags = {
+  'checkpoint-every': { type: 'string', arg: 'N', help: 'checkpoint every N optimizer steps (and at each epoch end)' },
+  'checkpoint-minutes': { type: 'string', arg: 'M', default: '5', help: 'checkpoint once M minutes have passed since the last one' },
+  keep: { type: 'string', arg: 'K', default: '3', help: 'checkpoints kept (plus the one with the lowest loss)' },
+  'max-steps': { type: 'string', arg: 'N', help: 'checkpoint and stop (paused) after optimizer step N' },
+} as const satisfies Flags;
+
+export const resumeFlags = {
+  resume: { type: 'string', arg: 'ID', help: 'continue run ID from its newest intact checkpoint' },
+  restart: { type: 'boolean', default: false, help: 'with --resume: start over from step 0 when no checkpoint can be read' },
+} as const satisfies Flags;
+
+/** `--resume ID [--restart]`, checked; undefined for a new run. */
+export function resumeOf(values: { resume?: string; restart?: boolean }): { resume: number; restart: boolean } | undefined {
+  if (values.restart && values.resume === undefined) throw new UsageError('--restart goes with --resume ID');
+  return values.resume === undefined ? undefined : { resume: positiveInt('resume', values.resume), restart: values.restart ?? false };
+}
+
+export const sessionFlags = {
+  home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
+  backend: { type: 'string', arg: 'NAME', help: 'force a compute backend (see localmim doctor)' },
+  json: { type: 'boolean', default: false, help: 'print one JSON event per line: start, step, eval, checkpoint, end, error' },
+} as const satisfies Flags;
+
+type SessionValues = Partial<ReturnType<typeof parse<typeof cadenceFlags & typeof sessionFlags>>['values']>;
+
+function minutes(value: string): number {
+  const m = Number(value);
+  if (value.trim() === '' || !Number.isFinite(m) || m <= 0)
+    throw new UsageError(`--checkpoint-minutes: expected a positive number of minutes, got "${value}"`);
+  return m;
+}
+
+/**
+ * A training run in this process, as a job process would run it: flags checked, then the request built (which
+ * may index a folder), prepared (validated, no side effect) and begun (the run claimed), then the very job the
+ * app runs, recorded in the store and shown in the terminal.
+ */
+export async function runInTerminal(
+  values: SessionValues,
+  o: {
+    command: string;
+    /** Continue this run instead of starting one. */
+    resume?: { resume: number; restart: boolean };
+    /** The folder a new run trains on, indexed first; and the run to start on it. */
+    data?: string;
+    newRun: (datasetId: number) => RunRequest;
+  },
+): Promise<void> {
+  const cadence: Cadence = {
+    everySteps: values['checkpoint-every'] === undefined ? undefined : positiveInt('checkpoint-every', values['checkpoint-every']),
+    everyMinutes: minutes(values['checkpoint-minutes'] ?? '5'),
+  };
+  const keep = positiveInt('keep', values.keep ?? '3');
+  const stopAtStep = values['max-steps'] === undefined ? undefined : positiveInt('max-steps', values['max-steps']);
+  const json = values.json ?? false;
+  const log = (text: string) => !json && console.error(text);
+  const home = homeDir(values.home);
+  const store = new Store(homePaths(home).db);
+  let runId: number | undefined;
+  try {
+    store.markInterrupted(isAlive);
+    const backend = await initBackend(values.backend);
+    log(describeBackend(backend));
+    let request: RunRequest;
+    if (o.resume) request = o.resume;
+    else {
+      const indexed = await indexWithProgress(store, o.data ?? SAMPLE_IMAGES, { quiet: json });
+      if (!json) printSummary(indexed);
+      request = o.newRun(indexed.datasetId);
+    }
+    const prepared = prepare(store, home, request, backend.chosen);
+    const job = { ...begin(store, prepared, { pid: process.pid, status: 'running', backend: backend.chosen }), cadence, stopAtStep };
+    runId = job.runId;
+    if ('train' in job.data)
+      log(`${job.spec.config.model.imgSize} px; ${job.data.train.length} training and ${job.data.val.length} validation images`);
+    const { batch, accumIter } = job.spec.kind === 'pretrain' ? job.spec.config.optim : job.spec.config.finetune;
+    const session = terminalSession({
+      store,
+      runId,
+      json,
+      keep,
+      backend,
+      home,
+      imagesPerStep: batch * accumIter,
+      resume: `localmim ${o.command} --resume ${runId}`,
+    });
+    try {
+      await runTrainJob(job, { signal: session.signal, onEvent: session.onEvent, warn: (m) => log(`warning: ${m}`) });
+    } finally {
+      session.close();
+    }
+  } catch (err) {
+    if (runId !== undefined) store.updateRun(runId, { status: 'failed', pid: null, error: (err as Error).message });
+    if (json) console.log(JSON.stringify({ type: 'error', runId: runId ?? null, message: (err as Error).message }));
+    throw err;
+  } finally {
+    store.close();
+  }
+}
 
 /**
  * A training run in the terminal: records its events in the store, prints them (a progress line, or one
  * JSON object per line with --json), and turns the first Ctrl-C into "checkpoint and stop".
  */
-export function terminalSession(o: {
+function terminalSession(o: {
   store: Store;
   runId: number;
   json: boolean;

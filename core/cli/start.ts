@@ -22,7 +22,14 @@ function electronBinary(): { path?: string; why?: string } {
 }
 
 export async function run(argv: string[]): Promise<void> {
-  const { values } = parse(argv, { home: { type: 'string' }, port: { type: 'string', default: '5170' } });
+  const { values } = parse(
+    argv,
+    {
+      home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
+      port: { type: 'string', default: '5170', arg: 'PORT', help: 'port of the browser UI, where Electron is not available' },
+    },
+    { usage: 'localmim start [options]', summary },
+  );
   const electron = electronBinary();
   if (electron.path) {
     const appRoot = fileURLToPath(new URL('../..', import.meta.url));

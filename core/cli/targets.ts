@@ -5,16 +5,18 @@ import { numberList, parse, positiveInt, UsageError } from './args.js';
 
 export const summary = 'print the HOG or pixel targets of one image (no resize)';
 
+const OPTIONS = {
+  image: { type: 'string', arg: 'FILE', help: 'the image (required)' },
+  kind: { type: 'string', default: 'hog', arg: 'KIND', help: 'hog or pixel' },
+  bins: { type: 'string', default: '9', arg: 'N', help: 'HOG orientation bins' },
+  cells: { type: 'string', default: '4,8,16,32', arg: 'LIST', help: 'cell sizes in pixels, one per scale' },
+  bias: { type: 'string', arg: 'B0,B1', help: 'fixed offsets added to the two Sobel responses (HOG)' },
+  'norm-pix': { type: 'boolean', default: false, help: 'standardise each pixel-target token (pixel)' },
+  json: { type: 'boolean', default: false, help: 'print every target value as JSON' },
+} as const;
+
 export async function run(argv: string[]): Promise<void> {
-  const { values } = parse(argv, {
-    image: { type: 'string' },
-    kind: { type: 'string', default: 'hog' },
-    bins: { type: 'string', default: '9' },
-    cells: { type: 'string', default: '4,8,16,32' },
-    bias: { type: 'string' },
-    'norm-pix': { type: 'boolean', default: false },
-    json: { type: 'boolean', default: false },
-  });
+  const { values } = parse(argv, OPTIONS, { usage: 'localmim targets --image FILE [options]', summary });
   if (!values.image) throw new UsageError('--image FILE is required');
   if (values.kind !== 'hog' && values.kind !== 'pixel') throw new UsageError(`--kind: expected hog or pixel, got "${values.kind}"`);
   const nbins = positiveInt('bins', values.bins);

@@ -11,7 +11,7 @@ export interface Crop {
 }
 
 /**
- * torchvision's RandomResizedCrop parameters (spec §3): area fraction in [0.2, 1], aspect ratio
+ * torchvision's RandomResizedCrop parameters (docs/method.md#preprocessing): area fraction in [0.2, 1], aspect ratio
  * log-uniform in [3/4, 4/3], ten tries, then a centre crop clamped to the ratio range; flip with p = 0.5.
  */
 export function randomCrop(

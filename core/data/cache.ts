@@ -1,8 +1,8 @@
 import { mkdirSync } from 'node:fs';
 import { readFile, readdir, rename, stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import sharp from 'sharp';
 import type { Rgb8 } from '../targets/image.js';
+import { decodeShorterSide } from './preprocess.js';
 
 let tmpCounter = 0;
 
@@ -71,16 +71,4 @@ export class DecodeCache {
     }
     this.bytes = total;
   }
-}
-
-/** Decodes with EXIF orientation applied, alpha dropped and grey expanded to RGB, shorter side scaled to `side`. */
-export async function decodeShorterSide(abs: string, side: number): Promise<Rgb8> {
-  const { data, info } = await sharp(abs, { failOn: 'none' })
-    .rotate()
-    .resize({ width: side, height: side, fit: 'outside', kernel: 'cubic', withoutEnlargement: false })
-    .removeAlpha()
-    .toColourspace('srgb')
-    .raw()
-    .toBuffer({ resolveWithObject: true });
-  return { width: info.width, height: info.height, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
 }

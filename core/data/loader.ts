@@ -28,7 +28,7 @@ export class Loader {
     readonly batch: number,
     readonly seed: number,
     readonly prefetch = 2,
-    /** Smallest crop area of RandomResizedCrop: 0.2 in pretraining (spec §3), 0.08 in fine-tuning. */
+    /** Smallest crop area of RandomResizedCrop: 0.2 in pretraining (docs/method.md#preprocessing), 0.08 in fine-tuning. */
     readonly minScale = 0.2,
   ) {
     if (items.length < batch) throw new Error(`data: ${items.length} usable images, fewer than one batch of ${batch}`);

@@ -1,11 +1,12 @@
 import { createHash } from 'node:crypto';
 import * as tf from '@tensorflow/tfjs';
-import { FinetuneRunSchema, modelDims, parseRunConfig, type ModelConfig } from '../config.js';
+import { modelDims, type ModelConfig } from '../config.js';
 import { isBackbone } from '../model/classifier.js';
 import type { LoadedCheckpoint } from '../train/checkpoint.js';
 import type { Param } from '../model/vit.js';
+import { specOf } from '../runs/spec.js';
 import type { RunRow, Store } from '../store/store.js';
-import type { NamedTensor } from './safetensors.js';
+import type { NamedTensor } from '../safetensors.js';
 
 /** What a checkpoint holds for use outside pretraining: the backbone, and for a fine-tuned run its head. */
 export interface Backbone {
@@ -16,11 +17,11 @@ export interface Backbone {
 }
 
 export function backboneOf(run: RunRow, ckpt: LoadedCheckpoint): Backbone {
-  const finetuned = run.kind === 'finetune';
-  const model = finetuned ? FinetuneRunSchema.parse(run.config).model : parseRunConfig(run.config).model;
+  const spec = specOf(run);
+  const finetuned = spec.kind === 'finetune';
   const keep = (name: string) => isBackbone(name) || (finetuned && (name.startsWith('fc_norm.') || name.startsWith('head.')));
   const tensors = new Map([...ckpt.tensors].filter(([name]) => keep(name)));
-  return { model, tensors, classes: finetuned ? FinetuneRunSchema.parse(run.config).classes : null };
+  return { model: spec.config.model, tensors, classes: finetuned ? spec.config.classes : null };
 }
 
 /** Parameters read straight from named tensors (each call makes a tensor: use inside `tf.tidy`). */
@@ -40,7 +41,7 @@ export function datasetHash(store: Store, datasetId: number): { images: number; 
   return { images: rows.length, hash: h.digest('hex') };
 }
 
-/** timm's `VisionTransformer` arguments for this backbone (spec §14: global average pooling, fc_norm). */
+/** timm's `VisionTransformer` arguments for this backbone (global average pooling and fc_norm, as the official fine-tuning: docs/method.md#fine-tuning). */
 export function timmConfig(b: Backbone) {
   const { D, depth, heads, p } = modelDims(b.model);
   const named = { 192: 'vit_tiny', 384: 'vit_small', 768: 'vit_base', 1024: 'vit_large' }[D] ?? 'vit_base';

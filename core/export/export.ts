@@ -1,11 +1,11 @@
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { modelDims, parseRunConfig, type ModelConfig } from '../config.js';
-import { checkpointFor } from '../service/recorder.js';
+import { checkpointFor } from '../runs/checkpoints.js';
 import type { Store } from '../store/store.js';
 import { saveCheckpoint } from '../train/checkpoint.js';
 import { backboneOf, datasetHash, timmConfig, type Backbone } from './backbone.js';
-import { decodeSafetensors, encodeSafetensors } from './safetensors.js';
+import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../safetensors.js';
 import { buildLayersModel, saveLayersModel } from './tfjs.js';
 import { ParamStore } from '../model/params.js';
 import { AdamW } from '../train/adamw.js';
@@ -125,6 +125,9 @@ function modelCard(o: {
 /** Default ViT head counts by width, for weights that do not say. */
 const HEADS: Record<number, number> = { 192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16 };
 
+/** Past these a file describes no ViT this app can train, only a huge allocation. */
+const LIMITS = { D: 4096, depth: 64, patch: 64, grid: 64, mlpRatio: 8 };
+
 /**
  * Imports timm/MAE-named ViT weights (safetensors) as a run with one checkpoint, to fine-tune or to
  * continue pretraining from. Shapes give the width, depth, patch and image size; heads come from a
@@ -138,22 +141,7 @@ export function importWeights(
   const { tensors } = decodeSafetensors(readFileSync(file), file);
   const strip = (n: string) => n.replace(/^(module\.|model\.|encoder\.)/, '');
   const named = new Map([...tensors].map(([n, t]) => [strip(n), t]));
-  const cls = named.get('cls_token');
-  const pe = named.get('patch_embed.proj.weight');
-  if (!cls || !pe) throw new Error(`${file}: no cls_token / patch_embed.proj.weight: not a ViT with timm or MAE names`);
-  const D = cls.shape[2]!;
-  const depth = new Set([...named.keys()].filter((n) => n.startsWith('blocks.')).map((n) => n.split('.')[1])).size;
-  const p = pe.shape[2]!;
-  const N = (named.get('pos_embed')?.shape[1] ?? 197) - 1;
-  let heads = o.heads ?? HEADS[D];
-  try {
-    heads ??= (JSON.parse(readFileSync(join(file, '..', 'config.json'), 'utf8')) as { model_args?: { num_heads?: number } }).model_args
-      ?.num_heads;
-  } catch {
-    // no config.json beside the file
-  }
-  if (!heads) throw new Error(`${file}: cannot tell the number of heads of a ${D}-wide ViT: pass --heads`);
-  const model = parseRunConfig({ model: { D, depth, heads, patchSize: p, imgSize: Math.round(Math.sqrt(N)) * p } }).model;
+  const model = importedModel(vitShape(named, file), o.heads ?? headsBeside(file), file);
   const params = new ParamStore(model, 0);
   const known = new Map([...named].filter(([n]) => params.vars.has(n) || n === 'pos_embed').map(([n, t]) => [n, t.values]));
   params.assign(known);
@@ -171,4 +159,96 @@ export function importWeights(
   store.updateRun(run.id, { status: 'finished', pid: null });
   params.dispose();
   return { runId: run.id, model };
+}
+
+function headsBeside(file: string): number | undefined {
+  try {
+    return (JSON.parse(readFileSync(join(file, '..', 'config.json'), 'utf8')) as { model_args?: { num_heads?: number } }).model_args
+      ?.num_heads;
+  } catch {
+    return undefined; // no config.json beside the file
+  }
+}
+
+interface VitShape {
+  D: number;
+  depth: number;
+  p: number;
+  g: number;
+  mlpRatio: number;
+}
+
+function importedModel(s: VitShape, heads: number | undefined, file: string): ModelConfig {
+  heads ??= HEADS[s.D];
+  if (!heads) throw new Error(`${file}: cannot tell the number of heads of a ${s.D}-wide ViT: pass --heads`);
+  try {
+    return parseRunConfig({ model: { D: s.D, depth: s.depth, heads, patchSize: s.p, imgSize: s.g * s.p, mlpRatio: s.mlpRatio } }).model;
+  } catch (err) {
+    throw new Error(`${file}: ${(err as Error).message}`);
+  }
+}
+
+const same = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((v, i) => v === b[i]);
+
+/**
+ * The ViT a state dict describes, checked from its shapes alone before any model is allocated: every
+ * tensor the model needs present with the shape its width, depth and patch imply, within LIMITS.
+ */
+function vitShape(named: ReadonlyMap<string, NamedTensor>, file: string): VitShape {
+  const fail = (what: string): never => {
+    throw new Error(`${file}: ${what}`);
+  };
+  const shapeOf = (name: string) => named.get(name)?.shape ?? fail(`no tensor ${name}: not a ViT with timm or MAE names`);
+  const cls = shapeOf('cls_token');
+  const D = cls[2] ?? 0;
+  if (!same(cls, [1, 1, D]) || D < 4 || D > LIMITS.D) fail(`cls_token has shape [${cls}], expected [1, 1, D] with 4 ≤ D ≤ ${LIMITS.D}`);
+  const pe = shapeOf('patch_embed.proj.weight');
+  const p = pe[2] ?? 0;
+  if (!same(pe, [D, 3, p, p]) || p < 1 || p > LIMITS.patch)
+    fail(`patch_embed.proj.weight has shape [${pe}], expected [${D}, 3, p, p] with 1 ≤ p ≤ ${LIMITS.patch}`);
+  const depth = blockCount([...named.keys()], fail);
+  const hidden = shapeOf('blocks.0.mlp.fc1.weight')[0] ?? 0;
+  if (hidden % D !== 0 || hidden < D || hidden > LIMITS.mlpRatio * D)
+    fail(`blocks.0.mlp.fc1.weight has ${hidden} outputs, expected a multiple of ${D} up to ${LIMITS.mlpRatio * D}`);
+  const g = grid(named.get('pos_embed')?.shape, D, fail);
+  for (const [name, shape] of vitShapes(D, depth, hidden)) {
+    // A ViT without qkv biases (timm qkv_bias=False) is this one with them zero, as a new model starts.
+    if (name.endsWith('.attn.qkv.bias') && !named.has(name)) continue;
+    const s = shapeOf(name);
+    if (!same(s, shape)) fail(`${name} has shape [${s}], expected [${shape}]`);
+  }
+  return { D, depth, p, g, mlpRatio: hidden / D };
+}
+
+/** Blocks 0…depth−1, depth the highest index named plus one (a gap shows up as a missing tensor). */
+function blockCount(names: string[], fail: (what: string) => never): number {
+  let depth = 0;
+  for (const n of names) {
+    const m = /^blocks\.(\d+)\./.exec(n);
+    if (!m) continue;
+    if (Number(m[1]) >= LIMITS.depth) fail(`${n}: more than ${LIMITS.depth} blocks, more than a ViT this app can train`);
+    depth = Math.max(depth, Number(m[1]) + 1);
+  }
+  return depth || fail('no tensor blocks.0.*: not a ViT with timm or MAE names');
+}
+
+/** The patch-grid side from pos_embed [1, 1 + g², D]; 14 (224 px at patch 16) without one. */
+function grid(shape: number[] | undefined, D: number, fail: (what: string) => never): number {
+  if (!shape) return 14;
+  const g = Math.round(Math.sqrt((shape[1] ?? 0) - 1));
+  if (!same(shape, [1, 1 + g * g, D]) || g < 1 || g > LIMITS.grid)
+    fail(`pos_embed has shape [${shape}], expected [1, 1 + g², ${D}] with 1 ≤ g ≤ ${LIMITS.grid}`);
+  return g;
+}
+
+function vitShapes(D: number, depth: number, hidden: number): [string, number[]][] {
+  const out: [string, number[]][] = [['patch_embed.proj.bias', [D]]];
+  for (let i = 0; i < depth; i++) {
+    const b = `blocks.${i}`;
+    out.push([`${b}.norm1.weight`, [D]], [`${b}.norm1.bias`, [D]], [`${b}.attn.qkv.weight`, [3 * D, D]], [`${b}.attn.qkv.bias`, [3 * D]]);
+    out.push([`${b}.attn.proj.weight`, [D, D]], [`${b}.attn.proj.bias`, [D]], [`${b}.norm2.weight`, [D]], [`${b}.norm2.bias`, [D]]);
+    out.push([`${b}.mlp.fc1.weight`, [hidden, D]], [`${b}.mlp.fc1.bias`, [hidden]], [`${b}.mlp.fc2.weight`, [D, hidden]]);
+    out.push([`${b}.mlp.fc2.bias`, [D]]);
+  }
+  return out;
 }

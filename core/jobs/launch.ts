@@ -11,7 +11,8 @@ const BIN = fileURLToPath(new URL('../../bin/localmim.js', import.meta.url));
 export function launchNodeJob(script = BIN, args = ['job']): JobHandle {
   const child = fork(script, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'advanced' });
   return {
-    send: (msg) => child.send(msg),
+    pid: child.pid,
+    send: (msg) => child.connected && child.send(msg),
     onMessage: (cb) => child.on('message', (m) => cb(m as JobMessage)),
     onExit: (cb) => child.on('exit', (code) => cb(code)),
     kill: () => child.kill('SIGKILL'),

@@ -1,35 +1,11 @@
 import type { BackendReport } from '../backend.js';
-import type { FinetuneRun, RunConfig } from '../config.js';
 import type { IndexProgress, KnownFile, ScanResult } from '../data/indexer.js';
-import type { DataItem } from '../data/loader.js';
+import type { TrainJob } from '../runs/job.js';
+import type { ImageRow } from '../store/store.js';
 import type { TrainEvent } from '../train/loop.js';
 
 /** The first message a job process receives: what to do. */
-export type JobRequest =
-  | { kind: 'index'; root: string; known: KnownFile[] }
-  | {
-      kind: 'pretrain';
-      runId: number;
-      home: string;
-      config: RunConfig;
-      items: DataItem[];
-      resumeFrom?: string;
-      backend?: string;
-      checkpointEveryMinutes: number;
-      previewEvery: number;
-    }
-  | {
-      kind: 'finetune';
-      runId: number;
-      home: string;
-      config: FinetuneRun;
-      train: (DataItem & { label: number })[];
-      val: (DataItem & { label: number })[];
-      /** The pretraining checkpoint whose backbone it starts from. */
-      initFrom?: string;
-      resumeFrom?: string;
-      backend?: string;
-    };
+export type JobRequest = { kind: 'index'; root: string; known: KnownFile[] } | TrainJob;
 
 /** Later messages to a running job. */
 export type JobControl = { type: 'pause' };
@@ -38,13 +14,17 @@ export type JobControl = { type: 'pause' };
 export type JobMessage =
   | { type: 'backend'; report: BackendReport }
   | { type: 'progress'; progress: IndexProgress }
-  | { type: 'scanned'; scan: ScanResult; seconds: number }
+  /** An indexing result arrives in pages of rows, then the rest of it: one huge message may not survive the exit. */
+  | { type: 'scan-page'; upserts: ImageRow[] }
+  | { type: 'scanned'; scan: Omit<ScanResult, 'upserts'>; seconds: number }
   | { type: 'train'; event: TrainEvent }
   | { type: 'preview'; step: number }
+  | { type: 'warning'; message: string }
   | { type: 'error'; message: string };
 
 /** Both ends of a job's channel: Node's child-process IPC or Electron's utility-process port. */
 export interface JobHandle {
+  readonly pid: number | undefined;
   send(msg: JobRequest | JobControl): void;
   onMessage(cb: (msg: JobMessage) => void): void;
   onExit(cb: (code: number | null) => void): void;

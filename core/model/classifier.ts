@@ -26,7 +26,7 @@ export function backboneFeatures(
   return meanPatchTokens(x, B);
 }
 
-/** The fine-tuning model (spec §14): the pretrained backbone, mean-pooled patch tokens, `fc_norm`, `head`. */
+/** The fine-tuning model (docs/method.md#fine-tuning): the pretrained backbone, mean-pooled patch tokens, `fc_norm`, `head`. */
 export class ViTClassifier {
   readonly dims: ModelDims;
   readonly params: ParamStore;

@@ -11,7 +11,7 @@ export interface Unshuffle {
 }
 
 /**
- * One per-scale decoder (spec §8) on a tapped latent `[B·(1+nKeep), D]`; returns the prediction
+ * One per-scale decoder (docs/method.md#decoders-and-scales) on a tapped latent `[B·(1+nKeep), D]`; returns the prediction
  * `[B, (s·g)², F]` in raster order over the scale's grid.
  */
 export function decode(P: Param, k: number, c: ModelConfig, dims: ModelDims, latent: tf.Tensor, un: Unshuffle, B: number): tf.Tensor {
@@ -20,7 +20,7 @@ export function decode(P: Param, k: number, c: ModelConfig, dims: ModelDims, lat
   const dec = `decoder.${k}`;
   const x = tf.reshape(linear(latent, P(`${dec}.embed.weight`), P(`${dec}.embed.bias`)), [B, 1 + nKeep, d]);
   const [cls, visible] = tf.split(x, [1, nKeep], 1);
-  // Un-shuffle as a one-hot matmul: tfjs's gather gradient is missing on wasm (tfjs-notes §2).
+  // Un-shuffle as a one-hot matmul: tfjs's gather gradient is missing on wasm (docs/tfjs.md#kernels-missing-on-wasm).
   const patches = tf.add(mm(un.select, visible!), tf.mul(un.mask, P(`${dec}.mask_token`))); // [B, L, d]
   let h: tf.Tensor = tf.add(tf.concat([cls!, patches], 1), P(`${dec}.pos_embed`)); // [B, 1+L, d]
   h = tf.reshape(h, [B * (1 + L), d]);

@@ -44,7 +44,7 @@ export class LocalMIM {
     this.params = new ParamStore(config, seed);
   }
 
-  /** Masks, patches and targets of a batch of `imgSize²` images; `noise [B, L]` decides the mask (spec §6). */
+  /** Masks, patches and targets of a batch of `imgSize²` images; `noise [B, L]` decides the mask (docs/method.md#masking). */
   prepare(images: RgbImage[], noise: Float32Array): PreparedBatch {
     const { D, p, g, L, nKeep, cells, scales } = this.dims;
     const B = images.length;
@@ -62,7 +62,7 @@ export class LocalMIM {
     return this.params.get('pos_embed').dataSync() as Float32Array;
   }
 
-  /** Targets of one image, one `[N_k, F_k]` array per scale (spec §10). */
+  /** Targets of one image, one `[N_k, F_k]` array per scale (docs/method.md#targets). */
   private targetsOf(img: RgbImage, bias: HogBias[] | undefined): Float32Array[] {
     const c = this.config;
     if (c.target === 'pixel') return this.dims.cells.map((cell) => pixelTargets(img, cell, c.normPix));
@@ -75,7 +75,7 @@ export class LocalMIM {
     return this.dims.scales.map((_, k) => Array.from(this.params.get(`hog_enc.${k}.conv.bias`).dataSync()) as unknown as HogBias);
   }
 
-  /** The whole forward pass and loss (spec §11). Call inside `tf.tidy`. */
+  /** The whole forward pass and loss (docs/method.md#loss). Call inside `tf.tidy`. */
   forward(batch: PreparedBatch): ForwardOutput {
     const { D, p, L, nKeep, F } = this.dims;
     const { B } = batch;
@@ -98,7 +98,7 @@ export class LocalMIM {
   }
 }
 
-/** Σ M·mean_f (P − T)² / Σ M, over the whole batch (spec §11). */
+/** Σ M·mean_f (P − T)² / Σ M, over the whole batch, not per sample (docs/method.md#loss). */
 function maskedMse(pred: tf.Tensor, target: tf.Tensor, M: Float32Array, shape: [number, number]): tf.Scalar {
   const total = M.reduce((a, b) => a + b, 0);
   const perLocation = tf.mean(tf.squaredDifference(pred, target), -1); // [B, N]

@@ -1,5 +1,5 @@
 /**
- * Per-sample random masking (spec §6), done on the host: `argsort(noise)` keeps the first `nKeep`
+ * Per-sample random masking as the official `random_masking` (docs/method.md#masking), done on the host: `argsort(noise)` keeps the first `nKeep`
  * patches in noise order. Returns `idsKeep [B, nKeep]` and `mask [B, L]`: 1 = removed (predicted), 0 = visible.
  */
 export function randomMasking(noise: Float32Array, B: number, L: number, nKeep: number) {
@@ -17,7 +17,7 @@ export function randomMasking(noise: Float32Array, B: number, L: number, nKeep: 
 }
 
 /**
- * The patch mask `[B, g·g]` resampled to a `(s·g)²` prediction grid (spec §9): nearest up-sampling for
+ * The patch mask `[B, g·g]` resampled to a `(s·g)²` prediction grid (docs/method.md#masks-at-each-scale): nearest up-sampling for
  * s ≥ 1, and for s = 0.5 the average of each 2×2 block, giving fractional weights.
  */
 export function scaleMask(mask: Float32Array, B: number, g: number, s: number): Float32Array {

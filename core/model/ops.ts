@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { nativeActive } from '../native.js';
 
 // tfjs's wasm backend hands only plain (untransposed) matmuls to its fast GEMM, and tf.matMul's own
-// gradient uses transposed ones (tfjs-notes §1). These ops transpose explicitly in forward and backward,
+// gradient uses transposed ones (docs/tfjs.md#fast-matmuls-on-wasm). These ops transpose explicitly in forward and backward,
 // unless the native sgemm (core/native.ts) is on, which takes transposed operands at no cost.
 
 // tf.customGrad's typing takes a variadic (Tensor | GradSaveFunc)[]; ours name their arguments.

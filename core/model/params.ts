@@ -4,7 +4,7 @@ import { Rng } from '../random.js';
 import { sinCosPosEmbed } from './posEmbed.js';
 
 /**
- * A parameter by its official state-dict name (spec §14), in the official PyTorch layout:
+ * A parameter by its official state-dict name (docs/method.md#parameter-names), in the official PyTorch layout:
  * Linear `[out, in]`, Conv2d `[out, in, kh, kw]`, ConvTranspose2d `[in, out, kh, kw]`.
  */
 export interface ParamSpec {
@@ -26,7 +26,7 @@ const xavier = (fanOut: number, fanIn: number) => uniform(Math.sqrt(6 / (fanIn +
 
 /**
  * Parameters of the pretraining model, or, with `classes`, of the fine-tuning classifier: the same
- * backbone (timm names) plus `fc_norm` and `head` on mean-pooled patch tokens (spec §14).
+ * backbone (timm names) plus `fc_norm` and `head` on mean-pooled patch tokens, as the official fine-tuning (docs/method.md#fine-tuning).
  */
 function specs(c: ModelConfig, classes?: number): ParamSpec[] {
   const { D, depth, p, scales, F } = modelDims(c);
@@ -88,7 +88,7 @@ function specs(c: ModelConfig, classes?: number): ParamSpec[] {
   return out;
 }
 
-/** The rescaling head of each scale (spec §8), with the official `pred.k` module indices. */
+/** The rescaling head of each scale (docs/method.md#decoders-and-scales), with the official `pred.k` module indices. */
 export type HeadLayer = { index: number; kind: 'deconv' | 'norm' | 'gelu' | 'pool' | 'conv'; cin: number; cout: number };
 export const HEADS: Record<number, (d: number) => HeadLayer[]> = {
   4: (d) => [
@@ -122,13 +122,13 @@ function bufferValues(c: ModelConfig, rng: Rng, classifier: boolean): Map<string
   const sobel = Float32Array.of(1, 0, -1, 2, 0, -2, 1, 0, -1, 1, 2, 1, 0, 0, 0, -1, -2, -1);
   scales.forEach((_, k) => {
     out.set(`hog_enc.${k}.conv.weight`, { shape: [2, 1, 3, 3], values: sobel });
-    // The official bias keeps PyTorch's default conv init U(±1/3) (fan-in 9) and is frozen (spec §10.2).
+    // The official bias keeps PyTorch's default conv init U(±1/3) (fan-in 9) and is frozen (docs/method.md#hog-bias).
     if (c.hogBias) out.set(`hog_enc.${k}.conv.bias`, { shape: [2], values: uniform(1 / 3)(rng, 2) });
   });
   return out;
 }
 
-/** Whether AdamW decays a parameter: not 1-D tensors nor biases (timm `add_weight_decay`, spec §13). */
+/** Whether AdamW decays a parameter: not 1-D tensors nor biases (timm `add_weight_decay`, docs/method.md#optimizer-and-schedule). */
 export const decays = (name: string, shape: readonly number[]) => shape.length > 1 && !name.endsWith('.bias');
 
 /** The model's state: trainable variables and frozen buffers, both keyed by official name. */

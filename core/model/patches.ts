@@ -3,7 +3,7 @@ import { normalize, type RgbImage } from '../targets/image.js';
 /**
  * Patches `ids` of each image, normalised and flattened `(c, dy, dx)` like the patch conv's weight, with
  * their fixed positions: `patches [B·n, 3p²]`, `pos [B·n, D]`. Done on the host: neither needs a gradient,
- * and tfjs's gather has no gradient on wasm (tfjs-notes §2).
+ * and tfjs's gather has no gradient on wasm (docs/tfjs.md#kernels-missing-on-wasm).
  */
 export function gatherPatches(images: RgbImage[], ids: (b: number) => ArrayLike<number>, p: number, posTable: Float32Array, D: number) {
   const n = ids(0).length;

@@ -1,5 +1,5 @@
 /**
- * Fixed 2-D sin-cos positions on a `g × g` grid with a zero class row (spec §5): `[1 + g², W]`,
+ * Fixed 2-D sin-cos positions on a `g × g` grid with a zero class row (docs/method.md#patch-embedding-and-positions): `[1 + g², W]`,
  * quarters sin(col·ω), cos(col·ω), sin(row·ω), cos(row·ω) with ω_k = 10000^(−k/Q), Q = W/4.
  */
 export function sinCosPosEmbed(W: number, g: number): Float32Array {

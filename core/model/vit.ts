@@ -6,7 +6,7 @@ export type Param = (name: string) => tf.Tensor;
 
 // Activations stay 2-D, [B·T, W], between blocks so that every Linear is a plain 2-D GEMM.
 
-/** Multi-head self-attention with one fused qkv projection (timm layout, spec §7). x: [B·T, W]. */
+/** Multi-head self-attention with one fused qkv projection (timm layout, docs/method.md#encoder). x: [B·T, W]. */
 export function attention(
   P: Param,
   name: string,
@@ -18,7 +18,7 @@ export function attention(
 ): tf.Tensor {
   const W = x.shape[1]!;
   const hd = W / heads;
-  // The fused qkv weight [3W, W] is read as three [W, W] blocks: q, k, v (spec §7), each head-major.
+  // The fused qkv weight [3W, W] is read as three [W, W] blocks: rows [0, W) q, [W, 2W) k, [2W, 3W) v, each head-major.
   const [Wq, Wk, Wv] = tf.split(P(`${name}.qkv.weight`), 3, 0);
   const [bq, bk, bv] = tf.split(P(`${name}.qkv.bias`), 3, 0);
   const perHead = (Wp: tf.Tensor, bp: tf.Tensor) =>
@@ -66,7 +66,7 @@ export interface EncoderOptions {
 }
 
 /**
- * The ViT encoder (spec §7) on `n` patches per image: `patches [B·n, 3p²]` flattened `(c, dy, dx)` like
+ * The ViT encoder (docs/method.md#encoder) on `n` patches per image: `patches [B·n, 3p²]` flattened `(c, dy, dx)` like
  * the patch conv's weight, `pos [B·n, D]` their fixed positions (gathered on the host, as neither needs
  * a gradient). Returns the normalised tapped outputs and the last block's output `x [B·(1+n), D]`.
  */

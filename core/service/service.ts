@@ -2,44 +2,50 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { ApiError, isMethod, parseArgs, type ApiEvent, type Args, type Method } from '../api.js';
-import { initBackend } from '../backend.js';
 import { attentionAnalysis } from '../analysis/attention.js';
-import {
-  ConfigError,
-  FinetuneConfigSchema,
-  FinetuneRunSchema,
-  modelDims,
-  MODEL_SIZES,
-  parseRunConfig,
-  PRESETS,
-  RunConfigSchema,
-  type RunConfig,
-} from '../config.js';
-import { labeledSplit } from '../data/labels.js';
+import { initBackend } from '../backend.js';
+import { ConfigError, modelDims, MODEL_SIZES, parseRunConfig, PRESETS, RunConfigSchema, describeIssue, type RunConfig } from '../config.js';
+import { applyScan, summarize } from '../data/indexer.js';
+import { evalImage } from '../data/preprocess.js';
+import { UserError } from '../errors.js';
 import { backboneOf, paramsOf } from '../export/backbone.js';
 import { exportRun } from '../export/export.js';
-import { applyScan, summarize } from '../data/indexer.js';
 import { homePaths, isAlive, SAMPLE_IMAGES } from '../home.js';
-import { nativeActive } from '../native.js';
 import type { JobHandle, Launcher } from '../jobs/protocol.js';
-import { Store } from '../store/store.js';
-import { estimate } from './estimate.js';
-import { checkpointFor, latestGoodCheckpoint, RunRecorder } from './recorder.js';
+import { nativeActive } from '../native.js';
+import { checkpointFor } from '../runs/checkpoints.js';
+import { estimate } from '../runs/estimate.js';
+import type { TrainJob } from '../runs/job.js';
+import { begin, memoryBudget, prepare, type RunRequest } from '../runs/lifecycle.js';
+import { RunRecorder } from '../runs/recorder.js';
+import { optimOf, specOf } from '../runs/spec.js';
+import { Store, type ImageRow, type RunStatus } from '../store/store.js';
+import type { Cadence, TrainEvent } from '../train/loop.js';
+
+export interface ServiceOptions {
+  /** Training jobs at once; more runs wait as 'queued'. Default 1: two trainers on one machine only slow each other. */
+  concurrency?: number;
+  cadence?: Cadence;
+  previewEvery?: number;
+  /** Checkpoints kept per run (plus the best). */
+  keep?: number;
+}
 
 /**
  * The API's implementation, on top of the store and the job processes. Knows nothing of Electron or HTTP:
- * `main/ipc.ts` and `core/server` validate and forward to `call`, and relay what `subscribe` emits.
+ * `main/` and `core/server` validate and forward to `call`, and relay what `subscribe` emits.
  */
 export class Service {
   readonly store: Store;
   private readonly listeners = new Set<(e: ApiEvent) => void>();
   private readonly jobs = new Map<number, JobHandle>();
+  private readonly queue: TrainJob[] = [];
   private readonly indexing = new Map<string, JobHandle>();
 
   constructor(
     readonly home: string,
     private readonly launch: Launcher,
-    private readonly options: { checkpointEveryMinutes?: number; previewEvery?: number; keep?: number } = {},
+    private readonly options: ServiceOptions = {},
   ) {
     this.store = new Store(homePaths(home).db);
     this.store.markInterrupted(isAlive);
@@ -57,7 +63,13 @@ export class Service {
   /** One entry point for both transports: unknown methods and bad arguments are ApiErrors. */
   async call(method: unknown, args: unknown): Promise<unknown> {
     if (!isMethod(method)) throw new ApiError('not-found', `unknown method ${String(method).slice(0, 100)}`);
-    return (this.handlers[method] as (a: unknown) => unknown)(parseArgs(method, args));
+    try {
+      return await (this.handlers[method] as (a: unknown) => unknown)(parseArgs(method, args));
+    } catch (err) {
+      if (err instanceof UserError) throw new ApiError(err.kind, err.message);
+      if (err instanceof ConfigError) throw new ApiError('bad-request', err.message);
+      throw err;
+    }
   }
 
   readonly handlers = {
@@ -104,15 +116,21 @@ export class Service {
     },
     'config.check': async (a) => {
       const r = RunConfigSchema.safeParse(a.config ?? {});
-      if (!r.success) return { ok: false, errors: r.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message })) };
+      if (!r.success) return { ok: false, errors: r.error.issues.map((i) => ({ path: i.path.join('.'), message: describeIssue(i) })) };
       const images = a.datasetId ? this.store.images(a.datasetId, 'ok').length : 0;
       const backend = (await initBackend()).chosen;
-      return {
-        ok: true,
-        errors: [],
-        config: r.data,
-        estimate: estimate(r.data, images, backend === 'wasm' && nativeActive() ? 'wasm-native' : backend),
-      };
+      const e = estimate(r.data, images, backend === 'wasm' && nativeActive() ? 'wasm-native' : backend);
+      const budget = memoryBudget(backend);
+      const errors =
+        e.memoryMB > budget.limitMB
+          ? [
+              {
+                path: 'model',
+                message: `needs about ${(e.memoryMB / 1024).toFixed(1)} GB, more than ${budget.what} (${(budget.limitMB / 1024).toFixed(1)} GB)`,
+              },
+            ]
+          : [];
+      return { ok: !errors.length, errors, config: r.data, estimate: e };
     },
     'runs.list': () => this.store.runs().map((r) => ({ ...r, last: this.store.metrics(r.id).at(-1) ?? null })),
     'runs.get': (a) => {
@@ -122,56 +140,47 @@ export class Service {
         metrics: this.store.metrics(run.id),
         checkpoints: this.store.checkpoints(run.id),
         previews: this.previews(run.id),
-        active: this.jobs.has(run.id) && run.status === 'running',
+        active: this.jobs.has(run.id) || this.queue.some((j) => j.runId === run.id),
       };
     },
-    'runs.create': (a) => {
+    'runs.create': async (a) => {
       const config = this.parseConfig(a.config);
-      const d = this.dataset(a.datasetId);
-      const usable = this.store.images(d.id, 'ok').length;
-      if (usable < config.optim.batch)
-        throw new ApiError(
-          'bad-request',
-          `optim.batch: the dataset has ${usable} usable images, fewer than one batch of ${config.optim.batch}`,
-        );
-      const run = this.store.createRun({
-        name: a.name || `${config.model.size} ${config.model.variant} ${config.model.target}`,
-        datasetId: d.id,
-        config,
-        backend: 'pending',
-      });
-      this.startJob(run.id);
-      return { runId: run.id };
+      return { runId: await this.start({ new: 'pretrain', datasetId: a.datasetId, config, name: a.name }) };
     },
     'runs.pause': (a) => {
-      const job = this.jobs.get(this.run(a.id).id);
+      const run = this.run(a.id);
+      const queued = this.queue.findIndex((j) => j.runId === run.id);
+      if (queued >= 0) {
+        this.queue.splice(queued, 1);
+        this.setStatus(run.id, 'paused');
+        return { ok: true };
+      }
+      const job = this.jobs.get(run.id);
       if (!job) throw new ApiError('conflict', `run ${a.id} is not running`);
       job.send({ type: 'pause' });
       return { ok: true };
     },
-    'runs.resume': (a) => {
-      const run = this.run(a.id);
-      if (this.jobs.has(run.id)) throw new ApiError('conflict', `run ${a.id} is already running`);
-      this.startJob(run.id);
+    'runs.resume': async (a) => {
+      this.assertIdle(a.id);
+      await this.start({ resume: a.id, restart: a.restart });
       return { ok: true };
     },
     'runs.cancel': (a) => {
       const run = this.run(a.id);
+      const queued = this.queue.findIndex((j) => j.runId === run.id);
       const job = this.jobs.get(run.id);
-      if (!job) throw new ApiError('conflict', `run ${a.id} is not running`);
+      if (queued < 0 && !job) throw new ApiError('conflict', `run ${a.id} is not running`);
+      if (queued >= 0) this.queue.splice(queued, 1);
       this.jobs.delete(run.id);
-      job.kill();
+      job?.kill();
       this.setStatus(run.id, 'interrupted', 'cancelled; resume continues from the last checkpoint');
       return { ok: true };
     },
-    'runs.extend': (a) => {
+    'runs.extend': async (a) => {
+      this.assertIdle(a.id);
+      await this.start({ extend: a.id, epochs: a.epochs });
       const run = this.run(a.id);
-      if (this.jobs.has(run.id)) throw new ApiError('conflict', `run ${a.id} is running: pause it first`);
-      const config = parseRunConfig(run.config);
-      const next = { ...config, optim: { ...config.optim, epochs: config.optim.epochs + a.epochs } };
-      this.store.db.prepare('UPDATE runs SET config = ? WHERE id = ?').run(JSON.stringify(next), run.id);
-      this.startJob(run.id);
-      return { ok: true, epochs: next.optim.epochs };
+      return { ok: true, epochs: optimOf(specOf(run)).epochs };
     },
     'runs.update': (a) => {
       this.run(a.id);
@@ -197,73 +206,35 @@ export class Service {
         })),
       };
     },
-    'finetune.create': (a) => {
-      const d = this.dataset(a.datasetId);
-      const source = a.from ? this.checkpoint(a.from.runId, a.from.step) : undefined;
-      const model = source ? backboneOf(source.run, source.checkpoint).model : this.parseConfig({ model: a.model }).model;
-      const finetune = FinetuneConfigSchema.safeParse(a.finetune ?? {});
-      if (!finetune.success)
-        throw new ApiError('bad-request', finetune.error.issues.map((i) => `finetune.${i.path.join('.')}: ${i.message}`).join('; '));
-      let split;
-      try {
-        split = labeledSplit(this.store.images(d.id), finetune.data.valFraction, a.seed, d.name);
-      } catch (err) {
-        throw new ApiError('bad-request', (err as Error).message);
-      }
-      const config = FinetuneRunSchema.parse({
-        model,
-        finetune: finetune.data,
-        seed: a.seed,
-        classes: split.classes,
-        from: source ? { runId: source.run.id, step: source.step } : null,
-      });
-      const kind = config.finetune.linearProbe ? 'linear probe' : 'fine-tune';
-      const run = this.store.createRun({
-        name: a.name || `${kind} of ${source ? `run ${source.run.id}` : 'scratch'} on ${d.name}`,
-        datasetId: d.id,
-        config,
-        backend: 'pending',
-        kind: 'finetune',
-        parentId: source?.run.id ?? null,
-      });
-      this.startJob(run.id);
-      return { runId: run.id };
+    'finetune.create': async (a) => {
+      const from = a.from && (a.from.step === undefined ? String(a.from.runId) : `${a.from.runId}:${a.from.step}`);
+      const model = a.from ? undefined : this.parseConfig({ model: a.model }).model;
+      const req = { new: 'finetune' as const, datasetId: a.datasetId, from, model, finetune: a.finetune, seed: a.seed, name: a.name };
+      return { runId: await this.start(req) };
     },
     'exports.create': async (a) => {
       const run = this.run(a.runId);
       const spec = a.step === undefined ? String(run.id) : `${run.id}:${a.step}`;
-      try {
-        return await exportRun(this.store, spec, a.format, join(this.home, 'exports', `${spec.replace(':', '-')}-${a.format}`));
-      } catch (err) {
-        throw new ApiError('bad-request', (err as Error).message);
-      }
+      return exportRun(this.store, spec, a.format, join(this.home, 'exports', `${spec.replace(':', '-')}-${a.format}`));
     },
     'analysis.run': async (a) => {
       const run = this.run(a.runId);
       const d = this.dataset(a.datasetId);
       const row = this.store.images(d.id, 'ok').find((r) => r.path === a.path);
       if (!row) throw new ApiError('not-found', `${a.path} is not an image of dataset ${d.name}`);
-      const { checkpoint } = this.checkpoint(run.id, a.step);
+      const { checkpoint } = checkpointFor(this.store, a.step === undefined ? String(run.id) : `${run.id}:${a.step}`);
       const b = backboneOf(run, checkpoint);
-      const S = b.model.imgSize;
-      // The image path comes from the index, never from the request.
-      const data = await sharp(join(d.root, row.path))
-        .rotate()
-        .resize(S, S, { fit: 'cover' })
-        .removeAlpha()
-        .toColourspace('srgb')
-        .raw()
-        .toBuffer();
-      const img = { width: S, height: S, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
-      await initBackend();
-      const { g } = modelDims(b.model);
+      const { g, taps } = modelDims(b.model);
       if (a.query >= g * g) throw new ApiError('bad-request', `query: patch ${a.query} is outside the ${g}×${g} grid`);
+      // The image path comes from the index, never from the request.
+      const img = await evalImage(join(d.root, row.path), b.model.imgSize);
+      await initBackend();
       const layers = attentionAnalysis(paramsOf(b.tensors), b.model, b.tensors.get('pos_embed')!.values, img, a.query);
-      const preview = await sharp(data, { raw: { width: S, height: S, channels: 3 } })
+      const png = await sharp(img.data, { raw: { width: img.width, height: img.height, channels: 3 } })
         .png()
         .toBuffer();
-      const taps = b.model.variant === 'global' || run.kind !== 'pretrain' ? [] : modelDims(b.model).taps;
-      return { runId: run.id, grid: g, query: a.query, taps, image: `data:image/png;base64,${preview.toString('base64')}`, layers };
+      const tapped = b.model.variant === 'global' || run.kind !== 'pretrain' ? [] : taps;
+      return { runId: run.id, grid: g, query: a.query, taps: tapped, image: `data:image/png;base64,${png.toString('base64')}`, layers };
     },
   } satisfies { [M in Method]: (a: ReturnType<typeof parseArgs<M>>) => unknown };
 
@@ -279,21 +250,13 @@ export class Service {
     return r;
   }
 
-  private checkpoint(runId: number, step?: number) {
-    try {
-      return checkpointFor(this.store, step === undefined ? String(runId) : `${runId}:${step}`);
-    } catch (err) {
-      throw new ApiError('not-found', (err as Error).message);
-    }
+  private assertIdle(id: number): void {
+    if (this.jobs.has(this.run(id).id) || this.queue.some((j) => j.runId === id))
+      throw new ApiError('conflict', `run ${id} is running: pause it first`);
   }
 
   private parseConfig(input: unknown): RunConfig {
-    try {
-      return parseRunConfig(input);
-    } catch (err) {
-      if (err instanceof ConfigError) throw new ApiError('bad-request', err.message);
-      throw err;
-    }
+    return parseRunConfig(input ?? {});
   }
 
   private previews(runId: number): number[] {
@@ -305,12 +268,8 @@ export class Service {
       .sort((a, b) => a - b);
   }
 
-  private setStatus(
-    runId: number,
-    status: 'running' | 'paused' | 'finished' | 'failed' | 'interrupted',
-    error: string | null = null,
-  ): void {
-    this.store.updateRun(runId, { status, error, ...(status !== 'running' && { pid: null }) });
+  private setStatus(runId: number, status: RunStatus, error: string | null = null): void {
+    this.store.updateRun(runId, { status, error, ...(status !== 'running' && status !== 'queued' && { pid: null }) });
     this.emit({ type: 'run.status', runId, status, error });
   }
 
@@ -319,9 +278,12 @@ export class Service {
     const known = this.store.dataset(path);
     const job = this.launch();
     this.indexing.set(path, job);
+    const upserts: ImageRow[] = [];
     job.onMessage((m) => {
       if (m.type === 'progress') this.emit({ type: 'dataset.progress', datasetPath: path, ...m.progress });
-      else if (m.type === 'scanned') this.emit({ type: 'dataset.indexed', datasetId: applyScan(this.store, m.scan, m.seconds).datasetId });
+      else if (m.type === 'scan-page') upserts.push(...m.upserts);
+      else if (m.type === 'scanned')
+        this.emit({ type: 'dataset.indexed', datasetId: applyScan(this.store, { ...m.scan, upserts }, m.seconds).datasetId });
       else if (m.type === 'error') this.emit({ type: 'dataset.error', datasetPath: path, message: m.message });
     });
     job.onExit(() => this.indexing.delete(path));
@@ -329,83 +291,87 @@ export class Service {
     return { path };
   }
 
-  /** Starts (or resumes, from its newest intact checkpoint) a run in its own job process. */
-  private startJob(runId: number): void {
-    const run = this.run(runId);
-    if (run.kind === 'import') throw new ApiError('conflict', `run ${runId} holds imported weights: fine-tune it, or pretrain from it`);
-    const d = this.dataset(run.datasetId ?? 0);
-    const resume = latestGoodCheckpoint(this.store, run.id);
-    this.store.truncateMetrics(run.id, resume?.state.step ?? 0);
-    const job = this.launch();
-    this.jobs.set(run.id, job);
-    this.store.updateRun(run.id, { status: 'running', error: null, pid: null });
-    this.emit({ type: 'run.status', runId, status: 'running', error: null });
-    const recorder = new RunRecorder(this.store, run.id, this.options.keep);
-    job.onMessage((m) => {
-      if (m.type === 'backend') this.store.updateRun(run.id, { backend: m.report.chosen });
+  /**
+   * Validates a request (no side effect until it is known good), claims the run, and starts its job — or
+   * queues it while `concurrency` training jobs run.
+   */
+  private async start(req: RunRequest): Promise<number> {
+    const backend = (await initBackend()).chosen;
+    const prepared = prepare(this.store, this.home, req, backend);
+    const full = this.jobs.size >= (this.options.concurrency ?? 1);
+    const job: TrainJob = {
+      ...begin(this.store, prepared, { pid: process.pid, status: full ? 'queued' : 'running', backend }),
+      cadence: this.options.cadence ?? DEFAULT_CADENCE,
+      previewEvery: this.options.previewEvery ?? 25,
+    };
+    this.emit({ type: 'run.status', runId: job.runId, status: full ? 'queued' : 'running', error: null });
+    if (full) this.queue.push(job);
+    else this.launchTraining(job);
+    return job.runId;
+  }
+
+  /** Starts queued runs while there is room. */
+  private drain(): void {
+    while (this.queue.length && this.jobs.size < (this.options.concurrency ?? 1)) {
+      const job = this.queue.shift()!;
+      this.setStatus(job.runId, 'running');
+      this.launchTraining(job);
+    }
+  }
+
+  /** Runs a claimed job in its own process; only this service records what it reports. */
+  private launchTraining(job: TrainJob): void {
+    const { runId } = job;
+    const handle = this.launch();
+    this.jobs.set(runId, handle);
+    // The trainer's pid marks the run as owned: no other process takes it over while it lives.
+    this.store.updateRun(runId, { pid: handle.pid ?? process.pid });
+    const recorder = new RunRecorder(this.store, runId, this.options.keep);
+    // A run is free once it has ended: its last checkpoint is written, only the process's exit remains.
+    const release = () => this.jobs.get(runId) === handle && this.jobs.delete(runId);
+    handle.onMessage((m) => {
+      if (m.type === 'backend') this.store.updateRun(runId, { backend: m.report.chosen });
       else if (m.type === 'preview') this.emit({ type: 'run.preview', runId, step: m.step });
+      else if (m.type === 'warning') console.warn(`run ${runId}: ${m.message}`);
       else if (m.type === 'error') {
         recorder.flush();
+        release();
         this.setStatus(runId, 'failed', m.message);
+        this.drain();
       } else if (m.type === 'train') {
-        const e = m.event;
-        recorder.handle(e);
-        if (e.type === 'step')
-          this.emit({
-            type: 'run.metrics',
-            runId,
-            rows: [
-              { step: e.step, epoch: e.epoch, samples: e.samples, loss: e.loss, losses: e.losses, lr: e.lr, imagesPerS: e.imagesPerS },
-            ],
-          });
-        else if (e.type === 'checkpoint') this.emit({ type: 'run.checkpoint', runId, step: e.step });
-        else if (e.type === 'end') this.emit({ type: 'run.status', runId, status: e.status, error: null });
+        if (m.event.type === 'end') release();
+        this.record(recorder, m.event);
+        if (m.event.type === 'end') this.drain();
       }
     });
-    job.onExit((code) => {
+    handle.onExit((code) => {
       recorder.flush();
-      if (this.jobs.get(runId) === job) this.jobs.delete(runId);
-      if (this.store.run(runId)?.status === 'running')
+      if (release() && this.store.run(runId)?.status === 'running')
         this.setStatus(runId, 'failed', `the training process exited unexpectedly (code ${code})`);
+      this.drain();
     });
-    const resumeFrom = resume ? this.store.checkpoints(run.id).find((c) => c.step === resume.state.step)?.path : undefined;
-    if (run.kind === 'finetune') {
-      const config = FinetuneRunSchema.parse(run.config);
-      const split = labeledSplit(this.store.images(d.id), config.finetune.valFraction, config.seed, d.name);
-      const item = (t: { path: string; hash: string; label: number }) => ({ abs: join(d.root, t.path), hash: t.hash, label: t.label });
-      const init =
-        config.from && !resumeFrom ? this.store.checkpoints(config.from.runId).find((c) => c.step === config.from!.step)?.path : undefined;
-      job.send({
-        kind: 'finetune',
-        runId,
-        home: this.home,
-        config,
-        train: split.train.map(item),
-        val: split.val.map(item),
-        initFrom: init,
-        resumeFrom,
-      });
-      return;
-    }
-    job.send({
-      kind: 'pretrain',
-      runId,
-      home: this.home,
-      config: parseRunConfig(run.config),
-      items: this.store.images(d.id, 'ok').map((r) => ({ abs: join(d.root, r.path), hash: r.hash! })),
-      resumeFrom,
-      checkpointEveryMinutes: this.options.checkpointEveryMinutes ?? 10,
-      previewEvery: this.options.previewEvery ?? 25,
-    });
+    handle.send(job);
+  }
+
+  private record(recorder: RunRecorder, e: TrainEvent): void {
+    const { runId } = recorder;
+    recorder.handle(e);
+    if (e.type === 'step') {
+      const { step, epoch, samples, loss, losses, lr, imagesPerS } = e;
+      this.emit({ type: 'run.metrics', runId, rows: [{ step, epoch, samples, loss, losses, lr, imagesPerS }] });
+    } else if (e.type === 'eval') this.emit({ type: 'run.eval', runId, step: e.step, top1: e.top1, loss: e.loss });
+    else if (e.type === 'checkpoint') this.emit({ type: 'run.checkpoint', runId, step: e.step });
+    else if (e.type === 'end') this.emit({ type: 'run.status', runId, status: e.status, error: null });
   }
 
   /** Pauses every running run (each checkpoints) and waits for their processes to end, e.g. on quit. */
   async shutdown(timeoutMs = 60_000): Promise<void> {
-    const running = [...this.jobs];
+    for (const job of this.queue.splice(0)) this.setStatus(job.runId, 'paused');
+    const running = [...this.jobs.values()];
     await Promise.race([
       Promise.all(
         running.map(
-          ([, job]) =>
+          (job) =>
             new Promise<void>((resolve) => {
               job.onExit(() => resolve());
               job.send({ type: 'pause' });
@@ -418,6 +384,9 @@ export class Service {
     this.store.close();
   }
 }
+
+/** Bounds the work a crash can lose: a checkpoint every few minutes or every thousand steps, whichever first. */
+const DEFAULT_CADENCE: Cadence = { everySteps: 1000, everyMinutes: 5 };
 
 function defaultConfig(): RunConfig {
   return parseRunConfig({ model: { imgSize: 64, patchSize: 8 } });

@@ -95,4 +95,33 @@ export const MIGRATIONS: { version: number; sql: string }[] = [
       ALTER TABLE metrics ADD COLUMN val_loss REAL;
     `,
   },
+  {
+    // 'queued': a run waiting for a free training slot. SQLite cannot alter a CHECK, so the table is rebuilt.
+    version: 30,
+    sql: `
+      CREATE TABLE runs_new (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL,
+        dataset_id  INTEGER REFERENCES datasets(id) ON DELETE SET NULL,
+        config      TEXT NOT NULL,
+        backend     TEXT NOT NULL,
+        status      TEXT NOT NULL CHECK (status IN ('queued', 'running', 'paused', 'finished', 'failed', 'interrupted')),
+        pid         INTEGER,
+        error       TEXT,
+        notes       TEXT NOT NULL DEFAULT '',
+        tags        TEXT NOT NULL DEFAULT '[]',
+        step        INTEGER NOT NULL DEFAULT 0,
+        epoch       REAL NOT NULL DEFAULT 0,
+        created_at  TEXT NOT NULL DEFAULT ${now},
+        updated_at  TEXT NOT NULL DEFAULT ${now},
+        finished_at TEXT,
+        kind        TEXT NOT NULL DEFAULT 'pretrain' CHECK (kind IN ('pretrain', 'finetune', 'import')),
+        parent_id   INTEGER REFERENCES runs(id) ON DELETE SET NULL
+      ) STRICT;
+      INSERT INTO runs_new SELECT id, name, dataset_id, config, backend, status, pid, error, notes, tags, step, epoch,
+        created_at, updated_at, finished_at, kind, parent_id FROM runs;
+      DROP TABLE runs;
+      ALTER TABLE runs_new RENAME TO runs;
+    `,
+  },
 ];

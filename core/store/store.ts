@@ -1,6 +1,6 @@
 import { openDatabase, type DB } from './db.js';
 
-export type RunStatus = 'running' | 'paused' | 'finished' | 'failed' | 'interrupted';
+export type RunStatus = 'queued' | 'running' | 'paused' | 'finished' | 'failed' | 'interrupted';
 
 export interface ImageRow {
   path: string;
@@ -145,10 +145,21 @@ export class Store {
     backend: string;
     kind?: RunKind;
     parentId?: number | null;
+    status?: RunStatus;
+    pid?: number | null;
   }): RunRow {
     const info = this.db
-      .prepare(`INSERT INTO runs (name, dataset_id, config, backend, status, pid, kind, parent_id) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)`)
-      .run(r.name, r.datasetId, JSON.stringify(r.config), r.backend, process.pid, r.kind ?? 'pretrain', r.parentId ?? null);
+      .prepare(`INSERT INTO runs (name, dataset_id, config, backend, status, pid, kind, parent_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`)
+      .run(
+        r.name,
+        r.datasetId,
+        JSON.stringify(r.config),
+        r.backend,
+        r.status ?? 'running',
+        r.pid === undefined ? process.pid : r.pid,
+        r.kind ?? 'pretrain',
+        r.parentId ?? null,
+      );
     return this.run(Number(info.lastInsertRowid))!;
   }
 
@@ -163,21 +174,24 @@ export class Store {
 
   updateRun(
     id: number,
-    fields: Partial<Pick<RunRow, 'status' | 'pid' | 'error' | 'backend' | 'step' | 'epoch' | 'name' | 'notes' | 'tags'>>,
+    fields: Partial<Pick<RunRow, 'status' | 'pid' | 'error' | 'backend' | 'step' | 'epoch' | 'name' | 'notes' | 'tags' | 'config'>>,
   ): void {
     const cols = Object.keys(fields);
     if (!cols.length) return;
-    const values = Object.values(fields).map((v) => (Array.isArray(v) ? JSON.stringify(v) : v));
-    const finished = fields.status && fields.status !== 'running' ? `, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')` : '';
+    const values = Object.values(fields).map((v) => (v !== null && typeof v === 'object' ? JSON.stringify(v) : v));
+    const finished =
+      fields.status && fields.status !== 'running' && fields.status !== 'queued'
+        ? `, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')`
+        : '';
     const set = cols.map((c) => `${c.replace(/[A-Z]/g, (m) => '_' + m.toLowerCase())} = ?`).join(', ');
     this.db
       .prepare(`UPDATE runs SET ${set}, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')${finished} WHERE id = ?`)
       .run(...values, id);
   }
 
-  /** Runs left 'running' by a process that no longer exists were killed: mark them interrupted. */
+  /** Runs left running or queued by a process that no longer exists were killed: mark them interrupted. */
   markInterrupted(isAlive: (pid: number) => boolean): void {
-    const stale = this.runs().filter((r) => r.status === 'running' && (r.pid === null || !isAlive(r.pid)));
+    const stale = this.runs().filter((r) => (r.status === 'running' || r.status === 'queued') && (r.pid === null || !isAlive(r.pid)));
     for (const r of stale) this.updateRun(r.id, { status: 'interrupted', pid: null });
   }
 

@@ -1,10 +1,10 @@
 import { normalize, type RgbImage } from './image.js';
 
-/** Offsets `(b0, b1)` added to the horizontal and vertical Sobel responses (spec §10.2, `--hog_bias`). */
+/** Offsets `(b0, b1)` added to the horizontal and vertical Sobel responses (the official `--hog_bias`, docs/method.md#hog-bias). */
 export type HogBias = readonly [number, number];
 
 /**
- * HOG targets of one image (spec §10.1), one `[L, 3·nbins]` array per cell size, `L` cells in raster
+ * HOG targets of one image (docs/method.md#hog-targets), one `[L, 3·nbins]` array per cell size, `L` cells in raster
  * order and features ordered channel-then-bin. Without a bias the Sobel responses are computed as
  * exact paired differences of the 0–255 values (the result is invariant to the ImageNet normalisation);
  * with one they are computed on the normalised image, as the bias lives in those units.

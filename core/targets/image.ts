@@ -13,7 +13,7 @@ export interface Rgb8 extends RgbImage {
 export const IMAGENET_MEAN = [0.485, 0.456, 0.406] as const;
 export const IMAGENET_STD = [0.229, 0.224, 0.225] as const;
 
-/** The encoder's input (spec §3): `(u/255 − mean) / std` per channel, in float32, same `(y, x, c)` layout. */
+/** The encoder's input (docs/method.md#preprocessing): `(u/255 − mean) / std` per channel, in float32, same `(y, x, c)` layout. */
 export function normalize(img: RgbImage): Float32Array {
   const out = new Float32Array(img.data.length);
   for (let i = 0; i < out.length; i++) {

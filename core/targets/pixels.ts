@@ -1,7 +1,7 @@
 import { normalize, type RgbImage } from './image.js';
 
 /**
- * Normalized-pixel targets (spec §10.3): one token per `p × p` patch in raster order, features ordered
+ * Normalized-pixel targets (docs/method.md#normalized-pixel-targets): one token per `p × p` patch in raster order, features ordered
  * `(dy, dx, channel)`; with `normPix` each token is standardised by its own mean and unbiased variance.
  */
 export function pixelTargets(img: RgbImage, p: number, normPix: boolean): Float32Array {

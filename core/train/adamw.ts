@@ -9,7 +9,7 @@ export interface ParamGroups {
   decays?: (name: string, shape: readonly number[]) => boolean;
 }
 
-/** PyTorch's AdamW (decoupled weight decay, bias-corrected moments), with timm's parameter groups (spec §13). */
+/** PyTorch's AdamW (decoupled weight decay, bias-corrected moments), with timm's parameter groups (docs/method.md#optimizer-and-schedule). */
 export class AdamW {
   step = 0;
   readonly m = new Map<string, tf.Variable>();

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { createHash } from 'node:crypto';
 import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../export/safetensors.js';
+import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../safetensors.js';
 import type { ParamStore } from '../model/params.js';
 import type { AdamW } from './adamw.js';
 
@@ -62,6 +62,7 @@ export interface LoadedCheckpoint {
   optimizerStep: number;
   tensors: Map<string, NamedTensor>;
   hash: string;
+  size: number;
 }
 
 export function loadCheckpoint(path: string): LoadedCheckpoint {
@@ -78,6 +79,7 @@ export function loadCheckpoint(path: string): LoadedCheckpoint {
     optimizerStep: Number(metadata.optimizer_step),
     tensors,
     hash: createHash('sha256').update(bytes).digest('hex'),
+    size: bytes.length,
   };
 }
 

@@ -1,87 +1,59 @@
 import * as tf from '@tensorflow/tfjs';
 import { FinetuneRunSchema, type FinetuneRun } from '../config.js';
-import { applyCrop } from '../data/augment.js';
-import type { DecodeCache } from '../data/cache.js';
 import type { Loader } from '../data/loader.js';
 import { isBackbone, ViTClassifier } from '../model/classifier.js';
 import { Rng, seedFor } from '../random.js';
 import type { RgbImage, Rgb8 } from '../targets/image.js';
 import { AdamW } from './adamw.js';
-import { saveCheckpoint, restoreCheckpoint, type LoadedCheckpoint } from './checkpoint.js';
-import type { TrainEvent } from './loop.js';
-import { lrAt } from './schedule.js';
+import type { Task } from './loop.js';
 import { accumulate, NonFiniteLossError } from './step.js';
-
-export interface FinetuneOptions {
-  config: FinetuneRun;
-  /** Training batches (labels by item index) and the validation set. */
-  loader: Loader;
-  trainLabels: number[];
-  val: { abs: string; hash: string; label: number }[];
-  cache: DecodeCache;
-  /** Backbone weights of the pretraining checkpoint; absent = from scratch. */
-  init?: ReadonlyMap<string, Float32Array>;
-  resumeFrom?: LoadedCheckpoint;
-  backend: string;
-  checkpointPath: (step: number) => string;
-  signal?: AbortSignal;
-  onEvent: (e: TrainEvent) => void;
-}
 
 const MIX = 6;
 const DROP = 7;
 
-/** Fine-tuning or linear probing (spec §14): label-smoothed cross-entropy, layer-wise lr decay, top-1 each epoch. */
-export async function finetune(o: FinetuneOptions): Promise<{ step: number; status: 'finished' | 'paused'; top1: number | null }> {
-  const cfg = FinetuneRunSchema.parse(o.config);
+export interface LabeledData {
+  /** Training batches; labels by item index. */
+  loader: Loader;
+  labels: number[];
+  /** Validation images, already at the model's input size (the evaluation transform), and their labels. */
+  val: { images: Rgb8[]; labels: number[] };
+}
+
+/**
+ * Fine-tuning or linear probing as a task of the training loop: label-smoothed cross-entropy (with Mixup or
+ * CutMix when enabled), layer-wise lr decay, top-1 on the validation images at each epoch's end.
+ */
+export function finetuneTask(config: FinetuneRun, data: LabeledData, init?: ReadonlyMap<string, Float32Array>): Task {
+  const cfg = FinetuneRunSchema.parse(config);
   const f = cfg.finetune;
   const K = cfg.classes.length;
   const model = new ViTClassifier(cfg.model, K, cfg.seed);
   const { depth } = model.dims;
-  if (o.init) model.params.assign(new Map([...o.init].filter(([name]) => isBackbone(name))));
+  if (init) model.params.assign(new Map([...init].filter(([name]) => isBackbone(name))));
   const trainable = new Map([...model.params.vars].filter(([name]) => !f.linearProbe || name.startsWith('head.')));
   const layer = (name: string) => (name.startsWith('blocks.') ? Number(name.split('.')[1]) + 1 : isBackbone(name) ? 0 : depth + 1);
   const optimizer = new AdamW(trainable, f, {
     lrScale: (name) => f.layerDecay ** (depth + 1 - layer(name)),
     decays: (name, shape) => shape.length > 1 && !name.endsWith('.bias') && name !== 'cls_token' && name !== 'pos_embed',
   });
-  let top1: number | null = null;
-  try {
-    if (o.resumeFrom) restoreCheckpoint(o.resumeFrom, model, optimizer);
-    const stepsPerEpoch = Math.floor(o.loader.batchesPerEpoch / f.accumIter);
-    const totalSteps = f.epochs * stepsPerEpoch;
-    let step = o.resumeFrom?.state.step ?? 0;
-    o.onEvent({ type: 'start', step, totalSteps, stepsPerEpoch, backend: o.backend, config: cfg as never });
-    const valImages = await Promise.all(o.val.map((v) => centerCrop(o.cache, v.abs, v.hash, cfg.model.imgSize)));
-    let since: number[] = [];
-    const checkpoint = () => {
-      const loss = since.length ? since.reduce((a, b) => a + b, 0) / since.length : null;
-      const path = o.checkpointPath(step);
-      const written = saveCheckpoint(path, model, optimizer, { step, epoch: step / stepsPerEpoch, loss, config: cfg });
-      o.onEvent({ type: 'checkpoint', path, step, epoch: step / stepsPerEpoch, loss, ...written });
-      since = [];
-    };
-
-    while (step < totalSteps) {
-      const t0 = performance.now();
-      const epoch = Math.floor(step / stepsPerEpoch);
-      const j = step % stepsPerEpoch;
-      const lr = lrAt(epoch + j / stepsPerEpoch, f);
+  const { loader } = data;
+  return {
+    model,
+    optimizer,
+    config: cfg,
+    optim: f,
+    batchesPerEpoch: loader.batchesPerEpoch,
+    async step(epoch, j, step, lr) {
       let loss = 0;
       let grads: tf.NamedTensorMap = {};
       for (let a = 0; a < f.accumIter; a++) {
         const i = j * f.accumIter + a;
-        const images = await o.loader.get(epoch, i);
-        const labels = o.loader.itemsAt(epoch, i).map((k) => o.trainLabels[k]!);
-        const rng = new Rng(seedFor(cfg.seed, MIX, step, a));
-        const { mixed, targets } = mixBatch(images, labels, K, f, rng);
-        const dropRng = new Rng(seedFor(cfg.seed, DROP, step, a));
+        const images = await loader.get(epoch, i);
+        const labels = loader.itemsAt(epoch, i).map((k) => data.labels[k]!);
+        const { mixed, targets } = mixBatch(images, labels, K, f, new Rng(seedFor(cfg.seed, MIX, step, a)));
+        const dropPath = f.linearProbe ? undefined : { rate: f.dropPath, rng: new Rng(seedFor(cfg.seed, DROP, step, a)) };
         const { value, grads: g } = tf.variableGrads(
-          () =>
-            tf.div(
-              crossEntropy(model.logits(mixed, f.linearProbe ? undefined : { rate: f.dropPath, rng: dropRng }), targets),
-              f.accumIter,
-            ) as tf.Scalar,
+          () => tf.div(crossEntropy(model.logits(mixed, dropPath), targets), f.accumIter) as tf.Scalar,
           [...trainable.values()],
         );
         loss += value.dataSync()[0]!;
@@ -94,43 +66,14 @@ export async function finetune(o: FinetuneOptions): Promise<{ step: number; stat
       }
       optimizer.apply(grads, lr);
       tf.dispose(Object.values(grads));
-      step += 1;
-      since.push(loss);
-      const images = f.batch * f.accumIter;
-      o.onEvent({
-        type: 'step',
-        step,
-        epoch: step / stepsPerEpoch,
-        samples: step * images,
-        loss,
-        losses: [],
-        lr,
-        imagesPerS: images / ((performance.now() - t0) / 1000),
-      });
-      if (step % stepsPerEpoch === 0 || step === totalSteps) {
-        const r = evaluate(
-          model,
-          valImages,
-          o.val.map((v) => v.label),
-          f.batch,
-        );
-        top1 = r.top1;
-        o.onEvent({ type: 'eval', step, epoch: step / stepsPerEpoch, ...r });
-      }
-      const stopping = o.signal?.aborted;
-      if (step === totalSteps || stopping || step % stepsPerEpoch === 0) checkpoint();
-      if (stopping && step < totalSteps) {
-        o.onEvent({ type: 'end', status: 'paused', step });
-        return { step, status: 'paused', top1 };
-      }
-      await new Promise((resolve) => setImmediate(resolve));
-    }
-    o.onEvent({ type: 'end', status: 'finished', step });
-    return { step, status: 'finished', top1 };
-  } finally {
-    optimizer.dispose();
-    model.dispose();
-  }
+      return { loss, losses: [] };
+    },
+    evaluate: async () => evaluate(model, data.val.images, data.val.labels, f.batch),
+    dispose() {
+      optimizer.dispose();
+      model.dispose();
+    },
+  };
 }
 
 /** Soft-target cross-entropy: `mean_b Σ_k −t[b,k] · log softmax(logits)[b,k]`. */
@@ -213,14 +156,4 @@ function evaluate(model: ViTClassifier, images: Rgb8[], labels: number[], batch:
     loss += nll;
   }
   return { top1: images.length ? correct / images.length : 0, loss: images.length ? loss / images.length : 0 };
-}
-
-/** Evaluation transform (timm): shorter side to size/0.875, centre crop. */
-async function centerCrop(cache: DecodeCache, abs: string, hash: string, size: number): Promise<Rgb8> {
-  const img = await cache.get(abs, hash, Math.round(size / 0.875));
-  return applyCrop(
-    img,
-    { left: Math.floor((img.width - size) / 2), top: Math.floor((img.height - size) / 2), width: size, height: size, flip: false },
-    size,
-  );
 }

@@ -1,81 +1,92 @@
-import { parseRunConfig, type RunConfig } from '../config.js';
-import type { Loader } from '../data/loader.js';
-import { LocalMIM } from '../model/localmim.js';
-import { Rng, seedFor } from '../random.js';
-import { saveCheckpoint, restoreCheckpoint, type LoadedCheckpoint } from './checkpoint.js';
+import type { OptimConfig } from '../config.js';
+import type { ParamStore } from '../model/params.js';
+import type { AdamW } from './adamw.js';
+import { restoreCheckpoint, saveCheckpoint, type LoadedCheckpoint } from './checkpoint.js';
 import { lrAt } from './schedule.js';
-import { TrainStep } from './step.js';
 
-/** What a pretraining run reports; the trainer knows nothing of terminals, databases or windows. */
+/** What a training run reports; the loop knows nothing of terminals, databases or windows. */
 export type TrainEvent =
-  | { type: 'start'; step: number; totalSteps: number; stepsPerEpoch: number; backend: string; config: RunConfig }
+  | { type: 'start'; step: number; totalSteps: number; stepsPerEpoch: number; backend: string; config: unknown }
   | { type: 'step'; step: number; epoch: number; samples: number; loss: number; losses: number[]; lr: number; imagesPerS: number }
   | { type: 'eval'; step: number; epoch: number; top1: number; loss: number }
   | { type: 'checkpoint'; path: string; step: number; epoch: number; loss: number | null; size: number; hash: string }
   | { type: 'end'; status: 'finished' | 'paused'; step: number };
 
-export interface PretrainOptions {
-  config: RunConfig;
-  loader: Loader;
+/**
+ * What pretraining and fine-tuning each supply to the one loop: their model and optimizer (saved in
+ * checkpoints), their schedule, one optimizer step, and optionally an evaluation at the end of each epoch.
+ */
+export interface Task {
+  readonly model: { params: ParamStore };
+  readonly optimizer: AdamW;
+  /** Saved in every checkpoint's state. */
+  readonly config: unknown;
+  readonly optim: OptimConfig;
+  /** Micro-batches per epoch (drop_last); an optimizer step takes `optim.accumIter` of them. */
+  readonly batchesPerEpoch: number;
+  /** One optimizer step on micro-batches `j·accumIter …` of `epoch`; `step` is the index of this step (0-based). */
+  step(epoch: number, j: number, step: number, lr: number): Promise<{ loss: number; losses: number[] }>;
+  evaluate?(): Promise<{ top1: number; loss: number }>;
+  /** After each step (e.g. reconstruction previews); its failures are the task's to handle. */
+  afterStep?(step: number): Promise<void>;
+  dispose(): void;
+}
+
+export interface Cadence {
+  /** Checkpoint every this many optimizer steps… */
+  everySteps?: number;
+  /** …or once this many minutes have passed since the last one, whichever comes first (and at each epoch's end). */
+  everyMinutes?: number;
+}
+
+export interface LoopOptions {
   backend: string;
-  /** Checkpoint path for a given step. */
   checkpointPath: (step: number) => string;
-  checkpointEverySteps?: number;
-  checkpointEveryMinutes?: number;
+  cadence: Cadence;
   resumeFrom?: LoadedCheckpoint;
-  /** Starting weights by name (e.g. an imported or earlier backbone); the rest keeps its initialisation. */
-  init?: ReadonlyMap<string, Float32Array>;
   /** Stop (after checkpointing) once this many optimizer steps are done in total. */
   stopAtStep?: number;
-  /** Called after every step, e.g. to render reconstruction previews. */
-  afterStep?: (model: LocalMIM, step: number) => Promise<void>;
   /** Abort = checkpoint at the next step boundary and stop with status 'paused'. */
   signal?: AbortSignal;
   onEvent: (e: TrainEvent) => void;
 }
 
-const MASK = 3;
-
-/** The pretraining loop (spec §13): per-iteration lr, accumulation, checkpoints, exact resume. */
-export async function pretrain(o: PretrainOptions): Promise<{ step: number; status: 'finished' | 'paused' }> {
-  const cfg = parseRunConfig(o.config);
-  const { optim, seed } = cfg;
-  const model = new LocalMIM(cfg.model, seed);
-  const trainer = new TrainStep(model, optim);
+/**
+ * The one training loop: per-iteration learning rate, exact resume, checkpoints by step count, time and epoch,
+ * evaluation at each epoch's end, pause. Disposes the task when done.
+ */
+export async function train(task: Task, o: LoopOptions): Promise<{ step: number; status: 'finished' | 'paused' }> {
+  const { optim } = task;
   try {
-    if (o.init && !o.resumeFrom) model.params.assign(o.init);
-    if (o.resumeFrom) restoreCheckpoint(o.resumeFrom, model, trainer.optimizer);
-    const stepsPerEpoch = Math.floor(o.loader.batchesPerEpoch / optim.accumIter);
-    if (stepsPerEpoch < 1) throw new Error(`data: ${o.loader.batchesPerEpoch} batches per epoch, fewer than accumIter=${optim.accumIter}`);
+    const stepsPerEpoch = Math.floor(task.batchesPerEpoch / optim.accumIter);
+    if (stepsPerEpoch < 1) throw new Error(`data: ${task.batchesPerEpoch} batches per epoch, fewer than accumIter=${optim.accumIter}`);
+    if (o.resumeFrom) restoreCheckpoint(o.resumeFrom, task.model, task.optimizer);
     const totalSteps = optim.epochs * stepsPerEpoch;
     let step = o.resumeFrom?.state.step ?? 0;
-    o.onEvent({ type: 'start', step, totalSteps, stepsPerEpoch, backend: o.backend, config: cfg });
+    o.onEvent({ type: 'start', step, totalSteps, stepsPerEpoch, backend: o.backend, config: task.config });
 
-    let sinceCheckpoint: number[] = [];
+    let losses: number[] = [];
     let lastCheckpoint = performance.now();
     const checkpoint = () => {
       const epoch = step / stepsPerEpoch;
-      const loss = sinceCheckpoint.length ? sinceCheckpoint.reduce((a, b) => a + b, 0) / sinceCheckpoint.length : null;
+      const loss = losses.length ? losses.reduce((a, b) => a + b, 0) / losses.length : null;
       const path = o.checkpointPath(step);
-      const written = saveCheckpoint(path, model, trainer.optimizer, { step, epoch, loss, config: cfg });
+      const written = saveCheckpoint(path, task.model, task.optimizer, { step, epoch, loss, config: task.config });
       o.onEvent({ type: 'checkpoint', path, step, epoch, loss, ...written });
-      sinceCheckpoint = [];
+      losses = [];
       lastCheckpoint = performance.now();
     };
+    const { everySteps, everyMinutes } = o.cadence;
 
     while (step < totalSteps) {
       const t0 = performance.now();
       const epoch = Math.floor(step / stepsPerEpoch);
       const j = step % stepsPerEpoch;
-      const micro = await Promise.all(Array.from({ length: optim.accumIter }, (_, a) => o.loader.get(epoch, j * optim.accumIter + a)));
-      const batches = micro.map((images, a) =>
-        model.prepare(images, new Rng(seedFor(seed, MASK, step, a)).fill(images.length * model.dims.L)),
-      );
-      const r = trainer.run(batches, lrAt(epoch + j / stepsPerEpoch, optim));
+      const lr = lrAt(epoch + j / stepsPerEpoch, optim);
+      const r = await task.step(epoch, j, step, lr);
       step += 1;
-      sinceCheckpoint.push(r.loss);
+      losses.push(r.loss);
       const images = optim.batch * optim.accumIter;
-      const seconds = (performance.now() - t0) / 1000;
       o.onEvent({
         type: 'step',
         step,
@@ -83,15 +94,18 @@ export async function pretrain(o: PretrainOptions): Promise<{ step: number; stat
         samples: step * images,
         loss: r.loss,
         losses: r.losses,
-        lr: r.lr,
-        imagesPerS: images / seconds,
+        lr,
+        imagesPerS: images / ((performance.now() - t0) / 1000),
       });
+      const epochEnd = step % stepsPerEpoch === 0;
+      if (epochEnd && task.evaluate) o.onEvent({ type: 'eval', step, epoch: step / stepsPerEpoch, ...(await task.evaluate()) });
+      await task.afterStep?.(step);
 
-      await o.afterStep?.(model, step);
       const stopping = o.signal?.aborted || step === o.stopAtStep;
       const due =
-        (o.checkpointEverySteps && step % o.checkpointEverySteps === 0) ||
-        (o.checkpointEveryMinutes && performance.now() - lastCheckpoint > o.checkpointEveryMinutes * 60_000);
+        epochEnd ||
+        (everySteps !== undefined && step % everySteps === 0) ||
+        (everyMinutes !== undefined && performance.now() - lastCheckpoint > everyMinutes * 60_000);
       if (step === totalSteps || stopping || due) checkpoint();
       if (stopping && step < totalSteps) {
         o.onEvent({ type: 'end', status: 'paused', step });
@@ -102,7 +116,6 @@ export async function pretrain(o: PretrainOptions): Promise<{ step: number; stat
     o.onEvent({ type: 'end', status: 'finished', step });
     return { step, status: 'finished' };
   } finally {
-    trainer.dispose();
-    model.dispose();
+    task.dispose();
   }
 }

@@ -1,7 +1,7 @@
 import { peakLr, type OptimConfig } from '../config.js';
 
 /**
- * Learning rate at fractional epoch `e` (spec §13), evaluated every iteration rather than every epoch:
+ * Learning rate at fractional epoch `e` (docs/method.md#optimizer-and-schedule), evaluated every iteration rather than every epoch:
  * linear warmup from 0, then half-cosine from the peak down to `minLr`.
  */
 export function lrAt(e: number, o: OptimConfig): number {

@@ -17,8 +17,10 @@ declare global {
 
 const http: Transport = {
   async call(method, args) {
+    // The server takes only same-origin JSON calls (Origin, Sec-Fetch-Site and Content-Type are checked).
     const res = await fetch(`/api/${method}`, {
       method: 'POST',
+      mode: 'same-origin',
       headers: { 'Content-Type': 'application/json' },
       body: JSON.stringify(args ?? {}),
     });

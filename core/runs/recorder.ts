@@ -1,6 +1,5 @@
 import { rmSync } from 'node:fs';
-import type { MetricRow, RunRow, Store } from '../store/store.js';
-import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
+import type { MetricRow, Store } from '../store/store.js';
 import type { TrainEvent } from '../train/loop.js';
 
 /**
@@ -60,41 +59,4 @@ export class RunRecorder {
       rmSync(c.path, { force: true });
     }
   }
-}
-
-/** The newest checkpoint of a run whose file is intact (hash as recorded); undefined means start over. */
-export function latestGoodCheckpoint(store: Store, runId: number): LoadedCheckpoint | undefined {
-  for (const c of store.checkpoints(runId).reverse()) {
-    try {
-      const loaded = loadCheckpoint(c.path);
-      if (loaded.hash === c.hash) return loaded;
-    } catch {
-      // A missing or unreadable file: fall back to an older checkpoint.
-    }
-  }
-  return undefined;
-}
-
-/** `RUN` or `RUN:STEP` → that run's newest intact checkpoint, or the one at STEP; errors name what is missing. */
-export function checkpointFor(store: Store, spec: string): { run: RunRow; checkpoint: LoadedCheckpoint; step: number } {
-  const m = /^(\d+)(?::(\d+))?$/.exec(spec.trim());
-  if (!m) throw new Error(`"${spec}": expected RUN or RUN:STEP, e.g. 3 or 3:1200`);
-  const run = store.run(Number(m[1]));
-  if (!run) throw new Error(`no run ${m[1]}`);
-  if (m[2] === undefined) {
-    const checkpoint = latestGoodCheckpoint(store, run.id);
-    if (!checkpoint) throw new Error(`run ${run.id} has no intact checkpoint yet`);
-    return { run, checkpoint, step: checkpoint.state.step };
-  }
-  const row = store.checkpoints(run.id).find((c) => c.step === Number(m[2]));
-  if (!row)
-    throw new Error(
-      `run ${run.id} has no checkpoint at step ${m[2]} (it has: ${
-        store
-          .checkpoints(run.id)
-          .map((c) => c.step)
-          .join(', ') || 'none'
-      })`,
-    );
-  return { run, checkpoint: loadCheckpoint(row.path), step: row.step };
 }

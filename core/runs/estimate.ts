@@ -1,14 +1,14 @@
 import { modelDims, type RunConfig } from '../config.js';
 
-/** Rough effective throughput of one training step per backend, in GFLOP/s (tfjs-notes; wasm measured here, with and without the native path). */
+/** Rough effective throughput of one training step per backend, in GFLOP/s (docs/tfjs.md#throughput; wasm measured here, with and without the native path). */
 const GFLOPS: Record<string, number> = { 'tensorflow-gpu': 2000, tensorflow: 60, 'wasm-native': 35, wasm: 10, cpu: 0.3 };
 
 /**
  * Parameters, memory and time per epoch of a run, before it starts: parameter count exact, memory and
- * time estimated (weights + gradients + two AdamW moments + activations; FLOPs ≈ 6 · params-in-use · tokens).
+ * time estimated (weights + gradients + two AdamW moments + activations and attention maps; FLOPs ≈ 6 · params-in-use · tokens).
  */
 export function estimate(c: RunConfig, images: number, backend: string) {
-  const { D, depth, nKeep, L, scales, F, p } = modelDims(c.model);
+  const { D, depth, heads, nKeep, L, scales, F, p } = modelDims(c.model);
   const d = c.model.decoderDim;
   const r = c.model.mlpRatio;
   const block = (W: number) => 2 * W + 3 * W * W + 3 * W + W * W + W + 2 * W + 2 * r * W * W + r * W + W;
@@ -23,7 +23,11 @@ export function estimate(c: RunConfig, images: number, backend: string) {
   const params = encoder + decoders;
   const B = c.optim.batch;
   const flopsPerImage = 6 * ((encoder - 3 * p * p * D) * (1 + nKeep) + 3 * p * p * D * nKeep + decoders * (1 + L));
-  const activations = B * (depth * (1 + nKeep) * D * 14 + scales.length * (1 + L) * d * 14) * 4;
+  const { decoderHeads, decoderDepth } = c.model;
+  const tokens = B * (depth * (1 + nKeep) * D * 14 + scales.length * (1 + L) * d * 14);
+  // Attention scores and probabilities, kept for backward: quadratic in tokens, what large images run out of.
+  const attention = 2 * B * (depth * heads * (1 + nKeep) ** 2 + scales.length * decoderDepth * decoderHeads * (1 + L) ** 2);
+  const activations = (tokens + attention) * 4;
   const stepsPerEpoch = Math.floor(images / B / c.optim.accumIter);
   return {
     params,

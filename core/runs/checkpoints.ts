@@ -1,0 +1,97 @@
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { UserError } from '../errors.js';
+import type { CheckpointRow, RunRow, Store } from '../store/store.js';
+import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
+
+export interface ResumePoint {
+  /** The newest intact checkpoint, recorded or not; undefined: there is none. */
+  checkpoint?: LoadedCheckpoint;
+  path?: string;
+  /** Files that exist but are not in the store: written by a job whose service went away before recording them. */
+  unrecorded: Omit<CheckpointRow, 'id' | 'createdAt'>[];
+  /** Checkpoints newer than `checkpoint` that are missing, unreadable or not what was recorded. */
+  broken: string[];
+}
+
+const FILE = /^ckpt-(\d+)\.safetensors$/;
+
+/** Where a run would continue from: its newest intact checkpoint among those recorded and those left in its folder. */
+export function resumePoint(store: Store, runId: number, runDir: string): ResumePoint {
+  const rows = store.checkpoints(runId);
+  const recorded = new Set(rows.map((c) => c.path));
+  const files = existsSync(runDir) ? readdirSync(runDir).filter((n) => FILE.test(n) && !recorded.has(join(runDir, n))) : [];
+  const candidates = [
+    ...rows.map((c) => ({ path: c.path, step: c.step, hash: c.hash as string | undefined })),
+    ...files.map((n) => ({ path: join(runDir, n), step: Number(FILE.exec(n)![1]), hash: undefined })),
+  ].sort((a, b) => b.step - a.step);
+  const point: ResumePoint = { unrecorded: [], broken: [] };
+  for (const c of candidates) {
+    const checkpoint = tryLoad(c.path);
+    if (!checkpoint || (c.hash !== undefined && checkpoint.hash !== c.hash) || checkpoint.state.step !== c.step) {
+      point.broken.push(c.path);
+      continue;
+    }
+    if (c.hash === undefined) point.unrecorded.push(rowOf(runId, c.path, checkpoint));
+    return { ...point, checkpoint, path: c.path };
+  }
+  return point;
+}
+
+function tryLoad(path: string): LoadedCheckpoint | undefined {
+  try {
+    return loadCheckpoint(path);
+  } catch {
+    return undefined;
+  }
+}
+
+const rowOf = (runId: number, path: string, c: LoadedCheckpoint) => ({
+  runId,
+  path,
+  step: c.state.step,
+  epoch: c.state.epoch,
+  loss: c.state.loss,
+  size: c.size,
+  hash: c.hash,
+});
+
+/** The newest checkpoint of a run whose file is intact (hash as recorded), and where it is. */
+export function latestGoodCheckpoint(store: Store, runId: number): { checkpoint: LoadedCheckpoint; path: string } | undefined {
+  for (const c of store.checkpoints(runId).reverse()) {
+    const checkpoint = tryLoad(c.path);
+    if (checkpoint?.hash === c.hash) return { checkpoint, path: c.path };
+  }
+  return undefined;
+}
+
+export interface FoundCheckpoint {
+  run: RunRow;
+  checkpoint: LoadedCheckpoint;
+  path: string;
+  step: number;
+}
+
+/** `RUN` or `RUN:STEP` → that run's newest intact checkpoint, or the one at STEP; errors name what is missing. */
+export function checkpointFor(store: Store, spec: string): FoundCheckpoint {
+  const m = /^(\d+)(?::(\d+))?$/.exec(spec.trim());
+  if (!m) throw new UserError(`"${spec}": expected RUN or RUN:STEP, e.g. 3 or 3:1200`);
+  const run = store.run(Number(m[1]));
+  if (!run) throw new UserError(`no run ${m[1]}`, 'not-found');
+  if (m[2] === undefined) {
+    const found = latestGoodCheckpoint(store, run.id);
+    if (!found) throw new UserError(`run ${run.id} has no intact checkpoint yet`, 'not-found');
+    return { run, ...found, step: found.checkpoint.state.step };
+  }
+  const all = store.checkpoints(run.id);
+  const row = all.find((c) => c.step === Number(m[2]));
+  if (!row)
+    throw new UserError(
+      `run ${run.id} has no checkpoint at step ${m[2]} (it has: ${all.map((c) => c.step).join(', ') || 'none'})`,
+      'not-found',
+    );
+  const checkpoint = tryLoad(row.path);
+  if (checkpoint?.hash !== row.hash)
+    throw new UserError(`run ${run.id}: the checkpoint at step ${row.step} (${row.path}) is missing or damaged`, 'not-found');
+  return { run, checkpoint, path: row.path, step: row.step };
+}

@@ -1,0 +1,260 @@
+import { totalmem } from 'node:os';
+import { join } from 'node:path';
+import {
+  ConfigError,
+  FinetuneConfigSchema,
+  FinetuneRunSchema,
+  parseConfig,
+  parseRunConfig,
+  RunConfigSchema,
+  type ModelConfig,
+  type RunConfig,
+} from '../config.js';
+import { labeledSplit } from '../data/labels.js';
+import { UserError } from '../errors.js';
+import { homePaths, isAlive } from '../home.js';
+import type { RunRow, Store } from '../store/store.js';
+import { checkpointFor, resumePoint, type ResumePoint } from './checkpoints.js';
+import { estimate } from './estimate.js';
+import type { TrainJob } from './job.js';
+import { extended, specOf } from './spec.js';
+
+/** What can be asked of the run lifecycle. */
+export type RunRequest =
+  | {
+      new: 'pretrain';
+      datasetId: number;
+      config: RunConfig;
+      name?: string;
+      /** `RUN[:STEP]` whose backbone it starts from. */ init?: string;
+    }
+  | {
+      new: 'finetune';
+      datasetId: number;
+      /** `RUN[:STEP]` to start from; null = from scratch, with `model`. */
+      from: string | null;
+      model?: ModelConfig;
+      finetune: unknown;
+      seed: number;
+      name?: string;
+    }
+  | { resume: number; /** Start over from step 0 when no checkpoint is intact. */ restart?: boolean }
+  | { extend: number; epochs: number };
+
+type TrainSpec = TrainJob['spec'];
+
+/** A validated request: what `begin` will write, and the job it will hand out. Nothing has been changed yet. */
+export interface Prepared {
+  /** The run to create, or the existing one to continue. */
+  run: { create: { name: string; datasetId: number; parentId: number | null } } | { id: number };
+  spec: TrainSpec;
+  /** Set when the stored config changes (extend). */
+  specChanged: boolean;
+  resume?: ResumePoint;
+  job: Omit<TrainJob, 'runId' | 'cadence' | 'backend' | 'stopAtStep' | 'previewEvery'>;
+}
+
+/**
+ * Validates a request completely — config, dataset, checkpoints, ownership, memory — before any side effect:
+ * it writes nothing and starts nothing. Errors are {@link UserError}s naming the field or run.
+ */
+export function prepare(store: Store, home: string, req: RunRequest, backend: string): Prepared {
+  if ('new' in req) return req.new === 'pretrain' ? preparePretrain(store, home, req, backend) : prepareFinetune(store, home, req, backend);
+  const run = store.run('resume' in req ? req.resume : req.extend);
+  if (!run) throw new UserError(`no run ${'resume' in req ? req.resume : req.extend}`, 'not-found');
+  if (run.kind === 'import')
+    throw new UserError(`run ${run.id} holds imported weights: fine-tune it, or pretrain from it with --init`, 'conflict');
+  assertNotOwned(run);
+  let spec = trainSpec(run);
+  if ('extend' in req) spec = extended(spec, req.epochs) as TrainSpec;
+  const dataset = run.datasetId === null ? undefined : store.datasetById(run.datasetId);
+  if (!dataset) throw new UserError(`run ${run.id}: its dataset is no longer recorded`, 'conflict');
+  const resume = resumePoint(store, run.id, homePaths(home).run(run.id));
+  if (!resume.checkpoint && resume.broken.length && !('resume' in req && req.restart))
+    throw new UserError(
+      `run ${run.id}: none of its ${resume.broken.length} checkpoint(s) can be read (${resume.broken[0]}${resume.broken.length > 1 ? ', …' : ''}); nothing was changed. Restart it from step 0 with --restart (app: "Restart")`,
+      'conflict',
+    );
+  checkMemory(spec, backend);
+  const data = dataFor(store, spec, dataset);
+  const initFrom = !resume.checkpoint ? initPath(store, spec) : undefined;
+  return {
+    run: { id: run.id },
+    spec,
+    specChanged: 'extend' in req,
+    resume,
+    job: { kind: 'train', home, spec, data, resumeFrom: resume.path, initFrom },
+  };
+}
+
+function preparePretrain(store: Store, home: string, req: Extract<RunRequest, { new: 'pretrain' }>, backend: string): Prepared {
+  const dataset = datasetOf(store, req.datasetId);
+  let config = parseRunConfig(req.config);
+  let initFrom: string | undefined;
+  if (req.init) {
+    // Continue from an earlier or imported backbone: its shape wins; decoders start fresh.
+    const source = checkpointFor(store, req.init);
+    const b = specOf(source.run).config.model;
+    const shape = {
+      size: b.size,
+      D: b.D,
+      depth: b.depth,
+      heads: b.heads,
+      patchSize: b.patchSize,
+      imgSize: b.imgSize,
+      mlpRatio: b.mlpRatio,
+    };
+    config = parseConfig(RunConfigSchema, { ...config, model: { ...config.model, ...shape } }, `--init ${req.init}`);
+    initFrom = source.path;
+  }
+  const spec: TrainSpec = { kind: 'pretrain', config };
+  checkMemory(spec, backend);
+  const data = dataFor(store, spec, dataset);
+  const { size, variant, target } = config.model;
+  return {
+    run: { create: { name: req.name || `${size} ${variant} ${target}`, datasetId: dataset.id, parentId: null } },
+    spec,
+    specChanged: false,
+    job: { kind: 'train', home, spec, data, initFrom },
+  };
+}
+
+function prepareFinetune(store: Store, home: string, req: Extract<RunRequest, { new: 'finetune' }>, backend: string): Prepared {
+  const dataset = datasetOf(store, req.datasetId);
+  const source = req.from === null ? undefined : checkpointFor(store, req.from);
+  if (source && source.run.kind === 'finetune')
+    throw new UserError(`--from: run ${source.run.id} is a fine-tuning run; start from a pretraining or imported run`);
+  const model = source ? specOf(source.run).config.model : req.model;
+  if (!model) throw new UserError('model: a fine-tune from scratch needs a model config');
+  const finetune = parseConfig(FinetuneConfigSchema, req.finetune ?? {}, 'finetune');
+  const split = splitOf(store, dataset, finetune.valFraction, req.seed);
+  const config = parseConfig(FinetuneRunSchema, {
+    model,
+    finetune,
+    seed: req.seed,
+    classes: split.classes,
+    from: source ? { runId: source.run.id, step: source.step } : null,
+  });
+  const spec: TrainSpec = { kind: 'finetune', config };
+  checkMemory(spec, backend);
+  const kind = finetune.linearProbe ? 'linear probe' : 'fine-tune';
+  return {
+    run: {
+      create: {
+        name: req.name || `${kind} of ${source ? `run ${source.run.id}` : 'scratch'} on ${dataset.name}`,
+        datasetId: dataset.id,
+        parentId: source?.run.id ?? null,
+      },
+    },
+    spec,
+    specChanged: false,
+    job: { kind: 'train', home, spec, data: dataFor(store, spec, dataset), initFrom: source?.path },
+  };
+}
+
+function trainSpec(run: RunRow): TrainSpec {
+  try {
+    const spec = specOf(run);
+    if (spec.kind === 'import') throw new UserError(`run ${run.id} holds imported weights`, 'conflict');
+    return spec;
+  } catch (err) {
+    if (err instanceof ConfigError) throw new UserError(err.message, 'conflict');
+    throw err;
+  }
+}
+
+function datasetOf(store: Store, id: number) {
+  const d = store.datasetById(id);
+  if (!d) throw new UserError(`no dataset ${id}`, 'not-found');
+  return d;
+}
+
+function splitOf(store: Store, dataset: { id: number; name: string }, valFraction: number, seed: number) {
+  try {
+    return labeledSplit(store.images(dataset.id), valFraction, seed, dataset.name);
+  } catch (err) {
+    throw new UserError((err as Error).message);
+  }
+}
+
+/** The job's images: every usable one for pretraining, the seeded labeled split for fine-tuning. */
+function dataFor(store: Store, spec: TrainSpec, dataset: { id: number; root: string; name: string }): TrainJob['data'] {
+  const abs = (path: string) => join(dataset.root, path);
+  if (spec.kind === 'pretrain') {
+    const items = store.images(dataset.id, 'ok').map((r) => ({ abs: abs(r.path), hash: r.hash! }));
+    const need = spec.config.optim.batch * spec.config.optim.accumIter;
+    if (items.length < need)
+      throw new UserError(`optim.batch: ${dataset.name} has ${items.length} usable images, fewer than one step of ${need}`);
+    return { items };
+  }
+  const { finetune: f, seed, classes } = spec.config;
+  const split = splitOf(store, dataset, f.valFraction, seed);
+  if (split.classes.join('\n') !== classes.join('\n'))
+    throw new UserError(`data: the classes of ${dataset.root} changed since the run started (${split.classes.join(', ')})`, 'conflict');
+  if (split.train.length < f.batch * f.accumIter)
+    throw new UserError(`finetune.batch: ${split.train.length} training images, fewer than one step of ${f.batch * f.accumIter}`);
+  const item = (t: { path: string; hash: string; label: number }) => ({ abs: abs(t.path), hash: t.hash, label: t.label });
+  return { train: split.train.map(item), val: split.val.map(item) };
+}
+
+/** A fine-tune that has no checkpoint of its own yet starts from its source's weights. */
+function initPath(store: Store, spec: TrainSpec): string | undefined {
+  if (spec.kind !== 'finetune' || !spec.config.from) return undefined;
+  const { runId, step } = spec.config.from;
+  return checkpointFor(store, `${runId}:${step}`).path;
+}
+
+/** A live process owns the run: never take it over. */
+export function assertNotOwned(run: RunRow): void {
+  if ((run.status === 'running' || run.status === 'queued') && run.pid !== null && run.pid !== process.pid && isAlive(run.pid))
+    throw new UserError(`run ${run.id} is ${run.status} in process ${run.pid}: pause it there first`, 'conflict');
+}
+
+/** The run's estimated memory must fit what this backend can address on this machine. */
+function checkMemory(spec: TrainSpec, backend: string): void {
+  const { model } = spec.config;
+  const batch = spec.kind === 'pretrain' ? spec.config.optim.batch : spec.config.finetune.batch;
+  const needMB = estimate(parseRunConfig({ model, optim: { batch } }), 0, backend).memoryMB;
+  const { limitMB, what } = memoryBudget(backend);
+  if (needMB > limitMB)
+    throw new UserError(
+      `model: this run needs about ${(needMB / 1024).toFixed(1)} GB (estimated for imgSize ${model.imgSize}, batch ${batch}), more than ${what} (${(limitMB / 1024).toFixed(1)} GB): lower the image size, batch or model size`,
+    );
+}
+
+/** wasm32 addresses at most 4 GiB; other backends get most of the machine's memory. */
+export function memoryBudget(backend: string): { limitMB: number; what: string } {
+  if (backend === 'wasm') return { limitMB: 4096, what: 'the wasm backend can address' };
+  return { limitMB: Math.floor((0.9 * totalmem()) / 2 ** 20), what: "this machine's memory" };
+}
+
+export interface Owner {
+  /** The process that trains the run (or, while queued, the service that will start it). */
+  pid: number;
+  status: 'running' | 'queued';
+  backend: string;
+}
+
+/**
+ * Carries out a prepared request in one immediate transaction: claims the run for `owner` (refusing if a live
+ * process holds it meanwhile), creates or updates its row, records checkpoints found unrecorded, and forgets
+ * the metrics after the step it continues from. Returns the job to run.
+ */
+export function begin(store: Store, p: Prepared, owner: Owner): Omit<TrainJob, 'cadence' | 'stopAtStep' | 'previewEvery'> {
+  const runId = store.db
+    .transaction(() => {
+      const fields = { status: owner.status, pid: owner.pid, backend: owner.backend, error: null };
+      if ('create' in p.run) {
+        const { name, datasetId, parentId } = p.run.create;
+        return store.createRun({ name, datasetId, config: p.spec.config, kind: p.spec.kind, parentId, ...fields }).id;
+      }
+      const run = store.run(p.run.id)!;
+      assertNotOwned(run);
+      store.updateRun(run.id, { ...fields, ...(p.specChanged && { config: p.spec.config }) });
+      for (const c of p.resume?.unrecorded ?? []) store.addCheckpoint(c);
+      store.truncateMetrics(run.id, p.resume?.checkpoint?.state.step ?? 0);
+      return run.id;
+    })
+    .immediate();
+  return { ...p.job, runId, backend: owner.backend };
+}

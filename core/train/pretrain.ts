@@ -1,0 +1,39 @@
+import { parseRunConfig, type RunConfig } from '../config.js';
+import type { Loader } from '../data/loader.js';
+import { LocalMIM } from '../model/localmim.js';
+import { Rng, seedFor } from '../random.js';
+import type { Task } from './loop.js';
+import { TrainStep } from './step.js';
+
+const MASK = 3;
+
+/**
+ * LocalMIM pretraining as a task of the training loop: the mask of micro-batch `a` of step `s` is a
+ * function of (seed, s, a), so a resumed run masks exactly as the uninterrupted one.
+ */
+export function pretrainTask(config: RunConfig, loader: Loader, init?: ReadonlyMap<string, Float32Array>): Task & { model: LocalMIM } {
+  const cfg = parseRunConfig(config);
+  const { optim, seed } = cfg;
+  const model = new LocalMIM(cfg.model, seed);
+  const trainer = new TrainStep(model, optim);
+  // An earlier or imported backbone: its tensors replace the initial ones; decoders start fresh.
+  if (init) model.params.assign(init);
+  return {
+    model,
+    optimizer: trainer.optimizer,
+    config: cfg,
+    optim,
+    batchesPerEpoch: loader.batchesPerEpoch,
+    async step(epoch, j, step, lr) {
+      const micro = await Promise.all(Array.from({ length: optim.accumIter }, (_, a) => loader.get(epoch, j * optim.accumIter + a)));
+      const batches = micro.map((images, a) =>
+        model.prepare(images, new Rng(seedFor(seed, MASK, step, a)).fill(images.length * model.dims.L)),
+      );
+      return trainer.run(batches, lr);
+    },
+    dispose() {
+      trainer.dispose();
+      model.dispose();
+    },
+  };
+}

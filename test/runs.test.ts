@@ -1,0 +1,328 @@
+import { spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import type { ApiEvent } from '../core/api.js';
+import { parseRunConfig } from '../core/config.js';
+import { indexFolder } from '../core/data/indexer.js';
+import { SAMPLE_IMAGES, isAlive } from '../core/home.js';
+import { launchNodeJob } from '../core/jobs/launch.js';
+import { runTrainJob } from '../core/runs/job.js';
+import { begin, prepare } from '../core/runs/lifecycle.js';
+import { Service } from '../core/service/service.js';
+import { openDatabase } from '../core/store/db.js';
+import { Store } from '../core/store/store.js';
+import { loadCheckpoint } from '../core/train/checkpoint.js';
+import { ensureBuilt, localmim } from './cli.js';
+import { backend } from './setup.js';
+
+const BIN = fileURLToPath(new URL('../bin/localmim.js', import.meta.url));
+const dir = mkdtempSync(join(tmpdir(), 'localmim-runs-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+// A model small enough that a step takes a fraction of a second; 37 steps of 8 sample images per epoch.
+const tinyModel = { D: 32, depth: 8, heads: 2, decoderDim: 16, decoderHeads: 2, imgSize: 32, patchSize: 8 };
+const tiny = (epochs = 1) => ({ model: tinyModel, optim: { epochs, batch: 8, warmupEpochs: 0.3, blr: 2e-3 }, seed: 3 });
+const tinyFile = join(dir, 'tiny.json');
+writeFileSync(tinyFile, JSON.stringify(tiny()));
+
+/** A service on its own data folder, with the events it emits. */
+function service(name: string, options: ConstructorParameters<typeof Service>[2] = {}) {
+  const s = new Service(join(dir, name), () => launchNodeJob(), options);
+  const events: ApiEvent[] = [];
+  s.subscribe((e) => events.push(e));
+  const until = (pred: (e: ApiEvent) => boolean, timeoutMs = 120_000) =>
+    new Promise<ApiEvent>((resolve, reject) => {
+      const found = events.find(pred);
+      if (found) return resolve(found);
+      const timer = setTimeout(() => reject(new Error(`no such event in ${timeoutMs} ms`)), timeoutMs);
+      const stop = s.subscribe((e) => {
+        if (!pred(e)) return;
+        clearTimeout(timer);
+        stop();
+        resolve(e);
+      });
+    });
+  const call = <T = Record<string, unknown>>(method: string, args: unknown) => s.call(method, args) as Promise<T>;
+  const addSample = async () => {
+    await call('datasets.addSample', {});
+    return ((await until((e) => e.type === 'dataset.indexed')) as { datasetId: number }).datasetId;
+  };
+  const status = (runId: number, status: string) => until((e) => e.type === 'run.status' && e.runId === runId && e.status === status);
+  return { s, events, until, call, addSample, status, home: join(dir, name) };
+}
+
+describe('ownership of a running run', () => {
+  test('a live job is never taken over: not by the CLI, not by a second server on the same data folder', async () => {
+    const a = service('owned');
+    const datasetId = await a.addSample();
+    const { runId } = await a.call<{ runId: number }>('runs.create', { datasetId, config: tiny(20) });
+    await a.until((e) => e.type === 'run.metrics' && e.runId === runId);
+    const row = a.s.store.run(runId)!;
+    expect(row.pid).not.toBe(process.pid); // the trainer's own process
+    expect(isAlive(row.pid!)).toBe(true);
+
+    expect(localmim(['runs', '--home', a.home]).stdout).toMatch(new RegExp(`^${runId} +running`, 'm'));
+    const cli = localmim(['pretrain', '--home', a.home, '--resume', String(runId)]);
+    expect(cli.code).toBe(1);
+    expect(cli.stderr).toMatch(new RegExp(`run ${runId} is running in process ${row.pid}`));
+
+    const b = new Service(a.home, () => launchNodeJob());
+    await expect(b.call('runs.resume', { id: runId })).rejects.toMatchObject({ kind: 'conflict' });
+    await expect(b.call('runs.extend', { id: runId, epochs: 1 })).rejects.toMatchObject({ kind: 'conflict' });
+    expect(b.store.run(runId)!.status).toBe('running');
+    await b.shutdown();
+
+    await a.call('runs.pause', { id: runId });
+    await a.status(runId, 'paused');
+    await a.s.shutdown();
+  });
+});
+
+describe('the service', () => {
+  const t = service('service', { concurrency: 1 });
+  let datasetId = 0;
+  beforeAll(async () => {
+    datasetId = await t.addSample();
+  });
+  afterAll(() => t.s.shutdown());
+
+  test('runs beyond the concurrency wait as queued and start when a slot frees', async () => {
+    const first = await t.call<{ runId: number }>('runs.create', { datasetId, config: tiny(1) });
+    const second = await t.call<{ runId: number }>('runs.create', { datasetId, config: tiny(1) });
+    expect(t.s.store.run(second.runId)!.status).toBe('queued');
+    await t.status(first.runId, 'finished');
+    await t.status(second.runId, 'finished');
+    const order = t.events.filter((e) => e.type === 'run.status' && e.status === 'running').map((e) => (e as { runId: number }).runId);
+    expect(order).toEqual([first.runId, second.runId]);
+  });
+
+  test('configs that cannot fit are refused before anything is written', async () => {
+    const runs = t.s.store.runs().length;
+    const huge = { ...tiny(), model: { ...tinyModel, imgSize: 1024 } };
+    await expect(t.call('runs.create', { datasetId, config: huge })).rejects.toThrow(/needs about [\d.]+ GB/);
+    const check = await t.call<{ ok: boolean; errors: { path: string }[] }>('config.check', { config: huge });
+    expect(check).toMatchObject({ ok: false, errors: [{ path: 'model' }] });
+    const absurd = await t.call<{ ok: boolean; errors: { path: string }[] }>('config.check', { config: { model: { imgSize: 1e9 } } });
+    expect(absurd.errors.map((e) => e.path)).toContain('model.imgSize');
+    await expect(t.call('runs.create', { datasetId, config: { ...tiny(), optim: { epoch: 3 } } })).rejects.toThrow(
+      /optim\.epoch: unknown field/,
+    );
+    await expect(t.call('runs.create', { datasetId, config: tiny(), colour: 'red' })).rejects.toThrow(/colour: unknown field/);
+    expect(t.s.store.runs()).toHaveLength(runs);
+  });
+
+  test('train N more epochs keeps a fine-tune a fine-tune; eval events reach the app; export works after', async () => {
+    const labeled = join(dir, 'labeled');
+    for (const f of readdirSync(SAMPLE_IMAGES).filter((f) => /^(coffee|rocket)-/.test(f))) {
+      mkdirSync(join(labeled, f.split('-')[0]!), { recursive: true });
+      symlinkSync(join(SAMPLE_IMAGES, f), join(labeled, f.split('-')[0]!, f));
+    }
+    await t.call('datasets.add', { path: labeled });
+    const labeledId = ((await t.until((e) => e.type === 'dataset.indexed' && e.datasetId !== datasetId)) as { datasetId: number })
+      .datasetId;
+    const source = t.s.store.runs().find((r) => r.kind === 'pretrain' && r.status === 'finished')!;
+    const { runId } = await t.call<{ runId: number }>('finetune.create', {
+      from: { runId: source.id },
+      datasetId: labeledId,
+      finetune: { epochs: 1, batch: 16, warmupEpochs: 0 },
+    });
+    await t.status(runId, 'finished');
+    expect(t.events.some((e) => e.type === 'run.eval' && e.runId === runId)).toBe(true);
+
+    const r = await t.call<{ ok: boolean; epochs: number }>('runs.extend', { id: runId, epochs: 1 });
+    expect(r.epochs).toBe(2);
+    await t.until((e) => e.type === 'run.status' && e.runId === runId && e.status === 'finished' && t.s.store.run(runId)!.step > 5);
+    const run = t.s.store.run(runId)!;
+    expect(run.kind).toBe('finetune');
+    expect(run.config).toMatchObject({ finetune: { epochs: 2 }, from: { runId: source.id } });
+    const exported = await t.call<{ files: string[] }>('exports.create', { runId, format: 'safetensors' });
+    expect(exported.files).toContain('model.safetensors');
+  });
+
+  test('a bad extend or resume changes nothing and starts nothing', async () => {
+    const imported = t.s.store.createRun({
+      name: 'imported',
+      datasetId: null,
+      config: { model: tinyModel },
+      backend: 'import',
+      kind: 'import',
+      status: 'finished',
+      pid: null,
+    });
+    await expect(t.call('runs.extend', { id: imported.id, epochs: 1 })).rejects.toMatchObject({ kind: 'conflict' });
+    await expect(t.call('runs.extend', { id: 999, epochs: 1 })).rejects.toMatchObject({ kind: 'not-found' });
+    expect(t.s.store.run(imported.id)).toMatchObject({ status: 'finished', config: { model: tinyModel } });
+  });
+
+  test('a folder of 3000 images is indexed through a job process, its large result delivered before the job exits', async () => {
+    const big = join(dir, 'big');
+    mkdirSync(big);
+    await Promise.all(
+      Array.from({ length: 3000 }, (_, i) => {
+        const px = Buffer.alloc(16 * 16 * 3, i % 251);
+        px.writeUInt16LE(i, 0);
+        return sharp(px, { raw: { width: 16, height: 16, channels: 3 } })
+          .png()
+          .toFile(join(big, `img-${String(i).padStart(4, '0')}.png`));
+      }),
+    );
+    await t.call('datasets.add', { path: big });
+    const e = (await t.until((e) => e.type === 'dataset.indexed' && t.s.store.datasetById(e.datasetId)?.root === big)) as {
+      datasetId: number;
+    };
+    expect(t.s.store.images(e.datasetId, 'ok')).toHaveLength(3000);
+  });
+});
+
+describe('resume', () => {
+  test('when every checkpoint is damaged, resume says so and refuses, keeping the history; --restart starts over', () => {
+    const home = join(dir, 'corrupt');
+    const r = localmim(['pretrain', '--json', '--home', home, '--config', tinyFile, '--checkpoint-every', '5', '--max-steps', '12']);
+    expect(r.code, r.stderr).toBe(0);
+    const store = new Store(join(home, 'localmim.db'));
+    const metrics = store.metrics(1).length;
+    for (const c of store.checkpoints(1)) writeFileSync(c.path, 'garbage');
+    store.close();
+    const refused = localmim(['pretrain', '--home', home, '--resume', '1']);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).not.toMatch(/^\s+at /m);
+    expect(refused.stderr).toMatch(/run 1: none of its 3 checkpoint\(s\) can be read .*--restart/);
+    const after = new Store(join(home, 'localmim.db'));
+    expect(after.metrics(1)).toHaveLength(metrics);
+    expect(after.run(1)!.status).toBe('paused');
+    after.close();
+    const restarted = localmim(['pretrain', '--json', '--home', home, '--resume', '1', '--restart', '--max-steps', '2']);
+    expect(restarted.code, restarted.stderr).toBe(0);
+    expect(JSON.parse(restarted.stdout.split('\n')[0]!)).toMatchObject({ type: 'start', step: 0 });
+  });
+
+  test('bad flags are refused before a run exists', () => {
+    const home = join(dir, 'flags');
+    for (const [flag, value, message] of [
+      ['--keep', '0', /--keep: expected a positive integer/],
+      ['--checkpoint-every', '0', /--checkpoint-every: expected a positive integer/],
+      ['--checkpoint-minutes=-1', '', /--checkpoint-minutes: expected a positive number/],
+      ['--epochs', '1e9', /optim\.epochs: Too big/],
+      ['--max-steps', 'x', /--max-steps: expected a positive integer/],
+    ] as const) {
+      const r = localmim(['pretrain', '--home', home, '--config', tinyFile, flag, ...(value ? [value] : [])]);
+      expect(r.code, flag).not.toBe(0);
+      expect(r.stderr, flag).toMatch(message);
+    }
+    expect(localmim(['runs', '--home', home]).stdout).toMatch(/no runs yet/);
+  });
+
+  test('--config is strict: unknown fields and non-objects are errors naming them', () => {
+    const home = join(dir, 'strict');
+    const file = (name: string, body: string) => {
+      writeFileSync(join(dir, name), body);
+      return join(dir, name);
+    };
+    const cases: [string, RegExp][] = [
+      [file('typo.json', '{"optim":{"epoch":3}}'), /optim\.epoch: unknown field/],
+      [file('top.json', '{"optimizer":{}}'), /optimizer: unknown field/],
+      [file('null.json', 'null'), /must hold a JSON object/],
+      [file('section.json', '{"model":null}'), /model must be an object/],
+    ];
+    for (const [path, message] of cases) {
+      const r = localmim(['pretrain', '--home', home, '--config', path]);
+      expect(r.code, path).not.toBe(0);
+      expect(r.stderr.trim().split('\n'), path).toHaveLength(1);
+      expect(r.stderr, path).toMatch(message);
+    }
+  });
+});
+
+describe('a job whose service dies', () => {
+  test('checkpoints and stops cleanly, quietly; resume continues from that checkpoint', async () => {
+    ensureBuilt();
+    const home = join(dir, 'orphan');
+    const server = spawn(process.execPath, [BIN, 'serve', '--port', '0', '--home', home], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    server.stderr.on('data', (d) => (output += d));
+    const url = await new Promise<string>((resolve) =>
+      createInterface({ input: server.stdout }).on('line', (l) => l.startsWith('LocalMIM Studio: ') && resolve(l.slice(17))),
+    );
+    const { origin, searchParams } = new URL(url);
+    const api = async (method: string, args: unknown) => {
+      const res = await fetch(`${origin}/api/${method}`, {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${searchParams.get('token')}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify(args),
+      });
+      return (await res.json()) as { ok: boolean; result: Record<string, unknown> };
+    };
+    await api('datasets.addSample', {});
+    await expect.poll(async () => (await api('datasets.list', {})).result, { timeout: 60_000 }).toHaveLength(1);
+    const { result } = await api('runs.create', { datasetId: 1, config: tiny(20) });
+    await expect
+      .poll(async () => ((await api('runs.get', { id: result.runId })).result.metrics as unknown[]).length, { timeout: 60_000 })
+      .toBeGreaterThan(3);
+    const store = new Store(join(home, 'localmim.db'));
+    const pid = store.run(1)!.pid!;
+    const seen = store.metrics(1).at(-1)!.step;
+    store.close();
+
+    output = '';
+    server.kill('SIGKILL');
+    await expect.poll(() => isAlive(pid), { timeout: 60_000 }).toBe(false);
+    expect(output.length, output.slice(0, 500)).toBeLessThan(500);
+    const files = readdirSync(join(home, 'runs', '1')).filter((n) => n.endsWith('.safetensors'));
+    expect(files).toHaveLength(1);
+    const saved = loadCheckpoint(join(home, 'runs', '1', files[0]!)).state.step;
+    expect(saved).toBeGreaterThanOrEqual(seen);
+
+    const r = localmim(['pretrain', '--json', '--home', home, '--resume', '1', '--max-steps', String(saved + 1)]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout.split('\n')[0]!)).toMatchObject({ type: 'start', step: saved });
+    const after = new Store(join(home, 'localmim.db'));
+    expect(after.checkpoints(1).map((c) => c.step)).toEqual([saved, saved + 1]);
+    after.close();
+  });
+});
+
+test('a preview that cannot be written is reported and skipped; training goes on', async () => {
+  const home = join(dir, 'previews');
+  const store = new Store(join(home, 'localmim.db'));
+  const indexed = await indexFolder(store, SAMPLE_IMAGES);
+  const config = parseRunConfig(tiny());
+  const prepared = prepare(store, home, { new: 'pretrain', datasetId: indexed.datasetId, config }, backend.chosen);
+  const job = begin(store, prepared, { pid: process.pid, status: 'running', backend: backend.chosen });
+  mkdirSync(join(home, 'runs', String(job.runId)), { recursive: true });
+  writeFileSync(join(home, 'runs', String(job.runId), 'previews'), 'a file where the previews folder should be');
+  const warnings: string[] = [];
+  const r = await runTrainJob(
+    { ...job, cadence: {}, previewEvery: 2, stopAtStep: 4 },
+    { onEvent: () => {}, warn: (m) => warnings.push(m) },
+  );
+  store.close();
+  expect(r).toEqual({ step: 4, status: 'paused' });
+  expect(warnings[0]).toMatch(/^preview at step 1 skipped: /);
+  expect(warnings).toHaveLength(3);
+});
+
+test('migration 30 keeps runs, metrics and checkpoints, and allows queued runs', () => {
+  const path = join(dir, 'v20.sqlite');
+  const old = openDatabase(path, 20);
+  old.prepare(`INSERT INTO runs (name, config, backend, status, kind) VALUES ('old', '{}', 'wasm', 'finished', 'finetune')`).run();
+  old
+    .prepare(`INSERT INTO metrics (run_id, step, epoch, samples, loss, losses, lr, images_per_s) VALUES (1, 1, 0.1, 8, 0.5, '[]', 1e-4, 3)`)
+    .run();
+  old.prepare(`INSERT INTO checkpoints (run_id, step, epoch, path, size, hash) VALUES (1, 1, 0.1, '/x', 1, 'h')`).run();
+  old.close();
+  const store = new Store(path);
+  expect(store.run(1)).toMatchObject({ name: 'old', kind: 'finetune', status: 'finished' });
+  expect(store.metrics(1)).toHaveLength(1);
+  expect(store.checkpoints(1)).toHaveLength(1);
+  store.updateRun(1, { status: 'queued' });
+  expect(store.run(1)!.status).toBe('queued');
+  expect(store.db.pragma('foreign_keys', { simple: true })).toBe(1);
+  store.db.prepare('DELETE FROM runs WHERE id = 1').run();
+  expect(store.metrics(1)).toHaveLength(0);
+  store.close();
+});
