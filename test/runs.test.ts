@@ -209,6 +209,7 @@ describe('resume', () => {
       ['--checkpoint-minutes=-1', '', /--checkpoint-minutes: expected a positive number/],
       ['--epochs', '1e9', /optim\.epochs: Too big/],
       ['--max-steps', 'x', /--max-steps: expected a positive integer/],
+      ['--init', '99', /no run 99/],
     ] as const) {
       const r = localmim(['pretrain', '--home', home, '--config', tinyFile, flag, ...(value ? [value] : [])]);
       expect(r.code, flag).not.toBe(0);

@@ -186,7 +186,7 @@ describe('localmim serve', () => {
     const r = await api('config.check', { config: { model: { imgSize: 60, patchSize: 8 } } });
     expect(JSON.parse(r.body).result.errors).toContainEqual({
       path: 'model.imgSize',
-      message: expect.stringMatching(/imgSize=60 must be a multiple of patchSize=8$/),
+      message: 'imgSize=60 must be a multiple of patchSize=8',
     });
   });
 

@@ -15,6 +15,7 @@ const OPTIONS = {
   host: { type: 'string', default: '127.0.0.1', arg: 'HOST', help: 'address to listen on; others than localhost reach the app too' },
   home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
   'preview-every': { type: 'string', default: '25', arg: 'STEPS', help: 'steps between the reconstruction previews of running runs' },
+  jobs: { type: 'string', default: '1', arg: 'N', help: 'training runs at once; more wait as queued' },
 } as const;
 
 export async function run(argv: string[]): Promise<void> {
@@ -24,14 +25,15 @@ export async function run(argv: string[]): Promise<void> {
     host: values.host,
     home: homeDir(values.home),
     previewEvery: positiveInt('preview-every', values['preview-every']),
+    concurrency: positiveInt('jobs', values.jobs),
   });
 }
 
-export async function serve(o: { port: number; host: string; home: string; previewEvery?: number }): Promise<void> {
+export async function serve(o: { port: number; host: string; home: string; previewEvery?: number; concurrency?: number }): Promise<void> {
   if (!existsSync(`${RENDERER_DIR}/index.html`)) throw new UsageError(`the UI is not built (${RENDERER_DIR}): run npm run build`);
   if (!['127.0.0.1', 'localhost', '::1'].includes(o.host))
     console.error(`warning: serving on ${o.host}, reachable from other machines; the token is the only protection`);
-  const service = new Service(o.home, launchNodeJob, { previewEvery: o.previewEvery });
+  const service = new Service(o.home, launchNodeJob, { previewEvery: o.previewEvery, concurrency: o.concurrency });
   const { server, url, urls } = await startServer({ service, rendererDir: RENDERER_DIR, host: o.host, port: o.port });
   console.log(`LocalMIM Studio: ${url}`);
   for (const other of urls.slice(1)) console.log(`  also: ${other}`);

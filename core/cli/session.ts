@@ -3,6 +3,7 @@ import { homeDir, homePaths, isAlive, SAMPLE_IMAGES } from '../home.js';
 import { runTrainJob } from '../runs/job.js';
 import { begin, prepare, type RunRequest } from '../runs/lifecycle.js';
 import { RunRecorder } from '../runs/recorder.js';
+import { optimOf } from '../runs/spec.js';
 import { Store } from '../store/store.js';
 import type { Cadence, TrainEvent } from '../train/loop.js';
 import { parse, positiveInt, UsageError, type Flags } from './args.js';
@@ -86,7 +87,7 @@ export async function runInTerminal(
     runId = job.runId;
     if ('train' in job.data)
       log(`${job.spec.config.model.imgSize} px; ${job.data.train.length} training and ${job.data.val.length} validation images`);
-    const { batch, accumIter } = job.spec.kind === 'pretrain' ? job.spec.config.optim : job.spec.config.finetune;
+    const { batch, accumIter } = optimOf(job.spec);
     const session = terminalSession({
       store,
       runId,

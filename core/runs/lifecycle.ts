@@ -62,8 +62,6 @@ export function prepare(store: Store, home: string, req: RunRequest, backend: st
   if ('new' in req) return req.new === 'pretrain' ? preparePretrain(store, home, req, backend) : prepareFinetune(store, home, req, backend);
   const run = store.run('resume' in req ? req.resume : req.extend);
   if (!run) throw new UserError(`no run ${'resume' in req ? req.resume : req.extend}`, 'not-found');
-  if (run.kind === 'import')
-    throw new UserError(`run ${run.id} holds imported weights: fine-tune it, or pretrain from it with --init`, 'conflict');
   assertNotOwned(run);
   let spec = trainSpec(run);
   if ('extend' in req) spec = extended(spec, req.epochs) as TrainSpec;
@@ -72,7 +70,7 @@ export function prepare(store: Store, home: string, req: RunRequest, backend: st
   const resume = resumePoint(store, run.id, homePaths(home).run(run.id));
   if (!resume.checkpoint && resume.broken.length && !('resume' in req && req.restart))
     throw new UserError(
-      `run ${run.id}: none of its ${resume.broken.length} checkpoint(s) can be read (${resume.broken[0]}${resume.broken.length > 1 ? ', …' : ''}); nothing was changed. Restart it from step 0 with --restart (app: "Restart")`,
+      `run ${run.id}: none of its ${resume.broken.length} checkpoint(s) can be read (${resume.broken[0]}${resume.broken.length > 1 ? ', …' : ''}); nothing was changed. Restart it from step 0 with --restart (in the app: "Restart from step 0")`,
       'conflict',
     );
   checkMemory(spec, backend);
@@ -155,7 +153,8 @@ function prepareFinetune(store: Store, home: string, req: Extract<RunRequest, { 
 function trainSpec(run: RunRow): TrainSpec {
   try {
     const spec = specOf(run);
-    if (spec.kind === 'import') throw new UserError(`run ${run.id} holds imported weights`, 'conflict');
+    if (spec.kind === 'import')
+      throw new UserError(`run ${run.id} holds imported weights: fine-tune it, or pretrain from it with --init`, 'conflict');
     return spec;
   } catch (err) {
     if (err instanceof ConfigError) throw new UserError(err.message, 'conflict');
@@ -218,14 +217,14 @@ function checkMemory(spec: TrainSpec, backend: string): void {
   const { limitMB, what } = memoryBudget(backend);
   if (needMB > limitMB)
     throw new UserError(
-      `model: this run needs about ${(needMB / 1024).toFixed(1)} GB (estimated for imgSize ${model.imgSize}, batch ${batch}), more than ${what} (${(limitMB / 1024).toFixed(1)} GB): lower the image size, batch or model size`,
+      `model: this run needs about ${(needMB / 1000).toFixed(1)} GB (estimated for imgSize ${model.imgSize}, batch ${batch}), more than ${what} (${(limitMB / 1000).toFixed(1)} GB): lower the image size, batch or model size`,
     );
 }
 
-/** wasm32 addresses at most 4 GiB; other backends get most of the machine's memory. */
+/** In MB, as the estimate: wasm32 addresses at most 4 GiB; other backends get most of the machine's memory. */
 export function memoryBudget(backend: string): { limitMB: number; what: string } {
-  if (backend === 'wasm') return { limitMB: 4096, what: 'the wasm backend can address' };
-  return { limitMB: Math.floor((0.9 * totalmem()) / 2 ** 20), what: "this machine's memory" };
+  if (backend === 'wasm') return { limitMB: Math.floor(2 ** 32 / 1e6), what: 'the wasm backend can address' };
+  return { limitMB: Math.floor((0.9 * totalmem()) / 1e6), what: "this machine's memory" };
 }
 
 export interface Owner {

@@ -116,7 +116,14 @@ export class Service {
     },
     'config.check': async (a) => {
       const r = RunConfigSchema.safeParse(a.config ?? {});
-      if (!r.success) return { ok: false, errors: r.error.issues.map((i) => ({ path: i.path.join('.'), message: describeIssue(i) })) };
+      if (!r.success)
+        return {
+          ok: false,
+          errors: r.error.issues.map((i) => ({
+            path: i.path.join('.'),
+            message: i.code === 'unrecognized_keys' ? describeIssue(i) : i.message,
+          })),
+        };
       const images = a.datasetId ? this.store.images(a.datasetId, 'ok').length : 0;
       const backend = (await initBackend()).chosen;
       const e = estimate(r.data, images, backend === 'wasm' && nativeActive() ? 'wasm-native' : backend);
@@ -126,7 +133,7 @@ export class Service {
           ? [
               {
                 path: 'model',
-                message: `needs about ${(e.memoryMB / 1024).toFixed(1)} GB, more than ${budget.what} (${(budget.limitMB / 1024).toFixed(1)} GB)`,
+                message: `needs about ${(e.memoryMB / 1000).toFixed(1)} GB, more than ${budget.what} (${(budget.limitMB / 1000).toFixed(1)} GB)`,
               },
             ]
           : [];
