@@ -117,23 +117,35 @@ class LocalMIM(nn.Module):
         return loss
 
 
+SIZES = {"vit-tiny": (192, 12, 3), "vit-base": (768, 12, 12)}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--model", choices=list(SIZES), default="vit-tiny")
+    ap.add_argument("--img", type=int, default=64)
+    ap.add_argument("--patch", type=int, default=8)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda: fp32 eager with TF32 off")
     a = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = LocalMIM()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    D, depth, heads = SIZES[a.model]
+    model = LocalMIM(img=a.img, p=a.patch, D=D, depth=depth, heads=heads).to(a.device)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and not n.endswith(".bias")]
     rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and not n.endswith(".bias"))]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}], lr=1e-4, betas=(0.9, 0.95))
-    imgs = torch.randn(a.batch, 3, 64, 64)
+    imgs = torch.randn(a.batch, 3, a.img, a.img, device=a.device)
+    sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
 
     def step():
         opt.zero_grad(set_to_none=True)
         model(imgs).backward()
         opt.step()
+        sync()
 
     step(), step()
     steps, t0 = 0, time.perf_counter()
@@ -141,7 +153,7 @@ def main():
         step()
         steps += 1
     s = (time.perf_counter() - t0) / steps
-    print(json.dumps({"bench": "pretrain-step-peer", "framework": f"torch {torch.__version__}", "batch": a.batch, "stepsPerS": round(1 / s, 4), "imagesPerS": round(a.batch / s, 2)}))
+    print(json.dumps({"bench": "pretrain-step-peer", "framework": f"torch {torch.__version__}", "device": a.device, "model": a.model, "img": a.img, "batch": a.batch, "stepsPerS": round(1 / s, 4), "imagesPerS": round(a.batch / s, 2)}))
 
 
 if __name__ == "__main__":

@@ -5,14 +5,22 @@ import { fileURLToPath } from 'node:url';
  * Runs bench/peer.py (the same step in PyTorch) with Debian's python3-torch: one torch thread and
  * OPENBLAS_NUM_THREADS=2, the best setting on a 2-core machine (docs/tfjs.md#pytorch-comparisons). Undefined without PyTorch.
  */
-export function benchPeer(batch: number, seconds: number): { stepsPerS: number } | undefined {
+export function benchPeer(o: {
+  batch: number;
+  seconds: number;
+  model: string;
+  img: number;
+  patch: number;
+  device: string;
+}): { stepsPerS: number } | undefined {
   const python = ['/usr/bin/python3', 'python3'].find((p) => spawnSync(p, ['-c', 'import torch'], { stdio: 'ignore' }).status === 0);
   if (!python) {
     console.log('peer: PyTorch is not installed (apt-get install python3-torch libopenblas0-pthread); skipped');
     return undefined;
   }
   const script = fileURLToPath(new URL('peer.py', import.meta.url));
-  const r = spawnSync(python, [script, '--batch', String(batch), '--seconds', String(seconds)], {
+  const args = Object.entries(o).flatMap(([k, v]) => [`--${k}`, String(v)]);
+  const r = spawnSync(python, [script, ...args], {
     encoding: 'utf8',
     env: { ...process.env, OPENBLAS_NUM_THREADS: '2' },
   });

@@ -1,18 +1,18 @@
-// npm run bench [-- --only step,data --backends wasm,cpu --seconds 60]
-// step: one full pretraining step (forward, four losses, backward, AdamW) of vit-tiny at 64 px, patch 8,
-//       batch 32, mask 0.75, on every backend that loads.
-// --peer: the same step in PyTorch (bench/peer.py) on this machine, and the ratio.
+// npm run bench [-- --only step,data --backends wasm,cpu --seconds 60 --model vit-base --img 224 --patch 16 --batch 64]
+// step: one full pretraining step (forward, four losses, backward, AdamW), by default of vit-tiny at 64 px,
+//       patch 8, batch 32, mask 0.75, on every backend that loads.
+// --peer: the same step in PyTorch (bench/peer.py) on this machine, and the ratio; --peer-device cuda runs it
+//       on the GPU in fp32 (TF32 off).
 // data: indexing throughput against a bare sharp decode loop, and loader epochs with a cold and a warm cache.
 import * as tf from '@tensorflow/tfjs';
 import { parseArgs } from 'node:util';
-import { BACKENDS, useBackend, type BackendName } from '../core/backend.js';
+import { activeAdapter, BACKENDS, useBackend, type BackendName } from '../core/backend.js';
 import { nativeActive, setNativeGemm } from '../core/native.js';
 import { parseRunConfig } from '../core/config.js';
 import { LocalMIM } from '../core/model/localmim.js';
 import { Rng } from '../core/random.js';
 import { TrainStep } from '../core/train/step.js';
 import { syntheticImages } from '../test/images.js';
-import { benchData } from './data.js';
 import { benchPeer } from './peer.js';
 
 const { values } = parseArgs({
@@ -21,13 +21,18 @@ const { values } = parseArgs({
     backends: { type: 'string', default: BACKENDS.join(',') },
     seconds: { type: 'string', default: '60' },
     batch: { type: 'string', default: '32' },
+    model: { type: 'string', default: 'vit-tiny' },
+    img: { type: 'string', default: '64' },
+    patch: { type: 'string', default: '8' },
     peer: { type: 'boolean', default: false },
+    'peer-device': { type: 'string', default: 'cpu' },
     soak: { type: 'string', default: '0' },
   },
 });
 const budgetS = Number(values.seconds);
 const B = Number(values.batch);
-const config = parseRunConfig({ model: { size: 'vit-tiny', imgSize: 64, patchSize: 8, maskRatio: 0.75 }, optim: { batch: B } });
+const [size, img, patch] = [values.model, Number(values.img), Number(values.patch)];
+const config = parseRunConfig({ model: { size, imgSize: img, patchSize: patch, maskRatio: 0.75 }, optim: { batch: B } });
 
 interface Result {
   backend: BackendName;
@@ -39,16 +44,16 @@ interface Result {
 async function benchPretrainStep(backend: BackendName): Promise<Result> {
   const model = new LocalMIM(config.model, 0);
   const trainer = new TrainStep(model, config.optim);
-  const images = syntheticImages(B, 64, 1);
+  const images = syntheticImages(B, img, 1);
   const rng = new Rng(2);
   const batch = () => model.prepare(images, rng.fill(B * model.dims.L));
-  trainer.run([batch()], 1e-4); // warm-up: kernels compiled, buffers allocated
+  await trainer.run([batch()], 1e-4); // warm-up: kernels compiled, buffers allocated
   let steps = 0;
   let busy = 0;
   while (steps < 3 || (busy < budgetS * 1000 && steps < 50)) {
     const b = batch(); // data preparation runs off the step in the trainer too
     const t0 = performance.now();
-    trainer.run([b], 1e-4);
+    await trainer.run([b], 1e-4);
     busy += performance.now() - t0;
     steps += 1;
     if (busy > budgetS * 1000) break;
@@ -56,7 +61,7 @@ async function benchPretrainStep(backend: BackendName): Promise<Result> {
   // --soak N: N more steps, printing resident memory, to show that it does not grow.
   const soak = Number(values.soak);
   for (let i = 1; i <= soak; i++) {
-    trainer.run([batch()], 1e-4);
+    await trainer.run([batch()], 1e-4);
     if (i % Math.max(1, Math.floor(soak / 5)) === 0)
       console.log(
         JSON.stringify({
@@ -75,7 +80,8 @@ async function benchPretrainStep(backend: BackendName): Promise<Result> {
 }
 
 const sections = values.only.split(',');
-if (sections.includes('data')) await benchData();
+// Loaded on demand: the data bench needs sharp, which a bundled GPU bench (bench/gpu-pack.sh) leaves out.
+if (sections.includes('data')) await (await import('./data.js')).benchData();
 
 const results: Result[] = [];
 for (const name of sections.includes('step') ? (values.backends.split(',') as BackendName[]) : []) {
@@ -84,6 +90,7 @@ for (const name of sections.includes('step') ? (values.backends.split(',') as Ba
     console.log(`${name.padEnd(15)} skipped: ${why}`);
     continue;
   }
+  if (name === 'webgpu') console.log(JSON.stringify({ bench: 'adapter', ...activeAdapter() }));
   if (name === 'wasm') {
     const off = process.env.LOCALMIM_NATIVE === '0' ? 'LOCALMIM_NATIVE=0' : setNativeGemm(true);
     console.log(`wasm: native BLAS path ${off ? `off (${off})` : 'on'}`);
@@ -94,9 +101,9 @@ for (const name of sections.includes('step') ? (values.backends.split(',') as Ba
     JSON.stringify({
       bench: 'pretrain-step',
       backend: name,
-      model: 'vit-tiny',
-      img: 64,
-      patch: 8,
+      model: size,
+      img,
+      patch,
       batch: B,
       stepsPerS: +r.stepsPerS.toFixed(4),
       imagesPerS: +r.imagesPerS.toFixed(2),
@@ -104,7 +111,7 @@ for (const name of sections.includes('step') ? (values.backends.split(',') as Ba
   );
 }
 
-const peer = values.peer ? benchPeer(B, budgetS) : undefined;
+const peer = values.peer ? benchPeer({ batch: B, seconds: budgetS, model: size, img, patch, device: values['peer-device'] }) : undefined;
 for (const r of results) {
   if (peer)
     console.log(
@@ -122,7 +129,9 @@ const rss = process.resourceUsage().maxRSS / 1024;
 console.log(JSON.stringify({ bench: 'memory', peakRssMB: +rss.toFixed(0), numTensors: tf.memory().numTensors }));
 
 if (results.length) {
-  console.log(`\npretrain step: vit-tiny, 64 px, patch 8, batch ${B}, mask 0.75, 4 decoders, HOG, AdamW (tfjs ${tf.version.tfjs})`);
+  console.log(
+    `\npretrain step: ${size}, ${img} px, patch ${patch}, batch ${B}, mask 0.75, 4 decoders, HOG, AdamW (tfjs ${tf.version.tfjs})`,
+  );
   console.log('backend          steps/s   images/s   s/step   timed steps');
   for (const r of results)
     console.log(

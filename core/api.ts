@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { BACKENDS } from './backend.js';
 import { describeIssue, MAX_EPOCHS } from './config.js';
 import type { MetricRow, RunStatus } from './store/store.js';
 
@@ -7,6 +8,7 @@ import type { MetricRow, RunStatus } from './store/store.js';
 // the receiving side; results are plain JSON.
 
 const id = z.number().int().positive();
+const backend = z.enum(BACKENDS);
 
 export const METHODS = {
   'app.info': z.strictObject({}),
@@ -22,10 +24,11 @@ export const METHODS = {
   'config.check': z.strictObject({ config: z.unknown(), datasetId: id.optional() }),
   'runs.list': z.strictObject({}),
   'runs.get': z.strictObject({ id }),
-  'runs.create': z.strictObject({ datasetId: id, name: z.string().max(200).optional(), config: z.unknown() }),
+  /** `backend`: pin the run to one compute backend instead of the fastest that loads. */
+  'runs.create': z.strictObject({ datasetId: id, name: z.string().max(200).optional(), config: z.unknown(), backend: backend.optional() }),
   'runs.pause': z.strictObject({ id }),
   /** `restart`: start over from step 0 when none of the run's checkpoints can be read. */
-  'runs.resume': z.strictObject({ id, restart: z.boolean().default(false) }),
+  'runs.resume': z.strictObject({ id, restart: z.boolean().default(false), backend: backend.optional() }),
   'runs.cancel': z.strictObject({ id }),
   'runs.extend': z.strictObject({ id, epochs: z.number().int().min(1).max(MAX_EPOCHS) }),
   'runs.update': z.strictObject({

@@ -1,9 +1,11 @@
 import * as tf from '@tensorflow/tfjs';
+import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { nativeThreads, setNativeGemm } from './native.js';
+import { describeAdapter, openAdapter, type Adapter } from './webgpu.js';
 
 /** Backends in order of preference: fastest first. */
-export const BACKENDS = ['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'] as const;
+export const BACKENDS = ['tensorflow-gpu', 'webgpu', 'tensorflow', 'wasm', 'cpu'] as const;
 export type BackendName = (typeof BACKENDS)[number];
 
 export interface BackendAttempt {
@@ -23,6 +25,8 @@ export interface BackendReport {
   forcedBy?: string;
   /** The native BLAS path under wasm (core/native.ts): what runs, or why it does not. */
   native: string;
+  /** The WebGPU adapter, when webgpu runs. */
+  adapter?: Adapter;
 }
 
 const NODE_PACKAGE: Partial<Record<BackendName, string>> = {
@@ -39,8 +43,11 @@ function describeLoadError(pkg: string, err: unknown): string {
   return `${pkg} failed to load: ${String(e?.message ?? err).split('\n')[0]}`;
 }
 
-async function tryBackend(name: BackendName): Promise<string | undefined> {
+let adapter: Adapter | undefined;
+
+async function tryBackend(name: BackendName, forced = false): Promise<string | undefined> {
   try {
+    if (name === 'webgpu') return await tryWebgpu(forced);
     const pkg = NODE_PACKAGE[name];
     if (pkg) {
       await import(pkg).catch((err: unknown) => {
@@ -48,6 +55,10 @@ async function tryBackend(name: BackendName): Promise<string | undefined> {
       });
       // Both node packages register the same 'tensorflow' backend; the GPU one only pays with CUDA.
       if (name === 'tensorflow-gpu' && !hasNvidiaDriver()) return 'no NVIDIA driver found (/proc/driver/nvidia missing)';
+      const missing = name === 'tensorflow-gpu' ? missingCudaLibraries() : [];
+      // Without them TensorFlow quietly runs on the CPU: that is the tensorflow backend, not this one.
+      if (missing.length)
+        return `${missing.join(', ')} not found: tfjs-node-gpu 4.22 (libtensorflow 2.9) needs CUDA 11.2 and cuDNN 8.1, else it runs on the CPU`;
       if (!(await tf.setBackend('tensorflow'))) return 'tensorflow backend failed to initialise';
       return undefined;
     }
@@ -59,13 +70,45 @@ async function tryBackend(name: BackendName): Promise<string | undefined> {
   }
 }
 
+/** A hardware adapter, or a software one only when asked for by name: emulated, it is slower than the CPU paths. */
+async function tryWebgpu(forced: boolean): Promise<string | undefined> {
+  const a = await openAdapter();
+  if (typeof a === 'string') return a;
+  if (a.software && !forced) return `only a software adapter (${describeAdapter(a)}): slower than the CPU; --backend webgpu uses it anyway`;
+  await import('@tensorflow/tfjs-backend-webgpu').catch((err: unknown) => {
+    throw new Error(describeLoadError('@tensorflow/tfjs-backend-webgpu', err));
+  });
+  if (!(await tf.setBackend('webgpu'))) return 'webgpu backend failed to initialise';
+  adapter = a;
+  return undefined;
+}
+
+/** The WebGPU adapter in use, when webgpu runs: its limits bound what a run may allocate. */
+export const activeAdapter = (): Adapter | undefined => (tf.getBackend() === 'webgpu' ? adapter : undefined);
+
 /** Switches tfjs to one named backend, loading it first; returns why it cannot run, if it cannot. */
-export const useBackend = tryBackend;
+export const useBackend = (name: BackendName) => tryBackend(name, true);
 
 function nativeGemm(): string {
   if (process.env.LOCALMIM_NATIVE === '0') return 'off (LOCALMIM_NATIVE=0)';
   const why = setNativeGemm(true);
   return why ? `off: ${why}` : `BLAS sgemm for every matmul (${nativeThreads() || 'system'} threads)`;
+}
+
+/** The CUDA runtime libraries libtensorflow 2.9 loads, not found in the linker cache or LD_LIBRARY_PATH. */
+export function missingCudaLibraries(cache = linkerCache(), paths = process.env.LD_LIBRARY_PATH ?? ''): string[] {
+  const dirs = paths.split(':').filter(Boolean);
+  return CUDA_LIBRARIES.filter((lib) => !cache.includes(lib) && !dirs.some((d) => existsSync(`${d}/${lib}`)));
+}
+
+const CUDA_LIBRARIES = ['libcudart.so.11.0', 'libcublas.so.11', 'libcudnn.so.8'];
+
+function linkerCache(): string {
+  try {
+    return execFileSync('/sbin/ldconfig', ['-p'], { encoding: 'utf8' });
+  } catch {
+    return '';
+  }
 }
 
 function hasNvidiaDriver(): boolean {
@@ -102,7 +145,7 @@ export async function initBackend(flag?: string): Promise<BackendReport> {
       attempts.push({ name, ok: false, reason: `not tried: ${forced.source} asks for ${forced.name}` });
       continue;
     }
-    const reason = await tryBackend(name);
+    const reason = await tryBackend(name, !!forced);
     attempts.push({ name, ok: !reason, reason });
     if (!reason) chosen = name;
     else if (forced) throw new Error(`backend: ${forced.source} asks for ${name}, which cannot run: ${reason}`);
@@ -116,18 +159,20 @@ export async function initBackend(flag?: string): Promise<BackendReport> {
     gpu: gpuStatus(chosen),
     attempts,
     forcedBy: forced?.source,
+    ...(chosen === 'webgpu' && { adapter }),
   };
   return current;
 }
 
 async function threadCount(name: BackendName): Promise<number> {
-  if (name !== 'wasm') return name === 'cpu' ? 1 : (await import('node:os')).availableParallelism();
+  if (name !== 'wasm') return name === 'cpu' || name === 'webgpu' ? 1 : (await import('node:os')).availableParallelism();
   const wasm = await import('@tensorflow/tfjs-backend-wasm');
   return wasm.getThreadsCount();
 }
 
 function gpuStatus(name: BackendName): string {
   if (name === 'tensorflow-gpu') return 'CUDA via tfjs-node-gpu';
+  if (name === 'webgpu' && adapter) return `WebGPU: ${describeAdapter(adapter)}`;
   return hasNvidiaDriver() ? 'NVIDIA driver present, but tfjs-node-gpu is not running' : 'no GPU (no NVIDIA driver)';
 }
 

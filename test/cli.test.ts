@@ -78,7 +78,7 @@ describe('localmim doctor', () => {
   test('names the chosen backend and why each other one is not used', () => {
     const r = localmim(['doctor', '--json']);
     const report = JSON.parse(r.stdout) as { chosen: string; attempts: { name: string; ok: boolean; reason?: string }[] };
-    expect(report.attempts.map((a) => a.name)).toEqual(['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu']);
+    expect(report.attempts.map((a) => a.name)).toEqual(['tensorflow-gpu', 'webgpu', 'tensorflow', 'wasm', 'cpu']);
     for (const a of report.attempts) if (a.name !== report.chosen) expect(a.reason).toBeTruthy();
   });
 

@@ -1,66 +1,16 @@
-import * as tf from '@tensorflow/tfjs';
-import { afterAll, expect, test } from 'vitest';
-import { parseRunConfig } from '../core/config.js';
+import { expect, test } from 'vitest';
 import { LocalMIM } from '../core/model/localmim.js';
-import { goldenImage, readGolden, worstExcess } from './golden.js';
+import { expectForwardMatchesOfficial, golden, tinyConfig } from './forward-tiny.js';
 import './setup.js';
 
-interface ForwardTiny {
-  image: { height?: number; width?: number; pixels_u8_hwc: number[] };
-  param_init: { parameters: { name: string; shape: number[]; requires_grad: boolean }[] };
-  masking: { noise: number[]; ids_keep: number[]; mask: number[] };
-  outputs: {
-    latent_cls_first8: number[][];
-    preds: number[][];
-    targets: number[][];
-    scale_masks: number[][];
-    per_scale_loss: number[];
-    total_loss: number;
-  };
-}
-
-const golden = readGolden<ForwardTiny>('forward_tiny.json');
-const config = parseRunConfig({
-  model: { imgSize: 64, patchSize: 16, D: 64, depth: 8, heads: 4, decoderDim: 32, decoderHeads: 4, nbins: 9 },
-}).model;
-const model = new LocalMIM(config, 0);
-afterAll(() => model.dispose());
-
-/** The golden file's formula: base = sin(0.731·k + 0.0173·h), h = Σ UTF-8 bytes of the name. */
-function formulaValues(name: string, shape: number[]): Float32Array {
-  const h = [...new TextEncoder().encode(name)].reduce((a, b) => a + b, 0);
-  const n = shape.reduce((a, b) => a * b, 1);
-  const scale = name.endsWith('.weight') && shape.length === 1 ? [1, 0.1] : name.endsWith('.bias') ? [0, 0.02] : [0, 0.05];
-  return Float32Array.from({ length: n }, (_, k) => scale[0]! + scale[1]! * Math.sin(0.731 * k + 0.0173 * h));
-}
-
 test('every official trainable parameter exists under its name and shape', () => {
+  const model = new LocalMIM(tinyConfig, 0);
   const official = golden.param_init.parameters;
   const ours = new Map(model.params.entries().map(([name, t]) => [name, t.shape]));
   expect(new Set(ours.keys())).toEqual(new Set(official.map((p) => p.name)));
   for (const p of official) expect(ours.get(p.name), p.name).toEqual(p.shape);
   expect(new Set(model.params.vars.keys())).toEqual(new Set(official.filter((p) => p.requires_grad).map((p) => p.name)));
+  model.dispose();
 });
 
-test('forward matches the official code: predictions, targets, masks and losses', () => {
-  const official = golden.param_init.parameters;
-  model.params.assign(new Map(official.filter((p) => p.requires_grad).map((p) => [p.name, formulaValues(p.name, p.shape)])));
-  const batch = model.prepare([goldenImage({ height: 64, width: 64, ...golden.image })], Float32Array.from(golden.masking.noise));
-  expect([...batch.idsKeep]).toEqual(golden.masking.ids_keep);
-  expect([...batch.mask]).toEqual(golden.masking.mask);
-
-  const out = tf.tidy(() => model.forward(batch));
-  const o = golden.outputs;
-  out.latents.forEach((z, k) => {
-    expect(worstExcess(z.dataSync().subarray(0, 8), o.latent_cls_first8[k]!, () => 1e-4).excess).toBeLessThanOrEqual(0);
-  });
-  out.preds.forEach((pred, k) => {
-    const worst = worstExcess(pred.dataSync(), o.preds[k]!, () => 1e-4);
-    expect(worst.excess, `scale ${k} index ${worst.index}`).toBeLessThanOrEqual(0);
-    expect(worstExcess(batch.targets[k]!, o.targets[k]!, () => 1e-4).excess).toBeLessThanOrEqual(0);
-    expect([...batch.scaleMasks[k]!]).toEqual(o.scale_masks[k]);
-    expect(Math.abs(out.losses[k]!.dataSync()[0]! / o.per_scale_loss[k]! - 1)).toBeLessThan(1e-5);
-  });
-  expect(Math.abs(out.loss.dataSync()[0]! / o.total_loss - 1)).toBeLessThan(1e-5);
-  tf.dispose(out);
-});
+test('forward matches the official code: predictions, targets, masks and losses', () => expectForwardMatchesOfficial());

@@ -237,11 +237,11 @@ describe('import bounds its work by what the header claims', () => {
     );
   });
 
-  test('the check comes before any model is allocated', () => {
+  test('the check comes before any model is allocated', async () => {
     const file = write('deep-small.safetensors', thousandsOfEmptyBlocks(8, 4));
     const store = new Store(join(dir, 'inproc.db'));
     const rss = process.memoryUsage().rss;
-    expect(() => importWeights(store, file, { heads: 2, home: dir, checkpointPath: () => join(dir, 'never.safetensors') })).toThrow(
+    await expect(importWeights(store, file, { heads: 2, home: dir, checkpointPath: () => join(dir, 'never.safetensors') })).rejects.toThrow(
       `${file}: blocks.64.norm1.weight: more than 64 blocks`,
     );
     expect(process.memoryUsage().rss - rss).toBeLessThan(100e6);

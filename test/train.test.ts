@@ -30,7 +30,7 @@ test('a training step leaves tf.memory().numTensors flat', async () => {
   const { trainer, batch, dispose } = setup({ model: tiny, optim: { accumIter: 2 } }, 2);
   const counts: number[] = [];
   for (let step = 1; step <= 50; step++) {
-    trainer.run([batch(), batch()], 1e-3);
+    await trainer.run([batch(), batch()], 1e-3);
     counts[step] = tf.memory().numTensors;
     await yieldToRunner();
   }
@@ -72,13 +72,13 @@ describe('variants', () => {
         [2, 4, 54],
       ],
     ],
-  ] as const)('%o predicts %j and trains', (variant, shapes) => {
+  ] as const)('%o predicts %j and trains', async (variant, shapes) => {
     const { model, trainer, batch, dispose } = setup({ model: { ...tiny, ...variant } }, 2);
     const b = batch();
     const predicted = tf.tidy(() => model.forward(b).preds.map((p) => p.shape));
     expect(predicted).toEqual(shapes);
     expect(b.targets.map((t) => t.length)).toEqual(shapes.map((s) => s[0] * s[1] * s[2]));
-    expect(Number.isFinite(trainer.run([b], 1e-3).loss)).toBe(true);
+    expect(Number.isFinite((await trainer.run([b], 1e-3)).loss)).toBe(true);
     dispose();
   });
 });
@@ -102,21 +102,21 @@ test('vit-tiny at 64 px overfits one fixed batch: loss halves within 40 steps', 
   const fixed = model.prepare(images, new Rng(3).fill(8 * model.dims.L));
   const losses: number[] = [];
   for (let step = 0; step < 40; step++) {
-    losses.push(trainer.run([fixed], 1e-3).loss);
+    losses.push((await trainer.run([fixed], 1e-3)).loss);
     await yieldToRunner();
   }
   expect(Math.min(...losses.slice(-5))).toBeLessThan(0.5 * losses[0]!);
   dispose();
 });
 
-test('a non-finite loss stops the step with a clear error and keeps the weights', () => {
+test('a non-finite loss stops the step with a clear error and keeps the weights', async () => {
   const { model, trainer, batch, dispose } = setup({ model: tiny }, 2);
-  trainer.run([batch()], 1e-3);
+  await trainer.run([batch()], 1e-3);
   const before = model.params.get('blocks.0.attn.qkv.weight').dataSync().slice();
   const poisoned = batch();
   poisoned.patches.fill(NaN);
-  expect(() => trainer.run([poisoned], 1e-3)).toThrow(NonFiniteLossError);
-  expect(() => trainer.run([poisoned], 1e-3)).toThrow(/loss is not finite at optimizer step 2/);
+  await expect(trainer.run([poisoned], 1e-3)).rejects.toThrow(NonFiniteLossError);
+  await expect(trainer.run([poisoned], 1e-3)).rejects.toThrow(/loss is not finite at optimizer step 2/);
   expect(model.params.get('blocks.0.attn.qkv.weight').dataSync()).toEqual(before);
   dispose();
 });

@@ -54,18 +54,26 @@ export interface LayerAttention {
 }
 
 /** Attention of every block on one image (all patches visible), and its statistics per layer. */
-export function attentionAnalysis(P: Param, model: ModelConfig, posTable: Float32Array, image: RgbImage, query: number): LayerAttention[] {
+export async function attentionAnalysis(
+  P: Param,
+  model: ModelConfig,
+  posTable: Float32Array,
+  image: RgbImage,
+  query: number,
+): Promise<LayerAttention[]> {
   const dims = modelDims(model);
   const { D, p, L, heads } = dims;
   if (query < 0 || query >= L) throw new Error(`query: patch ${query} is outside the ${dims.g}×${dims.g} grid (0…${L - 1})`);
   const all = Int32Array.from({ length: L }, (_, i) => i);
   const { patches, pos } = gatherPatches([image], () => all, p, posTable, D);
-  const probs: Float32Array[] = [];
+  const kept: tf.Tensor[] = [];
   tf.tidy(() => {
     encode(P, dims, tf.tensor2d(patches, [L, 3 * p * p]), tf.tensor2d(pos, [L, D]), 1, {
-      onAttention: (_, a) => probs.push(a.dataSync() as Float32Array),
+      onAttention: (_, a) => kept.push(tf.keep(a)),
     });
   });
+  const probs = (await Promise.all(kept.map((a) => a.data()))) as Float32Array[];
+  tf.dispose(kept);
   const T = 1 + L;
   return probs.map((a, block) => {
     const perHead = Array.from({ length: heads }, (_, h) => patchAttention(a.subarray(h * T * T, (h + 1) * T * T), T));

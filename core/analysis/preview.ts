@@ -16,7 +16,9 @@ export interface PreviewProbe {
 /** Reconstructions of a fixed probe set under a fixed mask: what the model predicts at every scale. */
 export async function renderPreview(model: LocalMIM, probes: Rgb8[], noise: Float32Array): Promise<PreviewProbe[]> {
   const batch = model.prepare(probes, noise);
-  const preds = tf.tidy(() => model.forward(batch).preds.map((p) => p.dataSync() as Float32Array));
+  const kept = tf.tidy(() => model.forward(batch).preds.map((p) => tf.keep(p)));
+  const preds = (await Promise.all(kept.map((p) => p.data()))) as Float32Array[];
+  tf.dispose(kept);
   const { g, p, cells, F } = model.dims;
   const hog = model.config.target === 'hog';
   return Promise.all(

@@ -24,13 +24,13 @@ export async function run(argv: string[]): Promise<void> {
   const { L } = modelDims(b.model);
   if (asked !== undefined && asked >= L) throw new UsageError(`--query: patch ${asked} is out of range: this model has patches 0…${L - 1}`);
   const query = asked ?? Math.floor(L / 2);
-  const layers = attentionAnalysis(paramsOf(b.tensors), b.model, b.tensors.get('pos_embed')!.values, img, query);
+  const layers = await attentionAnalysis(paramsOf(b.tensors), b.model, b.tensors.get('pos_embed')!.values, img, query);
   let gradNorms: number[] | null = null;
   if (r.kind === 'pretrain') {
     // Gradient norms need the pretraining loss, so the whole model with its decoders.
     const model = new LocalMIM(parseRunConfig(r.config).model, 0);
     model.params.assign(new Map([...checkpoint.tensors].filter(([n]) => !n.startsWith('optimizer.')).map(([n, t]) => [n, t.values])));
-    gradNorms = blockGradientNorms(model, [img]);
+    gradNorms = await blockGradientNorms(model, [img]);
     model.dispose();
   }
   const out = { runId: r.id, query, layers, gradNorms };

@@ -21,7 +21,7 @@ export async function run(argv: string[]): Promise<void> {
   const paths = homePaths(home);
   const store = new Store(paths.db);
   try {
-    const r = importWeights(store, positionals[0], {
+    const r = await importWeights(store, positionals[0], {
       heads: values.heads ? positiveInt('heads', values.heads) : undefined,
       name: values.name,
       home,

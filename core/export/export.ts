@@ -133,11 +133,11 @@ const LIMITS = { D: 4096, depth: 64, patch: 64, grid: 64, mlpRatio: 8 };
  * continue pretraining from. Shapes give the width, depth, patch and image size; heads come from a
  * `config.json` beside the file, `heads`, or the standard sizes.
  */
-export function importWeights(
+export async function importWeights(
   store: Store,
   file: string,
   o: { heads?: number; name?: string; home: string; checkpointPath: (runId: number) => string },
-): { runId: number; model: ModelConfig } {
+): Promise<{ runId: number; model: ModelConfig }> {
   const { tensors } = decodeSafetensors(readFileSync(file), file);
   const strip = (n: string) => n.replace(/^(module\.|model\.|encoder\.)/, '');
   const named = new Map([...tensors].map(([n, t]) => [strip(n), t]));
@@ -154,7 +154,7 @@ export function importWeights(
   });
   const optimizer = new AdamW(new Map(), parseRunConfig({}).optim);
   const path = o.checkpointPath(run.id);
-  const written = saveCheckpoint(path, { params }, optimizer, { step: 0, epoch: 0, loss: null, config: { model } });
+  const written = await saveCheckpoint(path, { params }, optimizer, { step: 0, epoch: 0, loss: null, config: { model } });
   store.addCheckpoint({ runId: run.id, step: 0, epoch: 0, loss: null, path, ...written });
   store.updateRun(run.id, { status: 'finished', pid: null });
   params.dispose();

@@ -44,7 +44,7 @@ export class ViTClassifier {
 
   /** Class scores `[B, classes]`; with `dropPath` (training), stochastic depth. Call in `tf.tidy`. */
   logits(images: RgbImage[], dropPath?: { rate: number; rng: Rng }): tf.Tensor {
-    const f = backboneFeatures(this.P, this.dims, this.P('pos_embed').dataSync() as Float32Array, images, dropPath);
+    const f = backboneFeatures(this.P, this.dims, this.params.hostValues('pos_embed'), images, dropPath);
     return linear(layerNorm(f, this.P('fc_norm.weight'), this.P('fc_norm.bias')), this.P('head.weight'), this.P('head.bias'));
   }
 

@@ -59,7 +59,7 @@ export class LocalMIM {
 
   /** The encoder's positions `[1 + L, D]`: sin-cos unless weights were imported with their own. */
   posTable(): Float32Array {
-    return this.params.get('pos_embed').dataSync() as Float32Array;
+    return this.params.hostValues('pos_embed');
   }
 
   /** Targets of one image, one `[N_k, F_k]` array per scale (docs/method.md#targets). */
@@ -72,7 +72,7 @@ export class LocalMIM {
   /** The frozen Sobel offsets of each scale (`--hog_bias`), read once per batch. */
   private hogBias(): HogBias[] | undefined {
     if (!this.config.hogBias) return undefined;
-    return this.dims.scales.map((_, k) => Array.from(this.params.get(`hog_enc.${k}.conv.bias`).dataSync()) as unknown as HogBias);
+    return this.dims.scales.map((_, k) => Array.from(this.params.hostValues(`hog_enc.${k}.conv.bias`)) as unknown as HogBias);
   }
 
   /** The whole forward pass and loss (docs/method.md#loss). Call inside `tf.tidy`. */

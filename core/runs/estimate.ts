@@ -1,7 +1,8 @@
 import { modelDims, type RunConfig } from '../config.js';
 
 /** Rough effective throughput of one training step per backend, in GFLOP/s (docs/tfjs.md#throughput; wasm measured here, with and without the native path). */
-const GFLOPS: Record<string, number> = { 'tensorflow-gpu': 2000, tensorflow: 60, 'wasm-native': 35, wasm: 10, cpu: 0.3 };
+// webgpu: not measured here (no GPU on this machine); a rough figure for tfjs-webgpu on a mid-range GPU.
+const GFLOPS: Record<string, number> = { 'tensorflow-gpu': 2000, webgpu: 300, tensorflow: 60, 'wasm-native': 35, wasm: 10, cpu: 0.3 };
 
 /**
  * Parameters, memory and time per epoch of a run, before it starts: parameter count exact, memory and
@@ -28,11 +29,14 @@ export function estimate(c: RunConfig, images: number, backend: string) {
   // Attention scores and probabilities, kept for backward: quadratic in tokens, what large images run out of.
   const attention = 2 * B * (depth * heads * (1 + nKeep) ** 2 + scales.length * decoderDepth * decoderHeads * (1 + L) ** 2);
   const activations = (tokens + attention) * 4;
+  // The largest single tensor, an attention map: a GPU binds each buffer whole, up to its adapter's limit.
+  const largestBuffer = 4 * B * Math.max(heads * (1 + nKeep) ** 2, decoderHeads * (1 + L) ** 2);
   const stepsPerEpoch = Math.floor(images / B / c.optim.accumIter);
   return {
     params,
     encoderParams: encoder,
     memoryMB: Math.round((params * 16 + activations) / 1e6),
+    largestBufferMB: Math.ceil(largestBuffer / 1e6),
     secondsPerEpoch: (stepsPerEpoch * B * c.optim.accumIter * flopsPerImage) / ((GFLOPS[backend] ?? 10) * 1e9),
     stepsPerEpoch,
   };

@@ -12,6 +12,7 @@ import {
 } from '../config.js';
 import { labeledSplit } from '../data/labels.js';
 import { UserError } from '../errors.js';
+import { activeAdapter } from '../backend.js';
 import { homePaths, isAlive } from '../home.js';
 import type { RunRow, Store } from '../store/store.js';
 import { checkpointFor, resumePoint, type ResumePoint } from './checkpoints.js';
@@ -213,7 +214,13 @@ export function assertNotOwned(run: RunRow): void {
 function checkMemory(spec: TrainSpec, backend: string): void {
   const { model } = spec.config;
   const batch = spec.kind === 'pretrain' ? spec.config.optim.batch : spec.config.finetune.batch;
-  const needMB = estimate(parseRunConfig({ model, optim: { batch } }), 0, backend).memoryMB;
+  const need = estimate(parseRunConfig({ model, optim: { batch } }), 0, backend);
+  const needMB = need.memoryMB;
+  const adapter = activeAdapter();
+  if (backend === 'webgpu' && adapter && need.largestBufferMB * 1e6 > adapter.maxStorageBufferBindingSize)
+    throw new UserError(
+      `model: one attention map of this run takes about ${need.largestBufferMB} MB, more than this GPU binds at once (${Math.floor(adapter.maxStorageBufferBindingSize / 1e6)} MB): lower the image size or batch`,
+    );
   const { limitMB, what } = memoryBudget(backend);
   if (needMB > limitMB)
     throw new UserError(

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { ApiError, isMethod, parseArgs, type ApiEvent, type Args, type Method } from '../api.js';
 import { attentionAnalysis } from '../analysis/attention.js';
-import { initBackend } from '../backend.js';
+import { initBackend, type BackendName } from '../backend.js';
 import { ConfigError, modelDims, MODEL_SIZES, parseRunConfig, PRESETS, RunConfigSchema, describeIssue, type RunConfig } from '../config.js';
 import { applyScan, summarize } from '../data/indexer.js';
 import { evalImage } from '../data/preprocess.js';
@@ -152,7 +152,7 @@ export class Service {
     },
     'runs.create': async (a) => {
       const config = this.parseConfig(a.config);
-      return { runId: await this.start({ new: 'pretrain', datasetId: a.datasetId, config, name: a.name }) };
+      return { runId: await this.start({ new: 'pretrain', datasetId: a.datasetId, config, name: a.name }, a.backend) };
     },
     'runs.pause': (a) => {
       const run = this.run(a.id);
@@ -169,7 +169,7 @@ export class Service {
     },
     'runs.resume': async (a) => {
       this.assertIdle(a.id);
-      await this.start({ resume: a.id, restart: a.restart });
+      await this.start({ resume: a.id, restart: a.restart }, a.backend);
       return { ok: true };
     },
     'runs.cancel': (a) => {
@@ -236,7 +236,7 @@ export class Service {
       // The image path comes from the index, never from the request.
       const img = await evalImage(join(d.root, row.path), b.model.imgSize);
       await initBackend();
-      const layers = attentionAnalysis(paramsOf(b.tensors), b.model, b.tensors.get('pos_embed')!.values, img, a.query);
+      const layers = await attentionAnalysis(paramsOf(b.tensors), b.model, b.tensors.get('pos_embed')!.values, img, a.query);
       const png = await sharp(img.data, { raw: { width: img.width, height: img.height, channels: 3 } })
         .png()
         .toBuffer();
@@ -302,8 +302,9 @@ export class Service {
    * Validates a request (no side effect until it is known good), claims the run, and starts its job — or
    * queues it while `concurrency` training jobs run.
    */
-  private async start(req: RunRequest): Promise<number> {
-    const backend = (await initBackend()).chosen;
+  private async start(req: RunRequest, pinned?: BackendName): Promise<number> {
+    // A pinned backend runs in the job process (which reports if it cannot load); the rest use this machine's choice.
+    const backend = pinned ?? (await initBackend()).chosen;
     const prepared = prepare(this.store, this.home, req, backend);
     const full = this.jobs.size >= (this.options.concurrency ?? 1);
     const job: TrainJob = {

@@ -24,17 +24,17 @@ const MOMENTS = ['exp_avg', 'exp_avg_sq'] as const;
  * Writes model weights (official names), AdamW moments and the training state as one safetensors file,
  * atomically: a temp file, fsync, rename, fsync of the folder. A crash leaves the old file or the new one.
  */
-export function saveCheckpoint(
+export async function saveCheckpoint(
   path: string,
   model: { params: ParamStore },
   optimizer: AdamW,
   state: TrainState,
-): { size: number; hash: string } {
-  const tensors = new Map<string, NamedTensor>();
-  for (const [name, t] of model.params.entries()) tensors.set(name, { shape: t.shape, values: t.dataSync() as Float32Array });
+): Promise<{ size: number; hash: string }> {
+  const named: [string, tf.Tensor][] = [...model.params.entries()];
   for (const [k, moments] of [optimizer.m, optimizer.v].entries())
-    for (const [name, t] of moments)
-      tensors.set(`optimizer.${MOMENTS[k]}.${name}`, { shape: t.shape, values: t.dataSync() as Float32Array });
+    for (const [name, t] of moments) named.push([`optimizer.${MOMENTS[k]}.${name}`, t]);
+  const values = await Promise.all(named.map(([, t]) => t.data() as Promise<Float32Array>));
+  const tensors = new Map<string, NamedTensor>(named.map(([name, t], i) => [name, { shape: t.shape, values: values[i]! }]));
   const bytes = encodeSafetensors(tensors, {
     format: 'localmim-checkpoint',
     version: '1',

@@ -56,7 +56,7 @@ export function finetuneTask(config: FinetuneRun, data: LabeledData, init?: Read
           () => tf.div(crossEntropy(model.logits(mixed, dropPath), targets), f.accumIter) as tf.Scalar,
           [...trainable.values()],
         );
-        loss += value.dataSync()[0]!;
+        loss += (await value.data())[0]!;
         value.dispose();
         grads = accumulate(grads, g);
       }
@@ -68,7 +68,7 @@ export function finetuneTask(config: FinetuneRun, data: LabeledData, init?: Read
       tf.dispose(Object.values(grads));
       return { loss, losses: [] };
     },
-    evaluate: async () => evaluate(model, data.val.images, data.val.labels, f.batch),
+    evaluate: () => evaluate(model, data.val.images, data.val.labels, f.batch),
     dispose() {
       optimizer.dispose();
       model.dispose();
@@ -141,19 +141,21 @@ function beta(alpha: number, rng: Rng): number {
 }
 
 /** Top-1 accuracy and mean cross-entropy on the validation images. */
-function evaluate(model: ViTClassifier, images: Rgb8[], labels: number[], batch: number): { top1: number; loss: number } {
+async function evaluate(model: ViTClassifier, images: Rgb8[], labels: number[], batch: number): Promise<{ top1: number; loss: number }> {
   let correct = 0;
   let loss = 0;
   for (let i = 0; i < images.length; i += batch) {
     const chunk = images.slice(i, i + batch);
     const ys = labels.slice(i, i + batch);
-    const [pred, nll] = tf.tidy(() => {
+    const [argmax, total] = tf.tidy(() => {
       const logits = model.logits(chunk);
       const picked = tf.sum(tf.mul(tf.logSoftmax(logits), tf.oneHot(tf.tensor1d(ys, 'int32'), model.classes)), -1);
-      return [tf.argMax(logits, -1).dataSync() as Int32Array, tf.neg(tf.sum(picked)).dataSync()[0]!] as const;
+      return [tf.argMax(logits, -1), tf.neg(tf.sum(picked))];
     });
+    const [pred, nll] = (await Promise.all([argmax.data(), total.data()])) as [Int32Array, Float32Array];
+    tf.dispose([argmax, total]);
     pred.forEach((p, b) => (correct += p === ys[b] ? 1 : 0));
-    loss += nll;
+    loss += nll[0]!;
   }
   return { top1: images.length ? correct / images.length : 0, loss: images.length ? loss / images.length : 0 };
 }

@@ -67,11 +67,11 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
 
     let losses: number[] = [];
     let lastCheckpoint = performance.now();
-    const checkpoint = () => {
+    const checkpoint = async () => {
       const epoch = step / stepsPerEpoch;
       const loss = losses.length ? losses.reduce((a, b) => a + b, 0) / losses.length : null;
       const path = o.checkpointPath(step);
-      const written = saveCheckpoint(path, task.model, task.optimizer, { step, epoch, loss, config: task.config });
+      const written = await saveCheckpoint(path, task.model, task.optimizer, { step, epoch, loss, config: task.config });
       o.onEvent({ type: 'checkpoint', path, step, epoch, loss, ...written });
       losses = [];
       lastCheckpoint = performance.now();
@@ -106,7 +106,7 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
         epochEnd ||
         (everySteps !== undefined && step % everySteps === 0) ||
         (everyMinutes !== undefined && performance.now() - lastCheckpoint > everyMinutes * 60_000);
-      if (step === totalSteps || stopping || due) checkpoint();
+      if (step === totalSteps || stopping || due) await checkpoint();
       if (stopping && step < totalSteps) {
         o.onEvent({ type: 'end', status: 'paused', step });
         return { step, status: 'paused' };

@@ -43,7 +43,7 @@ export class TrainStep {
   }
 
   /** Gradients of the mean loss over the micro-batches, and the per-scale losses; the caller disposes the grads. */
-  gradients(batches: PreparedBatch[]): { grads: tf.NamedTensorMap; losses: number[] } {
+  async gradients(batches: PreparedBatch[]): Promise<{ grads: tf.NamedTensorMap; losses: number[] }> {
     const vars = [...this.model.params.vars.values()];
     let grads: tf.NamedTensorMap = {};
     const losses = new Array<number>(this.model.dims.scales.length).fill(0);
@@ -55,7 +55,9 @@ export class TrainStep {
         // Accumulation divides the loss, not the gradients, as the official loop does.
         return tf.div(out.loss, batches.length) as tf.Scalar;
       }, vars);
-      scaleLosses.forEach((l, k) => (losses[k]! += l.dataSync()[0]! / batches.length));
+      // Read asynchronously: a GPU backend cannot be read synchronously in Node.
+      const values = await Promise.all(scaleLosses.map((l) => l.data()));
+      values.forEach((v, k) => (losses[k]! += v[0]! / batches.length));
       tf.dispose([value, ...scaleLosses]);
       grads = accumulate(grads, g);
     }
@@ -63,8 +65,8 @@ export class TrainStep {
   }
 
   /** One optimizer step at learning rate `lr`; throws {@link NonFiniteLossError} before touching the weights. */
-  run(batches: PreparedBatch[], lr: number): StepResult {
-    const { grads, losses } = this.gradients(batches);
+  async run(batches: PreparedBatch[], lr: number): Promise<StepResult> {
+    const { grads, losses } = await this.gradients(batches);
     const loss = losses.reduce((a, b) => a + b, 0);
     if (!Number.isFinite(loss)) {
       tf.dispose(Object.values(grads));

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Packs what bench/gpu-device.sh needs on a GPU machine without internet, npm or (probably) Node into .gpu/
+# (git-ignored; name it in the device tool's `carry`): this Node binary, the benchmark bundled with tfjs, Dawn's
+# Node binding for linux-x64, and the Vulkan loader's Debian packages. Run here, from the repository root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rm -rf .gpu && mkdir -p .gpu/node_modules/webgpu/dist .gpu/debs
+xz -T0 -6 -c "$(command -v node)" > .gpu/node.xz
+npx esbuild bench/run.ts --bundle --platform=node --format=esm --target=node20 --minify --log-level=warning \
+  --external:webgpu --external:sharp --external:@tensorflow/tfjs-node --external:@tensorflow/tfjs-node-gpu \
+  --external:@tensorflow/tfjs-backend-wasm --external:better-sqlite3 \
+  --banner:js="import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);" \
+  --outfile=.gpu/bench.mjs
+cp -r node_modules/webgpu/index.js node_modules/webgpu/package.json .gpu/node_modules/webgpu/
+cp -r node_modules/webgpu/dist/linux-x64 .gpu/node_modules/webgpu/dist/
+cp bench/peer.py .gpu/
+o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64-lists'
+mkdir -p /tmp/amd64-lists/partial
+apt-get $o update -qq
+(cd .gpu/debs && apt-get $o download -qq libvulkan1)
+du -sh .gpu
