@@ -107,26 +107,27 @@ describe.skipIf(!existsSync(ICD))('webgpu (SwiftShader)', () => {
     store.close();
   });
 
-  test('pretrain --backend webgpu: its start names the adapter; 5 steps equal the same run on wasm within 1e-3', () => {
+  test('pretrain --backend webgpu: its start names the adapter; 5 steps equal wasm within 1e-3; wasm resumes it exactly', () => {
     const config = join(dir, 'tiny.json');
     writeFileSync(config, JSON.stringify({ model: tiny, optim: { epochs: 1, batch: 8, warmupEpochs: 0.3, blr: 2e-3 }, seed: 0 }));
-    const run = (backend: string) => {
-      const r = localmim(
-        ['pretrain', '--backend', backend, '--home', join(dir, backend), '--config', config, '--max-steps', '5', '--json'],
-        env,
-      );
+    const run = (home: string, args: string[]) => {
+      const r = localmim(['pretrain', '--home', join(dir, home), '--json', ...args], env);
       expect(r.code, r.stderr).toBe(0);
       return r.stdout
         .trim()
         .split('\n')
         .map((l) => JSON.parse(l) as { type: string; loss?: number; backendReport?: { adapter?: object } });
     };
-    const gpu = run('webgpu');
+    const losses = (events: { type: string; loss?: number }[]) => events.filter((e) => e.type === 'step').map((e) => e.loss!);
+    const gpu = run('gpu', ['--backend', 'webgpu', '--config', config, '--max-steps', '5']);
     expect(gpu[0]).toMatchObject({ type: 'start', backend: 'webgpu', backendReport: { adapter: { architecture: 'swiftshader' } } });
-    const cpu = run('wasm');
-    const losses = (events: typeof gpu) => events.filter((e) => e.type === 'step').map((e) => e.loss!);
+    const cpu = losses(run('cpu', ['--backend', 'wasm', '--config', config, '--max-steps', '7']));
     expect(losses(gpu)).toHaveLength(5);
-    losses(gpu).forEach((l, i) => expect(Math.abs(l / losses(cpu)[i]! - 1), `step ${i + 1}`).toBeLessThan(1e-3));
+    losses(gpu).forEach((l, i) => expect(Math.abs(l / cpu[i]! - 1), `step ${i + 1}`).toBeLessThan(1e-3));
+    // A checkpoint does not depend on the backend: the GPU run goes on on the CPU.
+    const resumed = losses(run('gpu', ['--backend', 'wasm', '--resume', '1', '--max-steps', '7']));
+    resumed.forEach((l, i) => expect(Math.abs(l / cpu[5 + i]! - 1), `step ${6 + i}`).toBeLessThan(1e-3));
+    expect(resumed).toHaveLength(2);
   });
 });
 

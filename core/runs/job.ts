@@ -81,7 +81,19 @@ export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ ste
     stopAtStep: job.stopAtStep,
     signal: hooks.signal,
     onEvent: hooks.onEvent,
+  }).catch((err: Error) => {
+    throw deviceError(err, job) ?? err;
   });
+}
+
+/** A GPU that ran out of memory or was lost: say what it means for the run, and how to go on. */
+function deviceError(err: Error, job: TrainJob): Error | undefined {
+  if (!/out of memory|OutOfMemory|device (was )?lost|DeviceLost|allocation failed/i.test(err.message)) return undefined;
+  const what = job.spec.kind === 'pretrain' ? 'pretrain' : 'finetune';
+  return new Error(
+    `the ${job.backend} device failed (${err.message.split('\n')[0]}); the last checkpoint is intact: continue with ` +
+      `localmim ${what} --resume ${job.runId} --backend wasm, or with a smaller batch or image size`,
+  );
 }
 
 const weights = (c: LoadedCheckpoint) =>
