@@ -147,7 +147,7 @@ function prepareFinetune(store: Store, home: string, req: Extract<RunRequest, { 
     },
     spec,
     specChanged: false,
-    job: { kind: 'train', home, spec, data: dataFor(store, spec, dataset), initFrom: source?.path },
+    job: { kind: 'train', home, spec, data: dataFor(store, spec, dataset, split), initFrom: source?.path },
   };
 }
 
@@ -177,8 +177,13 @@ function splitOf(store: Store, dataset: { id: number; name: string }, valFractio
   }
 }
 
-/** The job's images: every usable one for pretraining, the seeded labeled split for fine-tuning. */
-function dataFor(store: Store, spec: TrainSpec, dataset: { id: number; root: string; name: string }): TrainJob['data'] {
+/** The job's images: every usable one for pretraining, the seeded labeled split for fine-tuning (made here unless given). */
+function dataFor(
+  store: Store,
+  spec: TrainSpec,
+  dataset: { id: number; root: string; name: string },
+  given?: ReturnType<typeof splitOf>,
+): TrainJob['data'] {
   const abs = (path: string) => join(dataset.root, path);
   if (spec.kind === 'pretrain') {
     const items = store.images(dataset.id, 'ok').map((r) => ({ abs: abs(r.path), hash: r.hash! }));
@@ -188,7 +193,7 @@ function dataFor(store: Store, spec: TrainSpec, dataset: { id: number; root: str
     return { items };
   }
   const { finetune: f, seed, classes } = spec.config;
-  const split = splitOf(store, dataset, f.valFraction, seed);
+  const split = given ?? splitOf(store, dataset, f.valFraction, seed);
   if (split.classes.join('\n') !== classes.join('\n'))
     throw new UserError(`data: the classes of ${dataset.root} changed since the run started (${split.classes.join(', ')})`, 'conflict');
   if (split.train.length < f.batch * f.accumIter)
