@@ -57,7 +57,7 @@ const rowOf = (runId: number, path: string, c: LoadedCheckpoint) => ({
 });
 
 /** The newest checkpoint of a run whose file is intact (hash as recorded), and where it is. */
-export function latestGoodCheckpoint(store: Store, runId: number): { checkpoint: LoadedCheckpoint; path: string } | undefined {
+function latestGoodCheckpoint(store: Store, runId: number): { checkpoint: LoadedCheckpoint; path: string } | undefined {
   for (const c of store.checkpoints(runId).reverse()) {
     const checkpoint = tryLoad(c.path);
     if (checkpoint?.hash === c.hash) return { checkpoint, path: c.path };

@@ -219,22 +219,24 @@ export function assertNotOwned(run: RunRow): void {
 function checkMemory(spec: TrainSpec, backend: string): void {
   const { model } = spec.config;
   const batch = spec.kind === 'pretrain' ? spec.config.optim.batch : spec.config.finetune.batch;
-  const need = estimate(parseRunConfig({ model, optim: { batch } }), 0, backend);
-  const needMB = need.memoryMB;
+  const problem = memoryProblem(parseRunConfig({ model, optim: { batch } }), backend);
+  if (problem) throw new UserError(`model: ${problem}`);
+}
+
+/** Why a run of this config would not fit this backend's memory (or its GPU's largest buffer), if it would not. */
+export function memoryProblem(config: RunConfig, backend: string): string | undefined {
+  const need = estimate(config, 0, backend);
   const adapter = activeAdapter();
   if (backend === 'webgpu' && adapter && need.largestBufferMB * 1e6 > adapter.maxStorageBufferBindingSize)
-    throw new UserError(
-      `model: one attention map of this run takes about ${need.largestBufferMB} MB, more than this GPU binds at once (${Math.floor(adapter.maxStorageBufferBindingSize / 1e6)} MB): lower the image size or batch`,
-    );
+    return `one attention map of this run takes about ${need.largestBufferMB} MB, more than this GPU binds at once (${Math.floor(adapter.maxStorageBufferBindingSize / 1e6)} MB): lower the image size or batch`;
   const { limitMB, what } = memoryBudget(backend);
-  if (needMB > limitMB)
-    throw new UserError(
-      `model: this run needs about ${(needMB / 1000).toFixed(1)} GB (estimated for imgSize ${model.imgSize}, batch ${batch}), more than ${what} (${(limitMB / 1000).toFixed(1)} GB): lower the image size, batch or model size`,
-    );
+  if (need.memoryMB > limitMB)
+    return `this run needs about ${(need.memoryMB / 1000).toFixed(1)} GB (estimated for imgSize ${config.model.imgSize}, batch ${config.optim.batch}), more than ${what} (${(limitMB / 1000).toFixed(1)} GB): lower the image size, batch or model size`;
+  return undefined;
 }
 
 /** In MB, as the estimate: wasm32 addresses at most 4 GiB; other backends get most of the machine's memory. */
-export function memoryBudget(backend: string): { limitMB: number; what: string } {
+function memoryBudget(backend: string): { limitMB: number; what: string } {
   if (backend === 'wasm') return { limitMB: Math.floor(2 ** 32 / 1e6), what: 'the wasm backend can address' };
   return { limitMB: Math.floor((0.9 * totalmem()) / 1e6), what: "this machine's memory" };
 }

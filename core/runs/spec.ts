@@ -24,8 +24,6 @@ export function specOf(run: Pick<RunRow, 'id' | 'kind' | 'config'>): RunSpec {
   return { kind: 'pretrain', config: parseConfig(RunConfigSchema, run.config, where) };
 }
 
-export const modelOf = (s: RunSpec): ModelConfig => s.config.model;
-
 /** Epochs, batch and schedule: `optim` in pretraining, `finetune` in fine-tuning. */
 export function optimOf(s: RunSpec) {
   if (s.kind === 'import') throw new Error('imported weights have no training schedule');

@@ -16,7 +16,7 @@ import { nativeActive } from '../native.js';
 import { checkpointFor } from '../runs/checkpoints.js';
 import { estimate } from '../runs/estimate.js';
 import type { TrainJob } from '../runs/job.js';
-import { begin, memoryBudget, prepare, type RunRequest } from '../runs/lifecycle.js';
+import { begin, memoryProblem, prepare, type RunRequest } from '../runs/lifecycle.js';
 import { RunRecorder } from '../runs/recorder.js';
 import { optimOf, specOf } from '../runs/spec.js';
 import { Store, type ImageRow, type RunStatus } from '../store/store.js';
@@ -127,17 +127,8 @@ export class Service {
       const images = a.datasetId ? this.store.images(a.datasetId, 'ok').length : 0;
       const backend = (await initBackend()).chosen;
       const e = estimate(r.data, images, backend === 'wasm' && nativeActive() ? 'wasm-native' : backend);
-      const budget = memoryBudget(backend);
-      const errors =
-        e.memoryMB > budget.limitMB
-          ? [
-              {
-                path: 'model',
-                message: `needs about ${(e.memoryMB / 1000).toFixed(1)} GB, more than ${budget.what} (${(budget.limitMB / 1000).toFixed(1)} GB)`,
-              },
-            ]
-          : [];
-      return { ok: !errors.length, errors, config: r.data, estimate: e };
+      const problem = memoryProblem(r.data, backend);
+      return { ok: !problem, errors: problem ? [{ path: 'model', message: problem }] : [], config: r.data, estimate: e };
     },
     'runs.list': () => this.store.runs().map((r) => ({ ...r, last: this.store.metrics(r.id).at(-1) ?? null })),
     'runs.get': (a) => {
@@ -151,7 +142,7 @@ export class Service {
       };
     },
     'runs.create': async (a) => {
-      const config = this.parseConfig(a.config);
+      const config = parseRunConfig(a.config ?? {});
       return { runId: await this.start({ new: 'pretrain', datasetId: a.datasetId, config, name: a.name }, a.backend) };
     },
     'runs.pause': (a) => {
@@ -215,7 +206,7 @@ export class Service {
     },
     'finetune.create': async (a) => {
       const from = a.from && (a.from.step === undefined ? String(a.from.runId) : `${a.from.runId}:${a.from.step}`);
-      const model = a.from ? undefined : this.parseConfig({ model: a.model }).model;
+      const model = a.from ? undefined : parseRunConfig({ model: a.model }).model;
       const req = { new: 'finetune' as const, datasetId: a.datasetId, from, model, finetune: a.finetune, seed: a.seed, name: a.name };
       return { runId: await this.start(req) };
     },
@@ -260,10 +251,6 @@ export class Service {
   private assertIdle(id: number): void {
     if (this.jobs.has(this.run(id).id) || this.queue.some((j) => j.runId === id))
       throw new ApiError('conflict', `run ${id} is running: pause it first`);
-  }
-
-  private parseConfig(input: unknown): RunConfig {
-    return parseRunConfig(input ?? {});
   }
 
   private previews(runId: number): number[] {
