@@ -8,6 +8,12 @@ import { describeAdapter, openAdapter, type Adapter } from './webgpu.js';
 export const BACKENDS = ['tensorflow-gpu', 'webgpu', 'tensorflow', 'wasm', 'cpu'] as const;
 export type BackendName = (typeof BACKENDS)[number];
 
+/**
+ * How many training steps to queue between loss readbacks: a readback drains a GPU's queue and leaves it idle
+ * while the next step is recorded; a CPU backend has computed the loss by the time the step returns.
+ */
+export const lossReadEvery = (name: string): number => (name === 'webgpu' || name === 'tensorflow-gpu' ? 10 : 1);
+
 export interface BackendAttempt {
   name: BackendName;
   ok: boolean;

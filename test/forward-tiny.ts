@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { expect } from 'vitest';
 import { parseRunConfig } from '../core/config.js';
-import { LocalMIM } from '../core/model/localmim.js';
+import { disposeBatch, LocalMIM } from '../core/model/localmim.js';
 import { goldenImage, readGolden, worstExcess } from './golden.js';
 
 interface ForwardTiny {
@@ -43,21 +43,24 @@ export async function expectForwardMatchesOfficial(): Promise<void> {
   const out = tf.tidy(() => model.forward(batch));
   // Read asynchronously: a GPU backend cannot be read synchronously in Node.
   const read = (t: tf.Tensor) => t.data() as Promise<Float32Array>;
-  const [latents, preds, losses, loss] = await Promise.all([
+  const [latents, preds, losses, loss, targets, scaleMasks] = await Promise.all([
     Promise.all(out.latents.map(read)),
     Promise.all(out.preds.map(read)),
     Promise.all(out.losses.map(read)),
     read(out.loss),
+    Promise.all(batch.targets.map(read)),
+    Promise.all(batch.scaleMasks.map(read)),
   ]);
   tf.dispose(out);
+  disposeBatch(batch);
   model.dispose();
   const o = golden.outputs;
   latents.forEach((z, k) => expect(worstExcess(z.subarray(0, 8), o.latent_cls_first8[k]!, () => 1e-4).excess).toBeLessThanOrEqual(0));
   preds.forEach((pred, k) => {
     const worst = worstExcess(pred, o.preds[k]!, () => 1e-4);
     expect(worst.excess, `scale ${k} index ${worst.index}`).toBeLessThanOrEqual(0);
-    expect(worstExcess(batch.targets[k]!, o.targets[k]!, () => 1e-4).excess).toBeLessThanOrEqual(0);
-    expect([...batch.scaleMasks[k]!]).toEqual(o.scale_masks[k]);
+    expect(worstExcess(targets[k]!, o.targets[k]!, () => 1e-4).excess).toBeLessThanOrEqual(0);
+    expect([...scaleMasks[k]!]).toEqual(o.scale_masks[k]);
     expect(Math.abs(losses[k]![0]! / o.per_scale_loss[k]! - 1)).toBeLessThan(1e-5);
   });
   expect(Math.abs(loss[0]! / o.total_loss - 1)).toBeLessThan(1e-5);

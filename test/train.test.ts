@@ -1,9 +1,14 @@
 import * as tf from '@tensorflow/tfjs';
-import { describe, expect, test } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, test } from 'vitest';
 import { parseRunConfig, type RunConfigInput } from '../core/config.js';
-import { LocalMIM } from '../core/model/localmim.js';
+import { disposeBatch, LocalMIM, type PreparedBatch } from '../core/model/localmim.js';
 import { Rng } from '../core/random.js';
-import { NonFiniteLossError, TrainStep } from '../core/train/step.js';
+import { loadCheckpoint } from '../core/train/checkpoint.js';
+import { NonFiniteLossError, train, type Task, type TrainEvent } from '../core/train/loop.js';
+import { TrainStep } from '../core/train/step.js';
 import { syntheticImages } from './images.js';
 import './setup.js';
 
@@ -23,15 +28,24 @@ function setup(input: RunConfigInput, B: number, seed = 0) {
     trainer.dispose();
     model.dispose();
   };
-  return { cfg, model, trainer, batch, dispose };
+  /** One optimizer step; its total loss, read back. */
+  const step = async (batches: PreparedBatch[], lr = 1e-3) => {
+    const out = trainer.run(batches, lr);
+    const [loss] = await out.data();
+    out.dispose();
+    return loss!;
+  };
+  return { cfg, model, trainer, batch, step, dispose };
 }
 
 test('a training step leaves tf.memory().numTensors flat', async () => {
-  const { trainer, batch, dispose } = setup({ model: tiny, optim: { accumIter: 2 } }, 2);
+  const { batch, step, dispose } = setup({ model: tiny, optim: { accumIter: 2 } }, 2);
   const counts: number[] = [];
-  for (let step = 1; step <= 50; step++) {
-    await trainer.run([batch(), batch()], 1e-3);
-    counts[step] = tf.memory().numTensors;
+  for (let i = 1; i <= 50; i++) {
+    const batches = [batch(), batch()];
+    await step(batches);
+    batches.forEach(disposeBatch);
+    counts[i] = tf.memory().numTensors;
     await yieldToRunner();
   }
   expect(counts[50]).toBe(counts[2]);
@@ -73,12 +87,12 @@ describe('variants', () => {
       ],
     ],
   ] as const)('%o predicts %j and trains', async (variant, shapes) => {
-    const { model, trainer, batch, dispose } = setup({ model: { ...tiny, ...variant } }, 2);
+    const { model, batch, step, dispose } = setup({ model: { ...tiny, ...variant } }, 2);
     const b = batch();
     const predicted = tf.tidy(() => model.forward(b).preds.map((p) => p.shape));
     expect(predicted).toEqual(shapes);
-    expect(b.targets.map((t) => t.length)).toEqual(shapes.map((s) => s[0] * s[1] * s[2]));
-    expect(Number.isFinite((await trainer.run([b], 1e-3)).loss)).toBe(true);
+    expect(b.targets.map((t) => t.shape)).toEqual(shapes);
+    expect(Number.isFinite(await step([b]))).toBe(true);
     dispose();
   });
 });
@@ -97,26 +111,70 @@ test('vit-base at 224 predicts 56², 28², 14² and 7² tokens of 27 HOG feature
 });
 
 test('vit-tiny at 64 px overfits one fixed batch: loss halves within 40 steps', async () => {
-  const { model, trainer, dispose } = setup({ model: { imgSize: 64, patchSize: 8 } }, 8);
+  const { model, step, dispose } = setup({ model: { imgSize: 64, patchSize: 8 } }, 8);
   const images = syntheticImages(8, 64, 7);
   const fixed = model.prepare(images, new Rng(3).fill(8 * model.dims.L));
   const losses: number[] = [];
-  for (let step = 0; step < 40; step++) {
-    losses.push((await trainer.run([fixed], 1e-3)).loss);
+  for (let i = 0; i < 40; i++) {
+    losses.push(await step([fixed]));
     await yieldToRunner();
   }
   expect(Math.min(...losses.slice(-5))).toBeLessThan(0.5 * losses[0]!);
   dispose();
 });
 
-test('a non-finite loss stops the step with a clear error and keeps the weights', async () => {
-  const { model, trainer, batch, dispose } = setup({ model: tiny }, 2);
-  await trainer.run([batch()], 1e-3);
-  const before = model.params.get('blocks.0.attn.qkv.weight').dataSync().slice();
-  const poisoned = batch();
-  poisoned.patches.fill(NaN);
-  await expect(trainer.run([poisoned], 1e-3)).rejects.toThrow(NonFiniteLossError);
-  await expect(trainer.run([poisoned], 1e-3)).rejects.toThrow(/loss is not finite at optimizer step 2/);
-  expect(model.params.get('blocks.0.attn.qkv.weight').dataSync()).toEqual(before);
-  dispose();
+describe('the loop reads losses back every few steps', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'localmim-loop-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  /** A 6-step run on fixed batches whose step `poisonAt` (1-based) has NaN inputs; its step events, or the error. */
+  async function run(readEvery: number, poisonAt?: number, everySteps?: number) {
+    const { cfg, model, trainer, batch } = setup({ model: tiny, optim: { epochs: 1, warmupEpochs: 0 } }, 2, 3);
+    const batches = Array.from({ length: 6 }, batch);
+    const poisoned = { ...batches[0]!, patches: tf.fill(batches[0]!.patches.shape, NaN) as tf.Tensor2D };
+    const task: Task = {
+      model,
+      optimizer: trainer.optimizer,
+      config: cfg,
+      optim: cfg.optim,
+      batchesPerEpoch: 6,
+      step: async (_e, j) => trainer.run([j + 1 === poisonAt ? poisoned : batches[j]!], 1e-3),
+      dispose: () => {
+        batches.forEach(disposeBatch);
+        poisoned.patches.dispose();
+        trainer.dispose();
+        model.dispose();
+      },
+    };
+    const events: TrainEvent[] = [];
+    const home = mkdtempSync(join(dir, 'run-'));
+    const before = tf.memory().numTensors;
+    const out = await train(task, {
+      backend: 'test',
+      readEvery,
+      checkpointPath: (s) => join(home, `${s}.safetensors`),
+      cadence: { everySteps },
+      onEvent: (e) => events.push(e),
+    }).catch((e: Error) => e);
+    expect(tf.memory().numTensors).toBeLessThanOrEqual(before);
+    return { out, steps: events.filter((e) => e.type === 'step'), checkpoints: events.filter((e) => e.type === 'checkpoint') };
+  }
+
+  test('every step is reported in order with its own loss, the same as reading each step', async () => {
+    const each = await run(1);
+    const batched = await run(4);
+    expect(batched.steps.map((e) => e.step)).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(batched.steps).toEqual(each.steps.map((e, i) => ({ ...e, imagesPerS: batched.steps[i]!.imagesPerS })));
+    expect(batched.checkpoints.map((e) => e.step)).toEqual([6]);
+  });
+
+  test('a non-finite loss found at a readback stops the run naming its step; no checkpoint holds its weights', async () => {
+    const { out, steps, checkpoints } = await run(4, 3, 2);
+    expect(out).toBeInstanceOf(NonFiniteLossError);
+    expect((out as Error).message).toMatch(/loss is not finite at optimizer step 3 \(per-scale losses NaN, NaN, NaN, NaN\)/);
+    expect(steps.map((e) => e.step)).toEqual([1, 2]);
+    expect(checkpoints.map((e) => e.step)).toEqual([2]);
+    const saved = loadCheckpoint((checkpoints[0] as { path: string }).path);
+    expect([...saved.tensors.values()].every((t) => t.values.every(Number.isFinite))).toBe(true);
+  });
 });

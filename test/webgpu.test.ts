@@ -7,7 +7,7 @@ import { missingCudaLibraries, useBackend } from '../core/backend.js';
 import { parseRunConfig } from '../core/config.js';
 import { indexFolder } from '../core/data/indexer.js';
 import { SAMPLE_IMAGES } from '../core/home.js';
-import { LocalMIM } from '../core/model/localmim.js';
+import { disposeBatch, LocalMIM } from '../core/model/localmim.js';
 import { Rng } from '../core/random.js';
 import { prepare } from '../core/runs/lifecycle.js';
 import { Store } from '../core/store/store.js';
@@ -15,6 +15,7 @@ import { TrainStep } from '../core/train/step.js';
 import { localmim } from './cli.js';
 import { expectForwardMatchesOfficial } from './forward-tiny.js';
 import { syntheticImages } from './images.js';
+import { expectHogMatches, expectPixelsMatch, golden } from './targets-golden.js';
 
 // The webgpu backend on SwiftShader, the software Vulkan driver in Debian's chromium package: as slow as a CPU
 // emulation of a GPU is, but the same WGSL kernels a real GPU runs. Tiny shapes keep it quick.
@@ -32,13 +33,15 @@ async function stepGradients(): Promise<{ grads: Map<string, Float32Array>; loss
   const model = new LocalMIM(cfg.model, 5);
   const trainer = new TrainStep(model, cfg.optim);
   const batch = model.prepare(syntheticImages(2, 32, 9), new Rng(4).fill(2 * model.dims.L));
-  const { grads, losses } = await trainer.gradients([batch]);
+  const { grads, losses } = trainer.gradients([batch]);
   const byName = new Map<string, Float32Array>();
   for (const [name, v] of model.params.vars) byName.set(name, (await grads[v.name]!.data()) as Float32Array);
-  tf.dispose(Object.values(grads));
+  const scaleLosses = [...(await losses.data())];
+  tf.dispose([...Object.values(grads), losses]);
+  disposeBatch(batch);
   trainer.dispose();
   model.dispose();
-  return { grads: byName, losses };
+  return { grads: byName, losses: scaleLosses };
 }
 
 const l2 = (a: Float32Array) => Math.sqrt(a.reduce((s, x) => s + x * x, 0));
@@ -57,6 +60,14 @@ describe.skipIf(!existsSync(ICD) || !LOADER.some((f) => existsSync(f)))('webgpu 
     const forced = JSON.parse(localmim(['doctor', '--json', '--backend', 'webgpu'], env).stdout) as { chosen: string; adapter: object };
     expect(forced).toMatchObject({ chosen: 'webgpu', adapter: { architecture: 'swiftshader', software: true } });
   });
+
+  test('the HOG and pixel targets equal the official ones', async () => {
+    expect(await useBackend('webgpu')).toBeUndefined();
+    for (const image of golden.images) {
+      for (const c of image.hog) await expectHogMatches(image, c);
+      for (const px of image.pixel) await expectPixelsMatch(image, px);
+    }
+  }, 120_000);
 
   test('the forward pass equals the official code', async () => {
     expect(await useBackend('webgpu')).toBeUndefined();
@@ -88,7 +99,11 @@ describe.skipIf(!existsSync(ICD) || !LOADER.some((f) => existsSync(f)))('webgpu 
     const rng = new Rng(1);
     const seen: { numTensors: number; numBytesInGPU: number }[] = [];
     for (let step = 0; step < 50; step++) {
-      await trainer.run([model.prepare(images, rng.fill(2 * model.dims.L))], 1e-3);
+      const batch = model.prepare(images, rng.fill(2 * model.dims.L));
+      const losses = trainer.run([batch], 1e-3);
+      await losses.data();
+      tf.dispose(losses);
+      disposeBatch(batch);
       const m = tf.memory() as tf.MemoryInfo & { numBytesInGPU: number };
       seen.push({ numTensors: m.numTensors, numBytesInGPU: m.numBytesInGPU });
     }

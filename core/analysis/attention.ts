@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { modelDims, type ModelConfig } from '../config.js';
-import { gatherPatches } from '../model/patches.js';
+import { allPatches } from '../model/patches.js';
 import { encode, type Param } from '../model/vit.js';
-import type { RgbImage } from '../targets/image.js';
+import { normalize, toTensor, type RgbImage } from '../targets/image.js';
 
 /**
  * Normalised mutual information between query and key patches (paper Fig. 3) of one attention matrix
@@ -54,21 +54,14 @@ export interface LayerAttention {
 }
 
 /** Attention of every block on one image (all patches visible), and its statistics per layer. */
-export async function attentionAnalysis(
-  P: Param,
-  model: ModelConfig,
-  posTable: Float32Array,
-  image: RgbImage,
-  query: number,
-): Promise<LayerAttention[]> {
+export async function attentionAnalysis(P: Param, model: ModelConfig, image: RgbImage, query: number): Promise<LayerAttention[]> {
   const dims = modelDims(model);
-  const { D, p, L, heads } = dims;
+  const { p, L, heads } = dims;
   if (query < 0 || query >= L) throw new Error(`query: patch ${query} is outside the ${dims.g}×${dims.g} grid (0…${L - 1})`);
-  const all = Int32Array.from({ length: L }, (_, i) => i);
-  const { patches, pos } = gatherPatches([image], () => all, p, posTable, D);
   const kept: tf.Tensor[] = [];
   tf.tidy(() => {
-    encode(P, dims, tf.tensor2d(patches, [L, 3 * p * p]), tf.tensor2d(pos, [L, D]), 1, {
+    const { patches, pos } = allPatches(normalize(toTensor([image])), p, P('pos_embed'));
+    encode(P, dims, patches, pos, 1, {
       onAttention: (_, a) => kept.push(tf.keep(a)),
     });
   });

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import type { LocalMIM } from '../model/localmim.js';
+import { disposeBatch, type LocalMIM } from '../model/localmim.js';
 import { Rng } from '../random.js';
 import type { RgbImage } from '../targets/image.js';
 
@@ -19,5 +19,6 @@ export async function blockGradientNorms(model: LocalMIM, images: RgbImage[], se
   );
   const norms = await Promise.all(squares.map(async (s) => Math.sqrt((await s.data())[0]!)));
   tf.dispose([value, ...Object.values(grads), ...squares]);
+  disposeBatch(batch);
   return norms;
 }

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import sharp from 'sharp';
-import type { LocalMIM } from '../model/localmim.js';
+import { disposeBatch, type LocalMIM } from '../model/localmim.js';
 import type { Rgb8 } from '../targets/image.js';
 
 /** Side of every preview picture, in pixels. */
@@ -17,8 +17,10 @@ export interface PreviewProbe {
 export async function renderPreview(model: LocalMIM, probes: Rgb8[], noise: Float32Array): Promise<PreviewProbe[]> {
   const batch = model.prepare(probes, noise);
   const kept = tf.tidy(() => model.forward(batch).preds.map((p) => tf.keep(p)));
-  const preds = (await Promise.all(kept.map((p) => p.data()))) as Float32Array[];
+  const read = (ts: tf.Tensor[]) => Promise.all(ts.map((t) => t.data() as Promise<Float32Array>));
+  const [preds, targets] = await Promise.all([read(kept), read(batch.targets)]);
   tf.dispose(kept);
+  disposeBatch(batch);
   const { g, p, cells, F } = model.dims;
   const hog = model.config.target === 'hog';
   return Promise.all(
@@ -31,7 +33,7 @@ export async function renderPreview(model: LocalMIM, probes: Rgb8[], noise: Floa
           const at = (a: Float32Array) => a.subarray(b * n * F[k]!, (b + 1) * n * F[k]!);
           const draw = (a: Float32Array) =>
             hog ? hogGlyphs(a, img.height / cell, img.width / cell, model.config.nbins) : png(pixelImage(a, img, cell));
-          return { cell, target: await draw(at(batch.targets[k]!)), pred: await draw(at(preds[k]!)) };
+          return { cell, target: await draw(at(targets[k]!)), pred: await draw(at(preds[k]!)) };
         }),
       ),
     })),

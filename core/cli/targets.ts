@@ -1,5 +1,6 @@
-import { hog, type HogBias } from '../targets/hog.js';
-import { readRgb } from '../targets/image.js';
+import * as tf from '@tensorflow/tfjs';
+import { hog } from '../targets/hog.js';
+import { normalize, readRgb, toTensor } from '../targets/image.js';
 import { pixelTargets } from '../targets/pixels.js';
 import { numberList, parse, positiveInt, UsageError } from './args.js';
 
@@ -28,10 +29,13 @@ export async function run(argv: string[]): Promise<void> {
   const img = await readRgb(values.image);
   const tooBig = cells.find((c) => c > img.height || c > img.width);
   if (tooBig) throw new UsageError(`--cells: cell ${tooBig} is larger than the ${img.width}×${img.height} image ${values.image}`);
-  const perCell =
-    values.kind === 'hog'
-      ? hog(img, nbins, cells, bias && cells.map(() => bias as unknown as HogBias))
-      : cells.map((p) => pixelTargets(img, p, values['norm-pix']));
+  const computed = tf.tidy(() => {
+    const x = toTensor([img]);
+    if (values.kind === 'pixel') return cells.map((p) => pixelTargets(normalize(x), p, values['norm-pix']));
+    return hog(x, nbins, cells, bias && cells.map(() => tf.tensor1d(bias)));
+  });
+  const perCell = (await Promise.all(computed.map((t) => t.data()))) as Float32Array[];
+  tf.dispose(computed);
   const scales = cells.map((cell, k) => {
     const grid = [Math.floor(img.height / cell), Math.floor(img.width / cell)];
     const L = grid[0]! * grid[1]!;

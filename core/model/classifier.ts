@@ -1,29 +1,20 @@
 import * as tf from '@tensorflow/tfjs';
 import { modelDims, type ModelConfig, type ModelDims } from '../config.js';
 import type { Rng } from '../random.js';
-import type { RgbImage } from '../targets/image.js';
+import { normalize, toTensor, type RgbImage } from '../targets/image.js';
 import { layerNorm, linear } from './ops.js';
 import { ParamStore } from './params.js';
-import { gatherPatches } from './patches.js';
+import { allPatches } from './patches.js';
 import { encode, meanPatchTokens, type Param } from './vit.js';
 
 /**
  * The backbone's feature of each image: the mean of its patch tokens after the last block (class token
  * excluded, no norm), on all patches. Images must be at the model's input size. Returns `[B, D]`; call in `tf.tidy`.
  */
-export function backboneFeatures(
-  P: Param,
-  dims: ModelDims,
-  posTable: Float32Array,
-  images: RgbImage[],
-  dropPath?: { rate: number; rng: Rng },
-): tf.Tensor {
-  const { D, p, L } = dims;
-  const all = Int32Array.from({ length: L }, (_, i) => i);
-  const { patches, pos } = gatherPatches(images, () => all, p, posTable, D);
-  const B = images.length;
-  const { x } = encode(P, dims, tf.tensor2d(patches, [B * L, 3 * p * p]), tf.tensor2d(pos, [B * L, D]), B, { dropPath });
-  return meanPatchTokens(x, B);
+export function backboneFeatures(P: Param, dims: ModelDims, images: RgbImage[], dropPath?: { rate: number; rng: Rng }): tf.Tensor {
+  const { patches, pos } = allPatches(normalize(toTensor(images)), dims.p, P('pos_embed'));
+  const { x } = encode(P, dims, patches, pos, images.length, { dropPath });
+  return meanPatchTokens(x, images.length);
 }
 
 /** The fine-tuning model (docs/method.md#fine-tuning): the pretrained backbone, mean-pooled patch tokens, `fc_norm`, `head`. */
@@ -44,7 +35,7 @@ export class ViTClassifier {
 
   /** Class scores `[B, classes]`; with `dropPath` (training), stochastic depth. Call in `tf.tidy`. */
   logits(images: RgbImage[], dropPath?: { rate: number; rng: Rng }): tf.Tensor {
-    const f = backboneFeatures(this.P, this.dims, this.params.hostValues('pos_embed'), images, dropPath);
+    const f = backboneFeatures(this.P, this.dims, images, dropPath);
     return linear(layerNorm(f, this.P('fc_norm.weight'), this.P('fc_norm.bias')), this.P('head.weight'), this.P('head.bias'));
   }
 

@@ -1,27 +1,37 @@
 import * as tf from '@tensorflow/tfjs';
 import { modelDims, type ModelConfig, type ModelDims } from '../config.js';
-import { hog, type HogBias } from '../targets/hog.js';
-import type { RgbImage } from '../targets/image.js';
+import { hog } from '../targets/hog.js';
+import { normalize, toTensor, type RgbImage } from '../targets/image.js';
 import { pixelTargets } from '../targets/pixels.js';
 import { decode } from './decoder.js';
 import { randomMasking, scaleMask } from './masking.js';
 import { ParamStore } from './params.js';
-import { gatherPatches } from './patches.js';
+import { visiblePatches } from './patches.js';
 import { encode } from './vit.js';
 
-/** A batch made ready on the host: everything that needs no gradient is gathered here, not in tfjs. */
+/**
+ * A batch on the device, ready for the forward pass: the images are uploaded once and patches, positions and
+ * targets are cut from them there; only the mask (drawn on the host from its seed) comes with them.
+ */
 export interface PreparedBatch {
   B: number;
-  /** Visible patches `[B·nKeep, 3p²]` in noise order, flattened `(c, dy, dx)`, normalised. */
-  patches: Float32Array;
-  /** Their fixed positions `[B·nKeep, D]`. */
-  pos: Float32Array;
+  /** Host copies of the mask: `idsKeep [B, nKeep]` (noise order) and `mask [B, L]`, 1 = removed (predicted), 0 = visible. */
   idsKeep: Int32Array;
-  /** mask [B, L]: 1 = removed (predicted), 0 = visible. */
   mask: Float32Array;
-  /** Per scale: target `[B, N_k, F_k]` and mask resampled to the scale's grid `[B, N_k]`. */
-  targets: Float32Array[];
-  scaleMasks: Float32Array[];
+  /** Visible patches `[B·nKeep, 3p²]` in noise order, flattened `(c, dy, dx)`, normalised; their positions `[B·nKeep, D]`. */
+  patches: tf.Tensor2D;
+  pos: tf.Tensor2D;
+  /** Where visible tokens go back in the grid: one-hot `[B, L, nKeep]`, and the mask `[B, L, 1]`. */
+  select: tf.Tensor3D;
+  removed: tf.Tensor3D;
+  /** Per scale: target `[B, N_k, F_k]` and the mask resampled to the scale's grid `[B, N_k]`. */
+  targets: tf.Tensor3D[];
+  scaleMasks: tf.Tensor2D[];
+}
+
+/** Frees a batch's tensors. */
+export function disposeBatch(b: PreparedBatch): void {
+  tf.dispose([b.patches, b.pos, b.select, b.removed, ...b.targets, ...b.scaleMasks]);
 }
 
 export type ForwardOutput = {
@@ -46,50 +56,46 @@ export class LocalMIM {
 
   /** Masks, patches and targets of a batch of `imgSize²` images; `noise [B, L]` decides the mask (docs/method.md#masking). */
   prepare(images: RgbImage[], noise: Float32Array): PreparedBatch {
-    const { D, p, g, L, nKeep, cells, scales } = this.dims;
+    const { p, g, L, nKeep, scales } = this.dims;
     const B = images.length;
     const { idsKeep, mask } = randomMasking(noise, B, L, nKeep);
-    const { patches, pos } = gatherPatches(images, (b) => idsKeep.subarray(b * nKeep, (b + 1) * nKeep), p, this.posTable(), D);
-    const bias = this.hogBias();
-    const perImage = images.map((img) => this.targetsOf(img, bias));
-    const targets = cells.map((_, k) => concat(perImage.map((t) => t[k]!)));
-    const scaleMasks = scales.map((s) => scaleMask(mask, B, g, s));
-    return { B, patches, pos, idsKeep, mask, targets, scaleMasks };
+    const device = tf.tidy(() => {
+      const x = toTensor(images);
+      return {
+        ...visiblePatches(normalize(x), p, this.params.get('pos_embed'), idsKeep, L),
+        select: tf.tensor3d(selection(idsKeep, B, L, nKeep), [B, L, nKeep]),
+        removed: tf.tensor3d(mask, [B, L, 1]),
+        targets: this.targets(x),
+        scaleMasks: scales.map((s) => tf.tensor2d(scaleMask(mask, B, g, s), [B, (s * g) ** 2])),
+      };
+    });
+    return { B, idsKeep, mask, ...device };
   }
 
-  /** The encoder's positions `[1 + L, D]`: sin-cos unless weights were imported with their own. */
-  posTable(): Float32Array {
-    return this.params.hostValues('pos_embed');
-  }
-
-  /** Targets of one image, one `[N_k, F_k]` array per scale (docs/method.md#targets). */
-  private targetsOf(img: RgbImage, bias: HogBias[] | undefined): Float32Array[] {
+  /** Targets of images `[B, H, W, 3]` (0–255), one `[B, N_k, F_k]` per scale (docs/method.md#targets). */
+  private targets(x: tf.Tensor4D): tf.Tensor3D[] {
     const c = this.config;
-    if (c.target === 'pixel') return this.dims.cells.map((cell) => pixelTargets(img, cell, c.normPix));
-    return hog(img, c.nbins, this.dims.cells, bias);
-  }
-
-  /** The frozen Sobel offsets of each scale (`--hog_bias`), read once per batch. */
-  private hogBias(): HogBias[] | undefined {
-    if (!this.config.hogBias) return undefined;
-    return this.dims.scales.map((_, k) => Array.from(this.params.hostValues(`hog_enc.${k}.conv.bias`)) as unknown as HogBias);
+    const { cells, scales } = this.dims;
+    if (c.target === 'pixel') {
+      const normalized = normalize(x);
+      return cells.map((cell) => pixelTargets(normalized, cell, c.normPix));
+    }
+    // The frozen Sobel offsets of each scale (`--hog_bias`).
+    const bias = c.hogBias ? scales.map((_, k) => this.params.get(`hog_enc.${k}.conv.bias`)) : undefined;
+    return hog(x, c.nbins, cells, bias);
   }
 
   /** The whole forward pass and loss (docs/method.md#loss). Call inside `tf.tidy`. */
   forward(batch: PreparedBatch): ForwardOutput {
-    const { D, p, L, nKeep, F } = this.dims;
     const { B } = batch;
     const P = (name: string) => this.params.get(name);
-    const patches = tf.tensor2d(batch.patches, [B * nKeep, 3 * p * p]);
-    const pos = tf.tensor2d(batch.pos, [B * nKeep, D]);
-    const { latents } = encode(P, this.dims, patches, pos, B, { taps: this.dims.taps, isolate: this.config.variant === 'isolated' });
-    const un = { select: tf.tensor3d(selection(batch.idsKeep, B, L, nKeep), [B, L, nKeep]), mask: tf.tensor3d(batch.mask, [B, L, 1]) };
-    const preds = latents.map((z, k) => decode(P, k, this.config, this.dims, z, un, B));
-    const losses = preds.map((pred, k) => {
-      const N = batch.scaleMasks[k]!.length / B;
-      const target = tf.tensor3d(batch.targets[k]!, [B, N, F[k]!]);
-      return maskedMse(pred, target, batch.scaleMasks[k]!, [B, N]);
+    const { latents } = encode(P, this.dims, batch.patches, batch.pos, B, {
+      taps: this.dims.taps,
+      isolate: this.config.variant === 'isolated',
     });
+    const un = { select: batch.select, mask: batch.removed };
+    const preds = latents.map((z, k) => decode(P, k, this.config, this.dims, z, un, B));
+    const losses = preds.map((pred, k) => maskedMse(pred, batch.targets[k]!, batch.scaleMasks[k]!));
     return { latents, preds, losses, loss: tf.addN(losses) as tf.Scalar };
   }
 
@@ -99,10 +105,9 @@ export class LocalMIM {
 }
 
 /** Σ M·mean_f (P − T)² / Σ M, over the whole batch, not per sample (docs/method.md#loss). */
-function maskedMse(pred: tf.Tensor, target: tf.Tensor, M: Float32Array, shape: [number, number]): tf.Scalar {
-  const total = M.reduce((a, b) => a + b, 0);
+function maskedMse(pred: tf.Tensor, target: tf.Tensor, M: tf.Tensor): tf.Scalar {
   const perLocation = tf.mean(tf.squaredDifference(pred, target), -1); // [B, N]
-  return tf.div(tf.sum(tf.mul(perLocation, tf.tensor2d(M, shape))), total);
+  return tf.div(tf.sum(tf.mul(perLocation, M)), tf.sum(M));
 }
 
 /** One-hot `[B, L, nKeep]`: patch n of sample b takes visible token k when idsKeep[b, k] = n. */
@@ -110,14 +115,4 @@ function selection(idsKeep: Int32Array, B: number, L: number, nKeep: number): Fl
   const S = new Float32Array(B * L * nKeep);
   for (let b = 0; b < B; b++) for (let k = 0; k < nKeep; k++) S[(b * L + idsKeep[b * nKeep + k]!) * nKeep + k] = 1;
   return S;
-}
-
-function concat(parts: Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((n, a) => n + a.length, 0));
-  let at = 0;
-  for (const a of parts) {
-    out.set(a, at);
-    at += a.length;
-  }
-  return out;
 }

@@ -136,8 +136,6 @@ export class ParamStore {
   private static instances = 0;
   readonly vars = new Map<string, tf.Variable>();
   readonly buffers = new Map<string, tf.Tensor>();
-  /** The frozen buffers' values on the host too: batch preparation reads them, and a GPU cannot be read synchronously. */
-  private readonly host = new Map<string, Float32Array>();
 
   constructor(c: ModelConfig, seed: number, classes?: number) {
     const rng = new Rng(seed);
@@ -152,15 +150,7 @@ export class ParamStore {
     }
     for (const [name, b] of bufferValues(c, rng, classes !== undefined)) {
       this.buffers.set(name, tf.keep(tf.tensor(b.values, b.shape)));
-      this.host.set(name, b.values);
     }
-  }
-
-  /** A frozen buffer's values (e.g. the position table), without reading the device. */
-  hostValues(name: string): Float32Array {
-    const v = this.host.get(name);
-    if (!v) throw new Error(`model has no frozen buffer named ${name}`);
-    return v;
   }
 
   get(name: string): tf.Tensor {
@@ -186,7 +176,6 @@ export class ParamStore {
       } else {
         t.dispose();
         this.buffers.set(name, tf.keep(next));
-        this.host.set(name, Float32Array.from(v));
       }
     }
   }
@@ -195,6 +184,5 @@ export class ParamStore {
     for (const [, t] of this.entries()) t.dispose();
     this.vars.clear();
     this.buffers.clear();
-    this.host.clear();
   }
 }

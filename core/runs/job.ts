@@ -1,6 +1,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { renderPreview } from '../analysis/preview.js';
+import { lossReadEvery } from '../backend.js';
 import { DecodeCache } from '../data/cache.js';
 import { Loader, type DataItem } from '../data/loader.js';
 import { evalImage } from '../data/preprocess.js';
@@ -75,6 +76,7 @@ export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ ste
   }
   return train(task, {
     backend: job.backend,
+    readEvery: lossReadEvery(job.backend),
     checkpointPath: (step) => paths.checkpoint(job.runId, step),
     cadence: job.cadence,
     resumeFrom,

@@ -1,78 +1,98 @@
-import { normalize, type RgbImage } from './image.js';
-
-/** Offsets `(b0, b1)` added to the horizontal and vertical Sobel responses (the official `--hog_bias`, docs/method.md#hog-bias). */
-export type HogBias = readonly [number, number];
+import * as tf from '@tensorflow/tfjs';
+import { normalize } from './image.js';
 
 /**
- * HOG targets of one image (docs/method.md#hog-targets), one `[L, 3·nbins]` array per cell size, `L` cells in raster
- * order and features ordered channel-then-bin. Without a bias the Sobel responses are computed as
- * exact paired differences of the 0–255 values (the result is invariant to the ImageNet normalisation);
- * with one they are computed on the normalised image, as the bias lives in those units.
+ * HOG targets (docs/method.md#hog-targets) of images `[B, H, W, 3]` on the 0–255 scale: one `[B, N_k, 3·nbins]`
+ * tensor per cell size, cells in raster order, features ordered channel-then-bin. `bias[k]`, the frozen `[b0, b1]`
+ * Sobel offsets of cell size k (the official `--hog_bias`, docs/method.md#hog-bias), makes that scale work on the
+ * normalised image, where the bias lives. Without one the responses are exact paired differences of the 0–255
+ * values, which the result does not otherwise depend on, and all such scales share one histogram pyramid.
  */
-export function hog(img: RgbImage, nbins: number, cells: readonly number[], bias?: readonly (HogBias | null)[]): Float32Array[] {
-  const plain = bias?.every((b) => !b) !== false ? orientedMagnitudes(img.data, img, nbins, null) : undefined;
-  const normalized = plain ? undefined : normalize(img);
-  return cells.map((cell, k) => {
-    const b = bias?.[k] ?? null;
-    const oriented = plain ?? orientedMagnitudes(normalized!, img, nbins, b);
-    return poolCells(oriented, img, nbins, cell);
+export function hog(images: tf.Tensor4D, nbins: number, cells: readonly number[], bias?: readonly (tf.Tensor | null)[]): tf.Tensor3D[] {
+  return tf.tidy(() => {
+    let plain: Map<number, tf.Tensor4D> | undefined;
+    return cells.map((cell, k) => {
+      const b = bias?.[k];
+      if (b) return l2PerCell(averageCells(new Map([[1, orientedMagnitudes(normalize(images), nbins, b)]]), cell), nbins);
+      plain ??= new Map([[1, orientedMagnitudes(images, nbins, null)]]);
+      for (const c of [...cells].sort((x, y) => x - y)) averageCells(plain, c);
+      return l2PerCell(plain.get(cell)!, nbins);
+    });
   });
 }
 
-interface Oriented {
-  magnitude: Float64Array; // [3, H, W]
-  bin: Uint8Array; // [3, H, W]
+// The Sobel pair as depthwise cross-correlations, filters [3, 3, channel, 1]: c0 = left − right with rows
+// weighted 1 2 1, c1 = above − below with columns weighted 1 2 1.
+const C0 = [1, 0, -1, 2, 0, -2, 1, 0, -1];
+const C1 = [1, 2, 1, 0, 0, 0, -1, -2, -1];
+const filter = (k: number[]) =>
+  tf.tensor4d(
+    k.flatMap((w) => [w, w, w]),
+    [3, 3, 3, 1],
+  );
+
+/** Each pixel's Sobel magnitude in its unsigned orientation bin: `[nbins·B, H, W, 3]`, bin-major. */
+function orientedMagnitudes(x: tf.Tensor4D, nbins: number, bias: tf.Tensor | null): tf.Tensor4D {
+  const [B, H, W] = x.shape;
+  const padded = tf.mirrorPad(
+    x,
+    [
+      [0, 0],
+      [1, 1],
+      [1, 1],
+      [0, 0],
+    ],
+    'reflect',
+  );
+  let c0: tf.Tensor = tf.depthwiseConv2d(padded, filter(C0), 1, 'valid'); // [B, H, W, 3]
+  let c1: tf.Tensor = tf.depthwiseConv2d(padded, filter(C1), 1, 'valid');
+  if (bias) [c0, c1] = [tf.add(c0, tf.slice(bias, 0, 1)), tf.add(c1, tf.slice(bias, 1, 1))];
+  const magnitude = tf.sqrt(tf.add(tf.square(c0), tf.square(c1)));
+  // Row k: the magnitude where the orientation is at least bin k's lower edge; a bin's share is the difference.
+  const atLeast = tf.concat([tf.expandDims(magnitude), tf.mul(pastEdges(c0, c1, nbins), magnitude)]);
+  const n = nbins - 1;
+  const binned = tf.concat([tf.sub(tf.slice(atLeast, 0, n), tf.slice(atLeast, 1, n)), tf.slice(atLeast, n, 1)]);
+  return tf.reshape(binned, [nbins * B, H, W, 3]);
 }
 
-/** Sobel pair with mirror padding, magnitude and unsigned orientation bin for every pixel of every channel. */
-function orientedMagnitudes(data: ArrayLike<number>, img: RgbImage, nbins: number, bias: HogBias | null): Oriented {
-  const { height: H, width: W } = img;
-  const magnitude = new Float64Array(3 * H * W);
-  const bin = new Uint8Array(3 * H * W);
-  const [b0, b1] = bias ?? [0, 0];
-  const mirror = (i: number, n: number) => (i < 0 ? 1 : i >= n ? n - 2 : i);
-  for (let c = 0; c < 3; c++) {
-    const at = (y: number, x: number) => data[(mirror(y, H) * W + mirror(x, W)) * 3 + c]!;
-    for (let y = 0; y < H; y++) {
-      for (let x = 0; x < W; x++) {
-        // c0: left − right, rows weighted 1 2 1; c1: above − below, columns weighted 1 2 1.
-        const c0 = at(y - 1, x - 1) - at(y - 1, x + 1) + 2 * (at(y, x - 1) - at(y, x + 1)) + (at(y + 1, x - 1) - at(y + 1, x + 1)) + b0;
-        const c1 = at(y - 1, x - 1) - at(y + 1, x - 1) + 2 * (at(y - 1, x) - at(y + 1, x)) + (at(y - 1, x + 1) - at(y + 1, x + 1)) + b1;
-        const i = (c * H + y) * W + x;
-        magnitude[i] = Math.sqrt(c0 * c0 + c1 * c1);
-        const k = Math.floor((Math.atan2(c0, c1) / Math.PI) * nbins);
-        bin[i] = ((k % nbins) + nbins) % nbins;
-      }
-    }
-  }
-  return { magnitude, bin };
+/**
+ * `[θ ≥ (k+1)π/nbins]` for k < nbins − 1, `[nbins − 1, …]`, where θ = atan2(c0, c1) mod π, the orientation
+ * binned by `floor(atan2(c0, c1) / π · nbins) mod nbins`. Without atan2: the response is folded into the upper
+ * half-plane and compared with each edge by the sign of a cross product, which is exact where the responses
+ * are (zero and axis-aligned responses) and free of the loose atan2 of GPU shading languages.
+ */
+function pastEdges(c0: tf.Tensor, c1: tf.Tensor, nbins: number): tf.Tensor {
+  const flip = tf.logicalOr(tf.less(c0, 0), tf.logicalAnd(tf.equal(c0, 0), tf.less(c1, 0)));
+  const sign = tf.sub(1, tf.mul(tf.cast(flip, 'float32'), 2));
+  const [y, x] = [tf.expandDims(tf.mul(c0, sign)), tf.expandDims(tf.mul(c1, sign))];
+  const edges = Array.from({ length: nbins - 1 }, (_, k) => ((k + 1) * Math.PI) / nbins);
+  const column = (f: (e: number) => number) =>
+    tf.tensor(
+      edges.map((e) => (Math.abs(f(e)) < 1e-12 ? 0 : f(e))),
+      [nbins - 1, 1, 1, 1, 1],
+    );
+  return tf.cast(tf.greaterEqual(tf.sub(tf.mul(y, column(Math.cos)), tf.mul(x, column(Math.sin))), 0), 'float32');
 }
 
-/** Hard magnitude-weighted binning, average over `cell × cell` (floor mode), L2 per cell and channel. */
-function poolCells({ magnitude, bin }: Oriented, img: RgbImage, nbins: number, cell: number): Float32Array {
-  const { height: H, width: W } = img;
-  const gh = Math.floor(H / cell);
-  const gw = Math.floor(W / cell);
-  const F = 3 * nbins;
-  const out = new Float32Array(gh * gw * F);
-  const hist = new Float64Array(nbins);
-  for (let cy = 0; cy < gh; cy++) {
-    for (let cx = 0; cx < gw; cx++) {
-      for (let c = 0; c < 3; c++) {
-        hist.fill(0);
-        for (let y = cy * cell; y < (cy + 1) * cell; y++) {
-          for (let x = cx * cell; x < (cx + 1) * cell; x++) {
-            const i = (c * H + y) * W + x;
-            hist[bin[i]!]! += magnitude[i]!;
-          }
-        }
-        let sq = 0;
-        for (let k = 0; k < nbins; k++) sq += (hist[k]! / (cell * cell)) ** 2;
-        const norm = Math.max(Math.sqrt(sq), 1e-12);
-        const row = (cy * gw + cx) * F + c * nbins;
-        for (let k = 0; k < nbins; k++) out[row + k] = hist[k]! / (cell * cell) / norm;
-      }
-    }
-  }
-  return out;
+/**
+ * Histograms averaged over `cell × cell` blocks (floor mode), `[nbins·B, ⌊H/cell⌋, ⌊W/cell⌋, 3]`, from the largest
+ * cell size already in `pyramid` that divides `cell` (an average of averages is the average, and float32
+ * round-off stays that of a few small sums instead of one of cell² terms). Adds it to the pyramid.
+ */
+function averageCells(pyramid: Map<number, tf.Tensor4D>, cell: number): tf.Tensor4D {
+  const done = pyramid.get(cell);
+  if (done) return done;
+  const from = Math.max(...[...pyramid.keys()].filter((c) => cell % c === 0));
+  const pooled = tf.avgPool(pyramid.get(from)!, cell / from, cell / from, 'valid');
+  pyramid.set(cell, pooled);
+  return pooled;
+}
+
+/** L2 per cell and channel of `[nbins·B, gh, gw, 3]` histograms: `[B, N, 3·nbins]`, channel-then-bin. */
+function l2PerCell(pooled: tf.Tensor4D, nbins: number): tf.Tensor3D {
+  const [nB, gh, gw] = pooled.shape;
+  const B = nB / nbins;
+  const hist = tf.transpose(tf.reshape(pooled, [nbins, B, gh * gw, 3]), [1, 2, 3, 0]); // [B, N, 3, nbins]
+  const norm = tf.maximum(tf.sqrt(tf.sum(tf.square(hist), -1, true)), 1e-12);
+  return tf.reshape(tf.div(hist, norm), [B, gh * gw, 3 * nbins]);
 }

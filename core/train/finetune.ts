@@ -6,7 +6,7 @@ import { Rng, seedFor } from '../random.js';
 import type { RgbImage, Rgb8 } from '../targets/image.js';
 import { AdamW } from './adamw.js';
 import type { Task } from './loop.js';
-import { accumulate, NonFiniteLossError } from './step.js';
+import { accumulate } from './step.js';
 
 const MIX = 6;
 const DROP = 7;
@@ -44,7 +44,7 @@ export function finetuneTask(config: FinetuneRun, data: LabeledData, init?: Read
     optim: f,
     batchesPerEpoch: loader.batchesPerEpoch,
     async step(epoch, j, step, lr) {
-      let loss = 0;
+      let loss = tf.scalar(0);
       let grads: tf.NamedTensorMap = {};
       for (let a = 0; a < f.accumIter; a++) {
         const i = j * f.accumIter + a;
@@ -56,17 +56,15 @@ export function finetuneTask(config: FinetuneRun, data: LabeledData, init?: Read
           () => tf.div(crossEntropy(model.logits(mixed, dropPath), targets), f.accumIter) as tf.Scalar,
           [...trainable.values()],
         );
-        loss += (await value.data())[0]!;
-        value.dispose();
+        const sum = tf.add(loss, value) as tf.Scalar;
+        tf.dispose([loss, value]);
+        loss = sum;
         grads = accumulate(grads, g);
       }
-      if (!Number.isFinite(loss)) {
-        tf.dispose(Object.values(grads));
-        throw new NonFiniteLossError(step + 1, [loss]);
-      }
       optimizer.apply(grads, lr);
-      tf.dispose(Object.values(grads));
-      return { loss, losses: [] };
+      const out = tf.reshape(loss, [1]) as tf.Tensor1D;
+      tf.dispose([...Object.values(grads), loss]);
+      return out;
     },
     evaluate: () => evaluate(model, data.val.images, data.val.labels, f.batch),
     dispose() {

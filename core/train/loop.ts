@@ -1,3 +1,4 @@
+import * as tf from '@tensorflow/tfjs';
 import type { OptimConfig } from '../config.js';
 import type { ParamStore } from '../model/params.js';
 import type { AdamW } from './adamw.js';
@@ -24,8 +25,11 @@ export interface Task {
   readonly optim: OptimConfig;
   /** Micro-batches per epoch (drop_last); an optimizer step takes `optim.accumIter` of them. */
   readonly batchesPerEpoch: number;
-  /** One optimizer step on micro-batches `j·accumIter …` of `epoch`; `step` is the index of this step (0-based). */
-  step(epoch: number, j: number, step: number, lr: number): Promise<{ loss: number; losses: number[] }>;
+  /**
+   * One optimizer step on micro-batches `j·accumIter …` of `epoch`; `step` is the index of this step (0-based).
+   * Returns `[loss, ...per-scale losses]` on the device, unread.
+   */
+  step(epoch: number, j: number, step: number, lr: number): Promise<tf.Tensor1D>;
   evaluate?(): Promise<{ top1: number; loss: number }>;
   /** After each step (e.g. reconstruction previews); its failures are the task's to handle. */
   afterStep?(step: number): Promise<void>;
@@ -41,6 +45,12 @@ export interface Cadence {
 
 export interface LoopOptions {
   backend: string;
+  /**
+   * Read the losses back every this many steps (default 1). A readback drains a GPU's queue, so GPU backends
+   * read every few steps; the steps in between are reported together, each with its own losses. A non-finite
+   * loss is found at the next readback, and every checkpoint waits for one, so none holds its weights.
+   */
+  readEvery?: number;
   checkpointPath: (step: number) => string;
   cadence: Cadence;
   resumeFrom?: LoadedCheckpoint;
@@ -51,12 +61,25 @@ export interface LoopOptions {
   onEvent: (e: TrainEvent) => void;
 }
 
+export class NonFiniteLossError extends Error {
+  constructor(
+    readonly step: number,
+    readonly losses: number[],
+  ) {
+    super(
+      `loss is not finite at optimizer step ${step} (per-scale losses ${losses.join(', ')}); stopped without saving, the last checkpoint is intact`,
+    );
+    this.name = 'NonFiniteLossError';
+  }
+}
+
 /**
  * The one training loop: per-iteration learning rate, exact resume, checkpoints by step count, time and epoch,
  * evaluation at each epoch's end, pause. Disposes the task when done.
  */
 export async function train(task: Task, o: LoopOptions): Promise<{ step: number; status: 'finished' | 'paused' }> {
   const { optim } = task;
+  let pending: { step: number; lr: number; values: tf.Tensor1D }[] = [];
   try {
     const stepsPerEpoch = Math.floor(task.batchesPerEpoch / optim.accumIter);
     if (stepsPerEpoch < 1) throw new Error(`data: ${task.batchesPerEpoch} batches per epoch, fewer than accumIter=${optim.accumIter}`);
@@ -67,7 +90,38 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
 
     let losses: number[] = [];
     let lastCheckpoint = performance.now();
+    const images = optim.batch * optim.accumIter;
+    let since = performance.now();
+    // Reports the pending steps: one readback for all of them.
+    const flush = async () => {
+      const done = pending;
+      if (!done.length) return;
+      pending = [];
+      const all = tf.concat(done.map((p) => p.values));
+      const values = await all.data();
+      tf.dispose([all, ...done.map((p) => p.values)]);
+      const seconds = (performance.now() - since) / 1000 / done.length;
+      since = performance.now();
+      const width = values.length / done.length;
+      for (const [i, p] of done.entries()) {
+        const [loss, ...perScale] = values.subarray(i * width, (i + 1) * width);
+        if (!Number.isFinite(loss)) throw new NonFiniteLossError(p.step, perScale.length ? perScale : [loss!]);
+        losses.push(loss!);
+        const epoch = p.step / stepsPerEpoch;
+        o.onEvent({
+          type: 'step',
+          step: p.step,
+          epoch,
+          samples: p.step * images,
+          loss: loss!,
+          losses: perScale,
+          lr: p.lr,
+          imagesPerS: images / seconds,
+        });
+      }
+    };
     const checkpoint = async () => {
+      await flush();
       const epoch = step / stepsPerEpoch;
       const loss = losses.length ? losses.reduce((a, b) => a + b, 0) / losses.length : null;
       const path = o.checkpointPath(step);
@@ -79,26 +133,19 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
     const { everySteps, everyMinutes } = o.cadence;
 
     while (step < totalSteps) {
-      const t0 = performance.now();
       const epoch = Math.floor(step / stepsPerEpoch);
       const j = step % stepsPerEpoch;
       const lr = lrAt(epoch + j / stepsPerEpoch, optim);
-      const r = await task.step(epoch, j, step, lr);
+      if (!pending.length) since = performance.now();
+      const values = await task.step(epoch, j, step, lr);
       step += 1;
-      losses.push(r.loss);
-      const images = optim.batch * optim.accumIter;
-      o.onEvent({
-        type: 'step',
-        step,
-        epoch: step / stepsPerEpoch,
-        samples: step * images,
-        loss: r.loss,
-        losses: r.losses,
-        lr,
-        imagesPerS: images / ((performance.now() - t0) / 1000),
-      });
+      pending.push({ step, lr, values });
+      if (pending.length >= (o.readEvery ?? 1)) await flush();
       const epochEnd = step % stepsPerEpoch === 0;
-      if (epochEnd && task.evaluate) o.onEvent({ type: 'eval', step, epoch: step / stepsPerEpoch, ...(await task.evaluate()) });
+      if (epochEnd && task.evaluate) {
+        await flush();
+        o.onEvent({ type: 'eval', step, epoch: step / stepsPerEpoch, ...(await task.evaluate()) });
+      }
       await task.afterStep?.(step);
 
       const stopping = o.signal?.aborted || step === o.stopAtStep;
@@ -116,6 +163,7 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
     o.onEvent({ type: 'end', status: 'finished', step });
     return { step, status: 'finished' };
   } finally {
+    tf.dispose(pending.map((p) => p.values));
     task.dispose();
   }
 }

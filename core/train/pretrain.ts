@@ -1,6 +1,6 @@
 import { parseRunConfig, type RunConfig } from '../config.js';
 import type { Loader } from '../data/loader.js';
-import { LocalMIM } from '../model/localmim.js';
+import { disposeBatch, LocalMIM } from '../model/localmim.js';
 import { Rng, seedFor } from '../random.js';
 import type { Task } from './loop.js';
 import { TrainStep } from './step.js';
@@ -29,7 +29,11 @@ export function pretrainTask(config: RunConfig, loader: Loader, init?: ReadonlyM
       const batches = micro.map((images, a) =>
         model.prepare(images, new Rng(seedFor(seed, MASK, step, a)).fill(images.length * model.dims.L)),
       );
-      return trainer.run(batches, lr);
+      try {
+        return trainer.run(batches, lr);
+      } finally {
+        batches.forEach(disposeBatch);
+      }
     },
     dispose() {
       trainer.dispose();

@@ -3,25 +3,6 @@ import type { OptimConfig } from '../config.js';
 import type { LocalMIM, PreparedBatch } from '../model/localmim.js';
 import { AdamW } from './adamw.js';
 
-export interface StepResult {
-  /** Total loss averaged over the accumulated micro-batches, and the same per scale. */
-  loss: number;
-  losses: number[];
-  lr: number;
-}
-
-export class NonFiniteLossError extends Error {
-  constructor(
-    readonly step: number,
-    readonly losses: number[],
-  ) {
-    super(
-      `loss is not finite at optimizer step ${step} (per-scale losses ${losses.join(', ')}); stopped, weights kept from the last good step`,
-    );
-    this.name = 'NonFiniteLossError';
-  }
-}
-
 /** `acc + g` per variable, disposing both inputs: gradient accumulation over micro-batches. */
 export function accumulate(acc: tf.NamedTensorMap, g: tf.NamedTensorMap): tf.NamedTensorMap {
   const sum = tf.tidy(() =>
@@ -31,7 +12,7 @@ export function accumulate(acc: tf.NamedTensorMap, g: tf.NamedTensorMap): tf.Nam
   return sum;
 }
 
-/** Forward, losses, backward and AdamW for one optimizer step over `accumIter` micro-batches. */
+/** Forward, losses, backward and AdamW for one optimizer step over `accumIter` micro-batches, all on the device. */
 export class TrainStep {
   readonly optimizer: AdamW;
 
@@ -42,39 +23,34 @@ export class TrainStep {
     this.optimizer = new AdamW(model.params.vars, o);
   }
 
-  /** Gradients of the mean loss over the micro-batches, and the per-scale losses; the caller disposes the grads. */
-  async gradients(batches: PreparedBatch[]): Promise<{ grads: tf.NamedTensorMap; losses: number[] }> {
+  /** Gradients of the mean loss over the micro-batches, and the per-scale losses `[scales]`; the caller disposes both. */
+  gradients(batches: PreparedBatch[]): { grads: tf.NamedTensorMap; losses: tf.Tensor1D } {
     const vars = [...this.model.params.vars.values()];
     let grads: tf.NamedTensorMap = {};
-    const losses = new Array<number>(this.model.dims.scales.length).fill(0);
+    let losses = tf.zeros([this.model.dims.scales.length]) as tf.Tensor1D;
     for (const batch of batches) {
-      let scaleLosses: tf.Scalar[] = [];
+      let scaleLosses: tf.Tensor1D | undefined;
       const { value, grads: g } = tf.variableGrads(() => {
         const out = this.model.forward(batch);
-        scaleLosses = out.losses.map((l) => tf.keep(l));
+        scaleLosses = tf.keep(tf.div(tf.stack(out.losses), batches.length) as tf.Tensor1D);
         // Accumulation divides the loss, not the gradients, as the official loop does.
         return tf.div(out.loss, batches.length) as tf.Scalar;
       }, vars);
-      // Read asynchronously: a GPU backend cannot be read synchronously in Node.
-      const values = await Promise.all(scaleLosses.map((l) => l.data()));
-      values.forEach((v, k) => (losses[k]! += v[0]! / batches.length));
-      tf.dispose([value, ...scaleLosses]);
+      const sum = tf.add(losses, scaleLosses!) as tf.Tensor1D;
+      tf.dispose([value, losses, scaleLosses!]);
+      losses = sum;
       grads = accumulate(grads, g);
     }
     return { grads, losses };
   }
 
-  /** One optimizer step at learning rate `lr`; throws {@link NonFiniteLossError} before touching the weights. */
-  async run(batches: PreparedBatch[], lr: number): Promise<StepResult> {
-    const { grads, losses } = await this.gradients(batches);
-    const loss = losses.reduce((a, b) => a + b, 0);
-    if (!Number.isFinite(loss)) {
-      tf.dispose(Object.values(grads));
-      throw new NonFiniteLossError(this.optimizer.step + 1, losses);
-    }
+  /** One optimizer step at learning rate `lr`. Returns `[loss, ...per-scale losses]` on the device, unread. */
+  run(batches: PreparedBatch[], lr: number): tf.Tensor1D {
+    const { grads, losses } = this.gradients(batches);
     this.optimizer.apply(grads, lr);
-    tf.dispose(Object.values(grads));
-    return { loss, losses, lr };
+    const out = tf.tidy(() => tf.concat([tf.reshape(tf.sum(losses), [1]), losses]) as tf.Tensor1D);
+    tf.dispose([...Object.values(grads), losses]);
+    return out;
   }
 
   dispose(): void {
