@@ -216,3 +216,36 @@ describe('export', () => {
     expect(out.gradNorms.every((g) => g > 0)).toBe(true);
   });
 });
+
+describe('a run whose decoders differ from the defaults (18 bins, as ViT-L)', () => {
+  const model = { D: 32, depth: 4, heads: 2, imgSize: 32, patchSize: 8, taps: [0, 1, 2, 3], nbins: 18, hogBias: true };
+  const decoders = { decoderDim: 24, decoderHeads: 3, decoderDepth: 2 };
+  const pretrain = (name: string, m: object, extra: string[] = []) => {
+    const file = join(dir, `${name}.json`);
+    writeFileSync(file, JSON.stringify({ model: m, optim: { epochs: 1, batch: 8 } }));
+    const events = run(['pretrain', '--json', '--config', file, '--max-steps', '1', ...extra])
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { type: string; runId: number; path?: string });
+    return { runId: String(events[0]!.runId), checkpoint: events.find((e) => e.type === 'checkpoint')!.path! };
+  };
+
+  test('export keeps only the backbone; its import and the run itself start new runs with other decoders', async () => {
+    const source = pretrain('bins18', { ...model, ...decoders });
+    const out = join(dir, 'bins18');
+    run(['export', source.runId, '--out', out]);
+    const t = readSafetensors(join(out, 'model.safetensors'));
+    expect([...t.keys()].filter((n) => !/^(cls_token|pos_embed|patch_embed\.|blocks\.)/.test(n))).toEqual([]);
+    expect(t.size).toBe(4 + 4 * 12);
+    run(['export', source.runId, '--format', 'tfjs', '--out', `${out}-tfjs`]);
+    expect(readdirSync(`${out}-tfjs`).sort()).toEqual(['README.md', 'config.json', 'model.json', 'weights.bin']);
+
+    // Imported weights carry no decoders of their own; a run from them or from the source builds its own.
+    const { runId: imported } = JSON.parse(run(['import', join(out, 'model.safetensors'), '--json'])) as { runId: number };
+    const fromImport = pretrain('from-import', { ...model, ...decoders }, ['--init', String(imported)]);
+    const fromSource = pretrain('from-source', { ...model, nbins: 9, decoderDim: 16, decoderHeads: 2 }, ['--init', source.runId]);
+    const { loadCheckpoint } = await import('../core/train/checkpoint.js');
+    expect(loadCheckpoint(fromImport.checkpoint).tensors.get('decoder.3.pred.1.weight')!.shape).toEqual([54, 24, 1, 1]);
+    expect(loadCheckpoint(fromSource.checkpoint).tensors.get('decoder.3.pred.1.weight')!.shape).toEqual([27, 16, 1, 1]);
+  });
+});
