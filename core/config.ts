@@ -27,7 +27,7 @@ export const ModelConfigBase = z.strictObject({
   imgSize: int(8).max(4096).default(224),
   patchSize: int(1).max(256).default(16),
   mlpRatio: z.number().positive().default(4),
-  /** `local`: LocalMIM; `global`: MAE-style single decoder on the last block; `isolated`: gradients stopped after each tap (paper Table 5). */
+  /** `local`: LocalMIM; `global`: every decoder on the last block (MAE-style with one scale, paper Table 6 with several); `isolated`: gradients stopped after each tap (paper Table 5). */
   variant: z.enum(['local', 'global', 'isolated']).default('local'),
   target: z.enum(['hog', 'pixel']).default('hog'),
   /** HOG orientation bins: 9 in the official ViT-B recipe, 18 in the paper and ViT-L. */
@@ -37,9 +37,9 @@ export const ModelConfigBase = z.strictObject({
   /** Standardise each pixel-target token by its own mean and unbiased variance (docs/method.md#normalized-pixel-targets). */
   normPix: z.boolean().default(true),
   maskRatio: z.number().gt(0).lt(1).default(0.75),
-  /** 0-based blocks whose outputs feed the decoders; default the distinct ones of [1, 3, depth−3, depth−1] (global: [depth−1]). */
+  /** 0-based blocks whose outputs feed the decoders, one per scale; default the distinct ones of [1, 3, depth−3, depth−1] (global: depth−1 for every scale). */
   taps: z.array(int(0)).optional(),
-  /** One scale per tap; default [4, 2, 1, 0.5] (global: [1]). HOG cell / pixel patch of scale s is p/s. */
+  /** One scale per tap, in any order (paper Table 4f); default [4, 2, 1, 0.5] (global: [1]). HOG cell / pixel patch of scale s is p/s. */
   scales: z.array(z.union(SCALES.map((s) => z.literal(s)) as [z.ZodLiteral<Scale>, ...z.ZodLiteral<Scale>[]])).optional(),
   decoderDim: int(4).max(8192).default(256),
   decoderHeads: int(1).max(256).default(8),
@@ -73,11 +73,17 @@ export function modelDims(c: ModelConfig): ModelDims {
   const p = c.patchSize;
   const g = Math.floor(c.imgSize / p);
   const L = g * g;
-  const global = c.variant === 'global';
-  // The official rule; shallow models (depth < 7) keep its distinct blocks and the first scales, as the official zip does.
-  const taps =
-    c.taps ?? (global ? [depth - 1] : [...new Set([1, 3, depth - 3, depth - 1])].filter((t) => t >= 0 && t < depth).sort((a, b) => a - b));
-  const scales = c.scales ?? (global ? [1] : SCALES.slice(0, taps.length));
+  let taps: number[];
+  let scales: Scale[];
+  if (c.variant === 'global') {
+    // Every scale decoded from the last block: one decoder (MAE) or several (paper Table 6, global multi-scale).
+    scales = c.scales ?? [1];
+    taps = c.taps ?? scales.map(() => depth - 1);
+  } else {
+    // The official rule; shallow models (depth < 7) keep its distinct blocks and the first scales, as the official zip does.
+    taps = c.taps ?? [...new Set([1, 3, depth - 3, depth - 1])].filter((t) => t >= 0 && t < depth).sort((a, b) => a - b);
+    scales = c.scales ?? SCALES.slice(0, taps.length);
+  }
   const cells = scales.map((s) => p / s);
   const F = cells.map((cell) => (c.target === 'hog' ? 3 * c.nbins : 3 * cell * cell));
   return { D, depth, heads, p, g, L, nKeep: Math.floor(L * (1 - c.maskRatio)), taps, scales, cells, F };
@@ -95,9 +101,10 @@ export const ModelConfigSchema = ModelConfigBase.superRefine((c, ctx) => {
   if (d.nKeep < 1 || d.nKeep >= d.L)
     issue('maskRatio', `maskRatio=${c.maskRatio} keeps ${d.nKeep} of ${d.L} patches: at least one must be visible and one masked`);
   if (d.taps.length !== d.scales.length) issue('taps', `${d.taps.length} taps but ${d.scales.length} scales: one scale per tapped block`);
-  if (d.taps.some((t, i) => t >= d.depth || (i > 0 && t <= d.taps[i - 1]!)))
+  if (c.variant === 'global' && d.taps.some((t) => t !== d.taps[0]))
+    issue('taps', `the global variant decodes every scale from one block, but taps are [${d.taps}]`);
+  else if (d.taps.some((t, i) => t >= d.depth || (c.variant !== 'global' && i > 0 && t <= d.taps[i - 1]!)))
     issue('taps', `taps [${d.taps}] must be increasing 0-based block indices below depth=${d.depth}`);
-  if (c.variant === 'global' && d.scales.length !== 1) issue('scales', 'the global (MAE-style) variant has exactly one decoder and scale');
   for (const [k, s] of d.scales.entries()) {
     if (!Number.isInteger(d.cells[k]!) || d.cells[k]! < 1)
       issue('patchSize', `patchSize=${d.p} must be divisible by ${s} for scale ×${s} (cell p/${s})`);

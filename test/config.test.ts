@@ -49,6 +49,31 @@ describe('config', () => {
     });
   });
 
+  test('global multi-scale (paper Table 6): every scale decoded from the last block', () => {
+    expect(modelDims(parseRunConfig({ model: { variant: 'global', scales: [4, 2, 1, 0.5] } }).model)).toMatchObject({
+      taps: [11, 11, 11, 11],
+      scales: [4, 2, 1, 0.5],
+      cells: [4, 8, 16, 32],
+    });
+  });
+
+  test.each([
+    [
+      [1, 1, 1, 1],
+      [16, 16, 16, 16],
+    ],
+    [
+      [2, 1, 0.5, 0.5],
+      [8, 16, 32, 32],
+    ],
+    [
+      [0.5, 1, 2, 4],
+      [32, 16, 8, 4],
+    ],
+  ] as const)('scale order %j (paper Table 4f) pairs with the default taps: cells %j', (scales, cells) => {
+    expect(modelDims(parseRunConfig({ model: { scales: [...scales] } }).model)).toMatchObject({ taps: [1, 3, 9, 11], scales, cells });
+  });
+
   test.each([
     [{ model: { imgSize: 60 } }, /^model\.imgSize: .*multiple of patchSize/],
     [{ model: { patchSize: 6, imgSize: 60 } }, /^model\.patchSize: .*scale ×4/],
@@ -58,7 +83,11 @@ describe('config', () => {
     [{ model: { taps: [1, 3, 9], scales: [4, 2, 1, 0.5] } }, /^model\.taps: 3 taps but 4 scales/],
     [{ model: { taps: [1, 3, 3, 11] } }, /^model\.taps: .*increasing/],
     [{ model: { taps: [1, 3, 9, 12] } }, /^model\.taps: .*below depth=12/],
-    [{ model: { variant: 'global', scales: [4, 1], taps: [5, 11] } }, /^model\.scales: .*exactly one decoder/],
+    [
+      { model: { variant: 'global', scales: [4, 1], taps: [5, 11] } },
+      /^model\.taps: the global variant decodes every scale from one block/,
+    ],
+    [{ model: { variant: 'global', scales: [4, 1], taps: [12, 12] } }, /^model\.taps: .*below depth=12/],
     [{ model: { maskRatio: 1.5 } }, /^model\.maskRatio/],
     [{ model: { imgSize: 32, patchSize: 16, maskRatio: 0.9 } }, /^model\.maskRatio: .*keeps 0 of 4/],
     [{ model: { decoderDim: 250 } }, /^model\.decoderHeads: /],

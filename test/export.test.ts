@@ -6,6 +6,9 @@ import sharp from 'sharp';
 import { evalImage } from '../core/data/preprocess.js';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { SAMPLE_IMAGES } from '../core/home.js';
+import { resizePosEmbed, sinCosPosEmbed } from '../core/model/posEmbed.js';
+import { Rng } from '../core/random.js';
+import { encodeSafetensors } from '../core/safetensors.js';
 import { localmim } from './cli.js';
 import './setup.js';
 
@@ -214,5 +217,145 @@ describe('export', () => {
     for (const l of out.layers) expect(l.mean.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 5);
     expect(out.gradNorms).toHaveLength(4);
     expect(out.gradNorms.every((g) => g > 0)).toBe(true);
+  });
+});
+
+describe('a run whose decoders differ from the defaults (18 bins, as ViT-L)', () => {
+  const model = { D: 32, depth: 4, heads: 2, imgSize: 32, patchSize: 8, taps: [0, 1, 2, 3], nbins: 18, hogBias: true };
+  const decoders = { decoderDim: 24, decoderHeads: 3, decoderDepth: 2 };
+  const pretrain = (name: string, m: object, extra: string[] = []) => {
+    const file = join(dir, `${name}.json`);
+    writeFileSync(file, JSON.stringify({ model: m, optim: { epochs: 1, batch: 8 } }));
+    const events = run(['pretrain', '--json', '--config', file, '--max-steps', '1', ...extra])
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { type: string; runId: number; path?: string });
+    return { runId: String(events[0]!.runId), checkpoint: events.find((e) => e.type === 'checkpoint')!.path! };
+  };
+
+  test('export keeps only the backbone; its import and the run itself start new runs with other decoders', async () => {
+    const source = pretrain('bins18', { ...model, ...decoders });
+    const out = join(dir, 'bins18');
+    run(['export', source.runId, '--out', out]);
+    const t = readSafetensors(join(out, 'model.safetensors'));
+    expect([...t.keys()].filter((n) => !/^(cls_token|pos_embed|patch_embed\.|blocks\.)/.test(n))).toEqual([]);
+    expect(t.size).toBe(4 + 4 * 12);
+    run(['export', source.runId, '--format', 'tfjs', '--out', `${out}-tfjs`]);
+    expect(readdirSync(`${out}-tfjs`).sort()).toEqual(['README.md', 'config.json', 'model.json', 'weights.bin']);
+
+    // Imported weights carry no decoders of their own; a run from them or from the source builds its own.
+    const { runId: imported } = JSON.parse(run(['import', join(out, 'model.safetensors'), '--json'])) as { runId: number };
+    const fromImport = pretrain('from-import', { ...model, ...decoders }, ['--init', String(imported)]);
+    const fromSource = pretrain('from-source', { ...model, nbins: 9, decoderDim: 16, decoderHeads: 2 }, ['--init', source.runId]);
+    const { loadCheckpoint } = await import('../core/train/checkpoint.js');
+    expect(loadCheckpoint(fromImport.checkpoint).tensors.get('decoder.3.pred.1.weight')!.shape).toEqual([54, 24, 1, 1]);
+    expect(loadCheckpoint(fromSource.checkpoint).tensors.get('decoder.3.pred.1.weight')!.shape).toEqual([27, 16, 1, 1]);
+  });
+});
+
+/**
+ * PyTorch's `interpolate(mode='bicubic', align_corners=False)` (no antialias) of each channel of the `g × g` grid
+ * of a `[1 + g², D]` table, written out directly: 16 clamped taps per output, Keys' kernel with a = −0.75.
+ */
+function referenceBicubic(table: Float32Array, D: number, g: number, G: number): Float64Array {
+  const a = -0.75;
+  const K = (d: number) => {
+    const x = Math.abs(d);
+    if (x <= 1) return (a + 2) * x ** 3 - (a + 3) * x ** 2 + 1;
+    return x < 2 ? a * x ** 3 - 5 * a * x ** 2 + 8 * a * x - 4 * a : 0;
+  };
+  const clamp = (i: number) => Math.min(Math.max(i, 0), g - 1);
+  const out = new Float64Array(G * G * D);
+  for (let Y = 0; Y < G; Y++)
+    for (let X = 0; X < G; X++) {
+      const [sy, sx] = [((Y + 0.5) * g) / G - 0.5, ((X + 0.5) * g) / G - 0.5];
+      for (let j = Math.floor(sy) - 1; j <= Math.floor(sy) + 2; j++)
+        for (let i = Math.floor(sx) - 1; i <= Math.floor(sx) + 2; i++) {
+          const w = K(sy - j) * K(sx - i);
+          for (let c = 0; c < D; c++) out[(Y * G + X) * D + c]! += w * table[(1 + clamp(j) * g + clamp(i)) * D + c]!;
+        }
+    }
+  return out;
+}
+
+describe('import resizes the position table to another grid', () => {
+  test('as PyTorch: [[1, 2], [3, 4]] to 4×4 starts 0.6836, 1.0156, 1.5625, 1.8945', () => {
+    const out = resizePosEmbed(Float32Array.of(7, 1, 2, 3, 4), 1, 2, 4);
+    expect(out[0]).toBe(7); // the class row is kept
+    [0.6836, 1.0156, 1.5625, 1.8945].forEach((v, i) => expect(out[1 + i]).toBeCloseTo(v, 4));
+    expect(out[16]).toBeCloseTo(4.3164, 4);
+  });
+
+  const imported = new Map<string, number>();
+  const source = () => {
+    const out = join(dir, 'pos-source');
+    run(['export', '1', '--out', out]);
+    return readSafetensors(join(out, 'model.safetensors'));
+  };
+
+  test.each([
+    [14, 7],
+    [7, 14],
+    [6, 10],
+  ])('a table on a %i² grid imported on a %i² grid equals the bicubic reference; features as timm’s forward', async (g, G) => {
+    // Run 1's weights (D 32, patch 8) with a random table of g×g positions, its class row non-zero.
+    const t = source();
+    const rng = new Rng(g * 100 + G);
+    const table = Float32Array.from({ length: (1 + g * g) * 32 }, () => rng.normal());
+    t.set('pos_embed', { shape: [1, 1 + g * g, 32], v: table });
+    const file = join(dir, `pos-${g}.safetensors`);
+    writeFileSync(file, encodeSafetensors(new Map([...t].map(([n, x]) => [n, { shape: x.shape, values: x.v }]))));
+    const { runId, model } = JSON.parse(run(['import', file, '--img', String(8 * G), '--heads', '2', '--json'])) as {
+      runId: number;
+      model: { imgSize: number };
+    };
+    expect(model.imgSize).toBe(8 * G);
+    imported.set(`${g}-${G}`, runId);
+    const out = join(dir, `pos-${g}-${G}`);
+    run(['export', String(runId), '--out', out]);
+    const got = readSafetensors(join(out, 'model.safetensors'));
+    expect(got.get('pos_embed')!.shape).toEqual([1, 1 + G * G, 32]);
+    const pos = got.get('pos_embed')!.v;
+    const want = referenceBicubic(table, 32, g, G);
+    want.forEach((v, i) => expect(Math.abs(pos[32 + i]! - v), `pos_embed[${1 + Math.floor(i / 32)}, ${i % 32}]`).toBeLessThan(1e-5));
+    // The class row went into cls_token: the same sums reach the blocks.
+    expect(Array.from(pos.subarray(0, 32))).toEqual(new Array(32).fill(0));
+    const cls = t.get('cls_token')!.v;
+    got.get('cls_token')!.v.forEach((v, c) => expect(v).toBeCloseTo(cls[c]! + table[c]!, 6));
+
+    const resized = new Map(t);
+    resized.set('pos_embed', { shape: [1, 1 + G * G, 32], v: Float32Array.of(...table.subarray(0, 32), ...want) });
+    const img = await evalImage(image, 8 * G);
+    const plain = plainFeatures(resized, { data: img.data, width: img.width }, 2);
+    const ours = features(String(runId));
+    plain.forEach((v, d) => expect(Math.abs(v - ours[d]!), `feature ${d}`).toBeLessThan(1e-4));
+  });
+
+  test('a fine-tuned run exports the table it was fine-tuned with, not sin-cos', () => {
+    const table = readSafetensors(join(dir, 'pos-14-7', 'model.safetensors')).get('pos_embed')!.v;
+    const events = run([
+      'finetune',
+      '--json',
+      '--from',
+      String(imported.get('14-7')),
+      '--data',
+      join(dir, 'labeled'),
+      '--epochs',
+      '1',
+      '--batch',
+      '16',
+    ]);
+    const runId = (JSON.parse(events.split('\n')[0]!) as { runId: number }).runId;
+    const out = join(dir, 'pos-finetuned');
+    run(['export', String(runId), '--out', out]);
+    const exported = readSafetensors(join(out, 'model.safetensors')).get('pos_embed')!.v;
+    expect(Array.from(exported)).toEqual(Array.from(table));
+    expect(Array.from(exported)).not.toEqual(Array.from(sinCosPosEmbed(32, 7)));
+  });
+
+  test('an image size that is not a multiple of the patch size is refused naming it', () => {
+    const r = localmim(['import', join(dir, 'pos-14.safetensors'), '--img', '60', '--heads', '2', '--home', home]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/pos-14\.safetensors: imgSize 60 must be a multiple of its patch size 8/);
   });
 });

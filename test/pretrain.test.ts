@@ -122,3 +122,32 @@ describe('localmim pretrain', () => {
     expect(localmim(['pretrain', '--home', join(dir, 'bad'), '--preset', 'simclr']).stderr).toMatch(/--preset: unknown preset "simclr"/);
   });
 });
+
+describe('the paper’s ablation configurations train (one step each)', () => {
+  // One tiny model at 32 px (patch 8, 4×4 grid) and 4 blocks tapped at [0, 1, 2, 3] unless global.
+  const model = { D: 32, depth: 4, heads: 2, decoderDim: 16, decoderHeads: 2, imgSize: 32, patchSize: 8 };
+  test.each([
+    ['Table 6 global multi-scale', { variant: 'global', scales: [4, 2, 1, 0.5] }],
+    ['Table 4f coarse-to-fine', { taps: [0, 1, 2, 3], scales: [0.5, 1, 2, 4] }],
+    ['Table 4f single-scale', { taps: [0, 1, 2, 3], scales: [1, 1, 1, 1] }],
+    ['Table 4f fine-to-coarse [28², 14², 7², 7²]', { taps: [0, 1, 2, 3], scales: [2, 1, 0.5, 0.5] }],
+  ] as const)('%s', (name, layout) => {
+    const home = join(dir, name.replace(/\W+/g, '-'));
+    const file = join(dir, `${name.replace(/\W+/g, '-')}.json`);
+    writeFileSync(file, JSON.stringify({ model: { ...model, ...layout }, optim: { epochs: 1, batch: 8 } }));
+    const r = localmim(['pretrain', '--json', '--home', home, '--config', file, '--max-steps', '1']);
+    expect(r.code, r.stderr).toBe(0);
+    const events = r.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Event & { losses?: number[] });
+    const step = events.find((e) => e.type === 'step')!;
+    expect(step.losses).toHaveLength(4);
+    expect(step.losses!.every((l) => Number.isFinite(l) && l > 0)).toBe(true);
+    // Decoder k carries scale k's head: its final 1×1 conv (official index, input width d/4, d/2, d, d) → 27 HOG features.
+    const { tensors } = loadCheckpoint(events.find((e) => e.type === 'checkpoint')!.path!);
+    const head = { 4: [4, 4], 2: [1, 8], 1: [0, 16], 0.5: [1, 16] } as const;
+    layout.scales.forEach((s, k) => expect(tensors.get(`decoder.${k}.pred.${head[s][0]}.weight`)?.shape).toEqual([27, head[s][1], 1, 1]));
+    expect([...tensors.keys()].filter((n) => /^norm\.\d+\.weight$/.test(n))).toHaveLength(4);
+  });
+});

@@ -66,6 +66,26 @@ describe('variants', () => {
   });
 
   test.each([
+    ['global', [7, 7, 7, 7]],
+    ['local', [1, 3, 5, 7]],
+  ] as const)('%s with scales [4, 2, 1, 0.5]: the deepest block scale k’s loss reaches is %j', (variant, taps) => {
+    const { model, batch, dispose } = setup({ model: { ...tiny, variant, scales: [4, 2, 1, 0.5] } }, 2);
+    expect(model.dims.taps).toEqual(taps);
+    const b = batch();
+    const encoder = [...model.params.vars].filter(([name]) => name.startsWith('blocks.')).map(([, v]) => v);
+    const deepest = taps.map((_, k) => {
+      const { value, grads } = tf.variableGrads(() => model.forward(b).losses[k]!, encoder);
+      const reached = Object.entries(grads)
+        .filter(([, g]) => tf.tidy(() => tf.sum(tf.abs(g)).dataSync()[0]!) > 0)
+        .map(([name]) => Number(/blocks\.(\d+)\./.exec(name)![1]));
+      tf.dispose([value, ...Object.values(grads)]);
+      return Math.max(...reached);
+    });
+    expect(deepest).toEqual(taps);
+    dispose();
+  });
+
+  test.each([
     [{ variant: 'global', target: 'hog' }, [[2, 16, 27]]],
     [{ variant: 'global', target: 'pixel' }, [[2, 16, 192]]],
     [

@@ -8,6 +8,11 @@ export const summary = 'import timm/MAE ViT weights (safetensors) as a run to fi
 
 const OPTIONS = {
   heads: { type: 'string', arg: 'H', help: 'attention heads, when neither a config.json beside the file nor the width tells' },
+  img: {
+    type: 'string',
+    arg: 'PX',
+    help: 'input size of the imported model; its position table is resized (bicubic) to that grid (default: the table’s own size)',
+  },
   name: { type: 'string', arg: 'NAME', help: 'name of the new run (default: imported FILE)' },
   home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
   json: { type: 'boolean', default: false, help: 'print the new run id and model config as JSON' },
@@ -23,6 +28,7 @@ export async function run(argv: string[]): Promise<void> {
   try {
     const r = await importWeights(store, positionals[0], {
       heads: values.heads ? positiveInt('heads', values.heads) : undefined,
+      imgSize: values.img ? positiveInt('img', values.img) : undefined,
       name: values.name,
       home,
       checkpointPath: (id) => paths.checkpoint(id, 0),

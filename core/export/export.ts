@@ -8,6 +8,7 @@ import { backboneOf, datasetHash, timmConfig, type Backbone } from './backbone.j
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../safetensors.js';
 import { buildLayersModel, saveLayersModel } from './tfjs.js';
 import { ParamStore } from '../model/params.js';
+import { resizePosEmbed } from '../model/posEmbed.js';
 import { AdamW } from '../train/adamw.js';
 
 export type ExportFormat = 'safetensors' | 'tfjs';
@@ -131,19 +132,32 @@ const LIMITS = { D: 4096, depth: 64, patch: 64, grid: 64, mlpRatio: 8 };
 /**
  * Imports timm/MAE-named ViT weights (safetensors) as a run with one checkpoint, to fine-tune or to
  * continue pretraining from. Shapes give the width, depth, patch and image size; heads come from a
- * `config.json` beside the file, `heads`, or the standard sizes.
+ * `config.json` beside the file, `heads`, or the standard sizes. With `imgSize`, the position table is
+ * resized to that image's patch grid (docs/method.md#imported-weights).
  */
 export async function importWeights(
   store: Store,
   file: string,
-  o: { heads?: number; name?: string; home: string; checkpointPath: (runId: number) => string },
+  o: { heads?: number; imgSize?: number; name?: string; home: string; checkpointPath: (runId: number) => string },
 ): Promise<{ runId: number; model: ModelConfig }> {
   const { tensors } = decodeSafetensors(readFileSync(file), file);
   const strip = (n: string) => n.replace(/^(module\.|model\.|encoder\.)/, '');
   const named = new Map([...tensors].map(([n, t]) => [strip(n), t]));
-  const model = importedModel(vitShape(named, file), o.heads ?? headsBeside(file), file);
+  const shape = vitShape(named, file);
+  const g = o.imgSize === undefined ? shape.g : gridFor(o.imgSize, shape.p, file);
+  const model = importedModel({ ...shape, g }, o.heads ?? headsBeside(file), file);
   const params = new ParamStore(model, 0);
-  const known = new Map([...named].filter(([n]) => params.vars.has(n) || n === 'pos_embed').map(([n, t]) => [n, t.values]));
+  const known = new Map([...named].filter(([n]) => params.vars.has(n)).map(([n, t]) => [n, t.values]));
+  const pos = named.get('pos_embed')?.values;
+  if (pos) {
+    const table = shape.g === g ? Float32Array.from(pos) : resizePosEmbed(pos, shape.D, shape.g, g);
+    // The encoder gives the class token no position (that row is zero when trained here): fold the file's row into cls_token.
+    known.set(
+      'cls_token',
+      known.get('cls_token')!.map((v, i) => v + table[i]!),
+    );
+    known.set('pos_embed', table.fill(0, 0, shape.D));
+  }
   params.assign(known);
   const run = store.createRun({
     name: o.name ?? `imported ${basename(file)}`,
@@ -230,6 +244,14 @@ function blockCount(names: string[], fail: (what: string) => never): number {
     depth = Math.max(depth, Number(m[1]) + 1);
   }
   return depth || fail('no tensor blocks.0.*: not a ViT with timm or MAE names');
+}
+
+/** The patch-grid side of an `imgSize` input. */
+function gridFor(imgSize: number, p: number, file: string): number {
+  const g = imgSize / p;
+  if (!Number.isInteger(g) || g < 1 || g > LIMITS.grid)
+    throw new Error(`${file}: imgSize ${imgSize} must be a multiple of its patch size ${p}, up to ${LIMITS.grid * p} px`);
+  return g;
 }
 
 /** The patch-grid side from pos_embed [1, 1 + g², D]; 14 (224 px at patch 16) without one. */

@@ -55,7 +55,7 @@ export interface EncoderDims {
 }
 
 export interface EncoderOptions {
-  /** Blocks (0-based) whose output, through its own LayerNorm `norm.j`, is returned; the run stops at the last. */
+  /** Blocks (0-based, non-decreasing) whose output, through its own LayerNorm `norm.j`, is returned; the run stops at the last. */
   taps?: readonly number[];
   /** Stop gradients after each tap (paper Table 5). */
   isolate?: boolean;
@@ -92,9 +92,9 @@ export function encode(
     const keep =
       o.dropPath && o.dropPath.rate > 0 ? keepMasks(o.dropPath, (o.dropPath.rate * i) / Math.max(depth - 1, 1), B, T) : undefined;
     x = block(P, `blocks.${i}`, x, B, T, heads, { keep, onProbs: o.onAttention && ((p) => o.onAttention!(i, p)) });
-    const j = taps.indexOf(i);
-    if (j < 0) continue;
-    latents.push(layerNorm(x, P(`norm.${j}.weight`), P(`norm.${j}.bias`)));
+    if (!taps.includes(i)) continue;
+    // A block may feed several decoders (the global multi-scale variant), each through its own norm.
+    for (const [j, t] of taps.entries()) if (t === i) latents.push(layerNorm(x, P(`norm.${j}.weight`), P(`norm.${j}.bias`)));
     if (o.isolate) x = stopGradient(x);
   }
   return { latents, x };

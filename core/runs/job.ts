@@ -6,6 +6,7 @@ import { DecodeCache } from '../data/cache.js';
 import { Loader, type DataItem } from '../data/loader.js';
 import { evalImage } from '../data/preprocess.js';
 import { homePaths } from '../home.js';
+import { isBackbone } from '../model/classifier.js';
 import type { LocalMIM } from '../model/localmim.js';
 import { Rng, seedFor } from '../random.js';
 import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
@@ -50,7 +51,7 @@ export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ ste
   const paths = homePaths(job.home);
   const cache = new DecodeCache(paths.cache);
   const resumeFrom = job.resumeFrom ? loadCheckpoint(job.resumeFrom) : undefined;
-  const init = !resumeFrom && job.initFrom ? weights(loadCheckpoint(job.initFrom)) : undefined;
+  const init = !resumeFrom && job.initFrom ? backbone(loadCheckpoint(job.initFrom)) : undefined;
   const { spec } = job;
   const { imgSize } = spec.config.model;
   let task;
@@ -98,8 +99,8 @@ function deviceError(err: Error, job: TrainJob): Error | undefined {
   );
 }
 
-const weights = (c: LoadedCheckpoint) =>
-  new Map([...c.tensors].filter(([n]) => !n.startsWith('optimizer.')).map(([n, t]) => [n, t.values] as const));
+/** The backbone a new run starts from: decoders, tap norms and HOG layers start fresh, whatever shapes the source had. */
+const backbone = (c: LoadedCheckpoint) => new Map([...c.tensors].filter(([n]) => isBackbone(n)).map(([n, t]) => [n, t.values] as const));
 
 /** Reconstructions of the probe images under a fixed mask, every `previewEvery` steps; a failure is reported, never fatal. */
 function previews(model: LocalMIM, probes: Awaited<ReturnType<typeof evalImage>>[], job: TrainJob, hooks: JobHooks) {
