@@ -15,6 +15,15 @@ export type Scale = (typeof SCALES)[number];
 
 const int = (min: number) => z.number().int().min(min);
 
+/**
+ * Decoder sizes (docs/method.md#decoders-and-scales): LocalMIM's light one per scale (official `MIM_vit_*`: 256-d, one
+ * block, 8 heads), and MAE's (`mae_vit_base_patch16`: 512-d, 8 blocks, 16 heads).
+ */
+export const DECODERS = {
+  localmim: { decoderDim: 256, decoderDepth: 1, decoderHeads: 8 },
+  mae: { decoderDim: 512, decoderDepth: 8, decoderHeads: 16 },
+} as const;
+
 /** Longer than any real schedule; a typo like 1e9 is an error, not a run that never ends. */
 export const MAX_EPOCHS = 100_000;
 
@@ -41,9 +50,10 @@ export const ModelConfigBase = z.strictObject({
   taps: z.array(int(0)).optional(),
   /** One scale per tap; default [4, 2, 1, 0.5] (global: [1]). HOG cell / pixel patch of scale s is p/s. */
   scales: z.array(z.union(SCALES.map((s) => z.literal(s)) as [z.ZodLiteral<Scale>, ...z.ZodLiteral<Scale>[]])).optional(),
-  decoderDim: int(4).max(8192).default(256),
-  decoderHeads: int(1).max(256).default(8),
-  decoderDepth: int(1).max(64).default(1),
+  /** Width, heads and blocks of each decoder: LocalMIM's by default (see DECODERS). */
+  decoderDim: int(4).max(8192).default(DECODERS.localmim.decoderDim),
+  decoderHeads: int(1).max(256).default(DECODERS.localmim.decoderHeads),
+  decoderDepth: int(1).max(64).default(DECODERS.localmim.decoderDepth),
 });
 export type ModelConfig = z.output<typeof ModelConfigBase>;
 
@@ -161,12 +171,15 @@ export class ConfigError extends Error {
   }
 }
 
-/** The paper's configurations, as starting points: LocalMIM with HOG or pixels, the MAE baseline, isolated gradients. */
+/**
+ * The paper's configurations, as starting points: LocalMIM with HOG or pixels, isolated gradients, each with LocalMIM's
+ * decoders; and the MAE baseline, MAE's own model: one decoder of MAE's size on the last block, normalized pixels.
+ */
 export const PRESETS = {
-  'localmim-hog': { variant: 'local', target: 'hog' },
-  'localmim-pixel': { variant: 'local', target: 'pixel' },
-  mae: { variant: 'global', target: 'pixel' },
-  isolated: { variant: 'isolated', target: 'hog' },
+  'localmim-hog': { variant: 'local', target: 'hog', ...DECODERS.localmim },
+  'localmim-pixel': { variant: 'local', target: 'pixel', ...DECODERS.localmim },
+  mae: { variant: 'global', target: 'pixel', normPix: true, ...DECODERS.mae },
+  isolated: { variant: 'isolated', target: 'hog', ...DECODERS.localmim },
 } as const satisfies Record<string, Partial<ModelConfig>>;
 export type Preset = keyof typeof PRESETS;
 

@@ -42,9 +42,11 @@ function specs(c: ModelConfig, classes?: number): ParamSpec[] {
     add(`${name}.bias`, [n], fill(0));
   };
   // Heads keep PyTorch's conv defaults, U(±1/√fan_in); a transposed conv [in, out, k, k] has fan_in = out·k².
+  // MAE's predictor (the global variant's) is a Linear: Xavier weight, zero bias.
   const conv1x1 = (name: string, o: number, i: number) => {
-    add(`${name}.weight`, [o, i, 1, 1], uniform(1 / Math.sqrt(i)));
-    add(`${name}.bias`, [o], uniform(1 / Math.sqrt(i)));
+    const mae = c.variant === 'global';
+    add(`${name}.weight`, [o, i, 1, 1], mae ? xavier(o, i) : uniform(1 / Math.sqrt(i)));
+    add(`${name}.bias`, [o], mae ? fill(0) : uniform(1 / Math.sqrt(i)));
   };
   const deconv = (name: string, i: number, o: number) => {
     add(`${name}.weight`, [i, o, 2, 2], uniform(1 / Math.sqrt(o * 4)));
