@@ -184,7 +184,7 @@ export const PRESETS = {
 export type Preset = keyof typeof PRESETS;
 
 /** Fine-tuning and linear probing (docs/method.md#fine-tuning, paper Table 9), with defaults scaled down to small data. */
-export const FinetuneConfigSchema = OptimConfigSchema.extend({
+const FinetuneFields = OptimConfigSchema.extend({
   epochs: int(1).max(MAX_EPOCHS).default(50),
   warmupEpochs: z.number().min(0).default(5),
   /** MAE's fine-tuning base rate; lr = blr · effective batch / 256. */
@@ -200,9 +200,28 @@ export const FinetuneConfigSchema = OptimConfigSchema.extend({
   /** Smallest crop area of RandomResizedCrop during fine-tuning (timm's 0.08). */
   minScale: z.number().gt(0).max(1).default(0.08),
   valFraction: z.number().gt(0).lt(1).default(0.2),
-  /** Train only the head on frozen features. */
+  /** MAE's linear probe (docs/method.md#linear-probe) on the frozen backbone: BatchNorm and a Linear, LARS, crop and flip. */
   linearProbe: z.boolean().default(false),
+}).superRefine((f, ctx) => {
+  if (!f.linearProbe) return;
+  const issue = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: [path], message });
+  for (const k of ['smoothing', 'mixup', 'cutmix'] as const)
+    if (f[k] !== 0) issue(k, `a linear probe trains on crops and flips with plain cross-entropy (MAE's protocol): ${k} must be 0`);
+  if (f.batch < 2) issue('batch', "a linear probe's BatchNorm needs at least 2 images per batch");
 });
+
+/**
+ * MAE's linear-probe recipe (main_linprobe.py), the defaults of a `linearProbe` run: 90 epochs with 10 of warmup,
+ * blr 0.1 decaying to 0, no weight decay, no label smoothing; AdamW's betas, layer decay and drop path do not apply.
+ */
+export const LINEAR_PROBE = { epochs: 90, warmupEpochs: 10, blr: 0.1, minLr: 0, weightDecay: 0, smoothing: 0 } as const;
+
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+export const FinetuneConfigSchema = z.preprocess(
+  (v) => (isRecord(v) && v.linearProbe === true ? { ...LINEAR_PROBE, ...v } : v),
+  FinetuneFields,
+);
 export type FinetuneConfig = z.output<typeof FinetuneConfigSchema>;
 
 export const FinetuneRunSchema = z.strictObject({
