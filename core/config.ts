@@ -15,6 +15,15 @@ export type Scale = (typeof SCALES)[number];
 
 const int = (min: number) => z.number().int().min(min);
 
+/**
+ * Decoder sizes (docs/method.md#decoders-and-scales): LocalMIM's light one per scale (official `MIM_vit_*`: 256-d, one
+ * block, 8 heads), and MAE's (`mae_vit_base_patch16`: 512-d, 8 blocks, 16 heads).
+ */
+export const DECODERS = {
+  localmim: { decoderDim: 256, decoderDepth: 1, decoderHeads: 8 },
+  mae: { decoderDim: 512, decoderDepth: 8, decoderHeads: 16 },
+} as const;
+
 /** Longer than any real schedule; a typo like 1e9 is an error, not a run that never ends. */
 export const MAX_EPOCHS = 100_000;
 
@@ -41,9 +50,10 @@ export const ModelConfigBase = z.strictObject({
   taps: z.array(int(0)).optional(),
   /** One scale per tap, in any order (paper Table 4f); default [4, 2, 1, 0.5] (global: [1]). HOG cell / pixel patch of scale s is p/s. */
   scales: z.array(z.union(SCALES.map((s) => z.literal(s)) as [z.ZodLiteral<Scale>, ...z.ZodLiteral<Scale>[]])).optional(),
-  decoderDim: int(4).max(8192).default(256),
-  decoderHeads: int(1).max(256).default(8),
-  decoderDepth: int(1).max(64).default(1),
+  /** Width, heads and blocks of each decoder: LocalMIM's by default (see DECODERS). */
+  decoderDim: int(4).max(8192).default(DECODERS.localmim.decoderDim),
+  decoderHeads: int(1).max(256).default(DECODERS.localmim.decoderHeads),
+  decoderDepth: int(1).max(64).default(DECODERS.localmim.decoderDepth),
 });
 export type ModelConfig = z.output<typeof ModelConfigBase>;
 
@@ -168,17 +178,20 @@ export class ConfigError extends Error {
   }
 }
 
-/** The paper's configurations, as starting points: LocalMIM with HOG or pixels, the MAE baseline, isolated gradients. */
+/**
+ * The paper's configurations, as starting points: LocalMIM with HOG or pixels, isolated gradients, each with LocalMIM's
+ * decoders; and the MAE baseline, MAE's own model: one decoder of MAE's size on the last block, normalized pixels.
+ */
 export const PRESETS = {
-  'localmim-hog': { variant: 'local', target: 'hog' },
-  'localmim-pixel': { variant: 'local', target: 'pixel' },
-  mae: { variant: 'global', target: 'pixel' },
-  isolated: { variant: 'isolated', target: 'hog' },
+  'localmim-hog': { variant: 'local', target: 'hog', ...DECODERS.localmim },
+  'localmim-pixel': { variant: 'local', target: 'pixel', ...DECODERS.localmim },
+  mae: { variant: 'global', target: 'pixel', normPix: true, ...DECODERS.mae },
+  isolated: { variant: 'isolated', target: 'hog', ...DECODERS.localmim },
 } as const satisfies Record<string, Partial<ModelConfig>>;
 export type Preset = keyof typeof PRESETS;
 
 /** Fine-tuning and linear probing (docs/method.md#fine-tuning, paper Table 9), with defaults scaled down to small data. */
-export const FinetuneConfigSchema = OptimConfigSchema.extend({
+const FinetuneFields = OptimConfigSchema.extend({
   epochs: int(1).max(MAX_EPOCHS).default(50),
   warmupEpochs: z.number().min(0).default(5),
   /** MAE's fine-tuning base rate; lr = blr · effective batch / 256. */
@@ -194,9 +207,28 @@ export const FinetuneConfigSchema = OptimConfigSchema.extend({
   /** Smallest crop area of RandomResizedCrop during fine-tuning (timm's 0.08). */
   minScale: z.number().gt(0).max(1).default(0.08),
   valFraction: z.number().gt(0).lt(1).default(0.2),
-  /** Train only the head on frozen features. */
+  /** MAE's linear probe (docs/method.md#linear-probe) on the frozen backbone: BatchNorm and a Linear, LARS, crop and flip. */
   linearProbe: z.boolean().default(false),
+}).superRefine((f, ctx) => {
+  if (!f.linearProbe) return;
+  const issue = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: [path], message });
+  for (const k of ['smoothing', 'mixup', 'cutmix'] as const)
+    if (f[k] !== 0) issue(k, `a linear probe trains on crops and flips with plain cross-entropy (MAE's protocol): ${k} must be 0`);
+  if (f.batch < 2) issue('batch', "a linear probe's BatchNorm needs at least 2 images per batch");
 });
+
+/**
+ * MAE's linear-probe recipe (main_linprobe.py), the defaults of a `linearProbe` run: 90 epochs with 10 of warmup,
+ * blr 0.1 decaying to 0, no weight decay, no label smoothing; AdamW's betas, layer decay and drop path do not apply.
+ */
+export const LINEAR_PROBE = { epochs: 90, warmupEpochs: 10, blr: 0.1, minLr: 0, weightDecay: 0, smoothing: 0 } as const;
+
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+export const FinetuneConfigSchema = z.preprocess(
+  (v) => (isRecord(v) && v.linearProbe === true ? { ...LINEAR_PROBE, ...v } : v),
+  FinetuneFields,
+);
 export type FinetuneConfig = z.output<typeof FinetuneConfigSchema>;
 
 export const FinetuneRunSchema = z.strictObject({

@@ -1,10 +1,11 @@
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { isBackbone } from '../core/model/classifier.js';
 import { SAMPLE_IMAGES } from '../core/home.js';
 import { Store } from '../core/store/store.js';
+import { decodeSafetensors } from '../core/safetensors.js';
 import { loadCheckpoint } from '../core/train/checkpoint.js';
 import { localmim } from './cli.js';
 
@@ -74,7 +75,7 @@ test('fine-tuning a pretrained run reports top-1 each epoch, above chance, as a 
   store.close();
 });
 
-test('a linear probe trains the head only: the backbone stays the pretrained one', () => {
+test("a linear probe (MAE's protocol) trains its head on the frozen backbone and reports top-1 each epoch", () => {
   const r = localmim([
     'finetune',
     '--json',
@@ -86,17 +87,41 @@ test('a linear probe trains the head only: the backbone stays the pretrained one
     labeled,
     '--linear-probe',
     '--epochs',
+    '3',
+    '--warmup',
     '1',
     '--batch',
     '16',
+    // MAE's absolute rate (its blr 0.1 at batch 16384 is lr 6.4): LARS moves the head by lr·0.001 of its norm a step.
+    '--blr',
+    '100',
   ]);
   expect(r.code, r.stderr).toBe(0);
+  const all = events(r.stdout) as (Event & { config?: { finetune: Record<string, unknown> } })[];
+  const start = all.find((e) => e.type === 'start')!;
+  expect(start.config!.finetune).toMatchObject({ linearProbe: true, minLr: 0, weightDecay: 0, smoothing: 0 });
+  const evals = all.filter((e) => e.type === 'eval');
+  expect(evals).toHaveLength(3);
+  expect(evals.at(-1)!.top1!).toBeGreaterThan(0.4); // chance is 1/6
+  const losses = all.filter((e) => e.type === 'step').map((e) => e.loss!);
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  expect(mean(losses.slice(-15))).toBeLessThan(mean(losses.slice(0, 15)));
+
   const store = new Store(join(home, 'localmim.db'));
-  const probe = loadCheckpoint(store.checkpoints(3).at(-1)!.path).tensors;
+  const probe = loadCheckpoint(store.checkpoints(start.runId!).at(-1)!.path).tensors;
   const pretrained = loadCheckpoint(store.checkpoints(1).at(-1)!.path).tensors;
   store.close();
   for (const [name, t] of probe) if (isBackbone(name) && name !== 'pos_embed') expect(t.values, name).toEqual(pretrained.get(name)!.values);
-  expect(probe.has('head.weight')).toBe(true);
+  expect([...probe.get('fc_norm.weight')!.values].every((v) => v === 1)).toBe(true); // MAE's global-pool probe leaves fc_norm as initialised
+  expect([...probe.get('head.0.running_mean')!.values].some((v) => v !== 0)).toBe(true);
+  expect([...probe.keys()].filter((n) => n.startsWith('optimizer.')).every((n) => n.startsWith('optimizer.mu.head.1.'))).toBe(true);
+
+  // Its export is timm's plain head, BatchNorm folded in.
+  const out = join(dir, 'probe-export');
+  expect(localmim(['export', String(start.runId), '--home', home, '--out', out]).code).toBe(0);
+  const names = [...decodeSafetensors(readFileSync(join(out, 'model.safetensors')), out).tensors.keys()];
+  expect(names.filter((n) => n.startsWith('head'))).toEqual(expect.arrayContaining(['head.weight', 'head.bias']));
+  expect(names.filter((n) => n.startsWith('head.0') || n.startsWith('head.1'))).toEqual([]);
 });
 
 test('from scratch (the baseline), and bad requests named clearly', () => {

@@ -9,23 +9,27 @@ const n = (help: string, arg = 'N') => ({ type: 'string', arg, help }) as const;
 
 /** Fine-tuning flags and the config field each sets (core/config.ts FinetuneConfigSchema). */
 const SETTINGS = {
-  epochs: ['epochs', n('epochs (default 50)')],
+  epochs: ['epochs', n('epochs (default 50; 90 for a linear probe)')],
   batch: ['batch', n('images per step (default 32)')],
-  blr: ['blr', n('base learning rate; lr = blr · batch / 256 (default 5e-4)', 'LR')],
+  blr: ['blr', n('base learning rate; lr = blr · batch / 256 (default 5e-4; 0.1 for a linear probe)', 'LR')],
   'layer-decay': ['layerDecay', n('layer-wise lr decay (default 0.75)', 'D')],
   'drop-path': ['dropPath', n('stochastic depth rate (default 0.1)', 'P')],
-  smoothing: ['smoothing', n('label smoothing (default 0.1)', 'E')],
+  smoothing: ['smoothing', n('label smoothing (default 0.1; none in a linear probe)', 'E')],
   mixup: ['mixup', n('Mixup α; 0 = off (default 0)', 'A')],
   cutmix: ['cutmix', n('CutMix α; 0 = off (default 0)', 'A')],
   'val-fraction': ['valFraction', n('share of each class held out for validation, in (0, 1) (default 0.2)', 'F')],
-  warmup: ['warmupEpochs', n('warmup epochs (default 5)', 'EPOCHS')],
+  warmup: ['warmupEpochs', n('warmup epochs (default 5; 10 for a linear probe)', 'EPOCHS')],
 } as const;
 
 const OPTIONS = {
   from: n('the pretraining (or imported) run to start from', 'RUN[:STEP]'),
   scratch: { type: 'boolean', default: false, help: 'train from random weights instead (the baseline); model from --model/--img/--patch' },
   data: n('labeled folder: one sub-folder per class (or train/ and val/ with class folders inside)', 'DIR'),
-  'linear-probe': { type: 'boolean', default: false, help: 'train only the head on frozen features' },
+  'linear-probe': {
+    type: 'boolean',
+    default: false,
+    help: "MAE's linear probe: BatchNorm and a linear head on the frozen backbone's mean-pooled tokens, LARS, crops and flips",
+  },
   ...(Object.fromEntries(Object.entries(SETTINGS).map(([flag, [, f]]) => [flag, f])) as {
     [K in keyof typeof SETTINGS]: (typeof SETTINGS)[K][1];
   }),

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import * as tf from '@tensorflow/tfjs';
 import { modelDims, type ModelConfig } from '../config.js';
-import { isBackbone } from '../model/classifier.js';
+import { isBackbone, PROBE_EPS } from '../model/classifier.js';
 import type { LoadedCheckpoint } from '../train/checkpoint.js';
 import type { Param } from '../model/vit.js';
 import { specOf } from '../runs/spec.js';
@@ -21,7 +21,34 @@ export function backboneOf(run: RunRow, ckpt: LoadedCheckpoint): Backbone {
   const finetuned = spec.kind === 'finetune';
   const keep = (name: string) => isBackbone(name) || (finetuned && (name.startsWith('fc_norm.') || name.startsWith('head.')));
   const tensors = new Map([...ckpt.tensors].filter(([name]) => keep(name)));
+  if (finetuned && spec.config.finetune.linearProbe) foldProbeHead(tensors);
   return { model: spec.config.model, tensors, classes: finetuned ? spec.config.classes : null };
+}
+
+/**
+ * A linear probe's evaluation-mode head, BatchNorm `head.0` then Linear `head.1`, as one Linear `head` (timm's):
+ * `W' = W / √(var + eps)` column by column, `b' = b − W'·mean`.
+ */
+export function foldProbeHead(tensors: Map<string, NamedTensor>): void {
+  const take = (name: string) => {
+    const t = tensors.get(name);
+    if (!t) throw new Error(`linear probe weights have no tensor named ${name}`);
+    tensors.delete(name);
+    return t;
+  };
+  const mean = take('head.0.running_mean').values;
+  const variance = take('head.0.running_var').values;
+  const W = take('head.1.weight');
+  const bias = Float32Array.from(take('head.1.bias').values);
+  const [K, D] = W.shape as [number, number];
+  const folded = new Float32Array(K * D);
+  for (let k = 0; k < K; k++)
+    for (let d = 0; d < D; d++) {
+      folded[k * D + d] = W.values[k * D + d]! / Math.sqrt(variance[d]! + PROBE_EPS);
+      bias[k] = bias[k]! - folded[k * D + d]! * mean[d]!;
+    }
+  tensors.set('head.weight', { shape: [K, D], values: folded });
+  tensors.set('head.bias', { shape: [K], values: bias });
 }
 
 /** Parameters read straight from named tensors (each call makes a tensor: use inside `tf.tidy`). */

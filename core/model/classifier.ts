@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { modelDims, type ModelConfig, type ModelDims } from '../config.js';
 import type { Rng } from '../random.js';
 import { normalize, toTensor, type RgbImage } from '../targets/image.js';
-import { layerNorm, linear } from './ops.js';
+import { batchNorm, layerNorm, linear } from './ops.js';
 import { ParamStore } from './params.js';
 import { allPatches } from './patches.js';
 import { encode, meanPatchTokens, type Param } from './vit.js';
@@ -17,7 +17,14 @@ export function backboneFeatures(P: Param, dims: ModelDims, images: RgbImage[], 
   return meanPatchTokens(x, images.length);
 }
 
-/** The fine-tuning model (docs/method.md#fine-tuning): the pretrained backbone, mean-pooled patch tokens, `fc_norm`, `head`. */
+/** MAE's probe BatchNorm eps (main_linprobe.py). */
+export const PROBE_EPS = 1e-6;
+
+/**
+ * The fine-tuning model (docs/method.md#fine-tuning): the pretrained backbone, mean-pooled patch tokens, `fc_norm`, `head`.
+ * With `probe`, MAE's linear probe (docs/method.md#linear-probe): `fc_norm` stays as initialised, then `head.0`
+ * (BatchNorm without affine) and the Linear `head.1`.
+ */
 export class ViTClassifier {
   readonly dims: ModelDims;
   readonly params: ParamStore;
@@ -26,17 +33,35 @@ export class ViTClassifier {
     readonly config: ModelConfig,
     readonly classes: number,
     seed: number,
+    readonly probe = false,
   ) {
     this.dims = modelDims(config);
-    this.params = new ParamStore(config, seed, classes);
+    this.params = new ParamStore(config, seed, { classes, probe });
   }
 
   readonly P = (name: string) => this.params.get(name);
 
-  /** Class scores `[B, classes]`; with `dropPath` (training), stochastic depth. Call in `tf.tidy`. */
-  logits(images: RgbImage[], dropPath?: { rate: number; rng: Rng }): tf.Tensor {
-    const f = backboneFeatures(this.P, this.dims, images, dropPath);
-    return linear(layerNorm(f, this.P('fc_norm.weight'), this.P('fc_norm.bias')), this.P('head.weight'), this.P('head.bias'));
+  /**
+   * The head's input `[B, D]`. `train` (training): stochastic depth when given a rate, and a probe's BatchNorm on the
+   * batch's statistics, moving its running ones. Call in `tf.tidy`.
+   */
+  headInput(images: RgbImage[], train?: { dropPath?: { rate: number; rng: Rng } }): tf.Tensor {
+    const f = backboneFeatures(this.P, this.dims, images, train?.dropPath);
+    const x = layerNorm(f, this.P('fc_norm.weight'), this.P('fc_norm.bias'));
+    if (!this.probe) return x;
+    const stat = (name: string) => this.params.stats.get(`head.0.${name}`)!;
+    return batchNorm(x, { mean: stat('running_mean'), variance: stat('running_var') }, train !== undefined, PROBE_EPS);
+  }
+
+  /** Class scores `[B, classes]` of the head's input. */
+  head(x: tf.Tensor): tf.Tensor {
+    const at = this.probe ? 'head.1' : 'head';
+    return linear(x, this.P(`${at}.weight`), this.P(`${at}.bias`));
+  }
+
+  /** Class scores `[B, classes]` of images (evaluation unless `train`). Call in `tf.tidy`. */
+  logits(images: RgbImage[], train?: { dropPath?: { rate: number; rng: Rng } }): tf.Tensor {
+    return this.head(this.headInput(images, train));
   }
 
   dispose(): void {

@@ -62,3 +62,25 @@ export const stopGradient = customGrad((x: tf.Tensor) => ({
   value: tf.clone(x),
   gradFunc: (dy: tf.Tensor) => tf.zerosLike(dy),
 })) as (x: tf.Tensor) => tf.Tensor;
+
+/** Running statistics of a BatchNorm, moved by training (PyTorch's `running_mean`, `running_var`). */
+export interface RunningStats {
+  mean: tf.Variable;
+  variance: tf.Variable;
+}
+
+/**
+ * PyTorch's `BatchNorm1d(affine=False)` on `x [B, D]`, momentum 0.1: in training, `(x − mean) / √(var + eps)` with the
+ * batch's mean and biased variance, moving the running mean and the running (unbiased) variance; in evaluation, the
+ * same with the running ones. Training needs B ≥ 2.
+ */
+export function batchNorm(x: tf.Tensor, running: RunningStats, train: boolean, eps: number): tf.Tensor {
+  let { mean, variance } = running as { mean: tf.Tensor; variance: tf.Tensor };
+  if (train) {
+    const B = x.shape[0]!;
+    ({ mean, variance } = tf.moments(x, 0));
+    running.mean.assign(tf.add(tf.mul(running.mean, 0.9), tf.mul(mean, 0.1)));
+    running.variance.assign(tf.add(tf.mul(running.variance, 0.9), tf.mul(variance, (0.1 * B) / (B - 1))));
+  }
+  return tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps)));
+}

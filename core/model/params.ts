@@ -11,6 +11,14 @@ export interface ParamSpec {
   name: string;
   shape: number[];
   init: (rng: Rng, n: number) => Float32Array;
+  /** A running statistic (a probe's BatchNorm): state that training moves without gradients. */
+  running?: boolean;
+}
+
+/** The classifier's head: `classes` outputs, and MAE's linear-probe head (BatchNorm, then the Linear) when `probe`. */
+export interface HeadSpec {
+  classes: number;
+  probe: boolean;
 }
 
 const fill = (v: number) => (_: Rng, n: number) => new Float32Array(n).fill(v);
@@ -25,14 +33,15 @@ const normal = (std: number) => draw((rng) => std * rng.normal());
 const xavier = (fanOut: number, fanIn: number) => uniform(Math.sqrt(6 / (fanIn + fanOut)));
 
 /**
- * Parameters of the pretraining model, or, with `classes`, of the fine-tuning classifier: the same
- * backbone (timm names) plus `fc_norm` and `head` on mean-pooled patch tokens, as the official fine-tuning (docs/method.md#fine-tuning).
+ * Parameters of the pretraining model, or, with `head`, of the fine-tuning classifier: the same backbone (timm names)
+ * plus `fc_norm` and `head` on mean-pooled patch tokens, as the official fine-tuning (docs/method.md#fine-tuning), or
+ * MAE's probe head `head.0` (BatchNorm without affine) and `head.1` (docs/method.md#linear-probe).
  */
-function specs(c: ModelConfig, classes?: number): ParamSpec[] {
+function specs(c: ModelConfig, head?: HeadSpec): ParamSpec[] {
   const { D, depth, p, scales, F } = modelDims(c);
   const d = c.decoderDim;
   const out: ParamSpec[] = [];
-  const add = (name: string, shape: number[], init: ParamSpec['init']) => out.push({ name, shape, init });
+  const add = (name: string, shape: number[], init: ParamSpec['init'], running?: boolean) => out.push({ name, shape, init, running });
   const linear = (name: string, o: number, i: number) => {
     add(`${name}.weight`, [o, i], xavier(o, i));
     add(`${name}.bias`, [o], fill(0));
@@ -42,9 +51,11 @@ function specs(c: ModelConfig, classes?: number): ParamSpec[] {
     add(`${name}.bias`, [n], fill(0));
   };
   // Heads keep PyTorch's conv defaults, U(±1/√fan_in); a transposed conv [in, out, k, k] has fan_in = out·k².
+  // MAE's predictor (the global variant's) is a Linear: Xavier weight, zero bias.
   const conv1x1 = (name: string, o: number, i: number) => {
-    add(`${name}.weight`, [o, i, 1, 1], uniform(1 / Math.sqrt(i)));
-    add(`${name}.bias`, [o], uniform(1 / Math.sqrt(i)));
+    const mae = c.variant === 'global';
+    add(`${name}.weight`, [o, i, 1, 1], mae ? xavier(o, i) : uniform(1 / Math.sqrt(i)));
+    add(`${name}.bias`, [o], mae ? fill(0) : uniform(1 / Math.sqrt(i)));
   };
   const deconv = (name: string, i: number, o: number) => {
     add(`${name}.weight`, [i, o, 2, 2], uniform(1 / Math.sqrt(o * 4)));
@@ -63,11 +74,20 @@ function specs(c: ModelConfig, classes?: number): ParamSpec[] {
   add('patch_embed.proj.weight', [D, 3, p, p], xavier(D, 3 * p * p));
   add('patch_embed.proj.bias', [D], uniform(1 / Math.sqrt(3 * p * p)));
   for (let i = 0; i < depth; i++) block(`blocks.${i}`, D);
-  if (classes) {
+  if (head?.probe) {
+    norm('fc_norm', D);
+    add('head.0.running_mean', [D], fill(0), true);
+    add('head.0.running_var', [D], fill(1), true);
+    // MAE's probe: trunc-normal std 0.01 (timm's cut at ±2 never bites at that std), zero bias.
+    add('head.1.weight', [head.classes, D], normal(0.01));
+    add('head.1.bias', [head.classes], fill(0));
+    return out;
+  }
+  if (head) {
     norm('fc_norm', D);
     // The official fine-tuning initialises the new head with a truncated normal of std 2e-5.
-    add('head.weight', [classes, D], normal(2e-5));
-    add('head.bias', [classes], fill(0));
+    add('head.weight', [head.classes, D], normal(2e-5));
+    add('head.bias', [head.classes], fill(0));
     return out;
   }
   scales.forEach((_, k) => norm(`norm.${k}`, D));
@@ -131,37 +151,39 @@ function bufferValues(c: ModelConfig, rng: Rng, classifier: boolean): Map<string
 /** Whether AdamW decays a parameter: not 1-D tensors nor biases (timm `add_weight_decay`, docs/method.md#optimizer-and-schedule). */
 export const decays = (name: string, shape: readonly number[]) => shape.length > 1 && !name.endsWith('.bias');
 
-/** The model's state: trainable variables and frozen buffers, both keyed by official name. */
+/** The model's state: trainable variables, running statistics and frozen buffers, all keyed by official name. */
 export class ParamStore {
   private static instances = 0;
   readonly vars = new Map<string, tf.Variable>();
+  /** Variables that training moves without gradients: a probe's BatchNorm statistics. */
+  readonly stats = new Map<string, tf.Variable>();
   readonly buffers = new Map<string, tf.Tensor>();
 
-  constructor(c: ModelConfig, seed: number, classes?: number) {
+  constructor(c: ModelConfig, seed: number, head?: HeadSpec) {
     const rng = new Rng(seed);
     // tfjs variable names are global: prefix them so that several models can live side by side.
     const prefix = `m${ParamStore.instances++}/`;
-    for (const s of specs(c, classes)) {
+    for (const s of specs(c, head)) {
       const n = s.shape.reduce((a, b) => a * b, 1);
-      this.vars.set(
+      (s.running ? this.stats : this.vars).set(
         s.name,
-        tf.tidy(() => tf.variable(tf.tensor(s.init(rng, n), s.shape), true, prefix + s.name)),
+        tf.tidy(() => tf.variable(tf.tensor(s.init(rng, n), s.shape), !s.running, prefix + s.name)),
       );
     }
-    for (const [name, b] of bufferValues(c, rng, classes !== undefined)) {
+    for (const [name, b] of bufferValues(c, rng, head !== undefined)) {
       this.buffers.set(name, tf.keep(tf.tensor(b.values, b.shape)));
     }
   }
 
   get(name: string): tf.Tensor {
-    const t = this.vars.get(name) ?? this.buffers.get(name);
+    const t = this.vars.get(name) ?? this.stats.get(name) ?? this.buffers.get(name);
     if (!t) throw new Error(`model has no parameter named ${name}`);
     return t;
   }
 
   /** Every tensor of the state dict, by official name. */
   entries(): [string, tf.Tensor][] {
-    return [...this.vars, ...this.buffers];
+    return [...this.vars, ...this.stats, ...this.buffers];
   }
 
   /** Overwrites named tensors (shapes must match); unknown names are an error, missing ones are kept. */
@@ -183,6 +205,7 @@ export class ParamStore {
   dispose(): void {
     for (const [, t] of this.entries()) t.dispose();
     this.vars.clear();
+    this.stats.clear();
     this.buffers.clear();
   }
 }

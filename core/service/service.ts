@@ -4,7 +4,17 @@ import sharp from 'sharp';
 import { ApiError, isMethod, parseArgs, type ApiEvent, type Args, type Method } from '../api.js';
 import { attentionAnalysis } from '../analysis/attention.js';
 import { initBackend, type BackendName } from '../backend.js';
-import { ConfigError, modelDims, MODEL_SIZES, parseRunConfig, PRESETS, RunConfigSchema, describeIssue, type RunConfig } from '../config.js';
+import {
+  ConfigError,
+  describeIssue,
+  FinetuneConfigSchema,
+  modelDims,
+  MODEL_SIZES,
+  parseRunConfig,
+  PRESETS,
+  RunConfigSchema,
+  type RunConfig,
+} from '../config.js';
 import { applyScan, summarize } from '../data/indexer.js';
 import { evalImage } from '../data/preprocess.js';
 import { UserError } from '../errors.js';
@@ -79,6 +89,7 @@ export class Service {
       presets: PRESETS,
       sizes: MODEL_SIZES,
       defaults: defaultConfig(),
+      probe: FinetuneConfigSchema.parse({ linearProbe: true }),
     }),
     'datasets.list': () => this.store.datasetSummaries(),
     'datasets.add': (a) => this.index(a.path),

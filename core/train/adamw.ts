@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { OptimConfig } from '../config.js';
 import { decays } from '../model/params.js';
+import type { Optimizer } from './optimizer.js';
 
 export interface ParamGroups {
   /** Multiplier of the learning rate per parameter (layer-wise decay in fine-tuning). */
@@ -10,10 +11,11 @@ export interface ParamGroups {
 }
 
 /** PyTorch's AdamW (decoupled weight decay, bias-corrected moments), with timm's parameter groups (docs/method.md#optimizer-and-schedule). */
-export class AdamW {
+export class AdamW implements Optimizer {
   step = 0;
   readonly m = new Map<string, tf.Variable>();
   readonly v = new Map<string, tf.Variable>();
+  readonly slots = { exp_avg: this.m, exp_avg_sq: this.v };
 
   constructor(
     private readonly vars: ReadonlyMap<string, tf.Variable>,

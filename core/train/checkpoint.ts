@@ -4,7 +4,7 @@ import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, wr
 import { dirname } from 'node:path';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../safetensors.js';
 import type { ParamStore } from '../model/params.js';
-import type { AdamW } from './adamw.js';
+import type { Optimizer } from './optimizer.js';
 
 /** Where training stands: enough, with the weights and moments, to continue exactly. */
 export interface TrainState {
@@ -18,21 +18,18 @@ export interface TrainState {
   config: unknown;
 }
 
-const MOMENTS = ['exp_avg', 'exp_avg_sq'] as const;
-
 /**
- * Writes model weights (official names), AdamW moments and the training state as one safetensors file,
+ * Writes model weights (official names), the optimizer's state (`optimizer.<slot>.<name>`) and the training state as one safetensors file,
  * atomically: a temp file, fsync, rename, fsync of the folder. A crash leaves the old file or the new one.
  */
 export async function saveCheckpoint(
   path: string,
   model: { params: ParamStore },
-  optimizer: AdamW,
+  optimizer: Optimizer,
   state: TrainState,
 ): Promise<{ size: number; hash: string }> {
   const named: [string, tf.Tensor][] = [...model.params.entries()];
-  for (const [k, moments] of [optimizer.m, optimizer.v].entries())
-    for (const [name, t] of moments) named.push([`optimizer.${MOMENTS[k]}.${name}`, t]);
+  for (const [slot, state] of Object.entries(optimizer.slots)) for (const [name, t] of state) named.push([`optimizer.${slot}.${name}`, t]);
   const values = await Promise.all(named.map(([, t]) => t.data() as Promise<Float32Array>));
   const tensors = new Map<string, NamedTensor>(named.map(([name, t], i) => [name, { shape: t.shape, values: values[i]! }]));
   const bytes = encodeSafetensors(tensors, {
@@ -83,19 +80,18 @@ export function loadCheckpoint(path: string): LoadedCheckpoint {
   };
 }
 
-/** Puts a checkpoint's weights and moments into a freshly built model and optimizer. */
-export function restoreCheckpoint(ckpt: LoadedCheckpoint, model: { params: ParamStore }, optimizer: AdamW): void {
-  const values = (prefix: string) =>
-    new Map([...ckpt.tensors].filter(([n]) => n.startsWith(prefix)).map(([n, t]) => [n.slice(prefix.length), t.values]));
+/** Puts a checkpoint's weights and optimizer state into a freshly built model and optimizer. */
+export function restoreCheckpoint(ckpt: LoadedCheckpoint, model: { params: ParamStore }, optimizer: Optimizer): void {
   model.params.assign(new Map([...ckpt.tensors].filter(([n]) => !n.startsWith('optimizer.')).map(([n, t]) => [n, t.values])));
-  for (const [k, moments] of [optimizer.m, optimizer.v].entries()) {
-    for (const [name, v] of values(`optimizer.${MOMENTS[k]}.`)) {
-      const target = moments.get(name);
-      if (!target) throw new Error(`checkpoint has moments for unknown parameter ${name}`);
-      const t = tf.tensor(v, target.shape);
-      target.assign(t);
-      t.dispose();
-    }
+  for (const [key, { values }] of ckpt.tensors) {
+    if (!key.startsWith('optimizer.')) continue;
+    const [, slot, ...rest] = key.split('.');
+    const name = rest.join('.');
+    const target = Object.hasOwn(optimizer.slots, slot!) ? optimizer.slots[slot!]!.get(name) : undefined;
+    if (!target) throw new Error(`checkpoint has optimizer state ${slot} for ${name}, which this run's optimizer does not keep`);
+    const t = tf.tensor(values, target.shape);
+    target.assign(t);
+    t.dispose();
   }
   optimizer.step = ckpt.optimizerStep;
 }

@@ -5,6 +5,7 @@ import { isBackbone, ViTClassifier } from '../model/classifier.js';
 import { Rng, seedFor } from '../random.js';
 import type { RgbImage, Rgb8 } from '../targets/image.js';
 import { AdamW } from './adamw.js';
+import { LARS } from './lars.js';
 import type { Task } from './loop.js';
 import { accumulate } from './step.js';
 
@@ -19,23 +20,29 @@ export interface LabeledData {
   val: { images: Rgb8[]; labels: number[] };
 }
 
+/** MAE's LARS settings for the linear probe (util/lars.py defaults). */
+const PROBE_LARS = { momentum: 0.9, trust: 0.001 };
+
 /**
  * Fine-tuning or linear probing as a task of the training loop: label-smoothed cross-entropy (with Mixup or
- * CutMix when enabled), layer-wise lr decay, top-1 on the validation images at each epoch's end.
+ * CutMix when enabled) and AdamW with layer-wise lr decay, or MAE's linear probe (plain cross-entropy, LARS on the
+ * head); top-1 on the validation images at each epoch's end.
  */
 export function finetuneTask(config: FinetuneRun, data: LabeledData, init?: ReadonlyMap<string, Float32Array>): Task {
   const cfg = FinetuneRunSchema.parse(config);
   const f = cfg.finetune;
   const K = cfg.classes.length;
-  const model = new ViTClassifier(cfg.model, K, cfg.seed);
+  const model = new ViTClassifier(cfg.model, K, cfg.seed, f.linearProbe);
   const { depth } = model.dims;
   if (init) model.params.assign(new Map([...init].filter(([name]) => isBackbone(name))));
   const trainable = new Map([...model.params.vars].filter(([name]) => !f.linearProbe || name.startsWith('head.')));
   const layer = (name: string) => (name.startsWith('blocks.') ? Number(name.split('.')[1]) + 1 : isBackbone(name) ? 0 : depth + 1);
-  const optimizer = new AdamW(trainable, f, {
-    lrScale: (name) => f.layerDecay ** (depth + 1 - layer(name)),
-    decays: (name, shape) => shape.length > 1 && !name.endsWith('.bias') && name !== 'cls_token' && name !== 'pos_embed',
-  });
+  const optimizer = f.linearProbe
+    ? new LARS(trainable, { weightDecay: f.weightDecay, ...PROBE_LARS })
+    : new AdamW(trainable, f, {
+        lrScale: (name) => f.layerDecay ** (depth + 1 - layer(name)),
+        decays: (name, shape) => shape.length > 1 && !name.endsWith('.bias') && name !== 'cls_token' && name !== 'pos_embed',
+      });
   const { loader } = data;
   return {
     model,
@@ -51,11 +58,14 @@ export function finetuneTask(config: FinetuneRun, data: LabeledData, init?: Read
         const images = await loader.get(epoch, i);
         const labels = loader.itemsAt(epoch, i).map((k) => data.labels[k]!);
         const { mixed, targets } = mixBatch(images, labels, K, f, new Rng(seedFor(cfg.seed, MIX, step, a)));
-        const dropPath = f.linearProbe ? undefined : { rate: f.dropPath, rng: new Rng(seedFor(cfg.seed, DROP, step, a)) };
-        const { value, grads: g } = tf.variableGrads(
-          () => tf.div(crossEntropy(model.logits(mixed, dropPath), targets), f.accumIter) as tf.Scalar,
-          [...trainable.values()],
-        );
+        // A probe trains its head only: the frozen features and BatchNorm (which moves its statistics) stay off the tape.
+        const probed = f.linearProbe ? tf.tidy(() => model.headInput(mixed, {})) : undefined;
+        const dropPath = { rate: f.dropPath, rng: new Rng(seedFor(cfg.seed, DROP, step, a)) };
+        const { value, grads: g } = tf.variableGrads(() => {
+          const logits = probed ? model.head(probed) : model.logits(mixed, { dropPath });
+          return tf.div(crossEntropy(logits, targets), f.accumIter) as tf.Scalar;
+        }, [...trainable.values()]);
+        probed?.dispose();
         const sum = tf.add(loss, value) as tf.Scalar;
         tf.dispose([loss, value]);
         loss = sum;

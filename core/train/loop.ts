@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import type { OptimConfig } from '../config.js';
 import type { ParamStore } from '../model/params.js';
-import type { AdamW } from './adamw.js';
 import { restoreCheckpoint, saveCheckpoint, type LoadedCheckpoint } from './checkpoint.js';
+import type { Optimizer } from './optimizer.js';
 import { lrAt } from './schedule.js';
 
 /** What a training run reports; the loop knows nothing of terminals, databases or windows. */
@@ -19,7 +19,7 @@ export type TrainEvent =
  */
 export interface Task {
   readonly model: { params: ParamStore };
-  readonly optimizer: AdamW;
+  readonly optimizer: Optimizer;
   /** Saved in every checkpoint's state. */
   readonly config: unknown;
   readonly optim: OptimConfig;
