@@ -1,4 +1,6 @@
 import { z } from 'zod';
+import { parseRandAugment } from './data/randaugment.js';
+import { SHORT_PRETRAINING } from './recipe.js';
 
 /** Encoder shapes of the paper's models (docs/method.md#model-sizes); ViT-T is DeiT-Tiny's shape. */
 export const MODEL_SIZES = {
@@ -170,20 +172,40 @@ export const PRESETS = {
 } as const satisfies Record<string, Partial<ModelConfig>>;
 export type Preset = keyof typeof PRESETS;
 
-/** Fine-tuning and linear probing (docs/method.md#fine-tuning, paper Table 9), with defaults scaled down to small data. */
+/**
+ * Fine-tuning and linear probing (docs/method.md#fine-tuning): the official recipe's regularisation and augmentation,
+ * with epochs, warmup and batch scaled down to small data. blr, layerDecay and minLr default to the short-pretraining
+ * recipe here; a new fine-tune takes those of its source's pretraining length (core/recipe.ts).
+ */
 export const FinetuneConfigSchema = OptimConfigSchema.extend({
   epochs: int(1).max(MAX_EPOCHS).default(50),
   warmupEpochs: z.number().min(0).default(5),
-  /** MAE's fine-tuning base rate; lr = blr · effective batch / 256. */
-  blr: z.number().positive().default(5e-4),
+  /** lr = blr · effective batch / 256. */
+  blr: z.number().positive().default(SHORT_PRETRAINING.blr),
+  minLr: z.number().min(0).default(SHORT_PRETRAINING.minLr),
   beta2: z.number().min(0).lt(1).default(0.999),
-  /** Layer-wise lr decay: block i gets layerDecay^(depth − i) of the head's rate (0.65 ViT-B, 0.75 ViT-L). */
-  layerDecay: z.number().gt(0).max(1).default(0.75),
+  /** Layer-wise lr decay: block i gets layerDecay^(depth − i) of the head's rate. */
+  layerDecay: z.number().gt(0).max(1).default(SHORT_PRETRAINING.layerDecay),
   dropPath: z.number().min(0).lt(1).default(0.1),
   smoothing: z.number().min(0).lt(1).default(0.1),
-  /** Mixup and CutMix Beta(α, α) parameters; 0 turns them off (the paper uses 0.8 and 1.0 on ImageNet). */
-  mixup: z.number().min(0).default(0),
-  cutmix: z.number().min(0).default(0),
+  /** Mixup and CutMix Beta(α, α) parameters, as the paper (0.8, 1.0); 0 turns one off. */
+  mixup: z.number().min(0).default(0.8),
+  cutmix: z.number().min(0).default(1),
+  /** timm's RandAugment string, as the official `--aa`; '' or null = off. */
+  randAugment: z
+    .string()
+    .nullable()
+    .default('rand-m9-mstd0.5-inc1')
+    .superRefine((s, ctx) => {
+      try {
+        if (s) parseRandAugment(s);
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      }
+    })
+    .transform((s) => s || null),
+  /** Random erasing probability (pixel mode, one box), as the official `--reprob`. */
+  reprob: z.number().min(0).max(1).default(0.25),
   /** Smallest crop area of RandomResizedCrop during fine-tuning (timm's 0.08). */
   minScale: z.number().gt(0).max(1).default(0.08),
   valFraction: z.number().gt(0).lt(1).default(0.2),

@@ -11,12 +11,14 @@ const n = (help: string, arg = 'N') => ({ type: 'string', arg, help }) as const;
 const SETTINGS = {
   epochs: ['epochs', n('epochs (default 50)')],
   batch: ['batch', n('images per step (default 32)')],
-  blr: ['blr', n('base learning rate; lr = blr · batch / 256 (default 5e-4)', 'LR')],
-  'layer-decay': ['layerDecay', n('layer-wise lr decay (default 0.75)', 'D')],
+  blr: ['blr', n('base learning rate; lr = blr · batch / 256 (default by the source: 1e-3, or 5e-4 after ≥ 400 epochs or imported)', 'LR')],
+  'min-lr': ['minLr', n('final learning rate of the cosine (default by the source: 1e-6, or 1e-5)', 'LR')],
+  'layer-decay': ['layerDecay', n('layer-wise lr decay (default by the source: 0.75, or 0.65)', 'D')],
   'drop-path': ['dropPath', n('stochastic depth rate (default 0.1)', 'P')],
   smoothing: ['smoothing', n('label smoothing (default 0.1)', 'E')],
-  mixup: ['mixup', n('Mixup α; 0 = off (default 0)', 'A')],
-  cutmix: ['cutmix', n('CutMix α; 0 = off (default 0)', 'A')],
+  mixup: ['mixup', n('Mixup α; 0 = off (default 0.8)', 'A')],
+  cutmix: ['cutmix', n('CutMix α; 0 = off (default 1)', 'A')],
+  reprob: ['reprob', n('random erasing probability; 0 = off (default 0.25)', 'P')],
   'val-fraction': ['valFraction', n('share of each class held out for validation, in (0, 1) (default 0.2)', 'F')],
   warmup: ['warmupEpochs', n('warmup epochs (default 5)', 'EPOCHS')],
 } as const;
@@ -26,6 +28,7 @@ const OPTIONS = {
   scratch: { type: 'boolean', default: false, help: 'train from random weights instead (the baseline); model from --model/--img/--patch' },
   data: n('labeled folder: one sub-folder per class (or train/ and val/ with class folders inside)', 'DIR'),
   'linear-probe': { type: 'boolean', default: false, help: 'train only the head on frozen features' },
+  'rand-augment': n("timm's RandAugment string; '' = off (default rand-m9-mstd0.5-inc1)", 'SPEC'),
   ...(Object.fromEntries(Object.entries(SETTINGS).map(([flag, [, f]]) => [flag, f])) as {
     [K in keyof typeof SETTINGS]: (typeof SETTINGS)[K][1];
   }),
@@ -45,7 +48,10 @@ export async function run(argv: string[]): Promise<void> {
     if (!values.from === !values.scratch)
       throw new UsageError('give --from RUN[:STEP] to fine-tune a pretrained run, or --scratch for the baseline');
   }
-  const finetune: Record<string, unknown> = { ...(values['linear-probe'] && { linearProbe: true }) };
+  const finetune: Record<string, unknown> = {
+    ...(values['linear-probe'] && { linearProbe: true }),
+    ...(values['rand-augment'] !== undefined && { randAugment: values['rand-augment'] }),
+  };
   for (const [flag, [field]] of Object.entries(SETTINGS)) {
     const v = values[flag as keyof typeof SETTINGS];
     if (v === undefined) continue;
