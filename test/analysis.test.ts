@@ -44,7 +44,7 @@ test('one-hot attention to distinct keys: NMI 1, and a KL above any of many rand
 test('the attention maps of every block and head are distributions over the patches', async () => {
   const cfg = parseRunConfig({ model: { D: 32, depth: 4, heads: 2, decoderDim: 16, decoderHeads: 2, imgSize: 32, patchSize: 8 } });
   const model = new LocalMIM(cfg.model, 0);
-  const layers = await attentionAnalysis((n) => model.params.get(n), cfg.model, model.posTable(), syntheticImages(1, 32, 4)[0]!, 5);
+  const layers = await attentionAnalysis((n) => model.params.get(n), cfg.model, syntheticImages(1, 32, 4)[0]!, 5);
   expect(layers).toHaveLength(4);
   for (const l of layers) {
     expect(l.heads).toHaveLength(2);
@@ -55,9 +55,9 @@ test('the attention maps of every block and head are distributions over the patc
     expect(l.nmi).toBeGreaterThanOrEqual(0);
     expect(l.nmi).toBeLessThanOrEqual(1);
   }
-  await expect(
-    attentionAnalysis((n) => model.params.get(n), cfg.model, model.posTable(), syntheticImages(1, 32, 4)[0]!, 16),
-  ).rejects.toThrow(/query: patch 16 is outside/);
+  await expect(attentionAnalysis((n) => model.params.get(n), cfg.model, syntheticImages(1, 32, 4)[0]!, 16)).rejects.toThrow(
+    /query: patch 16 is outside/,
+  );
   model.dispose();
 });
 
@@ -70,8 +70,8 @@ test('inference leaves tf.memory().numTensors flat: features and attention analy
   const img = syntheticImages(1, 32, 4)[0]!;
   const before = tf.memory().numTensors;
   for (let i = 0; i < 3; i++) {
-    tf.tidy(() => backboneFeatures(P, model.dims, model.posTable(), [img]).dataSync());
-    await attentionAnalysis(P, cfg.model, model.posTable(), img, 3);
+    tf.tidy(() => backboneFeatures(P, model.dims, [img]).dataSync());
+    await attentionAnalysis(P, cfg.model, img, 3);
   }
   expect(tf.memory().numTensors).toBe(before);
   model.dispose();

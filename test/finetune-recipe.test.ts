@@ -1,15 +1,22 @@
+import * as tf from '@tensorflow/tfjs';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { parseRunConfig, type FinetuneRun } from '../core/config.js';
+import { finetuneAugment } from '../core/data/augment.js';
+import { DecodeCache } from '../core/data/cache.js';
 import { indexFolder } from '../core/data/indexer.js';
+import { Loader } from '../core/data/loader.js';
 import { SAMPLE_IMAGES } from '../core/home.js';
+import { ViTClassifier } from '../core/model/classifier.js';
 import { ParamStore } from '../core/model/params.js';
+import { sinCosPosEmbed } from '../core/model/posEmbed.js';
 import { prepare } from '../core/runs/lifecycle.js';
 import { Store } from '../core/store/store.js';
 import { AdamW } from '../core/train/adamw.js';
 import { saveCheckpoint } from '../core/train/checkpoint.js';
+import { finetuneTask } from '../core/train/finetune.js';
 import { backend } from './setup.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'localmim-recipe-'));
@@ -68,4 +75,31 @@ test('fine-tuning defaults follow the pretraining length of the source checkpoin
   expect(() => finetuneFrom('3', { randAugment: 'rand-m9-bogus' })).toThrow(
     /finetune: invalid config: randAugment: "rand-m9-bogus": section "bogus"/,
   );
+});
+
+test('the position embedding is trainable in fine-tuning: it starts as the source table and moves with a step', async () => {
+  const prepared = finetuneFrom(String(await source('pretrain', 100)), { batch: 4 });
+  const config = prepared.spec.config as FinetuneRun;
+  const { train } = prepared.job.data as { train: { abs: string; hash: string; label: number }[] };
+  const cache = new DecodeCache(join(home, 'cache'));
+  const loader = new Loader(train, cache, 32, 4, 0, { minScale: 0.08, kernel: 'linear', transform: finetuneAugment(config.finetune) });
+  const pretrained = new ParamStore(model, 1);
+  const init = new Map(pretrained.entries().map(([n, t]) => [n, t.dataSync() as Float32Array]));
+  pretrained.dispose();
+  const task = finetuneTask(config, { loader, labels: train.map((t) => t.label), val: { images: [], labels: [] } }, init);
+  const pos = task.model.params.get('pos_embed');
+  expect(pos).toBeInstanceOf(tf.Variable);
+  expect(pos.dataSync()).toEqual(sinCosPosEmbed(32, 4));
+  await task.step(0, 0, 0, 1e-3);
+  const moved = task.model.params.get('pos_embed').dataSync();
+  expect(moved.some((v, i) => v !== sinCosPosEmbed(32, 4)[i])).toBe(true);
+  expect(moved[0]).not.toBe(0); // the class row trains too
+  task.dispose();
+
+  const scratch = new ViTClassifier(model, 6, 0);
+  const values = scratch.params.get('pos_embed').dataSync() as Float32Array;
+  const sd = Math.sqrt(values.reduce((a, v) => a + v * v, 0) / values.length);
+  expect(sd).toBeGreaterThan(0.015);
+  expect(sd).toBeLessThan(0.025);
+  scratch.dispose();
 });

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { modelDims, type ModelConfig } from '../config.js';
-import { gatherPatches } from '../model/patches.js';
-import { encode, type Param } from '../model/vit.js';
+import { encodeImages } from '../model/classifier.js';
+import type { Param } from '../model/vit.js';
 import type { RgbImage } from '../targets/image.js';
 
 /**
@@ -54,23 +54,13 @@ export interface LayerAttention {
 }
 
 /** Attention of every block on one image (all patches visible), and its statistics per layer. */
-export async function attentionAnalysis(
-  P: Param,
-  model: ModelConfig,
-  posTable: Float32Array,
-  image: RgbImage,
-  query: number,
-): Promise<LayerAttention[]> {
+export async function attentionAnalysis(P: Param, model: ModelConfig, image: RgbImage, query: number): Promise<LayerAttention[]> {
   const dims = modelDims(model);
-  const { D, p, L, heads } = dims;
+  const { L, heads } = dims;
   if (query < 0 || query >= L) throw new Error(`query: patch ${query} is outside the ${dims.g}×${dims.g} grid (0…${L - 1})`);
-  const all = Int32Array.from({ length: L }, (_, i) => i);
-  const { patches, pos } = gatherPatches([image], () => all, p, posTable, D);
   const kept: tf.Tensor[] = [];
   tf.tidy(() => {
-    encode(P, dims, tf.tensor2d(patches, [L, 3 * p * p]), tf.tensor2d(pos, [L, D]), 1, {
-      onAttention: (_, a) => kept.push(tf.keep(a)),
-    });
+    encodeImages(P, dims, [image], { onAttention: (_, a) => kept.push(tf.keep(a)) });
   });
   const probs = (await Promise.all(kept.map((a) => a.data()))) as Float32Array[];
   tf.dispose(kept);

@@ -24,7 +24,7 @@ export async function run(argv: string[]): Promise<void> {
   const { L } = modelDims(b.model);
   if (asked !== undefined && asked >= L) throw new UsageError(`--query: patch ${asked} is out of range: this model has patches 0…${L - 1}`);
   const query = asked ?? Math.floor(L / 2);
-  const layers = await attentionAnalysis(paramsOf(b.tensors), b.model, b.tensors.get('pos_embed')!.values, img, query);
+  const layers = await attentionAnalysis(paramsOf(b.tensors), b.model, img, query);
   let gradNorms: number[] | null = null;
   if (r.kind === 'pretrain') {
     // Gradient norms need the pretraining loss, so the whole model with its decoders.

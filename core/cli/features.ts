@@ -17,7 +17,7 @@ const OPTIONS = {
 export async function run(argv: string[]): Promise<void> {
   const { values, positionals } = parse(argv, OPTIONS, { usage: 'localmim features RUN[:STEP] --image FILE [options]', summary });
   const { backbone: b, img } = await checkpointAndImage(positionals[0], values.image, values);
-  const t = tf.tidy(() => backboneFeatures(paramsOf(b.tensors), modelDims(b.model), b.tensors.get('pos_embed')!.values, [img]));
+  const t = tf.tidy(() => backboneFeatures(paramsOf(b.tensors), modelDims(b.model), [img]));
   const f = await t.data();
   t.dispose();
   const out = { shape: [f.length], values: Array.from(f) };

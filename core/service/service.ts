@@ -227,7 +227,7 @@ export class Service {
       // The image path comes from the index, never from the request.
       const img = await evalImage(join(d.root, row.path), b.model.imgSize);
       await initBackend();
-      const layers = await attentionAnalysis(paramsOf(b.tensors), b.model, b.tensors.get('pos_embed')!.values, img, a.query);
+      const layers = await attentionAnalysis(paramsOf(b.tensors), b.model, img, a.query);
       const png = await sharp(img.data, { raw: { width: img.width, height: img.height, channels: 3 } })
         .png()
         .toBuffer();
