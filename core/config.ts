@@ -1,4 +1,6 @@
 import { z } from 'zod';
+import { parseRandAugment } from './data/randaugment.js';
+import { SHORT_PRETRAINING } from './recipe.js';
 
 /** Encoder shapes of the paper's models (docs/method.md#model-sizes); ViT-T is DeiT-Tiny's shape. */
 export const MODEL_SIZES = {
@@ -190,20 +192,40 @@ export const PRESETS = {
 } as const satisfies Record<string, Partial<ModelConfig>>;
 export type Preset = keyof typeof PRESETS;
 
-/** Fine-tuning and linear probing (docs/method.md#fine-tuning, paper Table 9), with defaults scaled down to small data. */
+/**
+ * Fine-tuning and linear probing (docs/method.md#fine-tuning): the official recipe's regularisation and augmentation,
+ * with epochs, warmup and batch scaled down to small data. blr, layerDecay and minLr default to the short-pretraining
+ * recipe here; a new fine-tune takes those of its source's pretraining length (core/recipe.ts).
+ */
 const FinetuneFields = OptimConfigSchema.extend({
   epochs: int(1).max(MAX_EPOCHS).default(50),
   warmupEpochs: z.number().min(0).default(5),
-  /** MAE's fine-tuning base rate; lr = blr · effective batch / 256. */
-  blr: z.number().positive().default(5e-4),
+  /** lr = blr · effective batch / 256. */
+  blr: z.number().positive().default(SHORT_PRETRAINING.blr),
+  minLr: z.number().min(0).default(SHORT_PRETRAINING.minLr),
   beta2: z.number().min(0).lt(1).default(0.999),
-  /** Layer-wise lr decay: block i gets layerDecay^(depth − i) of the head's rate (0.65 ViT-B, 0.75 ViT-L). */
-  layerDecay: z.number().gt(0).max(1).default(0.75),
+  /** Layer-wise lr decay: block i gets layerDecay^(depth − i) of the head's rate. */
+  layerDecay: z.number().gt(0).max(1).default(SHORT_PRETRAINING.layerDecay),
   dropPath: z.number().min(0).lt(1).default(0.1),
   smoothing: z.number().min(0).lt(1).default(0.1),
-  /** Mixup and CutMix Beta(α, α) parameters; 0 turns them off (the paper uses 0.8 and 1.0 on ImageNet). */
-  mixup: z.number().min(0).default(0),
-  cutmix: z.number().min(0).default(0),
+  /** Mixup and CutMix Beta(α, α) parameters, as the paper (0.8, 1.0); 0 turns one off. */
+  mixup: z.number().min(0).default(0.8),
+  cutmix: z.number().min(0).default(1),
+  /** timm's RandAugment string, as the official `--aa`; '' or null = off. */
+  randAugment: z
+    .string()
+    .nullable()
+    .default('rand-m9-mstd0.5-inc1')
+    .superRefine((s, ctx) => {
+      try {
+        if (s) parseRandAugment(s);
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      }
+    })
+    .transform((s) => s || null),
+  /** Random erasing probability (pixel mode, one box), as the official `--reprob`. */
+  reprob: z.number().min(0).max(1).default(0.25),
   /** Smallest crop area of RandomResizedCrop during fine-tuning (timm's 0.08). */
   minScale: z.number().gt(0).max(1).default(0.08),
   valFraction: z.number().gt(0).lt(1).default(0.2),
@@ -212,16 +234,29 @@ const FinetuneFields = OptimConfigSchema.extend({
 }).superRefine((f, ctx) => {
   if (!f.linearProbe) return;
   const issue = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: [path], message });
-  for (const k of ['smoothing', 'mixup', 'cutmix'] as const)
+  for (const k of ['smoothing', 'mixup', 'cutmix', 'reprob'] as const)
     if (f[k] !== 0) issue(k, `a linear probe trains on crops and flips with plain cross-entropy (MAE's protocol): ${k} must be 0`);
+  if (f.randAugment) issue('randAugment', "a linear probe trains on crops and flips only (MAE's protocol): randAugment must be ''");
   if (f.batch < 2) issue('batch', "a linear probe's BatchNorm needs at least 2 images per batch");
 });
 
 /**
  * MAE's linear-probe recipe (main_linprobe.py), the defaults of a `linearProbe` run: 90 epochs with 10 of warmup,
- * blr 0.1 decaying to 0, no weight decay, no label smoothing; AdamW's betas, layer decay and drop path do not apply.
+ * blr 0.1 decaying to 0, no weight decay, no label smoothing, mixing or augmentation beyond crops and flips; AdamW's
+ * betas, layer decay and drop path do not apply.
  */
-export const LINEAR_PROBE = { epochs: 90, warmupEpochs: 10, blr: 0.1, minLr: 0, weightDecay: 0, smoothing: 0 } as const;
+export const LINEAR_PROBE = {
+  epochs: 90,
+  warmupEpochs: 10,
+  blr: 0.1,
+  minLr: 0,
+  weightDecay: 0,
+  smoothing: 0,
+  mixup: 0,
+  cutmix: 0,
+  randAugment: null,
+  reprob: 0,
+} as const;
 
 const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 

@@ -15,12 +15,13 @@ import { join } from 'node:path';
 import { deflateSync } from 'node:zlib';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { randomCrop } from '../core/data/augment.js';
+import { finetuneAugment, randomCrop } from '../core/data/augment.js';
 import { DecodeCache } from '../core/data/cache.js';
 import { indexFolder, type IndexSummary } from '../core/data/indexer.js';
 import { Loader } from '../core/data/loader.js';
 import { Rng } from '../core/random.js';
 import { Store } from '../core/store/store.js';
+import type { RgbImage } from '../core/targets/image.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'localmim-data-'));
 const root = join(tmp, 'photos');
@@ -191,6 +192,23 @@ describe('input pipeline', () => {
     await a.get(0, 0);
     await a.get(0, 1);
     expect(cache.hits).toBeGreaterThan(0);
+  });
+
+  test('fine-tuning batches: RandAugment and erasing change them, and they stay a function of (seed, epoch, index)', async () => {
+    const items = store.images(first.datasetId, 'ok').map((r) => ({ abs: join(root, r.path), hash: r.hash! }));
+    const cache = new DecodeCache(join(tmp, 'home', 'cache'));
+    const transform = finetuneAugment({ randAugment: 'rand-m9-mstd0.5-inc1', reprob: 0.25 });
+    const loader = (seed: number, o = {}) => new Loader(items, cache, 32, 4, seed, { minScale: 0.08, kernel: 'linear', ...o });
+    const bytes = async (l: Loader<RgbImage>) => (await l.get(0, 0)).map((img) => Buffer.from(Float32Array.from(img.data).buffer));
+    const [a, again, other, plain] = await Promise.all([
+      bytes(loader(7, { transform })),
+      bytes(loader(7, { transform })),
+      bytes(loader(8, { transform })),
+      bytes(loader(7)),
+    ]);
+    expect(again).toEqual(a);
+    expect(other).not.toEqual(a);
+    expect(a.filter((img, k) => !img.equals(plain[k]!)).length).toBeGreaterThan(1);
   });
 
   test('the decode cache is bounded', async () => {

@@ -72,6 +72,8 @@ test('fine-tuning a pretrained run reports top-1 each epoch, above chance, as a 
       .filter((m) => m.valTop1 !== null)
       .map((m) => m.valTop1),
   ).toEqual(evals.map((e) => e.top1));
+  const pos = (runId: number) => loadCheckpoint(store.checkpoints(runId).at(-1)!.path).tensors.get('pos_embed')!.values;
+  expect(pos(2)).not.toEqual(pos(1)); // trained from the pretrained table
   store.close();
 });
 
@@ -111,7 +113,7 @@ test("a linear probe (MAE's protocol) trains its head on the frozen backbone and
   const probe = loadCheckpoint(store.checkpoints(start.runId!).at(-1)!.path).tensors;
   const pretrained = loadCheckpoint(store.checkpoints(1).at(-1)!.path).tensors;
   store.close();
-  for (const [name, t] of probe) if (isBackbone(name) && name !== 'pos_embed') expect(t.values, name).toEqual(pretrained.get(name)!.values);
+  for (const [name, t] of probe) if (isBackbone(name)) expect(t.values, name).toEqual(pretrained.get(name)!.values);
   expect([...probe.get('fc_norm.weight')!.values].every((v) => v === 1)).toBe(true); // MAE's global-pool probe leaves fc_norm as initialised
   expect([...probe.get('head.0.running_mean')!.values].some((v) => v !== 0)).toBe(true);
   expect([...probe.keys()].filter((n) => n.startsWith('optimizer.')).every((n) => n.startsWith('optimizer.mu.head.1.'))).toBe(true);

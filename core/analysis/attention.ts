@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { modelDims, type ModelConfig } from '../config.js';
-import { allPatches } from '../model/patches.js';
-import { encode, type Param } from '../model/vit.js';
-import { normalize, toTensor, type RgbImage } from '../targets/image.js';
+import { encodeImages } from '../model/classifier.js';
+import type { Param } from '../model/vit.js';
+import type { RgbImage } from '../targets/image.js';
 
 /**
  * Normalised mutual information between query and key patches (paper Fig. 3) of one attention matrix
@@ -56,14 +56,11 @@ export interface LayerAttention {
 /** Attention of every block on one image (all patches visible), and its statistics per layer. */
 export async function attentionAnalysis(P: Param, model: ModelConfig, image: RgbImage, query: number): Promise<LayerAttention[]> {
   const dims = modelDims(model);
-  const { p, L, heads } = dims;
+  const { L, heads } = dims;
   if (query < 0 || query >= L) throw new Error(`query: patch ${query} is outside the ${dims.g}×${dims.g} grid (0…${L - 1})`);
   const kept: tf.Tensor[] = [];
   tf.tidy(() => {
-    const { patches, pos } = allPatches(normalize(toTensor([image])), p, P('pos_embed'));
-    encode(P, dims, patches, pos, 1, {
-      onAttention: (_, a) => kept.push(tf.keep(a)),
-    });
+    encodeImages(P, dims, [image], { onAttention: (_, a) => kept.push(tf.keep(a)) });
   });
   const probs = (await Promise.all(kept.map((a) => a.data()))) as Float32Array[];
   tf.dispose(kept);

@@ -11,12 +11,20 @@ const n = (help: string, arg = 'N') => ({ type: 'string', arg, help }) as const;
 const SETTINGS = {
   epochs: ['epochs', n('epochs (default 50; 90 for a linear probe)')],
   batch: ['batch', n('images per step (default 32)')],
-  blr: ['blr', n('base learning rate; lr = blr · batch / 256 (default 5e-4; 0.1 for a linear probe)', 'LR')],
-  'layer-decay': ['layerDecay', n('layer-wise lr decay (default 0.75)', 'D')],
+  blr: [
+    'blr',
+    n(
+      'base learning rate; lr = blr · batch / 256 (default by the source: 1e-3, or 5e-4 after ≥ 400 epochs or imported; 0.1 for a linear probe)',
+      'LR',
+    ),
+  ],
+  'min-lr': ['minLr', n('final learning rate of the cosine (default by the source: 1e-6, or 1e-5; 0 for a linear probe)', 'LR')],
+  'layer-decay': ['layerDecay', n('layer-wise lr decay (default by the source: 0.75, or 0.65)', 'D')],
   'drop-path': ['dropPath', n('stochastic depth rate (default 0.1)', 'P')],
   smoothing: ['smoothing', n('label smoothing (default 0.1; none in a linear probe)', 'E')],
-  mixup: ['mixup', n('Mixup α; 0 = off (default 0)', 'A')],
-  cutmix: ['cutmix', n('CutMix α; 0 = off (default 0)', 'A')],
+  mixup: ['mixup', n('Mixup α; 0 = off (default 0.8; none in a linear probe)', 'A')],
+  cutmix: ['cutmix', n('CutMix α; 0 = off (default 1; none in a linear probe)', 'A')],
+  reprob: ['reprob', n('random erasing probability; 0 = off (default 0.25; none in a linear probe)', 'P')],
   'val-fraction': ['valFraction', n('share of each class held out for validation, in (0, 1) (default 0.2)', 'F')],
   warmup: ['warmupEpochs', n('warmup epochs (default 5; 10 for a linear probe)', 'EPOCHS')],
 } as const;
@@ -30,6 +38,7 @@ const OPTIONS = {
     default: false,
     help: "MAE's linear probe: BatchNorm and a linear head on the frozen backbone's mean-pooled tokens, LARS, crops and flips",
   },
+  'rand-augment': n("timm's RandAugment string; '' = off (default rand-m9-mstd0.5-inc1; none in a linear probe)", 'SPEC'),
   ...(Object.fromEntries(Object.entries(SETTINGS).map(([flag, [, f]]) => [flag, f])) as {
     [K in keyof typeof SETTINGS]: (typeof SETTINGS)[K][1];
   }),
@@ -49,7 +58,10 @@ export async function run(argv: string[]): Promise<void> {
     if (!values.from === !values.scratch)
       throw new UsageError('give --from RUN[:STEP] to fine-tune a pretrained run, or --scratch for the baseline');
   }
-  const finetune: Record<string, unknown> = { ...(values['linear-probe'] && { linearProbe: true }) };
+  const finetune: Record<string, unknown> = {
+    ...(values['linear-probe'] && { linearProbe: true }),
+    ...(values['rand-augment'] !== undefined && { randAugment: values['rand-augment'] }),
+  };
   for (const [flag, [field]] of Object.entries(SETTINGS)) {
     const v = values[flag as keyof typeof SETTINGS];
     if (v === undefined) continue;

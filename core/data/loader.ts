@@ -1,5 +1,5 @@
 import { Rng, seedFor } from '../random.js';
-import type { Rgb8 } from '../targets/image.js';
+import type { Rgb8, RgbImage } from '../targets/image.js';
 import { applyCrop, randomCrop } from './augment.js';
 import type { DecodeCache } from './cache.js';
 
@@ -11,14 +11,25 @@ export interface DataItem {
 const PERMUTATION = 1;
 const CROP = 2;
 
+export interface LoaderOptions<T extends RgbImage> {
+  /** Batches prepared ahead. */
+  prefetch?: number;
+  /** Smallest crop area of RandomResizedCrop: 0.2 in pretraining (docs/method.md#preprocessing), 0.08 in fine-tuning. */
+  minScale?: number;
+  /** Resize kernel of the crop: bicubic in pretraining, bilinear in fine-tuning (docs/method.md#fine-tuning). */
+  kernel?: 'cubic' | 'linear';
+  /** Augmentation after crop and flip, drawing from the sample's own generator (after the crop's draws). */
+  transform?: (img: Rgb8, rng: Rng) => T;
+}
+
 /**
- * Seeded, resumable batches: the order of epoch e and the crop of its k-th sample are functions of
- * (seed, e, k) alone, so a resumed run sees exactly the batches it would have seen. Batches are
+ * Seeded, resumable batches: the order of epoch e and the crop and augmentation of its k-th sample are
+ * functions of (seed, e, k) alone, so a resumed run sees exactly the batches it would have seen. Batches are
  * prepared ahead (decoding and resizing run on libuv's threads) while the trainer computes.
  */
-export class Loader {
+export class Loader<T extends RgbImage = Rgb8> {
   readonly batchesPerEpoch: number;
-  private readonly ahead = new Map<string, Promise<Rgb8[]>>();
+  private readonly ahead = new Map<string, Promise<T[]>>();
   private orders = new Map<number, Int32Array>();
 
   constructor(
@@ -27,26 +38,24 @@ export class Loader {
     readonly imgSize: number,
     readonly batch: number,
     readonly seed: number,
-    readonly prefetch = 2,
-    /** Smallest crop area of RandomResizedCrop: 0.2 in pretraining (docs/method.md#preprocessing), 0.08 in fine-tuning. */
-    readonly minScale = 0.2,
+    private readonly o: LoaderOptions<T> = {},
   ) {
     if (items.length < batch) throw new Error(`data: ${items.length} usable images, fewer than one batch of ${batch}`);
     this.batchesPerEpoch = Math.floor(items.length / batch); // drop_last, as the official loader
   }
 
   /** Micro-batch `i` of epoch `epoch`, starting the next ones in the background. */
-  async get(epoch: number, i: number): Promise<Rgb8[]> {
+  async get(epoch: number, i: number): Promise<T[]> {
     const out = this.start(epoch, i);
     this.ahead.delete(`${epoch}:${i}`);
-    for (let k = 1; k <= this.prefetch; k++) {
+    for (let k = 1; k <= (this.o.prefetch ?? 2); k++) {
       const j = i + k;
       this.start(epoch + Math.floor(j / this.batchesPerEpoch), j % this.batchesPerEpoch);
     }
     return out;
   }
 
-  private start(epoch: number, i: number): Promise<Rgb8[]> {
+  private start(epoch: number, i: number): Promise<T[]> {
     const key = `${epoch}:${i}`;
     let p = this.ahead.get(key);
     if (!p) {
@@ -63,14 +72,16 @@ export class Loader {
     return Array.from({ length: this.batch }, (_, j) => order[i * this.batch + j]!);
   }
 
-  private load(epoch: number, i: number): Promise<Rgb8[]> {
+  private load(epoch: number, i: number): Promise<T[]> {
     const side = Math.ceil(this.imgSize * 1.15);
+    const { minScale = 0.2, kernel, transform } = this.o;
     return Promise.all(
       this.itemsAt(epoch, i).map(async (index, j) => {
         const item = this.items[index]!;
         const img = await this.cache.get(item.abs, item.hash, side);
-        const crop = randomCrop(new Rng(seedFor(this.seed, CROP, epoch, i * this.batch + j)), img.width, img.height, [this.minScale, 1]);
-        return applyCrop(img, crop, this.imgSize);
+        const rng = new Rng(seedFor(this.seed, CROP, epoch, i * this.batch + j));
+        const cropped = await applyCrop(img, randomCrop(rng, img.width, img.height, [minScale, 1]), this.imgSize, kernel);
+        return transform ? transform(cropped, rng) : (cropped as RgbImage as T);
       }),
     );
   }

@@ -5,25 +5,35 @@ import { normalize, toTensor, type RgbImage } from '../targets/image.js';
 import { batchNorm, layerNorm, linear } from './ops.js';
 import { ParamStore } from './params.js';
 import { allPatches } from './patches.js';
-import { encode, meanPatchTokens, type Param } from './vit.js';
+import { encode, meanPatchTokens, type EncoderOptions, type Param } from './vit.js';
+
+/**
+ * The encoder on all patches of full images at the model's input size (features, attention, fine-tuning). Positions
+ * come from the model's `pos_embed [1, 1+L, D]` on the device, so a trainable table gets its gradient, and its class
+ * row is added to the class token, as timm's ViT (zero in a pretrained table). Call in `tf.tidy`.
+ */
+export function encodeImages(P: Param, dims: ModelDims, images: RgbImage[], o: EncoderOptions = {}) {
+  const table = P('pos_embed');
+  const { patches, pos } = allPatches(normalize(toTensor(images)), dims.p, table);
+  const cls = tf.add(P('cls_token'), tf.slice(table, [0, 0, 0], [1, 1, dims.D]));
+  return encode((name) => (name === 'cls_token' ? cls : P(name)), dims, patches, pos, images.length, o);
+}
 
 /**
  * The backbone's feature of each image: the mean of its patch tokens after the last block (class token
- * excluded, no norm), on all patches. Images must be at the model's input size. Returns `[B, D]`; call in `tf.tidy`.
+ * excluded, no norm). Returns `[B, D]`; call in `tf.tidy`.
  */
 export function backboneFeatures(P: Param, dims: ModelDims, images: RgbImage[], dropPath?: { rate: number; rng: Rng }): tf.Tensor {
-  const { patches, pos } = allPatches(normalize(toTensor(images)), dims.p, P('pos_embed'));
-  const { x } = encode(P, dims, patches, pos, images.length, { dropPath });
-  return meanPatchTokens(x, images.length);
+  return meanPatchTokens(encodeImages(P, dims, images, { dropPath }).x, images.length);
 }
 
 /** MAE's probe BatchNorm eps (main_linprobe.py). */
 export const PROBE_EPS = 1e-6;
 
 /**
- * The fine-tuning model (docs/method.md#fine-tuning): the pretrained backbone, mean-pooled patch tokens, `fc_norm`, `head`.
- * With `probe`, MAE's linear probe (docs/method.md#linear-probe): `fc_norm` stays as initialised, then `head.0`
- * (BatchNorm without affine) and the Linear `head.1`.
+ * The fine-tuning model (docs/method.md#fine-tuning): the pretrained backbone with a trainable `pos_embed`, mean-pooled
+ * patch tokens, `fc_norm`, `head`. With `probe`, MAE's linear probe (docs/method.md#linear-probe): `fc_norm` stays as
+ * initialised, then `head.0` (BatchNorm without affine) and the Linear `head.1`.
  */
 export class ViTClassifier {
   readonly dims: ModelDims;

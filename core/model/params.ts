@@ -38,7 +38,7 @@ const xavier = (fanOut: number, fanIn: number) => uniform(Math.sqrt(6 / (fanIn +
  * MAE's probe head `head.0` (BatchNorm without affine) and `head.1` (docs/method.md#linear-probe).
  */
 function specs(c: ModelConfig, head?: HeadSpec): ParamSpec[] {
-  const { D, depth, p, scales, F } = modelDims(c);
+  const { D, depth, p, g, scales, F } = modelDims(c);
   const d = c.decoderDim;
   const out: ParamSpec[] = [];
   const add = (name: string, shape: number[], init: ParamSpec['init'], running?: boolean) => out.push({ name, shape, init, running });
@@ -71,6 +71,9 @@ function specs(c: ModelConfig, head?: HeadSpec): ParamSpec[] {
   };
 
   add('cls_token', [1, 1, D], normal(0.02));
+  // Fine-tuning trains the positions, as timm's ViT: from scratch they start as its trunc_normal_(std 0.02), whose
+  // ±2 cut is 100σ away, so a plain normal; from a pretrained run, as its sin-cos table.
+  if (head) add('pos_embed', [1, 1 + g * g, D], normal(0.02));
   add('patch_embed.proj.weight', [D, 3, p, p], xavier(D, 3 * p * p));
   add('patch_embed.proj.bias', [D], uniform(1 / Math.sqrt(3 * p * p)));
   for (let i = 0; i < depth; i++) block(`blocks.${i}`, D);
@@ -129,12 +132,11 @@ export const HEADS: Record<number, (d: number) => HeadLayer[]> = {
   ],
 };
 
-/** Frozen tensors of the state dict: sin-cos tables and the HOG layers' Sobel kernels (and biases). */
-function bufferValues(c: ModelConfig, rng: Rng, classifier: boolean): Map<string, { shape: number[]; values: Float32Array }> {
+/** Frozen tensors of the pretraining state dict: sin-cos tables and the HOG layers' Sobel kernels (and biases). */
+function bufferValues(c: ModelConfig, rng: Rng): Map<string, { shape: number[]; values: Float32Array }> {
   const { D, g, scales } = modelDims(c);
   const out = new Map<string, { shape: number[]; values: Float32Array }>();
   out.set('pos_embed', { shape: [1, 1 + g * g, D], values: sinCosPosEmbed(D, g) });
-  if (classifier) return out;
   scales.forEach((_, k) =>
     out.set(`decoder.${k}.pos_embed`, { shape: [1, 1 + g * g, c.decoderDim], values: sinCosPosEmbed(c.decoderDim, g) }),
   );
@@ -170,7 +172,7 @@ export class ParamStore {
         tf.tidy(() => tf.variable(tf.tensor(s.init(rng, n), s.shape), !s.running, prefix + s.name)),
       );
     }
-    for (const [name, b] of bufferValues(c, rng, head !== undefined)) {
+    for (const [name, b] of head ? [] : bufferValues(c, rng)) {
       this.buffers.set(name, tf.keep(tf.tensor(b.values, b.shape)));
     }
   }

@@ -2,6 +2,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { renderPreview } from '../analysis/preview.js';
 import { lossReadEvery } from '../backend.js';
+import { finetuneAugment } from '../data/augment.js';
 import { DecodeCache } from '../data/cache.js';
 import { Loader, type DataItem } from '../data/loader.js';
 import { evalImage } from '../data/preprocess.js';
@@ -68,7 +69,11 @@ export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ ste
     task = finetuneTask(
       spec.config,
       {
-        loader: new Loader(job.data.train, cache, imgSize, f.batch, seed, 2, f.minScale),
+        loader: new Loader(job.data.train, cache, imgSize, f.batch, seed, {
+          minScale: f.minScale,
+          kernel: 'linear',
+          transform: finetuneAugment(f),
+        }),
         labels: job.data.train.map((t) => t.label),
         val: { images: val, labels: job.data.val.map((v) => v.label) },
       },

@@ -14,8 +14,9 @@ import { labeledSplit } from '../data/labels.js';
 import { UserError } from '../errors.js';
 import { activeAdapter } from '../backend.js';
 import { homePaths, isAlive } from '../home.js';
+import { finetuneRecipe } from '../recipe.js';
 import type { RunRow, Store } from '../store/store.js';
-import { checkpointFor, resumePoint, type ResumePoint } from './checkpoints.js';
+import { checkpointFor, resumePoint, type FoundCheckpoint, type ResumePoint } from './checkpoints.js';
 import { estimate } from './estimate.js';
 import type { TrainJob } from './job.js';
 import { extended, specOf } from './spec.js';
@@ -125,7 +126,7 @@ function prepareFinetune(store: Store, home: string, req: Extract<RunRequest, { 
     throw new UserError(`--from: run ${source.run.id} is a fine-tuning run; start from a pretraining or imported run`);
   const model = source ? specOf(source.run).config.model : req.model;
   if (!model) throw new UserError('model: a fine-tune from scratch needs a model config');
-  const finetune = parseConfig(FinetuneConfigSchema, req.finetune ?? {}, 'finetune');
+  const finetune = parseConfig(FinetuneConfigSchema, withRecipe(req.finetune ?? {}, source), 'finetune');
   const split = splitOf(store, dataset, finetune.valFraction, req.seed);
   const config = parseConfig(FinetuneRunSchema, {
     model,
@@ -149,6 +150,16 @@ function prepareFinetune(store: Store, home: string, req: Extract<RunRequest, { 
     specChanged: false,
     job: { kind: 'train', home, spec, data: dataFor(store, spec, dataset, split), initFrom: source?.path },
   };
+}
+
+/**
+ * Fine-tuning settings over the official recipe for the source's pretraining length (core/recipe.ts): given values
+ * win. A linear probe has its own recipe (LINEAR_PROBE).
+ */
+function withRecipe(given: unknown, source: FoundCheckpoint | undefined): unknown {
+  if (typeof given !== 'object' || given === null || Array.isArray(given) || ('linearProbe' in given && given.linearProbe)) return given;
+  const epochs = !source ? null : source.run.kind === 'import' ? 'imported' : source.checkpoint.state.epoch;
+  return { ...finetuneRecipe(epochs), ...given };
 }
 
 function trainSpec(run: RunRow): TrainSpec {

@@ -13,8 +13,8 @@ const MIX = 6;
 const DROP = 7;
 
 export interface LabeledData {
-  /** Training batches; labels by item index. */
-  loader: Loader;
+  /** Training batches (cropped, augmented and erased: core/data/augment.ts); labels by item index. */
+  loader: Loader<RgbImage>;
   labels: number[];
   /** Validation images, already at the model's input size (the evaluation transform), and their labels. */
   val: { images: Rgb8[]; labels: number[] };
@@ -90,8 +90,12 @@ function crossEntropy(logits: tf.Tensor, targets: Float32Array): tf.Scalar {
   return tf.mean(tf.sum(tf.mul(t, tf.neg(tf.logSoftmax(logits))), -1));
 }
 
-/** Label smoothing, and (when enabled) Mixup or CutMix with the batch's mirror image, as timm pairs them. */
-function mixBatch(images: Rgb8[], labels: number[], K: number, f: FinetuneRun['finetune'], rng: Rng) {
+/**
+ * Label smoothing, and (when enabled) Mixup or CutMix with the batch's mirror image, as timm's `Mixup` in batch mode:
+ * one λ ~ Beta(α, α) per batch, CutMix instead of Mixup with p = 0.5 when both are on, and timm's box (side
+ * ⌊H·√(1−λ)⌋ about a uniform integer centre, clipped) with λ corrected to the area kept.
+ */
+export function mixBatch(images: RgbImage[], labels: number[], K: number, f: FinetuneRun['finetune'], rng: Rng) {
   const B = images.length;
   const smooth = (y: number) => Float32Array.from({ length: K }, (_, k) => (k === y ? 1 - f.smoothing : 0) + f.smoothing / K);
   const useCutmix = f.cutmix > 0 && (f.mixup === 0 || rng.next() < 0.5);
@@ -99,19 +103,20 @@ function mixBatch(images: Rgb8[], labels: number[], K: number, f: FinetuneRun['f
   const targets = new Float32Array(B * K);
   if (alpha <= 0) {
     labels.forEach((y, b) => targets.set(smooth(y), b * K));
-    return { mixed: images as RgbImage[], targets };
+    return { mixed: images, targets };
   }
   let lambda = beta(alpha, rng);
   const { width: W, height: H } = images[0]!;
   let box = { x0: 0, y0: 0, x1: 0, y1: 0 };
   if (useCutmix) {
-    const cut = Math.sqrt(1 - lambda);
-    const [cx, cy] = [rng.next() * W, rng.next() * H];
+    const [cutH, cutW] = [Math.trunc(H * Math.sqrt(1 - lambda)), Math.trunc(W * Math.sqrt(1 - lambda))];
+    const [cy, cx] = [Math.floor(rng.next() * H), Math.floor(rng.next() * W)];
+    const clip = (v: number, hi: number) => Math.min(hi, Math.max(0, v));
     box = {
-      x0: Math.max(0, Math.round(cx - (cut * W) / 2)),
-      x1: Math.min(W, Math.round(cx + (cut * W) / 2)),
-      y0: Math.max(0, Math.round(cy - (cut * H) / 2)),
-      y1: Math.min(H, Math.round(cy + (cut * H) / 2)),
+      x0: clip(cx - Math.floor(cutW / 2), W),
+      x1: clip(cx + Math.floor(cutW / 2), W),
+      y0: clip(cy - Math.floor(cutH / 2), H),
+      y1: clip(cy + Math.floor(cutH / 2), H),
     };
     lambda = 1 - ((box.x1 - box.x0) * (box.y1 - box.y0)) / (W * H);
   }
