@@ -105,9 +105,13 @@ test("a linear probe's config: MAE's defaults, crops and flips only, BatchNorm n
     minLr: 0,
     weightDecay: 0,
     smoothing: 0,
+    mixup: 0,
+    cutmix: 0,
+    randAugment: null,
+    reprob: 0,
     minScale: 0.08,
   });
-  expect(parseConfig(FinetuneConfigSchema, {})).toMatchObject({ blr: 5e-4, smoothing: 0.1, weightDecay: 0.05 });
+  expect(parseConfig(FinetuneConfigSchema, {})).toMatchObject({ blr: 1e-3, smoothing: 0.1, weightDecay: 0.05, mixup: 0.8, reprob: 0.25 });
   const problems = (input: unknown) => {
     try {
       parseConfig(FinetuneConfigSchema, input);
@@ -120,4 +124,8 @@ test("a linear probe's config: MAE's defaults, crops and flips only, BatchNorm n
   expect(problems({ linearProbe: true, mixup: 0.8 })).toEqual([expect.stringMatching(/^mixup: .*crops and flips/)]);
   expect(problems({ linearProbe: true, smoothing: 0.1 })).toEqual([expect.stringMatching(/^smoothing: /)]);
   expect(problems({ linearProbe: true, batch: 1 })).toEqual([expect.stringMatching(/^batch: .*at least 2/)]);
+  expect(problems({ linearProbe: true, reprob: 0.25 })).toEqual([expect.stringMatching(/^reprob: .*crops and flips/)]);
+  expect(problems({ linearProbe: true, randAugment: 'rand-m9-mstd0.5-inc1' })).toEqual([
+    expect.stringMatching(/^randAugment: .*crops and flips/),
+  ]);
 });
