@@ -18,6 +18,6 @@ fi
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))' || true
-bench() { timeout "$1" /tmp/node .gpu/bench.mjs --only step --backends webgpu --peer --peer-device cuda "${@:2}"; }
+bench() { timeout "$1" /tmp/node .gpu/bench/run.mjs --only step --backends webgpu --peer --peer-device cuda "${@:2}"; }
 bench 200 --model vit-tiny --img 64 --patch 8 --batch 32 --seconds 30
 bench 330 --model vit-base --img 224 --patch 16 --batch 64 --seconds 60

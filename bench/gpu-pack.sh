@@ -6,11 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf .gpu && mkdir -p .gpu/node_modules/webgpu/dist .gpu/debs
 xz -T0 -6 -c "$(command -v node)" > .gpu/node.xz
-npx esbuild bench/run.ts --bundle --platform=node --format=esm --target=node20 --minify --log-level=warning \
+# --splitting keeps the data bench (and the sharp it imports) in a chunk loaded only by `--only data`.
+npx esbuild bench/run.ts --bundle --splitting --platform=node --format=esm --target=node20 --minify --log-level=warning \
   --external:webgpu --external:sharp --external:@tensorflow/tfjs-node --external:@tensorflow/tfjs-node-gpu \
   --external:@tensorflow/tfjs-backend-wasm --external:better-sqlite3 \
   --banner:js="import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);" \
-  --outfile=.gpu/bench.mjs
+  --out-extension:.js=.mjs --outdir=.gpu/bench
 cp -r node_modules/webgpu/index.js node_modules/webgpu/package.json .gpu/node_modules/webgpu/
 cp -r node_modules/webgpu/dist/linux-x64 .gpu/node_modules/webgpu/dist/
 cp bench/peer.py .gpu/
