@@ -15,10 +15,10 @@ import { join } from 'node:path';
 import { deflateSync } from 'node:zlib';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { finetuneAugment, randomCrop } from '../core/data/augment.js';
+import { cropSourceSize, finetuneAugment, MAX_CROP_SOURCE_PIXELS, randomCrop, scaleCrop, type Crop } from '../core/data/augment.js';
 import { DecodeCache } from '../core/data/cache.js';
 import { indexFolder, type IndexSummary } from '../core/data/indexer.js';
-import { Loader } from '../core/data/loader.js';
+import { Loader, sampleRng } from '../core/data/loader.js';
 import { Rng } from '../core/random.js';
 import { Store } from '../core/store/store.js';
 import type { RgbImage } from '../core/targets/image.js';
@@ -173,11 +173,101 @@ describe('input pipeline', () => {
     }
   });
 
+  test("RandomResizedCrop's boxes follow torchvision's get_params: accepted area and ratio laws, centre fallback", () => {
+    // A draw (s ~ U(0.2, 1), log r ~ U(log 3/4, log 4/3)) fits a square iff s·max(r, 1/r) ≤ 1: the mean accepted s
+    // and |log r|, integrated on a grid, against 20000 boxes of a 1000² image.
+    const [lo, hi] = [Math.log(3 / 4), Math.log(4 / 3)];
+    let [n, sumS, sumLogR] = [0, 0, 0];
+    for (let a = 0.5; a < 400; a++)
+      for (let b = 0.5; b < 400; b++) {
+        const [s, logR] = [0.2 + (0.8 * a) / 400, lo + ((hi - lo) * b) / 400];
+        if (s * Math.exp(Math.abs(logR)) > 1) continue;
+        [n, sumS, sumLogR] = [n + 1, sumS + s, sumLogR + Math.abs(logR)];
+      }
+    const rng = new Rng(3);
+    const boxes = Array.from({ length: 20_000 }, () => randomCrop(rng, 1000, 1000));
+    expect(boxes.every((c) => c.left >= 0 && c.top >= 0 && c.left + c.width <= 1000 && c.top + c.height <= 1000)).toBe(true);
+    expect(Math.min(...boxes.map((c) => (c.width * c.height) / 1e6))).toBeGreaterThanOrEqual(0.198);
+    const mean = (f: (c: Crop) => number) => boxes.reduce((t, c) => t + f(c), 0) / boxes.length;
+    expect(mean((c) => (c.width * c.height) / 1e6)).toBeCloseTo(sumS / n, 2);
+    expect(mean((c) => Math.abs(Math.log(c.width / c.height)))).toBeCloseTo(sumLogR / n, 2);
+    expect(mean((c) => Math.log(c.width / c.height))).toBeCloseTo(0, 2);
+    expect(mean((c) => Number(c.flip))).toBeCloseTo(0.5, 1);
+    // 1000 × 100: no draw of area ≥ 0.2 fits, so every box is the centre crop with its ratio clamped to 4/3.
+    expect(randomCrop(new Rng(4), 1000, 100)).toMatchObject({ left: 433, top: 0, width: 133, height: 100 });
+  });
+
+  test('crop sources upsample no crop unless the original or the pixel cap is too small, and never exceed either', () => {
+    const rng = new Rng(5);
+    const shapes = [
+      [2000, 2000],
+      [3000, 2000],
+      [2000, 3000],
+      [6000, 800],
+      [400, 300],
+      [12_000, 8000],
+    ] as const;
+    for (const [W, H] of shapes)
+      for (const imgSize of [64, 224])
+        for (const minScale of [0.2, 0.08]) {
+          const copy = cropSourceSize(W, H, { imgSize, minScale });
+          const original = copy.width === W && copy.height === H;
+          expect(copy.width <= W && copy.height <= H).toBe(true);
+          expect(copy.width * copy.height).toBeLessThanOrEqual(MAX_CROP_SOURCE_PIXELS * 1.01);
+          const capped = copy.width * copy.height > MAX_CROP_SOURCE_PIXELS * 0.99;
+          const boxes = Array.from({ length: 2000 }, () => scaleCrop(randomCrop(rng, W, H, [minScale, 1]), { width: W, height: H }, copy));
+          const at = `${W}×${H} at ${imgSize}, ${minScale}`;
+          expect(
+            boxes.every((c) => c.left >= 0 && c.top >= 0 && c.left + c.width <= copy.width && c.top + c.height <= copy.height),
+            at,
+          ).toBe(true);
+          if (!original && !capped) expect(Math.min(...boxes.map((c) => Math.min(c.width, c.height))), at).toBeGreaterThanOrEqual(imgSize);
+        }
+    expect(cropSourceSize(400, 300, { imgSize: 224, minScale: 0.2 })).toEqual({ width: 400, height: 300 });
+    expect(cropSourceSize(12_000, 8000, { imgSize: 1024, minScale: 0.2 }).width).toBeLessThan(12_000 / 3);
+  });
+
+  test('crops of a large image keep the detail of a direct crop of the original, which the old small copy lost', async () => {
+    // A 2000² checkerboard of 32-px cells; a box of area ≤ 0.3 maps a cell to ≥ 1.7 px of the 64² crop.
+    const N = 2000;
+    const px = Buffer.alloc(N * N * 3);
+    for (let y = 0; y < N; y++)
+      for (let x = 0; x < N; x++) px.fill((((x >> 5) + (y >> 5)) & 1) * 255, (y * N + x) * 3, (y * N + x) * 3 + 3);
+    const abs = join(tmp, 'checkerboard.png');
+    await sharp(px, { raw: { width: N, height: N, channels: 3 } })
+      .png()
+      .toFile(abs);
+    const loader = new Loader([{ abs, hash: 'checkerboard' }], new DecodeCache(join(tmp, 'cb-cache')), 64, 1, 9);
+    let epoch = 0;
+    const small = (e: number) => randomCrop(sampleRng(9, e, 0), N, N);
+    while ((small(epoch).width * small(epoch).height) / N ** 2 > 0.3) epoch++;
+    const box = small(epoch);
+    const resized = (img: sharp.Sharp, c: Crop) =>
+      img.extract(c).resize(64, 64, { fit: 'fill', kernel: 'cubic' }).flop(c.flip).raw().toBuffer();
+    const direct = await resized(sharp(abs), box);
+    const side = Math.ceil(64 * 1.15); // the old loader's copy: shorter side 1.15 × imgSize
+    const oldCopy = await sharp(abs).resize(side, side, { kernel: 'cubic' }).raw().toBuffer();
+    const old = await resized(
+      sharp(oldCopy, { raw: { width: side, height: side, channels: 3 } }),
+      scaleCrop(box, { width: N, height: N }, { width: side, height: side }),
+    );
+    const ours = (await loader.get(epoch, 0))[0]!.data;
+    // High-frequency energy: mean squared difference of horizontal neighbours.
+    const energy = (d: Uint8Array) => {
+      let e = 0;
+      for (let i = 3; i < d.length; i++) if ((i / 3) % 64 >= 1) e += (d[i]! - d[i - 3]!) ** 2;
+      return e;
+    };
+    expect(energy(ours)).toBeGreaterThan(0.7 * energy(direct));
+    expect(energy(old)).toBeLessThan(0.2 * energy(direct));
+  });
+
   test('batches are a function of (seed, epoch, index) and later epochs hit the decode cache', async () => {
     const items = store.images(first.datasetId, 'ok').map((r) => ({ abs: join(root, r.path), hash: r.hash! }));
     const cache = new DecodeCache(join(tmp, 'home', 'cache'));
     const a = new Loader(items, cache, 32, 4, 5);
     const b = new Loader(items, new DecodeCache(join(tmp, 'home', 'cache')), 32, 4, 5);
+    const cold = new Loader(items, new DecodeCache(join(tmp, 'cold-cache')), 32, 4, 5);
     const x = await a.get(1, 1);
     expect(x.map((img) => [img.width, img.height])).toEqual([
       [32, 32],
@@ -186,6 +276,9 @@ describe('input pipeline', () => {
       [32, 32],
     ]);
     expect((await b.get(1, 1)).map((img) => Buffer.from(img.data).toString('base64'))).toEqual(
+      x.map((img) => Buffer.from(img.data).toString('base64')),
+    );
+    expect((await cold.get(1, 1)).map((img) => Buffer.from(img.data).toString('base64'))).toEqual(
       x.map((img) => Buffer.from(img.data).toString('base64')),
     );
     expect(Buffer.from((await a.get(2, 1))[0]!.data).equals(Buffer.from(x[0]!.data))).toBe(false);
@@ -209,6 +302,19 @@ describe('input pipeline', () => {
     expect(again).toEqual(a);
     expect(other).not.toEqual(a);
     expect(a.filter((img, k) => !img.equals(plain[k]!)).length).toBeGreaterThan(1);
+  });
+
+  test('a crop source remembers the original size after EXIF rotation, and keeps its orientation', async () => {
+    const cache = new DecodeCache(join(tmp, 'home', 'cache'));
+    for (const r of store.images(first.datasetId, 'ok')) {
+      const img = await cache.get(join(root, r.path), r.hash!, { imgSize: 8, minScale: 0.2 });
+      expect(img.original).toEqual({ width: r.width, height: r.height });
+      expect(img).toMatchObject(cropSourceSize(r.width!, r.height!, { imgSize: 8, minScale: 0.2 }));
+    }
+    // 40 × 20 stored with orientation 6 is a 20 × 40 portrait; its copy keeps √(0.15·800) / 10 ≈ 0.913 of each side.
+    const rotated = store.images(first.datasetId, 'ok').find((r) => r.path === 'rotated.jpg')!;
+    const copy = await cache.get(join(root, rotated.path), rotated.hash!, { imgSize: 8, minScale: 0.2 });
+    expect([copy.width, copy.height]).toEqual([19, 37]);
   });
 
   test('the decode cache is bounded', async () => {

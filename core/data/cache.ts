@@ -1,15 +1,19 @@
 import { mkdirSync } from 'node:fs';
 import { readFile, readdir, rename, stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Rgb8 } from '../targets/image.js';
-import { decodeShorterSide } from './preprocess.js';
+import type { CropSource } from './augment.js';
+import { decodeCropSource, decodeShorterSide, type Decoded } from './preprocess.js';
 
 let tmpCounter = 0;
 
+/** Header of an entry: the stored copy's width and height, then the original's (u32 little-endian each). */
+const HEADER = 16;
+
 /**
- * Decoded images, resized so the shorter side is `side` px (a little above the training size), stored as
- * raw RGB under the app's data folder. Keys carry the content hash, so a changed file is never served
- * stale; the folder is kept under `maxBytes` by evicting the least recently used entries.
+ * Decoded images stored as raw RGB under the app's data folder, either with the shorter side at `side` px
+ * (evaluation) or as the source of random crops (training, sized by `cropSourceSize`). Keys carry the content
+ * hash, so a changed file is never served stale; the folder is kept under `maxBytes` by evicting the least
+ * recently used entries.
  */
 export class DecodeCache {
   hits = 0;
@@ -23,27 +27,25 @@ export class DecodeCache {
     mkdirSync(dir, { recursive: true });
   }
 
-  async get(abs: string, hash: string, side: number): Promise<Rgb8> {
-    const file = join(this.dir, `${hash.slice(0, 40)}-${side}.rgb`);
+  async get(abs: string, hash: string, size: number | CropSource): Promise<Decoded> {
+    const variant = typeof size === 'number' ? `${size}` : `crop${size.imgSize}-${size.minScale}`;
+    const file = join(this.dir, `${hash.slice(0, 40)}-${variant}.rgb`);
     const cached = await readFile(file).catch(() => undefined);
-    if (cached && cached.length > 8) {
+    const hit = cached && fromEntry(cached);
+    if (hit) {
       this.hits++;
       const now = new Date();
       await utimes(file, now, now).catch(() => undefined);
-      const width = cached.readUInt32LE(0);
-      const height = cached.readUInt32LE(4);
-      if (cached.length === 8 + width * height * 3)
-        return { width, height, data: new Uint8Array(cached.buffer, cached.byteOffset + 8, width * height * 3) };
+      return hit;
     }
     this.misses++;
-    const img = await decodeShorterSide(abs, side);
-    const header = Buffer.alloc(8);
-    header.writeUInt32LE(img.width, 0);
-    header.writeUInt32LE(img.height, 4);
+    const img = typeof size === 'number' ? await decodeShorterSide(abs, size) : await decodeCropSource(abs, size);
+    const header = Buffer.alloc(HEADER);
+    [img.width, img.height, img.original.width, img.original.height].forEach((n, i) => header.writeUInt32LE(n, 4 * i));
     const tmp = `${file}.tmp-${process.pid}-${tmpCounter++}`;
     await writeFile(tmp, Buffer.concat([header, img.data]));
     await rename(tmp, file);
-    this.bytes = (this.bytes ?? (await this.size())) + 8 + img.data.length;
+    this.bytes = (this.bytes ?? (await this.size())) + HEADER + img.data.length;
     if (this.bytes > this.maxBytes) await this.evict();
     return img;
   }
@@ -71,4 +73,13 @@ export class DecodeCache {
     }
     this.bytes = total;
   }
+}
+
+/** An entry's image, or undefined when the file is not a whole entry of this layout (then it is decoded again). */
+function fromEntry(b: Buffer): Decoded | undefined {
+  if (b.length < HEADER) return undefined;
+  const [width, height, ow, oh] = [0, 1, 2, 3].map((i) => b.readUInt32LE(4 * i)) as [number, number, number, number];
+  if (b.length !== HEADER + width * height * 3) return undefined;
+  const data = new Uint8Array(b.buffer, b.byteOffset + HEADER, width * height * 3);
+  return { width, height, data, original: { width: ow, height: oh } };
 }

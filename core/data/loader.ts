@@ -1,6 +1,6 @@
 import { Rng, seedFor } from '../random.js';
 import type { Rgb8, RgbImage } from '../targets/image.js';
-import { applyCrop, randomCrop } from './augment.js';
+import { applyCrop, randomCrop, scaleCrop } from './augment.js';
 import type { DecodeCache } from './cache.js';
 
 export interface DataItem {
@@ -10,6 +10,9 @@ export interface DataItem {
 
 const PERMUTATION = 1;
 const CROP = 2;
+
+/** The generator of sample `k` of epoch `epoch`: its crop, flip and augmentation draw from it, in that order. */
+export const sampleRng = (seed: number, epoch: number, k: number): Rng => new Rng(seedFor(seed, CROP, epoch, k));
 
 export interface LoaderOptions<T extends RgbImage> {
   /** Batches prepared ahead. */
@@ -72,15 +75,19 @@ export class Loader<T extends RgbImage = Rgb8> {
     return Array.from({ length: this.batch }, (_, j) => order[i * this.batch + j]!);
   }
 
+  /**
+   * The box is drawn in the original image's coordinates, as torchvision draws it on the decoded image, then cut
+   * from the cached copy, which is large enough that the box is not upsampled (docs/method.md#preprocessing).
+   */
   private load(epoch: number, i: number): Promise<T[]> {
-    const side = Math.ceil(this.imgSize * 1.15);
     const { minScale = 0.2, kernel, transform } = this.o;
     return Promise.all(
       this.itemsAt(epoch, i).map(async (index, j) => {
         const item = this.items[index]!;
-        const img = await this.cache.get(item.abs, item.hash, side);
-        const rng = new Rng(seedFor(this.seed, CROP, epoch, i * this.batch + j));
-        const cropped = await applyCrop(img, randomCrop(rng, img.width, img.height, [minScale, 1]), this.imgSize, kernel);
+        const img = await this.cache.get(item.abs, item.hash, { imgSize: this.imgSize, minScale });
+        const rng = sampleRng(this.seed, epoch, i * this.batch + j);
+        const box = randomCrop(rng, img.original.width, img.original.height, [minScale, 1]);
+        const cropped = await applyCrop(img, scaleCrop(box, img.original, img), this.imgSize, kernel);
         return transform ? transform(cropped, rng) : (cropped as RgbImage as T);
       }),
     );
