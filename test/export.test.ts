@@ -218,6 +218,50 @@ describe('export', () => {
     expect(out.gradNorms).toHaveLength(4);
     expect(out.gradNorms.every((g) => g > 0)).toBe(true);
   });
+
+  test('localmim analyze --data --images --json: NMI, KL and gradient norms over a seeded set of images', () => {
+    const set = join(dir, 'set');
+    mkdirSync(set);
+    for (const f of readdirSync(SAMPLE_IMAGES).filter((f) => /^coffee-0[0-5]/.test(f))) symlinkSync(join(SAMPLE_IMAGES, f), join(set, f));
+    type Stat = { mean: number; std: number; min: number; q1: number; median: number; q3: number; max: number; values: number[] };
+    type Out = {
+      runId: number;
+      images: { root: string; requested: number; used: number; seed: number; paths: string[] };
+      layers: { block: number; nmi: Stat; kl: Stat }[];
+      gradNorms: Stat[];
+    };
+    const analyze = (...more: string[]) => {
+      const r = localmim(['analyze', '1', '--data', set, '--json', '--home', home, ...more]);
+      expect(r.code, r.stderr).toBe(0);
+      return { out: JSON.parse(r.stdout) as Out, stderr: r.stderr };
+    };
+    const { out } = analyze('--images', '3', '--seed', '4');
+    expect(out.images).toMatchObject({ requested: 3, used: 3, seed: 4 });
+    expect(out.images.paths).toHaveLength(3);
+    expect(analyze('--images', '3', '--seed', '4').out.images.paths).toEqual(out.images.paths);
+    expect(out.layers.map((l) => l.block)).toEqual([0, 1, 2, 3]);
+    expect(out.gradNorms).toHaveLength(4);
+    for (const s of [...out.layers.flatMap((l) => [l.nmi, l.kl]), ...out.gradNorms]) {
+      expect(Object.keys(s).sort()).toEqual(['max', 'mean', 'median', 'min', 'q1', 'q3', 'std', 'values']);
+      expect(s.values).toHaveLength(3);
+      expect(s.min).toBeLessThanOrEqual(s.q1);
+      expect(s.q1).toBeLessThanOrEqual(s.median);
+      expect(s.median).toBeLessThanOrEqual(s.q3);
+      expect(s.q3).toBeLessThanOrEqual(s.max);
+    }
+    // values[i] is the per-image analysis of paths[i].
+    const single = JSON.parse(run(['analyze', '1', '--image', join(set, out.images.paths[1]!), '--json'])) as {
+      layers: { nmi: number; kl: number }[];
+    };
+    out.layers.forEach((l, b) => {
+      expect(l.nmi.values[1]).toBeCloseTo(single.layers[b]!.nmi, 5);
+      expect(l.kl.values[1]).toBeCloseTo(single.layers[b]!.kl, 4);
+    });
+    // More images asked than the folder has: all of them, said on stderr.
+    const all = analyze();
+    expect(all.out.images).toMatchObject({ requested: 64, used: 6 });
+    expect(all.stderr).toMatch(/--images 64: .* has 6 usable images; using all of them/);
+  });
 });
 
 describe('a run whose decoders differ from the defaults (18 bins, as ViT-L)', () => {
