@@ -65,16 +65,17 @@ export interface LayerSpread {
   kl: Spread;
 }
 
-/** Memory the encoder's activations and attention may take per batch of images, on the device. */
-const BATCH_BYTES = 1 << 30;
+/** Memory the encoder's activations and attention may take per pass, on the device. */
+const PASS_BYTES = 1 << 30;
 
 /**
- * Images per encoder pass: what one image holds on the device in the analysis's tidy, estimated as
- * `depth · (4·H·T² + 40·T·D)` floats (scores, softmax and probabilities; qkv, MLP and norms), within BATCH_BYTES.
+ * Images per encoder pass. Everything one image computes stays alive until the pass's tidy ends: about
+ * `depth · (6·H·T² + 250·T·D)` floats, fitted to tf.memory() on vit-tiny and vit-small at 64 and 128 px (the MLP's
+ * GELU and the norms dominate).
  */
 export function imagesPerPass({ depth, heads, L, D }: ModelDims): number {
   const T = 1 + L;
-  return Math.max(1, Math.floor(BATCH_BYTES / (4 * depth * (4 * heads * T * T + 40 * T * D))));
+  return Math.max(1, Math.floor(PASS_BYTES / (4 * depth * (6 * heads * T * T + 250 * T * D))));
 }
 
 /** NMI and KL of every block (paper Figs. 3 and 6) over a set of images, encoded `perPass` images at a time. */
