@@ -1,14 +1,16 @@
 import * as tf from '@tensorflow/tfjs';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { evalImage } from '../core/data/preprocess.js';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { SAMPLE_IMAGES } from '../core/home.js';
+import { launchNodeJob } from '../core/jobs/launch.js';
 import { resizePosEmbed, sinCosPosEmbed } from '../core/model/posEmbed.js';
 import { Rng } from '../core/random.js';
 import { encodeSafetensors } from '../core/safetensors.js';
+import { Service } from '../core/service/service.js';
 import { localmim } from './cli.js';
 import './setup.js';
 
@@ -219,7 +221,7 @@ describe('export', () => {
     expect(out.gradNorms.every((g) => g > 0)).toBe(true);
   });
 
-  test('localmim analyze --data --images --json: NMI, KL and gradient norms over a seeded set of images', () => {
+  test('localmim analyze --data --images --json, and the API: NMI, KL and gradient norms over a seeded set of images', async () => {
     const set = join(dir, 'set');
     mkdirSync(set);
     for (const f of readdirSync(SAMPLE_IMAGES).filter((f) => /^coffee-0[0-5]/.test(f))) symlinkSync(join(SAMPLE_IMAGES, f), join(set, f));
@@ -261,6 +263,17 @@ describe('export', () => {
     const all = analyze();
     expect(all.out.images).toMatchObject({ requested: 64, used: 6 });
     expect(all.stderr).toMatch(/--images 64: .* has 6 usable images; using all of them/);
+
+    // The app's API answers the same on the folder the CLI indexed.
+    const service = new Service(home, () => launchNodeJob());
+    const datasetId = service.store.dataset(realpathSync(set))!.id;
+    const api = (await service.call('analysis.set', { runId: 1, datasetId, images: 3, seed: 4 })) as Out & { taps: number[] };
+    expect(api.images).toEqual(out.images);
+    expect(api.taps).toEqual([0, 1, 2, 3]);
+    api.layers.forEach((l, b) => l.nmi.values.forEach((v, i) => expect(v).toBeCloseTo(out.layers[b]!.nmi.values[i]!, 6)));
+    api.gradNorms.forEach((g, b) => expect(g.mean).toBeCloseTo(out.gradNorms[b]!.mean, 6));
+    await expect(service.call('analysis.set', { runId: 1, datasetId, images: 0 })).rejects.toThrow(/analysis.set: images/);
+    await service.shutdown();
   });
 });
 
