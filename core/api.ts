@@ -56,6 +56,14 @@ export const METHODS = {
     path: z.string().min(1).max(4096),
     query: z.number().int().min(0),
   }),
+  /** NMI, KL and gradient norms per block over `images` of the dataset, chosen by `seed` (all when it has fewer). */
+  'analysis.set': z.strictObject({
+    runId: id,
+    step: z.number().int().min(0).optional(),
+    datasetId: id,
+    images: z.number().int().min(1).max(4096).default(64),
+    seed: z.number().int().min(0).default(0),
+  }),
 } as const;
 
 export type Method = keyof typeof METHODS;

@@ -108,6 +108,12 @@ test('export the backbone, look at its attention, fine-tune it on a labeled fold
   await page.getByTestId('attention').locator('canvas').first().waitFor({ timeout: 60_000 });
   expect(await page.getByTestId('attention').locator('canvas').count()).toBe(12); // one map per block of vit-tiny
   await shot('5-attention');
+  // Over a set: NMI, KL and, for a pretraining run, gradient norms per block, each mean ± std.
+  await page.getByLabel('Images in the set').selectOption('16');
+  await page.getByRole('checkbox', { name: /statistics over/ }).check();
+  await page.getByTestId('attention-set').locator('.chart').nth(2).waitFor({ timeout: 120_000 });
+  await expect.poll(() => page.getByText(/^Over 16 images/).count()).toBe(1);
+  await shot('5b-attention-set');
 
   // A labeled folder: two classes of sample crops.
   const labeled = join(home, 'labeled');

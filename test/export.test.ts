@@ -1,14 +1,16 @@
 import * as tf from '@tensorflow/tfjs';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { evalImage } from '../core/data/preprocess.js';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { SAMPLE_IMAGES } from '../core/home.js';
+import { launchNodeJob } from '../core/jobs/launch.js';
 import { resizePosEmbed, sinCosPosEmbed } from '../core/model/posEmbed.js';
 import { Rng } from '../core/random.js';
 import { encodeSafetensors } from '../core/safetensors.js';
+import { Service } from '../core/service/service.js';
 import { Store } from '../core/store/store.js';
 import { loadCheckpoint } from '../core/train/checkpoint.js';
 import { localmim } from './cli.js';
@@ -219,6 +221,61 @@ describe('export', () => {
     for (const l of out.layers) expect(l.mean.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 5);
     expect(out.gradNorms).toHaveLength(4);
     expect(out.gradNorms.every((g) => g > 0)).toBe(true);
+  });
+
+  test('localmim analyze --data --images --json, and the API: NMI, KL and gradient norms over a seeded set of images', async () => {
+    const set = join(dir, 'set');
+    mkdirSync(set);
+    for (const f of readdirSync(SAMPLE_IMAGES).filter((f) => /^coffee-0[0-5]/.test(f))) symlinkSync(join(SAMPLE_IMAGES, f), join(set, f));
+    type Stat = { mean: number; std: number; min: number; q1: number; median: number; q3: number; max: number; values: number[] };
+    type Out = {
+      runId: number;
+      images: { root: string; requested: number; used: number; seed: number; paths: string[] };
+      layers: { block: number; nmi: Stat; kl: Stat }[];
+      gradNorms: Stat[];
+    };
+    const analyze = (...more: string[]) => {
+      const r = localmim(['analyze', '1', '--data', set, '--json', '--home', home, ...more]);
+      expect(r.code, r.stderr).toBe(0);
+      return { out: JSON.parse(r.stdout) as Out, stderr: r.stderr };
+    };
+    const { out } = analyze('--images', '3', '--seed', '4');
+    expect(out.images).toMatchObject({ requested: 3, used: 3, seed: 4 });
+    expect(out.images.paths).toHaveLength(3);
+    expect(analyze('--images', '3', '--seed', '4').out.images.paths).toEqual(out.images.paths);
+    expect(out.layers.map((l) => l.block)).toEqual([0, 1, 2, 3]);
+    expect(out.gradNorms).toHaveLength(4);
+    for (const s of [...out.layers.flatMap((l) => [l.nmi, l.kl]), ...out.gradNorms]) {
+      expect(Object.keys(s).sort()).toEqual(['max', 'mean', 'median', 'min', 'q1', 'q3', 'std', 'values']);
+      expect(s.values).toHaveLength(3);
+      expect(s.min).toBeLessThanOrEqual(s.q1);
+      expect(s.q1).toBeLessThanOrEqual(s.median);
+      expect(s.median).toBeLessThanOrEqual(s.q3);
+      expect(s.q3).toBeLessThanOrEqual(s.max);
+    }
+    // values[i] is the per-image analysis of paths[i].
+    const single = JSON.parse(run(['analyze', '1', '--image', join(set, out.images.paths[1]!), '--json'])) as {
+      layers: { nmi: number; kl: number }[];
+    };
+    out.layers.forEach((l, b) => {
+      expect(l.nmi.values[1]).toBeCloseTo(single.layers[b]!.nmi, 5);
+      expect(l.kl.values[1]).toBeCloseTo(single.layers[b]!.kl, 4);
+    });
+    // More images asked than the folder has: all of them, said on stderr.
+    const all = analyze();
+    expect(all.out.images).toMatchObject({ requested: 64, used: 6 });
+    expect(all.stderr).toMatch(/--images 64: .* has 6 usable images; using all of them/);
+
+    // The app's API answers the same on the folder the CLI indexed.
+    const service = new Service(home, () => launchNodeJob());
+    const datasetId = service.store.dataset(realpathSync(set))!.id;
+    const api = (await service.call('analysis.set', { runId: 1, datasetId, images: 3, seed: 4 })) as Out & { taps: number[] };
+    expect(api.images).toEqual(out.images);
+    expect(api.taps).toEqual([0, 1, 2, 3]);
+    api.layers.forEach((l, b) => l.nmi.values.forEach((v, i) => expect(v).toBeCloseTo(out.layers[b]!.nmi.values[i]!, 6)));
+    api.gradNorms.forEach((g, b) => expect(g.mean).toBeCloseTo(out.gradNorms[b]!.mean, 6));
+    await expect(service.call('analysis.set', { runId: 1, datasetId, images: 0 })).rejects.toThrow(/analysis.set: images/);
+    await service.shutdown();
   });
 });
 

@@ -97,7 +97,7 @@ describe('--help', () => {
     export: ['--format FORMAT', '--out DIR', '--home DIR', '--json'],
     import: ['--heads H', '--name NAME', '--home DIR', '--json'],
     features: ['--image FILE', '--home DIR', '--backend NAME', '--json'],
-    analyze: ['--image FILE', '--query PATCH', '--home DIR', '--backend NAME', '--json'],
+    analyze: ['--image FILE', '--query PATCH', '--data DIR', '--images N', '--seed S', '--home DIR', '--backend NAME', '--json'],
     runs: ['--home DIR', '--json'],
     targets: ['--image FILE', '--kind KIND', '--bins N', '--cells LIST', '--bias B0,B1', '--norm-pix', '--json'],
     doctor: ['--backend NAME', '--json'],
@@ -156,6 +156,27 @@ describe('user errors are one line and a non-zero exit', () => {
     expectOneLine(far, 'analyze', 2, /--query: patch 4 is out of range: .*0…3/);
     expect(ok.code, ok.stderr).toBe(0);
     expect((JSON.parse(ok.stdout) as { query: number }).query).toBe(3);
+  });
+
+  test('analyze over a set: --images, --data and the flags that go with --image say what is wrong', async () => {
+    const folder = join(dir, 'set');
+    mkdirSync(folder, { recursive: true });
+    const set = (...more: string[]) => cli(['analyze', String(imported), ...more]);
+    const [zero, missing, both, query, images, none] = await Promise.all([
+      set('--data', folder, '--images', '0'),
+      set('--data', join(dir, 'no-such-folder')),
+      set('--data', folder, '--image', image),
+      set('--data', folder, '--query', '1'),
+      set('--image', image, '--images', '4'),
+      set(),
+    ]);
+    expectOneLine(zero, 'analyze', 2, /--images: expected a positive integer, got "0"/);
+    expectOneLine(missing, 'analyze', 2, /--data: .*no-such-folder: cannot open the folder \(ENOENT\)/);
+    expectOneLine(both, 'analyze', 2, /give --image FILE or --data DIR, not both/);
+    expectOneLine(query, 'analyze', 2, /--query goes with --image FILE/);
+    expectOneLine(images, 'analyze', 2, /--images goes with --data DIR/);
+    expectOneLine(none, 'analyze', 2, /give --image FILE \(one image\) or --data DIR \(a set of images\)/);
+    expectOneLine(await set('--data', folder), 'analyze', 2, /--data: .*set has no usable images/);
   });
 
   const entry = (e: unknown) => JSON.stringify({ x: e });

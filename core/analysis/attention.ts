@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { modelDims, type ModelConfig } from '../config.js';
+import { modelDims, type ModelConfig, type ModelDims } from '../config.js';
 import { encodeImages } from '../model/classifier.js';
 import type { Param } from '../model/vit.js';
 import type { RgbImage } from '../targets/image.js';
@@ -26,21 +26,27 @@ export function nmi(A: ArrayLike<number>, Nq: number, Nk: number): number {
 /**
  * Mean KL divergence between the attention distributions of all ordered pairs of distinct queries
  * (paper Fig. 6). Rows are smoothed by `eps` so that one-hot rows give a large but finite value.
+ * O(Nq·Nk): Σ_{i,j} KL(r_i‖r_j) = Nq·Σ_{i,k} r_ik·log r_ik − Σ_k (Σ_i r_ik)(Σ_j log r_jk), the i = j terms being 0.
  */
 export function meanPairKL(A: ArrayLike<number>, Nq: number, Nk: number, eps = 1e-6): number {
-  const rows = Array.from({ length: Nq }, (_, q) => {
-    const r = Float64Array.from({ length: Nk }, (_, k) => A[q * Nk + k]! + eps);
-    const s = r.reduce((a, b) => a + b, 0);
-    return r.map((v) => v / s);
-  });
-  const logs = rows.map((r) => r.map(Math.log));
-  let total = 0;
-  for (let i = 0; i < Nq; i++)
-    for (let j = 0; j < Nq; j++) {
-      if (i === j) continue;
-      for (let k = 0; k < Nk; k++) total += rows[i]![k]! * (logs[i]![k]! - logs[j]![k]!);
+  if (Nq < 2) return 0;
+  const mass = new Float64Array(Nk);
+  const logs = new Float64Array(Nk);
+  let negEntropy = 0;
+  for (let q = 0; q < Nq; q++) {
+    let s = 0;
+    for (let k = 0; k < Nk; k++) s += A[q * Nk + k]! + eps;
+    for (let k = 0; k < Nk; k++) {
+      const r = (A[q * Nk + k]! + eps) / s;
+      const log = Math.log(r);
+      negEntropy += r * log;
+      mass[k]! += r;
+      logs[k]! += log;
     }
-  return Nq > 1 ? total / (Nq * (Nq - 1)) : 0;
+  }
+  let cross = 0;
+  for (let k = 0; k < Nk; k++) cross += mass[k]! * logs[k]!;
+  return (Nq * negEntropy - cross) / (Nq * (Nq - 1));
 }
 
 export interface LayerAttention {
@@ -56,26 +62,57 @@ export interface LayerAttention {
 /** Attention of every block on one image (all patches visible), and its statistics per layer. */
 export async function attentionAnalysis(P: Param, model: ModelConfig, image: RgbImage, query: number): Promise<LayerAttention[]> {
   const dims = modelDims(model);
-  const { L, heads } = dims;
+  const { L } = dims;
   if (query < 0 || query >= L) throw new Error(`query: patch ${query} is outside the ${dims.g}×${dims.g} grid (0…${L - 1})`);
+  const layers: LayerAttention[] = [];
+  await visitAttention(P, dims, [image], (_, block, perHead) =>
+    layers.push({
+      block,
+      ...layerStats(perHead, L),
+      heads: perHead.map((A) => Array.from(A.subarray(query * L, (query + 1) * L))),
+      mean: Array.from({ length: L }, (_, k) => perHead.reduce((s, A) => s + A[query * L + k]!, 0) / perHead.length),
+    }),
+  );
+  return layers;
+}
+
+/** NMI and mean pairwise KL of one block on one image, each averaged over the heads' `[L, L]` patch attention. */
+export function layerStats(perHead: Float64Array[], L: number): { nmi: number; kl: number } {
+  const mean = (f: (A: Float64Array) => number) => perHead.reduce((s, A) => s + f(A), 0) / perHead.length;
+  return { nmi: mean((A) => nmi(A, L, L)), kl: mean((A) => meanPairKL(A, L, L)) };
+}
+
+/**
+ * Encodes the images as one batch and hands each (image, block) its heads' patch-to-patch attention `[H][L·L]`
+ * (class token dropped, rows renormalised over the patches), block by block.
+ */
+export async function visitAttention(
+  P: Param,
+  dims: ModelDims,
+  images: RgbImage[],
+  visit: (image: number, block: number, perHead: Float64Array[]) => void,
+): Promise<void> {
   const kept: tf.Tensor[] = [];
   tf.tidy(() => {
-    encodeImages(P, dims, [image], { onAttention: (_, a) => kept.push(tf.keep(a)) });
+    encodeImages(P, dims, images, { onAttention: (_, a) => kept.push(tf.keep(a)) });
   });
-  const probs = (await Promise.all(kept.map((a) => a.data()))) as Float32Array[];
-  tf.dispose(kept);
-  const T = 1 + L;
-  return probs.map((a, block) => {
-    const perHead = Array.from({ length: heads }, (_, h) => patchAttention(a.subarray(h * T * T, (h + 1) * T * T), T));
-    const mean = Array.from({ length: L }, (_, k) => perHead.reduce((s, A) => s + A[query * L + k]!, 0) / heads);
-    return {
-      block,
-      nmi: perHead.reduce((s, A) => s + nmi(A, L, L), 0) / heads,
-      kl: perHead.reduce((s, A) => s + meanPairKL(A, L, L), 0) / heads,
-      heads: perHead.map((A) => Array.from(A.subarray(query * L, (query + 1) * L))),
-      mean,
-    };
-  });
+  const T = 1 + dims.L;
+  try {
+    for (const [block, t] of kept.entries()) {
+      // [B·H, T, T], image-major.
+      const a = (await t.data()) as Float32Array;
+      for (let b = 0; b < images.length; b++)
+        visit(
+          b,
+          block,
+          Array.from({ length: dims.heads }, (_, h) =>
+            patchAttention(a.subarray((b * dims.heads + h) * T * T, (b * dims.heads + h + 1) * T * T), T),
+          ),
+        );
+    }
+  } finally {
+    tf.dispose(kept);
+  }
 }
 
 /** Patch-to-patch attention `[L, L]` from `[T, T]` (class token dropped, rows renormalised over patches). */

@@ -9,20 +9,30 @@ import type { LoadedCheckpoint } from '../train/checkpoint.js';
 import type { Rgb8 } from '../targets/image.js';
 import { UsageError } from './args.js';
 
-/** What `features` and `analyze` share: a run's checkpoint, its backbone, and one image through the evaluation transform. */
-export async function checkpointAndImage(spec: string | undefined, image: string | undefined, o: { home?: string; backend?: string }) {
+/** What `features` and `analyze` share: a run's checkpoint and its backbone, on a ready backend. */
+export async function checkpointOf(spec: string | undefined, o: { home?: string; backend?: string }) {
   if (!spec) throw new UsageError('missing RUN[:STEP], e.g. 3 or 3:1200');
-  if (!image) throw new UsageError('--image FILE is required');
   await initBackend(o.backend);
   const store = new Store(homePaths(homeDir(o.home)).db);
   try {
     const { run, checkpoint } = checkpointFor(store, spec);
-    const b = backboneOf(run, checkpoint);
-    const img = await evalImage(image, b.model.imgSize).catch((err: Error) => {
-      throw new UsageError(`--image: cannot read ${image} as an image (${err.message.split('\n')[0]})`);
-    });
-    return { run, checkpoint, backbone: b, img } as { run: RunRow; checkpoint: LoadedCheckpoint; backbone: Backbone; img: Rgb8 };
+    return { run, checkpoint, backbone: backboneOf(run, checkpoint) } as { run: RunRow; checkpoint: LoadedCheckpoint; backbone: Backbone };
   } finally {
     store.close();
   }
+}
+
+/** An image file through the evaluation transform; `flag` names where it came from in the error. */
+export async function loadImage(file: string, size: number, flag = '--image'): Promise<Rgb8> {
+  return evalImage(file, size).catch((err: Error) => {
+    throw new UsageError(`${flag}: cannot read ${file} as an image (${err.message.split('\n')[0]})`);
+  });
+}
+
+/** A run's checkpoint, its backbone, and one image through the evaluation transform. */
+export async function checkpointAndImage(spec: string | undefined, image: string | undefined, o: { home?: string; backend?: string }) {
+  if (!spec) throw new UsageError('missing RUN[:STEP], e.g. 3 or 3:1200');
+  if (!image) throw new UsageError('--image FILE is required');
+  const c = await checkpointOf(spec, o);
+  return { ...c, img: await loadImage(image, c.backbone.model.imgSize) };
 }

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { ApiError, isMethod, parseArgs, type ApiEvent, type Args, type Method } from '../api.js';
 import { attentionAnalysis } from '../analysis/attention.js';
+import { analyzeSet, chooseImages } from '../analysis/set.js';
 import { initBackend, type BackendName } from '../backend.js';
 import {
   ConfigError,
@@ -13,6 +14,7 @@ import {
   parseRunConfig,
   PRESETS,
   RunConfigSchema,
+  type ModelConfig,
   type RunConfig,
 } from '../config.js';
 import { applyScan, summarize } from '../data/indexer.js';
@@ -29,7 +31,7 @@ import type { TrainJob } from '../runs/job.js';
 import { begin, memoryProblem, prepare, type RunRequest } from '../runs/lifecycle.js';
 import { RunRecorder } from '../runs/recorder.js';
 import { optimOf, specOf } from '../runs/spec.js';
-import { Store, type ImageRow, type RunStatus } from '../store/store.js';
+import { Store, type ImageRow, type RunRow, type RunStatus } from '../store/store.js';
 import type { Cadence, TrainEvent } from '../train/loop.js';
 
 export interface ServiceOptions {
@@ -233,7 +235,7 @@ export class Service {
       if (!row) throw new ApiError('not-found', `${a.path} is not an image of dataset ${d.name}`);
       const { checkpoint } = checkpointFor(this.store, a.step === undefined ? String(run.id) : `${run.id}:${a.step}`);
       const b = backboneOf(run, checkpoint);
-      const { g, taps } = modelDims(b.model);
+      const { g } = modelDims(b.model);
       if (a.query >= g * g) throw new ApiError('bad-request', `query: patch ${a.query} is outside the ${g}×${g} grid`);
       // The image path comes from the index, never from the request.
       const img = await evalImage(join(d.root, row.path), b.model.imgSize);
@@ -242,8 +244,33 @@ export class Service {
       const png = await sharp(img.data, { raw: { width: img.width, height: img.height, channels: 3 } })
         .png()
         .toBuffer();
-      const tapped = b.model.variant === 'global' || run.kind !== 'pretrain' ? [] : taps;
-      return { runId: run.id, grid: g, query: a.query, taps: tapped, image: `data:image/png;base64,${png.toString('base64')}`, layers };
+      return {
+        runId: run.id,
+        grid: g,
+        query: a.query,
+        taps: tapped(run, b.model),
+        image: `data:image/png;base64,${png.toString('base64')}`,
+        layers,
+      };
+    },
+    'analysis.set': async (a) => {
+      const run = this.run(a.runId);
+      const d = this.dataset(a.datasetId);
+      const all = this.store.images(d.id, 'ok').map((r) => r.path);
+      if (!all.length) throw new ApiError('bad-request', `dataset ${d.name} has no usable images`);
+      const { checkpoint } = checkpointFor(this.store, a.step === undefined ? String(run.id) : `${run.id}:${a.step}`);
+      const b = backboneOf(run, checkpoint);
+      const paths = chooseImages(all, a.images, a.seed);
+      // The image paths come from the index, never from the request.
+      const images = await Promise.all(paths.map((p) => evalImage(join(d.root, p), b.model.imgSize)));
+      await initBackend();
+      const set = await analyzeSet(paramsOf(b.tensors), b.model, images, a.seed, { run, checkpoint });
+      return {
+        runId: run.id,
+        images: { root: d.root, requested: a.images, used: paths.length, seed: a.seed, paths },
+        taps: tapped(run, b.model),
+        ...set,
+      };
     },
   } satisfies { [M in Method]: (a: ReturnType<typeof parseArgs<M>>) => unknown };
 
@@ -393,6 +420,11 @@ export class Service {
 
 /** Bounds the work a crash can lose: a checkpoint every few minutes or every thousand steps, whichever first. */
 const DEFAULT_CADENCE: Cadence = { everySteps: 1000, everyMinutes: 5 };
+
+/** The blocks whose output a pretraining run's decoders read (none for the global variant, nor outside pretraining). */
+function tapped(run: RunRow, model: ModelConfig): number[] {
+  return model.variant === 'global' || run.kind !== 'pretrain' ? [] : modelDims(model).taps;
+}
 
 function defaultConfig(): RunConfig {
   return parseRunConfig({ model: { imgSize: 64, patchSize: 8 } });
