@@ -1,11 +1,13 @@
 import * as tf from '@tensorflow/tfjs';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import { createRequire } from 'node:module';
+import { heapView, sharedIdentity } from './native-internals.js';
 
 // The optional native compute path (built from native/blas.c at install time against the system's BLAS):
 // tfjs-wasm's BatchMatMul kernel replaced by OpenBLAS/Accelerate sgemm on the wasm heap itself, every
-// transpose mode included, on all cores. When the addon cannot build or load, plain wasm runs and the
-// reason is reported.
+// transpose mode included, on all cores; Identity made to share memory instead of copying; and single-pass
+// kernels for LayerNorm, GELU and AdamW that core/model/ops.ts and core/train/adamw.ts use while it is on.
+// When the addon cannot build or load, plain wasm runs and the reason is reported.
 
 interface Blas {
   gemm(
@@ -23,7 +25,13 @@ interface Blas {
   ): void;
   transpose(x: Float32Array, shape: number[], perm: number[], out: Float32Array): void;
   threads(): number;
+  layerNorm(x: F, w: F, b: F, y: F, mean: F, rstd: F, rows: number, cols: number, eps: number): void;
+  layerNormGrad(dy: F, x: F, w: F, mean: F, rstd: F, dx: F, dw: F, db: F, rows: number, cols: number): void;
+  gelu(x: F, y: F, n: number): void;
+  geluGrad(dy: F, x: F, dx: F, n: number): void;
+  adamw(p: F, g: F, m: F, v: F, pOut: F, mOut: F, vOut: F, n: number, ...hyper: number[]): void;
 }
+type F = Float32Array;
 
 let blas: Blas | undefined;
 let loadError: string | undefined;
@@ -45,14 +53,16 @@ let active = false;
 export const nativeActive = () => active;
 export const nativeThreads = () => blas?.threads() ?? 0;
 
-/** Turns the native kernels (BatchMatMul, Transpose) on for the wasm backend (returns why not, if it cannot), or off. */
+/** Turns the native kernels (BatchMatMul, Transpose, Identity) on for the wasm backend (returns why not, if it cannot), or off. */
 export function setNativeGemm(on: boolean): string | undefined {
   if (on === active) return undefined;
   const kernels: [string, tf.KernelFunc][] = [
     ['BatchMatMul', (args) => batchMatMul(blas!, args as never)],
     ['Transpose', (args) => transpose(blas!, args as never)],
+    ['Identity', sharedIdentity as never],
   ];
   if (on && !load()) return loadError;
+  registerFused();
   for (const [name, kernelFunc] of kernels) {
     const current = tf.getKernel(name, 'wasm');
     if (!current) return 'the wasm backend is not loaded';
@@ -65,8 +75,6 @@ export function setNativeGemm(on: boolean): string | undefined {
 }
 
 type WasmArgs<I, A> = { inputs: I; attrs: A; backend: BackendWasm };
-const heapView = (backend: BackendWasm, t: tf.TensorInfo, n: number) =>
-  new Float32Array((backend.wasm as unknown as { HEAPU8: Uint8Array }).HEAPU8.buffer, backend.dataIdMap.get(t.dataId)!.memoryOffset, n);
 const size = (s: number[]) => s.reduce((x, y) => x * y, 1);
 
 function transpose(lib: Blas, args: WasmArgs<{ x: tf.TensorInfo }, { perm: number[] }>) {
@@ -111,3 +119,80 @@ function batchMatMul(lib: Blas, args: WasmArgs<{ a: tf.TensorInfo; b: tf.TensorI
   );
   return out;
 }
+
+// The fused kernels, under names of their own on the wasm backend: each makes its outputs first, then views
+// the heap (allocating may grow, and so move, it), then runs one native loop.
+type Fused = (backend: BackendWasm, inputs: tf.TensorInfo[], attrs: Record<string, number>) => tf.TensorInfo[];
+const FUSED: Record<string, Fused> = {
+  LocalmimLayerNorm: (backend, [x, w, b], { eps }) => {
+    const cols = x!.shape.at(-1)!;
+    const rows = size(x!.shape) / cols;
+    const outs = [backend.makeOutput(x!.shape, 'float32'), backend.makeOutput([rows], 'float32'), backend.makeOutput([rows], 'float32')];
+    const v = (t: tf.TensorInfo) => heapView(backend, t, size(t.shape));
+    blas!.layerNorm(v(x!), v(w!), v(b!), v(outs[0]!), v(outs[1]!), v(outs[2]!), rows, cols, eps!);
+    return outs;
+  },
+  LocalmimLayerNormGrad: (backend, [dy, x, w, mean, rstd]) => {
+    const cols = x!.shape.at(-1)!;
+    const outs = [x!, w!, w!].map((t) => backend.makeOutput(t.shape, 'float32'));
+    const v = (t: tf.TensorInfo) => heapView(backend, t, size(t.shape));
+    blas!.layerNormGrad(v(dy!), v(x!), v(w!), v(mean!), v(rstd!), v(outs[0]!), v(outs[1]!), v(outs[2]!), size(x!.shape) / cols, cols);
+    return outs;
+  },
+  LocalmimGelu: (backend, [x]) => {
+    const y = backend.makeOutput(x!.shape, 'float32');
+    const n = size(x!.shape);
+    blas!.gelu(heapView(backend, x!, n), heapView(backend, y, n), n);
+    return [y];
+  },
+  LocalmimGeluGrad: (backend, [dy, x]) => {
+    const dx = backend.makeOutput(x!.shape, 'float32');
+    const n = size(x!.shape);
+    blas!.geluGrad(heapView(backend, dy!, n), heapView(backend, x!, n), heapView(backend, dx, n), n);
+    return [dx];
+  },
+  LocalmimAdamW: (backend, [p, g, m, v], a) => {
+    const outs = [p!, m!, v!].map((t) => backend.makeOutput(t.shape, 'float32'));
+    const n = size(p!.shape);
+    const [pv, gv, mv, vv, po, mo, vo] = [p!, g!, m!, v!, ...outs].map((t) => heapView(backend, t, n));
+    blas!.adamw(pv!, gv!, mv!, vv!, po!, mo!, vo!, n, a.beta1!, a.beta2!, a.eps!, a.decay!, a.sqrtBc2!, a.stepSize!);
+    return outs;
+  },
+};
+
+function registerFused() {
+  for (const [kernelName, f] of Object.entries(FUSED))
+    if (!tf.getKernel(kernelName, 'wasm'))
+      tf.registerKernel({
+        kernelName,
+        backendName: 'wasm',
+        kernelFunc: ({ inputs, attrs, backend }) =>
+          f(backend as BackendWasm, Object.values(inputs) as tf.TensorInfo[], attrs as Record<string, number>),
+      });
+}
+
+const run = (name: string, inputs: tf.Tensor[], attrs: Record<string, number> = {}) =>
+  tf.engine().runKernel(name, Object.fromEntries(inputs.map((t, i) => [i, t])), attrs) as tf.Tensor[];
+
+/** Fused LayerNorm over the last axis of `x`: `[y, mean, rstd]`, the last two one per row. Native path only. */
+export const fusedLayerNorm = (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, eps: number) => run('LocalmimLayerNorm', [x, w, b], { eps });
+/** `[dx, dw, db]` of fusedLayerNorm from the output gradient `dy` and what its forward pass returned. */
+export const fusedLayerNormGrad = (dy: tf.Tensor, x: tf.Tensor, w: tf.Tensor, mean: tf.Tensor, rstd: tf.Tensor) =>
+  run('LocalmimLayerNormGrad', [dy, x, w, mean, rstd]);
+/** Exact (erf) GELU in one pass. Native path only. */
+export const fusedGelu = (x: tf.Tensor) => run('LocalmimGelu', [x])[0]!;
+export const fusedGeluGrad = (dy: tf.Tensor, x: tf.Tensor) => run('LocalmimGeluGrad', [dy, x])[0]!;
+
+export interface AdamWHyper {
+  beta1: number;
+  beta2: number;
+  eps: number;
+  /** 1 − lr·weight decay, or 1 for a parameter that does not decay. */
+  decay: number;
+  sqrtBc2: number;
+  /** lr / bias correction 1. */
+  stepSize: number;
+}
+/** One AdamW update of a parameter `p` with gradient `g` and moments `m`, `v` in one pass: `[p', m', v']`. Native path only. */
+export const fusedAdamW = (p: tf.Tensor, g: tf.Tensor, m: tf.Tensor, v: tf.Tensor, h: AdamWHyper) =>
+  run('LocalmimAdamW', [p, g, m, v], { ...h });

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { nativeActive } from '../native.js';
+import { fusedGelu, fusedGeluGrad, fusedLayerNorm, fusedLayerNormGrad, nativeActive } from '../native.js';
 
 // tfjs's wasm backend hands only plain (untransposed) matmuls to its fast GEMM, and tf.matMul's own
 // gradient uses transposed ones (docs/tfjs.md#fast-matmuls-on-wasm). These ops transpose explicitly in forward and backward,
@@ -46,16 +46,30 @@ const xWt = customGrad((x: tf.Tensor, W: tf.Tensor, save: tf.GradSaveFunc) => {
   };
 }) as (x: tf.Tensor, W: tf.Tensor) => tf.Tensor;
 
-/** LayerNorm over the last axis with PyTorch's biased variance. */
+/** LayerNorm over the last axis with PyTorch's biased variance: one native pass each way when the native path is on. */
 export function layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps = 1e-6): tf.Tensor {
+  if (nativeActive()) return fusedLayerNormOp(eps)(x, weight, bias);
   const { mean, variance } = tf.moments(x, -1, true);
   return tf.add(tf.mul(tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps))), weight), bias);
 }
 
-/** Exact (erf) GELU, as PyTorch's default. */
+const fusedLayerNormOp = (eps: number) =>
+  customGrad((x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
+    const [y, mean, rstd] = fusedLayerNorm(x, w, b, eps);
+    save([x, w, mean!, rstd!]);
+    return { value: y!, gradFunc: (dy: tf.Tensor, [sx, sw, sm, sr]: tf.Tensor[]) => fusedLayerNormGrad(dy, sx!, sw!, sm!, sr!) };
+  }) as (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => tf.Tensor;
+
+/** Exact (erf) GELU, as PyTorch's default: one native pass each way when the native path is on. */
 export function gelu(x: tf.Tensor): tf.Tensor {
+  if (nativeActive()) return fusedGeluOp(x);
   return tf.mul(tf.mul(x, 0.5), tf.add(1, tf.erf(tf.mul(x, Math.SQRT1_2))));
 }
+
+const fusedGeluOp = customGrad((x: tf.Tensor, save: tf.GradSaveFunc) => {
+  save([x]);
+  return { value: fusedGelu(x), gradFunc: (dy: tf.Tensor, [sx]: tf.Tensor[]) => fusedGeluGrad(dy, sx!) };
+}) as (x: tf.Tensor) => tf.Tensor;
 
 /** Identity forward, zero gradient: tfjs has no stop_gradient op. */
 export const stopGradient = customGrad((x: tf.Tensor) => ({

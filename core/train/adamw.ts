@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { OptimConfig } from '../config.js';
 import { decays } from '../model/params.js';
+import { fusedAdamW, nativeActive, type AdamWHyper } from '../native.js';
 import type { Optimizer } from './optimizer.js';
 
 export interface ParamGroups {
@@ -46,12 +47,13 @@ export class AdamW implements Optimizer {
         if (!g) continue;
         const m = this.m.get(name)!;
         const v = this.v.get(name)!;
-        m.assign(tf.add(tf.mul(m, beta1), tf.mul(g, 1 - beta1)));
-        v.assign(tf.add(tf.mul(v, beta2), tf.mul(tf.square(g), 1 - beta2)));
         const rate = lr * (this.groups.lrScale?.(name) ?? 1);
-        const decayed = (this.groups.decays ?? decays)(name, p.shape) && weightDecay > 0 ? tf.mul(p, 1 - rate * weightDecay) : p;
-        const denom = tf.add(tf.div(tf.sqrt(v), Math.sqrt(bc2)), eps);
-        p.assign(tf.sub(decayed, tf.mul(tf.div(m, denom), rate / bc1)));
+        const decay = (this.groups.decays ?? decays)(name, p.shape) && weightDecay > 0 ? 1 - rate * weightDecay : 1;
+        const h = { beta1, beta2, eps, decay, sqrtBc2: Math.sqrt(bc2), stepSize: rate / bc1 };
+        const [p1, m1, v1] = (nativeActive() ? fusedAdamW : adamwOps)(p, g, m, v, h);
+        m.assign(m1!);
+        v.assign(v1!);
+        p.assign(p1!);
       }
     });
   }
@@ -59,4 +61,12 @@ export class AdamW implements Optimizer {
   dispose(): void {
     for (const t of [...this.m.values(), ...this.v.values()]) t.dispose();
   }
+}
+
+/** The AdamW update in tfjs ops, as fusedAdamW computes it in one pass: `[p', m', v']`. */
+function adamwOps(p: tf.Tensor, g: tf.Tensor, m: tf.Tensor, v: tf.Tensor, h: AdamWHyper): tf.Tensor[] {
+  const m1 = tf.add(tf.mul(m, h.beta1), tf.mul(g, 1 - h.beta1));
+  const v1 = tf.add(tf.mul(v, h.beta2), tf.mul(tf.square(g), 1 - h.beta2));
+  const denom = tf.add(tf.div(tf.sqrt(v1), h.sqrtBc2), h.eps);
+  return [tf.sub(h.decay === 1 ? p : tf.mul(p, h.decay), tf.mul(tf.div(m1, denom), h.stepSize)), m1, v1];
 }
