@@ -2,7 +2,10 @@ import * as tf from '@tensorflow/tfjs';
 import { afterAll, expect, test } from 'vitest';
 import { parseRunConfig } from '../core/config.js';
 import { LocalMIM } from '../core/model/localmim.js';
+import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
+import { heapView, refCount } from '../core/native-internals.js';
 import { nativeActive, nativeStatus, setNativeGemm } from '../core/native.js';
+import { AdamW } from '../core/train/adamw.js';
 import { Rng } from '../core/random.js';
 import { backend } from './setup.js';
 import { syntheticImages } from './images.js';
@@ -15,32 +18,85 @@ test('the native path is on wherever CI requires it', () => {
   if (process.env.LOCALMIM_REQUIRE_NATIVE === '1') expect(nativeStatus()).toBeUndefined();
 });
 
-test.runIf(available)('gradients of the native path equal the reference wasm path within 1e-5 relative', () => {
+test.runIf(available)('gradients of the native path equal the reference wasm path within 1e-5 relative', async () => {
   const cfg = parseRunConfig({ model: { D: 64, depth: 4, heads: 4, decoderDim: 32, decoderHeads: 4, imgSize: 32, patchSize: 8 } });
   const model = new LocalMIM(cfg.model, 0);
   const batch = model.prepare(syntheticImages(4, 32, 2), new Rng(5).fill(4 * model.dims.L));
   const vars = [...model.params.vars.values()];
-  const grads = () => {
-    const { value, grads: g } = tf.variableGrads(() => model.forward(batch).loss, vars);
-    const out = Object.fromEntries(Object.entries(g).map(([n, t]) => [n, t.dataSync().slice() as Float32Array]));
-    tf.dispose([value, ...Object.values(g)]);
+  let kernels: string[] = [];
+  const grads = async () => {
+    let out: Record<string, Float32Array> = {};
+    ({ kernelNames: kernels } = await tf.profile(() => {
+      const { value, grads: g } = tf.variableGrads(() => model.forward(batch).loss, vars);
+      out = Object.fromEntries(Object.entries(g).map(([n, t]) => [n, t.dataSync().slice() as Float32Array]));
+      tf.dispose([value, ...Object.values(g)]);
+    }));
     return out;
   };
-  const fast = grads();
+  const fast = await grads();
+  const fused = ['LocalmimLayerNorm', 'LocalmimLayerNormGrad', 'LocalmimGelu', 'LocalmimGeluGrad'];
+  expect(fused.filter((k) => !kernels.includes(k))).toEqual([]);
   setNativeGemm(false);
-  const reference = grads();
+  const reference = await grads();
   setNativeGemm(true);
-  for (const [name, ref] of Object.entries(reference)) {
-    const got = fast[name]!;
-    let diff = 0;
-    let norm = 0;
-    ref.forEach((r, i) => {
-      diff += (got[i]! - r) ** 2;
-      norm += r * r;
-    });
-    expect(Math.sqrt(diff / Math.max(norm, 1e-30)), name).toBeLessThan(1e-5);
-  }
+  expect(kernels.filter((k) => k.startsWith('Localmim'))).toEqual([]);
+  for (const [name, ref] of Object.entries(reference)) expect(relativeError(fast[name]!, ref), name).toBeLessThan(1e-5);
   model.dispose();
+});
+
+function relativeError(got: ArrayLike<number>, ref: ArrayLike<number>): number {
+  let [diff, norm] = [0, 0];
+  for (let i = 0; i < ref.length; i++) {
+    diff += (got[i]! - ref[i]!) ** 2;
+    norm += ref[i]! ** 2;
+  }
+  return Math.sqrt(diff / Math.max(norm, 1e-30));
+}
+
+test.runIf(available)('the fused AdamW follows the tfjs-op AdamW: decay flags, lr scales, bias correction', () => {
+  const rng = new Rng(3);
+  const t = (shape: number[]) =>
+    tf.tensor(
+      Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => rng.normal()),
+      shape,
+    );
+  const shapes: [string, number[]][] = [
+    ['blocks.0.mlp.fc1.weight', [24, 8]],
+    ['blocks.0.mlp.fc1.bias', [24]],
+    ['cls_token', [1, 1, 8]],
+  ];
+  const o = parseRunConfig({ optim: { weightDecay: 0.3 } }).optim;
+  const init = shapes.map(([, s]) => t(s));
+  const steps = [0, 1, 2].map(() => shapes.map(([, s]) => t(s)));
+  const trajectory = () => {
+    const vars = new Map(shapes.map(([name], i) => [name, tf.variable(init[i]!.clone(), true, `${name}-${Math.random()}`)]));
+    const opt = new AdamW(vars, o, { lrScale: (name) => (name.includes('bias') ? 0.5 : 2) });
+    for (const [k, g] of steps.entries()) opt.apply(Object.fromEntries([...vars.values()].map((v, i) => [v.name, g[i]!])), 1e-2 * (k + 1));
+    const out = [...vars.keys()].flatMap((name) => [vars.get(name)!, opt.m.get(name)!, opt.v.get(name)!].map((x) => x.dataSync().slice()));
+    opt.dispose();
+    tf.dispose([...vars.values()]);
+    return out;
+  };
+  const fast = trajectory();
+  setNativeGemm(false);
+  const reference = trajectory();
+  setNativeGemm(true);
+  fast.forEach((got, i) => expect(relativeError(got, reference[i]!)).toBeLessThan(1e-6));
+  tf.dispose([...init, ...steps.flat()]);
+});
+
+test.runIf(available)('the wasm internals the native path reads: heap offsets, and reference counts that Identity shares', () => {
+  const backend = tf.backend() as BackendWasm;
+  const x = tf.tensor([1.5, -2, 3.25, 7], [2, 2]);
+  // A heap view must read the tensor's values; if tfjs renames dataIdMap, memoryOffset or HEAPU8, this throws.
+  expect([...heapView(backend, x, 4)]).toEqual([1.5, -2, 3.25, 7]);
+  expect(refCount(backend, x)).toBe(1);
+  const y = tf.clone(x);
+  expect(refCount(backend, x)).toBe(2);
+  x.dispose();
+  expect([...y.dataSync()]).toEqual([1.5, -2, 3.25, 7]);
+  expect(refCount(backend, y)).toBe(1);
+  y.dispose();
 });
 
 test.runIf(available)('native matmul and transpose agree with tfjs on every transpose mode and batch broadcast', () => {
