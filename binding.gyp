@@ -3,7 +3,7 @@
     {
       "target_name": "localmim_blas",
       "sources": ["native/blas.c"],
-      "cflags": ["-O2"],
+      "cflags": ["-O3", "-fno-math-errno", "-fno-trapping-math"],
       "conditions": [
         ["OS=='mac'", { "libraries": ["-framework Accelerate"], "defines": ["ACCELERATE_NEW_LAPACK"] }],
         ["OS!='mac'", { "include_dirs": ["/usr/include/openblas", "/usr/include/x86_64-linux-gnu/openblas-pthread"], "libraries": ["-lopenblas"] }]

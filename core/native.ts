@@ -29,6 +29,7 @@ interface Blas {
   layerNormGrad(dy: F, x: F, w: F, mean: F, rstd: F, dx: F, dw: F, db: F, rows: number, cols: number): void;
   gelu(x: F, y: F, n: number): void;
   geluGrad(dy: F, x: F, dx: F, n: number): void;
+  columnSum(x: F, out: F, rows: number, cols: number): void;
   adamw(p: F, g: F, m: F, v: F, pOut: F, mOut: F, vOut: F, n: number, ...hyper: number[]): void;
 }
 type F = Float32Array;
@@ -151,6 +152,12 @@ const FUSED: Record<string, Fused> = {
     blas!.geluGrad(heapView(backend, dy!, n), heapView(backend, x!, n), heapView(backend, dx, n), n);
     return [dx];
   },
+  LocalmimColumnSum: (backend, [x]) => {
+    const cols = x!.shape.at(-1)!;
+    const out = backend.makeOutput([cols], 'float32');
+    blas!.columnSum(heapView(backend, x!, size(x!.shape)), heapView(backend, out, cols), size(x!.shape) / cols, cols);
+    return [out];
+  },
   LocalmimAdamW: (backend, [p, g, m, v], a) => {
     const outs = [p!, m!, v!].map((t) => backend.makeOutput(t.shape, 'float32'));
     const n = size(p!.shape);
@@ -182,6 +189,8 @@ export const fusedLayerNormGrad = (dy: tf.Tensor, x: tf.Tensor, w: tf.Tensor, me
 /** Exact (erf) GELU in one pass. Native path only. */
 export const fusedGelu = (x: tf.Tensor) => run('LocalmimGelu', [x])[0]!;
 export const fusedGeluGrad = (dy: tf.Tensor, x: tf.Tensor) => run('LocalmimGeluGrad', [dy, x])[0]!;
+/** Sums over every axis but the last: `[cols]`. Native path only. */
+export const fusedColumnSum = (x: tf.Tensor) => run('LocalmimColumnSum', [x])[0]!;
 
 export interface AdamWHyper {
   beta1: number;

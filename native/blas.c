@@ -10,6 +10,7 @@
 #include <node_api.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #define CHECK(call)                                                       \
   if ((call) != napi_ok) {                                                \
@@ -187,7 +188,29 @@ static napi_value layer_norm_grad(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-// gelu(x, y, n): y = x·Φ(x), Φ the standard normal CDF (PyTorch's exact GELU).
+// e^y for y ≤ 0 in plain arithmetic, so that the loops below vectorise: y = n·ln2 + r, |r| ≤ ln2/2, and e^r
+// by its degree-6 Taylor polynomial (relative error ~1e-7).
+static inline float exp_nonpositive(float y) {
+  y = y < -87.0f ? -87.0f : y;
+  const float n = (y * 1.44269504f + 12582912.0f) - 12582912.0f;  // round to nearest by 1.5·2²³, a vectorisable floor
+  const float r = (y - n * 0.693359375f) + n * 2.12194440e-4f;
+  const float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+  const int32_t bits = ((int32_t)n + 127) << 23;
+  float scale;
+  memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+// Φ(x), the standard normal CDF, given e = e^(−x²/2): erf by Abramowitz & Stegun 7.1.26 (absolute error 1.5e-7),
+// whose e^(−z²) at z = |x|/√2 is that same e.
+static inline float normal_cdf(float x, float e) {
+  const float t = 1.0f / (1.0f + 0.3275911f * fabsf(x) * (float)M_SQRT1_2);
+  const float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+  const float tail = 0.5f * poly * e;
+  return x >= 0 ? 1.0f - tail : tail;
+}
+
+// gelu(x, y, n): y = x·Φ(x) (PyTorch's exact GELU).
 static napi_value gelu(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   double d[1];
@@ -195,11 +218,13 @@ static napi_value gelu(napi_env env, napi_callback_info info) {
   if (!call_args(env, info, 3, argv, 1, d)) return fail(env, "localmim_blas: gelu takes x, y, n");
   const size_t n = (size_t)d[0], need[2] = {n, n};
   if (!arrays(env, argv, 2, need, f)) return fail(env, "localmim_blas: gelu arrays are too small");
-  for (size_t i = 0; i < n; i++) f[1][i] = 0.5f * f[0][i] * (1.0f + erff(f[0][i] * (float)M_SQRT1_2));
+  const float *x = f[0];
+  float *y = f[1];
+  for (size_t i = 0; i < n; i++) y[i] = x[i] * normal_cdf(x[i], exp_nonpositive(-0.5f * x[i] * x[i]));
   return NULL;
 }
 
-// geluGrad(dy, x, dx, n): dx = dy·(Φ(x) + x·φ(x)), φ the standard normal density.
+// geluGrad(dy, x, dx, n): dx = dy·(Φ(x) + x·φ(x)), φ(x) = e^(−x²/2)/√(2π).
 static napi_value gelu_grad(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   double d[1];
@@ -207,16 +232,47 @@ static napi_value gelu_grad(napi_env env, napi_callback_info info) {
   if (!call_args(env, info, 4, argv, 1, d)) return fail(env, "localmim_blas: geluGrad takes dy, x, dx, n");
   const size_t n = (size_t)d[0], need[3] = {n, n, n};
   if (!arrays(env, argv, 3, need, f)) return fail(env, "localmim_blas: geluGrad arrays are too small");
+  const float *dy = f[0], *x = f[1];
+  float *dx = f[2];
   const float k = (float)(0.5 * M_2_SQRTPI * M_SQRT1_2);  // 1/√(2π)
   for (size_t i = 0; i < n; i++) {
-    const float x = f[1][i];
-    f[2][i] = f[0][i] * (0.5f * (1.0f + erff(x * (float)M_SQRT1_2)) + x * k * expf(-0.5f * x * x));
+    const float e = exp_nonpositive(-0.5f * x[i] * x[i]);
+    dx[i] = dy[i] * (normal_cdf(x[i], e) + x[i] * k * e);
   }
+  return NULL;
+}
+
+// columnSum(x, out, rows, cols): out = Σ_rows x for x [rows, cols] (a bias's gradient).
+static napi_value column_sum(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  double d[2];
+  float *f[2];
+  if (!call_args(env, info, 4, argv, 2, d)) return fail(env, "localmim_blas: columnSum takes x, out, rows, cols");
+  const size_t R = (size_t)d[0], C = (size_t)d[1], need[2] = {R * C, C};
+  if (!arrays(env, argv, 2, need, f)) return fail(env, "localmim_blas: columnSum arrays are too small");
+  float *out = f[1];
+  for (size_t c = 0; c < C; c++) out[c] = 0;
+  for (size_t r = 0; r < R; r++)
+    for (size_t c = 0; c < C; c++) out[c] += f[0][r * C + c];
   return NULL;
 }
 
 // adamw(p, g, m, v, pOut, mOut, vOut, n, beta1, beta2, eps, decay, sqrtBc2, stepSize): PyTorch's AdamW on one
 // tensor: m' = β1·m + (1−β1)·g, v' = β2·v + (1−β2)·g², p' = decay·p − stepSize·m' / (√v'/√bc2 + eps).
+struct adam {
+  float b1, b2, c1, c2, eps, decay, sqrt_bc2, lr;
+};
+
+// Separate restrict-qualified arguments let the compiler vectorise without runtime alias checks.
+static void adamw_loop(size_t n, struct adam h, const float *restrict p, const float *restrict g, const float *restrict m,
+                       const float *restrict v, float *restrict pOut, float *restrict mOut, float *restrict vOut) {
+  for (size_t i = 0; i < n; i++) {
+    mOut[i] = m[i] * h.b1 + g[i] * h.c1;
+    vOut[i] = v[i] * h.b2 + g[i] * g[i] * h.c2;
+    pOut[i] = p[i] * h.decay - mOut[i] / (sqrtf(vOut[i]) / h.sqrt_bc2 + h.eps) * h.lr;
+  }
+}
+
 static napi_value adamw(napi_env env, napi_callback_info info) {
   napi_value argv[14];
   double d[7];
@@ -224,14 +280,9 @@ static napi_value adamw(napi_env env, napi_callback_info info) {
   if (!call_args(env, info, 14, argv, 7, d)) return fail(env, "localmim_blas: adamw takes 7 arrays and 7 numbers");
   const size_t n = (size_t)d[0], need[7] = {n, n, n, n, n, n, n};
   if (!arrays(env, argv, 7, need, f)) return fail(env, "localmim_blas: adamw arrays are too small");
-  const float b1 = (float)d[1], b2 = (float)d[2], eps = (float)d[3], decay = (float)d[4], sbc2 = (float)d[5], lr = (float)d[6];
-  const float c1 = 1.0f - b1, c2 = 1.0f - b2;
-  for (size_t i = 0; i < n; i++) {
-    const float g = f[1][i], m = f[2][i] * b1 + g * c1, v = f[3][i] * b2 + g * g * c2;
-    f[4][i] = f[0][i] * decay - m / (sqrtf(v) / sbc2 + eps) * lr;
-    f[5][i] = m;
-    f[6][i] = v;
-  }
+  // 1 − β in double, then rounded, as tfjs rounds its scalar operands.
+  const struct adam h = {(float)d[1], (float)d[2], (float)(1 - d[1]), (float)(1 - d[2]), (float)d[3], (float)d[4], (float)d[5], (float)d[6]};
+  adamw_loop(n, h, f[0], f[1], f[2], f[3], f[4], f[5], f[6]);
   return NULL;
 }
 
@@ -261,6 +312,8 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "gelu", fn);
   napi_create_function(env, "geluGrad", NAPI_AUTO_LENGTH, gelu_grad, NULL, &fn);
   napi_set_named_property(env, exports, "geluGrad", fn);
+  napi_create_function(env, "columnSum", NAPI_AUTO_LENGTH, column_sum, NULL, &fn);
+  napi_set_named_property(env, exports, "columnSum", fn);
   napi_create_function(env, "adamw", NAPI_AUTO_LENGTH, adamw, NULL, &fn);
   napi_set_named_property(env, exports, "adamw", fn);
   return exports;

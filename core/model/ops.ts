@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { fusedGelu, fusedGeluGrad, fusedLayerNorm, fusedLayerNormGrad, nativeActive } from '../native.js';
+import { fusedColumnSum, fusedGelu, fusedGeluGrad, fusedLayerNorm, fusedLayerNormGrad, nativeActive } from '../native.js';
 
 // tfjs's wasm backend hands only plain (untransposed) matmuls to its fast GEMM, and tf.matMul's own
 // gradient uses transposed ones (docs/tfjs.md#fast-matmuls-on-wasm). These ops transpose explicitly in forward and backward,
@@ -34,8 +34,14 @@ export const mmNT = (a: tf.Tensor, b: tf.Tensor) =>
 /** PyTorch `nn.Linear` on `x [M, in]` with `W [out, in]` (the official layout) and `bias [out]`. */
 export function linear(x: tf.Tensor, W: tf.Tensor, bias?: tf.Tensor): tf.Tensor2D {
   const y = xWt(x, W);
-  return (bias ? tf.add(y, bias) : y) as tf.Tensor2D;
+  return (bias ? (nativeActive() ? addBias(y, bias) : tf.add(y, bias)) : y) as tf.Tensor2D;
 }
+
+/** `y + bias` over the rows of `y`, the bias's gradient (column sums of dy) in one native pass, where tfjs transposes first. */
+const addBias = customGrad((y: tf.Tensor, bias: tf.Tensor) => ({
+  value: tf.add(y, bias),
+  gradFunc: (dy: tf.Tensor) => [tf.clone(dy), fusedColumnSum(dy)],
+})) as (y: tf.Tensor, bias: tf.Tensor) => tf.Tensor;
 
 /** `x @ Wᵀ` with W in the official `[out, in]` layout: dx = dy @ W, dW = dyᵀ @ x. */
 const xWt = customGrad((x: tf.Tensor, W: tf.Tensor, save: tf.GradSaveFunc) => {
