@@ -61,11 +61,12 @@ export class LocalMIM {
     const { idsKeep, mask } = randomMasking(noise, B, L, nKeep);
     const device = tf.tidy(() => {
       const x = toTensor(images);
+      const normalized = normalize(x);
       return {
-        ...visiblePatches(normalize(x), p, this.params.get('pos_embed'), idsKeep, L),
+        ...visiblePatches(normalized, p, this.params.get('pos_embed'), idsKeep, L),
         select: tf.tensor3d(selection(idsKeep, B, L, nKeep), [B, L, nKeep]),
         removed: tf.tensor3d(mask, [B, L, 1]),
-        targets: this.targets(x),
+        targets: this.targets(x, normalized),
         scaleMasks: scales.map((s) => tf.tensor2d(scaleMask(mask, B, g, s), [B, (s * g) ** 2])),
       };
     });
@@ -73,13 +74,10 @@ export class LocalMIM {
   }
 
   /** Targets of images `[B, H, W, 3]` (0–255), one `[B, N_k, F_k]` per scale (docs/method.md#targets). */
-  private targets(x: tf.Tensor4D): tf.Tensor3D[] {
+  private targets(x: tf.Tensor4D, normalized: tf.Tensor4D): tf.Tensor3D[] {
     const c = this.config;
     const { cells, scales } = this.dims;
-    if (c.target === 'pixel') {
-      const normalized = normalize(x);
-      return cells.map((cell) => pixelTargets(normalized, cell, c.normPix));
-    }
+    if (c.target === 'pixel') return cells.map((cell) => pixelTargets(normalized, cell, c.normPix));
     // The frozen Sobel offsets of each scale (`--hog_bias`).
     const bias = c.hogBias ? scales.map((_, k) => this.params.get(`hog_enc.${k}.conv.bias`)) : undefined;
     return hog(x, c.nbins, cells, bias);

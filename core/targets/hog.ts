@@ -10,12 +10,18 @@ import { normalize } from './image.js';
  */
 export function hog(images: tf.Tensor4D, nbins: number, cells: readonly number[], bias?: readonly (tf.Tensor | null)[]): tf.Tensor3D[] {
   return tf.tidy(() => {
+    let normalized: tf.Tensor4D | undefined;
     let plain: Map<number, tf.Tensor4D> | undefined;
     return cells.map((cell, k) => {
       const b = bias?.[k];
-      if (b) return l2PerCell(averageCells(new Map([[1, orientedMagnitudes(normalize(images), nbins, b)]]), cell), nbins);
-      plain ??= new Map([[1, orientedMagnitudes(images, nbins, null)]]);
-      for (const c of [...cells].sort((x, y) => x - y)) averageCells(plain, c);
+      if (b) {
+        const oriented = orientedMagnitudes((normalized ??= normalize(images)), nbins, b);
+        return l2PerCell(averageCells(new Map([[1, oriented]]), cell), nbins);
+      }
+      if (!plain) {
+        plain = new Map([[1, orientedMagnitudes(images, nbins, null)]]);
+        for (const c of cells.filter((_, j) => !bias?.[j]).sort((x, y) => x - y)) averageCells(plain, c);
+      }
       return l2PerCell(plain.get(cell)!, nbins);
     });
   });

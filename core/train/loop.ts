@@ -101,7 +101,6 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
       const values = await all.data();
       tf.dispose([all, ...done.map((p) => p.values)]);
       const seconds = (performance.now() - since) / 1000 / done.length;
-      since = performance.now();
       const width = values.length / done.length;
       for (const [i, p] of done.entries()) {
         const [loss, ...perScale] = values.subarray(i * width, (i + 1) * width);
