@@ -3,9 +3,10 @@
 vit-tiny (192-d, 12 blocks, 3 heads), 64 px, patch 8, mask 0.75, taps after blocks 1, 3, 9, 11, four 256-d
 decoders (x4, x2, x1, x0.5), HOG targets (9 bins, cells 2/4/8/16), AdamW (0.9, 0.95). Written plainly and
 efficiently: fused qkv, batched matmuls, gather-based un-shuffle, no Python loops over the batch.
-Run with one torch thread and OPENBLAS_NUM_THREADS=2 (the best setting on a 2-core machine).
+HOG histograms are computed once per step and average-pooled per cell size. Threads: --torch-threads, with
+OPENBLAS_NUM_THREADS set by the caller (bench/peer.ts tries 1 x 2 and 2 x 1 and keeps the faster).
 """
-import argparse, json, math, time
+import argparse, json, math, resource, time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -84,14 +85,19 @@ class LocalMIM(nn.Module):
         self.register_buffer("sobel", torch.stack([sobel, sobel.t()]).unsqueeze(1))
 
     @torch.no_grad()
-    def hog(self, x, cell):
+    def hog(self, x):
+        """HOG targets of every scale from one histogram: each cell size is average-pooled from the previous one."""
         B, C, H, W = x.shape
         g = F.conv2d(F.pad(x.reshape(B * C, 1, H, W), (1, 1, 1, 1), mode="reflect"), self.sobel)
         mag = g.norm(dim=1)
         b = (torch.floor(torch.atan2(g[:, 0], g[:, 1]) / math.pi * self.nbins).long() % self.nbins)
-        hist = F.one_hot(b, self.nbins).permute(0, 3, 1, 2).float() * mag.unsqueeze(1)
-        hist = F.normalize(F.avg_pool2d(hist, cell, cell), dim=1)
-        return hist.reshape(B, C * self.nbins, -1).transpose(1, 2)
+        hist = torch.zeros(B * C, self.nbins, H, W).scatter_(1, b.unsqueeze(1), mag.unsqueeze(1))
+        out, prev = {}, (1, hist)
+        for cell in sorted(int(self.p / s) for s in self.scales):
+            hist = F.avg_pool2d(prev[1], cell // prev[0], cell // prev[0])
+            prev = (cell, hist)
+            out[cell] = F.normalize(hist, dim=1).reshape(B, C * self.nbins, -1).transpose(1, 2)
+        return out
 
     def forward(self, imgs, mask_ratio=0.75):
         x = self.patch_embed(imgs).flatten(2).transpose(1, 2) + self.pos[:, 1:]
@@ -104,6 +110,7 @@ class LocalMIM(nn.Module):
         mask[:, :keep] = 0
         mask = torch.gather(mask, 1, ids_restore).reshape(B, 1, self.g, self.g)
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], 1)
+        targets = self.hog(imgs)
         loss = 0
         for i, blk in enumerate(self.blocks[: self.taps[-1] + 1]):
             x = blk(x)
@@ -111,7 +118,7 @@ class LocalMIM(nn.Module):
                 k = self.taps.index(i)
                 s = self.scales[k]
                 pred = self.decoders[k](self.norms[k](x), ids_restore)
-                target = self.hog(imgs, int(self.p / s))
+                target = targets[int(self.p / s)]
                 m = (F.interpolate(mask, scale_factor=s, mode="nearest") if s >= 1 else F.avg_pool2d(mask, 2)).flatten(1)
                 loss = loss + (((pred - target) ** 2).mean(-1) * m).sum() / m.sum()
         return loss
@@ -127,9 +134,10 @@ def main():
     ap.add_argument("--model", choices=list(SIZES), default="vit-tiny")
     ap.add_argument("--img", type=int, default=64)
     ap.add_argument("--patch", type=int, default=8)
+    ap.add_argument("--torch-threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu, or cuda: fp32 eager with TF32 off")
     a = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.torch_threads)
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -153,7 +161,7 @@ def main():
         step()
         steps += 1
     s = (time.perf_counter() - t0) / steps
-    print(json.dumps({"bench": "pretrain-step-peer", "framework": f"torch {torch.__version__}", "device": a.device, "model": a.model, "img": a.img, "batch": a.batch, "stepsPerS": round(1 / s, 4), "imagesPerS": round(a.batch / s, 2)}))
+    print(json.dumps({"bench": "pretrain-step-peer", "framework": f"torch {torch.__version__}", "device": a.device, "model": a.model, "img": a.img, "batch": a.batch, "torchThreads": a.torch_threads, "stepsPerS": round(1 / s, 4), "imagesPerS": round(a.batch / s, 2), "peakRssMB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
 
 
 if __name__ == "__main__":

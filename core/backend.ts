@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { setFreeingBackprop } from './backprop.js';
 import { nativeThreads, setNativeGemm } from './native.js';
 import { describeAdapter, openAdapter, type Adapter } from './webgpu.js';
 
@@ -52,6 +53,7 @@ function describeLoadError(pkg: string, err: unknown): string {
 let adapter: Adapter | undefined;
 
 async function tryBackend(name: BackendName, forced = false): Promise<string | undefined> {
+  setFreeingBackprop(true);
   try {
     if (name === 'webgpu') return await tryWebgpu(forced);
     const pkg = NODE_PACKAGE[name];

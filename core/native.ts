@@ -31,6 +31,10 @@ interface Blas {
   geluGrad(dy: F, x: F, dx: F, n: number): void;
   columnSum(x: F, out: F, rows: number, cols: number): void;
   adamw(p: F, g: F, m: F, v: F, pOut: F, mOut: F, vOut: F, n: number, ...hyper: number[]): void;
+  linear(x: F, w: F, b: F, y: F, M: number, N: number, K: number): void;
+  attention(out: F, qkv: F, probs: F, B: number, T: number, H: number, scale: number): void;
+  attentionGrad(dout: F, qkv: F, probs: F, dqkv: F, B: number, T: number, H: number, scale: number): void;
+  orientedMagnitudes(x: F, edges: F, bias: F, out: F, B: number, H: number, W: number, nbins: number): void;
 }
 type F = Float32Array;
 
@@ -158,6 +162,34 @@ const FUSED: Record<string, Fused> = {
     blas!.columnSum(heapView(backend, x!, size(x!.shape)), heapView(backend, out, cols), size(x!.shape) / cols, cols);
     return [out];
   },
+  LocalmimLinear: (backend, [x, w, b]) => {
+    const [N, K] = w!.shape as [number, number];
+    const M = size(x!.shape) / K;
+    const y = backend.makeOutput([M, N], 'float32');
+    const v = (t: tf.TensorInfo) => heapView(backend, t, size(t.shape));
+    blas!.linear(v(x!), v(w!), v(b!), v(y), M, N, K);
+    return [y];
+  },
+  LocalmimAttention: (backend, [qkv], { B, T, heads, scale }) => {
+    const W = qkv!.shape[1]! / 3;
+    const outs = [backend.makeOutput([B! * T!, W], 'float32'), backend.makeOutput([B! * heads!, T!, T!], 'float32')];
+    const v = (t: tf.TensorInfo) => heapView(backend, t, size(t.shape));
+    blas!.attention(v(outs[0]!), v(qkv!), v(outs[1]!), B!, T!, heads!, scale!);
+    return outs;
+  },
+  LocalmimAttentionGrad: (backend, [dout, qkv, probs], { B, T, heads, scale }) => {
+    const dqkv = backend.makeOutput(qkv!.shape, 'float32');
+    const v = (t: tf.TensorInfo) => heapView(backend, t, size(t.shape));
+    blas!.attentionGrad(v(dout!), v(qkv!), v(probs!), v(dqkv), B!, T!, heads!, scale!);
+    return [dqkv];
+  },
+  LocalmimOrientedMagnitudes: (backend, [x, edges, bias], { nbins }) => {
+    const [B, H, W] = x!.shape as number[];
+    const out = backend.makeOutput([nbins! * B!, H!, W!, 3], 'float32');
+    const v = (t: tf.TensorInfo) => heapView(backend, t, size(t.shape));
+    blas!.orientedMagnitudes(v(x!), v(edges!), v(bias!), v(out), B!, H!, W!, nbins!);
+    return [out];
+  },
   LocalmimAdamW: (backend, [p, g, m, v], a) => {
     const outs = [p!, m!, v!].map((t) => backend.makeOutput(t.shape, 'float32'));
     const n = size(p!.shape);
@@ -191,6 +223,29 @@ export const fusedGelu = (x: tf.Tensor) => run('LocalmimGelu', [x])[0]!;
 export const fusedGeluGrad = (dy: tf.Tensor, x: tf.Tensor) => run('LocalmimGeluGrad', [dy, x])[0]!;
 /** Sums over every axis but the last: `[cols]`. Native path only. */
 export const fusedColumnSum = (x: tf.Tensor) => run('LocalmimColumnSum', [x])[0]!;
+
+/** `x @ wᵀ + b` for `x [M, K]`, `w [N, K]` (PyTorch's Linear) as one sgemm onto the bias rows. Native path only. */
+export const fusedLinear = (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => run('LocalmimLinear', [x, w, b])[0]!;
+
+/** The shape of a multi-head attention over `B` sequences of `T` tokens, and its logit scale. */
+export interface Heads {
+  B: number;
+  T: number;
+  heads: number;
+  scale: number;
+}
+/** Multi-head attention on the fused projection `qkv [B·T, 3W]`: `[out [B·T, W], probs [B·H, T, T]]`. Native path only. */
+export const fusedAttention = (qkv: tf.Tensor, h: Heads) => run('LocalmimAttention', [qkv], { ...h });
+/** `dqkv [B·T, 3W]` of fusedAttention from `dout` and what its forward pass used and returned. */
+export const fusedAttentionGrad = (dout: tf.Tensor, qkv: tf.Tensor, probs: tf.Tensor, h: Heads) =>
+  run('LocalmimAttentionGrad', [dout, qkv, probs], { ...h })[0]!;
+
+/**
+ * Each pixel's Sobel magnitude in its orientation bin, `[nbins·B, H, W, 3]` bin-major, of `x [B, H, W, 3]`, given the
+ * bin edges `[2, nbins − 1]` (cos, sin) and the Sobel offsets `bias [2]`, as core/targets/hog.ts computes it. Native path only.
+ */
+export const fusedOrientedMagnitudes = (x: tf.Tensor, edges: tf.Tensor, bias: tf.Tensor, nbins: number) =>
+  run('LocalmimOrientedMagnitudes', [x, edges, bias], { nbins })[0]!;
 
 export interface AdamWHyper {
   beta1: number;

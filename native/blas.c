@@ -10,6 +10,7 @@
 #include <node_api.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define CHECK(call)                                                       \
@@ -286,6 +287,145 @@ static napi_value adamw(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// linear(x, w, b, y, M, N, K): y = x·wᵀ + b (PyTorch's Linear, w [N, K]): the bias rows first, then sgemm adds onto them.
+static napi_value linear(napi_env env, napi_callback_info info) {
+  napi_value argv[7];
+  double d[3];
+  float *f[4];
+  if (!call_args(env, info, 7, argv, 3, d)) return fail(env, "localmim_blas: linear takes x, w, b, y, M, N, K");
+  const size_t M = (size_t)d[0], N = (size_t)d[1], K = (size_t)d[2], need[4] = {M * K, N * K, N, M * N};
+  if (!arrays(env, argv, 4, need, f)) return fail(env, "localmim_blas: linear arrays are too small");
+  for (size_t r = 0; r < M; r++) memcpy(f[3] + r * N, f[2], N * sizeof(float));
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, f[0], (int)K, f[1], (int)K, 1.0f, f[3], (int)N);
+  return NULL;
+}
+
+// Softmax of each of the `rows` rows of p [rows, n] in place.
+static void softmax_rows(float *p, size_t rows, size_t n) {
+  for (size_t r = 0; r < rows; r++, p += n) {
+    float max = p[0], sum = 0;
+    for (size_t j = 1; j < n; j++) max = p[j] > max ? p[j] : max;
+    for (size_t j = 0; j < n; j++) sum += p[j] = exp_nonpositive(p[j] - max);
+    const float inv = 1.0f / sum;
+    for (size_t j = 0; j < n; j++) p[j] *= inv;
+  }
+}
+
+// Attention reads each head's q, k and v straight from the fused projection qkv [B·T, 3W] (row t of sample b holds
+// q, k, v, each head-major) by stride, and writes its output into the head's columns of out [B·T, W]: no splits,
+// no transposes. probs [B·H, T, T] is kept for the backward pass.
+struct heads {
+  size_t B, T, H, W, hd;
+  float scale;
+};
+
+// The trailing (B, T, H, scale) of a call with nf arrays, argv[1] being qkv [B·T, 3W]; W and hd follow from its length.
+static bool heads_args(napi_env env, napi_callback_info info, size_t nf, napi_value *argv, struct heads *a) {
+  double d[4];
+  size_t len;
+  if (!call_args(env, info, nf + 4, argv, 4, d) || !floats(env, argv[1], &len)) return false;
+  *a = (struct heads){(size_t)d[0], (size_t)d[1], (size_t)d[2], 0, 0, (float)d[3]};
+  if (a->B * a->T * a->H == 0 || len % (3 * a->B * a->T) != 0) return false;
+  a->W = len / (3 * a->B * a->T);
+  a->hd = a->W / a->H;
+  return a->hd * a->H == a->W;
+}
+
+// attention(out, qkv, probs, B, T, H, scale): per sample b and head h, P = softmax(scale·Q Kᵀ), O = P V.
+static napi_value attention(napi_env env, napi_callback_info info) {
+  napi_value argv[7];
+  struct heads a;
+  float *f[3];
+  if (!heads_args(env, info, 3, argv, &a)) return fail(env, "localmim_blas: attention takes out, qkv, probs, B, T, H, scale");
+  const size_t T = a.T, W = a.W, need[3] = {a.B * T * W, 3 * a.B * T * W, a.B * a.H * T * T};
+  if (!arrays(env, argv, 3, need, f)) return fail(env, "localmim_blas: attention arrays are too small");
+  for (size_t b = 0; b < a.B; b++)
+    for (size_t h = 0; h < a.H; h++) {
+      const float *q = f[1] + b * T * 3 * W + h * a.hd, *k = q + W, *v = q + 2 * W;
+      float *p = f[2] + (b * a.H + h) * T * T;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)a.hd, a.scale, q, (int)(3 * W), k, (int)(3 * W), 0.0f, p,
+                  (int)T);
+      softmax_rows(p, T, T);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)a.hd, (int)T, 1.0f, p, (int)T, v, (int)(3 * W), 0.0f,
+                  f[0] + b * T * W + h * a.hd, (int)W);
+    }
+  return NULL;
+}
+
+// attentionGrad(dout, qkv, probs, dqkv, B, T, H, scale): dV = Pᵀ dO, dS = P ⊙ (dO Vᵀ − rowsum(P ⊙ dO Vᵀ)),
+// dQ = scale·dS K, dK = scale·dSᵀ Q, written into dqkv [B·T, 3W] in qkv's layout.
+static napi_value attention_grad(napi_env env, napi_callback_info info) {
+  napi_value argv[8];
+  struct heads a;
+  float *f[4];
+  if (!heads_args(env, info, 4, argv, &a)) return fail(env, "localmim_blas: attentionGrad takes dout, qkv, probs, dqkv, B, T, H, scale");
+  const size_t T = a.T, W = a.W, need[4] = {a.B * T * W, 3 * a.B * T * W, a.B * a.H * T * T, 3 * a.B * T * W};
+  if (!arrays(env, argv, 4, need, f)) return fail(env, "localmim_blas: attentionGrad arrays are too small");
+  float *dS = malloc(T * T * sizeof(float));
+  if (!dS) return fail(env, "localmim_blas: out of memory");
+  const int ld = (int)(3 * W);
+  for (size_t b = 0; b < a.B; b++)
+    for (size_t h = 0; h < a.H; h++) {
+      const float *q = f[1] + b * T * 3 * W + h * a.hd, *k = q + W, *v = q + 2 * W, *dO = f[0] + b * T * W + h * a.hd;
+      const float *P = f[2] + (b * a.H + h) * T * T;
+      float *dq = f[3] + b * T * 3 * W + h * a.hd, *dk = dq + W, *dv = dq + 2 * W;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)a.hd, 1.0f, dO, (int)W, v, ld, 0.0f, dS, (int)T);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)a.hd, (int)T, 1.0f, P, (int)T, dO, (int)W, 0.0f, dv, ld);
+      for (size_t i = 0; i < T; i++) {
+        float dot = 0;
+        for (size_t j = 0; j < T; j++) dot += P[i * T + j] * dS[i * T + j];
+        for (size_t j = 0; j < T; j++) dS[i * T + j] = P[i * T + j] * (dS[i * T + j] - dot);
+      }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)a.hd, (int)T, a.scale, dS, (int)T, k, ld, 0.0f, dq, ld);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)a.hd, (int)T, a.scale, dS, (int)T, q, ld, 0.0f, dk, ld);
+    }
+  free(dS);
+  return NULL;
+}
+
+// orientedMagnitudes(x, edges, bias, out, B, H, W, nbins): each pixel's Sobel magnitude in its unsigned orientation
+// bin, out [nbins·B, H, W, 3] bin-major, from x [B, H, W, 3] reflect-padded by one. As core/targets/hog.ts does
+// with tensors, step for step: the response folded into the upper half-plane, compared with each bin edge
+// (edges [2, nbins − 1]: cos, then sin) by the sign of a cross product, and a bin's share the difference of
+// "at least this edge" magnitudes, so that the float32 results are the same.
+static napi_value oriented_magnitudes(napi_env env, napi_callback_info info) {
+  napi_value argv[8];
+  double d[4];
+  float *f[4];
+  if (!call_args(env, info, 8, argv, 4, d)) return fail(env, "localmim_blas: orientedMagnitudes takes x, edges, bias, out, B, H, W, nbins");
+  const size_t B = (size_t)d[0], H = (size_t)d[1], W = (size_t)d[2], nb = (size_t)d[3], plane = B * H * W * 3;
+  const size_t need[4] = {plane, 2 * (nb - 1), 2, nb * plane};
+  if (nb < 2 || nb > 64 || H < 2 || W < 2 || !arrays(env, argv, 4, need, f)) return fail(env, "localmim_blas: orientedMagnitudes arrays are too small");
+  const float *x = f[0], *cosE = f[1], *sinE = f[1] + nb - 1;
+  float *out = f[3];
+  for (size_t b = 0; b < B; b++)
+    for (size_t r = 0; r < H; r++) {
+      const size_t up = r ? r - 1 : 1, down = r + 1 < H ? r + 1 : H - 2;
+      for (size_t c = 0; c < W; c++) {
+        const size_t left = c ? c - 1 : 1, right = c + 1 < W ? c + 1 : W - 2;
+        for (size_t ch = 0; ch < 3; ch++) {
+#define AT(y, xx) x[((b * H + (y)) * W + (xx)) * 3 + ch]
+          float c0 = (AT(up, left) - AT(up, right)) + 2 * (AT(r, left) - AT(r, right)) + (AT(down, left) - AT(down, right));
+          float c1 = (AT(up, left) - AT(down, left)) + 2 * (AT(up, c) - AT(down, c)) + (AT(up, right) - AT(down, right));
+#undef AT
+          c0 += f[2][0];
+          c1 += f[2][1];
+          const float mag = sqrtf(c0 * c0 + c1 * c1);
+          const float sign = (c0 < 0 || (c0 == 0 && c1 < 0)) ? -1.0f : 1.0f, y = c0 * sign, xx = c1 * sign;
+          float prev = mag;
+          float *o = out + ((b * H + r) * W + c) * 3 + ch;
+          for (size_t k = 0; k + 1 < nb; k++) {
+            const float past = y * cosE[k] - xx * sinE[k] >= 0 ? mag : 0.0f;
+            o[k * plane] = prev - past;
+            prev = past;
+          }
+          o[(nb - 1) * plane] = prev;
+        }
+      }
+    }
+  return NULL;
+}
+
 static napi_value threads(napi_env env, napi_callback_info info) {
   napi_value out;
 #ifdef __APPLE__
@@ -316,5 +456,13 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "columnSum", fn);
   napi_create_function(env, "adamw", NAPI_AUTO_LENGTH, adamw, NULL, &fn);
   napi_set_named_property(env, exports, "adamw", fn);
+  napi_create_function(env, "linear", NAPI_AUTO_LENGTH, linear, NULL, &fn);
+  napi_set_named_property(env, exports, "linear", fn);
+  napi_create_function(env, "attention", NAPI_AUTO_LENGTH, attention, NULL, &fn);
+  napi_set_named_property(env, exports, "attention", fn);
+  napi_create_function(env, "attentionGrad", NAPI_AUTO_LENGTH, attention_grad, NULL, &fn);
+  napi_set_named_property(env, exports, "attentionGrad", fn);
+  napi_create_function(env, "orientedMagnitudes", NAPI_AUTO_LENGTH, oriented_magnitudes, NULL, &fn);
+  napi_set_named_property(env, exports, "orientedMagnitudes", fn);
   return exports;
 }

@@ -7,6 +7,8 @@ import { heapView, refCount } from '../core/native-internals.js';
 import { nativeActive, nativeStatus, setNativeGemm } from '../core/native.js';
 import { AdamW } from '../core/train/adamw.js';
 import { Rng } from '../core/random.js';
+import { hog } from '../core/targets/hog.js';
+import { toTensor } from '../core/targets/image.js';
 import { backend } from './setup.js';
 import { syntheticImages } from './images.js';
 
@@ -133,4 +135,19 @@ test.runIf(available)('native matmul and transpose agree with tfjs on every tran
     expect(r.err).toBeLessThan(1e-5);
     expect(r.permSame).toBe(1);
   }
+});
+
+test.runIf(available)('the native HOG histograms equal the tensor-op ones, with and without Sobel offsets', async () => {
+  const images = toTensor(syntheticImages(3, 24, 9));
+  const bias = tf.tensor1d([0.37, -1.25]);
+  const run = () =>
+    tf.profile(() => [...hog(images, 9, [2, 4, 8]), ...hog(images, 18, [4], [bias])].map((t) => t.dataSync().slice() as Float32Array));
+  const fast = await run();
+  expect(fast.kernelNames).toContain('LocalmimOrientedMagnitudes');
+  setNativeGemm(false);
+  const reference = await run();
+  setNativeGemm(true);
+  const [got, want] = [fast.result as unknown as Float32Array[], reference.result as unknown as Float32Array[]];
+  for (const [i, r] of want.entries()) expect(relativeError(got[i]!, r), `output ${i}`).toBeLessThan(1e-6);
+  tf.dispose([images, bias]);
 });

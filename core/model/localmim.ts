@@ -21,7 +21,7 @@ export interface PreparedBatch {
   /** Visible patches `[B·nKeep, 3p²]` in noise order, flattened `(c, dy, dx)`, normalised; their positions `[B·nKeep, D]`. */
   patches: tf.Tensor2D;
   pos: tf.Tensor2D;
-  /** Where visible tokens go back in the grid: one-hot `[B, L, nKeep]`, and the mask `[B, L, 1]`. */
+  /** Where the class and visible tokens go back in the decoders' sequence: one-hot `[B, 1+L, 1+nKeep]`, mask `[B, 1+L, 1]`. */
   select: tf.Tensor3D;
   removed: tf.Tensor3D;
   /** Per scale: target `[B, N_k, F_k]` and the mask resampled to the scale's grid `[B, N_k]`. */
@@ -64,8 +64,7 @@ export class LocalMIM {
       const normalized = normalize(x);
       return {
         ...visiblePatches(normalized, p, this.params.get('pos_embed'), idsKeep, L),
-        select: tf.tensor3d(selection(idsKeep, B, L, nKeep), [B, L, nKeep]),
-        removed: tf.tensor3d(mask, [B, L, 1]),
+        ...unshuffle(idsKeep, mask, B, L, nKeep),
         targets: this.targets(x, normalized),
         scaleMasks: scales.map((s) => tf.tensor2d(scaleMask(mask, B, g, s), [B, (s * g) ** 2])),
       };
@@ -108,9 +107,15 @@ function maskedMse(pred: tf.Tensor, target: tf.Tensor, M: tf.Tensor): tf.Scalar 
   return tf.div(tf.sum(tf.mul(perLocation, M)), tf.sum(M));
 }
 
-/** One-hot `[B, L, nKeep]`: patch n of sample b takes visible token k when idsKeep[b, k] = n. */
-function selection(idsKeep: Int32Array, B: number, L: number, nKeep: number): Float32Array {
-  const S = new Float32Array(B * L * nKeep);
-  for (let b = 0; b < B; b++) for (let k = 0; k < nKeep; k++) S[(b * L + idsKeep[b * nKeep + k]!) * nKeep + k] = 1;
-  return S;
+/** The decoders' un-shuffle (see `Unshuffle`): sample b's row 1+n takes visible token 1+k when idsKeep[b, k] = n. */
+function unshuffle(idsKeep: Int32Array, mask: Float32Array, B: number, L: number, nKeep: number) {
+  const [T, n] = [1 + L, 1 + nKeep];
+  const select = new Float32Array(B * T * n);
+  const removed = new Float32Array(B * T);
+  for (let b = 0; b < B; b++) {
+    select[b * T * n] = 1;
+    for (let k = 0; k < nKeep; k++) select[(b * T + 1 + idsKeep[b * nKeep + k]!) * n + 1 + k] = 1;
+    removed.set(mask.subarray(b * L, (b + 1) * L), b * T + 1);
+  }
+  return { select: tf.tensor3d(select, [B, T, n]), removed: tf.tensor3d(removed, [B, T, 1]) };
 }

@@ -1,5 +1,16 @@
 import * as tf from '@tensorflow/tfjs';
-import { fusedColumnSum, fusedGelu, fusedGeluGrad, fusedLayerNorm, fusedLayerNormGrad, nativeActive } from '../native.js';
+import {
+  fusedAttention,
+  fusedAttentionGrad,
+  fusedColumnSum,
+  fusedGelu,
+  fusedGeluGrad,
+  fusedLayerNorm,
+  fusedLayerNormGrad,
+  fusedLinear,
+  nativeActive,
+  type Heads,
+} from '../native.js';
 
 // tfjs's wasm backend hands only plain (untransposed) matmuls to its fast GEMM, and tf.matMul's own
 // gradient uses transposed ones (docs/tfjs.md#fast-matmuls-on-wasm). These ops transpose explicitly in forward and backward,
@@ -10,10 +21,11 @@ type GradFn<A extends unknown[]> = (...args: A) => {
   value: tf.Tensor;
   gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor | tf.Tensor[];
 };
-const customGrad = <A extends unknown[]>(f: GradFn<A>) => tf.customGrad(f as unknown as Parameters<typeof tf.customGrad>[0]);
+export const customGrad = <A extends unknown[]>(f: GradFn<A>) => tf.customGrad(f as unknown as Parameters<typeof tf.customGrad>[0]);
 
 const T2 = (x: tf.Tensor) => tf.transpose(x, x.rank === 2 ? [1, 0] : [0, 2, 1]);
-const matMulT = (a: tf.Tensor, b: tf.Tensor, ta: boolean, tb: boolean) =>
+/** `op(a) @ op(b)` without a gradient of its own (for forward and backward passes of custom ops), 2-D or batched 3-D. */
+export const matMulT = (a: tf.Tensor, b: tf.Tensor, ta: boolean, tb: boolean) =>
   nativeActive()
     ? tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D, ta, tb)
     : tf.matMul((ta ? T2(a) : a) as tf.Tensor2D, (tb ? T2(b) : b) as tf.Tensor2D);
@@ -27,21 +39,28 @@ export const mm = customGrad((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc)
   };
 }) as (a: tf.Tensor, b: tf.Tensor) => tf.Tensor;
 
-/** `a @ bᵀ` for batched `[n, M, K] @ [n, N, K]ᵀ` (attention scores). */
-export const mmNT = (a: tf.Tensor, b: tf.Tensor) =>
-  nativeActive() ? tf.matMul(a as tf.Tensor3D, b as tf.Tensor3D, false, true) : mm(a, T2(b));
+/** Sums over every axis but the last: a bias's gradient, in one native pass where tfjs would transpose first. */
+export const columnSum = (dy: tf.Tensor) => (nativeActive() ? fusedColumnSum(dy) : tf.sum(tf.reshape(dy, [-1, dy.shape[dy.rank - 1]!]), 0));
 
-/** PyTorch `nn.Linear` on `x [M, in]` with `W [out, in]` (the official layout) and `bias [out]`. */
+/**
+ * PyTorch `nn.Linear` on `x [M, in]` with `W [out, in]` (the official layout) and `bias [out]`: one op on the tape that
+ * keeps only x and W for the backward pass, as PyTorch's addmm (the product before the bias is never kept).
+ */
 export function linear(x: tf.Tensor, W: tf.Tensor, bias?: tf.Tensor): tf.Tensor2D {
-  const y = xWt(x, W);
-  return (bias ? (nativeActive() ? addBias(y, bias) : tf.add(y, bias)) : y) as tf.Tensor2D;
+  return (bias ? linearBias(x, W, bias) : xWt(x, W)) as tf.Tensor2D;
 }
 
-/** `y + bias` over the rows of `y`, the bias's gradient (column sums of dy) in one native pass, where tfjs transposes first. */
-const addBias = customGrad((y: tf.Tensor, bias: tf.Tensor) => ({
-  value: tf.add(y, bias),
-  gradFunc: (dy: tf.Tensor) => [tf.clone(dy), fusedColumnSum(dy)],
-})) as (y: tf.Tensor, bias: tf.Tensor) => tf.Tensor;
+const linearBias = customGrad((x: tf.Tensor, W: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
+  save([x, W]);
+  return {
+    value: nativeActive() ? fusedLinear(x, W, b) : tf.add(matMulT(x, W, false, true), b),
+    gradFunc: (dy: tf.Tensor, [sx, sW]: tf.Tensor[]) => [
+      tf.matMul(dy as tf.Tensor2D, sW as tf.Tensor2D),
+      matMulT(dy, sx!, true, false),
+      columnSum(dy),
+    ],
+  };
+}) as (x: tf.Tensor, W: tf.Tensor, b: tf.Tensor) => tf.Tensor;
 
 /** `x @ Wᵀ` with W in the official `[out, in]` layout: dx = dy @ W, dW = dyᵀ @ x. */
 const xWt = customGrad((x: tf.Tensor, W: tf.Tensor, save: tf.GradSaveFunc) => {
@@ -51,6 +70,59 @@ const xWt = customGrad((x: tf.Tensor, W: tf.Tensor, save: tf.GradSaveFunc) => {
     gradFunc: (dy: tf.Tensor, [sx, sW]: tf.Tensor[]) => [tf.matMul(dy as tf.Tensor2D, sW as tf.Tensor2D), matMulT(dy, sx!, true, false)],
   };
 }) as (x: tf.Tensor, W: tf.Tensor) => tf.Tensor;
+
+/**
+ * Multi-head scaled dot-product attention on the fused projection `qkv [B·T, 3W]` (timm's layout: q, k, v, each
+ * head-major), returning `[B·T, W]` with the heads merged. One op on the tape that keeps only qkv and the
+ * probabilities, which `onProbs` receives as `[B·H, T, T]`.
+ */
+export function multiHeadAttention(qkv: tf.Tensor, B: number, T: number, heads: number, onProbs?: (p: tf.Tensor) => void): tf.Tensor {
+  const h: Heads = { B, T, heads, scale: (qkv.shape[1]! / 3 / heads) ** -0.5 };
+  const op = customGrad((x: tf.Tensor, save: tf.GradSaveFunc) => {
+    const [out, probs] = nativeActive() ? fusedAttention(x, h) : attentionOps(x, h);
+    onProbs?.(probs!);
+    save([x, probs!]);
+    return {
+      value: out!,
+      gradFunc: (dy: tf.Tensor, [sx, sp]: tf.Tensor[]) =>
+        nativeActive() ? fusedAttentionGrad(dy, sx!, sp!, h) : attentionGradOps(dy, sx!, sp!, h),
+    };
+  }) as (x: tf.Tensor) => tf.Tensor;
+  return op(qkv);
+}
+
+/** q, k, v `[B·H, T, hd]` of a fused projection `[B·T, 3W]`. */
+function splitHeads(qkv: tf.Tensor, { B, T, heads }: Heads): tf.Tensor[] {
+  const hd = qkv.shape[1]! / 3 / heads;
+  const x = tf.transpose(tf.reshape(qkv, [B, T, 3, heads, hd]), [2, 0, 3, 1, 4]); // [3, B, H, T, hd]
+  return tf.unstack(tf.reshape(x, [3, B * heads, T, hd]));
+}
+
+const toHeads = (x: tf.Tensor, { B, T, heads }: Heads) =>
+  tf.reshape(tf.transpose(tf.reshape(x, [B, T, heads, -1]), [0, 2, 1, 3]), [B * heads, T, -1]); // [B·T, W] -> [B·H, T, hd]
+const fromHeads = (x: tf.Tensor, { B, T, heads }: Heads) =>
+  tf.reshape(tf.transpose(tf.reshape(x, [B, heads, T, -1]), [0, 2, 1, 3]), [B * T, -1]); // [B·H, T, hd] -> [B·T, W]
+
+function attentionOps(qkv: tf.Tensor, h: Heads): tf.Tensor[] {
+  const [q, k, v] = splitHeads(qkv, h);
+  const probs = tf.softmax(tf.mul(matMulT(q!, k!, false, true), h.scale)); // [B·H, T, T]
+  return [fromHeads(matMulT(probs, v!, false, false), h), probs];
+}
+
+/** dV = Pᵀ dO, dS = P ⊙ (dP − Σ_j P ⊙ dP) with dP = dO Vᵀ, dQ = scale·dS K, dK = scale·dSᵀ Q; in qkv's layout. */
+function attentionGradOps(dout: tf.Tensor, qkv: tf.Tensor, probs: tf.Tensor, h: Heads): tf.Tensor {
+  const [q, k, v] = splitHeads(qkv, h);
+  const dO = toHeads(dout, h);
+  const dP = matMulT(dO, v!, false, true);
+  const dS = tf.mul(probs, tf.sub(dP, tf.sum(tf.mul(dP, probs), -1, true)));
+  const grads = [
+    tf.mul(matMulT(dS, k!, false, false), h.scale),
+    tf.mul(matMulT(dS, q!, true, false), h.scale),
+    matMulT(probs, dO, true, false),
+  ];
+  const d = tf.reshape(tf.stack(grads), [3, h.B, h.heads, h.T, -1]);
+  return tf.reshape(tf.transpose(d, [1, 3, 0, 2, 4]), [h.B * h.T, -1]); // [B, T, 3, H, hd]
+}
 
 /** LayerNorm over the last axis with PyTorch's biased variance: one native pass each way when the native path is on. */
 export function layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps = 1e-6): tf.Tensor {

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import type { Rng } from '../random.js';
-import { gelu, layerNorm, linear, mm, mmNT, stopGradient } from './ops.js';
+import { gelu, layerNorm, linear, multiHeadAttention, stopGradient } from './ops.js';
 
 export type Param = (name: string) => tf.Tensor;
 
@@ -16,19 +16,8 @@ export function attention(
   heads: number,
   onProbs?: (p: tf.Tensor) => void,
 ): tf.Tensor {
-  const W = x.shape[1]!;
-  const hd = W / heads;
-  // The fused qkv weight [3W, W] is read as three [W, W] blocks: rows [0, W) q, [W, 2W) k, [2W, 3W) v, each head-major.
-  const [Wq, Wk, Wv] = tf.split(P(`${name}.qkv.weight`), 3, 0);
-  const [bq, bk, bv] = tf.split(P(`${name}.qkv.bias`), 3, 0);
-  const perHead = (Wp: tf.Tensor, bp: tf.Tensor) =>
-    tf.reshape(tf.transpose(tf.reshape(linear(x, Wp, bp), [B, T, heads, hd]), [0, 2, 1, 3]), [B * heads, T, hd]); // [B·H, T, hd]
-  const [q, k, v] = [perHead(Wq!, bq!), perHead(Wk!, bk!), perHead(Wv!, bv!)];
-  const probs = tf.softmax(mmNT(tf.mul(q!, hd ** -0.5), k!)); // [B·H, T, T]
-  onProbs?.(probs);
-  const out = mm(probs, v!); // [B·H, T, hd]
-  const merged = tf.reshape(tf.transpose(tf.reshape(out, [B, heads, T, hd]), [0, 2, 1, 3]), [B * T, W]);
-  return linear(merged, P(`${name}.proj.weight`), P(`${name}.proj.bias`));
+  const qkv = linear(x, P(`${name}.qkv.weight`), P(`${name}.qkv.bias`)); // [B·T, 3W]: q, k, v, each head-major
+  return linear(multiHeadAttention(qkv, B, T, heads, onProbs), P(`${name}.proj.weight`), P(`${name}.proj.bias`));
 }
 
 export interface BlockOptions {

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { fusedOrientedMagnitudes, nativeActive } from '../native.js';
 import { normalize } from './image.js';
 
 /**
@@ -37,8 +38,12 @@ const filter = (k: number[]) =>
     [3, 3, 3, 1],
   );
 
-/** Each pixel's Sobel magnitude in its unsigned orientation bin: `[nbins·B, H, W, 3]`, bin-major. */
+/** Each pixel's Sobel magnitude in its unsigned orientation bin: `[nbins·B, H, W, 3]`, bin-major; one native pass when on. */
 function orientedMagnitudes(x: tf.Tensor4D, nbins: number, bias: tf.Tensor | null): tf.Tensor4D {
+  if (nativeActive()) {
+    const { cos, sin } = binEdges(nbins);
+    return fusedOrientedMagnitudes(x, tf.tensor2d([cos, sin]), bias ?? tf.zeros([2]), nbins) as tf.Tensor4D;
+  }
   const [B, H, W] = x.shape;
   const padded = tf.mirrorPad(
     x,
@@ -71,13 +76,16 @@ function pastEdges(c0: tf.Tensor, c1: tf.Tensor, nbins: number): tf.Tensor {
   const flip = tf.logicalOr(tf.less(c0, 0), tf.logicalAnd(tf.equal(c0, 0), tf.less(c1, 0)));
   const sign = tf.sub(1, tf.mul(tf.cast(flip, 'float32'), 2));
   const [y, x] = [tf.expandDims(tf.mul(c0, sign)), tf.expandDims(tf.mul(c1, sign))];
+  const { cos, sin } = binEdges(nbins);
+  const column = (v: number[]) => tf.tensor(v, [nbins - 1, 1, 1, 1, 1]);
+  return tf.cast(tf.greaterEqual(tf.sub(tf.mul(y, column(cos)), tf.mul(x, column(sin))), 0), 'float32');
+}
+
+/** cos and sin of the bin edges (k+1)π/nbins, k < nbins − 1, with the vanishing ones exactly 0. */
+function binEdges(nbins: number): { cos: number[]; sin: number[] } {
   const edges = Array.from({ length: nbins - 1 }, (_, k) => ((k + 1) * Math.PI) / nbins);
-  const column = (f: (e: number) => number) =>
-    tf.tensor(
-      edges.map((e) => (Math.abs(f(e)) < 1e-12 ? 0 : f(e))),
-      [nbins - 1, 1, 1, 1, 1],
-    );
-  return tf.cast(tf.greaterEqual(tf.sub(tf.mul(y, column(Math.cos)), tf.mul(x, column(Math.sin))), 0), 'float32');
+  const exact = (v: number) => (Math.abs(v) < 1e-12 ? 0 : v);
+  return { cos: edges.map((e) => exact(Math.cos(e))), sin: edges.map((e) => exact(Math.sin(e))) };
 }
 
 /**
