@@ -121,6 +121,7 @@ for (const name of sections.includes('step') ? (values.backends.split(',') as Ba
 }
 
 const peer = values.peer ? benchPeer({ batch: B, seconds: budgetS, model: size, img, patch, device: values['peer-device'] }) : undefined;
+const peakRssMB = Math.round(process.resourceUsage().maxRSS / 1024);
 for (const r of results) {
   if (peer)
     console.log(
@@ -129,13 +130,17 @@ for (const r of results) {
         backend: r.backend,
         native: nativeActive(),
         ratio: +(r.stepsPerS / peer.stepsPerS).toFixed(3),
-        ours: r.stepsPerS,
+        ours: +r.stepsPerS.toFixed(4),
         peer: peer.stepsPerS,
+        peerThreads: `${peer.torchThreads} torch × ${peer.blasThreads} BLAS`,
+        // The whole process's peak: with several backends benched, that of all of them.
+        memoryRatio: +(peakRssMB / peer.peakRssMB).toFixed(3),
+        oursPeakRssMB: peakRssMB,
+        peerPeakRssMB: peer.peakRssMB,
       }),
     );
 }
-const rss = process.resourceUsage().maxRSS / 1024;
-console.log(JSON.stringify({ bench: 'memory', peakRssMB: +rss.toFixed(0), numTensors: tf.memory().numTensors }));
+console.log(JSON.stringify({ bench: 'memory', peakRssMB, numTensors: tf.memory().numTensors }));
 
 if (results.length) {
   console.log(

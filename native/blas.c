@@ -9,9 +9,11 @@
 #include <math.h>
 #include <node_api.h>
 #include <stdbool.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define CHECK(call)                                                       \
   if ((call) != napi_ok) {                                                \
@@ -133,8 +135,74 @@ static napi_value fail(napi_env env, const char *what) {
   return NULL;
 }
 
+// The elementwise kernels split their rows over the cores (at most 8) with plain pthreads: each part is a
+// contiguous range, so results do not depend on timing, only on the machine's core count.
+typedef void (*range_fn)(void *ctx, size_t part, size_t begin, size_t end);
+struct chunk {
+  range_fn body;
+  void *ctx;
+  size_t part, begin, end;
+};
+
+static void *run_chunk(void *p) {
+  const struct chunk *c = p;
+  c->body(c->ctx, c->part, c->begin, c->end);
+  return NULL;
+}
+
+// How many parts n items make with at least `grain` in each.
+static size_t parts(size_t n, size_t grain) {
+  static size_t cores;
+  if (!cores) {
+    const long c = sysconf(_SC_NPROCESSORS_ONLN);
+    cores = c < 1 ? 1 : c > 8 ? 8 : (size_t)c;
+  }
+  const size_t p = n / (grain ? grain : 1);
+  return p < 1 ? 1 : p < cores ? p : cores;
+}
+
+static void parallel_for(size_t n, size_t grain, range_fn body, void *ctx) {
+  const size_t P = parts(n, grain);
+  struct chunk c[8];
+  pthread_t tid[8];
+  bool started[8] = {false};
+  for (size_t t = 0; t < P; t++) c[t] = (struct chunk){body, ctx, t, n * t / P, n * (t + 1) / P};
+  for (size_t t = 1; t < P; t++) started[t] = pthread_create(&tid[t], NULL, run_chunk, &c[t]) == 0;
+  run_chunk(&c[0]);
+  for (size_t t = 1; t < P; t++)
+    if (started[t]) pthread_join(tid[t], NULL);
+    else run_chunk(&c[t]);  // no thread to be had: run it here
+}
+
+#define GRAIN 32768
+
+struct norm_args {
+  const float *x, *w, *b, *dy, *mean, *rstd;
+  float *y, *mean_out, *rstd_out, *dx, *partial;
+  size_t C;
+  float eps;
+};
+
 // layerNorm(x, w, b, y, mean, rstd, rows, cols, eps), x [rows, cols]: per row, y = (x − mean)·rstd·w + b with
 // rstd = 1/√(biased variance + eps); mean and rstd [rows] are what the backward pass needs.
+static void layer_norm_rows(void *ctx, size_t part, size_t r0, size_t r1) {
+  const struct norm_args *a = ctx;
+  const size_t C = a->C;
+  (void)part;
+  for (size_t r = r0; r < r1; r++) {
+    const float *xr = a->x + r * C;
+    float *yr = a->y + r * C;
+    double s = 0, ss = 0;
+    for (size_t c = 0; c < C; c++) s += xr[c];
+    const float mean = (float)(s / C);
+    for (size_t c = 0; c < C; c++) ss += (double)(xr[c] - mean) * (xr[c] - mean);
+    const float rstd = 1.0f / sqrtf((float)(ss / C) + a->eps);
+    for (size_t c = 0; c < C; c++) yr[c] = (xr[c] - mean) * rstd * a->w[c] + a->b[c];
+    a->mean_out[r] = mean;
+    a->rstd_out[r] = rstd;
+  }
+}
+
 static napi_value layer_norm(napi_env env, napi_callback_info info) {
   napi_value argv[9];
   double d[3];
@@ -143,24 +211,35 @@ static napi_value layer_norm(napi_env env, napi_callback_info info) {
   size_t R = (size_t)d[0], C = (size_t)d[1];
   const size_t need[6] = {R * C, C, C, R * C, R, R};
   if (!arrays(env, argv, 6, need, f)) return fail(env, "localmim_blas: layerNorm arrays are too small");
-  const float *x = f[0], *w = f[1], *b = f[2];
-  for (size_t r = 0; r < R; r++) {
-    const float *xr = x + r * C;
-    float *yr = f[3] + r * C;
-    double s = 0, ss = 0;
-    for (size_t c = 0; c < C; c++) s += xr[c];
-    const float mean = (float)(s / C);
-    for (size_t c = 0; c < C; c++) ss += (double)(xr[c] - mean) * (xr[c] - mean);
-    const float rstd = 1.0f / sqrtf((float)(ss / C) + (float)d[2]);
-    for (size_t c = 0; c < C; c++) yr[c] = (xr[c] - mean) * rstd * w[c] + b[c];
-    f[4][r] = mean;
-    f[5][r] = rstd;
-  }
+  struct norm_args a = {.x = f[0], .w = f[1], .b = f[2], .y = f[3], .mean_out = f[4], .rstd_out = f[5], .C = C, .eps = (float)d[2]};
+  parallel_for(R, GRAIN / (C ? C : 1), layer_norm_rows, &a);
   return NULL;
 }
 
 // layerNormGrad(dy, x, w, mean, rstd, dx, dw, db, rows, cols): with x̂ = (x − mean)·rstd and g = dy·w per row,
-// dx = rstd·(g − mean(g) − x̂·mean(g·x̂)); dw = Σ_rows dy·x̂, db = Σ_rows dy.
+// dx = rstd·(g − mean(g) − x̂·mean(g·x̂)); dw = Σ_rows dy·x̂, db = Σ_rows dy (each part sums its rows into
+// `partial`, [parts, 2, cols], then the parts are added in order).
+static void layer_norm_grad_rows(void *ctx, size_t part, size_t r0, size_t r1) {
+  const struct norm_args *a = ctx;
+  const size_t C = a->C;
+  float *dw = a->partial + part * 2 * C, *db = dw + C;
+  for (size_t r = r0; r < r1; r++) {
+    const float *dyr = a->dy + r * C, *xr = a->x + r * C;
+    float *dxr = a->dx + r * C;
+    const float mean = a->mean[r], rstd = a->rstd[r];
+    double sg = 0, sgx = 0;
+    for (size_t c = 0; c < C; c++) {
+      const float xh = (xr[c] - mean) * rstd, g = dyr[c] * a->w[c];
+      sg += g;
+      sgx += (double)g * xh;
+      dw[c] += dyr[c] * xh;
+      db[c] += dyr[c];
+    }
+    const float mg = (float)(sg / C), mgx = (float)(sgx / C);
+    for (size_t c = 0; c < C; c++) dxr[c] = rstd * (dyr[c] * a->w[c] - mg - (xr[c] - mean) * rstd * mgx);
+  }
+}
+
 static napi_value layer_norm_grad(napi_env env, napi_callback_info info) {
   napi_value argv[10];
   double d[2];
@@ -169,23 +248,18 @@ static napi_value layer_norm_grad(napi_env env, napi_callback_info info) {
   size_t R = (size_t)d[0], C = (size_t)d[1];
   const size_t need[8] = {R * C, R * C, C, R, R, R * C, C, C};
   if (!arrays(env, argv, 8, need, f)) return fail(env, "localmim_blas: layerNormGrad arrays are too small");
-  const float *dy = f[0], *x = f[1], *w = f[2], *mean = f[3], *rstd = f[4];
-  float *dx = f[5], *dw = f[6], *db = f[7];
-  for (size_t c = 0; c < C; c++) dw[c] = db[c] = 0;
-  for (size_t r = 0; r < R; r++) {
-    const float *dyr = dy + r * C, *xr = x + r * C;
-    float *dxr = dx + r * C;
-    double sg = 0, sgx = 0;
+  const size_t grain = GRAIN / (C ? C : 1), P = parts(R, grain);
+  float *partial = calloc(P * 2 * C, sizeof(float));
+  if (!partial) return fail(env, "localmim_blas: out of memory");
+  struct norm_args a = {.dy = f[0], .x = f[1], .w = f[2], .mean = f[3], .rstd = f[4], .dx = f[5], .partial = partial, .C = C};
+  parallel_for(R, grain, layer_norm_grad_rows, &a);
+  for (size_t c = 0; c < C; c++) f[6][c] = f[7][c] = 0;
+  for (size_t p = 0; p < P; p++)
     for (size_t c = 0; c < C; c++) {
-      const float xh = (xr[c] - mean[r]) * rstd[r], g = dyr[c] * w[c];
-      sg += g;
-      sgx += (double)g * xh;
-      dw[c] += dyr[c] * xh;
-      db[c] += dyr[c];
+      f[6][c] += partial[p * 2 * C + c];
+      f[7][c] += partial[p * 2 * C + C + c];
     }
-    const float mg = (float)(sg / C), mgx = (float)(sgx / C);
-    for (size_t c = 0; c < C; c++) dxr[c] = rstd[r] * (dyr[c] * w[c] - mg - (xr[c] - mean[r]) * rstd[r] * mgx);
-  }
+  free(partial);
   return NULL;
 }
 
@@ -211,7 +285,18 @@ static inline float normal_cdf(float x, float e) {
   return x >= 0 ? 1.0f - tail : tail;
 }
 
+struct gelu_args {
+  const float *x, *dy;
+  float *y, *dx;
+};
+
 // gelu(x, y, n): y = x·Φ(x) (PyTorch's exact GELU).
+static void gelu_range(void *ctx, size_t part, size_t i0, size_t i1) {
+  const struct gelu_args *a = ctx;
+  (void)part;
+  for (size_t i = i0; i < i1; i++) a->y[i] = a->x[i] * normal_cdf(a->x[i], exp_nonpositive(-0.5f * a->x[i] * a->x[i]));
+}
+
 static napi_value gelu(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   double d[1];
@@ -219,13 +304,22 @@ static napi_value gelu(napi_env env, napi_callback_info info) {
   if (!call_args(env, info, 3, argv, 1, d)) return fail(env, "localmim_blas: gelu takes x, y, n");
   const size_t n = (size_t)d[0], need[2] = {n, n};
   if (!arrays(env, argv, 2, need, f)) return fail(env, "localmim_blas: gelu arrays are too small");
-  const float *x = f[0];
-  float *y = f[1];
-  for (size_t i = 0; i < n; i++) y[i] = x[i] * normal_cdf(x[i], exp_nonpositive(-0.5f * x[i] * x[i]));
+  struct gelu_args a = {.x = f[0], .y = f[1]};
+  parallel_for(n, GRAIN, gelu_range, &a);
   return NULL;
 }
 
 // geluGrad(dy, x, dx, n): dx = dy·(Φ(x) + x·φ(x)), φ(x) = e^(−x²/2)/√(2π).
+static void gelu_grad_range(void *ctx, size_t part, size_t i0, size_t i1) {
+  const struct gelu_args *a = ctx;
+  const float k = (float)(0.5 * M_2_SQRTPI * M_SQRT1_2);  // 1/√(2π)
+  (void)part;
+  for (size_t i = i0; i < i1; i++) {
+    const float e = exp_nonpositive(-0.5f * a->x[i] * a->x[i]);
+    a->dx[i] = a->dy[i] * (normal_cdf(a->x[i], e) + a->x[i] * k * e);
+  }
+}
+
 static napi_value gelu_grad(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   double d[1];
@@ -233,17 +327,26 @@ static napi_value gelu_grad(napi_env env, napi_callback_info info) {
   if (!call_args(env, info, 4, argv, 1, d)) return fail(env, "localmim_blas: geluGrad takes dy, x, dx, n");
   const size_t n = (size_t)d[0], need[3] = {n, n, n};
   if (!arrays(env, argv, 3, need, f)) return fail(env, "localmim_blas: geluGrad arrays are too small");
-  const float *dy = f[0], *x = f[1];
-  float *dx = f[2];
-  const float k = (float)(0.5 * M_2_SQRTPI * M_SQRT1_2);  // 1/√(2π)
-  for (size_t i = 0; i < n; i++) {
-    const float e = exp_nonpositive(-0.5f * x[i] * x[i]);
-    dx[i] = dy[i] * (normal_cdf(x[i], e) + x[i] * k * e);
-  }
+  struct gelu_args a = {.dy = f[0], .x = f[1], .dx = f[2]};
+  parallel_for(n, GRAIN, gelu_grad_range, &a);
   return NULL;
 }
 
-// columnSum(x, out, rows, cols): out = Σ_rows x for x [rows, cols] (a bias's gradient).
+// columnSum(x, out, rows, cols): out = Σ_rows x for x [rows, cols] (a bias's gradient); parts take column ranges.
+struct column_args {
+  const float *x;
+  float *out;
+  size_t R, C;
+};
+
+static void column_sum_range(void *ctx, size_t part, size_t c0, size_t c1) {
+  const struct column_args *a = ctx;
+  (void)part;
+  for (size_t c = c0; c < c1; c++) a->out[c] = 0;
+  for (size_t r = 0; r < a->R; r++)
+    for (size_t c = c0; c < c1; c++) a->out[c] += a->x[r * a->C + c];
+}
+
 static napi_value column_sum(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   double d[2];
@@ -251,10 +354,8 @@ static napi_value column_sum(napi_env env, napi_callback_info info) {
   if (!call_args(env, info, 4, argv, 2, d)) return fail(env, "localmim_blas: columnSum takes x, out, rows, cols");
   const size_t R = (size_t)d[0], C = (size_t)d[1], need[2] = {R * C, C};
   if (!arrays(env, argv, 2, need, f)) return fail(env, "localmim_blas: columnSum arrays are too small");
-  float *out = f[1];
-  for (size_t c = 0; c < C; c++) out[c] = 0;
-  for (size_t r = 0; r < R; r++)
-    for (size_t c = 0; c < C; c++) out[c] += f[0][r * C + c];
+  struct column_args a = {f[0], f[1], R, C};
+  parallel_for(C, GRAIN / (R ? R : 1) + 8, column_sum_range, &a);
   return NULL;
 }
 
@@ -274,6 +375,18 @@ static void adamw_loop(size_t n, struct adam h, const float *restrict p, const f
   }
 }
 
+struct adam_args {
+  struct adam h;
+  float *f[7];
+};
+
+static void adamw_range(void *ctx, size_t part, size_t i0, size_t i1) {
+  struct adam_args *a = ctx;
+  float **f = a->f;
+  (void)part;
+  adamw_loop(i1 - i0, a->h, f[0] + i0, f[1] + i0, f[2] + i0, f[3] + i0, f[4] + i0, f[5] + i0, f[6] + i0);
+}
+
 static napi_value adamw(napi_env env, napi_callback_info info) {
   napi_value argv[14];
   double d[7];
@@ -283,7 +396,9 @@ static napi_value adamw(napi_env env, napi_callback_info info) {
   if (!arrays(env, argv, 7, need, f)) return fail(env, "localmim_blas: adamw arrays are too small");
   // 1 − β in double, then rounded, as tfjs rounds its scalar operands.
   const struct adam h = {(float)d[1], (float)d[2], (float)(1 - d[1]), (float)(1 - d[2]), (float)d[3], (float)d[4], (float)d[5], (float)d[6]};
-  adamw_loop(n, h, f[0], f[1], f[2], f[3], f[4], f[5], f[6]);
+  struct adam_args a = {.h = h};
+  memcpy(a.f, f, sizeof a.f);
+  parallel_for(n, GRAIN, adamw_range, &a);
   return NULL;
 }
 
