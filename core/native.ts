@@ -32,8 +32,8 @@ interface Blas {
   columnSum(x: F, out: F, rows: number, cols: number): void;
   adamw(p: F, g: F, m: F, v: F, pOut: F, mOut: F, vOut: F, n: number, ...hyper: number[]): void;
   linear(x: F, w: F, b: F, y: F, M: number, N: number, K: number): void;
-  attention(out: F, qkv: F, probs: F, B: number, T: number, H: number, scale: number): void;
-  attentionGrad(dout: F, qkv: F, probs: F, dqkv: F, B: number, T: number, H: number, scale: number): void;
+  attention(out: F, qkv: F, probs: F, bias: F, B: number, T: number, H: number, scale: number, n: number): void;
+  attentionGrad(dout: F, qkv: F, probs: F, dqkv: F, dbias: F, B: number, T: number, H: number, scale: number, n: number): void;
   orientedMagnitudes(x: F, edges: F, bias: F, out: F, B: number, H: number, W: number, nbins: number): void;
 }
 type F = Float32Array;
@@ -170,18 +170,18 @@ const FUSED: Record<string, Fused> = {
     blas!.linear(v(x!), v(w!), v(b!), v(y), M, N, K);
     return [y];
   },
-  LocalmimAttention: (backend, [qkv], { B, T, heads, scale }) => {
+  LocalmimAttention: (backend, [qkv, bias], { B, T, heads, scale }) => {
     const W = qkv!.shape[1]! / 3;
     const outs = [backend.makeOutput([B! * T!, W], 'float32'), backend.makeOutput([B! * heads!, T!, T!], 'float32')];
-    const v = (t: tf.TensorInfo) => heapView(backend, t, size(t.shape));
-    blas!.attention(v(outs[0]!), v(qkv!), v(outs[1]!), B!, T!, heads!, scale!);
+    const v = (t?: tf.TensorInfo) => (t ? heapView(backend, t, size(t.shape)) : new Float32Array(0));
+    blas!.attention(v(outs[0]!), v(qkv!), v(outs[1]!), v(bias), B!, T!, heads!, scale!, bias?.shape[0] ?? 0);
     return outs;
   },
-  LocalmimAttentionGrad: (backend, [dout, qkv, probs], { B, T, heads, scale }) => {
-    const dqkv = backend.makeOutput(qkv!.shape, 'float32');
-    const v = (t: tf.TensorInfo) => heapView(backend, t, size(t.shape));
-    blas!.attentionGrad(v(dout!), v(qkv!), v(probs!), v(dqkv), B!, T!, heads!, scale!);
-    return [dqkv];
+  LocalmimAttentionGrad: (backend, [dout, qkv, probs, bias], { B, T, heads, scale }) => {
+    const outs = [backend.makeOutput(qkv!.shape, 'float32'), ...(bias ? [backend.makeOutput(bias.shape, 'float32')] : [])];
+    const v = (t?: tf.TensorInfo) => (t ? heapView(backend, t, size(t.shape)) : new Float32Array(0));
+    blas!.attentionGrad(v(dout!), v(qkv!), v(probs!), v(outs[0]!), v(outs[1]), B!, T!, heads!, scale!, bias?.shape[0] ?? 0);
+    return outs;
   },
   LocalmimOrientedMagnitudes: (backend, [x, edges, bias], { nbins }) => {
     const [B, H, W] = x!.shape as number[];
@@ -234,11 +234,15 @@ export interface Heads {
   heads: number;
   scale: number;
 }
-/** Multi-head attention on the fused projection `qkv [B·T, 3W]`: `[out [B·T, W], probs [B·H, T, T]]`. Native path only. */
-export const fusedAttention = (qkv: tf.Tensor, h: Heads) => run('LocalmimAttention', [qkv], { ...h });
-/** `dqkv [B·T, 3W]` of fusedAttention from `dout` and what its forward pass used and returned. */
-export const fusedAttentionGrad = (dout: tf.Tensor, qkv: tf.Tensor, probs: tf.Tensor, h: Heads) =>
-  run('LocalmimAttentionGrad', [dout, qkv, probs], { ...h })[0]!;
+/**
+ * Multi-head attention on the fused projection `qkv [B·T, 3W]`, with an optional additive `bias [n, H, T, T]` on the
+ * scores of sequence b as its row b mod n: `[out [B·T, W], probs [B·H, T, T]]`. Native path only.
+ */
+export const fusedAttention = (qkv: tf.Tensor, h: Heads, bias?: tf.Tensor) =>
+  run('LocalmimAttention', bias ? [qkv, bias] : [qkv], { ...h });
+/** `[dqkv [B·T, 3W], dbias]` of fusedAttention (dbias only with a bias) from `dout` and what its forward used and returned. */
+export const fusedAttentionGrad = (dout: tf.Tensor, qkv: tf.Tensor, probs: tf.Tensor, h: Heads, bias?: tf.Tensor) =>
+  run('LocalmimAttentionGrad', bias ? [dout, qkv, probs, bias] : [dout, qkv, probs], { ...h });
 
 /**
  * Each pixel's Sobel magnitude in its orientation bin, `[nbins·B, H, W, 3]` bin-major, of `x [B, H, W, 3]`, given the

@@ -125,7 +125,7 @@ static bool arrays(napi_env env, napi_value *argv, size_t nf, const size_t *need
   for (size_t i = 0; i < nf; i++) {
     size_t len;
     f[i] = floats(env, argv[i], &len);
-    if (!f[i] || len < need[i]) return false;
+    if (need[i] && (!f[i] || len < need[i])) return false;  // an empty array may have no data pointer
   }
   return true;
 }
@@ -428,38 +428,43 @@ static void softmax_rows(float *p, size_t rows, size_t n) {
 
 // Attention reads each head's q, k and v straight from the fused projection qkv [B·T, 3W] (row t of sample b holds
 // q, k, v, each head-major) by stride, and writes its output into the head's columns of out [B·T, W]: no splits,
-// no transposes. probs [B·H, T, T] is kept for the backward pass.
+// no transposes. probs [B·H, T, T] is kept for the backward pass. An additive bias [n, H, T, T] (n > 0) is added to
+// the scores of sample b as its row b mod n (Swin's relative positions and window masks).
 struct heads {
-  size_t B, T, H, W, hd;
+  size_t B, T, H, W, hd, n;
   float scale;
 };
 
-// The trailing (B, T, H, scale) of a call with nf arrays, argv[1] being qkv [B·T, 3W]; W and hd follow from its length.
+// The trailing (B, T, H, scale, n) of a call with nf arrays, argv[1] being qkv [B·T, 3W]; W and hd follow from its length.
 static bool heads_args(napi_env env, napi_callback_info info, size_t nf, napi_value *argv, struct heads *a) {
-  double d[4];
+  double d[5];
   size_t len;
-  if (!call_args(env, info, nf + 4, argv, 4, d) || !floats(env, argv[1], &len)) return false;
-  *a = (struct heads){(size_t)d[0], (size_t)d[1], (size_t)d[2], 0, 0, (float)d[3]};
-  if (a->B * a->T * a->H == 0 || len % (3 * a->B * a->T) != 0) return false;
+  if (!call_args(env, info, nf + 5, argv, 5, d) || !floats(env, argv[1], &len)) return false;
+  *a = (struct heads){(size_t)d[0], (size_t)d[1], (size_t)d[2], 0, 0, (size_t)d[4], (float)d[3]};
+  if (a->B * a->T * a->H == 0 || len % (3 * a->B * a->T) != 0 || (a->n && a->B % a->n)) return false;
   a->W = len / (3 * a->B * a->T);
   a->hd = a->W / a->H;
   return a->hd * a->H == a->W;
 }
 
-// attention(out, qkv, probs, B, T, H, scale): per sample b and head h, P = softmax(scale·Q Kᵀ), O = P V.
+// attention(out, qkv, probs, bias, B, T, H, scale, n): per sample b and head h, P = softmax(scale·Q Kᵀ + bias), O = P V.
 static napi_value attention(napi_env env, napi_callback_info info) {
-  napi_value argv[7];
+  napi_value argv[9];
   struct heads a;
-  float *f[3];
-  if (!heads_args(env, info, 3, argv, &a)) return fail(env, "localmim_blas: attention takes out, qkv, probs, B, T, H, scale");
-  const size_t T = a.T, W = a.W, need[3] = {a.B * T * W, 3 * a.B * T * W, a.B * a.H * T * T};
-  if (!arrays(env, argv, 3, need, f)) return fail(env, "localmim_blas: attention arrays are too small");
+  float *f[4];
+  if (!heads_args(env, info, 4, argv, &a)) return fail(env, "localmim_blas: attention takes out, qkv, probs, bias, B, T, H, scale, n");
+  const size_t T = a.T, W = a.W, need[4] = {a.B * T * W, 3 * a.B * T * W, a.B * a.H * T * T, a.n * a.H * T * T};
+  if (!arrays(env, argv, 4, need, f)) return fail(env, "localmim_blas: attention arrays are too small");
   for (size_t b = 0; b < a.B; b++)
     for (size_t h = 0; h < a.H; h++) {
       const float *q = f[1] + b * T * 3 * W + h * a.hd, *k = q + W, *v = q + 2 * W;
       float *p = f[2] + (b * a.H + h) * T * T;
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)a.hd, a.scale, q, (int)(3 * W), k, (int)(3 * W), 0.0f, p,
                   (int)T);
+      if (a.n) {
+        const float *bias = f[3] + ((b % a.n) * a.H + h) * T * T;
+        for (size_t i = 0; i < T * T; i++) p[i] += bias[i];
+      }
       softmax_rows(p, T, T);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)a.hd, (int)T, 1.0f, p, (int)T, v, (int)(3 * W), 0.0f,
                   f[0] + b * T * W + h * a.hd, (int)W);
@@ -467,17 +472,19 @@ static napi_value attention(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-// attentionGrad(dout, qkv, probs, dqkv, B, T, H, scale): dV = Pᵀ dO, dS = P ⊙ (dO Vᵀ − rowsum(P ⊙ dO Vᵀ)),
-// dQ = scale·dS K, dK = scale·dSᵀ Q, written into dqkv [B·T, 3W] in qkv's layout.
+// attentionGrad(dout, qkv, probs, dqkv, dbias, B, T, H, scale, n): dV = Pᵀ dO, dS = P ⊙ (dO Vᵀ − rowsum(P ⊙ dO Vᵀ)),
+// dQ = scale·dS K, dK = scale·dSᵀ Q, written into dqkv [B·T, 3W] in qkv's layout; dbias [n, H, T, T] sums dS.
 static napi_value attention_grad(napi_env env, napi_callback_info info) {
-  napi_value argv[8];
+  napi_value argv[10];
   struct heads a;
-  float *f[4];
-  if (!heads_args(env, info, 4, argv, &a)) return fail(env, "localmim_blas: attentionGrad takes dout, qkv, probs, dqkv, B, T, H, scale");
-  const size_t T = a.T, W = a.W, need[4] = {a.B * T * W, 3 * a.B * T * W, a.B * a.H * T * T, 3 * a.B * T * W};
-  if (!arrays(env, argv, 4, need, f)) return fail(env, "localmim_blas: attentionGrad arrays are too small");
+  float *f[5];
+  if (!heads_args(env, info, 5, argv, &a))
+    return fail(env, "localmim_blas: attentionGrad takes dout, qkv, probs, dqkv, dbias, B, T, H, scale, n");
+  const size_t T = a.T, W = a.W, need[5] = {a.B * T * W, 3 * a.B * T * W, a.B * a.H * T * T, 3 * a.B * T * W, a.n * a.H * T * T};
+  if (!arrays(env, argv, 5, need, f)) return fail(env, "localmim_blas: attentionGrad arrays are too small");
   float *dS = malloc(T * T * sizeof(float));
   if (!dS) return fail(env, "localmim_blas: out of memory");
+  memset(f[4], 0, a.n * a.H * T * T * sizeof(float));
   const int ld = (int)(3 * W);
   for (size_t b = 0; b < a.B; b++)
     for (size_t h = 0; h < a.H; h++) {
@@ -490,6 +497,10 @@ static napi_value attention_grad(napi_env env, napi_callback_info info) {
         float dot = 0;
         for (size_t j = 0; j < T; j++) dot += P[i * T + j] * dS[i * T + j];
         for (size_t j = 0; j < T; j++) dS[i * T + j] = P[i * T + j] * (dS[i * T + j] - dot);
+      }
+      if (a.n) {
+        float *db = f[4] + ((b % a.n) * a.H + h) * T * T;
+        for (size_t i = 0; i < T * T; i++) db[i] += dS[i];
       }
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)a.hd, (int)T, a.scale, dS, (int)T, k, ld, 0.0f, dq, ld);
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)a.hd, (int)T, a.scale, dS, (int)T, q, ld, 0.0f, dk, ld);

@@ -19,11 +19,13 @@ const random = (shape: number[]) =>
     shape,
   );
 
-function plainAttention(qkv: tf.Tensor, B: number, T: number, heads: number): tf.Tensor {
+function plainAttention(qkv: tf.Tensor, B: number, T: number, heads: number, bias?: tf.Tensor): tf.Tensor {
   const hd = qkv.shape[1]! / 3 / heads;
   const [q, k, v] = tf.unstack(tf.transpose(tf.reshape(qkv, [B, T, 3, heads, hd]), [2, 0, 1, 3, 4])); // [B, T, H, hd]
   const perHead = (t: tf.Tensor) => tf.reshape(tf.transpose(t!, [0, 2, 1, 3]), [B * heads, T, hd]);
-  const probs = tf.softmax(tf.mul(tf.matMul(perHead(q!), perHead(k!), false, true), hd ** -0.5));
+  let scores = tf.mul(tf.matMul(perHead(q!), perHead(k!), false, true), hd ** -0.5); // [B·H, T, T]
+  if (bias) scores = tf.reshape(tf.add(tf.reshape(scores, [B / bias.shape[0]!, -1, T, T]), tf.reshape(bias, [-1, T, T])), scores.shape);
+  const probs = tf.softmax(scores);
   return tf.reshape(tf.transpose(tf.reshape(tf.matMul(probs, perHead(v!)), [B, heads, T, hd]), [0, 2, 1, 3]), [B * T, heads * hd]);
 }
 
@@ -36,6 +38,15 @@ function plainDeconv(x: tf.Tensor, W: tf.Tensor, bias: tf.Tensor): tf.Tensor {
 
 const cases: [string, number[][], (...xs: tf.Tensor[]) => tf.Tensor, (...xs: tf.Tensor[]) => tf.Tensor][] = [
   ['attention', [[3 * 7, 3 * 24]], (qkv) => multiHeadAttention(qkv!, 3, 7, 4), (qkv) => plainAttention(qkv!, 3, 7, 4)],
+  [
+    'attention with a bias shared by every other sequence',
+    [
+      [4 * 5, 3 * 8],
+      [2, 2, 5, 5],
+    ],
+    (qkv, bias) => multiHeadAttention(qkv!, 4, 5, 2, undefined, bias),
+    (qkv, bias) => plainAttention(qkv!, 4, 5, 2, bias),
+  ],
   ['linear', [[10, 6], [5, 6], [5]], (x, W, b) => linear(x!, W!, b), (x, W, b) => tf.add(tf.matMul(x!, W!, false, true), b!)],
   ['2×2 transposed conv', [[2, 3, 4, 6], [6, 5, 2, 2], [5]], deconv2x2 as never, plainDeconv as never],
 ];

@@ -73,22 +73,35 @@ const xWt = customGrad((x: tf.Tensor, W: tf.Tensor, save: tf.GradSaveFunc) => {
 
 /**
  * Multi-head scaled dot-product attention on the fused projection `qkv [B·T, 3W]` (timm's layout: q, k, v, each
- * head-major), returning `[B·T, W]` with the heads merged. One op on the tape that keeps only qkv and the
- * probabilities, which `onProbs` receives as `[B·H, T, T]`.
+ * head-major), returning `[B·T, W]` with the heads merged. `bias [n, heads, T, T]`, if given, is added to the scores
+ * of sequence b as its row b mod n (Swin's relative positions and window masks). One op on the tape that keeps only
+ * its inputs and the probabilities, which `onProbs` receives as `[B·H, T, T]`.
  */
-export function multiHeadAttention(qkv: tf.Tensor, B: number, T: number, heads: number, onProbs?: (p: tf.Tensor) => void): tf.Tensor {
+export function multiHeadAttention(
+  qkv: tf.Tensor,
+  B: number,
+  T: number,
+  heads: number,
+  onProbs?: (p: tf.Tensor) => void,
+  bias?: tf.Tensor,
+): tf.Tensor {
   const h: Heads = { B, T, heads, scale: (qkv.shape[1]! / 3 / heads) ** -0.5 };
-  const op = customGrad((x: tf.Tensor, save: tf.GradSaveFunc) => {
-    const [out, probs] = nativeActive() ? fusedAttention(x, h) : attentionOps(x, h);
+  const forward = (x: tf.Tensor, b: tf.Tensor | undefined, save: tf.GradSaveFunc) => {
+    const [out, probs] = nativeActive() ? fusedAttention(x, h, b) : attentionOps(x, h, b);
     onProbs?.(probs!);
-    save([x, probs!]);
+    save(b ? [x, probs!, b] : [x, probs!]);
     return {
       value: out!,
-      gradFunc: (dy: tf.Tensor, [sx, sp]: tf.Tensor[]) =>
-        nativeActive() ? fusedAttentionGrad(dy, sx!, sp!, h) : attentionGradOps(dy, sx!, sp!, h),
+      gradFunc: (dy: tf.Tensor, [sx, sp, sb]: tf.Tensor[]) =>
+        nativeActive() ? fusedAttentionGrad(dy, sx!, sp!, h, sb) : attentionGradOps(dy, sx!, sp!, h, sb),
     };
-  }) as (x: tf.Tensor) => tf.Tensor;
-  return op(qkv);
+  };
+  if (!bias) return (customGrad((x: tf.Tensor, save: tf.GradSaveFunc) => forward(x, undefined, save)) as (x: tf.Tensor) => tf.Tensor)(qkv);
+  const op = customGrad((x: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => forward(x, b, save)) as (
+    x: tf.Tensor,
+    b: tf.Tensor,
+  ) => tf.Tensor;
+  return op(qkv, bias);
 }
 
 /** q, k, v `[B·H, T, hd]` of a fused projection `[B·T, 3W]`. */
@@ -103,14 +116,22 @@ const toHeads = (x: tf.Tensor, { B, T, heads }: Heads) =>
 const fromHeads = (x: tf.Tensor, { B, T, heads }: Heads) =>
   tf.reshape(tf.transpose(tf.reshape(x, [B, heads, T, -1]), [0, 2, 1, 3]), [B * T, -1]); // [B·H, T, hd] -> [B·T, W]
 
-function attentionOps(qkv: tf.Tensor, h: Heads): tf.Tensor[] {
+/** `scores [B·H, T, T]` plus `bias [n, H, T, T]` as row b mod n of sequence b. */
+const addBias = (scores: tf.Tensor, bias: tf.Tensor, { T }: Heads) =>
+  tf.reshape(tf.add(tf.reshape(scores, [-1, bias.shape[0]! * bias.shape[1]!, T, T]), bias.reshape([-1, T, T])), scores.shape);
+
+function attentionOps(qkv: tf.Tensor, h: Heads, bias?: tf.Tensor): tf.Tensor[] {
   const [q, k, v] = splitHeads(qkv, h);
-  const probs = tf.softmax(tf.mul(matMulT(q!, k!, false, true), h.scale)); // [B·H, T, T]
+  const scores = tf.mul(matMulT(q!, k!, false, true), h.scale); // [B·H, T, T]
+  const probs = tf.softmax(bias ? addBias(scores, bias, h) : scores);
   return [fromHeads(matMulT(probs, v!, false, false), h), probs];
 }
 
-/** dV = Pᵀ dO, dS = P ⊙ (dP − Σ_j P ⊙ dP) with dP = dO Vᵀ, dQ = scale·dS K, dK = scale·dSᵀ Q; in qkv's layout. */
-function attentionGradOps(dout: tf.Tensor, qkv: tf.Tensor, probs: tf.Tensor, h: Heads): tf.Tensor {
+/**
+ * dV = Pᵀ dO, dS = P ⊙ (dP − Σ_j P ⊙ dP) with dP = dO Vᵀ, dQ = scale·dS K, dK = scale·dSᵀ Q, in qkv's layout; and the
+ * bias's gradient, dS summed over the sequences that share each of its rows.
+ */
+function attentionGradOps(dout: tf.Tensor, qkv: tf.Tensor, probs: tf.Tensor, h: Heads, bias?: tf.Tensor): tf.Tensor[] {
   const [q, k, v] = splitHeads(qkv, h);
   const dO = toHeads(dout, h);
   const dP = matMulT(dO, v!, false, true);
@@ -121,7 +142,8 @@ function attentionGradOps(dout: tf.Tensor, qkv: tf.Tensor, probs: tf.Tensor, h: 
     matMulT(probs, dO, true, false),
   ];
   const d = tf.reshape(tf.stack(grads), [3, h.B, h.heads, h.T, -1]);
-  return tf.reshape(tf.transpose(d, [1, 3, 0, 2, 4]), [h.B * h.T, -1]); // [B, T, 3, H, hd]
+  const dqkv = tf.reshape(tf.transpose(d, [1, 3, 0, 2, 4]), [h.B * h.T, -1]); // [B, T, 3, H, hd]
+  return bias ? [dqkv, tf.reshape(tf.sum(tf.reshape(dS, [-1, ...bias.shape]), 0), bias.shape)] : [dqkv];
 }
 
 /** LayerNorm over the last axis with PyTorch's biased variance: one native pass each way when the native path is on. */

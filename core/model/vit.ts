@@ -6,7 +6,10 @@ export type Param = (name: string) => tf.Tensor;
 
 // Activations stay 2-D, [B·T, W], between blocks so that every Linear is a plain 2-D GEMM.
 
-/** Multi-head self-attention with one fused qkv projection (timm layout, docs/method.md#encoder). x: [B·T, W]. */
+/**
+ * Multi-head self-attention with one fused qkv projection (timm layout, docs/method.md#encoder). x: [B·T, W]. `bias`
+ * `[n, heads, T, T]` is added to the scores of sequence b as its row b mod n (Swin's windows).
+ */
 export function attention(
   P: Param,
   name: string,
@@ -15,9 +18,10 @@ export function attention(
   T: number,
   heads: number,
   onProbs?: (p: tf.Tensor) => void,
+  bias?: tf.Tensor,
 ): tf.Tensor {
   const qkv = linear(x, P(`${name}.qkv.weight`), P(`${name}.qkv.bias`)); // [B·T, 3W]: q, k, v, each head-major
-  return linear(multiHeadAttention(qkv, B, T, heads, onProbs), P(`${name}.proj.weight`), P(`${name}.proj.bias`));
+  return linear(multiHeadAttention(qkv, B, T, heads, onProbs, bias), P(`${name}.proj.weight`), P(`${name}.proj.bias`));
 }
 
 export interface BlockOptions {
