@@ -6,7 +6,10 @@ export type Param = (name: string) => tf.Tensor;
 
 // Activations stay 2-D, [B·T, W], between blocks so that every Linear is a plain 2-D GEMM.
 
-/** Multi-head self-attention with one fused qkv projection (timm layout, docs/method.md#encoder). x: [B·T, W]. */
+/**
+ * Multi-head self-attention with one fused qkv projection (timm layout, docs/method.md#encoder). x: [B·T, W]. `bias`
+ * `[n, heads, T, T]` is added to the scores of sequence b·n + j as its row j (Swin's windows: docs/method.md#swin).
+ */
 export function attention(
   P: Param,
   name: string,
@@ -15,6 +18,7 @@ export function attention(
   T: number,
   heads: number,
   onProbs?: (p: tf.Tensor) => void,
+  bias?: tf.Tensor,
 ): tf.Tensor {
   const W = x.shape[1]!;
   const hd = W / heads;
@@ -24,7 +28,10 @@ export function attention(
   const perHead = (Wp: tf.Tensor, bp: tf.Tensor) =>
     tf.reshape(tf.transpose(tf.reshape(linear(x, Wp, bp), [B, T, heads, hd]), [0, 2, 1, 3]), [B * heads, T, hd]); // [B·H, T, hd]
   const [q, k, v] = [perHead(Wq!, bq!), perHead(Wk!, bk!), perHead(Wv!, bv!)];
-  const probs = tf.softmax(mmNT(tf.mul(q!, hd ** -0.5), k!)); // [B·H, T, T]
+  let scores = mmNT(tf.mul(q!, hd ** -0.5), k!); // [B·H, T, T]
+  if (bias)
+    scores = tf.reshape(tf.add(tf.reshape(scores, [-1, bias.shape[0]! * heads, T, T]), tf.reshape(bias, [-1, T, T])), [B * heads, T, T]);
+  const probs = tf.softmax(scores);
   onProbs?.(probs);
   const out = mm(probs, v!); // [B·H, T, hd]
   const merged = tf.reshape(tf.transpose(tf.reshape(out, [B, heads, T, hd]), [0, 2, 1, 3]), [B * T, W]);
