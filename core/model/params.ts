@@ -127,7 +127,7 @@ function specs(c: ModelConfig, head?: HeadSpec): ParamSpec[] {
  * norm and one decoder per stage.
  */
 function swinSpecs(c: ModelConfig, head?: HeadSpec): ParamSpec[] {
-  if (head) throw new Error('a Swin classifier head is not available');
+  if (head) return swinClassifierSpecs(c, head);
   const d = swinDims(c);
   const { out, add, linear, norm, block } = specBuilder(c.mlpRatio);
   swinBackbone(c, { add, linear, norm });
@@ -142,6 +142,30 @@ function swinSpecs(c: ModelConfig, head?: HeadSpec): ParamSpec[] {
     linear(`${dec}.pred`, d.F[k]!, dk);
   });
   return out;
+}
+
+/**
+ * The Swin fine-tuning classifier (docs/method.md#swin-fine-tuning), named as the official `models_swin.py`: the backbone,
+ * the final `norm` and `head`, initialised as there (truncated-normal std 0.02 Linears and bias tables, PyTorch's default
+ * patch conv) and the new head as the official fine-tuning re-initialises it (std 2e-5). No linear probe: the official
+ * Swin code has none.
+ */
+function swinClassifierSpecs(c: ModelConfig, head: HeadSpec): ParamSpec[] {
+  if (head.probe) throw new Error("a linear probe is MAE's ViT protocol; the official Swin code has none");
+  const d = swinDims(c);
+  const b = specBuilder(c.mlpRatio);
+  const conv = uniform(1 / Math.sqrt(3 * d.p * d.p));
+  const add: typeof b.add = (name, shape, init) => b.add(name, shape, name === 'patch_embed.proj.weight' ? conv : init);
+  const linear = (name: string, o: number, i: number, bias = true) => {
+    add(`${name}.weight`, [o, i], normal(0.02)); // timm's trunc_normal_(std .02): its ±2 cut is 100σ away
+    if (bias) add(`${name}.bias`, [o], fill(0));
+  };
+  swinBackbone(c, { add, linear, norm: b.norm });
+  const W = d.widths.at(-1)!;
+  b.norm('norm', W);
+  add('head.weight', [head.classes, W], normal(2e-5));
+  add('head.bias', [head.classes], fill(0));
+  return b.out;
 }
 
 /** The Swin backbone's parameters, in the official initialisation: Xavier Linears and patch conv, N(0, 0.02) bias tables. */
