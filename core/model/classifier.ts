@@ -81,4 +81,8 @@ export class ViTClassifier {
 
 /** Names of the backbone's tensors: what a fine-tuning run takes from a pretraining checkpoint, and what export keeps. */
 export const isBackbone = (name: string) =>
-  name === 'cls_token' || name === 'pos_embed' || name.startsWith('patch_embed.') || name.startsWith('blocks.');
+  name === 'cls_token' ||
+  name === 'pos_embed' ||
+  name.startsWith('patch_embed.') ||
+  name.startsWith('blocks.') ||
+  name.startsWith('layers.');
