@@ -323,6 +323,15 @@ export const PRESETS = {
 } as const satisfies Record<string, Partial<ModelConfig>>;
 export type Preset = keyof typeof PRESETS;
 
+/**
+ * Defaults a size brings to a new run: for Swin, its image side, patch 4, and the official Swin schedule's base rate
+ * and floor (`run_pretrain.py`: blr 1e-4, min lr 0); nothing for a ViT.
+ */
+export function sizeDefaults(size: string): { model: Partial<ModelConfig>; optim: Partial<OptimConfig> } {
+  if (!isSwinSize(size)) return { model: {}, optim: {} };
+  return { model: { imgSize: SWIN_SIZES[size].imgSize, patchSize: 4 }, optim: { blr: 1e-4, minLr: 0 } };
+}
+
 /** A preset's fields for a model size: Swin sizes take the official Swin decoders (DECODERS.swin). */
 export function presetFor(preset: Preset, size: string): Partial<ModelConfig> {
   return isSwinSize(size) ? { ...PRESETS[preset], ...DECODERS.swin } : PRESETS[preset];

@@ -58,6 +58,8 @@ export interface PretrainModel<Batch extends PretrainBatch = PretrainBatch> {
   readonly F: number[];
   /** Which parameters AdamW decays; default timm's rule. */
   readonly decays?: (name: string, shape: readonly number[]) => boolean;
+  /** Per output: the target's `[locations, features]` for one image. */
+  targetShapes(): number[][];
   /** Length of the uniform noise `prepare` reads for B images. */
   noiseSize(B: number): number;
   prepare(images: RgbImage[], noise: Float32Array): Batch;
@@ -87,6 +89,11 @@ export class LocalMIM implements PretrainModel<PreparedBatch> {
 
   get F() {
     return this.dims.F;
+  }
+
+  targetShapes(): number[][] {
+    const { g, scales, F } = this.dims;
+    return scales.map((s, k) => [(s * g) ** 2, F[k]!]);
   }
 
   /** Per-sample masks: noise `[B, L]`. */

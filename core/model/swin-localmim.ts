@@ -58,6 +58,10 @@ export class SwinLocalMIM implements PretrainModel<SwinBatch> {
     return this.dims.F;
   }
 
+  targetShapes(): number[][] {
+    return this.dims.outGrids.map((g, k) => [g * g, this.dims.F[k]!]);
+  }
+
   /** One mask per batch: noise for the mask grid's units only. */
   noiseSize(): number {
     return this.dims.units;
