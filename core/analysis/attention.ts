@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
-import { modelDims, type ModelConfig, type ModelDims } from '../config.js';
+import { modelDims, modelFamily, type ModelConfig, type ModelDims } from '../config.js';
+import { UserError } from '../errors.js';
 import { encodeImages } from '../model/classifier.js';
 import type { Param } from '../model/vit.js';
 import type { RgbImage } from '../targets/image.js';
@@ -57,6 +58,17 @@ export interface LayerAttention {
   /** The query patch's attention over the patches, per head `[H][L]` and averaged `[L]` (each sums to 1). */
   heads: number[][];
   mean: number[];
+}
+
+/**
+ * Refuses a Swin run in one line: the paper's attention analyses (NMI, KL, a query patch's map over all patches) are
+ * defined on a ViT's global attention; a Swin block attends within one window, so there is no image-wide map to compare.
+ */
+export function checkAnalyzable(model: ModelConfig, runId: number): void {
+  if (modelFamily(model) === 'swin')
+    throw new UserError(
+      `run ${runId} is a Swin model: the attention analyses (NMI, KL, maps over all patches) need a ViT's global attention; Swin attends within ${model.windowSize ?? 7}×${model.windowSize ?? 7} windows`,
+    );
 }
 
 /** Attention of every block on one image (all patches visible), and its statistics per layer. */

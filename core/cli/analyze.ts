@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { attentionAnalysis } from '../analysis/attention.js';
+import { attentionAnalysis, checkAnalyzable } from '../analysis/attention.js';
 import { blockGradientNorms, lossModelOf } from '../analysis/gradients.js';
 import { analyzeSet, chooseImages, type Spread } from '../analysis/set.js';
 import { modelDims } from '../config.js';
@@ -56,6 +56,7 @@ async function onImage(spec: string | undefined, values: Values): Promise<void> 
   // The format is checked before the slow load; the range needs the model.
   const asked = values.query === undefined ? undefined : nonNegativeInt('query', values.query);
   const { run: r, checkpoint, backbone: b, img } = await checkpointAndImage(spec, values.image, values);
+  checkAnalyzable(b.model, r.id);
   const { L } = modelDims(b.model);
   if (asked !== undefined && asked >= L) throw new UsageError(`--query: patch ${asked} is out of range: this model has patches 0…${L - 1}`);
   const query = asked ?? Math.floor(L / 2);
@@ -84,6 +85,7 @@ async function overSet(spec: string | undefined, dir: string, values: Values): P
     throw new UsageError(`--data: ${err.message}`);
   });
   const { run: r, checkpoint, backbone: b } = await checkpointOf(spec, values);
+  checkAnalyzable(b.model, r.id);
   const { root, paths: all } = await indexed(dir, values);
   if (!all.length) throw new UsageError(`--data: ${dir} has no usable images (localmim index ${dir} lists what was rejected)`);
   const paths = chooseImages(all, requested, seed);
