@@ -4,6 +4,7 @@ import { DECODERS, parseRunConfig, swinDims, type ModelConfig } from '../core/co
 import { fromTimmSwin, toTimmSwin } from '../core/export/timmSwin.js';
 import { isBackbone, SwinClassifier, swinLayerId } from '../core/model/classifier.js';
 import { ParamStore } from '../core/model/params.js';
+import { Rng } from '../core/random.js';
 import { goldenImage, readGolden, worstExcess } from './golden.js';
 import './setup.js';
 
@@ -108,6 +109,24 @@ describe('Swin fine-tuning: the official loading, layer decay and weight decay',
     const head = Array.from(cls.params.get('head.weight').dataSync());
     expect(Math.sqrt(head.reduce((a, v) => a + v * v, 0) / head.length)).toBeLessThan(4e-5);
     pre.dispose();
+    cls.dispose();
+  });
+
+  test('a training pass with drop path leaves no tensor behind', () => {
+    const cls = new SwinClassifier(tiny, 3, 0);
+    const images = [0, 1].map((k) => ({ width: 112, height: 112, data: new Uint8Array(112 * 112 * 3).fill(40 + 90 * k) }));
+    const pass = (seed: number) => {
+      const { value, grads } = tf.variableGrads(
+        () => tf.sum(cls.logits(images, { dropPath: { rate: 0.5, rng: new Rng(seed) } })) as tf.Scalar,
+        [...cls.params.vars.values()],
+      );
+      tf.dispose([value, ...Object.values(grads)]);
+    };
+    pass(1);
+    const before = tf.memory().numTensors;
+    pass(2);
+    pass(3);
+    expect(tf.memory().numTensors).toBe(before);
     cls.dispose();
   });
 
