@@ -5,7 +5,9 @@ import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
 import { parseRunConfig, swinDims, type ModelConfig } from '../core/config.js';
 import { SwinLocalMIM, swinMask } from '../core/model/swin-localmim.js';
-import { groupWindows, knapsack, swinPlan } from '../core/model/swin.js';
+import { layerNorm } from '../core/model/ops.js';
+import { disposePlanTensors, groupWindows, knapsack, planTensors, swinEncode, swinPlan, unitPatches } from '../core/model/swin.js';
+import { normalize, toTensor } from '../core/targets/image.js';
 import { Rng } from '../core/random.js';
 import type { RgbImage } from '../core/targets/image.js';
 import { TrainStep } from '../core/train/step.js';
@@ -19,6 +21,7 @@ interface SwinGolden {
   config: { img_size: number; patch_size: number; embed_dim: number; depths: number[]; num_heads: number[]; window_size: number };
   images: string[];
   param_init: { parameters: { name: string; shape: number[]; requires_grad: boolean }[] };
+  finetune_features: { shape: number[]; pooled: number[]; features: number[] };
   cases: {
     target: 'hog' | 'pixel';
     n_images: number;
@@ -130,6 +133,37 @@ describe.each(golden.cases.map((c, i) => [i, c] as const))('official forward, ca
     model.disposeBatch(batch);
     model.dispose();
   });
+});
+
+test('on every token, with true coordinates and timm merge order, the encoder is the official fine-tuning Swin', async () => {
+  const model = goldenModel('hog');
+  const d = model.dims;
+  const P = (name: string) => (name === 'norm.weight' || name === 'norm.bias' ? finalNorm[name] : model.params.get(name));
+  const finalNorm = {
+    'norm.weight': tf.tensor(formulaValues('norm.weight', [64])),
+    'norm.bias': tf.tensor(formulaValues('norm.bias', [64])),
+  };
+  const plan = planTensors(
+    d,
+    swinPlan(
+      d,
+      Int32Array.from({ length: 49 }, (_, u) => u),
+      'true',
+    ),
+  );
+  const [pooled, features] = tf.tidy(() => {
+    const patches = unitPatches(normalize(toTensor(images)), d, plan.plan.units);
+    const last = swinEncode(P, d, patches, plan, { merge: 'timm', norm2Eps: 1e-5 }).at(-1)!;
+    const mean = tf.mean(last, 1);
+    return [mean, layerNorm(mean, P('norm.weight'), P('norm.bias'))];
+  });
+  const f = golden.finetune_features;
+  expect(pooled.shape).toEqual(f.shape);
+  expect(worstExcess(await pooled.data(), f.pooled, () => 1e-4).excess).toBeLessThanOrEqual(0);
+  expect(worstExcess(await features.data(), f.features, () => 1e-4).excess).toBeLessThanOrEqual(0);
+  tf.dispose([pooled, features, ...Object.values(finalNorm)]);
+  disposePlanTensors(plan);
+  model.dispose();
 });
 
 describe('grouping bookkeeping', () => {

@@ -306,6 +306,8 @@ export interface SwinBlockOptions {
   onProbs?: (p: tf.Tensor) => void;
   /** Stochastic depth: per-sample scale `[B, 1, 1]` of each residual branch, 0 (dropped) or 1/(1−rate). */
   keep?: [tf.Tensor, tf.Tensor];
+  /** LayerNorm eps before the MLP: 1e-6 (`norm_layer`) in pretraining; the official fine-tuning model's is PyTorch's 1e-5. */
+  norm2Eps?: number;
 }
 
 /** A Swin block on `x [B, N, C]`: windowed attention with relative position bias within `g`'s groups, then the MLP. */
@@ -329,7 +331,7 @@ export function swinBlock(
   a = tf.reshape(a, [B, nG * GS, C]);
   if (g.order) a = gatherTokens(a, g.slots!, g.order);
   x = tf.add(x, branch(a, 0));
-  const rows = tf.reshape(layerNorm(x, P(`${name}.norm2.weight`), P(`${name}.norm2.bias`)), [B * N, C]);
+  const rows = tf.reshape(layerNorm(x, P(`${name}.norm2.weight`), P(`${name}.norm2.bias`), o.norm2Eps), [B * N, C]);
   const m = linear(
     gelu(linear(rows, P(`${name}.mlp.fc1.weight`), P(`${name}.mlp.fc1.bias`))),
     P(`${name}.mlp.fc2.weight`),
@@ -378,6 +380,7 @@ export interface SwinEncoderOptions {
   onAttention?: (stage: number, block: number, probs: tf.Tensor, g: GroupPlan) => void;
   /** Stochastic depth with a rate rising linearly to `rate` over all blocks, as timm. */
   dropPath?: { rate: number; rng: Rng };
+  norm2Eps?: number;
 }
 
 /**
@@ -403,6 +406,7 @@ export function swinEncode(P: Param, d: SwinDims, patches: tf.Tensor, t: SwinPla
       x = swinBlock(P, `layers.${i}.blocks.${j}`, x, g, rel, d.heads[i]!, {
         keep: rate > 0 ? keepMasks(o.dropPath!.rng, rate, B) : undefined,
         onProbs: o.onAttention && ((p) => o.onAttention!(i, j, p, g.plan)),
+        norm2Eps: o.norm2Eps,
       });
     }
     if (i < d.depths.length - 1) x = patchMerging(P, `layers.${i}.downsample`, x, d.grids[i]! / d.maskGrid, o.merge ?? 'pretrain');
