@@ -1,11 +1,19 @@
 import * as tf from '@tensorflow/tfjs';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
 import { parseRunConfig, swinDims, type ModelConfig } from '../core/config.js';
 import { SwinLocalMIM, swinMask } from '../core/model/swin-localmim.js';
-import { groupWindows, knapsack, swinPlan } from '../core/model/swin.js';
+import { layerNorm } from '../core/model/ops.js';
+import { disposePlanTensors, groupWindows, knapsack, planTensors, swinEncode, swinPlan, unitPatches } from '../core/model/swin.js';
+import { normalize, toTensor } from '../core/targets/image.js';
 import { Rng } from '../core/random.js';
 import type { RgbImage } from '../core/targets/image.js';
 import { TrainStep } from '../core/train/step.js';
+import { configFromFlags } from '../core/cli/pretrain.js';
+import { estimate } from '../core/runs/estimate.js';
+import { localmim } from './cli.js';
 import { readGolden, worstExcess } from './golden.js';
 import './setup.js';
 
@@ -13,6 +21,7 @@ interface SwinGolden {
   config: { img_size: number; patch_size: number; embed_dim: number; depths: number[]; num_heads: number[]; window_size: number };
   images: string[];
   param_init: { parameters: { name: string; shape: number[]; requires_grad: boolean }[] };
+  finetune_features: { shape: number[]; pooled: number[]; features: number[] };
   cases: {
     target: 'hog' | 'pixel';
     n_images: number;
@@ -126,6 +135,37 @@ describe.each(golden.cases.map((c, i) => [i, c] as const))('official forward, ca
   });
 });
 
+test('on every token, with true coordinates and timm merge order, the encoder is the official fine-tuning Swin', async () => {
+  const model = goldenModel('hog');
+  const d = model.dims;
+  const P = (name: string) => (name === 'norm.weight' || name === 'norm.bias' ? finalNorm[name] : model.params.get(name));
+  const finalNorm = {
+    'norm.weight': tf.tensor(formulaValues('norm.weight', [64])),
+    'norm.bias': tf.tensor(formulaValues('norm.bias', [64])),
+  };
+  const plan = planTensors(
+    d,
+    swinPlan(
+      d,
+      Int32Array.from({ length: 49 }, (_, u) => u),
+      'true',
+    ),
+  );
+  const [pooled, features] = tf.tidy(() => {
+    const patches = unitPatches(normalize(toTensor(images)), d, plan.plan.units);
+    const last = swinEncode(P, d, patches, plan, { merge: 'timm', norm2Eps: 1e-5 }).at(-1)!;
+    const mean = tf.mean(last, 1);
+    return [mean, layerNorm(mean, P('norm.weight'), P('norm.bias'))];
+  });
+  const f = golden.finetune_features;
+  expect(pooled.shape).toEqual(f.shape);
+  expect(worstExcess(await pooled.data(), f.pooled, () => 1e-4).excess).toBeLessThanOrEqual(0);
+  expect(worstExcess(await features.data(), f.features, () => 1e-4).excess).toBeLessThanOrEqual(0);
+  tf.dispose([pooled, features, ...Object.values(finalNorm)]);
+  disposePlanTensors(plan);
+  model.dispose();
+});
+
 describe('grouping bookkeeping', () => {
   test('knapsack and group_windows as the official DP (expected values printed by the official functions)', () => {
     expect(knapsack(10, [3, 4, 5, 6])).toEqual([10, [1, 3]]);
@@ -192,5 +232,73 @@ describe('training', () => {
     expect(decayed).toContain('layers.0.downsample.reduction.weight');
     expect(decayed.some((n) => /position_bias|token|\.bias$|norm/.test(n))).toBe(false);
     model.dispose();
+  });
+});
+
+describe('pipeline', () => {
+  test.each([
+    { size: 'swin-tiny', imgSize: 112 },
+    { size: 'swin-tiny', imgSize: 224, D: 16, depths: [2, 2, 4, 2], stageHeads: [1, 2, 4, 8], target: 'pixel' },
+  ])('the estimated parameter count is the model’s: %j', (model) => {
+    const cfg = parseRunConfig({ model: { patchSize: 4, decoderDim: 128, decoderHeads: 4, ...model } });
+    const m = new SwinLocalMIM(cfg.model, 0);
+    const trainable = [...m.params.vars.values()].reduce((n, v) => n + v.size, 0);
+    m.dispose();
+    const e = estimate(cfg, 300, 'wasm');
+    expect(e.params).toBe(trainable);
+    expect(e.secondsPerEpoch).toBeGreaterThan(0);
+  });
+
+  test('--model swin-* takes patch 4, its image side, the official Swin decoders and schedule floor', () => {
+    const c = configFromFlags({ model: 'swin-t' });
+    expect(c.model).toMatchObject({ size: 'swin-t', imgSize: 224, patchSize: 4, decoderDim: 128, decoderHeads: 4, decoderDepth: 1 });
+    expect(c.optim).toMatchObject({ minLr: 0, blr: 1e-4 });
+    expect(swinDims(c.model)).toMatchObject({ widths: [96, 192, 384, 768], cells: [8, 16, 32, 32], decoderDims: [64, 128, 128, 128] });
+    expect(configFromFlags({ model: 'swin-tiny', img: '112' }).model).toMatchObject({ imgSize: 112, patchSize: 4 });
+    expect(() => configFromFlags({ model: 'swin-tiny', img: '100' })).toThrow(/imgSize/);
+    expect(() => configFromFlags({ model: 'swin-b', preset: 'mae' })).toThrow(/variant/);
+  });
+
+  test('localmim pretrain --model swin-tiny --img 112 --batch 4 --max-steps 3 --json', () => {
+    const home = mkdtempSync(join(tmpdir(), 'swin-cli-'));
+    try {
+      const r = localmim([
+        'pretrain',
+        '--model',
+        'swin-tiny',
+        '--img',
+        '112',
+        '--batch',
+        '4',
+        '--max-steps',
+        '3',
+        '--json',
+        '--home',
+        home,
+      ]);
+      expect(r.code, r.stderr).toBe(0);
+      const events = r.stdout
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as Record<string, unknown>);
+      const start = events.find((e) => e.type === 'start')!;
+      expect(start.model).toEqual({
+        family: 'swin',
+        targets: [
+          [196, 27],
+          [49, 27],
+          [49, 27],
+        ],
+      });
+      const steps = events.filter((e) => e.type === 'step') as { losses: number[]; loss: number }[];
+      expect(steps).toHaveLength(3);
+      for (const s of steps) {
+        expect(s.losses).toHaveLength(3);
+        expect(Number.isFinite(s.loss)).toBe(true);
+      }
+      expect(events.some((e) => e.type === 'checkpoint')).toBe(true);
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
   });
 });

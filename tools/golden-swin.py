@@ -130,7 +130,7 @@ PARAMS_WITH_GRADS = [
 
 
 def extract_official(repo, into):
-    for path in ['Swin/models_mim.py', 'Swin/util/pos_embed.py']:
+    for path in ['Swin/models_mim.py', 'Swin/models_swin.py', 'Swin/util/pos_embed.py']:
         text = subprocess.run(['git', '-C', repo, 'show', f'HEAD:{path}'], check=True, capture_output=True, text=True).stdout
         dest = os.path.join(into, path[len('Swin/'):])
         os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -242,6 +242,26 @@ def run_case(models_mim, target, mask_seed, mask_ratio, n_images, with_targets):
     return case, model
 
 
+def finetune_features(models_swin):
+    """The official fine-tuning backbone (`models_swin.SwinTransformer`, a standard Swin) on every token: its features."""
+    torch.manual_seed(0)
+    model = models_swin.SwinTransformer(
+        img_size=CONFIG['img_size'], patch_size=CONFIG['patch_size'], in_chans=3, embed_dim=CONFIG['embed_dim'],
+        depths=CONFIG['depths'], num_heads=CONFIG['num_heads'], window_size=CONFIG['window_size'],
+        mlp_ratio=CONFIG['mlp_ratio'], num_classes=0, qkv_bias=True, qk_scale=None, drop_rate=0.0, drop_path_rate=0.0,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6), ape=False, patch_norm=True, use_checkpoint=False)
+    model.eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(formula(name, list(p.shape)))
+        x = torch.stack([normalize(image(i)) for i in range(2)])
+        pooled = []
+        model.norm.register_forward_hook(lambda module, inputs, output: pooled.append(inputs[0]))
+        features = model.forward_features(x)
+    # `forward_features` pools the last stage, then normalises: `pooled` is the norm's input.
+    return {'shape': [2, model.num_features], 'pooled': flat(pooled[0]), 'features': flat(features)}
+
+
 def main():
     warnings.filterwarnings('ignore', message='torch.meshgrid')
     torch.set_num_threads(1)
@@ -250,6 +270,7 @@ def main():
         commit = extract_official(repo, tmp)
         sys.path.insert(0, tmp)
         import models_mim
+        import models_swin
         cases = [
             # Mask ratio 0.75 (37 of 49 units): grouping in stages 0-1, masking in stages 2-3.
             run_case(models_mim, 'HOG', 1, 0.75, 2, True),
@@ -268,6 +289,7 @@ def main():
                 {'name': n.removeprefix('encoder.'), 'shape': list(p.shape), 'requires_grad': p.requires_grad}
                 for n, p in model.named_parameters()]},
             'cases': [c for c, _ in cases],
+            'finetune_features': finetune_features(models_swin),
         }
     json.dump(out, sys.stdout, separators=(',', ':'))
     sys.stdout.write('\n')

@@ -3,7 +3,7 @@ import { parseRunConfig, presetFor, PRESETS, sizeDefaults, SWIN_SIZES, type Pres
 import { parse, UsageError, type Flags } from './args.js';
 import { cadenceFlags, resumeFlags, resumeOf, runInTerminal, sessionFlags } from './session.js';
 
-export const summary = 'pretrain a ViT with LocalMIM on a folder (default: the bundled sample images)';
+export const summary = 'pretrain a ViT or Swin with LocalMIM on a folder (default: the bundled sample images)';
 
 const n = (help: string, arg = 'N') => ({ type: 'string', arg, help }) as const;
 

@@ -306,7 +306,7 @@ export interface SwinBlockOptions {
   onProbs?: (p: tf.Tensor) => void;
   /** Stochastic depth: per-sample scale `[B, 1, 1]` of each residual branch, 0 (dropped) or 1/(1−rate). */
   keep?: [tf.Tensor, tf.Tensor];
-  /** LayerNorm eps of `norm2`: 1e-6 as `norm_layer` in pretraining; the fine-tuning model's is PyTorch's 1e-5. */
+  /** LayerNorm eps before the MLP: 1e-6 (`norm_layer`) in pretraining; the official fine-tuning model's is PyTorch's 1e-5. */
   norm2Eps?: number;
 }
 
@@ -405,8 +405,8 @@ export function swinEncode(P: Param, d: SwinDims, patches: tf.Tensor, t: SwinPla
       const rate = o.dropPath && o.dropPath.rate > 0 ? (o.dropPath.rate * index) / Math.max(total - 1, 1) : 0;
       x = swinBlock(P, `layers.${i}.blocks.${j}`, x, g, rel, d.heads[i]!, {
         keep: rate > 0 ? keepMasks(o.dropPath!.rng, rate, B) : undefined,
-        norm2Eps: o.norm2Eps,
         onProbs: o.onAttention && ((p) => o.onAttention!(i, j, p, g.plan)),
+        norm2Eps: o.norm2Eps,
       });
     }
     if (i < d.depths.length - 1) x = patchMerging(P, `layers.${i}.downsample`, x, d.grids[i]! / d.maskGrid, o.merge ?? 'pretrain');
