@@ -128,6 +128,8 @@ function prepareFinetune(store: Store, home: string, req: Extract<RunRequest, { 
   const model = source ? specOf(source.run).config.model : req.model;
   if (!model) throw new UserError('model: a fine-tune from scratch needs a model config');
   const finetune = parseConfig(FinetuneConfigSchema, withRecipe(req.finetune ?? {}, source, model), 'finetune');
+  if (finetune.linearProbe && modelFamily(model) === 'swin')
+    throw new UserError(`linearProbe: a linear probe is MAE's protocol for ViTs; the official Swin code has none (${model.size})`);
   const split = splitOf(store, dataset, finetune.valFraction, req.seed);
   const config = parseConfig(FinetuneRunSchema, {
     model,
