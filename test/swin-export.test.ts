@@ -126,6 +126,22 @@ describe('Swin export and import (timm names)', () => {
     theirs.forEach((v, d) => expect(Math.abs(v - ours[d]!), `feature ${d}`).toBeLessThan(1e-4));
   });
 
+  test('an export imports back without --img (its config.json gives the size) with the same features; a broken file is refused naming it', () => {
+    const { runId, model: m } = JSON.parse(run(['import', join(dir, 'e1', 'model.safetensors'), '--json'])) as {
+      runId: number;
+      model: { imgSize: number };
+    };
+    expect(m.imgSize).toBe(112);
+    expect(features(String(runId))).toEqual(features('1'));
+    const t = tensorsOf(join(dir, 'e1', 'model.safetensors'));
+    t.delete('layers.1.downsample.reduction.weight');
+    mkdirSync(join(dir, 'broken'));
+    writeFileSync(join(dir, 'broken', 'model.safetensors'), encodeSafetensors(t));
+    const r = localmim(['import', join(dir, 'broken', 'model.safetensors'), '--img', '112', '--home', home]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr.trim()).toMatch(/broken\/model\.safetensors: no tensor layers\.0\.downsample\.reduction\.weight/);
+  });
+
   test('a fine-tuned Swin exports its norm and head.fc; timm reads it with the same features', () => {
     const out = join(dir, 'e2');
     run(['export', '2', '--out', out]);
@@ -141,6 +157,8 @@ describe('Swin export and import (timm names)', () => {
   });
 
   test('tfjs export, the attention analyses and a linear probe refuse a Swin run in one line', () => {
+    const runs = () => (JSON.parse(run(['runs', '--json'])) as unknown[]).length;
+    const before = runs();
     for (const args of [
       ['export', '1', '--format', 'tfjs', '--out', join(dir, 'tfjs')],
       ['analyze', '1', '--image', image],
@@ -153,6 +171,6 @@ describe('Swin export and import (timm names)', () => {
       if (args[0] !== 'finetune') expect(lines).toHaveLength(1);
       expect(lines.at(-1)).toMatch(/Swin/);
     }
-    expect(JSON.parse(run(['runs', '--json']))).toHaveLength(2); // nothing was created
+    expect(runs()).toBe(before); // nothing was created
   });
 });
