@@ -98,7 +98,10 @@ function groupPlan(coords: Int32Array, w: number, shift: number, mode: GroupPlan
   }
   // Tokens by window, windows by id; the knapsack packs windows into groups of at most the largest window's count.
   const byWindow = new Map<number, number[]>();
-  [...gid.keys()].sort((a, b) => gid[a]! - gid[b]! || a - b).forEach((n) => byWindow.set(gid[n]!, [...(byWindow.get(gid[n]!) ?? []), n]));
+  for (const n of [...gid.keys()].sort((a, b) => gid[a]! - gid[b]! || a - b)) {
+    if (!byWindow.has(gid[n]!)) byWindow.set(gid[n]!, []);
+    byWindow.get(gid[n]!)!.push(n);
+  }
   const windows = [...byWindow.values()];
   const GS = Math.min(w * w, Math.max(...windows.map((t) => t.length)));
   const groups = groupWindows(
