@@ -1,6 +1,7 @@
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { DECODERS, modelDims, modelFamily, parseRunConfig, swinDims, SWIN_SIZES, type ModelConfig } from '../config.js';
+import { UserError } from '../errors.js';
 import { checkpointFor } from '../runs/checkpoints.js';
 import type { Store } from '../store/store.js';
 import { saveCheckpoint } from '../train/checkpoint.js';
@@ -23,7 +24,7 @@ export async function exportRun(store: Store, spec: string, format: ExportFormat
   const b = backboneOf(run, checkpoint);
   const swin = modelFamily(b.model) === 'swin';
   if (swin && format === 'tfjs')
-    throw new Error(`run ${run.id} is a Swin model: --format tfjs exports ViTs only; use --format safetensors (timm's Swin)`);
+    throw new UserError(`run ${run.id} is a Swin model: --format tfjs exports ViTs only; use --format safetensors (timm's Swin)`);
   const tmp = `${out}.tmp-${process.pid}`;
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp, { recursive: true });
