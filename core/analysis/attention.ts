@@ -61,13 +61,13 @@ export interface LayerAttention {
 }
 
 /**
- * Refuses a Swin run in one line: the paper's attention analyses (NMI, KL, a query patch's map over all patches) are
- * defined on a ViT's global attention; a Swin block attends within one window, so there is no image-wide map to compare.
+ * Refuses a Swin run in one line where an analysis needs a ViT's image-wide attention (statistics over a set, gradient
+ * norms, the app's maps); `localmim analyze RUN --image` gives Swin's per-window maps (core/analysis/swinAttention.ts).
  */
-export function checkAnalyzable(model: ModelConfig, runId: number): void {
+export function checkAnalyzable(model: ModelConfig, runId: number, what: string): void {
   if (modelFamily(model) === 'swin')
     throw new UserError(
-      `run ${runId} is a Swin model: the attention analyses (NMI, KL, maps over all patches) need a ViT's global attention; Swin attends within ${model.windowSize ?? 7}×${model.windowSize ?? 7} windows`,
+      `run ${runId} is a Swin model: ${what} needs a ViT's attention over all patches; Swin attends within windows (localmim analyze ${runId} --image FILE shows them)`,
     );
 }
 

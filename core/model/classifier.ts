@@ -5,7 +5,15 @@ import { normalize, toTensor, type RgbImage } from '../targets/image.js';
 import { batchNorm, layerNorm, linear } from './ops.js';
 import { decays, ParamStore } from './params.js';
 import { allPatches } from './patches.js';
-import { disposePlanTensors, planTensors, swinEncode, swinPlan, unitPatches, type SwinPlanTensors } from './swin.js';
+import {
+  disposePlanTensors,
+  planTensors,
+  swinEncode,
+  swinPlan,
+  unitPatches,
+  type SwinEncoderOptions,
+  type SwinPlanTensors,
+} from './swin.js';
 import { encode, meanPatchTokens, type EncoderOptions, type Param } from './vit.js';
 
 /**
@@ -140,7 +148,7 @@ export class SwinClassifier implements Classifier {
 
   /** The pooled, normalised last-stage tokens `[B, C_last]`. Call in `tf.tidy`. */
   headInput(images: RgbImage[], train?: { dropPath?: { rate: number; rng: Rng } }): tf.Tensor {
-    const x = swinTokens(this.P, this.dims, this.plan, images, train?.dropPath);
+    const x = swinTokens(this.P, this.dims, this.plan, images, { dropPath: train?.dropPath });
     return layerNorm(tf.mean(x, 1), this.P('norm.weight'), this.P('norm.bias'));
   }
 
@@ -169,7 +177,7 @@ export class SwinClassifier implements Classifier {
 }
 
 /** The grouping plan of all mask units visible, at true coordinates: the standard windowed Swin. */
-const fullPlan = (d: SwinDims) =>
+export const fullPlan = (d: SwinDims) =>
   planTensors(
     d,
     swinPlan(
@@ -184,9 +192,15 @@ const fullPlan = (d: SwinDims) =>
  * with every token visible (its windows are then the standard shifted windows), timm's merge order and `norm2` eps 1e-5
  * (docs/method.md#swin-fine-tuning). Token order is mask-unit-major. Call in `tf.tidy`.
  */
-function swinTokens(P: Param, d: SwinDims, plan: SwinPlanTensors, images: RgbImage[], dropPath?: { rate: number; rng: Rng }): tf.Tensor {
+export function swinTokens(
+  P: Param,
+  d: SwinDims,
+  plan: SwinPlanTensors,
+  images: RgbImage[],
+  o: Pick<SwinEncoderOptions, 'dropPath' | 'onAttention'> = {},
+): tf.Tensor {
   const patches = unitPatches(normalize(toTensor(images)), d, plan.plan.units);
-  return swinEncode(P, d, patches, plan, { merge: 'timm', dropPath, norm2Eps: 1e-5 }).at(-1)!;
+  return swinEncode(P, d, patches, plan, { ...o, merge: 'timm', norm2Eps: 1e-5 }).at(-1)!;
 }
 
 /**

@@ -242,7 +242,7 @@ export class Service {
       if (!row) throw new ApiError('not-found', `${a.path} is not an image of dataset ${d.name}`);
       const { checkpoint } = checkpointFor(this.store, a.step === undefined ? String(run.id) : `${run.id}:${a.step}`);
       const b = backboneOf(run, checkpoint);
-      checkAnalyzable(b.model, run.id);
+      checkAnalyzable(b.model, run.id, 'the attention screen');
       const { g } = modelDims(b.model);
       if (a.query >= g * g) throw new ApiError('bad-request', `query: patch ${a.query} is outside the ${g}×${g} grid`);
       // The image path comes from the index, never from the request.
@@ -268,7 +268,7 @@ export class Service {
       if (!all.length) throw new ApiError('bad-request', `dataset ${d.name} has no usable images`);
       const { checkpoint } = checkpointFor(this.store, a.step === undefined ? String(run.id) : `${run.id}:${a.step}`);
       const b = backboneOf(run, checkpoint);
-      checkAnalyzable(b.model, run.id);
+      checkAnalyzable(b.model, run.id, 'the attention screen');
       const paths = chooseImages(all, a.images, a.seed);
       // The image paths come from the index, never from the request.
       const images = await Promise.all(paths.map((p) => evalImage(join(d.root, p), b.model.imgSize)));
