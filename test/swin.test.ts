@@ -10,7 +10,9 @@ import { disposePlanTensors, groupWindows, knapsack, planTensors, swinEncode, sw
 import { normalize, toTensor } from '../core/targets/image.js';
 import { Rng } from '../core/random.js';
 import type { RgbImage } from '../core/targets/image.js';
+import { pretrainModel } from '../core/train/pretrain.js';
 import { TrainStep } from '../core/train/step.js';
+import { renderPreview } from '../core/analysis/preview.js';
 import { configFromFlags } from '../core/cli/pretrain.js';
 import { estimate } from '../core/runs/estimate.js';
 import { localmim } from './cli.js';
@@ -195,15 +197,16 @@ describe('grouping bookkeeping', () => {
   });
 });
 
+const smallImages = Array.from({ length: 2 }, (_, b): RgbImage => {
+  const data = new Uint8Array(112 * 112 * 3);
+  for (let i = 0; i < data.length; i++) data[i] = (((i * (7 + b)) % 251) + ((i >> 5) % 37) * 3) % 256;
+  return { height: 112, width: 112, data };
+});
+
 describe('training', () => {
   const small = parseRunConfig({
     model: { size: 'swin-tiny', imgSize: 112, patchSize: 4, D: 24, decoderDim: 32, decoderHeads: 4, stageHeads: [2, 4, 8] },
   }).model;
-  const smallImages = Array.from({ length: 2 }, (_, b): RgbImage => {
-    const data = new Uint8Array(112 * 112 * 3);
-    for (let i = 0; i < data.length; i++) data[i] = (((i * (7 + b)) % 251) + ((i >> 5) % 37) * 3) % 256;
-    return { height: 112, width: 112, data };
-  });
 
   test('40 steps on one batch: the loss drops, and tf.memory stays flat', () => {
     const model = new SwinLocalMIM(small, 0);
@@ -257,6 +260,19 @@ describe('pipeline', () => {
     expect(configFromFlags({ model: 'swin-tiny', img: '112' }).model).toMatchObject({ imgSize: 112, patchSize: 4 });
     expect(() => configFromFlags({ model: 'swin-tiny', img: '100' })).toThrow(/imgSize/);
     expect(() => configFromFlags({ model: 'swin-b', preset: 'mae' })).toThrow(/variant/);
+  });
+
+  test('previews render every stage of a Swin run, under its one mask', async () => {
+    const cfg = parseRunConfig({ model: { size: 'swin-tiny', imgSize: 112, patchSize: 4, D: 24, stageHeads: [2, 4, 8] } });
+    const model = pretrainModel(cfg.model, 0);
+    const probes = smallImages.map((im) => ({ ...im, data: Uint8Array.from(im.data) }));
+    const before = tf.memory().numTensors;
+    const rendered = await renderPreview(model, probes, new Rng(5).fill(model.noiseSize(probes.length)));
+    expect(tf.memory().numTensors).toBe(before);
+    expect(rendered).toHaveLength(2);
+    expect(rendered[0]!.scales.map((s) => s.cell)).toEqual([8, 16, 16]);
+    for (const p of rendered) for (const s of p.scales) expect(s.pred.subarray(1, 4).toString()).toBe('PNG');
+    model.dispose();
   });
 
   test('localmim pretrain --model swin-tiny --img 112 --batch 4 --max-steps 3 --json', () => {
