@@ -255,7 +255,9 @@ describe('pipeline', () => {
   test('--model swin-* takes patch 4, its image side, the official Swin decoders and schedule floor', () => {
     const c = configFromFlags({ model: 'swin-t' });
     expect(c.model).toMatchObject({ size: 'swin-t', imgSize: 224, patchSize: 4, decoderDim: 128, decoderHeads: 4, decoderDepth: 1 });
-    expect(c.optim).toMatchObject({ minLr: 0, blr: 1e-4 });
+    expect(c.optim).toMatchObject({ minLr: 0, blr: 1e-4, epochs: 400, warmupEpochs: 40, batch: 256, accumIter: 8 });
+    expect(c.model).toMatchObject({ target: 'hog', nbins: 18, hogBias: true });
+    expect(configFromFlags({ model: 'swin-b', preset: 'localmim-pixel' }).model).toMatchObject({ target: 'pixel', hogBias: false });
     expect(swinDims(c.model)).toMatchObject({ widths: [96, 192, 384, 768], cells: [8, 16, 32, 32], decoderDims: [64, 128, 128, 128] });
     expect(configFromFlags({ model: 'swin-tiny', img: '112' }).model).toMatchObject({ imgSize: 112, patchSize: 4 });
     expect(() => configFromFlags({ model: 'swin-tiny', img: '100' })).toThrow(/imgSize/);
