@@ -317,6 +317,12 @@ describe('pipeline', () => {
         expect(Number.isFinite(s.loss)).toBe(true);
       }
       expect(events.some((e) => e.type === 'checkpoint')).toBe(true);
+      // A new run from this one's backbone keeps its Swin shape (decoders start fresh).
+      const init = localmim(['pretrain', '--init', '1', '--batch', '4', '--max-steps', '1', '--json', '--home', home]);
+      expect(init.code, init.stderr).toBe(0);
+      const next = JSON.parse(init.stdout.split('\n')[0]!) as { model: unknown; config: { model: object } };
+      expect(next.model).toMatchObject({ family: 'swin' });
+      expect(next.config.model).toMatchObject({ size: 'swin-tiny', imgSize: 112, patchSize: 4 });
     } finally {
       rmSync(home, { recursive: true, force: true });
     }
