@@ -323,18 +323,28 @@ export const PRESETS = {
 } as const satisfies Record<string, Partial<ModelConfig>>;
 export type Preset = keyof typeof PRESETS;
 
+/** The paper's Swin sizes, trained with the official Swin-B recipe on GPU machines (docs/method.md#swin-recipe). */
+const isPaperSwin = (size: string) => isSwinSize(size) && size !== 'swin-tiny';
+
 /**
  * Defaults a size brings to a new run: for Swin, its image side, patch 4, and the official Swin schedule's base rate
- * and floor (`run_pretrain.py`: blr 1e-4, min lr 0); nothing for a ViT.
+ * and floor (`run_pretrain.py`: blr 1e-4, min lr 0); for Swin-T/S/B also the official recipe's length and effective
+ * batch (400 epochs, 40 of warmup, 256 × 8 = 2048 images per step). Nothing for a ViT.
  */
 export function sizeDefaults(size: string): { model: Partial<ModelConfig>; optim: Partial<OptimConfig> } {
   if (!isSwinSize(size)) return { model: {}, optim: {} };
-  return { model: { imgSize: SWIN_SIZES[size].imgSize, patchSize: 4 }, optim: { blr: 1e-4, minLr: 0 } };
+  const recipe = isPaperSwin(size) ? { epochs: 400, warmupEpochs: 40, batch: 256, accumIter: 8 } : {};
+  return { model: { imgSize: SWIN_SIZES[size].imgSize, patchSize: 4 }, optim: { blr: 1e-4, minLr: 0, ...recipe } };
 }
 
-/** A preset's fields for a model size: Swin sizes take the official Swin decoders (DECODERS.swin). */
+/**
+ * A preset's fields for a model size: Swin sizes take the official Swin decoders (DECODERS.swin), and Swin-T/S/B with
+ * HOG targets the official recipe's 18 bins with the HOG bias.
+ */
 export function presetFor(preset: Preset, size: string): Partial<ModelConfig> {
-  return isSwinSize(size) ? { ...PRESETS[preset], ...DECODERS.swin } : PRESETS[preset];
+  if (!isSwinSize(size)) return PRESETS[preset];
+  const hog = isPaperSwin(size) && PRESETS[preset].target === 'hog' ? { nbins: 18 as const, hogBias: true } : {};
+  return { ...PRESETS[preset], ...DECODERS.swin, ...hog };
 }
 
 /**

@@ -10,7 +10,9 @@ import { disposePlanTensors, groupWindows, knapsack, planTensors, swinEncode, sw
 import { normalize, toTensor } from '../core/targets/image.js';
 import { Rng } from '../core/random.js';
 import type { RgbImage } from '../core/targets/image.js';
+import { pretrainModel } from '../core/train/pretrain.js';
 import { TrainStep } from '../core/train/step.js';
+import { renderPreview } from '../core/analysis/preview.js';
 import { configFromFlags } from '../core/cli/pretrain.js';
 import { estimate } from '../core/runs/estimate.js';
 import { localmim } from './cli.js';
@@ -195,32 +197,35 @@ describe('grouping bookkeeping', () => {
   });
 });
 
+const smallImages = Array.from({ length: 2 }, (_, b): RgbImage => {
+  const data = new Uint8Array(112 * 112 * 3);
+  for (let i = 0; i < data.length; i++) data[i] = (((i * (7 + b)) % 251) + ((i >> 5) % 37) * 3) % 256;
+  return { height: 112, width: 112, data };
+});
+
 describe('training', () => {
   const small = parseRunConfig({
     model: { size: 'swin-tiny', imgSize: 112, patchSize: 4, D: 24, decoderDim: 32, decoderHeads: 4, stageHeads: [2, 4, 8] },
   }).model;
-  const smallImages = Array.from({ length: 2 }, (_, b): RgbImage => {
-    const data = new Uint8Array(112 * 112 * 3);
-    for (let i = 0; i < data.length; i++) data[i] = (((i * (7 + b)) % 251) + ((i >> 5) % 37) * 3) % 256;
-    return { height: 112, width: 112, data };
-  });
 
   test('40 steps on one batch: the loss drops, and tf.memory stays flat', () => {
     const model = new SwinLocalMIM(small, 0);
     const step = new TrainStep(model, parseRunConfig({ optim: { lr: 2e-3, weightDecay: 0.05 } }).optim);
-    const batch = model.prepare(smallImages, new Rng(1).fill(model.noiseSize()));
+    const noise = new Rng(1).fill(model.noiseSize());
     const losses: number[] = [];
     let tensors = 0;
     for (let i = 0; i < 40; i++) {
+      // Prepared and freed every step, as in training: the same images under the same mask.
+      const batch = model.prepare(smallImages, noise);
       const out = step.run([batch], 2e-3);
       losses.push(out.dataSync()[0]!);
       out.dispose();
+      model.disposeBatch(batch);
       if (i === 2) tensors = tf.memory().numTensors;
       if (i > 2) expect(tf.memory().numTensors).toBe(tensors);
     }
     expect(losses.every(Number.isFinite)).toBe(true);
     expect(losses.at(-1)!).toBeLessThan(0.7 * losses[0]!);
-    model.disposeBatch(batch);
     step.dispose();
     model.dispose();
   });
@@ -252,11 +257,26 @@ describe('pipeline', () => {
   test('--model swin-* takes patch 4, its image side, the official Swin decoders and schedule floor', () => {
     const c = configFromFlags({ model: 'swin-t' });
     expect(c.model).toMatchObject({ size: 'swin-t', imgSize: 224, patchSize: 4, decoderDim: 128, decoderHeads: 4, decoderDepth: 1 });
-    expect(c.optim).toMatchObject({ minLr: 0, blr: 1e-4 });
+    expect(c.optim).toMatchObject({ minLr: 0, blr: 1e-4, epochs: 400, warmupEpochs: 40, batch: 256, accumIter: 8 });
+    expect(c.model).toMatchObject({ target: 'hog', nbins: 18, hogBias: true });
+    expect(configFromFlags({ model: 'swin-b', preset: 'localmim-pixel' }).model).toMatchObject({ target: 'pixel', hogBias: false });
     expect(swinDims(c.model)).toMatchObject({ widths: [96, 192, 384, 768], cells: [8, 16, 32, 32], decoderDims: [64, 128, 128, 128] });
     expect(configFromFlags({ model: 'swin-tiny', img: '112' }).model).toMatchObject({ imgSize: 112, patchSize: 4 });
     expect(() => configFromFlags({ model: 'swin-tiny', img: '100' })).toThrow(/imgSize/);
     expect(() => configFromFlags({ model: 'swin-b', preset: 'mae' })).toThrow(/variant/);
+  });
+
+  test('previews render every stage of a Swin run, under its one mask', async () => {
+    const cfg = parseRunConfig({ model: { size: 'swin-tiny', imgSize: 112, patchSize: 4, D: 24, stageHeads: [2, 4, 8] } });
+    const model = pretrainModel(cfg.model, 0);
+    const probes = smallImages.map((im) => ({ ...im, data: Uint8Array.from(im.data) }));
+    const before = tf.memory().numTensors;
+    const rendered = await renderPreview(model, probes, new Rng(5).fill(model.noiseSize(probes.length)));
+    expect(tf.memory().numTensors).toBe(before);
+    expect(rendered).toHaveLength(2);
+    expect(rendered[0]!.scales.map((s) => s.cell)).toEqual([8, 16, 16]);
+    for (const p of rendered) for (const s of p.scales) expect(s.pred.subarray(1, 4).toString()).toBe('PNG');
+    model.dispose();
   });
 
   test('localmim pretrain --model swin-tiny --img 112 --batch 4 --max-steps 3 --json', () => {
@@ -297,6 +317,12 @@ describe('pipeline', () => {
         expect(Number.isFinite(s.loss)).toBe(true);
       }
       expect(events.some((e) => e.type === 'checkpoint')).toBe(true);
+      // A new run from this one's backbone keeps its Swin shape (decoders start fresh).
+      const init = localmim(['pretrain', '--init', '1', '--batch', '4', '--max-steps', '1', '--json', '--home', home]);
+      expect(init.code, init.stderr).toBe(0);
+      const next = JSON.parse(init.stdout.split('\n')[0]!) as { model: unknown; config: { model: object } };
+      expect(next.model).toMatchObject({ family: 'swin' });
+      expect(next.config.model).toMatchObject({ size: 'swin-tiny', imgSize: 112, patchSize: 4 });
     } finally {
       rmSync(home, { recursive: true, force: true });
     }
