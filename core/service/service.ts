@@ -12,8 +12,9 @@ import {
   modelDims,
   MODEL_SIZES,
   SWIN_SIZES,
-  DECODERS,
+  presetFor,
   sizeDefaults,
+  type Preset,
   parseRunConfig,
   PRESETS,
   RunConfigSchema,
@@ -93,10 +94,14 @@ export class Service {
       home: this.home,
       presets: PRESETS,
       sizes: MODEL_SIZES,
-      /** Swin sizes, the official Swin decoders their presets take (presetFor), and what each size brings to a new run. */
+      /** Swin sizes, and what each brings to a new run: its defaults and each preset as it applies to it (presetFor). */
       swinSizes: SWIN_SIZES,
-      swinDecoders: DECODERS.swin,
-      sizeDefaults: Object.fromEntries(Object.keys(SWIN_SIZES).map((s) => [s, sizeDefaults(s)])),
+      sizeDefaults: Object.fromEntries(
+        Object.keys(SWIN_SIZES).map((size) => [
+          size,
+          { ...sizeDefaults(size), presets: Object.fromEntries(Object.keys(PRESETS).map((p) => [p, presetFor(p as Preset, size)])) },
+        ]),
+      ),
       defaults: defaultConfig(),
       probe: FinetuneConfigSchema.parse({ linearProbe: true }),
     }),
