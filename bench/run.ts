@@ -1,6 +1,6 @@
 // npm run bench [-- --only step,data --backends wasm,cpu --seconds 60 --model vit-base --img 224 --patch 16 --batch 64]
 // step: one full pretraining step (forward, four losses, backward, AdamW), by default of vit-tiny at 64 px,
-//       patch 8, batch 32, mask 0.75, on every backend that loads.
+//       patch 8, batch 32, mask 0.75, on every backend that loads; --model swin-tiny (112 px, patch 4) etc. for Swin.
 // --peer: the same step in PyTorch (bench/peer.py) on this machine, and the ratio; --peer-device cuda runs it
 //       on the GPU in fp32 (TF32 off).
 // data: indexing throughput against a bare sharp decode loop, and loader epochs with a cold and a warm cache.
@@ -8,9 +8,9 @@ import * as tf from '@tensorflow/tfjs';
 import { parseArgs } from 'node:util';
 import { activeAdapter, BACKENDS, lossReadEvery, useBackend, type BackendName } from '../core/backend.js';
 import { nativeActive, setNativeGemm } from '../core/native.js';
-import { parseRunConfig } from '../core/config.js';
-import { disposeBatch, LocalMIM } from '../core/model/localmim.js';
+import { modelFamily, parseRunConfig, presetFor, sizeDefaults } from '../core/config.js';
 import { Rng } from '../core/random.js';
+import { pretrainModel } from '../core/train/pretrain.js';
 import { TrainStep } from '../core/train/step.js';
 import { syntheticImages } from '../test/images.js';
 import { benchPeer } from './peer.js';
@@ -22,8 +22,8 @@ const { values } = parseArgs({
     seconds: { type: 'string', default: '60' },
     batch: { type: 'string', default: '32' },
     model: { type: 'string', default: 'vit-tiny' },
-    img: { type: 'string', default: '64' },
-    patch: { type: 'string', default: '8' },
+    img: { type: 'string' },
+    patch: { type: 'string' },
     peer: { type: 'boolean', default: false },
     'peer-device': { type: 'string', default: 'cpu' },
     soak: { type: 'string', default: '0' },
@@ -31,8 +31,15 @@ const { values } = parseArgs({
 });
 const budgetS = Number(values.seconds);
 const B = Number(values.batch);
-const [size, img, patch] = [values.model, Number(values.img), Number(values.patch)];
-const config = parseRunConfig({ model: { size, imgSize: img, patchSize: patch, maskRatio: 0.75 }, optim: { batch: B } });
+const size = values.model;
+const bySize = { imgSize: 64, patchSize: 8, ...sizeDefaults(size).model };
+const [img, patch] = [Number(values.img ?? bySize.imgSize), Number(values.patch ?? bySize.patchSize)];
+const config = parseRunConfig({
+  model: { size, ...presetFor('localmim-hog', size), imgSize: img, patchSize: patch, maskRatio: 0.75 },
+  optim: { batch: B },
+});
+
+let decoders = 0;
 
 interface Result {
   backend: BackendName;
@@ -42,7 +49,8 @@ interface Result {
 }
 
 async function benchPretrainStep(backend: BackendName): Promise<Result> {
-  const model = new LocalMIM(config.model, 0);
+  const model = pretrainModel(config.model, 0);
+  decoders = model.cells.length;
   const trainer = new TrainStep(model, config.optim);
   const images = syntheticImages(B, img, 1);
   const rng = new Rng(2);
@@ -50,9 +58,9 @@ async function benchPretrainStep(backend: BackendName): Promise<Result> {
   const every = lossReadEvery(backend);
   let unread: tf.Tensor[] = [];
   const step = async () => {
-    const b = model.prepare(images, rng.fill(B * model.dims.L));
+    const b = model.prepare(images, rng.fill(model.noiseSize(B)));
     unread.push(trainer.run([b], 1e-4));
-    disposeBatch(b);
+    model.disposeBatch(b);
     if (unread.length < every) return;
     const all = tf.concat(unread);
     await all.data();
@@ -120,6 +128,7 @@ for (const name of sections.includes('step') ? (values.backends.split(',') as Ba
   );
 }
 
+if (values.peer && modelFamily(config.model) === 'swin') throw new Error('--peer: bench/peer.py runs the ViT step only');
 const peer = values.peer ? benchPeer({ batch: B, seconds: budgetS, model: size, img, patch, device: values['peer-device'] }) : undefined;
 const peakRssMB = Math.round(process.resourceUsage().maxRSS / 1024);
 for (const r of results) {
@@ -144,7 +153,7 @@ console.log(JSON.stringify({ bench: 'memory', peakRssMB, numTensors: tf.memory()
 
 if (results.length) {
   console.log(
-    `\npretrain step: ${size}, ${img} px, patch ${patch}, batch ${B}, mask 0.75, 4 decoders, HOG, AdamW (tfjs ${tf.version.tfjs})`,
+    `\npretrain step: ${size}, ${img} px, patch ${patch}, batch ${B}, mask 0.75, ${decoders} decoders, HOG, AdamW (tfjs ${tf.version.tfjs})`,
   );
   console.log('backend          steps/s   images/s   s/step   timed steps');
   for (const r of results)

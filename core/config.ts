@@ -9,7 +9,25 @@ export const MODEL_SIZES = {
   'vit-base': { D: 768, depth: 12, heads: 12 },
   'vit-large': { D: 1024, depth: 24, heads: 16 },
 } as const;
-export type ModelSize = keyof typeof MODEL_SIZES;
+export type VitSize = keyof typeof MODEL_SIZES;
+
+/**
+ * Swin shapes (docs/method.md#swin): the paper's Swin-T/S/B at patch 4, window 7, 224 px, and `swin-tiny`, a three-stage
+ * model the CPU can train (112 px gives token grids 28/14/7 and the official 7×7 mask grid).
+ */
+export const SWIN_SIZES = {
+  'swin-tiny': { D: 48, depths: [2, 2, 2], heads: [3, 6, 12], imgSize: 112 },
+  'swin-t': { D: 96, depths: [2, 2, 6, 2], heads: [3, 6, 12, 24], imgSize: 224 },
+  'swin-s': { D: 96, depths: [2, 2, 18, 2], heads: [3, 6, 12, 24], imgSize: 224 },
+  'swin-b': { D: 128, depths: [2, 2, 18, 2], heads: [4, 8, 16, 32], imgSize: 224 },
+} as const;
+export type SwinSize = keyof typeof SWIN_SIZES;
+export type ModelSize = VitSize | SwinSize;
+export type ModelFamily = 'vit' | 'swin';
+
+export const isSwinSize = (size: string): size is SwinSize => Object.hasOwn(SWIN_SIZES, size);
+/** The backbone family of a config: a plain ViT or a hierarchical Swin. */
+export const modelFamily = (c: { size: string }): ModelFamily => (isSwinSize(c.size) ? 'swin' : 'vit');
 
 /** Prediction-grid scales relative to the patch grid (docs/method.md#decoders-and-scales): ×4, ×2, ×1, ×0.5. */
 export const SCALES = [4, 2, 1, 0.5] as const;
@@ -23,6 +41,8 @@ const int = (min: number) => z.number().int().min(min);
  */
 export const DECODERS = {
   localmim: { decoderDim: 256, decoderDepth: 1, decoderHeads: 8 },
+  /** The official `mim_swin_base_patch4_win7`: 128-d (halved for the first stage), one block, 4 heads. */
+  swin: { decoderDim: 128, decoderDepth: 1, decoderHeads: 4 },
   mae: { decoderDim: 512, decoderDepth: 8, decoderHeads: 16 },
 } as const;
 
@@ -30,11 +50,15 @@ export const DECODERS = {
 export const MAX_EPOCHS = 100_000;
 
 export const ModelConfigBase = z.strictObject({
-  size: z.enum(Object.keys(MODEL_SIZES) as [ModelSize, ...ModelSize[]]).default('vit-tiny'),
-  /** Overrides of the size's encoder width, depth and heads, for custom models. */
+  size: z.enum([...Object.keys(MODEL_SIZES), ...Object.keys(SWIN_SIZES)] as [ModelSize, ...ModelSize[]]).default('vit-tiny'),
+  /** Overrides of the size's encoder width (Swin: the first stage's), depth and heads, for custom models. */
   D: int(4).max(8192).optional(),
   depth: int(1).max(256).optional(),
   heads: int(1).max(256).optional(),
+  /** Swin only: overrides of the blocks and heads of each stage (one entry per stage), and the window side. */
+  depths: z.array(int(1).max(256)).min(1).max(8).optional(),
+  stageHeads: z.array(int(1).max(256)).min(1).max(8).optional(),
+  windowSize: int(1).max(64).optional(),
   imgSize: int(8).max(4096).default(224),
   patchSize: int(1).max(256).default(16),
   mlpRatio: z.number().positive().default(4),
@@ -78,6 +102,7 @@ export interface ModelDims {
 }
 
 export function modelDims(c: ModelConfig): ModelDims {
+  if (isSwinSize(c.size)) throw new Error(`${c.size} is a Swin model: its shapes are swinDims(config), not modelDims`);
   const size = MODEL_SIZES[c.size];
   const D = c.D ?? size.D;
   const depth = c.depth ?? size.depth;
@@ -101,8 +126,108 @@ export function modelDims(c: ModelConfig): ModelDims {
   return { D, depth, heads, p, g, L, nKeep: Math.floor(L * (1 - c.maskRatio)), taps, scales, cells, F };
 }
 
-export const ModelConfigSchema = ModelConfigBase.superRefine((c, ctx) => {
-  const issue = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: [path], message });
+/** Everything a Swin model needs (docs/method.md#swin), derived from a parsed config; never stored. */
+export interface SwinDims {
+  /** First-stage width, patch size, image side. */
+  C: number;
+  p: number;
+  imgSize: number;
+  /** Per stage: width, blocks, heads, token-grid side, window side (min(window, grid) as the official), shift (0 when the window covers the grid). */
+  widths: number[];
+  depths: number[];
+  heads: number[];
+  grids: number[];
+  windows: number[];
+  shifts: number[];
+  /** The mask grid (the last stage's token grid), its unit count and how many units one batch masks (`int(ratio·units) + 1`). */
+  maskGrid: number;
+  units: number;
+  nMasked: number;
+  /** Per stage, after its patch merging (none after the last): grid side and width of the latent its decoder reads. */
+  outGrids: number[];
+  outWidths: number[];
+  /** Per stage: HOG cell or pixel-target patch (the pixels one output token covers), and output features per location. */
+  cells: number[];
+  F: number[];
+  /** Per stage decoder width: the official `decoder_embed_dim // k`, k = 2 for the first stage, else 1. */
+  decoderDims: number[];
+}
+
+export function swinDims(c: ModelConfig): SwinDims {
+  if (!isSwinSize(c.size)) throw new Error(`${c.size} is not a Swin model`);
+  const size = SWIN_SIZES[c.size];
+  const C = c.D ?? size.D;
+  const depths = [...(c.depths ?? size.depths)];
+  const S = depths.length;
+  const heads = [...(c.stageHeads ?? size.heads)];
+  const window = c.windowSize ?? 7;
+  const p = c.patchSize;
+  const g0 = Math.floor(c.imgSize / p);
+  const stages = [...Array(S).keys()];
+  const widths = stages.map((i) => C * 2 ** i);
+  const grids = stages.map((i) => Math.floor(g0 / 2 ** i));
+  const windows = grids.map((g) => Math.min(window, g));
+  const shifts = grids.map((g) => (g <= window ? 0 : Math.floor(window / 2)));
+  const maskGrid = grids[S - 1]!;
+  const units = maskGrid * maskGrid;
+  const nMasked = Math.min(units, Math.floor(c.maskRatio * units) + 1);
+  const last = (i: number) => i === S - 1;
+  const outGrids = stages.map((i) => (last(i) ? grids[i]! : grids[i]! / 2));
+  const outWidths = stages.map((i) => (last(i) ? widths[i]! : 2 * widths[i]!));
+  const cells = outGrids.map((g) => c.imgSize / g);
+  const F = cells.map((cell) => (c.target === 'hog' ? 3 * c.nbins : 3 * cell * cell));
+  const decoderDims = stages.map((i) => (i === 0 && S > 1 ? c.decoderDim / 2 : c.decoderDim));
+  return {
+    C,
+    p,
+    imgSize: c.imgSize,
+    widths,
+    depths,
+    heads,
+    grids,
+    windows,
+    shifts,
+    maskGrid,
+    units,
+    nMasked,
+    outGrids,
+    outWidths,
+    cells,
+    F,
+    decoderDims,
+  };
+}
+
+/** The Swin-specific checks of a config, as issues on its fields. */
+function checkSwin(c: ModelConfig, issue: (path: string, message: string) => void): void {
+  const d = swinDims(c);
+  const S = d.depths.length;
+  if (c.patchSize > c.imgSize || c.imgSize % c.patchSize !== 0)
+    return issue('imgSize', `imgSize=${c.imgSize} must be a multiple of patchSize=${c.patchSize}`);
+  if (d.heads.length !== S) issue('stageHeads', `${d.heads.length} stage heads for ${S} stages: one per stage`);
+  const g0 = c.imgSize / c.patchSize;
+  if (g0 % 2 ** (S - 1) !== 0)
+    issue('imgSize', `imgSize/patchSize = ${g0} must be divisible by 2^${S - 1}: ${S} stages halve the token grid ${S - 1} times`);
+  d.widths.forEach((w, i) => {
+    const h = d.heads[i];
+    if (h !== undefined && w % h !== 0) issue('stageHeads', `stage ${i} width ${w} must be divisible by its heads=${h}`);
+    if (d.grids[i]! % d.windows[i]! !== 0)
+      issue('windowSize', `stage ${i}'s token grid ${d.grids[i]} must be a multiple of its window ${d.windows[i]}`);
+  });
+  if (d.nMasked >= d.units)
+    issue('maskRatio', `maskRatio=${c.maskRatio} masks ${d.nMasked} of the ${d.units} mask units: at least one must be visible`);
+  for (const w of new Set(d.decoderDims)) {
+    if (w % c.decoderHeads !== 0) issue('decoderHeads', `decoder width ${w} must be divisible by decoderHeads=${c.decoderHeads}`);
+    if (w % 4 !== 0) issue('decoderDim', `decoder width ${w} must be a multiple of 4 (2-D sin-cos positions)`);
+  }
+  if (c.variant !== 'local') issue('variant', `Swin pretraining is LocalMIM's local variant only, not ${c.variant}`);
+  for (const k of ['taps', 'scales', 'depth', 'heads'] as const)
+    if (c[k] !== undefined) issue(k, `a Swin model decodes every stage; use depths and stageHeads, not ${k}`);
+}
+
+/** The ViT-specific checks, as issues on its fields. */
+function checkVit(c: ModelConfig, issue: (path: string, message: string) => void): void {
+  for (const k of ['depths', 'stageHeads', 'windowSize'] as const) if (c[k] !== undefined) issue(k, `${k} applies only to Swin models`);
   const d = modelDims(c);
   if (d.D % d.heads !== 0) issue('heads', `encoder width D=${d.D} must be divisible by heads=${d.heads}`);
   if (d.D % 4 !== 0) issue('D', `encoder width D=${d.D} must be a multiple of 4 (2-D sin-cos positions)`);
@@ -122,7 +247,13 @@ export const ModelConfigSchema = ModelConfigBase.superRefine((c, ctx) => {
       issue('patchSize', `patchSize=${d.p} must be divisible by ${s} for scale ×${s} (cell p/${s})`);
     if (s === 0.5 && d.g % 2 !== 0) issue('imgSize', `scale ×0.5 needs an even patch grid, but imgSize/patchSize = ${d.g}`);
   }
+}
+
+export const ModelConfigSchema = ModelConfigBase.superRefine((c, ctx) => {
+  const issue = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: [path], message });
   if (c.hogBias && c.target !== 'hog') issue('hogBias', 'hogBias applies only to HOG targets');
+  if (modelFamily(c) === 'swin') checkSwin(c, issue);
+  else checkVit(c, issue);
 });
 
 export const OptimConfigSchema = z.strictObject({
@@ -191,6 +322,30 @@ export const PRESETS = {
   isolated: { variant: 'isolated', target: 'hog', ...DECODERS.localmim },
 } as const satisfies Record<string, Partial<ModelConfig>>;
 export type Preset = keyof typeof PRESETS;
+
+/** The paper's Swin sizes, trained with the official Swin-B recipe on GPU machines (docs/method.md#swin-recipe). */
+const isPaperSwin = (size: string) => isSwinSize(size) && size !== 'swin-tiny';
+
+/**
+ * Defaults a size brings to a new run: for Swin, its image side, patch 4, and the official Swin schedule's base rate
+ * and floor (`run_pretrain.py`: blr 1e-4, min lr 0); for Swin-T/S/B also the official recipe's length and effective
+ * batch (400 epochs, 40 of warmup, 256 × 8 = 2048 images per step). Nothing for a ViT.
+ */
+export function sizeDefaults(size: string): { model: Partial<ModelConfig>; optim: Partial<OptimConfig> } {
+  if (!isSwinSize(size)) return { model: {}, optim: {} };
+  const recipe = isPaperSwin(size) ? { epochs: 400, warmupEpochs: 40, batch: 256, accumIter: 8 } : {};
+  return { model: { imgSize: SWIN_SIZES[size].imgSize, patchSize: 4 }, optim: { blr: 1e-4, minLr: 0, ...recipe } };
+}
+
+/**
+ * A preset's fields for a model size: Swin sizes take the official Swin decoders (DECODERS.swin), and Swin-T/S/B with
+ * HOG targets the official recipe's 18 bins with the HOG bias.
+ */
+export function presetFor(preset: Preset, size: string): Partial<ModelConfig> {
+  if (!isSwinSize(size)) return PRESETS[preset];
+  const hog = isPaperSwin(size) && PRESETS[preset].target === 'hog' ? { nbins: 18 as const, hogBias: true } : {};
+  return { ...PRESETS[preset], ...DECODERS.swin, ...hog };
+}
 
 /**
  * Fine-tuning and linear probing (docs/method.md#fine-tuning): the official recipe's regularisation and augmentation,

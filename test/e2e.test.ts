@@ -62,6 +62,13 @@ test('add the sample images, train, watch the chart, pause, resume, see checkpoi
 
   await page.goto(url.replace(/\/\?token=.*/, '/#/new?dataset=1'));
   const field = (label: string) => page.getByLabel(label, { exact: true });
+  // A Swin size brings its own image side and patch 4, and decodes every stage; back on a ViT, the app's defaults.
+  await page.getByLabel('Model').selectOption('swin-tiny');
+  await expect.poll(() => field('Image size (px)').inputValue()).toBe('112');
+  expect(await field('Patch size (px)').inputValue()).toBe('4');
+  await page.getByTestId('swin-stages').waitFor();
+  await page.getByLabel('Model').selectOption('vit-tiny');
+  await expect.poll(() => field('Image size (px)').inputValue()).toBe('64');
   await field('Image size (px)').fill('30');
   await expect.poll(() => page.getByTestId('field-error').first().textContent()).toMatch(/imgSize=30 must be a multiple of patchSize=8/);
   expect(await page.getByRole('button', { name: 'Start pretraining' }).isDisabled()).toBe(true);

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
-import { modelDims, type ModelConfig, type ModelDims } from '../config.js';
+import { modelDims, modelFamily, type ModelConfig, type ModelDims } from '../config.js';
+import { UserError } from '../errors.js';
 import { encodeImages } from '../model/classifier.js';
 import type { Param } from '../model/vit.js';
 import type { RgbImage } from '../targets/image.js';
@@ -57,6 +58,17 @@ export interface LayerAttention {
   /** The query patch's attention over the patches, per head `[H][L]` and averaged `[L]` (each sums to 1). */
   heads: number[][];
   mean: number[];
+}
+
+/**
+ * Refuses a Swin run in one line where an analysis needs a ViT's image-wide attention (statistics over a set, gradient
+ * norms, the app's maps); `localmim analyze RUN --image` gives Swin's per-window maps (core/analysis/swinAttention.ts).
+ */
+export function checkAnalyzable(model: ModelConfig, runId: number, what: string): void {
+  if (modelFamily(model) === 'swin')
+    throw new UserError(
+      `run ${runId} is a Swin model: ${what} needs a ViT's attention over all patches; Swin attends within windows (localmim analyze ${runId} --image FILE shows them)`,
+    );
 }
 
 /** Attention of every block on one image (all patches visible), and its statistics per layer. */

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import sharp from 'sharp';
-import { disposeBatch, type LocalMIM } from '../model/localmim.js';
+import type { PretrainModel } from '../model/localmim.js';
 import type { Rgb8 } from '../targets/image.js';
 
 /** Side of every preview picture, in pixels. */
@@ -14,19 +14,20 @@ export interface PreviewProbe {
 }
 
 /** Reconstructions of a fixed probe set under a fixed mask: what the model predicts at every scale. */
-export async function renderPreview(model: LocalMIM, probes: Rgb8[], noise: Float32Array): Promise<PreviewProbe[]> {
+export async function renderPreview(model: PretrainModel, probes: Rgb8[], noise: Float32Array): Promise<PreviewProbe[]> {
   const batch = model.prepare(probes, noise);
   const kept = tf.tidy(() => model.forward(batch).preds.map((p) => tf.keep(p)));
   const read = (ts: tf.Tensor[]) => Promise.all(ts.map((t) => t.data() as Promise<Float32Array>));
   const [preds, targets] = await Promise.all([read(kept), read(batch.targets)]);
   tf.dispose(kept);
-  disposeBatch(batch);
-  const { g, p, cells, F } = model.dims;
+  const { mask, g, p } = model.pixelMask(batch);
+  model.disposeBatch(batch);
+  const { cells, F } = model;
   const hog = model.config.target === 'hog';
   return Promise.all(
     probes.map(async (img, b) => ({
       input: await png(img),
-      masked: await png(maskedCopy(img, batch.mask.subarray(b * g * g, (b + 1) * g * g), g, p)),
+      masked: await png(maskedCopy(img, mask(b), g, p)),
       scales: await Promise.all(
         cells.map(async (cell, k) => {
           const n = (img.height / cell) * (img.width / cell);

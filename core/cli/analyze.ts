@@ -1,8 +1,11 @@
 import { join } from 'node:path';
-import { attentionAnalysis } from '../analysis/attention.js';
+import { attentionAnalysis, checkAnalyzable } from '../analysis/attention.js';
 import { blockGradientNorms, lossModelOf } from '../analysis/gradients.js';
 import { analyzeSet, chooseImages, type Spread } from '../analysis/set.js';
-import { modelDims } from '../config.js';
+import { swinWindowAttention } from '../analysis/swinAttention.js';
+import { modelDims, modelFamily } from '../config.js';
+import type { Backbone } from '../export/backbone.js';
+import type { Rgb8 } from '../targets/image.js';
 import { resolveFolder } from '../data/indexer.js';
 import { paramsOf } from '../export/backbone.js';
 import { homeDir, homePaths } from '../home.js';
@@ -11,7 +14,8 @@ import { nonNegativeInt, parse, positiveInt, UsageError } from './args.js';
 import { checkpointAndImage, checkpointOf, loadImage } from './checkpoint-input.js';
 import { indexWithProgress } from './index-cmd.js';
 
-export const summary = 'attention maps, NMI and KL per layer, and gradient norms of a run: on one image, or over a set of images';
+export const summary =
+  'attention maps, NMI and KL per layer, and gradient norms of a run: on one image, or over a set of images (Swin: per window, one image)';
 
 const DEFAULT_IMAGES = 64;
 
@@ -56,6 +60,7 @@ async function onImage(spec: string | undefined, values: Values): Promise<void> 
   // The format is checked before the slow load; the range needs the model.
   const asked = values.query === undefined ? undefined : nonNegativeInt('query', values.query);
   const { run: r, checkpoint, backbone: b, img } = await checkpointAndImage(spec, values.image, values);
+  if (modelFamily(b.model) === 'swin') return swinOnImage(r.id, b, img, asked, values.json);
   const { L } = modelDims(b.model);
   if (asked !== undefined && asked >= L) throw new UsageError(`--query: patch ${asked} is out of range: this model has patches 0…${L - 1}`);
   const query = asked ?? Math.floor(L / 2);
@@ -76,6 +81,21 @@ async function onImage(spec: string | undefined, values: Values): Promise<void> 
     );
 }
 
+/** Swin's per-window maps and statistics on one image; no gradient norms (they are the ViT pretraining loss's). */
+async function swinOnImage(runId: number, b: Backbone, img: Rgb8, asked: number | undefined, json: boolean): Promise<void> {
+  const g0 = b.model.imgSize / b.model.patchSize;
+  if (asked !== undefined && asked >= g0 * g0)
+    throw new UsageError(`--query: patch ${asked} is out of range: this model has patches 0…${g0 * g0 - 1}`);
+  const query = asked ?? Math.floor((g0 * g0) / 2);
+  const layers = await swinWindowAttention(paramsOf(b.tensors), b.model, img, query);
+  if (json) return console.log(JSON.stringify({ runId, query, layers, gradNorms: null }));
+  console.log('stage  block  window  shift  NMI     KL (within each window)');
+  for (const l of layers)
+    console.log(
+      `${String(l.stage).padEnd(6)} ${String(l.block).padEnd(6)} ${String(l.window).padEnd(7)} ${String(l.shift).padEnd(6)} ${l.nmi.toFixed(4)}  ${l.kl.toFixed(3)}`,
+    );
+}
+
 async function overSet(spec: string | undefined, dir: string, values: Values): Promise<void> {
   if (values.query !== undefined) throw new UsageError('--query goes with --image FILE: over a set there are no maps');
   const requested = values.images === undefined ? DEFAULT_IMAGES : positiveInt('images', values.images);
@@ -84,6 +104,7 @@ async function overSet(spec: string | undefined, dir: string, values: Values): P
     throw new UsageError(`--data: ${err.message}`);
   });
   const { run: r, checkpoint, backbone: b } = await checkpointOf(spec, values);
+  checkAnalyzable(b.model, r.id, 'analyze --data');
   const { root, paths: all } = await indexed(dir, values);
   if (!all.length) throw new UsageError(`--data: ${dir} has no usable images (localmim index ${dir} lists what was rejected)`);
   const paths = chooseImages(all, requested, seed);

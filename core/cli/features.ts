@@ -1,11 +1,11 @@
 import * as tf from '@tensorflow/tfjs';
-import { modelDims } from '../config.js';
 import { paramsOf } from '../export/backbone.js';
-import { backboneFeatures } from '../model/classifier.js';
+import { featuresOf } from '../model/classifier.js';
 import { parse } from './args.js';
 import { checkpointAndImage } from './checkpoint-input.js';
 
-export const summary = "print the backbone's mean-pooled patch-token features of one image at the model's input size";
+export const summary =
+  "print the backbone's mean-pooled features of one image at the model's input size (ViT: patch tokens; Swin: normed last-stage tokens)";
 
 const OPTIONS = {
   image: { type: 'string', arg: 'FILE', help: "the image, at the model's input size (required)" },
@@ -17,7 +17,7 @@ const OPTIONS = {
 export async function run(argv: string[]): Promise<void> {
   const { values, positionals } = parse(argv, OPTIONS, { usage: 'localmim features RUN[:STEP] --image FILE [options]', summary });
   const { backbone: b, img } = await checkpointAndImage(positionals[0], values.image, values);
-  const t = tf.tidy(() => backboneFeatures(paramsOf(b.tensors), modelDims(b.model), [img]));
+  const t = tf.tidy(() => featuresOf(paramsOf(b.tensors), b.model, [img]));
   const f = await t.data();
   t.dispose();
   const out = { shape: [f.length], values: Array.from(f) };

@@ -4,14 +4,14 @@ import { homeDir, homePaths } from '../home.js';
 import { Store } from '../store/store.js';
 import { parse, positiveInt, UsageError } from './args.js';
 
-export const summary = 'import timm/MAE ViT weights (safetensors) as a run to fine-tune or keep pretraining';
+export const summary = 'import timm/MAE ViT or timm/official Swin weights (safetensors) as a run to fine-tune or keep pretraining';
 
 const OPTIONS = {
   heads: { type: 'string', arg: 'H', help: 'attention heads, when neither a config.json beside the file nor the width tells' },
   img: {
     type: 'string',
     arg: 'PX',
-    help: 'input size of the imported model; its position table is resized (bicubic) to that grid (default: the table’s own size)',
+    help: 'input size of the imported model; a ViT’s position table is resized (bicubic) to that grid (default: the table’s own size; Swin: config.json beside the file, else 224)',
   },
   name: { type: 'string', arg: 'NAME', help: 'name of the new run (default: imported FILE)' },
   home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },

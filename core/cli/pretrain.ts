@@ -1,17 +1,17 @@
 import { readFileSync } from 'node:fs';
-import { parseRunConfig, PRESETS, type Preset, type RunConfig } from '../config.js';
+import { parseRunConfig, presetFor, PRESETS, sizeDefaults, SWIN_SIZES, type Preset, type RunConfig } from '../config.js';
 import { parse, UsageError, type Flags } from './args.js';
 import { cadenceFlags, resumeFlags, resumeOf, runInTerminal, sessionFlags } from './session.js';
 
-export const summary = 'pretrain a ViT with LocalMIM on a folder (default: the bundled sample images)';
+export const summary = 'pretrain a ViT or Swin with LocalMIM on a folder (default: the bundled sample images)';
 
 const n = (help: string, arg = 'N') => ({ type: 'string', arg, help }) as const;
 
 /** Model and schedule flags, shared with `finetune --scratch` for the model's shape. */
 export const MODEL_FLAGS = {
-  model: n(`encoder size: vit-tiny, vit-small, vit-base or vit-large (default vit-tiny)`, 'SIZE'),
-  img: n('input size in pixels (default 64)', 'PX'),
-  patch: n('patch size in pixels (default 8)', 'PX'),
+  model: n(`encoder size: vit-tiny, vit-small, vit-base, vit-large, ${Object.keys(SWIN_SIZES).join(', ')} (default vit-tiny)`, 'SIZE'),
+  img: n('input size in pixels (default 64; Swin: 112 for swin-tiny, else 224)', 'PX'),
+  patch: n('patch size in pixels (default 8; Swin: 4)', 'PX'),
 } as const satisfies Flags;
 
 const OPTIONS = {
@@ -69,14 +69,18 @@ export function configFromFlags(values: Partial<Values>): RunConfig {
     throw new UsageError(`--preset: unknown preset "${preset}" (choose ${Object.keys(PRESETS).join(', ')})`);
   const file = values.config ? readConfigFile(values.config) : {};
   const defined = (o: Record<string, unknown>) => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
+  const fileModel = (file.model ?? {}) as { size?: unknown };
+  const size = String(values.model ?? fileModel.size ?? 'vit-tiny');
+  const bySize = sizeDefaults(size);
   return parseRunConfig({
     ...file,
     model: {
       size: 'vit-tiny',
       imgSize: 64,
       patchSize: 8,
-      ...PRESETS[preset],
-      ...(file.model as object),
+      ...bySize.model,
+      ...presetFor(preset, size),
+      ...fileModel,
       ...defined({
         size: values.model,
         imgSize: num(values, 'img'),
@@ -86,6 +90,7 @@ export function configFromFlags(values: Partial<Values>): RunConfig {
       }),
     },
     optim: {
+      ...bySize.optim,
       ...(file.optim as object),
       ...defined({
         epochs: num(values, 'epochs'),

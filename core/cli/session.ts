@@ -149,6 +149,7 @@ function terminalSession(o: {
         backend: o.backend.chosen,
         backendReport: o.backend,
         config: e.config,
+        model: e.model,
         step: e.step,
         totalSteps: e.totalSteps,
         stepsPerEpoch: e.stepsPerEpoch,

@@ -1,10 +1,12 @@
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { modelDims, parseRunConfig, type ModelConfig } from '../config.js';
+import { DECODERS, modelDims, modelFamily, parseRunConfig, swinDims, SWIN_SIZES, type ModelConfig } from '../config.js';
+import { UserError } from '../errors.js';
 import { checkpointFor } from '../runs/checkpoints.js';
 import type { Store } from '../store/store.js';
 import { saveCheckpoint } from '../train/checkpoint.js';
-import { backboneOf, datasetHash, timmConfig, type Backbone } from './backbone.js';
+import { backboneOf, datasetHash, timmConfig, timmSwinConfig, type Backbone } from './backbone.js';
+import { fromTimmSwin, toTimmSwin } from './timmSwin.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../safetensors.js';
 import { buildLayersModel, saveLayersModel } from './tfjs.js';
 import { ParamStore } from '../model/params.js';
@@ -20,6 +22,9 @@ export type ExportFormat = 'safetensors' | 'tfjs';
 export async function exportRun(store: Store, spec: string, format: ExportFormat, out: string): Promise<{ dir: string; files: string[] }> {
   const { run, checkpoint, step } = checkpointFor(store, spec);
   const b = backboneOf(run, checkpoint);
+  const swin = modelFamily(b.model) === 'swin';
+  if (swin && format === 'tfjs')
+    throw new UserError(`run ${run.id} is a Swin model: --format tfjs exports ViTs only; use --format safetensors (timm's Swin)`);
   const tmp = `${out}.tmp-${process.pid}`;
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp, { recursive: true });
@@ -31,14 +36,19 @@ export async function exportRun(store: Store, spec: string, format: ExportFormat
   if (format === 'safetensors')
     write(
       'model.safetensors',
-      encodeSafetensors(b.tensors, { format: 'pt', source: 'LocalMIM Studio', run: String(run.id), step: String(step) }),
+      encodeSafetensors(swin ? toTimmSwin(b.tensors) : b.tensors, {
+        format: 'pt',
+        source: 'LocalMIM Studio',
+        run: String(run.id),
+        step: String(step),
+      }),
     );
   else {
     const model = buildLayersModel(b);
     await saveLayersModel(model, write);
     model.dispose();
   }
-  const config = timmConfig(b);
+  const config = swin ? timmSwinConfig(b) : timmConfig(b);
   write('config.json', JSON.stringify(config, null, 2) + '\n');
   const data = run.datasetId ? datasetHash(store, run.datasetId) : null;
   const last = store
@@ -66,23 +76,13 @@ function modelCard(o: {
   epoch: number;
   data: { images: number; hash: string } | null;
   last: { loss: number; losses: number[]; valTop1?: number | null } | undefined;
-  config: ReturnType<typeof timmConfig>;
+  config: ReturnType<typeof timmConfig> | ReturnType<typeof timmSwinConfig>;
 }): string {
-  const { D, depth, heads, p } = modelDims(o.b.model);
-  const a = o.config.model_args;
-  const usage =
-    o.format === 'safetensors'
-      ? [
-          '```python',
-          'import timm, torch',
-          'from safetensors.torch import load_file',
-          `model = timm.create_model("${o.config.architecture}", pretrained=False, img_size=${a.img_size}, patch_size=${a.patch_size},`,
-          `                          embed_dim=${a.embed_dim}, depth=${a.depth}, num_heads=${a.num_heads}, num_classes=${o.config.num_classes}, global_pool="avg")`,
-          `missing, unexpected = model.load_state_dict(load_file("model.safetensors"), strict=False)  # ${o.b.classes ? 'nothing missing' : 'only fc_norm/head are new'}`,
-          'x = ...  # [B, 3, H, W], ImageNet-normalised',
-          'features = model.forward_features(x)[:, 1:].mean(1)  # the backbone features LocalMIM Studio computes',
-          '```',
-        ]
+  const swin = 'window_size' in o.config.model_args;
+  const usage = swin
+    ? swinUsage(o.config as ReturnType<typeof timmSwinConfig>, o.b.classes !== null)
+    : o.format === 'safetensors'
+      ? vitUsage(o.config as ReturnType<typeof timmConfig>, o.b.classes !== null)
       : [
           '```js',
           "const model = await tf.loadLayersModel('file://path/to/model.json');  // or an http(s) URL in the browser",
@@ -92,7 +92,7 @@ function modelCard(o: {
   return [
     `# ${o.runName}`,
     '',
-    `A ViT backbone (${D}-d, ${depth} blocks, ${heads} heads, patch ${p}, ${o.b.model.imgSize} px) ${o.kind === 'finetune' ? 'fine-tuned' : 'pretrained'} with LocalMIM Studio`,
+    `${describe(o.b)} ${o.kind === 'finetune' ? 'fine-tuned' : 'pretrained'} with LocalMIM Studio`,
     `(run ${o.runId}, step ${o.step}, epoch ${o.epoch.toFixed(2)}). Decoders and HOG layers are not included.`,
     '',
     '| | |',
@@ -123,6 +123,54 @@ function modelCard(o: {
   ].join('\n');
 }
 
+function describe(b: Backbone): string {
+  if (modelFamily(b.model) === 'swin') {
+    const d = swinDims(b.model);
+    return `A Swin backbone (${d.C}-d, stages of ${d.depths.join('/')} blocks, heads ${d.heads.join('/')}, window ${b.model.windowSize ?? 7}, patch ${d.p}, ${b.model.imgSize} px)`;
+  }
+  const { D, depth, heads, p } = modelDims(b.model);
+  return `A ViT backbone (${D}-d, ${depth} blocks, ${heads} heads, patch ${p}, ${b.model.imgSize} px)`;
+}
+
+function vitUsage(config: ReturnType<typeof timmConfig>, classifier: boolean): string[] {
+  const a = config.model_args;
+  return [
+    '```python',
+    'import timm, torch',
+    'from safetensors.torch import load_file',
+    `model = timm.create_model("${config.architecture}", pretrained=False, img_size=${a.img_size}, patch_size=${a.patch_size},`,
+    `                          embed_dim=${a.embed_dim}, depth=${a.depth}, num_heads=${a.num_heads}, num_classes=${config.num_classes}, global_pool="avg")`,
+    `missing, unexpected = model.load_state_dict(load_file("model.safetensors"), strict=False)  # ${classifier ? 'nothing missing' : 'only fc_norm/head are new'}`,
+    'x = ...  # [B, 3, H, W], ImageNet-normalised',
+    'features = model.forward_features(x)[:, 1:].mean(1)  # the backbone features LocalMIM Studio computes',
+    '```',
+  ];
+}
+
+function swinUsage(config: ReturnType<typeof timmSwinConfig>, classifier: boolean): string[] {
+  const a = config.model_args;
+  return [
+    '```python',
+    'import timm, torch',
+    'from safetensors.torch import load_file',
+    `model = timm.create_model("${config.architecture}", pretrained=False, img_size=${a.img_size}, patch_size=${a.patch_size}, window_size=${a.window_size},`,
+    `                          embed_dim=${a.embed_dim}, depths=(${a.depths.join(', ')}), num_heads=(${a.num_heads.join(', ')}), num_classes=${config.num_classes})`,
+    'model.load_state_dict(load_file("model.safetensors"))  # timm >= 0.9; relative_position_index and attn_mask are rebuilt by timm',
+    'x = ...  # [B, 3, H, W], ImageNet-normalised',
+    'features = model.forward_head(model.forward_features(x), pre_logits=True)  # the features LocalMIM Studio computes',
+    '```',
+    '',
+    ...(classifier
+      ? [
+          'The official Swin fine-tuning normalises the pooled tokens (`head(norm(mean(x)))`); timm normalises before pooling',
+          "(`head.fc(mean(norm(x)))`), so timm's logits from these weights differ slightly from the ones this run reported.",
+          '',
+        ]
+      : []),
+    "timm's Swin uses LayerNorm eps 1e-5; the official model 1e-6 (except each block's norm2): features agree to about 1e-5.",
+  ];
+}
+
 /** Default ViT head counts by width, for weights that do not say. */
 const HEADS: Record<number, number> = { 192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16 };
 
@@ -130,8 +178,8 @@ const HEADS: Record<number, number> = { 192: 3, 384: 6, 768: 12, 1024: 16, 1280:
 const LIMITS = { D: 4096, depth: 64, patch: 64, grid: 64, mlpRatio: 8 };
 
 /**
- * Imports timm/MAE-named ViT weights (safetensors) as a run with one checkpoint, to fine-tune or to
- * continue pretraining from. Shapes give the width, depth, patch and image size; heads come from a
+ * Imports timm/MAE-named ViT weights, or timm/official Swin weights, (safetensors) as a run with one checkpoint, to
+ * fine-tune or to continue pretraining from. Shapes give the width, depth, patch and image size; heads come from a
  * `config.json` beside the file, `heads`, or the standard sizes. With `imgSize`, the position table is
  * resized to that image's patch grid (docs/method.md#imported-weights).
  */
@@ -143,6 +191,7 @@ export async function importWeights(
   const { tensors } = decodeSafetensors(readFileSync(file), file);
   const strip = (n: string) => n.replace(/^(module\.|model\.|encoder\.)/, '');
   const named = new Map([...tensors].map(([n, t]) => [strip(n), t]));
+  if (named.has('layers.0.blocks.0.attn.relative_position_bias_table')) return importSwin(store, file, named, o);
   const shape = vitShape(named, file);
   const g = o.imgSize === undefined ? shape.g : gridFor(o.imgSize, shape.p, file);
   const model = importedModel({ ...shape, g }, o.heads ?? headsBeside(file), file);
@@ -159,6 +208,17 @@ export async function importWeights(
     known.set('pos_embed', table.fill(0, 0, shape.D));
   }
   params.assign(known);
+  return saveImported(store, file, params, model, o);
+}
+
+/** An imported model's weights as a finished run with one checkpoint at step 0 (disposes `params`). */
+async function saveImported(
+  store: Store,
+  file: string,
+  params: ParamStore,
+  model: ModelConfig,
+  o: { name?: string; checkpointPath: (runId: number) => string },
+): Promise<{ runId: number; model: ModelConfig }> {
   const run = store.createRun({
     name: o.name ?? `imported ${basename(file)}`,
     datasetId: null,
@@ -173,6 +233,99 @@ export async function importWeights(
   store.updateRun(run.id, { status: 'finished', pid: null });
   params.dispose();
   return { runId: run.id, model };
+}
+
+/** Past these a file describes no Swin this app can train. */
+const SWIN_LIMITS = { C: 1024, stages: 8, depth: 64, patch: 64, window: 32 };
+
+/**
+ * Imports timm or official Swin weights (docs/method.md#swin-export) as a pretraining-model run: stages, blocks, heads,
+ * windows, width and patch from the shapes; the image size from `imgSize`, a `config.json` beside the file, else 224.
+ * The file's final `norm` becomes the last stage's latent norm; its head is not imported.
+ */
+async function importSwin(
+  store: Store,
+  file: string,
+  named: ReadonlyMap<string, NamedTensor>,
+  o: { imgSize?: number; name?: string; checkpointPath: (runId: number) => string },
+): Promise<{ runId: number; model: ModelConfig }> {
+  const fail = (what: string): never => {
+    throw new Error(`${file}: ${what}`);
+  };
+  const official = fromTimmSwin(named);
+  const shapeOf = (name: string) => official.get(name)?.shape ?? fail(`no tensor ${name}: not a Swin with timm or official names`);
+  const pe = shapeOf('patch_embed.proj.weight');
+  const [C, , p] = pe as [number, number, number];
+  if (!same(pe, [C, 3, p, p]) || C > SWIN_LIMITS.C || p > SWIN_LIMITS.patch)
+    fail(`patch_embed.proj.weight has shape [${pe}], expected [C, 3, p, p] with C ≤ ${SWIN_LIMITS.C}, p ≤ ${SWIN_LIMITS.patch}`);
+  const depths: number[] = [];
+  for (const n of official.keys()) {
+    const m = /^layers\.(\d+)\.blocks\.(\d+)\./.exec(n);
+    if (!m) continue;
+    const [i, j] = [Number(m[1]), Number(m[2])];
+    if (i >= SWIN_LIMITS.stages || j >= SWIN_LIMITS.depth) fail(`${n}: more stages or blocks than a Swin this app can train`);
+    depths[i] = Math.max(depths[i] ?? 0, j + 1);
+  }
+  if ([...depths.keys()].some((i) => !depths[i])) fail('a stage without blocks: the layers.i.blocks.j tensors have a gap');
+  const tables = depths.map((_, i) => shapeOf(`layers.${i}.blocks.0.attn.relative_position_bias_table`));
+  const windows = tables.map((t) => (Math.sqrt(t[0]!) + 1) / 2);
+  if (windows.some((w) => !Number.isInteger(w) || w > SWIN_LIMITS.window)) fail('a relative_position_bias_table is not [(2w−1)², heads]');
+  const hidden = shapeOf('layers.0.blocks.0.mlp.fc1.weight')[0]!;
+  const imgSize = o.imgSize ?? imgSizeBeside(file) ?? 224;
+  const stageHeads = tables.map((t) => t[1]!);
+  const preset = Object.entries(SWIN_SIZES).find(
+    ([, s]) => s.D === C && same(s.depths, depths) && same(s.heads, stageHeads) && s.imgSize === imgSize,
+  )?.[0];
+  const windowSize = Math.max(...windows);
+  let model: ModelConfig;
+  try {
+    model = parseRunConfig({
+      model: {
+        size: preset ?? 'swin-t',
+        ...(!preset && { D: C, depths, stageHeads }),
+        ...(windowSize !== 7 && { windowSize }),
+        imgSize,
+        patchSize: p,
+        mlpRatio: hidden / C,
+        ...DECODERS.swin,
+      },
+    }).model;
+  } catch (err) {
+    return fail((err as Error).message);
+  }
+  const d = swinDims(model);
+  d.windows.forEach((w, i) => {
+    if (w !== windows[i]) fail(`at ${imgSize} px stage ${i} has window ${w}, but its bias table is for ${windows[i]}: pass --img`);
+  });
+  const params = new ParamStore(model, 0);
+  const last = `norm.${depths.length - 1}.`;
+  const known = new Map<string, Float32Array>();
+  for (const [n, t] of official) {
+    const name = n.startsWith('norm.') && !/^norm\.\d/.test(n) ? last + n.slice('norm.'.length) : n;
+    const v = params.vars.get(name);
+    if (!v) continue; // the head, and anything the pretraining model has no place for
+    if (!same(t.shape, v.shape)) {
+      params.dispose();
+      fail(`${n} has shape [${t.shape}], expected [${v.shape}]`);
+    }
+    known.set(name, t.values);
+  }
+  const missing = [...params.vars.keys()].filter((n) => (n.startsWith('layers.') || n.startsWith('patch_embed.')) && !known.has(n));
+  if (missing.length) {
+    params.dispose();
+    fail(`no tensor ${missing[0]} (${missing.length} backbone tensors missing)`);
+  }
+  params.assign(known);
+  return saveImported(store, file, params, model, o);
+}
+
+function imgSizeBeside(file: string): number | undefined {
+  try {
+    return (JSON.parse(readFileSync(join(file, '..', 'config.json'), 'utf8')) as { model_args?: { img_size?: number } }).model_args
+      ?.img_size;
+  } catch {
+    return undefined; // no config.json beside the file
+  }
 }
 
 function headsBeside(file: string): number | undefined {

@@ -1,10 +1,19 @@
 import * as tf from '@tensorflow/tfjs';
-import { modelDims, type ModelConfig, type ModelDims } from '../config.js';
+import { modelDims, modelFamily, swinDims, type ModelConfig, type ModelDims, type SwinDims } from '../config.js';
 import type { Rng } from '../random.js';
 import { normalize, toTensor, type RgbImage } from '../targets/image.js';
 import { batchNorm, layerNorm, linear } from './ops.js';
-import { ParamStore } from './params.js';
+import { decays, ParamStore } from './params.js';
 import { allPatches } from './patches.js';
+import {
+  disposePlanTensors,
+  planTensors,
+  swinEncode,
+  swinPlan,
+  unitPatches,
+  type SwinEncoderOptions,
+  type SwinPlanTensors,
+} from './swin.js';
 import { encode, meanPatchTokens, type EncoderOptions, type Param } from './vit.js';
 
 /**
@@ -30,12 +39,35 @@ export function backboneFeatures(P: Param, dims: ModelDims, images: RgbImage[], 
 /** MAE's probe BatchNorm eps (main_linprobe.py). */
 export const PROBE_EPS = 1e-6;
 
+/** What fine-tuning needs of a classifier, ViT or Swin. */
+export interface Classifier {
+  readonly config: ModelConfig;
+  readonly classes: number;
+  readonly probe: boolean;
+  readonly params: ParamStore;
+  headInput(images: RgbImage[], train?: { dropPath?: { rate: number; rng: Rng } }): tf.Tensor;
+  head(x: tf.Tensor): tf.Tensor;
+  logits(images: RgbImage[], train?: { dropPath?: { rate: number; rng: Rng } }): tf.Tensor;
+  /** The official layer-wise lr decay's factor for a parameter. */
+  lrScale(name: string, layerDecay: number): number;
+  /** Whether AdamW decays a parameter, as the official fine-tuning's groups. */
+  decays(name: string, shape: readonly number[]): boolean;
+  dispose(): void;
+}
+
+/** The fine-tuning classifier of a model config's family. */
+export function classifierFor(config: ModelConfig, classes: number, seed: number, probe = false): Classifier {
+  return modelFamily(config) === 'swin'
+    ? new SwinClassifier(config, classes, seed, probe)
+    : new ViTClassifier(config, classes, seed, probe);
+}
+
 /**
  * The fine-tuning model (docs/method.md#fine-tuning): the pretrained backbone with a trainable `pos_embed`, mean-pooled
  * patch tokens, `fc_norm`, `head`. With `probe`, MAE's linear probe (docs/method.md#linear-probe): `fc_norm` stays as
  * initialised, then `head.0` (BatchNorm without affine) and the Linear `head.1`.
  */
-export class ViTClassifier {
+export class ViTClassifier implements Classifier {
   readonly dims: ModelDims;
   readonly params: ParamStore;
 
@@ -74,11 +106,141 @@ export class ViTClassifier {
     return this.head(this.headInput(images, train));
   }
 
+  /** MAE's `lr_decay.py`: embeddings layer 0, block i layer i + 1, the rest (fc_norm, head) layer depth + 1. */
+  lrScale(name: string, layerDecay: number): number {
+    const { depth } = this.dims;
+    const layer = name.startsWith('blocks.') ? Number(name.split('.')[1]) + 1 : isBackbone(name) ? 0 : depth + 1;
+    return layerDecay ** (depth + 1 - layer);
+  }
+
+  decays(name: string, shape: readonly number[]): boolean {
+    return decays(name, shape) && name !== 'cls_token' && name !== 'pos_embed';
+  }
+
   dispose(): void {
     this.params.dispose();
   }
 }
 
-/** Names of the backbone's tensors: what a fine-tuning run takes from a pretraining checkpoint, and what export keeps. */
+/**
+ * The official Swin fine-tuning model (`models_swin.py`, docs/method.md#swin-fine-tuning): the windowed backbone on all
+ * tokens, the last stage's tokens averaged, then `norm`, then `head`.
+ */
+export class SwinClassifier implements Classifier {
+  readonly dims: SwinDims;
+  readonly params: ParamStore;
+  /** Every image's tokens are all visible: one grouping plan, kept for the backward passes. */
+  private readonly plan: SwinPlanTensors;
+
+  constructor(
+    readonly config: ModelConfig,
+    readonly classes: number,
+    seed: number,
+    readonly probe = false,
+  ) {
+    if (probe) throw new Error("a linear probe is MAE's ViT protocol; the official Swin code has none");
+    this.dims = swinDims(config);
+    this.params = new ParamStore(config, seed, { classes, probe });
+    this.plan = fullPlan(this.dims);
+  }
+
+  readonly P = (name: string) => this.params.get(name);
+
+  /** The pooled, normalised last-stage tokens `[B, C_last]`. Call in `tf.tidy`. */
+  headInput(images: RgbImage[], train?: { dropPath?: { rate: number; rng: Rng } }): tf.Tensor {
+    const x = swinTokens(this.P, this.dims, this.plan, images, { dropPath: train?.dropPath });
+    return layerNorm(tf.mean(x, 1), this.P('norm.weight'), this.P('norm.bias'));
+  }
+
+  head(x: tf.Tensor): tf.Tensor {
+    return linear(x, this.P('head.weight'), this.P('head.bias'));
+  }
+
+  logits(images: RgbImage[], train?: { dropPath?: { rate: number; rng: Rng } }): tf.Tensor {
+    return this.head(this.headInput(images, train));
+  }
+
+  lrScale(name: string, layerDecay: number): number {
+    const N = this.dims.depths.reduce((a, b) => a + b, 0);
+    return layerDecay ** (N + 1 - swinLayerId(name, this.dims.depths));
+  }
+
+  /** The official groups: no decay on 1-D tensors and biases only, so the relative position bias tables decay. */
+  decays(name: string, shape: readonly number[]): boolean {
+    return decays(name, shape);
+  }
+
+  dispose(): void {
+    disposePlanTensors(this.plan);
+    this.params.dispose();
+  }
+}
+
+/** The grouping plan of all mask units visible, at true coordinates: the standard windowed Swin. */
+export const fullPlan = (d: SwinDims) =>
+  planTensors(
+    d,
+    swinPlan(
+      d,
+      Int32Array.from({ length: d.units }, (_, u) => u),
+      'true',
+    ),
+  );
+
+/**
+ * The last stage's tokens `[B, T, C]` of full images through the fine-tuning model's backbone: the pretraining encoder
+ * with every token visible (its windows are then the standard shifted windows), timm's merge order and `norm2` eps 1e-5
+ * (docs/method.md#swin-fine-tuning). Token order is mask-unit-major. Call in `tf.tidy`.
+ */
+export function swinTokens(
+  P: Param,
+  d: SwinDims,
+  plan: SwinPlanTensors,
+  images: RgbImage[],
+  o: Pick<SwinEncoderOptions, 'dropPath' | 'onAttention'> = {},
+): tf.Tensor {
+  const patches = unitPatches(normalize(toTensor(images)), d, plan.plan.units);
+  return swinEncode(P, d, patches, plan, { ...o, merge: 'timm', norm2Eps: 1e-5 }).at(-1)!;
+}
+
+/**
+ * The official `get_swin_layer`: `patch_embed` 0, block j of stage i (blocks before stage i) + j + 1, stage i's patch
+ * merging the blocks up to and including stage i, anything else (`norm`, `head`) N + 1 for N blocks in all.
+ */
+export function swinLayerId(name: string, depths: readonly number[]): number {
+  const before = (i: number) => depths.slice(0, i).reduce((a, b) => a + b, 0);
+  if (name.startsWith('patch_embed.')) return 0;
+  const m = /^layers\.(\d+)\.(?:blocks\.(\d+)|downsample)\./.exec(name);
+  if (!m) return before(depths.length) + 1;
+  const i = Number(m[1]);
+  return m[2] === undefined ? before(i + 1) : before(i) + Number(m[2]) + 1;
+}
+
+/**
+ * The Swin backbone's features of each image, as timm's `forward_head(pre_logits=True)`: the mean over positions of the
+ * last stage's tokens after the final `norm` (docs/method.md#swin-export). Returns `[B, C_last]`; call in `tf.tidy`.
+ */
+export function swinFeatures(P: Param, dims: SwinDims, images: RgbImage[]): tf.Tensor {
+  const plan = fullPlan(dims);
+  const x = swinTokens(P, dims, plan, images);
+  disposePlanTensors(plan);
+  const [B, T, C] = x.shape as [number, number, number];
+  const normed = layerNorm(tf.reshape(x, [B * T, C]), P('norm.weight'), P('norm.bias'));
+  return tf.mean(tf.reshape(normed, [B, T, C]), 1);
+}
+
+/** The features `localmim features` prints, of either family: `[B, D]`; call in `tf.tidy`. */
+export function featuresOf(P: Param, model: ModelConfig, images: RgbImage[]): tf.Tensor {
+  return modelFamily(model) === 'swin' ? swinFeatures(P, swinDims(model), images) : backboneFeatures(P, modelDims(model), images);
+}
+
+/**
+ * Names of the backbone's tensors, ViT's or Swin's: what a fine-tuning run takes from a pretraining checkpoint, and what
+ * export keeps. Swin's per-stage latent norms `norm.k` are not among them (the official fine-tuning does not load them).
+ */
 export const isBackbone = (name: string) =>
-  name === 'cls_token' || name === 'pos_embed' || name.startsWith('patch_embed.') || name.startsWith('blocks.');
+  name === 'cls_token' ||
+  name === 'pos_embed' ||
+  name.startsWith('patch_embed.') ||
+  name.startsWith('blocks.') ||
+  name.startsWith('layers.');

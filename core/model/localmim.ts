@@ -41,8 +41,37 @@ export type ForwardOutput = {
   loss: tf.Scalar;
 };
 
+/**
+ * What the training loop, checkpoints and previews need of a pretraining model, ViT or Swin: its parameters, a batch
+ * from images and mask noise, the forward pass and loss, and one output per scale or stage.
+ */
+export interface PretrainBatch {
+  B: number;
+  targets: tf.Tensor3D[];
+}
+
+export interface PretrainModel<Batch extends PretrainBatch = PretrainBatch> {
+  readonly config: ModelConfig;
+  readonly params: ParamStore;
+  /** Per output: HOG cell or pixel patch, and features per location. */
+  readonly cells: number[];
+  readonly F: number[];
+  /** Which parameters AdamW decays; default timm's rule. */
+  readonly decays?: (name: string, shape: readonly number[]) => boolean;
+  /** Per output: the target's `[locations, features]` for one image. */
+  targetShapes(): number[][];
+  /** Length of the uniform noise `prepare` reads for B images. */
+  noiseSize(B: number): number;
+  prepare(images: RgbImage[], noise: Float32Array): Batch;
+  forward(batch: Batch): ForwardOutput;
+  /** The mask of each image over a grid of `g × g` squares of `p` pixels, 1 = removed. */
+  pixelMask(batch: Batch): { mask: (b: number) => Float32Array; g: number; p: number };
+  disposeBatch(batch: Batch): void;
+  dispose(): void;
+}
+
 /** LocalMIM (and its `global`/`isolated` variants): encoder taps → per-scale decoders → summed masked losses. */
-export class LocalMIM {
+export class LocalMIM implements PretrainModel<PreparedBatch> {
   readonly dims: ModelDims;
   readonly params: ParamStore;
 
@@ -52,6 +81,33 @@ export class LocalMIM {
   ) {
     this.dims = modelDims(config);
     this.params = new ParamStore(config, seed);
+  }
+
+  get cells() {
+    return this.dims.cells;
+  }
+
+  get F() {
+    return this.dims.F;
+  }
+
+  targetShapes(): number[][] {
+    const { g, scales, F } = this.dims;
+    return scales.map((s, k) => [(s * g) ** 2, F[k]!]);
+  }
+
+  /** Per-sample masks: noise `[B, L]`. */
+  noiseSize(B: number): number {
+    return B * this.dims.L;
+  }
+
+  pixelMask(batch: PreparedBatch): { mask: (b: number) => Float32Array; g: number; p: number } {
+    const { g, p, L } = this.dims;
+    return { mask: (b) => batch.mask.subarray(b * L, (b + 1) * L), g, p };
+  }
+
+  disposeBatch(batch: PreparedBatch): void {
+    disposeBatch(batch);
   }
 
   /** Masks, patches and targets of a batch of `imgSize²` images; `noise [B, L]` decides the mask (docs/method.md#masking). */
@@ -102,7 +158,7 @@ export class LocalMIM {
 }
 
 /** Σ M·mean_f (P − T)² / Σ M, over the whole batch, not per sample (docs/method.md#loss). */
-function maskedMse(pred: tf.Tensor, target: tf.Tensor, M: tf.Tensor): tf.Scalar {
+export function maskedMse(pred: tf.Tensor, target: tf.Tensor, M: tf.Tensor): tf.Scalar {
   const perLocation = tf.mean(tf.squaredDifference(pred, target), -1); // [B, N]
   return tf.div(tf.sum(tf.mul(perLocation, M)), tf.sum(M));
 }

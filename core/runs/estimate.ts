@@ -1,4 +1,4 @@
-import { modelDims, type RunConfig } from '../config.js';
+import { modelDims, modelFamily, swinDims, type RunConfig } from '../config.js';
 
 /** Rough effective throughput of one training step per backend, in GFLOP/s (docs/tfjs.md#throughput; wasm measured here, with and without the native path). */
 // webgpu: not measured here (no GPU on this machine); a rough figure for tfjs-webgpu on a mid-range GPU.
@@ -9,6 +9,7 @@ const GFLOPS: Record<string, number> = { 'tensorflow-gpu': 2000, webgpu: 300, te
  * time estimated (weights + gradients + two AdamW moments + activations and attention maps; FLOPs ≈ 6 · params-in-use · tokens).
  */
 export function estimate(c: RunConfig, images: number, backend: string) {
+  if (modelFamily(c.model) === 'swin') return estimateSwin(c, images, backend);
   const { D, depth, heads, nKeep, L, scales, F, p } = modelDims(c.model);
   const d = c.model.decoderDim;
   const r = c.model.mlpRatio;
@@ -38,6 +39,59 @@ export function estimate(c: RunConfig, images: number, backend: string) {
     memoryMB: Math.round((params * 16 + activations) / 1e6),
     largestBufferMB: Math.ceil(largestBuffer / 1e6),
     secondsPerEpoch: (stepsPerEpoch * B * c.optim.accumIter * flopsPerImage) / ((GFLOPS[backend] ?? 10) * 1e9),
+    stepsPerEpoch,
+  };
+}
+
+/**
+ * The same estimate for Swin LocalMIM (docs/method.md#swin): per stage, the visible tokens through its blocks (Linears
+ * 12·W² multiply-adds a token, window attention 2·w²·W) and its merging; per stage, a decoder over the full output grid.
+ */
+function estimateSwin(c: RunConfig, images: number, backend: string) {
+  const d = swinDims(c.model);
+  const { decoderDepth, decoderHeads, mlpRatio: r } = c.model;
+  const block = (W: number, table: number) => 2 * W + 3 * W * W + 3 * W + table + W * W + W + 2 * W + 2 * r * W * W + r * W + W;
+  const visible = d.units - d.nMasked;
+  const encoderParams =
+    3 * d.p * d.p * d.C +
+    3 * d.C +
+    d.widths.reduce((n, W, i) => n + d.depths[i]! * block(W, (2 * d.windows[i]! - 1) ** 2 * d.heads[i]!), 0) +
+    d.widths.slice(0, -1).reduce((n, W) => n + 8 * W * W + 8 * W, 0);
+  const decoders = d.outWidths.reduce((n, W, k) => {
+    const w = d.decoderDims[k]!;
+    return n + 2 * W + W * w + w + w + decoderDepth * block(w, 0) + 2 * w + w * d.F[k]! + d.F[k]!;
+  }, 0);
+  const params = encoderParams + decoders;
+  const B = c.optim.batch;
+  // Multiply-adds per image, forward; training costs about 3× that, at 2 FLOPs each.
+  let macs = 0;
+  let tokens = 0;
+  let attention = 0;
+  let largest = 0;
+  d.widths.forEach((W, i) => {
+    const N = visible * (d.grids[i]! / d.maskGrid) ** 2;
+    const window = Math.min(d.windows[i]! ** 2, N);
+    macs += N * 3 * d.p * d.p * d.C * (i === 0 ? 1 : 0) + d.depths[i]! * N * ((4 + 2 * r) * W * W + 2 * window * W);
+    if (i < d.widths.length - 1) macs += (N / 4) * 8 * W * W;
+    tokens += d.depths[i]! * N * W * 14;
+    attention += 2 * d.depths[i]! * d.heads[i]! * N * window;
+    largest = Math.max(largest, d.heads[i]! * N * window);
+  });
+  d.outGrids.forEach((g, k) => {
+    const L = g * g;
+    const w = d.decoderDims[k]!;
+    macs += L * (d.outWidths[k]! * w + decoderDepth * (4 + 2 * r) * w * w + w * d.F[k]!) + decoderDepth * 2 * L * L * w;
+    tokens += decoderDepth * L * w * 14;
+    attention += 2 * decoderDepth * decoderHeads * L * L;
+    largest = Math.max(largest, decoderHeads * L * L);
+  });
+  const stepsPerEpoch = Math.floor(images / B / c.optim.accumIter);
+  return {
+    params,
+    encoderParams,
+    memoryMB: Math.round((params * 16 + 4 * B * (tokens + attention)) / 1e6),
+    largestBufferMB: Math.ceil((4 * B * largest) / 1e6),
+    secondsPerEpoch: (stepsPerEpoch * B * c.optim.accumIter * 6 * macs) / ((GFLOPS[backend] ?? 10) * 1e9),
     stepsPerEpoch,
   };
 }

@@ -8,7 +8,7 @@ import { Loader, type DataItem } from '../data/loader.js';
 import { evalImage } from '../data/preprocess.js';
 import { homePaths } from '../home.js';
 import { isBackbone } from '../model/classifier.js';
-import type { LocalMIM } from '../model/localmim.js';
+import type { PretrainModel } from '../model/localmim.js';
 import { Rng, seedFor } from '../random.js';
 import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
 import { finetuneTask } from '../train/finetune.js';
@@ -108,8 +108,8 @@ function deviceError(err: Error, job: TrainJob): Error | undefined {
 const backbone = (c: LoadedCheckpoint) => new Map([...c.tensors].filter(([n]) => isBackbone(n)).map(([n, t]) => [n, t.values] as const));
 
 /** Reconstructions of the probe images under a fixed mask, every `previewEvery` steps; a failure is reported, never fatal. */
-function previews(model: LocalMIM, probes: Awaited<ReturnType<typeof evalImage>>[], job: TrainJob, hooks: JobHooks) {
-  const noise = new Rng(seedFor(job.spec.config.seed, PROBE)).fill(probes.length * model.dims.L);
+function previews(model: PretrainModel, probes: Awaited<ReturnType<typeof evalImage>>[], job: TrainJob, hooks: JobHooks) {
+  const noise = new Rng(seedFor(job.spec.config.seed, PROBE)).fill(model.noiseSize(probes.length));
   return async (step: number) => {
     if (!job.previewEvery || !probes.length || (step !== 1 && step % job.previewEvery !== 0)) return;
     try {

@@ -5,6 +5,7 @@ import {
   FinetuneConfigSchema,
   FinetuneRunSchema,
   parseConfig,
+  modelFamily,
   parseRunConfig,
   RunConfigSchema,
   type ModelConfig,
@@ -100,6 +101,9 @@ function preparePretrain(store: Store, home: string, req: Extract<RunRequest, { 
       D: b.D,
       depth: b.depth,
       heads: b.heads,
+      depths: b.depths,
+      stageHeads: b.stageHeads,
+      windowSize: b.windowSize,
       patchSize: b.patchSize,
       imgSize: b.imgSize,
       mlpRatio: b.mlpRatio,
@@ -126,7 +130,9 @@ function prepareFinetune(store: Store, home: string, req: Extract<RunRequest, { 
     throw new UserError(`--from: run ${source.run.id} is a fine-tuning run; start from a pretraining or imported run`);
   const model = source ? specOf(source.run).config.model : req.model;
   if (!model) throw new UserError('model: a fine-tune from scratch needs a model config');
-  const finetune = parseConfig(FinetuneConfigSchema, withRecipe(req.finetune ?? {}, source), 'finetune');
+  const finetune = parseConfig(FinetuneConfigSchema, withRecipe(req.finetune ?? {}, source, model), 'finetune');
+  if (finetune.linearProbe && modelFamily(model) === 'swin')
+    throw new UserError(`linearProbe: a linear probe is MAE's protocol for ViTs; the official Swin code has none (${model.size})`);
   const split = splitOf(store, dataset, finetune.valFraction, req.seed);
   const config = parseConfig(FinetuneRunSchema, {
     model,
@@ -156,10 +162,10 @@ function prepareFinetune(store: Store, home: string, req: Extract<RunRequest, { 
  * Fine-tuning settings over the official recipe for the source's pretraining length (core/recipe.ts): given values
  * win. A linear probe has its own recipe (LINEAR_PROBE).
  */
-function withRecipe(given: unknown, source: FoundCheckpoint | undefined): unknown {
+function withRecipe(given: unknown, source: FoundCheckpoint | undefined, model: { size: string }): unknown {
   if (typeof given !== 'object' || given === null || Array.isArray(given) || ('linearProbe' in given && given.linearProbe)) return given;
   const epochs = !source ? null : source.run.kind === 'import' ? 'imported' : source.checkpoint.state.epoch;
-  return { ...finetuneRecipe(epochs), ...given };
+  return { ...finetuneRecipe(epochs, modelFamily(model)), ...given };
 }
 
 function trainSpec(run: RunRow): TrainSpec {

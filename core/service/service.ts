@@ -2,7 +2,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { ApiError, isMethod, parseArgs, type ApiEvent, type Args, type Method } from '../api.js';
-import { attentionAnalysis } from '../analysis/attention.js';
+import { attentionAnalysis, checkAnalyzable } from '../analysis/attention.js';
 import { analyzeSet, chooseImages } from '../analysis/set.js';
 import { initBackend, type BackendName } from '../backend.js';
 import {
@@ -11,6 +11,10 @@ import {
   FinetuneConfigSchema,
   modelDims,
   MODEL_SIZES,
+  SWIN_SIZES,
+  presetFor,
+  sizeDefaults,
+  type Preset,
   parseRunConfig,
   PRESETS,
   RunConfigSchema,
@@ -90,6 +94,14 @@ export class Service {
       home: this.home,
       presets: PRESETS,
       sizes: MODEL_SIZES,
+      /** Swin sizes, and what each brings to a new run: its defaults and each preset as it applies to it (presetFor). */
+      swinSizes: SWIN_SIZES,
+      sizeDefaults: Object.fromEntries(
+        Object.keys(SWIN_SIZES).map((size) => [
+          size,
+          { ...sizeDefaults(size), presets: Object.fromEntries(Object.keys(PRESETS).map((p) => [p, presetFor(p as Preset, size)])) },
+        ]),
+      ),
       defaults: defaultConfig(),
       probe: FinetuneConfigSchema.parse({ linearProbe: true }),
     }),
@@ -235,6 +247,7 @@ export class Service {
       if (!row) throw new ApiError('not-found', `${a.path} is not an image of dataset ${d.name}`);
       const { checkpoint } = checkpointFor(this.store, a.step === undefined ? String(run.id) : `${run.id}:${a.step}`);
       const b = backboneOf(run, checkpoint);
+      checkAnalyzable(b.model, run.id, 'the attention screen');
       const { g } = modelDims(b.model);
       if (a.query >= g * g) throw new ApiError('bad-request', `query: patch ${a.query} is outside the ${g}×${g} grid`);
       // The image path comes from the index, never from the request.
@@ -260,6 +273,7 @@ export class Service {
       if (!all.length) throw new ApiError('bad-request', `dataset ${d.name} has no usable images`);
       const { checkpoint } = checkpointFor(this.store, a.step === undefined ? String(run.id) : `${run.id}:${a.step}`);
       const b = backboneOf(run, checkpoint);
+      checkAnalyzable(b.model, run.id, 'the attention screen');
       const paths = chooseImages(all, a.images, a.seed);
       // The image paths come from the index, never from the request.
       const images = await Promise.all(paths.map((p) => evalImage(join(d.root, p), b.model.imgSize)));

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { FinetuneRunSchema, type FinetuneRun } from '../config.js';
 import type { Loader } from '../data/loader.js';
-import { isBackbone, ViTClassifier } from '../model/classifier.js';
+import { classifierFor, isBackbone, type Classifier } from '../model/classifier.js';
 import { Rng, seedFor } from '../random.js';
 import type { RgbImage, Rgb8 } from '../targets/image.js';
 import { AdamW } from './adamw.js';
@@ -24,24 +24,22 @@ export interface LabeledData {
 const PROBE_LARS = { momentum: 0.9, trust: 0.001 };
 
 /**
- * Fine-tuning or linear probing as a task of the training loop: label-smoothed cross-entropy (with Mixup or
- * CutMix when enabled) and AdamW with layer-wise lr decay, or MAE's linear probe (plain cross-entropy, LARS on the
+ * Fine-tuning (ViT or Swin) or linear probing as a task of the training loop: label-smoothed cross-entropy (with Mixup or
+ * CutMix when enabled) and AdamW with each family's official layer-wise lr decay, or MAE's linear probe (plain cross-entropy, LARS on the
  * head); top-1 on the validation images at each epoch's end.
  */
 export function finetuneTask(config: FinetuneRun, data: LabeledData, init?: ReadonlyMap<string, Float32Array>): Task {
   const cfg = FinetuneRunSchema.parse(config);
   const f = cfg.finetune;
   const K = cfg.classes.length;
-  const model = new ViTClassifier(cfg.model, K, cfg.seed, f.linearProbe);
-  const { depth } = model.dims;
+  const model = classifierFor(cfg.model, K, cfg.seed, f.linearProbe);
   if (init) model.params.assign(new Map([...init].filter(([name]) => isBackbone(name))));
   const trainable = new Map([...model.params.vars].filter(([name]) => !f.linearProbe || name.startsWith('head.')));
-  const layer = (name: string) => (name.startsWith('blocks.') ? Number(name.split('.')[1]) + 1 : isBackbone(name) ? 0 : depth + 1);
   const optimizer = f.linearProbe
     ? new LARS(trainable, { weightDecay: f.weightDecay, ...PROBE_LARS })
     : new AdamW(trainable, f, {
-        lrScale: (name) => f.layerDecay ** (depth + 1 - layer(name)),
-        decays: (name, shape) => shape.length > 1 && !name.endsWith('.bias') && name !== 'cls_token' && name !== 'pos_embed',
+        lrScale: (name) => model.lrScale(name, f.layerDecay),
+        decays: (name, shape) => model.decays(name, shape),
       });
   const { loader } = data;
   return {
@@ -154,7 +152,7 @@ function beta(alpha: number, rng: Rng): number {
 }
 
 /** Top-1 accuracy and mean cross-entropy on the validation images. */
-async function evaluate(model: ViTClassifier, images: Rgb8[], labels: number[], batch: number): Promise<{ top1: number; loss: number }> {
+async function evaluate(model: Classifier, images: Rgb8[], labels: number[], batch: number): Promise<{ top1: number; loss: number }> {
   let correct = 0;
   let loss = 0;
   for (let i = 0; i < images.length; i += batch) {

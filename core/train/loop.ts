@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import type { OptimConfig } from '../config.js';
+import type { ModelFamily, OptimConfig } from '../config.js';
 import type { ParamStore } from '../model/params.js';
 import { restoreCheckpoint, saveCheckpoint, type LoadedCheckpoint } from './checkpoint.js';
 import type { Optimizer } from './optimizer.js';
@@ -7,11 +7,17 @@ import { lrAt } from './schedule.js';
 
 /** What a training run reports; the loop knows nothing of terminals, databases or windows. */
 export type TrainEvent =
-  | { type: 'start'; step: number; totalSteps: number; stepsPerEpoch: number; backend: string; config: unknown }
+  | { type: 'start'; step: number; totalSteps: number; stepsPerEpoch: number; backend: string; config: unknown; model?: ModelSummary }
   | { type: 'step'; step: number; epoch: number; samples: number; loss: number; losses: number[]; lr: number; imagesPerS: number }
   | { type: 'eval'; step: number; epoch: number; top1: number; loss: number }
   | { type: 'checkpoint'; path: string; step: number; epoch: number; loss: number | null; size: number; hash: string }
   | { type: 'end'; status: 'finished' | 'paused'; step: number };
+
+/** The model family, and for pretraining the target shape `[locations, features]` of each scale or stage. */
+export interface ModelSummary {
+  family: ModelFamily;
+  targets?: number[][];
+}
 
 /**
  * What pretraining and fine-tuning each supply to the one loop: their model and optimizer (saved in
@@ -22,6 +28,8 @@ export interface Task {
   readonly optimizer: Optimizer;
   /** Saved in every checkpoint's state. */
   readonly config: unknown;
+  /** Reported in the `start` event. */
+  readonly summary?: ModelSummary;
   readonly optim: OptimConfig;
   /** Micro-batches per epoch (drop_last); an optimizer step takes `optim.accumIter` of them. */
   readonly batchesPerEpoch: number;
@@ -86,7 +94,7 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
     if (o.resumeFrom) restoreCheckpoint(o.resumeFrom, task.model, task.optimizer);
     const totalSteps = optim.epochs * stepsPerEpoch;
     let step = o.resumeFrom?.state.step ?? 0;
-    o.onEvent({ type: 'start', step, totalSteps, stepsPerEpoch, backend: o.backend, config: task.config });
+    o.onEvent({ type: 'start', step, totalSteps, stepsPerEpoch, backend: o.backend, config: task.config, model: task.summary });
 
     let losses: number[] = [];
     let lastCheckpoint = performance.now();

@@ -1,6 +1,7 @@
-import { parseRunConfig, type RunConfig } from '../config.js';
+import { modelFamily, parseRunConfig, type ModelConfig, type RunConfig } from '../config.js';
 import type { Loader } from '../data/loader.js';
-import { disposeBatch, LocalMIM } from '../model/localmim.js';
+import { LocalMIM, type PretrainModel } from '../model/localmim.js';
+import { SwinLocalMIM } from '../model/swin-localmim.js';
 import { Rng, seedFor } from '../random.js';
 import type { Task } from './loop.js';
 import { TrainStep } from './step.js';
@@ -11,10 +12,10 @@ const MASK = 3;
  * LocalMIM pretraining as a task of the training loop: the mask of micro-batch `a` of step `s` is a
  * function of (seed, s, a), so a resumed run masks exactly as the uninterrupted one.
  */
-export function pretrainTask(config: RunConfig, loader: Loader, init?: ReadonlyMap<string, Float32Array>): Task & { model: LocalMIM } {
+export function pretrainTask(config: RunConfig, loader: Loader, init?: ReadonlyMap<string, Float32Array>): Task & { model: PretrainModel } {
   const cfg = parseRunConfig(config);
   const { optim, seed } = cfg;
-  const model = new LocalMIM(cfg.model, seed);
+  const model = pretrainModel(cfg.model, seed);
   const trainer = new TrainStep(model, optim);
   // An earlier or imported backbone: its tensors replace the initial ones; decoders start fresh.
   if (init) model.params.assign(init);
@@ -23,16 +24,17 @@ export function pretrainTask(config: RunConfig, loader: Loader, init?: ReadonlyM
     optimizer: trainer.optimizer,
     config: cfg,
     optim,
+    summary: { family: modelFamily(cfg.model), targets: model.targetShapes() },
     batchesPerEpoch: loader.batchesPerEpoch,
     async step(epoch, j, step, lr) {
       const micro = await Promise.all(Array.from({ length: optim.accumIter }, (_, a) => loader.get(epoch, j * optim.accumIter + a)));
       const batches = micro.map((images, a) =>
-        model.prepare(images, new Rng(seedFor(seed, MASK, step, a)).fill(images.length * model.dims.L)),
+        model.prepare(images, new Rng(seedFor(seed, MASK, step, a)).fill(model.noiseSize(images.length))),
       );
       try {
         return trainer.run(batches, lr);
       } finally {
-        batches.forEach(disposeBatch);
+        batches.forEach((b) => model.disposeBatch(b));
       }
     },
     dispose() {
@@ -40,4 +42,9 @@ export function pretrainTask(config: RunConfig, loader: Loader, init?: ReadonlyM
       model.dispose();
     },
   };
+}
+
+/** The pretraining model of a config's family: LocalMIM on a ViT or on a Swin. */
+export function pretrainModel(c: ModelConfig, seed: number): PretrainModel {
+  return modelFamily(c) === 'swin' ? new SwinLocalMIM(c, seed) : new LocalMIM(c, seed);
 }

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import type { OptimConfig } from '../config.js';
-import type { LocalMIM, PreparedBatch } from '../model/localmim.js';
+import type { PretrainBatch, PretrainModel } from '../model/localmim.js';
 import { AdamW } from './adamw.js';
 
 /** `acc + g` per variable, disposing both inputs: gradient accumulation over micro-batches. */
@@ -13,21 +13,21 @@ export function accumulate(acc: tf.NamedTensorMap, g: tf.NamedTensorMap): tf.Nam
 }
 
 /** Forward, losses, backward and AdamW for one optimizer step over `accumIter` micro-batches, all on the device. */
-export class TrainStep {
+export class TrainStep<Batch extends PretrainBatch = PretrainBatch> {
   readonly optimizer: AdamW;
 
   constructor(
-    readonly model: LocalMIM,
+    readonly model: PretrainModel<Batch>,
     o: OptimConfig,
   ) {
-    this.optimizer = new AdamW(model.params.vars, o);
+    this.optimizer = new AdamW(model.params.vars, o, { decays: model.decays });
   }
 
   /** Gradients of the mean loss over the micro-batches, and the per-scale losses `[scales]`; the caller disposes both. */
-  gradients(batches: PreparedBatch[]): { grads: tf.NamedTensorMap; losses: tf.Tensor1D } {
+  gradients(batches: Batch[]): { grads: tf.NamedTensorMap; losses: tf.Tensor1D } {
     const vars = [...this.model.params.vars.values()];
     let grads: tf.NamedTensorMap = {};
-    let losses = tf.zeros([this.model.dims.scales.length]) as tf.Tensor1D;
+    let losses = tf.zeros([this.model.cells.length]) as tf.Tensor1D;
     for (const batch of batches) {
       let scaleLosses: tf.Tensor1D | undefined;
       const { value, grads: g } = tf.variableGrads(() => {
@@ -45,7 +45,7 @@ export class TrainStep {
   }
 
   /** One optimizer step at learning rate `lr`. Returns `[loss, ...per-scale losses]` on the device, unread. */
-  run(batches: PreparedBatch[], lr: number): tf.Tensor1D {
+  run(batches: Batch[], lr: number): tf.Tensor1D {
     const { grads, losses } = this.gradients(batches);
     this.optimizer.apply(grads, lr);
     const out = tf.tidy(() => tf.concat([tf.reshape(tf.sum(losses), [1]), losses]) as tf.Tensor1D);

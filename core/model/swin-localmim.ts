@@ -1,0 +1,150 @@
+import * as tf from '@tensorflow/tfjs';
+import { swinDims, type ModelConfig, type SwinDims } from '../config.js';
+import { hog } from '../targets/hog.js';
+import { normalize, toTensor, type RgbImage } from '../targets/image.js';
+import { pixelTargets } from '../targets/pixels.js';
+import type { ForwardOutput, PretrainModel } from './localmim.js';
+import { maskedMse } from './localmim.js';
+import { scaleMask } from './masking.js';
+import { layerNorm, linear } from './ops.js';
+import { ParamStore, swinDecays } from './params.js';
+import { disposePlanTensors, gatherTokens, planTensors, swinEncode, swinPlan, unitPatches, type SwinPlanTensors } from './swin.js';
+import { block, type Param } from './vit.js';
+
+/** A batch on the device for Swin LocalMIM: one mask for the whole batch, as the official code. */
+export interface SwinBatch {
+  B: number;
+  /** The mask over the mask grid `[units]`, raster, 1 = removed (predicted); the same for every image. */
+  unitMask: Float32Array;
+  plan: SwinPlanTensors;
+  /** Visible patches, mask-unit-major `[B, N0, 3p²]`. */
+  patches: tf.Tensor3D;
+  /** Per stage: 1 where its output grid's token is masked `[1, L_k, 1]`, the loss mask `[B, L_k]`, the target `[B, L_k, F_k]`. */
+  removed: tf.Tensor3D[];
+  stageMasks: tf.Tensor2D[];
+  targets: tf.Tensor3D[];
+}
+
+/**
+ * The official mask draw, `randperm(units) <= int(ratio · units)`, from uniform noise: the `nMasked` units of lowest
+ * noise are removed. Returns the mask over the units, 1 = removed.
+ */
+export function swinMask(noise: Float32Array, d: SwinDims): Float32Array {
+  const order = Array.from({ length: d.units }, (_, u) => u).sort((a, b) => noise[a]! - noise[b]! || a - b);
+  const mask = new Float32Array(d.units);
+  for (const u of order.slice(0, d.nMasked)) mask[u] = 1;
+  return mask;
+}
+
+/** LocalMIM on a Swin backbone (docs/method.md#swin): each stage's merged output → its own decoder → summed masked losses. */
+export class SwinLocalMIM implements PretrainModel<SwinBatch> {
+  readonly dims: SwinDims;
+  readonly params: ParamStore;
+  readonly decays = swinDecays;
+
+  constructor(
+    readonly config: ModelConfig,
+    seed: number,
+  ) {
+    this.dims = swinDims(config);
+    this.params = new ParamStore(config, seed);
+  }
+
+  get cells() {
+    return this.dims.cells;
+  }
+
+  get F() {
+    return this.dims.F;
+  }
+
+  targetShapes(): number[][] {
+    return this.dims.outGrids.map((g, k) => [g * g, this.dims.F[k]!]);
+  }
+
+  /** One mask per batch: noise for the mask grid's units only. */
+  noiseSize(): number {
+    return this.dims.units;
+  }
+
+  prepare(images: RgbImage[], noise: Float32Array): SwinBatch {
+    return this.prepareMasked(images, swinMask(noise, this.dims));
+  }
+
+  /** A batch under a given unit mask (1 = removed), e.g. the golden file's. */
+  prepareMasked(images: RgbImage[], unitMask: Float32Array): SwinBatch {
+    const d = this.dims;
+    const B = images.length;
+    const units = Int32Array.from(unitMask.keys()).filter((u) => !unitMask[u]);
+    const plan = planTensors(d, swinPlan(d, units));
+    const device = tf.tidy(() => {
+      const x = toTensor(images);
+      const normalized = normalize(x);
+      const tiled = new Float32Array(B * d.units).map((_, i) => unitMask[i % d.units]!);
+      return {
+        patches: unitPatches(normalized, d, units),
+        removed: d.outGrids.map((g, k) => {
+          const r = plan.plan.restore[k]!;
+          return tf.tensor3d(
+            Float32Array.from(r, (t) => (t < 0 ? 1 : 0)),
+            [1, g * g, 1],
+          );
+        }),
+        stageMasks: d.outGrids.map((g) => tf.tensor2d(scaleMask(tiled, B, d.maskGrid, g / d.maskGrid), [B, g * g])),
+        targets: this.targets(x, normalized),
+      };
+    });
+    return { B, unitMask, plan, ...device };
+  }
+
+  /** Targets of images `[B, H, W, 3]` (0–255), one `[B, L_k, F_k]` per stage: HOG cells or pixel patches of the stage's token size. */
+  private targets(x: tf.Tensor4D, normalized: tf.Tensor4D): tf.Tensor3D[] {
+    const c = this.config;
+    if (c.target === 'pixel') return this.dims.cells.map((cell) => pixelTargets(normalized, cell, c.normPix));
+    const bias = c.hogBias ? this.dims.cells.map((_, k) => this.params.get(`hog_enc.${k}.conv.bias`)) : undefined;
+    return hog(x, c.nbins, this.dims.cells, bias);
+  }
+
+  /** The whole forward pass and loss (docs/method.md#swin). Call inside `tf.tidy`. */
+  forward(batch: SwinBatch): ForwardOutput {
+    const P = (name: string) => this.params.get(name);
+    const outputs = swinEncode(P, this.dims, batch.patches, batch.plan);
+    const latents = outputs.map((x, k) => layerNorm(x, P(`norm.${k}.weight`), P(`norm.${k}.bias`)));
+    const preds = latents.map((z, k) => this.decode(P, k, z, batch));
+    const losses = preds.map((pred, k) => maskedMse(pred, batch.targets[k]!, batch.stageMasks[k]!));
+    return { latents, preds, losses, loss: tf.addN(losses) as tf.Scalar };
+  }
+
+  /**
+   * Stage k's decoder (official `ViT_Decoder`) on its latent `[B, n, C_k]`: embedded, put back in raster order over the
+   * stage's output grid with mask tokens in the gaps, fixed sin-cos positions, blocks, norm, Linear: `[B, L_k, F_k]`.
+   */
+  private decode(P: Param, k: number, latent: tf.Tensor, batch: SwinBatch): tf.Tensor {
+    const c = this.config;
+    const dec = `decoder.${k}`;
+    const [B, n, C] = latent.shape as [number, number, number];
+    const W = this.dims.decoderDims[k]!;
+    const g = this.dims.outGrids[k]!;
+    const x = tf.reshape(linear(tf.reshape(latent, [B * n, C]), P(`${dec}.embed.weight`), P(`${dec}.embed.bias`)), [B, n, W]);
+    const { order, slots } = batch.plan.restore[k]!;
+    const full = tf.add(gatherTokens(x, order, slots), tf.mul(batch.removed[k]!, P(`${dec}.mask_token`))); // [B, L, W]
+    let h: tf.Tensor = tf.reshape(tf.add(full, P(`${dec}.pos_embed`)), [B * g * g, W]);
+    for (let i = 0; i < c.decoderDepth; i++) h = block(P, `${dec}.blocks.${i}`, h, B, g * g, c.decoderHeads);
+    h = layerNorm(h, P(`${dec}.norm.weight`), P(`${dec}.norm.bias`));
+    return tf.reshape(linear(h, P(`${dec}.pred.weight`), P(`${dec}.pred.bias`)), [B, g * g, -1]);
+  }
+
+  /** The mask of image b on a grid of `g × g` squares of `p` pixels (for previews). */
+  pixelMask(batch: SwinBatch): { mask: (b: number) => Float32Array; g: number; p: number } {
+    return { mask: () => batch.unitMask, g: this.dims.maskGrid, p: this.config.imgSize / this.dims.maskGrid };
+  }
+
+  disposeBatch(b: SwinBatch): void {
+    disposePlanTensors(b.plan);
+    tf.dispose([b.patches, ...b.removed, ...b.stageMasks, ...b.targets]);
+  }
+
+  dispose(): void {
+    this.params.dispose();
+  }
+}

@@ -1,0 +1,429 @@
+import * as tf from '@tensorflow/tfjs';
+import type { SwinDims } from '../config.js';
+import type { Rng } from '../random.js';
+import { tokens } from '../targets/image.js';
+import { gelu, layerNorm, linear, mm } from './ops.js';
+import { attention, type Param } from './vit.js';
+
+// The Swin encoder of the official pretraining model (docs/method.md#swin) on any set of visible mask units, all of
+// them included. Tokens are kept mask-unit-major, as the official code orders them: the visible units of the
+// `maskGrid × maskGrid` mask grid in raster order, each unit's `r × r` tokens in raster order within it. Which tokens
+// attend to which (windows, shifted windows, padding into groups) is index bookkeeping done on the host from the mask,
+// as the official `GroupingModule` does; the device sees gathers with known inverses and one-hot matmuls.
+
+/** How a stage's 2×2 neighbours are concatenated before the reduction: (dh, dw) order as the official pretraining, or timm's x0..x3 = (0,0), (1,0), (0,1), (1,1). */
+export type MergeOrder = 'pretrain' | 'timm';
+/** Token coordinates after a patch merging: the official pretraining's, or the true ones (docs/method.md#swin-coordinates). */
+export type CoordRule = 'official' | 'true';
+
+/** One attention pass's grouping of a stage's N tokens (official `GroupingModule.prepare`). */
+export interface GroupPlan {
+  mode: 'masking' | 'grouping';
+  /** Groups and tokens per group; masking mode is one group of all N tokens in their order. */
+  nG: number;
+  GS: number;
+  /** Grouping mode: the token in each slot `[nG·GS]` (−1 = padding), and each token's slot `[N]`. */
+  order: Int32Array | null;
+  slots: Int32Array | null;
+  /** Per slot: the window id (−1 = padding) and the position inside its window, `ly·w + lx` (−1 = padding). */
+  groupId: Int32Array;
+  local: Int32Array;
+}
+
+export interface StagePlan {
+  /** Tokens entering the stage, their `(row, col)` coordinates `[N·2]`, the unshifted and shifted groupings. */
+  N: number;
+  coords: Int32Array;
+  plain: GroupPlan;
+  shifted: GroupPlan | null;
+}
+
+/** The host-side bookkeeping of a batch's mask: every stage's groupings, and where each stage's output tokens lie. */
+export interface SwinPlan {
+  /** Visible mask units, raster order over the mask grid. */
+  units: Int32Array;
+  stages: StagePlan[];
+  /** Per stage: for each raster position of the stage's output grid, the output token there (−1 = masked). */
+  restore: Int32Array[];
+}
+
+/** Plans the encoder for the visible mask units `units` (raster indices over the mask grid, increasing). */
+export function swinPlan(d: SwinDims, units: Int32Array, rule: CoordRule = 'official'): SwinPlan {
+  const G = d.maskGrid;
+  const stages = d.grids.map((g, i): StagePlan => {
+    const r = g / G;
+    const N = units.length * r * r;
+    const coords = new Int32Array(2 * N);
+    for (let n = 0; n < N; n++) {
+      const u = units[Math.floor(n / (r * r))]!;
+      const t = n % (r * r);
+      const [y, x] = [Math.floor(u / G) * r + Math.floor(t / r), (u % G) * r + (t % r)];
+      // After a merging the official code reads the unit-major index of a token as a raster index (docs/method.md#swin-coordinates).
+      const m = u * r * r + t;
+      const official = i > 0 && rule === 'official';
+      coords[2 * n] = official ? Math.floor(m / g) : y;
+      coords[2 * n + 1] = official ? m % g : x;
+    }
+    const w = d.windows[i]!;
+    const mode = N <= 2 * w * w ? 'masking' : 'grouping';
+    const plain = groupPlan(coords, w, 0, mode);
+    return { N, coords, plain, shifted: d.shifts[i] ? groupPlan(coords, w, d.shifts[i]!, mode) : null };
+  });
+  const restore = d.outGrids.map((g) => {
+    const r = g / G;
+    const out = new Int32Array(g * g).fill(-1);
+    units.forEach((u, k) => {
+      for (let t = 0; t < r * r; t++) {
+        const [y, x] = [Math.floor(u / G) * r + Math.floor(t / r), (u % G) * r + (t % r)];
+        out[y * g + x] = k * r * r + t;
+      }
+    });
+    return out;
+  });
+  return { units, stages, restore };
+}
+
+/** The official `GroupingModule` for one window size and shift, in masking or grouping mode. */
+function groupPlan(coords: Int32Array, w: number, shift: number, mode: GroupPlan['mode']): GroupPlan {
+  const N = coords.length / 2;
+  const off = (w - shift) % w;
+  // The official id multiplies the window row by the token count, not the window columns: same order, same groups.
+  const gid = Int32Array.from(
+    { length: N },
+    (_, n) => Math.floor((coords[2 * n]! + off) / w) * N + Math.floor((coords[2 * n + 1]! + off) / w),
+  );
+  const localOf = (n: number) => ((coords[2 * n]! + off) % w) * w + ((coords[2 * n + 1]! + off) % w);
+  if (mode === 'masking') {
+    return { mode, nG: 1, GS: N, order: null, slots: null, groupId: gid, local: Int32Array.from({ length: N }, (_, n) => localOf(n)) };
+  }
+  // Tokens by window, windows by id; the knapsack packs windows into groups of at most the largest window's count.
+  const byWindow = new Map<number, number[]>();
+  for (const n of [...gid.keys()].sort((a, b) => gid[a]! - gid[b]! || a - b)) {
+    if (!byWindow.has(gid[n]!)) byWindow.set(gid[n]!, []);
+    byWindow.get(gid[n]!)!.push(n);
+  }
+  const windows = [...byWindow.values()];
+  const GS = Math.min(w * w, Math.max(...windows.map((t) => t.length)));
+  const groups = groupWindows(
+    GS,
+    windows.map((t) => t.length),
+  );
+  const order = new Int32Array(groups.length * GS).fill(-1);
+  groups.forEach((g, j) =>
+    order.set(
+      g.flatMap((k) => windows[k]!),
+      j * GS,
+    ),
+  );
+  const slots = new Int32Array(N);
+  order.forEach((n, s) => n >= 0 && (slots[n] = s));
+  return {
+    mode,
+    nG: groups.length,
+    GS,
+    order,
+    slots,
+    groupId: order.map((n) => (n < 0 ? -1 : gid[n]!)),
+    local: order.map((n) => (n < 0 ? -1 : localOf(n))),
+  };
+}
+
+/** 0/1 knapsack of capacity W over item weights = values `wt` (the official DP): the best total and the chosen items, increasing. */
+export function knapsack(W: number, wt: number[]): [number, number[]] {
+  const n = wt.length;
+  const K = Array.from({ length: n + 1 }, () => new Array<number>(W + 1).fill(0));
+  for (let i = 1; i <= n; i++)
+    for (let c = 1; c <= W; c++)
+      K[i]![c] = wt[i - 1]! <= c ? Math.max(wt[i - 1]! + K[i - 1]![c - wt[i - 1]!]!, K[i - 1]![c]!) : K[i - 1]![c]!;
+  let res = K[n]![W]!;
+  let c = W;
+  const idx: number[] = [];
+  for (let i = n; i > 0 && res > 0; i--) {
+    if (res === K[i - 1]![c]) continue;
+    idx.push(i - 1);
+    res -= wt[i - 1]!;
+    c -= wt[i - 1]!;
+  }
+  return [K[n]![W]!, idx.reverse()];
+}
+
+/** The official `group_windows`: knapsack after knapsack over the remaining windows; returns each group's window indices. */
+export function groupWindows(size: number, counts: number[]): number[][] {
+  let wt = [...counts];
+  let ids = counts.map((_, i) => i);
+  const groups: number[][] = [];
+  while (wt.length > 0) {
+    const [, idx] = knapsack(size, wt);
+    groups.push(idx.map((i) => ids[i]!));
+    const chosen = new Set(idx);
+    wt = wt.filter((_, i) => !chosen.has(i));
+    ids = ids.filter((_, i) => !chosen.has(i));
+  }
+  return groups;
+}
+
+/** A grouping on the device: the gathers, the window-position one-hots and the additive mask. */
+export interface GroupTensors {
+  plan: GroupPlan;
+  window: number;
+  /** Grouping mode: slot → token (N = zero row) and token → slot; masking mode: null. */
+  order: tf.Tensor1D | null;
+  slots: tf.Tensor1D | null;
+  /** One-hot window positions `[nG·GS, w²]` and their transpose per group `[nG, w², GS]` (padding rows zero). */
+  E: tf.Tensor2D;
+  Et: tf.Tensor3D;
+  /** `[nG, 1, GS, GS]`: 1 where two slots share a window, and the official −100 elsewhere (0 within). */
+  same: tf.Tensor4D;
+  minus: tf.Tensor4D;
+}
+
+export interface StageTensors {
+  plain: GroupTensors;
+  shifted: GroupTensors | null;
+}
+
+/** A plan's device tensors: per stage its groupings, per stage output its restore gather, per window side its bias-table one-hot. */
+export interface SwinPlanTensors {
+  plan: SwinPlan;
+  stages: StageTensors[];
+  restore: { order: tf.Tensor1D; slots: tf.Tensor1D }[];
+  /** Per window side w: one-hot `[w⁴, (2w−1)²]` of the standard relative position index. */
+  relIndex: Map<number, tf.Tensor2D>;
+}
+
+export function planTensors(d: SwinDims, plan: SwinPlan): SwinPlanTensors {
+  // Every tensor is kept: a caller's tidy must not take them; disposePlanTensors frees them.
+  const relIndex = new Map<number, tf.Tensor2D>();
+  for (const w of new Set(d.windows)) relIndex.set(w, tf.keep(relativeIndexOneHot(w)));
+  const group = (g: GroupPlan, w: number, N: number): GroupTensors => {
+    const { nG, GS } = g;
+    const E = new Float32Array(nG * GS * w * w);
+    const Et = new Float32Array(nG * w * w * GS);
+    g.local.forEach((l, s) => {
+      if (l < 0) return;
+      E[s * w * w + l] = 1;
+      Et[(Math.floor(s / GS) * w * w + l) * GS + (s % GS)] = 1;
+    });
+    const same = new Float32Array(nG * GS * GS);
+    const minus = new Float32Array(nG * GS * GS);
+    for (let j = 0; j < nG; j++)
+      for (let a = 0; a < GS; a++)
+        for (let b = 0; b < GS; b++) {
+          const [ga, gb] = [g.groupId[j * GS + a]!, g.groupId[j * GS + b]!];
+          const within = ga === gb && ga !== -1;
+          same[(j * GS + a) * GS + b] = within ? 1 : 0;
+          minus[(j * GS + a) * GS + b] = within ? 0 : -100;
+        }
+    return {
+      plan: g,
+      window: w,
+      order: g.order
+        ? tf.keep(
+            tf.tensor1d(
+              g.order.map((n) => (n < 0 ? N : n)),
+              'int32',
+            ),
+          )
+        : null,
+      slots: g.slots ? tf.keep(tf.tensor1d(g.slots, 'int32')) : null,
+      E: tf.keep(tf.tensor2d(E, [nG * GS, w * w])),
+      Et: tf.keep(tf.tensor3d(Et, [nG, w * w, GS])),
+      same: tf.keep(tf.tensor4d(same, [nG, 1, GS, GS])),
+      minus: tf.keep(tf.tensor4d(minus, [nG, 1, GS, GS])),
+    };
+  };
+  const stages = plan.stages.map((s, i) => ({
+    plain: group(s.plain, d.windows[i]!, s.N),
+    shifted: s.shifted ? group(s.shifted, d.windows[i]!, s.N) : null,
+  }));
+  const restore = plan.restore.map((r) => {
+    const n = Math.max(-1, ...r) + 1;
+    const slots = new Int32Array(n);
+    r.forEach((k, p) => k >= 0 && (slots[k] = p));
+    return {
+      order: tf.keep(
+        tf.tensor1d(
+          r.map((k) => (k < 0 ? n : k)),
+          'int32',
+        ),
+      ),
+      slots: tf.keep(tf.tensor1d(slots, 'int32')),
+    };
+  });
+  return { plan, stages, restore, relIndex };
+}
+
+export function disposePlanTensors(t: SwinPlanTensors): void {
+  const groups = t.stages.flatMap((s) => (s.shifted ? [s.plain, s.shifted] : [s.plain]));
+  tf.dispose([
+    ...groups.flatMap((g) => [g.E, g.Et, g.same, g.minus, ...(g.order ? [g.order, g.slots!] : [])]),
+    ...t.restore.flatMap((r) => [r.order, r.slots]),
+    ...t.relIndex.values(),
+  ]);
+}
+
+/** One-hot `[w⁴, (2w−1)²]`: row (i, j) of a w×w window's token pair picks `(Δy + w − 1)·(2w − 1) + Δx + w − 1`. */
+function relativeIndexOneHot(w: number): tf.Tensor2D {
+  const T = (2 * w - 1) ** 2;
+  const out = new Float32Array(w ** 4 * T);
+  for (let i = 0; i < w * w; i++)
+    for (let j = 0; j < w * w; j++) {
+      const dy = Math.floor(i / w) - Math.floor(j / w);
+      const dx = (i % w) - (j % w);
+      out[(i * w * w + j) * T + (dy + w - 1) * (2 * w - 1) + dx + w - 1] = 1;
+    }
+  return tf.tensor2d(out, [w ** 4, T]);
+}
+
+/**
+ * `x [B, N, C]` gathered along tokens by `order` (an index of N reads a zero row), where each source token lands in at
+ * most one place: its gradient is the gather back by `slots`, which tfjs's wasm backend lacks for plain gathers.
+ */
+export function gatherTokens(x: tf.Tensor, order: tf.Tensor1D, slots: tf.Tensor1D): tf.Tensor {
+  const f = (xs: tf.Tensor) => ({
+    value: tf.gather(padZero(xs), order, 1),
+    gradFunc: (dy: tf.Tensor) => tf.gather(padZero(dy), slots, 1),
+  });
+  const op = tf.customGrad(f as unknown as Parameters<typeof tf.customGrad>[0]) as (x: tf.Tensor) => tf.Tensor;
+  return op(x);
+}
+
+const padZero = (x: tf.Tensor) => tf.concat([x, tf.zeros([x.shape[0]!, 1, x.shape[2]!])], 1);
+
+/**
+ * The relative position bias of a grouping, `[nG, heads, GS, GS]`, masked as the official code (zero across windows,
+ * −100 added): the table gathered into a window's full `[w², w², heads]` bias by a one-hot matmul, then each group's
+ * pairs picked as `E · bias_h · Eᵀ`.
+ */
+export function relativeBias(table: tf.Tensor, g: GroupTensors, relIndex: tf.Tensor2D): tf.Tensor {
+  const { nG, GS } = g.plan;
+  const w2 = g.window ** 2;
+  const heads = table.shape[1]!;
+  const full = tf.reshape(mm(relIndex, table), [w2, w2 * heads]); // [(i), (j, h)]
+  const left = tf.reshape(mm(g.E, full), [nG, GS, w2, heads]); // [g, a, j, h]
+  const picked = mm(tf.reshape(tf.transpose(left, [0, 3, 1, 2]), [nG, heads * GS, w2]), g.Et); // [g, (h, a), b]
+  return tf.add(tf.mul(tf.reshape(picked, [nG, heads, GS, GS]), g.same), g.minus);
+}
+
+export interface SwinBlockOptions {
+  onProbs?: (p: tf.Tensor) => void;
+  /** Stochastic depth: per-sample scale `[B, 1, 1]` of each residual branch, 0 (dropped) or 1/(1−rate). */
+  keep?: [tf.Tensor, tf.Tensor];
+  /** LayerNorm eps before the MLP: 1e-6 (`norm_layer`) in pretraining; the official fine-tuning model's is PyTorch's 1e-5. */
+  norm2Eps?: number;
+}
+
+/** A Swin block on `x [B, N, C]`: windowed attention with relative position bias within `g`'s groups, then the MLP. */
+export function swinBlock(
+  P: Param,
+  name: string,
+  x: tf.Tensor,
+  g: GroupTensors,
+  relIndex: tf.Tensor2D,
+  heads: number,
+  o: SwinBlockOptions = {},
+): tf.Tensor {
+  const [B, N, C] = x.shape as [number, number, number];
+  const { nG, GS } = g.plan;
+  const branch = (y: tf.Tensor, i: 0 | 1) => (o.keep ? tf.mul(y, o.keep[i]) : y);
+  // LayerNorm is per token, so it commutes with the grouping gather; padding slots are zero rows, masked out.
+  let h = layerNorm(x, P(`${name}.norm1.weight`), P(`${name}.norm1.bias`));
+  if (g.order) h = gatherTokens(h, g.order, g.slots!);
+  const bias = relativeBias(P(`${name}.attn.relative_position_bias_table`), g, relIndex);
+  let a = attention(P, `${name}.attn`, tf.reshape(h, [B * nG * GS, C]), B * nG, GS, heads, o.onProbs, bias);
+  a = tf.reshape(a, [B, nG * GS, C]);
+  if (g.order) a = gatherTokens(a, g.slots!, g.order);
+  x = tf.add(x, branch(a, 0));
+  const rows = tf.reshape(layerNorm(x, P(`${name}.norm2.weight`), P(`${name}.norm2.bias`), o.norm2Eps), [B * N, C]);
+  const m = linear(
+    gelu(linear(rows, P(`${name}.mlp.fc1.weight`), P(`${name}.mlp.fc1.bias`))),
+    P(`${name}.mlp.fc2.weight`),
+    P(`${name}.mlp.fc2.bias`),
+  );
+  return tf.add(x, branch(tf.reshape(m, [B, N, C]), 1));
+}
+
+/**
+ * Patch merging on `x [B, N, C]` whose tokens come in mask units of `r × r` (raster within): each 2×2 neighbourhood
+ * concatenated in `order`, then LayerNorm and the reduction `[2C, 4C]` (no bias): `[B, N/4, 2C]`, units of `r/2 × r/2`.
+ */
+export function patchMerging(P: Param, name: string, x: tf.Tensor, r: number, order: MergeOrder): tf.Tensor {
+  const [B, N, C] = x.shape as [number, number, number];
+  const h = r / 2;
+  const grid = tf.reshape(x, [(B * N) / (r * 2), 2, h, 2, C]); // [(b, unit, h2), dh, w2, dw, C]
+  const merged = tf.transpose(grid, order === 'pretrain' ? [0, 2, 1, 3, 4] : [0, 2, 3, 1, 4]); // [.., w2, (dh, dw) or (dw, dh), C]
+  const y = layerNorm(tf.reshape(merged, [(B * N) / 4, 4 * C]), P(`${name}.norm.weight`), P(`${name}.norm.bias`));
+  return tf.reshape(linear(y, P(`${name}.reduction.weight`)), [B, N / 4, 2 * C]);
+}
+
+/**
+ * Patches of normalised images `[B, H, W, 3]` for the visible units of a plan, mask-unit-major, flattened `(c, dy, dx)`
+ * like the patch conv's weight: `[B, N0, 3p²]`. No gradient needed.
+ */
+export function unitPatches(x: tf.Tensor4D, d: SwinDims, units: Int32Array): tf.Tensor3D {
+  return tf.tidy(() => {
+    const { p } = d;
+    const [B] = x.shape;
+    const g = d.grids[0]!;
+    const r = g / d.maskGrid;
+    const t = tokens(x, p); // [B, g², (dy, dx, c)]
+    const rows = tf.reshape(tf.transpose(tf.reshape(t, [B, g * g, p * p, 3]), [0, 1, 3, 2]), [B, g * g, 3 * p * p]);
+    const ids = new Int32Array(units.length * r * r);
+    units.forEach((u, k) => {
+      for (let q = 0; q < r * r; q++)
+        ids[k * r * r + q] = (Math.floor(u / d.maskGrid) * r + Math.floor(q / r)) * g + (u % d.maskGrid) * r + (q % r);
+    });
+    return tf.gather(rows, tf.tensor1d(ids, 'int32'), 1) as tf.Tensor3D;
+  });
+}
+
+export interface SwinEncoderOptions {
+  merge?: MergeOrder;
+  /** Receives each block's attention probabilities `[B·nG·heads, GS, GS]` with its grouping. */
+  onAttention?: (stage: number, block: number, probs: tf.Tensor, g: GroupPlan) => void;
+  /** Stochastic depth with a rate rising linearly to `rate` over all blocks, as timm. */
+  dropPath?: { rate: number; rng: Rng };
+  norm2Eps?: number;
+}
+
+/**
+ * The Swin encoder (docs/method.md#swin) on the visible tokens of a plan: `patches [B, N0, 3p²]` (see `unitPatches`)
+ * embedded and normalised, then each stage's blocks (unshifted, shifted, …) and its patch merging. Returns each stage's
+ * output after its merging, `[B, N_i, C_i]`, unnormalised (the last stage's is the last block's).
+ */
+export function swinEncode(P: Param, d: SwinDims, patches: tf.Tensor, t: SwinPlanTensors, o: SwinEncoderOptions = {}): tf.Tensor[] {
+  const [B, N0] = patches.shape as [number, number, number];
+  const C = d.C;
+  const Wpe = tf.reshape(P('patch_embed.proj.weight'), [C, -1]);
+  let x: tf.Tensor = linear(tf.reshape(patches, [B * N0, -1]), Wpe, P('patch_embed.proj.bias'));
+  x = tf.reshape(layerNorm(x, P('patch_embed.norm.weight'), P('patch_embed.norm.bias')), [B, N0, C]);
+  const total = d.depths.reduce((a, b) => a + b, 0);
+  const outputs: tf.Tensor[] = [];
+  let index = 0;
+  d.depths.forEach((depth, i) => {
+    const s = t.stages[i]!;
+    const rel = t.relIndex.get(d.windows[i]!)!;
+    for (let j = 0; j < depth; j++, index++) {
+      const g = j % 2 === 1 && s.shifted ? s.shifted : s.plain;
+      const rate = o.dropPath && o.dropPath.rate > 0 ? (o.dropPath.rate * index) / Math.max(total - 1, 1) : 0;
+      x = swinBlock(P, `layers.${i}.blocks.${j}`, x, g, rel, d.heads[i]!, {
+        keep: rate > 0 ? keepMasks(o.dropPath!.rng, rate, B) : undefined,
+        onProbs: o.onAttention && ((p) => o.onAttention!(i, j, p, g.plan)),
+        norm2Eps: o.norm2Eps,
+      });
+    }
+    if (i < d.depths.length - 1) x = patchMerging(P, `layers.${i}.downsample`, x, d.grids[i]! / d.maskGrid, o.merge ?? 'pretrain');
+    outputs.push(x);
+  });
+  return outputs;
+}
+
+/** Two per-sample keep masks `[B, 1, 1]` (attention and MLP branch). */
+function keepMasks(rng: Rng, rate: number, B: number): [tf.Tensor, tf.Tensor] {
+  const mask = () =>
+    tf.tensor3d(
+      Float32Array.from({ length: B }, () => (rng.next() < rate ? 0 : 1 / (1 - rate))),
+      [B, 1, 1],
+    );
+  return [mask(), mask()];
+}
