@@ -16,6 +16,8 @@ import { disposeBatch, LocalMIM } from '../core/model/localmim.js';
 import { Rng } from '../core/random.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../core/safetensors.js';
 import { TRAIN_PY } from '../core/scale/job.js';
+import { launchNodeJob } from '../core/jobs/launch.js';
+import { Service } from '../core/service/service.js';
 import { Store } from '../core/store/store.js';
 import { TrainStep } from '../core/train/step.js';
 import { localmim } from './cli.js';
@@ -106,11 +108,15 @@ withTorch('train.py: one optimizer step equals the app’s', () => {
         const qv = (x: Float32Array) => Float32Array.of(...x.subarray(0, W), ...x.subarray(2 * W));
         [a, b] = [qv(a), qv(b)];
       }
+      worst = Math.max(worst, relative(a, b));
       expect(relative(a, b), name).toBeLessThan(1e-4);
     };
+    let worst = 0;
     for (const [n, t] of model.params.vars) compare(n, t);
     for (const [n, t] of trainer.optimizer.m) compare(`optimizer.exp_avg.${n}`, t);
     for (const [n, t] of trainer.optimizer.v) compare(`optimizer.exp_avg_sq.${n}`, t);
+    const lossGap = Math.max(...losses.map((l, k) => Math.abs(l - ours[k + 1]!) / ours[k + 1]!));
+    console.log(`${name}: largest relative gap ${lossGap.toExponential(1)} (losses), ${worst.toExponential(1)} (tensors)`);
     // The step moved the weights: equal "after" weights are not equal "before" ones.
     const moved = relative(theirs.get('blocks.0.attn.qkv.weight')!.values, handed.get('blocks.0.attn.qkv.weight')!.values);
     expect(moved).toBeGreaterThan(1e-4);
@@ -311,5 +317,28 @@ withTorch('localmim scale-out → torch → scale-in', () => {
     expect(s.metrics(source.id).map((x) => x.step)).toEqual([1, 2, 3, 4, 5]);
     expect(s.checkpoints(source.id).map((c) => c.step)).toContain(5);
     s.close();
+  });
+
+  test("the app's Scale out… action writes the same folder and shows the commands", async () => {
+    const service = new Service(home, () => launchNodeJob());
+    try {
+      const run = service.store.runs().find((x) => x.backend !== 'torch')!;
+      const job = (await service.call('jobs.scaleOut', { runId: run.id, step: 3, datasetId: run.datasetId })) as {
+        out: string;
+        readme: string;
+      };
+      expect(job.out).toBe(join(home, 'jobs', `run-${run.id}-3`));
+      expect(readFileSync(join(job.out, 'README.md'), 'utf8')).toBe(job.readme);
+      expect(job.readme).toContain('torchrun --standalone --nproc_per_node 8 train.py');
+      expect(job.readme).toMatch(/\| 1 node × 8 GPUs \| 8 \| 64 \| 3\.000e-3 \|/); // an absolute lr does not scale
+      expect(readFileSync(join(job.out, 'train.py'), 'utf8')).toBe(readFileSync(TRAIN_PY, 'utf8'));
+      const fresh = (await service.call('jobs.scaleOut', { config: { model: tiny }, datasetId: run.datasetId })) as { readme: string };
+      expect(fresh.readme).toMatch(/\| 1 GPU \| 1 \| 32 \| 2\.500e-5 \|/); // blr 2e-4 · 32 / 256
+      await expect(service.call('jobs.scaleOut', { runId: run.id, config: {}, datasetId: run.datasetId })).rejects.toThrow(
+        /jobs.scaleOut: runId: give either runId or config/,
+      );
+    } finally {
+      await service.shutdown();
+    }
   });
 });

@@ -25,7 +25,7 @@ export interface JobInfo {
 
 export interface ScaleOut {
   /** A run to continue from its latest checkpoint (or `RUN:STEP`), or a new run's config. */
-  from: { run: string } | { config: RunConfig };
+  from: { run: string } | { config: unknown };
   data: string;
   out: string;
 }
