@@ -148,6 +148,8 @@ export async function scaleIn(
   if (existing !== undefined) {
     const run = store.run(existing);
     if (!run) throw new UserError(`${dir}: continues run ${existing}, which this data folder does not have`, 'not-found');
+    if (run.status === 'running' || run.status === 'queued')
+      throw new UserError(`run ${run.id} is ${run.status} here: pause it before bringing the job back into it`, 'conflict');
     runId = run.id;
   } else {
     const dataset = store.dataset(info.dataRoot);

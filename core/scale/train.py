@@ -304,6 +304,7 @@ class LocalMIM(nn.Module):
         return losses
 
     @torch.no_grad()
+    @torch.autocast('cuda', enabled=False)  # targets in float32 under --amp
     def target(self, k, images, normalized):
         cell = self.dims.cells[k]
         if self.c['target'] == 'pixel':
