@@ -35,7 +35,7 @@ const ONE_STEP = fileURLToPath(new URL('./scale/one_step.py', import.meta.url));
 
 // Tiny models: 32 px, patch 8 (a 4×4 grid); one environment thread each, so that two processes share 2 cores.
 const tiny = { D: 32, depth: 4, heads: 2, decoderDim: 32, decoderHeads: 2, imgSize: 32, patchSize: 8 };
-const pyEnv = { ...process.env, OMP_NUM_THREADS: '1' };
+const pyEnv = { ...process.env, OMP_NUM_THREADS: '1', PYTHONDONTWRITEBYTECODE: '1' };
 
 function python(args: string[], env: NodeJS.ProcessEnv = {}) {
   const r = spawnSync(PY, args, { encoding: 'utf8', env: { ...pyEnv, ...env }, maxBuffer: 64 << 20 });
