@@ -110,6 +110,11 @@ test('export the backbone, look at its attention, fine-tune it on a labeled fold
   await expect
     .poll(() => page.getByTestId('exported').textContent(), { timeout: 60_000 })
     .toMatch(/model\.safetensors, config\.json, README\.md/);
+  await page.getByRole('button', { name: 'Scale out…' }).click();
+  await expect
+    .poll(() => page.getByTestId('scale-out').textContent(), { timeout: 60_000 })
+    .toMatch(/jobs\/run-1 \(300 images\)[\s\S]*torchrun --standalone --nproc_per_node 8 train\.py/);
+  await shot('5-scale-out');
 
   await page.getByRole('link', { name: 'See its attention…' }).click();
   await page.getByTestId('attention').locator('canvas').first().waitFor({ timeout: 60_000 });

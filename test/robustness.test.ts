@@ -104,6 +104,8 @@ describe('--help', () => {
     index: ['--home DIR', '--max-pixels N', '--min-side PX', '--json'],
     serve: ['--port PORT', '--host HOST', '--home DIR', '--preview-every STEPS'],
     start: ['--home DIR', '--port PORT'],
+    'scale-out': ['--config FILE', '--data DIR', '--out JOBDIR', '--home DIR', '--json'],
+    'scale-in': ['--home DIR', '--json'],
   };
 
   test('every command lists its flags and exits 0', async () => {

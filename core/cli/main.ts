@@ -20,6 +20,8 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   doctor: () => import('./doctor.js'),
   job: () => import('./job.js'),
   backend: () => import('./backend.js'),
+  'scale-out': () => import('./scale-out.js'),
+  'scale-in': () => import('./scale-in.js'),
 };
 
 function usage(): string {

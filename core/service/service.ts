@@ -34,6 +34,7 @@ import { estimate } from '../runs/estimate.js';
 import type { TrainJob } from '../runs/job.js';
 import { begin, memoryProblem, prepare, type RunRequest } from '../runs/lifecycle.js';
 import { RunRecorder } from '../runs/recorder.js';
+import { scaleOut } from '../scale/job.js';
 import { optimOf, specOf } from '../runs/spec.js';
 import { Store, type ImageRow, type RunRow, type RunStatus } from '../store/store.js';
 import type { Cadence, TrainEvent } from '../train/loop.js';
@@ -239,6 +240,14 @@ export class Service {
       const run = this.run(a.runId);
       const spec = a.step === undefined ? String(run.id) : `${run.id}:${a.step}`;
       return exportRun(this.store, spec, a.format, join(this.home, 'exports', `${spec.replace(':', '-')}-${a.format}`));
+    },
+    'jobs.scaleOut': async (a) => {
+      const d = this.dataset(a.datasetId);
+      const name = a.runId === undefined ? `new-${Date.now()}` : `run-${this.run(a.runId).id}${a.step === undefined ? '' : `-${a.step}`}`;
+      const from = a.runId === undefined ? { config: a.config } : { run: a.step === undefined ? String(a.runId) : `${a.runId}:${a.step}` };
+      await initBackend();
+      const job = await scaleOut(this.store, { from, data: d.root, out: freshDir(join(this.home, 'jobs', name)) });
+      return { out: job.out, images: job.images, readme: job.readme };
     },
     'analysis.run': async (a) => {
       const run = this.run(a.runId);
@@ -446,3 +455,10 @@ function defaultConfig(): RunConfig {
 
 export type ServiceResult<M extends Method> = Awaited<ReturnType<Service['handlers'][M]>>;
 export type { Args };
+
+/** `path`, or `path-2`, `path-3`, … when it is taken. */
+function freshDir(path: string): string {
+  let out = path;
+  for (let i = 2; existsSync(out); i++) out = `${path}-${i}`;
+  return out;
+}

@@ -41,5 +41,5 @@ export function call<M extends Method>(method: M, args: Args<M>): Promise<Servic
   return transport.call(method, args) as Promise<ServiceResult<M>>;
 }
 
-export type { ApiEvent };
+export type { ApiEvent, Args };
 export type Result<M extends Method> = ServiceResult<M>;

@@ -1,0 +1,187 @@
+import { createHash } from 'node:crypto';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { basename, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseRunConfig, type RunConfig } from '../config.js';
+import { indexFolder } from '../data/indexer.js';
+import { UserError } from '../errors.js';
+import { LocalMIM } from '../model/localmim.js';
+import { checkpointFor } from '../runs/checkpoints.js';
+import { specOf } from '../runs/spec.js';
+import type { MetricRow, Store } from '../store/store.js';
+import { AdamW } from '../train/adamw.js';
+import { loadCheckpoint, saveCheckpoint } from '../train/checkpoint.js';
+import { jobReadme } from './readme.js';
+
+/** The PyTorch trainer shipped with the app, copied into every job folder. */
+export const TRAIN_PY = fileURLToPath(new URL('./train.py', import.meta.url));
+
+/** What `job.json` records: where the images were, the run a job continues (and the step), the run it came back as. */
+export interface JobInfo {
+  dataRoot: string;
+  source: { runId: number; step: number } | null;
+  runId?: number;
+}
+
+export interface ScaleOut {
+  /** A run to continue from its latest checkpoint (or `RUN:STEP`), or a new run's config. */
+  from: { run: string } | { config: unknown };
+  data: string;
+  out: string;
+}
+
+/**
+ * Writes a self-contained job folder for PyTorch DDP: train.py, config.json, manifest.jsonl (the dataset's images in
+ * the app's order), init.safetensors (a new run's seeded initial weights, or a continued run's checkpoint with its
+ * optimizer state), job.json and README.md with the launch commands. Everything is checked before anything is written.
+ */
+export async function scaleOut(store: Store, o: ScaleOut): Promise<{ out: string; config: RunConfig; images: number; readme: string }> {
+  const out = resolve(o.out);
+  if (existsSync(out) && readdirSync(out).length) throw new UserError(`--out: ${out} exists and is not empty`);
+  let config: RunConfig;
+  let source: { runId: number; step: number; path: string } | null = null;
+  if ('run' in o.from) {
+    const found = checkpointFor(store, o.from.run);
+    const spec = specOf(found.run);
+    if (spec.kind !== 'pretrain') throw new UserError(`run ${found.run.id} is not a pretraining run: only pretraining scales out`);
+    config = spec.config;
+    source = { runId: found.run.id, step: found.step, path: found.path };
+  } else config = parseRunConfig(o.from.config);
+  supported(config);
+  const summary = await indexFolder(store, o.data).catch((err: Error) => {
+    throw new UserError(`--data: ${err.message}`);
+  });
+  const rows = store.images(summary.datasetId, 'ok');
+  const need = config.optim.batch * config.optim.accumIter;
+  if (rows.length < need) throw new UserError(`--data: ${summary.root} has ${rows.length} usable images, fewer than one step of ${need}`);
+
+  mkdirSync(out, { recursive: true });
+  copyFileSync(TRAIN_PY, join(out, 'train.py'));
+  writeFileSync(join(out, 'config.json'), JSON.stringify(config, null, 2) + '\n');
+  writeFileSync(
+    join(out, 'manifest.jsonl'),
+    rows.map((r) => JSON.stringify({ path: r.path, sha256: r.hash, label: r.label })).join('\n') + '\n',
+  );
+  const info: JobInfo = { dataRoot: summary.root, source: source && { runId: source.runId, step: source.step } };
+  writeFileSync(join(out, 'job.json'), JSON.stringify(info, null, 2) + '\n');
+  if (source) copyFileSync(source.path, join(out, 'init.safetensors'));
+  else await writeInitial(config, join(out, 'init.safetensors'));
+  const readme = jobReadme({ config, images: rows.length, dataRoot: summary.root, source: info.source });
+  writeFileSync(join(out, 'README.md'), readme);
+  return { out, config, images: rows.length, readme };
+}
+
+/** Scale-out trains ViTs; anything else is refused before a file is written. */
+function supported(config: RunConfig): void {
+  const size = String(config.model.size);
+  if (!size.startsWith('vit-')) throw new UserError(`model.size: ${size}: scale-out trains ViT models only`);
+}
+
+/** A new run's step-0 checkpoint: the weights the app would start from with this seed, zero moments. */
+async function writeInitial(config: RunConfig, path: string): Promise<void> {
+  const model = new LocalMIM(config.model, config.seed);
+  const optimizer = new AdamW(model.params.vars, config.optim);
+  try {
+    await saveCheckpoint(path, model, optimizer, { step: 0, epoch: 0, loss: null, config });
+  } finally {
+    optimizer.dispose();
+    model.dispose();
+  }
+}
+
+const finite = (v: unknown) => typeof v === 'number' && Number.isFinite(v);
+
+/** metrics.jsonl: one `step` event a line, as the app's training loop reports them. */
+function readMetrics(file: string): MetricRow[] {
+  if (!existsSync(file)) return [];
+  return readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((line) => line.trim())
+    .map((line, i) => {
+      const e = JSON.parse(line) as Record<string, unknown>;
+      const ok =
+        e.type === 'step' &&
+        ['step', 'epoch', 'samples', 'loss', 'lr', 'imagesPerS'].every((k) => finite(e[k])) &&
+        Array.isArray(e.losses) &&
+        e.losses.every(finite);
+      if (!ok) throw new UserError(`${file}:${i + 1}: not a step event`);
+      return e as unknown as MetricRow;
+    });
+}
+
+/**
+ * Brings a job back as a run: its metrics and checkpoints (copied under the app's data folder) join the run it
+ * continued, or the run an earlier scale-in created, or a new pretraining run on the job's dataset.
+ */
+export async function scaleIn(
+  store: Store,
+  jobDir: string,
+  checkpointPath: (runId: number, step: number) => string,
+): Promise<{ runId: number; step: number; created: boolean; checkpoints: number; metrics: number }> {
+  const dir = resolve(jobDir);
+  const read = (name: string) => {
+    try {
+      return JSON.parse(readFileSync(join(dir, name), 'utf8')) as unknown;
+    } catch (err) {
+      throw new UserError(`${join(dir, name)}: cannot read (${(err as Error).message.split('\n')[0]})`);
+    }
+  };
+  const info = read('job.json') as JobInfo;
+  const config = parseRunConfig(read('config.json'));
+  const files = existsSync(join(dir, 'checkpoints'))
+    ? readdirSync(join(dir, 'checkpoints'))
+        .filter((f) => /^ckpt-\d+\.safetensors$/.test(f))
+        .sort()
+    : [];
+  if (!files.length) throw new UserError(`${dir}: the job has no checkpoint yet (checkpoints/ is empty)`);
+  const checkpoints = files.map((f) => {
+    const path = join(dir, 'checkpoints', f);
+    const c = loadCheckpoint(path);
+    if (JSON.stringify(parseRunConfig(c.state.config)) !== JSON.stringify(config))
+      throw new UserError(`${path}: its config differs from the job's config.json`);
+    return { path, c };
+  });
+  const metrics = readMetrics(join(dir, 'metrics.jsonl'));
+
+  const existing = info.runId ?? info.source?.runId;
+  let runId: number;
+  if (existing !== undefined) {
+    const run = store.run(existing);
+    if (!run) throw new UserError(`${dir}: continues run ${existing}, which this data folder does not have`, 'not-found');
+    if (run.status === 'running' || run.status === 'queued')
+      throw new UserError(`run ${run.id} is ${run.status} here: pause it before bringing the job back into it`, 'conflict');
+    runId = run.id;
+  } else {
+    const dataset = store.dataset(info.dataRoot);
+    runId = store.createRun({
+      name: `${basename(dir)} (torch)`,
+      datasetId: dataset?.id ?? null,
+      config,
+      backend: 'torch',
+      status: 'paused',
+      pid: null,
+    }).id;
+    writeFileSync(join(dir, 'job.json'), JSON.stringify({ ...info, runId }, null, 2) + '\n');
+  }
+  store.addMetrics(runId, metrics);
+  for (const { path, c } of checkpoints) {
+    const target = checkpointPath(runId, c.state.step);
+    mkdirSync(join(target, '..'), { recursive: true });
+    copyFileSync(path, target);
+    const hash = createHash('sha256').update(readFileSync(target)).digest('hex');
+    store.addCheckpoint({
+      runId,
+      step: c.state.step,
+      epoch: c.state.epoch,
+      loss: c.state.loss,
+      path: target,
+      size: statSync(target).size,
+      hash,
+    });
+  }
+  const last = checkpoints.at(-1)!.c.state;
+  const stepsPerEpoch = last.epoch > 0 ? last.step / last.epoch : Infinity;
+  const done = last.step >= config.optim.epochs * stepsPerEpoch - 1e-9;
+  store.updateRun(runId, { step: last.step, epoch: last.epoch, status: done ? 'finished' : 'paused', pid: null });
+  return { runId, step: last.step, created: existing === undefined, checkpoints: checkpoints.length, metrics: metrics.length };
+}
