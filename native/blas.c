@@ -332,21 +332,8 @@ static napi_value gelu_grad(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-// columnSum(x, out, rows, cols): out = Σ_rows x for x [rows, cols] (a bias's gradient); parts take column ranges.
-struct column_args {
-  const float *x;
-  float *out;
-  size_t R, C;
-};
-
-static void column_sum_range(void *ctx, size_t part, size_t c0, size_t c1) {
-  const struct column_args *a = ctx;
-  (void)part;
-  for (size_t c = c0; c < c1; c++) a->out[c] = 0;
-  for (size_t r = 0; r < a->R; r++)
-    for (size_t c = c0; c < c1; c++) a->out[c] += a->x[r * a->C + c];
-}
-
+// columnSum(x, out, rows, cols): out = Σ_rows x for x [rows, cols] (a bias's gradient). One thread: this memory-bound
+// pass split by columns ran slower on 2 cores.
 static napi_value column_sum(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   double d[2];
@@ -354,8 +341,10 @@ static napi_value column_sum(napi_env env, napi_callback_info info) {
   if (!call_args(env, info, 4, argv, 2, d)) return fail(env, "localmim_blas: columnSum takes x, out, rows, cols");
   const size_t R = (size_t)d[0], C = (size_t)d[1], need[2] = {R * C, C};
   if (!arrays(env, argv, 2, need, f)) return fail(env, "localmim_blas: columnSum arrays are too small");
-  struct column_args a = {f[0], f[1], R, C};
-  parallel_for(C, GRAIN / (R ? R : 1) + 8, column_sum_range, &a);
+  float *out = f[1];
+  for (size_t c = 0; c < C; c++) out[c] = 0;
+  for (size_t r = 0; r < R; r++)
+    for (size_t c = 0; c < C; c++) out[c] += f[0][r * C + c];
   return NULL;
 }
 
