@@ -113,16 +113,19 @@ export function timmSwinConfig(b: Backbone) {
       mlp_ratio: b.model.mlpRatio,
       qkv_bias: true,
     },
-    pretrained_cfg: {
-      input_size: [3, b.model.imgSize, b.model.imgSize],
-      mean: [0.485, 0.456, 0.406],
-      std: [0.229, 0.224, 0.225],
-      interpolation: 'bicubic',
-      crop_pct: 0.875,
-      classifier: 'head.fc',
-    },
+    pretrained_cfg: pretrainedCfg(b, 'head.fc'),
   };
 }
+
+/** timm's preprocessing of either family's export: ImageNet normalisation, bicubic resize, and where its classifier is. */
+const pretrainedCfg = (b: Backbone, classifier: string) => ({
+  input_size: [3, b.model.imgSize, b.model.imgSize],
+  mean: [0.485, 0.456, 0.406],
+  std: [0.229, 0.224, 0.225],
+  interpolation: 'bicubic',
+  crop_pct: 0.875,
+  classifier,
+});
 
 /** timm's `VisionTransformer` arguments for this backbone (global average pooling and fc_norm, as the official fine-tuning: docs/method.md#fine-tuning). */
 export function timmConfig(b: Backbone) {
@@ -144,13 +147,6 @@ export function timmConfig(b: Backbone) {
       class_token: true,
       global_pool: 'avg',
     },
-    pretrained_cfg: {
-      input_size: [3, b.model.imgSize, b.model.imgSize],
-      mean: [0.485, 0.456, 0.406],
-      std: [0.229, 0.224, 0.225],
-      interpolation: 'bicubic',
-      crop_pct: 0.875,
-      classifier: 'head',
-    },
+    pretrained_cfg: pretrainedCfg(b, 'head'),
   };
 }
