@@ -98,14 +98,14 @@ function pathFromXsToY(tape: TapeNode[], xs: tf.Tensor[], y: tf.Tensor): TapeNod
  */
 function backpropagate(path: TapeNode[], y: tf.Tensor, dy: tf.Tensor, tidy: (f: () => tf.Tensor) => tf.Tensor): Map<number, tf.Tensor> {
   const grads = new Map<number, tf.Tensor>([[y.id, dy]]);
-  const holders = new Map<tf.Tensor, number>([[dy, 2]]);
+  const holders = new Map<tf.Tensor, number>([[dy, 1]]);
   const hold = (t: tf.Tensor) => holders.set(t, (holders.get(t) ?? 0) + 1);
   const release = (t: tf.Tensor) => {
     const n = holders.get(t)! - 1;
     if (n > 0) holders.set(t, n);
     else {
       holders.delete(t);
-      t.dispose();
+      if (t !== dy) t.dispose();
     }
   };
   for (const node of [...path].reverse()) {
@@ -122,7 +122,7 @@ function backpropagate(path: TapeNode[], y: tf.Tensor, dy: tf.Tensor, tidy: (f: 
       const sum = current ? tf.add(current, dx) : dx;
       if (current) {
         release(current);
-        if (!holders.has(dx)) dx.dispose();
+        if (!holders.has(dx) && dx !== dy) dx.dispose();
       }
       grads.set(x.id, sum);
       hold(sum);

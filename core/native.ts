@@ -126,75 +126,82 @@ function batchMatMul(lib: Blas, args: WasmArgs<{ a: tf.TensorInfo; b: tf.TensorI
 }
 
 // The fused kernels, under names of their own on the wasm backend: each makes its outputs first, then views
-// the heap (allocating may grow, and so move, it), then runs one native loop.
-type Fused = (backend: BackendWasm, inputs: tf.TensorInfo[], attrs: Record<string, number>) => tf.TensorInfo[];
+// the heap through `v` (allocating may grow, and so move, it), then runs one native loop. `v` of an absent optional
+// input is empty.
+type View = (t?: tf.TensorInfo) => Float32Array;
+type Fused = (backend: BackendWasm, inputs: tf.TensorInfo[], attrs: Record<string, number>, v: View) => tf.TensorInfo[];
 const FUSED: Record<string, Fused> = {
-  LocalmimLayerNorm: (backend, [x, w, b], { eps }) => {
+  LocalmimLayerNorm: (backend, [x, w, b], { eps }, v) => {
     const cols = x!.shape.at(-1)!;
     const rows = size(x!.shape) / cols;
     const outs = [backend.makeOutput(x!.shape, 'float32'), backend.makeOutput([rows], 'float32'), backend.makeOutput([rows], 'float32')];
-    const v = (t: tf.TensorInfo) => heapView(backend, t, size(t.shape));
-    blas!.layerNorm(v(x!), v(w!), v(b!), v(outs[0]!), v(outs[1]!), v(outs[2]!), rows, cols, eps!);
+    blas!.layerNorm(v(x), v(w), v(b), v(outs[0]), v(outs[1]), v(outs[2]), rows, cols, eps!);
     return outs;
   },
-  LocalmimLayerNormGrad: (backend, [dy, x, w, mean, rstd]) => {
+  LocalmimLayerNormGrad: (backend, [dy, x, w, mean, rstd], _, v) => {
     const cols = x!.shape.at(-1)!;
     const outs = [x!, w!, w!].map((t) => backend.makeOutput(t.shape, 'float32'));
-    const v = (t: tf.TensorInfo) => heapView(backend, t, size(t.shape));
-    blas!.layerNormGrad(v(dy!), v(x!), v(w!), v(mean!), v(rstd!), v(outs[0]!), v(outs[1]!), v(outs[2]!), size(x!.shape) / cols, cols);
+    blas!.layerNormGrad(v(dy), v(x), v(w), v(mean), v(rstd), v(outs[0]), v(outs[1]), v(outs[2]), size(x!.shape) / cols, cols);
     return outs;
   },
-  LocalmimGelu: (backend, [x]) => {
+  LocalmimGelu: (backend, [x], _, v) => {
     const y = backend.makeOutput(x!.shape, 'float32');
-    const n = size(x!.shape);
-    blas!.gelu(heapView(backend, x!, n), heapView(backend, y, n), n);
+    blas!.gelu(v(x), v(y), size(x!.shape));
     return [y];
   },
-  LocalmimGeluGrad: (backend, [dy, x]) => {
+  LocalmimGeluGrad: (backend, [dy, x], _, v) => {
     const dx = backend.makeOutput(x!.shape, 'float32');
-    const n = size(x!.shape);
-    blas!.geluGrad(heapView(backend, dy!, n), heapView(backend, x!, n), heapView(backend, dx, n), n);
+    blas!.geluGrad(v(dy), v(x), v(dx), size(x!.shape));
     return [dx];
   },
-  LocalmimColumnSum: (backend, [x]) => {
+  LocalmimColumnSum: (backend, [x], _, v) => {
     const cols = x!.shape.at(-1)!;
     const out = backend.makeOutput([cols], 'float32');
-    blas!.columnSum(heapView(backend, x!, size(x!.shape)), heapView(backend, out, cols), size(x!.shape) / cols, cols);
+    blas!.columnSum(v(x), v(out), size(x!.shape) / cols, cols);
     return [out];
   },
-  LocalmimLinear: (backend, [x, w, b]) => {
+  LocalmimLinear: (backend, [x, w, b], _, v) => {
     const [N, K] = w!.shape as [number, number];
     const M = size(x!.shape) / K;
     const y = backend.makeOutput([M, N], 'float32');
-    const v = (t: tf.TensorInfo) => heapView(backend, t, size(t.shape));
-    blas!.linear(v(x!), v(w!), v(b!), v(y), M, N, K);
+    blas!.linear(v(x), v(w), v(b), v(y), M, N, K);
     return [y];
   },
-  LocalmimAttention: (backend, [qkv, bias], { B, T, heads, scale }) => {
+  LocalmimAttention: (backend, [qkv, bias], { B, T, heads, scale }, v) => {
     const W = qkv!.shape[1]! / 3;
     const outs = [backend.makeOutput([B! * T!, W], 'float32'), backend.makeOutput([B! * heads!, T!, T!], 'float32')];
-    const v = (t?: tf.TensorInfo) => (t ? heapView(backend, t, size(t.shape)) : new Float32Array(0));
-    blas!.attention(v(outs[0]!), v(qkv!), v(outs[1]!), v(bias), B!, T!, heads!, scale!, bias?.shape[0] ?? 0);
+    blas!.attention(v(outs[0]), v(qkv), v(outs[1]), v(bias), B!, T!, heads!, scale!, bias?.shape[0] ?? 0);
     return outs;
   },
-  LocalmimAttentionGrad: (backend, [dout, qkv, probs, bias], { B, T, heads, scale }) => {
+  LocalmimAttentionGrad: (backend, [dout, qkv, probs, bias], { B, T, heads, scale }, v) => {
     const outs = [backend.makeOutput(qkv!.shape, 'float32'), ...(bias ? [backend.makeOutput(bias.shape, 'float32')] : [])];
-    const v = (t?: tf.TensorInfo) => (t ? heapView(backend, t, size(t.shape)) : new Float32Array(0));
-    blas!.attentionGrad(v(dout!), v(qkv!), v(probs!), v(outs[0]!), v(outs[1]), B!, T!, heads!, scale!, bias?.shape[0] ?? 0);
+    blas!.attentionGrad(v(dout), v(qkv), v(probs), v(outs[0]), v(outs[1]), B!, T!, heads!, scale!, bias?.shape[0] ?? 0);
     return outs;
   },
-  LocalmimOrientedMagnitudes: (backend, [x, edges, bias], { nbins }) => {
+  LocalmimOrientedMagnitudes: (backend, [x, edges, bias], { nbins }, v) => {
     const [B, H, W] = x!.shape as number[];
     const out = backend.makeOutput([nbins! * B!, H!, W!, 3], 'float32');
-    const v = (t: tf.TensorInfo) => heapView(backend, t, size(t.shape));
-    blas!.orientedMagnitudes(v(x!), v(edges!), v(bias!), v(out), B!, H!, W!, nbins!);
+    blas!.orientedMagnitudes(v(x), v(edges), v(bias), v(out), B!, H!, W!, nbins!);
     return [out];
   },
-  LocalmimAdamW: (backend, [p, g, m, v], a) => {
-    const outs = [p!, m!, v!].map((t) => backend.makeOutput(t.shape, 'float32'));
-    const n = size(p!.shape);
-    const [pv, gv, mv, vv, po, mo, vo] = [p!, g!, m!, v!, ...outs].map((t) => heapView(backend, t, n));
-    blas!.adamw(pv!, gv!, mv!, vv!, po!, mo!, vo!, n, a.beta1!, a.beta2!, a.eps!, a.decay!, a.sqrtBc2!, a.stepSize!);
+  LocalmimAdamW: (backend, [p, g, m1, m2], a, v) => {
+    const outs = [p!, m1!, m2!].map((t) => backend.makeOutput(t.shape, 'float32'));
+    blas!.adamw(
+      v(p),
+      v(g),
+      v(m1),
+      v(m2),
+      v(outs[0]),
+      v(outs[1]),
+      v(outs[2]),
+      size(p!.shape),
+      a.beta1!,
+      a.beta2!,
+      a.eps!,
+      a.decay!,
+      a.sqrtBc2!,
+      a.stepSize!,
+    );
     return outs;
   },
 };
@@ -205,8 +212,11 @@ function registerFused() {
       tf.registerKernel({
         kernelName,
         backendName: 'wasm',
-        kernelFunc: ({ inputs, attrs, backend }) =>
-          f(backend as BackendWasm, Object.values(inputs) as tf.TensorInfo[], attrs as Record<string, number>),
+        kernelFunc: ({ inputs, attrs, backend }) => {
+          const wasm = backend as BackendWasm;
+          const view: View = (t) => (t ? heapView(wasm, t, size(t.shape)) : new Float32Array(0));
+          return f(wasm, Object.values(inputs) as tf.TensorInfo[], attrs as Record<string, number>, view);
+        },
       });
 }
 

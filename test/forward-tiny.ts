@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { expect } from 'vitest';
 import { parseRunConfig } from '../core/config.js';
 import { disposeBatch, LocalMIM } from '../core/model/localmim.js';
-import { goldenImage, readGolden, worstExcess } from './golden.js';
+import { formulaValues, goldenImage, readGolden, worstExcess } from './golden.js';
 
 interface ForwardTiny {
   image: { height?: number; width?: number; pixels_u8_hwc: number[] };
@@ -22,14 +22,6 @@ export const golden = readGolden<ForwardTiny>('forward_tiny.json');
 export const tinyConfig = parseRunConfig({
   model: { imgSize: 64, patchSize: 16, D: 64, depth: 8, heads: 4, decoderDim: 32, decoderHeads: 4, nbins: 9 },
 }).model;
-
-/** The golden file's formula: base = sin(0.731·k + 0.0173·h), h = Σ UTF-8 bytes of the name. */
-function formulaValues(name: string, shape: number[]): Float32Array {
-  const h = [...new TextEncoder().encode(name)].reduce((a, b) => a + b, 0);
-  const n = shape.reduce((a, b) => a * b, 1);
-  const scale = name.endsWith('.weight') && shape.length === 1 ? [1, 0.1] : name.endsWith('.bias') ? [0, 0.02] : [0, 0.05];
-  return Float32Array.from({ length: n }, (_, k) => scale[0]! + scale[1]! * Math.sin(0.731 * k + 0.0173 * h));
-}
 
 /** The official code's forward on the golden image and mask, on whichever backend runs: predictions, targets, masks, losses. */
 export async function expectForwardMatchesOfficial(): Promise<void> {

@@ -22,3 +22,11 @@ export function worstExcess(a: ArrayLike<number>, b: ArrayLike<number>, tol: (i:
   }
   return worst;
 }
+
+/** The golden files' weights (forward_tiny.json, swin_tiny.json): base = sin(0.731·k + 0.0173·h), h = Σ UTF-8 bytes of the name. */
+export function formulaValues(name: string, shape: number[]): Float32Array {
+  const h = [...new TextEncoder().encode(name)].reduce((a, b) => a + b, 0);
+  const n = shape.reduce((a, b) => a * b, 1);
+  const scale = name.endsWith('.weight') && shape.length === 1 ? [1, 0.1] : name.endsWith('.bias') ? [0, 0.02] : [0, 0.05];
+  return Float32Array.from({ length: n }, (_, k) => scale[0]! + scale[1]! * Math.sin(0.731 * k + 0.0173 * h));
+}

@@ -16,7 +16,7 @@ import { renderPreview } from '../core/analysis/preview.js';
 import { configFromFlags } from '../core/cli/pretrain.js';
 import { estimate } from '../core/runs/estimate.js';
 import { localmim } from './cli.js';
-import { readGolden, worstExcess } from './golden.js';
+import { formulaValues, readGolden, worstExcess } from './golden.js';
 import './setup.js';
 
 interface SwinGolden {
@@ -60,14 +60,6 @@ const configFor = (target: 'hog' | 'pixel'): ModelConfig =>
       normPix: true,
     },
   }).model;
-
-/** The golden file's weights (as forward_tiny.json): base = sin(0.731·k + 0.0173·h), h = Σ UTF-8 bytes of the name. */
-function formulaValues(name: string, shape: number[]): Float32Array {
-  const h = [...new TextEncoder().encode(name)].reduce((a, b) => a + b, 0);
-  const n = shape.reduce((a, b) => a * b, 1);
-  const scale = name.endsWith('.weight') && shape.length === 1 ? [1, 0.1] : name.endsWith('.bias') ? [0, 0.02] : [0, 0.05];
-  return Float32Array.from({ length: n }, (_, k) => scale[0]! + scale[1]! * Math.sin(0.731 * k + 0.0173 * h));
-}
 
 const images = golden.images.map((b64): RgbImage => ({ height: 224, width: 224, data: new Uint8Array(Buffer.from(b64, 'base64')) }));
 
