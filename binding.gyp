@@ -1,12 +1,13 @@
 {
   "targets": [
     {
-      "target_name": "localmim_blas",
-      "sources": ["native/blas.c"],
-      "cflags": ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"],
+      "target_name": "localmim_native",
+      "sources": ["native/addon.c", "native/sgemm.c", "native/pool.c"],
+      "cflags": ["-O3", "-std=gnu11", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"],
       "conditions": [
-        ["OS=='mac'", { "libraries": ["-framework Accelerate"], "defines": ["ACCELERATE_NEW_LAPACK"] }],
-        ["OS!='mac'", { "include_dirs": ["/usr/include/openblas", "/usr/include/x86_64-linux-gnu/openblas-pthread"], "libraries": ["-lopenblas", "-lpthread"] }]
+        ["OS=='linux'", { "libraries": ["-lpthread"] }],
+        ["OS=='mac'", { "xcode_settings": { "OTHER_CFLAGS": ["-O3", "-std=gnu11", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"] } }],
+        ["OS=='win'", { "msvs_settings": { "VCCLCompilerTool": { "Optimization": 2, "FloatingPointModel": 0, "AdditionalOptions": ["/std:c11"] } } }]
       ]
     }
   ]

@@ -4,6 +4,7 @@
 // --peer: the same step in PyTorch (bench/peer.py) on this machine, and the ratio; --peer-device cuda runs it
 //       on the GPU in fp32 (TF32 off).
 // data: indexing throughput against a bare sharp decode loop, and loader epochs with a cold and a warm cache.
+// gemm (not run by default): native/sgemm.c against the system's BLAS on the step's GEMM shapes (bench/gemm.ts).
 import * as tf from '@tensorflow/tfjs';
 import { parseArgs } from 'node:util';
 import { activeAdapter, BACKENDS, lossReadEvery, useBackend, type BackendName } from '../core/backend.js';
@@ -99,6 +100,7 @@ async function benchPretrainStep(backend: BackendName): Promise<Result> {
 const sections = values.only.split(',');
 // Loaded on demand: the data bench needs sharp, which a bundled GPU bench (bench/gpu-pack.sh) leaves out.
 if (sections.includes('data')) await (await import('./data.js')).benchData();
+if (sections.includes('gemm')) (await import('./gemm.js')).benchGemm(budgetS);
 
 const results: Result[] = [];
 for (const name of sections.includes('step') ? (values.backends.split(',') as BackendName[]) : []) {

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { setFreeingBackprop } from './backprop.js';
-import { nativeThreads, setNativeGemm } from './native.js';
+import { nativeActive, nativeKernel, nativeThreads, setNativeGemm } from './native.js';
 import { describeAdapter, openAdapter, type Adapter } from './webgpu.js';
 
 /** Backends in order of preference: fastest first. */
@@ -14,6 +14,29 @@ export type BackendName = (typeof BACKENDS)[number];
  * while the next step is recorded; a CPU backend has computed the loss by the time the step returns.
  */
 export const lossReadEvery = (name: string): number => (name === 'webgpu' || name === 'tensorflow-gpu' ? 10 : 1);
+
+/**
+ * Effective training throughput per compute path in GFLOP/s, for run estimates and for how much slower a fallback
+ * is (docs/tfjs.md#throughput: the wasm paths measured here; webgpu a rough figure for a mid-range GPU).
+ */
+export const THROUGHPUT_GFLOPS: Record<string, number> = {
+  'tensorflow-gpu': 2000,
+  webgpu: 300,
+  tensorflow: 60,
+  'wasm-native': 60,
+  wasm: 6,
+  cpu: 0.3,
+};
+
+/** The path a run's step takes on this backend: wasm with or without the native addon. */
+export const computePath = (backend: string) => (backend === 'wasm' && nativeActive() ? 'wasm-native' : backend);
+
+/** A CPU run that could be several times faster here: by how much, why, and what to do. */
+export interface SlowPath {
+  factor: number;
+  why: string;
+  fix: string;
+}
 
 export interface BackendAttempt {
   name: BackendName;
@@ -30,10 +53,12 @@ export interface BackendReport {
   attempts: BackendAttempt[];
   /** Set when the user forced the backend with --backend or LOCALMIM_BACKEND. */
   forcedBy?: string;
-  /** The native BLAS path under wasm (core/native.ts): what runs, or why it does not. */
+  /** The native addon under wasm (core/native.ts): what runs, or why it does not. */
   native: string;
   /** The WebGPU adapter, when webgpu runs. */
   adapter?: Adapter;
+  /** Set when training runs on a CPU path slower than the native one. */
+  slow?: SlowPath;
 }
 
 const NODE_PACKAGE: Partial<Record<BackendName, string>> = {
@@ -100,8 +125,41 @@ export const useBackend = (name: BackendName) => tryBackend(name, true);
 function nativeGemm(): string {
   if (process.env.LOCALMIM_NATIVE === '0') return 'off (LOCALMIM_NATIVE=0)';
   const why = setNativeGemm(true);
-  return why ? `off: ${why}` : `BLAS sgemm for every matmul (${nativeThreads() || 'system'} threads)`;
+  return why
+    ? `off: ${why}`
+    : `our sgemm (${nativeKernel()}) and fused kernels on ${nativeThreads()} thread${nativeThreads() === 1 ? '' : 's'}`;
 }
+
+const COMPILER: Partial<Record<NodeJS.Platform, string>> = {
+  linux: 'a C compiler (Debian/Ubuntu: sudo apt install build-essential; Fedora: sudo dnf install gcc make)',
+  darwin: "Xcode's command line tools (xcode-select --install)",
+  win32: 'Visual Studio Build Tools with "Desktop development with C++"',
+};
+
+/** Why this CPU path is slower than the native one, or undefined when it is not (GPU backends, native on). */
+function slowPath(chosen: BackendName, native: string, attempts: BackendAttempt[]): SlowPath | undefined {
+  if (chosen !== 'wasm' && chosen !== 'cpu') return undefined;
+  if (computePath(chosen) === 'wasm-native') return undefined;
+  const factor = Math.round(THROUGHPUT_GFLOPS['wasm-native']! / THROUGHPUT_GFLOPS[chosen]!);
+  if (chosen === 'cpu') {
+    const wasm = attempts.find((a) => a.name === 'wasm')?.reason;
+    return {
+      factor,
+      why: `the cpu backend runs: ${wasm ?? 'the wasm backend is not used'}`,
+      fix: 'run with the wasm backend (--backend wasm)',
+    };
+  }
+  if (process.env.LOCALMIM_NATIVE === '0')
+    return { factor, why: 'LOCALMIM_NATIVE=0 turns the native addon off', fix: 'unset LOCALMIM_NATIVE' };
+  return {
+    factor,
+    why: native.replace(/^off: /, ''),
+    fix: `install ${COMPILER[process.platform] ?? 'a C compiler'}, then run npm rebuild in the app's folder`,
+  };
+}
+
+/** One line: "training runs N× slower than it could here: why; fix: …". */
+export const describeSlowPath = (s: SlowPath) => `training runs about ${s.factor}× slower than it could here: ${s.why}; fix: ${s.fix}`;
 
 /** The CUDA runtime libraries libtensorflow 2.9 loads, not found in the linker cache or LD_LIBRARY_PATH. */
 export function missingCudaLibraries(cache = linkerCache(), paths = process.env.LD_LIBRARY_PATH ?? ''): string[] {
@@ -159,8 +217,9 @@ export async function initBackend(flag?: string): Promise<BackendReport> {
     else if (forced) throw new Error(`backend: ${forced.source} asks for ${name}, which cannot run: ${reason}`);
   }
   if (!chosen) throw new Error('backend: no tfjs backend could be loaded');
+  const native = chosen === 'wasm' ? nativeGemm() : `not used on ${chosen}`;
   current = {
-    native: chosen === 'wasm' ? nativeGemm() : `not used on ${chosen}`,
+    native,
     chosen,
     tfjsVersion: tf.version.tfjs,
     threads: await threadCount(chosen),
@@ -169,6 +228,8 @@ export async function initBackend(flag?: string): Promise<BackendReport> {
     forcedBy: forced?.source,
     ...(chosen === 'webgpu' && { adapter }),
   };
+  const slow = slowPath(chosen, native, attempts);
+  if (slow) current.slow = slow;
   return current;
 }
 
@@ -189,5 +250,6 @@ export function describeBackend(r: BackendReport): string {
   const skipped = r.attempts.filter((a) => !a.ok && a.name !== r.chosen && !a.reason?.startsWith('not tried: ' + r.chosen));
   const why = skipped.map((a) => `${a.name}: ${a.reason}`).join('; ');
   const native = r.chosen === 'wasm' ? `, native ${r.native}` : '';
-  return `backend ${r.chosen} (tfjs ${r.tfjsVersion}, ${r.threads} thread${r.threads === 1 ? '' : 's'}${native})${why ? ` — ${why}` : ''}`;
+  const slow = r.slow ? ` — ${describeSlowPath(r.slow)}` : '';
+  return `backend ${r.chosen} (tfjs ${r.tfjsVersion}, ${r.threads} thread${r.threads === 1 ? '' : 's'}${native})${why ? ` — ${why}` : ''}${slow}`;
 }

@@ -3,11 +3,12 @@ import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import { createRequire } from 'node:module';
 import { heapView, sharedIdentity } from './native-internals.js';
 
-// The optional native compute path (built from native/blas.c at install time against the system's BLAS):
-// tfjs-wasm's BatchMatMul kernel replaced by OpenBLAS/Accelerate sgemm on the wasm heap itself, every
-// transpose mode included, on all cores; Identity made to share memory instead of copying; and single-pass
-// kernels for LayerNorm, GELU and AdamW that core/model/ops.ts and core/train/adamw.ts use while it is on.
-// When the addon cannot build or load, plain wasm runs and the reason is reported.
+// The native compute path, built from native/ at install time with nothing but a C compiler: tfjs-wasm's
+// BatchMatMul kernel replaced by our own sgemm (native/sgemm.c) on the wasm heap itself, every transpose mode
+// included, on every physical core; Identity made to share memory instead of copying; and single-pass kernels
+// (LayerNorm, GELU, Linear, attention, HOG binning, AdamW) that core/model/ops.ts, core/targets/hog.ts and
+// core/train/adamw.ts use while it is on. When the addon cannot build or load, plain wasm runs, and doctor, the
+// app and the run estimates say so (core/backend.ts).
 
 interface Blas {
   gemm(
@@ -25,6 +26,9 @@ interface Blas {
   ): void;
   transpose(x: Float32Array, shape: number[], perm: number[], out: Float32Array): void;
   threads(): number;
+  kernel(): string;
+  kernels(): string[];
+  useKernel(name: string): void;
   layerNorm(x: F, w: F, b: F, y: F, mean: F, rstd: F, rows: number, cols: number, eps: number): void;
   layerNormGrad(dy: F, x: F, w: F, mean: F, rstd: F, dx: F, dw: F, db: F, rows: number, cols: number): void;
   gelu(x: F, y: F, n: number): void;
@@ -45,9 +49,9 @@ const originals = new Map<string, tf.KernelConfig>();
 function load(): Blas | undefined {
   if (blas || loadError) return blas;
   try {
-    blas = createRequire(import.meta.url)('../build/Release/localmim_blas.node') as Blas;
+    blas = createRequire(import.meta.url)('../build/Release/localmim_native.node') as Blas;
   } catch (err) {
-    loadError = `native BLAS addon not built (${String((err as Error).message).split('\n')[0]}); install libopenblas-dev and run npm rebuild`;
+    loadError = `the native addon is not built (${String((err as Error).message).split('\n')[0]})`;
   }
   return blas;
 }
@@ -57,6 +61,12 @@ export const nativeStatus = () => (active ? undefined : (loadError ?? 'off'));
 let active = false;
 export const nativeActive = () => active;
 export const nativeThreads = () => blas?.threads() ?? 0;
+/** The sgemm micro-kernel in use ("avx2-fma", "neon", "portable"), or undefined without the addon. */
+export const nativeKernel = () => blas?.kernel();
+/** The sgemm micro-kernels this CPU runs, best first. */
+export const nativeKernels = () => blas?.kernels() ?? [];
+/** Switches sgemm to one of nativeKernels() (tests and benchmarks compare them). */
+export const useNativeKernel = (name: string) => blas?.useKernel(name);
 
 /** Turns the native kernels (BatchMatMul, Transpose, Identity) on for the wasm backend (returns why not, if it cannot), or off. */
 export function setNativeGemm(on: boolean): string | undefined {

@@ -86,4 +86,19 @@ describe('localmim doctor', () => {
     expect(JSON.parse(localmim(['doctor', '--json'], { LOCALMIM_BACKEND: 'cpu' }).stdout).chosen).toBe('cpu');
     expect(localmim(['doctor', '--backend', 'tpu']).stderr).toMatch(/unknown backend "tpu"/);
   });
+
+  test('the slow CPU path is never silent: how much slower, why and the fix, in the report and its text', () => {
+    type Slow = { slow?: { factor: number; why: string; fix: string }; native: string };
+    const off = JSON.parse(localmim(['doctor', '--json'], { LOCALMIM_BACKEND: 'wasm', LOCALMIM_NATIVE: '0' }).stdout) as Slow;
+    expect(off.slow).toEqual({ factor: 10, why: 'LOCALMIM_NATIVE=0 turns the native addon off', fix: 'unset LOCALMIM_NATIVE' });
+    expect(localmim(['doctor'], { LOCALMIM_BACKEND: 'wasm', LOCALMIM_NATIVE: '0' }).stdout).toMatch(
+      /^slow {6}training runs about 10× slower than it could here: LOCALMIM_NATIVE=0 .*; fix: unset LOCALMIM_NATIVE$/m,
+    );
+    const cpu = JSON.parse(localmim(['doctor', '--json'], { LOCALMIM_BACKEND: 'cpu' }).stdout) as Slow;
+    expect(cpu.slow?.factor).toBeGreaterThan(100);
+    const native = JSON.parse(localmim(['doctor', '--json'], { LOCALMIM_BACKEND: 'wasm' }).stdout) as Slow;
+    // Where the addon is built (CI requires it), the native path runs and nothing is slow; elsewhere the fix is a compiler.
+    if (native.native.startsWith('our sgemm')) expect(native.slow).toBeUndefined();
+    else expect(native.slow?.fix).toMatch(/C compiler|command line tools|Build Tools/);
+  });
 });

@@ -1,10 +1,11 @@
 import * as tf from '@tensorflow/tfjs';
-import { afterAll, expect, test } from 'vitest';
+import { afterAll, afterEach, describe, expect, test } from 'vitest';
 import { parseRunConfig } from '../core/config.js';
 import { LocalMIM } from '../core/model/localmim.js';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import { heapView, refCount } from '../core/native-internals.js';
-import { nativeActive, nativeStatus, setNativeGemm } from '../core/native.js';
+import { execFileSync } from 'node:child_process';
+import { fusedLinear, nativeActive, nativeKernel, nativeKernels, nativeStatus, setNativeGemm, useNativeKernel } from '../core/native.js';
 import { AdamW } from '../core/train/adamw.js';
 import { Rng } from '../core/random.js';
 import { hog } from '../core/targets/hog.js';
@@ -12,15 +13,109 @@ import { toTensor } from '../core/targets/image.js';
 import { backend } from './setup.js';
 import { syntheticImages } from './images.js';
 
-// CI builds the addon (libopenblas-dev) and sets LOCALMIM_REQUIRE_NATIVE=1, so there this cannot be skipped.
+// CI builds the addon (a C compiler is all it needs) and sets LOCALMIM_REQUIRE_NATIVE=1, so there this cannot be skipped.
 const available = backend.chosen === 'wasm' && nativeActive();
+const best = nativeKernel();
+afterEach(() => void (available && useNativeKernel(best!)));
 afterAll(() => void (available && setNativeGemm(true)));
+// Every sgemm micro-kernel this CPU can run (AVX2+FMA and portable on x86-64, NEON and portable on arm64).
+const kernels = available ? nativeKernels() : [];
 
-test('the native path is on wherever CI requires it', () => {
+test('the native path is on wherever CI requires it, and links no BLAS library', () => {
   if (process.env.LOCALMIM_REQUIRE_NATIVE === '1') expect(nativeStatus()).toBeUndefined();
+  if (!available || process.platform !== 'linux') return;
+  const libs = execFileSync('ldd', [new URL('../build/Release/localmim_native.node', import.meta.url).pathname], { encoding: 'utf8' });
+  expect(libs).toMatch(/libc\.so/);
+  expect(libs).not.toMatch(/blas|lapack|mkl|gfortran/i);
 });
 
-test.runIf(available)('gradients of the native path equal the reference wasm path within 1e-5 relative', async () => {
+test.runIf(available)('the best sgemm kernel this CPU runs is the one in use', () => {
+  expect(kernels[0]).toBe(best);
+  expect(kernels).toContain('portable');
+  if (process.arch === 'x64' && readCpuFlags().includes('avx2')) expect(best).toBe('avx2-fma');
+  if (process.arch === 'arm64') expect(best).toBe('neon');
+});
+
+function readCpuFlags(): string {
+  try {
+    return execFileSync('grep', ['-m1', '^flags', '/proc/cpuinfo'], { encoding: 'utf8' });
+  } catch {
+    return '';
+  }
+}
+
+describe.each(kernels)('sgemm kernel %s', (kernel) => {
+  const rng = new Rng(11);
+  const values = (n: number) => Float32Array.from({ length: n }, () => rng.normal());
+
+  // [batchA, batchB, M, N, K]: tile edges, K past one block (256), M past one block (144), N past one block (3072),
+  // products big enough to split over threads, and batches split by product.
+  const shapes: number[][] = [
+    [1, 1, 1, 1, 1],
+    [1, 1, 7, 5, 3],
+    [1, 1, 13, 17, 300],
+    [1, 1, 150, 37, 70],
+    [1, 1, 3, 3100, 4],
+    [1, 1, 290, 70, 530],
+    [9, 9, 11, 6, 13],
+    [6, 1, 20, 30, 40],
+  ];
+  test.each(shapes)('matmul [%i|%i × %i, %i, %i] in every transpose mode equals the float64 product within 1e-5', (ba, bb, M, N, K) => {
+    useNativeKernel(kernel);
+    for (const [ta, tb] of [
+      [false, false],
+      [true, false],
+      [false, true],
+      [true, true],
+    ] as const) {
+      const [a, b] = [values(ba! * M! * K!), values(bb! * K! * N!)];
+      const A = tf.tensor(a, [ba!, ...(ta ? [K!, M!] : [M!, K!])]);
+      const B = tf.tensor(b, [bb!, ...(tb ? [N!, K!] : [K!, N!])]);
+      const got = tf.matMul(A, B, ta, tb);
+      const want = product(a, b, { ba: ba!, bb: bb!, M: M!, N: N!, K: K!, ta, tb });
+      expect(got.shape).toEqual([Math.max(ba!, bb!), M!, N!]);
+      expect(relativeError(got.dataSync(), want), `ta=${ta} tb=${tb}`).toBeLessThan(1e-5);
+      tf.dispose([A, B, got]);
+    }
+  });
+
+  test('Linear (sgemm accumulating onto the bias rows) equals the float64 x·wᵀ + b', () => {
+    useNativeKernel(kernel);
+    const [M, N, K] = [301, 45, 270];
+    const [x, w, b] = [values(M * K), values(N * K), values(N)];
+    const y = tf.tidy(() => fusedLinear(tf.tensor2d(x, [M, K]), tf.tensor2d(w, [N, K]), tf.tensor1d(b)).dataSync());
+    const want = product(x, w, { ba: 1, bb: 1, M, N, K, ta: false, tb: true }).map((v, i) => v + b[i % N]!);
+    expect(relativeError(y, want)).toBeLessThan(1e-5);
+  });
+});
+
+interface Product {
+  ba: number;
+  bb: number;
+  M: number;
+  N: number;
+  K: number;
+  ta: boolean;
+  tb: boolean;
+}
+/** op(a)·op(b) per batch item in float64, as [batch, M, N]. */
+function product(a: Float32Array, b: Float32Array, { ba, bb, M, N, K, ta, tb }: Product): Float64Array {
+  const batch = Math.max(ba, bb);
+  const out = new Float64Array(batch * M * N);
+  for (let n = 0; n < batch; n++) {
+    const [oa, ob] = [(ba > 1 ? n : 0) * M * K, (bb > 1 ? n : 0) * K * N];
+    for (let i = 0; i < M; i++)
+      for (let j = 0; j < N; j++) {
+        let s = 0;
+        for (let k = 0; k < K; k++) s += a[oa + (ta ? k * M + i : i * K + k)]! * b[ob + (tb ? j * K + k : k * N + j)]!;
+        out[(n * M + i) * N + j] = s;
+      }
+  }
+  return out;
+}
+
+test.each(kernels)('gradients of the native path (sgemm kernel %s) equal the reference wasm path within 1e-5 relative', async (kernel) => {
+  useNativeKernel(kernel);
   const cfg = parseRunConfig({ model: { D: 64, depth: 4, heads: 4, decoderDim: 32, decoderHeads: 4, imgSize: 32, patchSize: 8 } });
   const model = new LocalMIM(cfg.model, 0);
   const batch = model.prepare(syntheticImages(4, 32, 2), new Rng(5).fill(4 * model.dims.L));

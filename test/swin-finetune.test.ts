@@ -50,6 +50,13 @@ function formula(name: string, shape: number[]): Float32Array {
   });
 }
 
+/**
+ * A case's gradient tolerance, of the larger of 1 and the gradient's largest magnitude. At 224 the first layers' gradients
+ * amplify float32 rounding about a thousandfold: the golden (PyTorch float32) values lie up to 0.7e-4 from float64 there,
+ * and correct float32 paths up to 1.8e-4 (test/golden/README.md#tolerances-the-tests-use).
+ */
+const gradTol = (c: Case) => (c.name === 'w7_224' ? 3e-4 : 1e-4);
+
 function goldenClassifier(c: Case): SwinClassifier {
   const model = new SwinClassifier(configOf(c), c.config.num_classes, 0);
   const ours = new Map([...model.params.vars].map(([n, v]) => [n, v.shape]));
@@ -61,7 +68,7 @@ function goldenClassifier(c: Case): SwinClassifier {
 
 describe('Swin fine-tuning model against the official models_swin.py', () => {
   for (const c of golden.cases)
-    test(`${c.name}: logits, loss and gradients within 1e-4`, () => {
+    test(`${c.name}: logits and loss within 1e-4, gradients within ${gradTol(c).toExponential()}`, () => {
       const model = goldenClassifier(c);
       const images = c.images.map(goldenImage);
       const K = c.config.num_classes;
@@ -81,7 +88,7 @@ describe('Swin fine-tuning model against the official models_swin.py', () => {
         const ref = c.grads[n]!;
         const scale = Math.max(1, ...ref.map(Math.abs));
         const got = grads[model.params.vars.get(n)!.name]!.dataSync();
-        const worst = worstExcess(got, ref, () => 1e-4 * scale);
+        const worst = worstExcess(got, ref, () => gradTol(c) * scale);
         expect(worst.excess, `${n}[${worst.index}]: ${got[worst.index]} vs ${ref[worst.index]}`).toBeLessThanOrEqual(0);
       }
       tf.dispose([value, ...Object.values(grads)]);

@@ -1,4 +1,4 @@
-import { initBackend } from '../backend.js';
+import { describeSlowPath, initBackend } from '../backend.js';
 import { parse } from './args.js';
 
 export const summary = 'show which tfjs backend runs here, and why the faster ones do not';
@@ -22,5 +22,6 @@ export async function run(argv: string[]): Promise<void> {
   console.log(`threads   ${r.threads}`);
   console.log(`gpu       ${r.gpu}`);
   console.log(`native    ${r.native}`);
+  if (r.slow) console.log(`slow      ${describeSlowPath(r.slow)}`);
   for (const a of r.attempts) if (a.name !== r.chosen) console.log(`  ${a.name.padEnd(15)} ${a.reason}`);
 }

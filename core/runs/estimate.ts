@@ -1,8 +1,5 @@
+import { THROUGHPUT_GFLOPS as GFLOPS } from '../backend.js';
 import { modelDims, modelFamily, swinDims, type RunConfig } from '../config.js';
-
-/** Rough effective throughput of one training step per backend, in GFLOP/s (docs/tfjs.md#throughput; wasm measured here, with and without the native path). */
-// webgpu: not measured here (no GPU on this machine); a rough figure for tfjs-webgpu on a mid-range GPU.
-const GFLOPS: Record<string, number> = { 'tensorflow-gpu': 2000, webgpu: 300, tensorflow: 60, 'wasm-native': 60, wasm: 10, cpu: 0.3 };
 
 /**
  * Parameters, memory and time per epoch of a run, before it starts: parameter count exact, memory and

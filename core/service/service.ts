@@ -4,7 +4,7 @@ import sharp from 'sharp';
 import { ApiError, isMethod, parseArgs, type ApiEvent, type Args, type Method } from '../api.js';
 import { attentionAnalysis, checkAnalyzable } from '../analysis/attention.js';
 import { analyzeSet, chooseImages } from '../analysis/set.js';
-import { initBackend, type BackendName } from '../backend.js';
+import { computePath, initBackend, type BackendName } from '../backend.js';
 import {
   ConfigError,
   describeIssue,
@@ -28,7 +28,6 @@ import { backboneOf, paramsOf } from '../export/backbone.js';
 import { exportRun } from '../export/export.js';
 import { homePaths, isAlive, SAMPLE_IMAGES } from '../home.js';
 import type { JobHandle, Launcher } from '../jobs/protocol.js';
-import { nativeActive } from '../native.js';
 import { checkpointFor } from '../runs/checkpoints.js';
 import { estimate } from '../runs/estimate.js';
 import type { TrainJob } from '../runs/job.js';
@@ -152,7 +151,7 @@ export class Service {
         };
       const images = a.datasetId ? this.store.images(a.datasetId, 'ok').length : 0;
       const backend = (await initBackend()).chosen;
-      const e = estimate(r.data, images, backend === 'wasm' && nativeActive() ? 'wasm-native' : backend);
+      const e = estimate(r.data, images, computePath(backend));
       const problem = memoryProblem(r.data, backend);
       return { ok: !problem, errors: problem ? [{ path: 'model', message: problem }] : [], config: r.data, estimate: e };
     },

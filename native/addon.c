@@ -1,23 +1,21 @@
-// A Node-API addon giving tfjs's wasm backend OpenBLAS's sgemm: row-major C = op(A) · op(B) over a batch,
-// reading and writing Float32Arrays in place (views of the wasm heap, so no copies), and single-pass kernels
-// for the elementwise work around it (LayerNorm, erf-GELU, AdamW): one loop where tfjs runs several ops.
-#ifdef __APPLE__
-#include <Accelerate/Accelerate.h>
-#else
-#include <cblas.h>
-#endif
+// A Node-API addon for tfjs's wasm backend: our own sgemm (native/sgemm.c), row-major C = op(A) · op(B) over a
+// batch, reading and writing Float32Arrays in place (views of the wasm heap, so no copies), and single-pass kernels
+// for the work around it (LayerNorm, erf-GELU, AdamW, attention, HOG binning): one loop where tfjs runs several ops.
+// It needs no library beyond the C runtime; every loop that pays for it is split over native/pool.c's threads.
+#define _USE_MATH_DEFINES
 #include <math.h>
 #include <node_api.h>
 #include <stdbool.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
+
+#include "pool.h"
+#include "sgemm.h"
 
 #define CHECK(call)                                                       \
   if ((call) != napi_ok) {                                                \
-    napi_throw_error(env, NULL, "localmim_blas: bad arguments to gemm"); \
+    napi_throw_error(env, NULL, "localmim_native: bad arguments to gemm"); \
     return NULL;                                                          \
   }
 
@@ -28,13 +26,35 @@ static float *floats(napi_env env, napi_value v, size_t *length) {
   return (float *)data;
 }
 
+struct batch_gemm {
+  bool ta, tb;
+  size_t M, N, K;
+  const float *a, *b;
+  float *c;
+  bool ab, bb;
+  size_t batch;
+};
+
+typedef void (*gemm_fn)(bool, bool, size_t, size_t, size_t, float, const float *, size_t, const float *, size_t, float, float *, size_t);
+
+static void gemm_item(const struct batch_gemm *g, size_t i, gemm_fn f) {
+  const size_t M = g->M, N = g->N, K = g->K;
+  f(g->ta, g->tb, M, N, K, 1.0f, g->a + (g->ab ? i * M * K : 0), g->ta ? M : K, g->b + (g->bb ? i * K * N : 0), g->tb ? K : N, 0.0f,
+    g->c + i * M * N, N);
+}
+
+static void gemm_items(void *ctx, size_t part, size_t parts) {
+  const struct batch_gemm *g = ctx;
+  for (size_t i = g->batch * part / parts; i < g->batch * (part + 1) / parts; i++) gemm_item(g, i, sgemm_serial);
+}
+
 // gemm(transA, transB, batch, M, N, K, a, b, c, aBatched, bBatched)
 static napi_value gemm(napi_env env, napi_callback_info info) {
   size_t argc = 11;
   napi_value argv[11];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   if (argc != 11) {
-    napi_throw_error(env, NULL, "localmim_blas: gemm takes 11 arguments");
+    napi_throw_error(env, NULL, "localmim_native: gemm takes 11 arguments");
     return NULL;
   }
   bool ta, tb, ab, bb;
@@ -50,15 +70,14 @@ static napi_value gemm(napi_env env, napi_callback_info info) {
   size_t la, lb, lc;
   float *a = floats(env, argv[6], &la), *b = floats(env, argv[7], &lb), *c = floats(env, argv[8], &lc);
   if (!a || !b || !c || la < (size_t)(ab ? batch : 1) * M * K || lb < (size_t)(bb ? batch : 1) * K * N || lc < (size_t)batch * M * N) {
-    napi_throw_error(env, NULL, "localmim_blas: gemm buffers are too small for the shapes");
+    napi_throw_error(env, NULL, "localmim_native: gemm buffers are too small for the shapes");
     return NULL;
   }
-  for (int32_t i = 0; i < batch; i++) {
-    const float *A = a + (ab ? (size_t)i * M * K : 0);
-    const float *B = b + (bb ? (size_t)i * K * N : 0);
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, A, ta ? M : K, B, tb ? K : N, 0.0f,
-                c + (size_t)i * M * N, N);
-  }
+  const struct batch_gemm g = {ta, tb, (size_t)M, (size_t)N, (size_t)K, a, b, c, ab, bb, (size_t)batch};
+  // Many small products (attention's heads) split by product; a few large ones split inside sgemm.
+  if ((size_t)batch >= pool_threads()) pool_run(pool_parts((size_t)batch * M * N * K, SGEMM_PARALLEL_MACS), gemm_items, (void *)&g);
+  else
+    for (int32_t i = 0; i < batch; i++) gemm_item(&g, (size_t)i, sgemm);
   return NULL;
 }
 
@@ -70,7 +89,7 @@ static napi_value transpose(napi_env env, napi_callback_info info) {
   uint32_t rank;
   CHECK(napi_get_array_length(env, argv[1], &rank));
   if (argc != 4 || rank < 1 || rank > 6) {
-    napi_throw_error(env, NULL, "localmim_blas: transpose takes x, shape (rank 1-6), perm, out");
+    napi_throw_error(env, NULL, "localmim_native: transpose takes x, shape (rank 1-6), perm, out");
     return NULL;
   }
   int64_t shape[6], perm[6], stride[6], outShape[6];
@@ -93,7 +112,7 @@ static napi_value transpose(napi_env env, napi_callback_info info) {
   }
   float *x = floats(env, argv[0], &lx), *out = floats(env, argv[3], &lo);
   if (!x || !out || lx < n || lo < n) {
-    napi_throw_error(env, NULL, "localmim_blas: transpose buffers are too small");
+    napi_throw_error(env, NULL, "localmim_native: transpose buffers are too small");
     return NULL;
   }
   // Walk the output in order; the innermost output axis reads the input at a fixed stride.
@@ -135,43 +154,23 @@ static napi_value fail(napi_env env, const char *what) {
   return NULL;
 }
 
-// The elementwise kernels split their rows over the cores (at most 8) with plain pthreads: each part is a
-// contiguous range, so results do not depend on timing, only on the machine's core count.
+// The elementwise kernels split their rows over the pool in contiguous ranges, so results do not depend on
+// timing, only on the machine's core count.
 typedef void (*range_fn)(void *ctx, size_t part, size_t begin, size_t end);
-struct chunk {
+struct ranges {
   range_fn body;
   void *ctx;
-  size_t part, begin, end;
+  size_t n;
 };
 
-static void *run_chunk(void *p) {
-  const struct chunk *c = p;
-  c->body(c->ctx, c->part, c->begin, c->end);
-  return NULL;
-}
-
-// How many parts n items make with at least `grain` in each.
-static size_t parts(size_t n, size_t grain) {
-  static size_t cores;
-  if (!cores) {
-    const long c = sysconf(_SC_NPROCESSORS_ONLN);
-    cores = c < 1 ? 1 : c > 8 ? 8 : (size_t)c;
-  }
-  const size_t p = n / (grain ? grain : 1);
-  return p < 1 ? 1 : p < cores ? p : cores;
+static void run_range(void *p, size_t part, size_t parts) {
+  const struct ranges *r = p;
+  r->body(r->ctx, part, r->n * part / parts, r->n * (part + 1) / parts);
 }
 
 static void parallel_for(size_t n, size_t grain, range_fn body, void *ctx) {
-  const size_t P = parts(n, grain);
-  struct chunk c[8];
-  pthread_t tid[8];
-  bool started[8] = {false};
-  for (size_t t = 0; t < P; t++) c[t] = (struct chunk){body, ctx, t, n * t / P, n * (t + 1) / P};
-  for (size_t t = 1; t < P; t++) started[t] = pthread_create(&tid[t], NULL, run_chunk, &c[t]) == 0;
-  run_chunk(&c[0]);
-  for (size_t t = 1; t < P; t++)
-    if (started[t]) pthread_join(tid[t], NULL);
-    else run_chunk(&c[t]);  // no thread to be had: run it here
+  struct ranges r = {body, ctx, n};
+  pool_run(pool_parts(n, grain), run_range, &r);
 }
 
 #define GRAIN 32768
@@ -207,10 +206,10 @@ static napi_value layer_norm(napi_env env, napi_callback_info info) {
   napi_value argv[9];
   double d[3];
   float *f[6];
-  if (!call_args(env, info, 9, argv, 3, d)) return fail(env, "localmim_blas: layerNorm takes 6 arrays, rows, cols, eps");
+  if (!call_args(env, info, 9, argv, 3, d)) return fail(env, "localmim_native: layerNorm takes 6 arrays, rows, cols, eps");
   size_t R = (size_t)d[0], C = (size_t)d[1];
   const size_t need[6] = {R * C, C, C, R * C, R, R};
-  if (!arrays(env, argv, 6, need, f)) return fail(env, "localmim_blas: layerNorm arrays are too small");
+  if (!arrays(env, argv, 6, need, f)) return fail(env, "localmim_native: layerNorm arrays are too small");
   struct norm_args a = {.x = f[0], .w = f[1], .b = f[2], .y = f[3], .mean_out = f[4], .rstd_out = f[5], .C = C, .eps = (float)d[2]};
   parallel_for(R, GRAIN / (C ? C : 1), layer_norm_rows, &a);
   return NULL;
@@ -244,13 +243,13 @@ static napi_value layer_norm_grad(napi_env env, napi_callback_info info) {
   napi_value argv[10];
   double d[2];
   float *f[8];
-  if (!call_args(env, info, 10, argv, 2, d)) return fail(env, "localmim_blas: layerNormGrad takes 8 arrays, rows, cols");
+  if (!call_args(env, info, 10, argv, 2, d)) return fail(env, "localmim_native: layerNormGrad takes 8 arrays, rows, cols");
   size_t R = (size_t)d[0], C = (size_t)d[1];
   const size_t need[8] = {R * C, R * C, C, R, R, R * C, C, C};
-  if (!arrays(env, argv, 8, need, f)) return fail(env, "localmim_blas: layerNormGrad arrays are too small");
-  const size_t grain = GRAIN / (C ? C : 1), P = parts(R, grain);
+  if (!arrays(env, argv, 8, need, f)) return fail(env, "localmim_native: layerNormGrad arrays are too small");
+  const size_t grain = GRAIN / (C ? C : 1), P = pool_parts(R, grain);
   float *partial = calloc(P * 2 * C, sizeof(float));
-  if (!partial) return fail(env, "localmim_blas: out of memory");
+  if (!partial) return fail(env, "localmim_native: out of memory");
   struct norm_args a = {.dy = f[0], .x = f[1], .w = f[2], .mean = f[3], .rstd = f[4], .dx = f[5], .partial = partial, .C = C};
   parallel_for(R, grain, layer_norm_grad_rows, &a);
   for (size_t c = 0; c < C; c++) f[6][c] = f[7][c] = 0;
@@ -301,9 +300,9 @@ static napi_value gelu(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   double d[1];
   float *f[2];
-  if (!call_args(env, info, 3, argv, 1, d)) return fail(env, "localmim_blas: gelu takes x, y, n");
+  if (!call_args(env, info, 3, argv, 1, d)) return fail(env, "localmim_native: gelu takes x, y, n");
   const size_t n = (size_t)d[0], need[2] = {n, n};
-  if (!arrays(env, argv, 2, need, f)) return fail(env, "localmim_blas: gelu arrays are too small");
+  if (!arrays(env, argv, 2, need, f)) return fail(env, "localmim_native: gelu arrays are too small");
   struct gelu_args a = {.x = f[0], .y = f[1]};
   parallel_for(n, GRAIN, gelu_range, &a);
   return NULL;
@@ -324,9 +323,9 @@ static napi_value gelu_grad(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   double d[1];
   float *f[3];
-  if (!call_args(env, info, 4, argv, 1, d)) return fail(env, "localmim_blas: geluGrad takes dy, x, dx, n");
+  if (!call_args(env, info, 4, argv, 1, d)) return fail(env, "localmim_native: geluGrad takes dy, x, dx, n");
   const size_t n = (size_t)d[0], need[3] = {n, n, n};
-  if (!arrays(env, argv, 3, need, f)) return fail(env, "localmim_blas: geluGrad arrays are too small");
+  if (!arrays(env, argv, 3, need, f)) return fail(env, "localmim_native: geluGrad arrays are too small");
   struct gelu_args a = {.dy = f[0], .x = f[1], .dx = f[2]};
   parallel_for(n, GRAIN, gelu_grad_range, &a);
   return NULL;
@@ -338,9 +337,9 @@ static napi_value column_sum(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   double d[2];
   float *f[2];
-  if (!call_args(env, info, 4, argv, 2, d)) return fail(env, "localmim_blas: columnSum takes x, out, rows, cols");
+  if (!call_args(env, info, 4, argv, 2, d)) return fail(env, "localmim_native: columnSum takes x, out, rows, cols");
   const size_t R = (size_t)d[0], C = (size_t)d[1], need[2] = {R * C, C};
-  if (!arrays(env, argv, 2, need, f)) return fail(env, "localmim_blas: columnSum arrays are too small");
+  if (!arrays(env, argv, 2, need, f)) return fail(env, "localmim_native: columnSum arrays are too small");
   float *out = f[1];
   for (size_t c = 0; c < C; c++) out[c] = 0;
   for (size_t r = 0; r < R; r++)
@@ -380,9 +379,9 @@ static napi_value adamw(napi_env env, napi_callback_info info) {
   napi_value argv[14];
   double d[7];
   float *f[7];
-  if (!call_args(env, info, 14, argv, 7, d)) return fail(env, "localmim_blas: adamw takes 7 arrays and 7 numbers");
+  if (!call_args(env, info, 14, argv, 7, d)) return fail(env, "localmim_native: adamw takes 7 arrays and 7 numbers");
   const size_t n = (size_t)d[0], need[7] = {n, n, n, n, n, n, n};
-  if (!arrays(env, argv, 7, need, f)) return fail(env, "localmim_blas: adamw arrays are too small");
+  if (!arrays(env, argv, 7, need, f)) return fail(env, "localmim_native: adamw arrays are too small");
   // 1 − β in double, then rounded, as tfjs rounds its scalar operands.
   const struct adam h = {(float)d[1], (float)d[2], (float)(1 - d[1]), (float)(1 - d[2]), (float)d[3], (float)d[4], (float)d[5], (float)d[6]};
   struct adam_args a = {.h = h};
@@ -396,11 +395,11 @@ static napi_value linear(napi_env env, napi_callback_info info) {
   napi_value argv[7];
   double d[3];
   float *f[4];
-  if (!call_args(env, info, 7, argv, 3, d)) return fail(env, "localmim_blas: linear takes x, w, b, y, M, N, K");
+  if (!call_args(env, info, 7, argv, 3, d)) return fail(env, "localmim_native: linear takes x, w, b, y, M, N, K");
   const size_t M = (size_t)d[0], N = (size_t)d[1], K = (size_t)d[2], need[4] = {M * K, N * K, N, M * N};
-  if (!arrays(env, argv, 4, need, f)) return fail(env, "localmim_blas: linear arrays are too small");
+  if (!arrays(env, argv, 4, need, f)) return fail(env, "localmim_native: linear arrays are too small");
   for (size_t r = 0; r < M; r++) memcpy(f[3] + r * N, f[2], N * sizeof(float));
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, f[0], (int)K, f[1], (int)K, 1.0f, f[3], (int)N);
+  sgemm(false, true, M, N, K, 1.0f, f[0], K, f[1], K, 1.0f, f[3], N);
   return NULL;
 }
 
@@ -436,65 +435,90 @@ static bool heads_args(napi_env env, napi_callback_info info, size_t nf, napi_va
   return a->hd * a->H == a->W;
 }
 
+// The (sample, head) pairs split over the pool: a part takes whole heads of the samples b ≡ r (mod R), R = n with a
+// bias (so that the samples adding into one bias row stay on one thread, in order), else B.
+struct heads_job {
+  struct heads a;
+  float **f;
+  void (*one)(const struct heads *a, float **f, size_t b, size_t h, float *scratch);
+};
+
+static void heads_part(void *ctx, size_t part, size_t parts) {
+  const struct heads_job *j = ctx;
+  const size_t R = j->a.n ? j->a.n : j->a.B, pairs = R * j->a.H, T = j->a.T;
+  float *scratch = malloc(T * T * sizeof(float));
+  if (!scratch) abort();
+  for (size_t p = pairs * part / parts; p < pairs * (part + 1) / parts; p++)
+    for (size_t b = p / j->a.H; b < j->a.B; b += R) j->one(&j->a, j->f, b, p % j->a.H, scratch);
+  free(scratch);
+}
+
+static void for_heads(const struct heads *a, float **f, void (*one)(const struct heads *, float **, size_t, size_t, float *)) {
+  const struct heads_job j = {*a, f, one};
+  const size_t R = a->n ? a->n : a->B, macs = a->B * a->H * a->T * a->T * a->hd;
+  pool_run(macs < SGEMM_PARALLEL_MACS ? 1 : pool_parts(R * a->H, 1), heads_part, (void *)&j);
+}
+
+// P = softmax(scale·Q Kᵀ + bias), O = P V for sample b, head h.
+static void attention_head(const struct heads *a, float **f, size_t b, size_t h, float *scratch) {
+  const size_t T = a->T, W = a->W, ld = 3 * W;
+  const float *q = f[1] + b * T * ld + h * a->hd, *k = q + W, *v = q + 2 * W;
+  float *p = f[2] + (b * a->H + h) * T * T;
+  (void)scratch;
+  sgemm_serial(false, true, T, T, a->hd, a->scale, q, ld, k, ld, 0.0f, p, T);
+  if (a->n) {
+    const float *bias = f[3] + ((b % a->n) * a->H + h) * T * T;
+    for (size_t i = 0; i < T * T; i++) p[i] += bias[i];
+  }
+  softmax_rows(p, T, T);
+  sgemm_serial(false, false, T, a->hd, T, 1.0f, p, T, v, ld, 0.0f, f[0] + b * T * W + h * a->hd, W);
+}
+
 // attention(out, qkv, probs, bias, B, T, H, scale, n): per sample b and head h, P = softmax(scale·Q Kᵀ + bias), O = P V.
 static napi_value attention(napi_env env, napi_callback_info info) {
   napi_value argv[9];
   struct heads a;
   float *f[4];
-  if (!heads_args(env, info, 4, argv, &a)) return fail(env, "localmim_blas: attention takes out, qkv, probs, bias, B, T, H, scale, n");
+  if (!heads_args(env, info, 4, argv, &a)) return fail(env, "localmim_native: attention takes out, qkv, probs, bias, B, T, H, scale, n");
   const size_t T = a.T, W = a.W, need[4] = {a.B * T * W, 3 * a.B * T * W, a.B * a.H * T * T, a.n * a.H * T * T};
-  if (!arrays(env, argv, 4, need, f)) return fail(env, "localmim_blas: attention arrays are too small");
-  for (size_t b = 0; b < a.B; b++)
-    for (size_t h = 0; h < a.H; h++) {
-      const float *q = f[1] + b * T * 3 * W + h * a.hd, *k = q + W, *v = q + 2 * W;
-      float *p = f[2] + (b * a.H + h) * T * T;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)a.hd, a.scale, q, (int)(3 * W), k, (int)(3 * W), 0.0f, p,
-                  (int)T);
-      if (a.n) {
-        const float *bias = f[3] + ((b % a.n) * a.H + h) * T * T;
-        for (size_t i = 0; i < T * T; i++) p[i] += bias[i];
-      }
-      softmax_rows(p, T, T);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)a.hd, (int)T, 1.0f, p, (int)T, v, (int)(3 * W), 0.0f,
-                  f[0] + b * T * W + h * a.hd, (int)W);
-    }
+  if (!arrays(env, argv, 4, need, f)) return fail(env, "localmim_native: attention arrays are too small");
+  for_heads(&a, f, attention_head);
   return NULL;
 }
 
-// attentionGrad(dout, qkv, probs, dqkv, dbias, B, T, H, scale, n): dV = Pᵀ dO, dS = P ⊙ (dO Vᵀ − rowsum(P ⊙ dO Vᵀ)),
-// dQ = scale·dS K, dK = scale·dSᵀ Q, written into dqkv [B·T, 3W] in qkv's layout; dbias [n, H, T, T] sums dS.
+// dV = Pᵀ dO, dS = P ⊙ (dO Vᵀ − rowsum(P ⊙ dO Vᵀ)), dQ = scale·dS K, dK = scale·dSᵀ Q for sample b, head h; dS added to
+// its bias row's gradient.
+static void attention_grad_head(const struct heads *a, float **f, size_t b, size_t h, float *dS) {
+  const size_t T = a->T, W = a->W, ld = 3 * W;
+  const float *q = f[1] + b * T * ld + h * a->hd, *k = q + W, *v = q + 2 * W, *dO = f[0] + b * T * W + h * a->hd;
+  const float *P = f[2] + (b * a->H + h) * T * T;
+  float *dq = f[3] + b * T * ld + h * a->hd, *dk = dq + W, *dv = dq + 2 * W;
+  sgemm_serial(false, true, T, T, a->hd, 1.0f, dO, W, v, ld, 0.0f, dS, T);
+  sgemm_serial(true, false, T, a->hd, T, 1.0f, P, T, dO, W, 0.0f, dv, ld);
+  for (size_t i = 0; i < T; i++) {
+    float dot = 0;
+    for (size_t j = 0; j < T; j++) dot += P[i * T + j] * dS[i * T + j];
+    for (size_t j = 0; j < T; j++) dS[i * T + j] = P[i * T + j] * (dS[i * T + j] - dot);
+  }
+  if (a->n) {
+    float *db = f[4] + ((b % a->n) * a->H + h) * T * T;
+    for (size_t i = 0; i < T * T; i++) db[i] += dS[i];
+  }
+  sgemm_serial(false, false, T, a->hd, T, a->scale, dS, T, k, ld, 0.0f, dq, ld);
+  sgemm_serial(true, false, T, a->hd, T, a->scale, dS, T, q, ld, 0.0f, dk, ld);
+}
+
+// attentionGrad(dout, qkv, probs, dqkv, dbias, B, T, H, scale, n): dqkv [B·T, 3W] in qkv's layout; dbias [n, H, T, T].
 static napi_value attention_grad(napi_env env, napi_callback_info info) {
   napi_value argv[10];
   struct heads a;
   float *f[5];
   if (!heads_args(env, info, 5, argv, &a))
-    return fail(env, "localmim_blas: attentionGrad takes dout, qkv, probs, dqkv, dbias, B, T, H, scale, n");
+    return fail(env, "localmim_native: attentionGrad takes dout, qkv, probs, dqkv, dbias, B, T, H, scale, n");
   const size_t T = a.T, W = a.W, need[5] = {a.B * T * W, 3 * a.B * T * W, a.B * a.H * T * T, 3 * a.B * T * W, a.n * a.H * T * T};
-  if (!arrays(env, argv, 5, need, f)) return fail(env, "localmim_blas: attentionGrad arrays are too small");
-  float *dS = malloc(T * T * sizeof(float));
-  if (!dS) return fail(env, "localmim_blas: out of memory");
+  if (!arrays(env, argv, 5, need, f)) return fail(env, "localmim_native: attentionGrad arrays are too small");
   memset(f[4], 0, a.n * a.H * T * T * sizeof(float));
-  const int ld = (int)(3 * W);
-  for (size_t b = 0; b < a.B; b++)
-    for (size_t h = 0; h < a.H; h++) {
-      const float *q = f[1] + b * T * 3 * W + h * a.hd, *k = q + W, *v = q + 2 * W, *dO = f[0] + b * T * W + h * a.hd;
-      const float *P = f[2] + (b * a.H + h) * T * T;
-      float *dq = f[3] + b * T * 3 * W + h * a.hd, *dk = dq + W, *dv = dq + 2 * W;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)a.hd, 1.0f, dO, (int)W, v, ld, 0.0f, dS, (int)T);
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)a.hd, (int)T, 1.0f, P, (int)T, dO, (int)W, 0.0f, dv, ld);
-      for (size_t i = 0; i < T; i++) {
-        float dot = 0;
-        for (size_t j = 0; j < T; j++) dot += P[i * T + j] * dS[i * T + j];
-        for (size_t j = 0; j < T; j++) dS[i * T + j] = P[i * T + j] * (dS[i * T + j] - dot);
-      }
-      if (a.n) {
-        float *db = f[4] + ((b % a.n) * a.H + h) * T * T;
-        for (size_t i = 0; i < T * T; i++) db[i] += dS[i];
-      }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)a.hd, (int)T, a.scale, dS, (int)T, k, ld, 0.0f, dq, ld);
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)a.hd, (int)T, a.scale, dS, (int)T, q, ld, 0.0f, dk, ld);
-    }
-  free(dS);
+  for_heads(&a, f, attention_grad_head);
   return NULL;
 }
 
@@ -507,10 +531,10 @@ static napi_value oriented_magnitudes(napi_env env, napi_callback_info info) {
   napi_value argv[8];
   double d[4];
   float *f[4];
-  if (!call_args(env, info, 8, argv, 4, d)) return fail(env, "localmim_blas: orientedMagnitudes takes x, edges, bias, out, B, H, W, nbins");
+  if (!call_args(env, info, 8, argv, 4, d)) return fail(env, "localmim_native: orientedMagnitudes takes x, edges, bias, out, B, H, W, nbins");
   const size_t B = (size_t)d[0], H = (size_t)d[1], W = (size_t)d[2], nb = (size_t)d[3], plane = B * H * W * 3;
   const size_t need[4] = {plane, 2 * (nb - 1), 2, nb * plane};
-  if (nb < 2 || nb > 64 || H < 2 || W < 2 || !arrays(env, argv, 4, need, f)) return fail(env, "localmim_blas: orientedMagnitudes arrays are too small");
+  if (nb < 2 || nb > 64 || H < 2 || W < 2 || !arrays(env, argv, 4, need, f)) return fail(env, "localmim_native: orientedMagnitudes arrays are too small");
   const float *x = f[0], *cosE = f[1], *sinE = f[1] + nb - 1;
   float *out = f[3];
   for (size_t b = 0; b < B; b++)
@@ -543,41 +567,69 @@ static napi_value oriented_magnitudes(napi_env env, napi_callback_info info) {
 
 static napi_value threads(napi_env env, napi_callback_info info) {
   napi_value out;
-#ifdef __APPLE__
-  napi_create_int32(env, 0, &out);
-#else
-  napi_create_int32(env, openblas_get_num_threads(), &out);
-#endif
+  (void)info;
+  napi_create_int32(env, (int32_t)pool_threads(), &out);
   return out;
 }
 
+// kernel(): the sgemm micro-kernel in use; kernels(): those this CPU runs, best first.
+static napi_value kernel(napi_env env, napi_callback_info info) {
+  napi_value out;
+  (void)info;
+  napi_create_string_utf8(env, sgemm_kernel(), NAPI_AUTO_LENGTH, &out);
+  return out;
+}
+
+static napi_value kernels(napi_env env, napi_callback_info info) {
+  napi_value out, name;
+  (void)info;
+  napi_create_array(env, &out);
+  const char *const *names = sgemm_kernels();
+  for (uint32_t i = 0; names[i]; i++) {
+    napi_create_string_utf8(env, names[i], NAPI_AUTO_LENGTH, &name);
+    napi_set_element(env, out, i, name);
+  }
+  return out;
+}
+
+// useKernel(name): switches sgemm's micro-kernel; throws if this CPU cannot run it.
+static napi_value use_kernel(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  size_t argc = 1, len;
+  char name[32];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 ||
+      napi_get_value_string_utf8(env, argv[0], name, sizeof name, &len) != napi_ok)
+    return fail(env, "localmim_native: useKernel takes a kernel name");
+  if (!sgemm_use(name)) return fail(env, "localmim_native: this CPU cannot run that sgemm kernel");
+  return NULL;
+}
+
 NAPI_MODULE_INIT() {
-  napi_value fn;
-  napi_create_function(env, "gemm", NAPI_AUTO_LENGTH, gemm, NULL, &fn);
-  napi_set_named_property(env, exports, "gemm", fn);
-  napi_create_function(env, "transpose", NAPI_AUTO_LENGTH, transpose, NULL, &fn);
-  napi_set_named_property(env, exports, "transpose", fn);
-  napi_create_function(env, "threads", NAPI_AUTO_LENGTH, threads, NULL, &fn);
-  napi_set_named_property(env, exports, "threads", fn);
-  napi_create_function(env, "layerNorm", NAPI_AUTO_LENGTH, layer_norm, NULL, &fn);
-  napi_set_named_property(env, exports, "layerNorm", fn);
-  napi_create_function(env, "layerNormGrad", NAPI_AUTO_LENGTH, layer_norm_grad, NULL, &fn);
-  napi_set_named_property(env, exports, "layerNormGrad", fn);
-  napi_create_function(env, "gelu", NAPI_AUTO_LENGTH, gelu, NULL, &fn);
-  napi_set_named_property(env, exports, "gelu", fn);
-  napi_create_function(env, "geluGrad", NAPI_AUTO_LENGTH, gelu_grad, NULL, &fn);
-  napi_set_named_property(env, exports, "geluGrad", fn);
-  napi_create_function(env, "columnSum", NAPI_AUTO_LENGTH, column_sum, NULL, &fn);
-  napi_set_named_property(env, exports, "columnSum", fn);
-  napi_create_function(env, "adamw", NAPI_AUTO_LENGTH, adamw, NULL, &fn);
-  napi_set_named_property(env, exports, "adamw", fn);
-  napi_create_function(env, "linear", NAPI_AUTO_LENGTH, linear, NULL, &fn);
-  napi_set_named_property(env, exports, "linear", fn);
-  napi_create_function(env, "attention", NAPI_AUTO_LENGTH, attention, NULL, &fn);
-  napi_set_named_property(env, exports, "attention", fn);
-  napi_create_function(env, "attentionGrad", NAPI_AUTO_LENGTH, attention_grad, NULL, &fn);
-  napi_set_named_property(env, exports, "attentionGrad", fn);
-  napi_create_function(env, "orientedMagnitudes", NAPI_AUTO_LENGTH, oriented_magnitudes, NULL, &fn);
-  napi_set_named_property(env, exports, "orientedMagnitudes", fn);
+  static const struct {
+    const char *name;
+    napi_callback fn;
+  } exported[] = {
+      {"gemm", gemm},
+      {"transpose", transpose},
+      {"threads", threads},
+      {"kernel", kernel},
+      {"kernels", kernels},
+      {"useKernel", use_kernel},
+      {"layerNorm", layer_norm},
+      {"layerNormGrad", layer_norm_grad},
+      {"gelu", gelu},
+      {"geluGrad", gelu_grad},
+      {"columnSum", column_sum},
+      {"adamw", adamw},
+      {"linear", linear},
+      {"attention", attention},
+      {"attentionGrad", attention_grad},
+      {"orientedMagnitudes", oriented_magnitudes},
+  };
+  for (size_t i = 0; i < sizeof exported / sizeof exported[0]; i++) {
+    napi_value fn;
+    napi_create_function(env, exported[i].name, NAPI_AUTO_LENGTH, exported[i].fn, NULL, &fn);
+    napi_set_named_property(env, exports, exported[i].name, fn);
+  }
   return exports;
 }
