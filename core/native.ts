@@ -10,7 +10,7 @@ import { heapView, sharedIdentity } from './native-internals.js';
 // core/train/adamw.ts use while it is on. When the addon cannot build or load, plain wasm runs, and doctor, the
 // app and the run estimates say so (core/backend.ts).
 
-interface Blas {
+interface Addon {
   gemm(
     ta: boolean,
     tb: boolean,
@@ -42,38 +42,38 @@ interface Blas {
 }
 type F = Float32Array;
 
-let blas: Blas | undefined;
+let addon: Addon | undefined;
 let loadError: string | undefined;
 const originals = new Map<string, tf.KernelConfig>();
 
-function load(): Blas | undefined {
-  if (blas || loadError) return blas;
+function load(): Addon | undefined {
+  if (addon || loadError) return addon;
   try {
-    blas = createRequire(import.meta.url)('../build/Release/localmim_native.node') as Blas;
+    addon = createRequire(import.meta.url)('../build/Release/localmim_native.node') as Addon;
   } catch (err) {
     loadError = `the native addon is not built (${String((err as Error).message).split('\n')[0]})`;
   }
-  return blas;
+  return addon;
 }
 
 /** Why the native path is off, or undefined when it is on. */
 export const nativeStatus = () => (active ? undefined : (loadError ?? 'off'));
 let active = false;
 export const nativeActive = () => active;
-export const nativeThreads = () => blas?.threads() ?? 0;
+export const nativeThreads = () => addon?.threads() ?? 0;
 /** The sgemm micro-kernel in use ("avx2-fma", "neon", "portable"), or undefined without the addon. */
-export const nativeKernel = () => blas?.kernel();
+export const nativeKernel = () => addon?.kernel();
 /** The sgemm micro-kernels this CPU runs, best first. */
-export const nativeKernels = () => blas?.kernels() ?? [];
+export const nativeKernels = () => addon?.kernels() ?? [];
 /** Switches sgemm to one of nativeKernels() (tests and benchmarks compare them). */
-export const useNativeKernel = (name: string) => blas?.useKernel(name);
+export const useNativeKernel = (name: string) => addon?.useKernel(name);
 
 /** Turns the native kernels (BatchMatMul, Transpose, Identity) on for the wasm backend (returns why not, if it cannot), or off. */
 export function setNativeGemm(on: boolean): string | undefined {
   if (on === active) return undefined;
   const kernels: [string, tf.KernelFunc][] = [
-    ['BatchMatMul', (args) => batchMatMul(blas!, args as never)],
-    ['Transpose', (args) => transpose(blas!, args as never)],
+    ['BatchMatMul', (args) => batchMatMul(addon!, args as never)],
+    ['Transpose', (args) => transpose(addon!, args as never)],
     ['Identity', sharedIdentity as never],
   ];
   if (on && !load()) return loadError;
@@ -92,7 +92,7 @@ export function setNativeGemm(on: boolean): string | undefined {
 type WasmArgs<I, A> = { inputs: I; attrs: A; backend: BackendWasm };
 const size = (s: number[]) => s.reduce((x, y) => x * y, 1);
 
-function transpose(lib: Blas, args: WasmArgs<{ x: tf.TensorInfo }, { perm: number[] }>) {
+function transpose(lib: Addon, args: WasmArgs<{ x: tf.TensorInfo }, { perm: number[] }>) {
   const { inputs, attrs, backend } = args;
   if (inputs.x.dtype !== 'float32' || inputs.x.shape.length > 6) return originals.get('Transpose')!.kernelFunc(args as never);
   const out = backend.makeOutput(
@@ -104,7 +104,7 @@ function transpose(lib: Blas, args: WasmArgs<{ x: tf.TensorInfo }, { perm: numbe
   return out;
 }
 
-function batchMatMul(lib: Blas, args: WasmArgs<{ a: tf.TensorInfo; b: tf.TensorInfo }, { transposeA: boolean; transposeB: boolean }>) {
+function batchMatMul(lib: Addon, args: WasmArgs<{ a: tf.TensorInfo; b: tf.TensorInfo }, { transposeA: boolean; transposeB: boolean }>) {
   const { inputs, attrs, backend } = args;
   const { a, b } = inputs;
   const { transposeA: ta, transposeB: tb } = attrs;
@@ -145,58 +145,58 @@ const FUSED: Record<string, Fused> = {
     const cols = x!.shape.at(-1)!;
     const rows = size(x!.shape) / cols;
     const outs = [backend.makeOutput(x!.shape, 'float32'), backend.makeOutput([rows], 'float32'), backend.makeOutput([rows], 'float32')];
-    blas!.layerNorm(v(x), v(w), v(b), v(outs[0]), v(outs[1]), v(outs[2]), rows, cols, eps!);
+    addon!.layerNorm(v(x), v(w), v(b), v(outs[0]), v(outs[1]), v(outs[2]), rows, cols, eps!);
     return outs;
   },
   LocalmimLayerNormGrad: (backend, [dy, x, w, mean, rstd], _, v) => {
     const cols = x!.shape.at(-1)!;
     const outs = [x!, w!, w!].map((t) => backend.makeOutput(t.shape, 'float32'));
-    blas!.layerNormGrad(v(dy), v(x), v(w), v(mean), v(rstd), v(outs[0]), v(outs[1]), v(outs[2]), size(x!.shape) / cols, cols);
+    addon!.layerNormGrad(v(dy), v(x), v(w), v(mean), v(rstd), v(outs[0]), v(outs[1]), v(outs[2]), size(x!.shape) / cols, cols);
     return outs;
   },
   LocalmimGelu: (backend, [x], _, v) => {
     const y = backend.makeOutput(x!.shape, 'float32');
-    blas!.gelu(v(x), v(y), size(x!.shape));
+    addon!.gelu(v(x), v(y), size(x!.shape));
     return [y];
   },
   LocalmimGeluGrad: (backend, [dy, x], _, v) => {
     const dx = backend.makeOutput(x!.shape, 'float32');
-    blas!.geluGrad(v(dy), v(x), v(dx), size(x!.shape));
+    addon!.geluGrad(v(dy), v(x), v(dx), size(x!.shape));
     return [dx];
   },
   LocalmimColumnSum: (backend, [x], _, v) => {
     const cols = x!.shape.at(-1)!;
     const out = backend.makeOutput([cols], 'float32');
-    blas!.columnSum(v(x), v(out), size(x!.shape) / cols, cols);
+    addon!.columnSum(v(x), v(out), size(x!.shape) / cols, cols);
     return [out];
   },
   LocalmimLinear: (backend, [x, w, b], _, v) => {
     const [N, K] = w!.shape as [number, number];
     const M = size(x!.shape) / K;
     const y = backend.makeOutput([M, N], 'float32');
-    blas!.linear(v(x), v(w), v(b), v(y), M, N, K);
+    addon!.linear(v(x), v(w), v(b), v(y), M, N, K);
     return [y];
   },
   LocalmimAttention: (backend, [qkv, bias], { B, T, heads, scale }, v) => {
     const W = qkv!.shape[1]! / 3;
     const outs = [backend.makeOutput([B! * T!, W], 'float32'), backend.makeOutput([B! * heads!, T!, T!], 'float32')];
-    blas!.attention(v(outs[0]), v(qkv), v(outs[1]), v(bias), B!, T!, heads!, scale!, bias?.shape[0] ?? 0);
+    addon!.attention(v(outs[0]), v(qkv), v(outs[1]), v(bias), B!, T!, heads!, scale!, bias?.shape[0] ?? 0);
     return outs;
   },
   LocalmimAttentionGrad: (backend, [dout, qkv, probs, bias], { B, T, heads, scale }, v) => {
     const outs = [backend.makeOutput(qkv!.shape, 'float32'), ...(bias ? [backend.makeOutput(bias.shape, 'float32')] : [])];
-    blas!.attentionGrad(v(dout), v(qkv), v(probs), v(outs[0]), v(outs[1]), B!, T!, heads!, scale!, bias?.shape[0] ?? 0);
+    addon!.attentionGrad(v(dout), v(qkv), v(probs), v(outs[0]), v(outs[1]), B!, T!, heads!, scale!, bias?.shape[0] ?? 0);
     return outs;
   },
   LocalmimOrientedMagnitudes: (backend, [x, edges, bias], { nbins }, v) => {
     const [B, H, W] = x!.shape as number[];
     const out = backend.makeOutput([nbins! * B!, H!, W!, 3], 'float32');
-    blas!.orientedMagnitudes(v(x), v(edges), v(bias), v(out), B!, H!, W!, nbins!);
+    addon!.orientedMagnitudes(v(x), v(edges), v(bias), v(out), B!, H!, W!, nbins!);
     return [out];
   },
   LocalmimAdamW: (backend, [p, g, m1, m2], a, v) => {
     const outs = [p!, m1!, m2!].map((t) => backend.makeOutput(t.shape, 'float32'));
-    blas!.adamw(
+    addon!.adamw(
       v(p),
       v(g),
       v(m1),
