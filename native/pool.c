@@ -37,11 +37,6 @@ typedef pthread_cond_t cond_t;
 #define cond_broadcast(c) pthread_cond_broadcast(c)
 #define cond_signal(c) pthread_cond_signal(c)
 #endif
-#if defined(_MSC_VER) && !defined(__clang__)
-#define THREAD_LOCAL __declspec(thread)
-#else
-#define THREAD_LOCAL _Thread_local
-#endif
 
 #define MAX_THREADS 64
 

@@ -3,6 +3,12 @@
 #pragma once
 #include <stddef.h>
 
+#if defined(_MSC_VER) && !defined(__clang__)
+#define THREAD_LOCAL __declspec(thread)
+#else
+#define THREAD_LOCAL _Thread_local
+#endif
+
 typedef void (*pool_task)(void *ctx, size_t part, size_t parts);
 
 /** How many threads a job may use: LOCALMIM_THREADS if set, else the physical cores this process may run on (at most 64). */

@@ -24,11 +24,6 @@
 #include <arm_neon.h>
 #endif
 
-#if defined(_MSC_VER) && !defined(__clang__)
-#define THREAD_LOCAL __declspec(thread)
-#else
-#define THREAD_LOCAL _Thread_local
-#endif
 
 #define MAX_MR 8
 #define MAX_NR 16
@@ -186,70 +181,40 @@ struct view {
   size_t rs, cs;
 };
 
-// A's rows [i0, i0 + mc) over K slice [p0, p0 + kc), as MR-row slivers, k-major within each: ap[s][k][MR], zero-padded.
-// Both packings are written for a constant sliver width (pack below), so that the compiler unrolls and vectorises them.
-static inline void pack_a_mr(const size_t mr, struct view A, size_t i0, size_t mc, size_t p0, size_t kc, float *ap) {
-  for (size_t s = 0; s < mc; s += mr, ap += mr * kc) {
-    const size_t rows = mc - s < mr ? mc - s : mr;
-    if (A.rs == 1) {  // op(A) = Aᵀ: each k's rows lie side by side
-      const float *x = A.x + p0 * A.cs + i0 + s;
-      if (rows == mr)
-        for (size_t k = 0; k < kc; k++)
-          for (size_t r = 0; r < mr; r++) ap[k * mr + r] = x[k * A.cs + r];
-      else
-        for (size_t k = 0; k < kc; k++)
-          for (size_t r = 0; r < mr; r++) ap[k * mr + r] = r < rows ? x[k * A.cs + r] : 0;
-      continue;
-    }
-    // Each of the sliver's rows is a contiguous run of A's row: read all mr of them in step, write in order.
-    const float *x = A.x + (i0 + s) * A.rs + p0;
-    if (rows == mr)
+// Rows [i0, i0 + m) of the operand x over K slice [p0, p0 + kc), as w-row slivers, k-major within each:
+// out[s][k][w], zero-padded. A packs this way directly; B as its transpose (its columns are Bᵀ's rows). Written for a
+// constant w (pack below), so that the compiler unrolls and vectorises the inner loop.
+static inline void pack_w(const size_t w, struct view x, size_t i0, size_t m, size_t p0, size_t kc, float *out) {
+  for (size_t s = 0; s < m; s += w, out += w * kc) {
+    const size_t rows = m - s < w ? m - s : w;
+    const float *src = x.x + (i0 + s) * x.rs + p0 * x.cs;
+    // Either each k's w values lie side by side (cs > 1, rs = 1), or each row is a contiguous run over k: both are
+    // read in order, never one sliver row down a stride, which at a power-of-two leading dimension thrashes the caches.
+    if (rows == w)
       for (size_t k = 0; k < kc; k++)
-        for (size_t r = 0; r < mr; r++) ap[k * mr + r] = x[r * A.rs + k];
+        for (size_t r = 0; r < w; r++) out[k * w + r] = src[r * x.rs + k * x.cs];
     else
       for (size_t k = 0; k < kc; k++)
-        for (size_t r = 0; r < mr; r++) ap[k * mr + r] = r < rows ? x[r * A.rs + k] : 0;
+        for (size_t r = 0; r < w; r++) out[k * w + r] = r < rows ? src[r * x.rs + k * x.cs] : 0;
   }
 }
 
-// B's K slice [p0, p0 + kc) over columns [j0, j0 + nc), as NR-column slivers: bp[s][k][NR], zero-padded.
-static inline void pack_b_nr(const size_t nr, struct view B, size_t p0, size_t kc, size_t j0, size_t nc, float *bp) {
-  for (size_t s = 0; s < nc; s += nr, bp += nr * kc) {
-    const size_t cols = nc - s < nr ? nc - s : nr;
-    if (B.cs == 1) {
-      const float *x = B.x + p0 * B.rs + j0 + s;
-      if (cols == nr)
-        for (size_t k = 0; k < kc; k++)
-          for (size_t j = 0; j < nr; j++) bp[k * nr + j] = x[k * B.rs + j];
-      else
-        for (size_t k = 0; k < kc; k++)
-          for (size_t j = 0; j < nr; j++) bp[k * nr + j] = j < cols ? x[k * B.rs + j] : 0;
-      continue;
-    }
-    // op(B) = Bᵀ: each of the sliver's columns is a contiguous run of B's row.
-    const float *x = B.x + (j0 + s) * B.cs + p0;
-    if (cols == nr)
-      for (size_t k = 0; k < kc; k++)
-        for (size_t j = 0; j < nr; j++) bp[k * nr + j] = x[j * B.cs + k];
-    else
-      for (size_t k = 0; k < kc; k++)
-        for (size_t j = 0; j < nr; j++) bp[k * nr + j] = j < cols ? x[j * B.cs + k] : 0;
-  }
-}
-
-static void pack_a(size_t mr, struct view A, size_t i0, size_t mc, size_t p0, size_t kc, float *ap) {
-  switch (mr) {
-    case 4: return pack_a_mr(4, A, i0, mc, p0, kc, ap);
-    case 6: return pack_a_mr(6, A, i0, mc, p0, kc, ap);
-    default: return pack_a_mr(8, A, i0, mc, p0, kc, ap);
-  }
-}
-
-static void pack_b(size_t nr, struct view B, size_t p0, size_t kc, size_t j0, size_t nc, float *bp) {
-  switch (nr) {
-    case 8: return pack_b_nr(8, B, p0, kc, j0, nc, bp);
-    case 12: return pack_b_nr(12, B, p0, kc, j0, nc, bp);
-    default: return pack_b_nr(16, B, p0, kc, j0, nc, bp);
+static void pack(size_t w, struct view x, size_t i0, size_t m, size_t p0, size_t kc, float *out) {
+  switch (w) {
+    case 4:
+      pack_w(4, x, i0, m, p0, kc, out);
+      break;
+    case 6:
+      pack_w(6, x, i0, m, p0, kc, out);
+      break;
+    case 8:
+      pack_w(8, x, i0, m, p0, kc, out);
+      break;
+    case 12:
+      pack_w(12, x, i0, m, p0, kc, out);
+      break;
+    default:
+      pack_w(16, x, i0, m, p0, kc, out);
   }
 }
 
@@ -302,10 +267,10 @@ static void gemm_blocked(struct view A, struct view B, size_t M, size_t N, size_
     for (size_t pc = 0; pc < K; pc += KC) {
       const size_t kc = K - pc < KC ? K - pc : KC;
       const float b_ = pc == 0 ? beta : 1;
-      pack_b(kr->nr, B, pc, kc, jc, nc, bp);
+      pack(kr->nr, (struct view){B.x, B.cs, B.rs}, jc, nc, pc, kc, bp);
       for (size_t ic = 0; ic < M; ic += MC) {
         const size_t mc = M - ic < MC ? M - ic : MC;
-        pack_a(kr->mr, A, ic, mc, pc, kc, ap);
+        pack(kr->mr, A, ic, mc, pc, kc, ap);
         for (size_t jr = 0; jr < nc; jr += kr->nr)
           for (size_t ir = 0; ir < mc; ir += kr->mr)
             tile(kr, mc - ir < kr->mr ? mc - ir : kr->mr, nc - jr < kr->nr ? nc - jr : kr->nr, kc, ap + ir * kc, bp + jr * kc,
