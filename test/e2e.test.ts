@@ -7,145 +7,149 @@ import { fileURLToPath } from 'node:url';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { ensureBuilt } from './cli.js';
+import { describeWith, pathOf } from './requirements.js';
 
-// The whole app in Debian's Chromium against `localmim serve`, with a real data folder and real training.
+// The whole app in Chromium against `localmim serve`, with a real data folder and real training.
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const ARTIFACTS = join(ROOT, 'test-artifacts');
-const home = mkdtempSync(join(tmpdir(), 'localmim-e2e-'));
+let home = '';
 let server: ChildProcess;
 let browser: Browser;
 let page: Page;
 let url = '';
 const consoleErrors: string[] = [];
 
-beforeAll(async () => {
-  ensureBuilt();
-  mkdirSync(ARTIFACTS, { recursive: true });
-  server = spawn(process.execPath, [join(ROOT, 'bin/localmim.js'), 'serve', '--port', '0', '--home', home, '--preview-every', '5'], {
-    stdio: ['ignore', 'pipe', 'inherit'],
+describeWith('chromium')('the app in Chromium', () => {
+  beforeAll(async () => {
+    ensureBuilt();
+    home = mkdtempSync(join(tmpdir(), 'localmim-e2e-'));
+    mkdirSync(ARTIFACTS, { recursive: true });
+    server = spawn(process.execPath, [join(ROOT, 'bin/localmim.js'), 'serve', '--port', '0', '--home', home, '--preview-every', '5'], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    url = await new Promise<string>((resolve) =>
+      createInterface({ input: server.stdout! }).on('line', (l) => l.startsWith('LocalMIM Studio: ') && resolve(l.slice(17))),
+    );
+    browser = await chromium.launch({
+      executablePath: pathOf('chromium'),
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
+    });
+    page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    page.on('console', (m) => m.type() === 'error' && consoleErrors.push(m.text()));
+    page.on('pageerror', (e) => consoleErrors.push(e.message));
   });
-  url = await new Promise<string>((resolve) =>
-    createInterface({ input: server.stdout! }).on('line', (l) => l.startsWith('LocalMIM Studio: ') && resolve(l.slice(17))),
-  );
-  browser = await chromium.launch({
-    executablePath: '/usr/bin/chromium',
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
+
+  afterAll(async () => {
+    await browser?.close();
+    server?.kill('SIGTERM');
+    await new Promise((r) => server?.once('exit', r));
+    rmSync(home, { recursive: true, force: true });
   });
-  page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  page.on('console', (m) => m.type() === 'error' && consoleErrors.push(m.text()));
-  page.on('pageerror', (e) => consoleErrors.push(e.message));
-});
 
-afterAll(async () => {
-  await browser?.close();
-  server?.kill('SIGTERM');
-  await new Promise((r) => server?.once('exit', r));
-  rmSync(home, { recursive: true, force: true });
-});
+  const shot = (name: string) => page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
 
-const shot = (name: string) => page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
+  test('add the sample images, train, watch the chart, pause, resume, see checkpoints and reconstructions', async () => {
+    await page.goto(url);
+    await expect.poll(() => page.getByTestId('backend').textContent()).toMatch(/Compute: (wasm|cpu|tensorflow)/);
+    await page.getByRole('button', { name: 'Use the sample images' }).click();
+    await page.getByTestId('dataset-row').filter({ hasText: '300' }).waitFor({ timeout: 60_000 });
+    await page.getByTestId('thumbnails').locator('img').first().waitFor();
+    await shot('1-datasets');
 
-test('add the sample images, train, watch the chart, pause, resume, see checkpoints and reconstructions', async () => {
-  await page.goto(url);
-  await expect.poll(() => page.getByTestId('backend').textContent()).toMatch(/Compute: (wasm|cpu|tensorflow)/);
-  await page.getByRole('button', { name: 'Use the sample images' }).click();
-  await page.getByTestId('dataset-row').filter({ hasText: '300' }).waitFor({ timeout: 60_000 });
-  await page.getByTestId('thumbnails').locator('img').first().waitFor();
-  await shot('1-datasets');
+    await page.goto(url.replace(/\/\?token=.*/, '/#/new?dataset=1'));
+    const field = (label: string) => page.getByLabel(label, { exact: true });
+    // A Swin size brings its own image side and patch 4, and decodes every stage; back on a ViT, the app's defaults.
+    await page.getByLabel('Model').selectOption('swin-tiny');
+    await expect.poll(() => field('Image size (px)').inputValue()).toBe('112');
+    expect(await field('Patch size (px)').inputValue()).toBe('4');
+    await page.getByTestId('swin-stages').waitFor();
+    await page.getByLabel('Model').selectOption('vit-tiny');
+    await expect.poll(() => field('Image size (px)').inputValue()).toBe('64');
+    await field('Image size (px)').fill('30');
+    await expect.poll(() => page.getByTestId('field-error').first().textContent()).toMatch(/imgSize=30 must be a multiple of patchSize=8/);
+    expect(await page.getByRole('button', { name: 'Start pretraining' }).isDisabled()).toBe(true);
+    await field('Image size (px)').fill('32');
+    await field('Batch').fill('8');
+    await field('Epochs').fill('3');
+    await field('Warmup epochs').fill('1');
+    await page.getByTestId('estimate').waitFor();
+    await shot('2-new-run');
+    await page.getByRole('button', { name: 'Start pretraining' }).click();
 
-  await page.goto(url.replace(/\/\?token=.*/, '/#/new?dataset=1'));
-  const field = (label: string) => page.getByLabel(label, { exact: true });
-  // A Swin size brings its own image side and patch 4, and decodes every stage; back on a ViT, the app's defaults.
-  await page.getByLabel('Model').selectOption('swin-tiny');
-  await expect.poll(() => field('Image size (px)').inputValue()).toBe('112');
-  expect(await field('Patch size (px)').inputValue()).toBe('4');
-  await page.getByTestId('swin-stages').waitFor();
-  await page.getByLabel('Model').selectOption('vit-tiny');
-  await expect.poll(() => field('Image size (px)').inputValue()).toBe('64');
-  await field('Image size (px)').fill('30');
-  await expect.poll(() => page.getByTestId('field-error').first().textContent()).toMatch(/imgSize=30 must be a multiple of patchSize=8/);
-  expect(await page.getByRole('button', { name: 'Start pretraining' }).isDisabled()).toBe(true);
-  await field('Image size (px)').fill('32');
-  await field('Batch').fill('8');
-  await field('Epochs').fill('3');
-  await field('Warmup epochs').fill('1');
-  await page.getByTestId('estimate').waitFor();
-  await shot('2-new-run');
-  await page.getByRole('button', { name: 'Start pretraining' }).click();
+    const points = async () => Number(await page.getByTestId('charts').getAttribute('data-points'));
+    await page.getByTestId('charts').waitFor({ timeout: 120_000 });
+    await expect.poll(points, { timeout: 120_000 }).toBeGreaterThan(5);
+    await page.getByTestId('preview').first().locator('img').nth(3).waitFor({ timeout: 60_000 });
+    await shot('3-training');
 
-  const points = async () => Number(await page.getByTestId('charts').getAttribute('data-points'));
-  await page.getByTestId('charts').waitFor({ timeout: 120_000 });
-  await expect.poll(points, { timeout: 120_000 }).toBeGreaterThan(5);
-  await page.getByTestId('preview').first().locator('img').nth(3).waitFor({ timeout: 60_000 });
-  await shot('3-training');
+    await page.getByRole('button', { name: 'Pause' }).click();
+    await expect.poll(() => page.getByTestId('run-status').textContent(), { timeout: 60_000 }).toBe('paused');
+    await page.getByTestId('checkpoints').locator('tbody tr').first().waitFor();
+    const pausedAt = await points();
 
-  await page.getByRole('button', { name: 'Pause' }).click();
-  await expect.poll(() => page.getByTestId('run-status').textContent(), { timeout: 60_000 }).toBe('paused');
-  await page.getByTestId('checkpoints').locator('tbody tr').first().waitFor();
-  const pausedAt = await points();
+    await page.reload(); // status and charts survive a reload
+    await expect.poll(() => page.getByTestId('run-status').textContent()).toBe('paused');
+    expect(await points()).toBe(pausedAt);
 
-  await page.reload(); // status and charts survive a reload
-  await expect.poll(() => page.getByTestId('run-status').textContent()).toBe('paused');
-  expect(await points()).toBe(pausedAt);
+    await page.getByRole('button', { name: 'Resume' }).click();
+    await expect.poll(() => page.getByTestId('run-status').textContent(), { timeout: 60_000 }).toBe('running');
+    await expect.poll(points, { timeout: 120_000 }).toBeGreaterThan(pausedAt + 3);
+    await shot('4-resumed');
+    await page.getByRole('button', { name: 'Pause' }).click();
+    await expect.poll(() => page.getByTestId('run-status').textContent(), { timeout: 60_000 }).toBe('paused');
 
-  await page.getByRole('button', { name: 'Resume' }).click();
-  await expect.poll(() => page.getByTestId('run-status').textContent(), { timeout: 60_000 }).toBe('running');
-  await expect.poll(points, { timeout: 120_000 }).toBeGreaterThan(pausedAt + 3);
-  await shot('4-resumed');
-  await page.getByRole('button', { name: 'Pause' }).click();
-  await expect.poll(() => page.getByTestId('run-status').textContent(), { timeout: 60_000 }).toBe('paused');
+    expect(consoleErrors).toEqual([]);
+  });
 
-  expect(consoleErrors).toEqual([]);
-});
+  test('export the backbone, look at its attention, fine-tune it on a labeled folder', async () => {
+    await page.getByRole('button', { name: 'Export' }).click();
+    await expect
+      .poll(() => page.getByTestId('exported').textContent(), { timeout: 60_000 })
+      .toMatch(/model\.safetensors, config\.json, README\.md/);
+    await page.getByRole('button', { name: 'Scale out…' }).click();
+    await expect
+      .poll(() => page.getByTestId('scale-out').textContent(), { timeout: 60_000 })
+      .toMatch(/jobs\/run-1 \(300 images\)[\s\S]*torchrun --standalone --nproc_per_node 8 train\.py/);
+    await shot('5-scale-out');
 
-test('export the backbone, look at its attention, fine-tune it on a labeled folder', async () => {
-  await page.getByRole('button', { name: 'Export' }).click();
-  await expect
-    .poll(() => page.getByTestId('exported').textContent(), { timeout: 60_000 })
-    .toMatch(/model\.safetensors, config\.json, README\.md/);
-  await page.getByRole('button', { name: 'Scale out…' }).click();
-  await expect
-    .poll(() => page.getByTestId('scale-out').textContent(), { timeout: 60_000 })
-    .toMatch(/jobs\/run-1 \(300 images\)[\s\S]*torchrun --standalone --nproc_per_node 8 train\.py/);
-  await shot('5-scale-out');
+    await page.getByRole('link', { name: 'See its attention…' }).click();
+    await page.getByTestId('attention').locator('canvas').first().waitFor({ timeout: 60_000 });
+    expect(await page.getByTestId('attention').locator('canvas').count()).toBe(12); // one map per block of vit-tiny
+    await shot('5-attention');
+    // Over a set: NMI, KL and, for a pretraining run, gradient norms per block, each mean ± std.
+    await page.getByLabel('Images in the set').selectOption('16');
+    await page.getByRole('checkbox', { name: /statistics over/ }).check();
+    await page.getByTestId('attention-set').locator('.chart').nth(2).waitFor({ timeout: 120_000 });
+    await expect.poll(() => page.getByText(/^Over 16 images/).count()).toBe(1);
+    await shot('5b-attention-set');
 
-  await page.getByRole('link', { name: 'See its attention…' }).click();
-  await page.getByTestId('attention').locator('canvas').first().waitFor({ timeout: 60_000 });
-  expect(await page.getByTestId('attention').locator('canvas').count()).toBe(12); // one map per block of vit-tiny
-  await shot('5-attention');
-  // Over a set: NMI, KL and, for a pretraining run, gradient norms per block, each mean ± std.
-  await page.getByLabel('Images in the set').selectOption('16');
-  await page.getByRole('checkbox', { name: /statistics over/ }).check();
-  await page.getByTestId('attention-set').locator('.chart').nth(2).waitFor({ timeout: 120_000 });
-  await expect.poll(() => page.getByText(/^Over 16 images/).count()).toBe(1);
-  await shot('5b-attention-set');
+    // A labeled folder: two classes of sample crops.
+    const labeled = join(home, 'labeled');
+    for (const cls of ['coffee', 'rocket']) {
+      mkdirSync(join(labeled, cls), { recursive: true });
+      for (let i = 0; i < 30; i++)
+        symlinkSync(join(ROOT, 'assets/sample-images', `${cls}-${String(i).padStart(2, '0')}.jpg`), join(labeled, cls, `${i}.jpg`));
+    }
+    await page.goto(url.replace(/\/\?token=.*/, '/#/datasets'));
+    await page.getByLabel('Folder of images').fill(labeled);
+    await page.getByRole('button', { name: 'Add folder' }).click();
+    await page.getByTestId('dataset-row').filter({ hasText: 'labeled' }).waitFor({ timeout: 60_000 });
 
-  // A labeled folder: two classes of sample crops.
-  const labeled = join(home, 'labeled');
-  for (const cls of ['coffee', 'rocket']) {
-    mkdirSync(join(labeled, cls), { recursive: true });
-    for (let i = 0; i < 30; i++)
-      symlinkSync(join(ROOT, 'assets/sample-images', `${cls}-${String(i).padStart(2, '0')}.jpg`), join(labeled, cls, `${i}.jpg`));
-  }
-  await page.goto(url.replace(/\/\?token=.*/, '/#/datasets'));
-  await page.getByLabel('Folder of images').fill(labeled);
-  await page.getByRole('button', { name: 'Add folder' }).click();
-  await page.getByTestId('dataset-row').filter({ hasText: 'labeled' }).waitFor({ timeout: 60_000 });
-
-  await page.goto(url.replace(/\/\?token=.*/, '/#/finetune?from=1'));
-  await page.getByLabel('Labeled dataset').selectOption({ label: 'labeled (60 images)' });
-  await page.getByLabel('Epochs', { exact: true }).fill('2');
-  await page.getByLabel('Batch', { exact: true }).fill('16');
-  await page.getByRole('button', { name: 'Start fine-tuning' }).click();
-  await expect.poll(() => page.getByTestId('run-status').textContent(), { timeout: 120_000 }).toBe('finished');
-  await page.getByText('Validation top-1').first().waitFor();
-  await shot('6-finetune');
-  expect(consoleErrors).toEqual([]);
+    await page.goto(url.replace(/\/\?token=.*/, '/#/finetune?from=1'));
+    await page.getByLabel('Labeled dataset').selectOption({ label: 'labeled (60 images)' });
+    await page.getByLabel('Epochs', { exact: true }).fill('2');
+    await page.getByLabel('Batch', { exact: true }).fill('16');
+    await page.getByRole('button', { name: 'Start fine-tuning' }).click();
+    await expect.poll(() => page.getByTestId('run-status').textContent(), { timeout: 120_000 }).toBe('finished');
+    await page.getByText('Validation top-1').first().waitFor();
+    await shot('6-finetune');
+    expect(consoleErrors).toEqual([]);
+  });
 });

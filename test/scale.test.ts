@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
-import { afterAll, describe, expect, test } from 'vitest';
+import { afterAll, expect, test } from 'vitest';
 import { parseRunConfig, type RunConfigInput } from '../core/config.js';
 import { randomCrop } from '../core/data/augment.js';
 import { DecodeCache } from '../core/data/cache.js';
@@ -21,13 +21,10 @@ import { Service } from '../core/service/service.js';
 import { Store } from '../core/store/store.js';
 import { TrainStep } from '../core/train/step.js';
 import { localmim } from './cli.js';
+import { describeWith, PYTHON } from './requirements.js';
 
-// The job's trainer runs on Debian's torch; CI installs it (.ci/run), so there a missing torch is a failure.
-const PY = '/usr/bin/python3';
-const hasTorch = spawnSync(PY, ['-c', 'import torch, PIL'], { encoding: 'utf8' }).status === 0;
-if (!hasTorch && process.env.CI === 'true')
-  throw new Error(`${PY} cannot import torch and PIL: .ci/run installs python3-torch python3-pil`);
-const withTorch = hasTorch ? describe : describe.skip;
+// The job's trainer runs on Debian's torch and Pillow (test/requirements.ts: skipped without them, failing under CI=true).
+const withTorch = describeWith('torch', 'pillow');
 
 const dir = mkdtempSync(join(tmpdir(), 'localmim-scale-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -38,7 +35,7 @@ const tiny = { D: 32, depth: 4, heads: 2, decoderDim: 32, decoderHeads: 2, imgSi
 const pyEnv = { ...process.env, OMP_NUM_THREADS: '1', PYTHONDONTWRITEBYTECODE: '1' };
 
 function python(args: string[], env: NodeJS.ProcessEnv = {}) {
-  const r = spawnSync(PY, args, { encoding: 'utf8', env: { ...pyEnv, ...env }, maxBuffer: 64 << 20 });
+  const r = spawnSync(PYTHON, args, { encoding: 'utf8', env: { ...pyEnv, ...env }, maxBuffer: 64 << 20 });
   if (r.status !== 0) throw new Error(`python3 ${args.join(' ')} failed: ${r.stderr}`);
   return r.stdout;
 }
@@ -176,7 +173,7 @@ print(json.dumps(out))`;
 /** A job process; resolves with its stdout once it exits, or kills it (SIGKILL) when `killWhen` matches its output. */
 function launch(job: string, args: string[], env: NodeJS.ProcessEnv, killWhen?: RegExp): Promise<{ code: number | null; out: string }> {
   return new Promise((resolve) => {
-    const child = spawn(PY, [join(job, 'train.py'), '--workers', '0', '--print-every', '1', ...args], {
+    const child = spawn(PYTHON, [join(job, 'train.py'), '--workers', '0', '--print-every', '1', ...args], {
       env: { ...pyEnv, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });

@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { hostname, networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { launchNodeJob } from '../core/jobs/launch.js';
 import { allowedHosts, serveUrls, startServer, type Machine } from '../core/server/server.js';
 import { Service } from '../core/service/service.js';
+import { describeWith, pathOf } from './requirements.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'localmim-server-'));
 const ui = join(dir, 'ui');
@@ -255,7 +256,6 @@ describe('serve --host', () => {
   });
 });
 
-const CHROMIUM = '/usr/bin/chromium';
 /** Run in a page: a JSON API call, and the event stream, against `base` ('' for the page's own origin). */
 const probe = (base: string) => `(async (base) => {
   const call = await fetch(base + '/api/app.info', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}', credentials: 'include' })
@@ -269,7 +269,7 @@ const probe = (base: string) => `(async (base) => {
   return { call, simple, events };
 })(${JSON.stringify(base)})`;
 
-describe.skipIf(!existsSync(CHROMIUM))('in Chromium', () => {
+describeWith('chromium')('in Chromium', () => {
   test('a page on another port of 127.0.0.1 can neither call the API nor open the event stream, though the browser holds the cookie; our own page can', async () => {
     const seen: [IncomingMessage, ServerResponse][] = [];
     const log = (req: IncomingMessage, res: ServerResponse) => req.url?.startsWith('/api/') && seen.push([req, res]);
@@ -277,7 +277,7 @@ describe.skipIf(!existsSync(CHROMIUM))('in Chromium', () => {
     const answered = () => seen.map(([req, res]) => `${req.method} ${req.url} ${res.headersSent ? res.statusCode : '…'}`).sort();
     const elsewhere = createServer((_req, res) => res.writeHead(200, { 'Content-Type': 'text/html' }).end('<title>elsewhere</title>'));
     await new Promise<void>((r) => elsewhere.listen(0, '127.0.0.1', r));
-    const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu'] });
+    const browser = await chromium.launch({ executablePath: pathOf('chromium'), args: ['--headless', '--no-sandbox', '--disable-gpu'] });
     server.on('request', log);
     try {
       const page = await browser.newPage();

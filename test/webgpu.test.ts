@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, test } from 'vitest';
+import { afterAll, expect, test } from 'vitest';
 import { missingCudaLibraries, useBackend } from '../core/backend.js';
 import { parseRunConfig } from '../core/config.js';
 import { indexFolder } from '../core/data/indexer.js';
@@ -15,13 +15,13 @@ import { TrainStep } from '../core/train/step.js';
 import { localmim } from './cli.js';
 import { expectForwardMatchesOfficial } from './forward-tiny.js';
 import { syntheticImages } from './images.js';
+import { describeWith, SWIFTSHADER_ICD } from './requirements.js';
 import { expectHogMatches, expectPixelsMatch, golden } from './targets-golden.js';
 
 // The webgpu backend on SwiftShader, the software Vulkan driver in Debian's chromium package: as slow as a CPU
 // emulation of a GPU is, but the same WGSL kernels a real GPU runs. Tiny shapes keep it quick.
-const ICD = '/usr/lib/chromium/vk_swiftshader_icd.json';
 const dir = mkdtempSync(join(tmpdir(), 'localmim-webgpu-'));
-const env = { VK_ICD_FILENAMES: ICD, XDG_RUNTIME_DIR: dir };
+const env = { VK_ICD_FILENAMES: SWIFTSHADER_ICD, XDG_RUNTIME_DIR: dir };
 Object.assign(process.env, env);
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -46,9 +46,7 @@ async function stepGradients(): Promise<{ grads: Map<string, Float32Array>; loss
 
 const l2 = (a: Float32Array) => Math.sqrt(a.reduce((s, x) => s + x * x, 0));
 
-// Skipped only where Debian's chromium or the Vulkan loader is not installed (`.ci/run` installs both).
-const LOADER = ['x86_64-linux-gnu', 'aarch64-linux-gnu', ''].map((d) => join('/usr/lib', d, 'libvulkan.so.1'));
-describe.skipIf(!existsSync(ICD) || !LOADER.some((f) => existsSync(f)))('webgpu (SwiftShader)', () => {
+describeWith('vulkan')('webgpu (SwiftShader)', () => {
   test('forced, it runs on the software adapter and says which; chosen automatically, a software adapter never is', async () => {
     expect(await useBackend('webgpu')).toBeUndefined();
     const doctor = JSON.parse(localmim(['doctor', '--json'], env).stdout) as {
