@@ -64,6 +64,12 @@ function systemBlas(): string[] | string {
     : 'OpenBLAS is not installed (Debian: apt install libopenblas-dev): our figures only';
 }
 
+interface Timed {
+  shape: string;
+  gflops: number;
+  maxRelDiff?: number;
+}
+
 interface Row {
   shape: string;
   ours: number;
@@ -81,11 +87,20 @@ export function benchGemm(seconds: number): void {
   execFileSync(process.env.CC ?? 'cc', [...flags, ...sources, ...(typeof blas === 'string' ? [] : blas), '-lpthread', '-lm', '-o', exe]);
   if (typeof blas === 'string') console.log(`gemm: ${blas}`);
   const args = STEP.map(([ta, tb, M, N, K]) => `${ta},${tb},${M},${N},${K}`);
-  const lines = execFileSync(exe, [String(seconds / STEP.length), ...args], { encoding: 'utf8' })
-    .trim()
-    .split('\n');
-  const head = JSON.parse(lines[0]!) as { kernel: string; threads: number };
-  const rows = lines.slice(1).map((l) => JSON.parse(l) as Row);
+  const time = (lib: string) => {
+    const lines = execFileSync(exe, [lib, String(seconds / STEP.length / 2), ...args], { encoding: 'utf8' })
+      .trim()
+      .split('\n');
+    return { head: JSON.parse(lines[0]!) as { kernel: string; threads: number }, rows: lines.slice(1).map((l) => JSON.parse(l) as Timed) };
+  };
+  const { head, rows: ourRows } = time('ours');
+  const theirs = typeof blas === 'string' ? undefined : time('blas').rows;
+  const rows: Row[] = ourRows.map((r, i) => ({
+    shape: r.shape,
+    ours: r.gflops,
+    blas: theirs?.[i]!.gflops,
+    maxRelDiff: theirs?.[i]!.maxRelDiff,
+  }));
   console.log(`\nsgemm: our ${head.kernel} kernel on ${head.threads} threads${typeof blas === 'string' ? '' : ' against the system BLAS'}`);
   console.log('ta tb     M     N     K  calls     ours GFLOP/s   BLAS GFLOP/s   ratio');
   let [ourTime, blasTime] = [0, 0];

@@ -287,8 +287,8 @@ void sgemm_serial(bool ta, bool tb, size_t M, size_t N, size_t K, float alpha, c
   gemm_blocked(view_of(A, lda, ta), view_of(B, ldb, tb), M, N, K, alpha, beta, C, ldc);
 }
 
-// Threads split C into bands of whole tiles, by rows or by columns, whichever has more tiles; each band is a
-// GEMM of its own, so every element is summed in the same order as on one thread.
+// Threads split C into bands of whole tiles, by rows or by columns; each band is a GEMM of its own, so every element
+// is summed in the same order as on one thread.
 struct split {
   struct view A, B;
   size_t M, N, K, ldc, unit;
@@ -317,8 +317,9 @@ void sgemm(bool ta, bool tb, size_t M, size_t N, size_t K, float alpha, const fl
            float beta, float *C, size_t ldc) {
   const struct kernel *kr = current();
   const size_t macs = M * N * K, rows = (M + kr->mr - 1) / kr->mr, cols = (N + kr->nr - 1) / kr->nr;
-  const bool by_rows = rows >= cols;
-  const size_t parts = macs < SGEMM_PARALLEL_MACS ? 1 : pool_parts(by_rows ? rows : cols, 1);
+  const size_t parts = macs < SGEMM_PARALLEL_MACS ? 1 : pool_parts(rows > cols ? rows : cols, 1);
+  // Each band packs its share of one operand and all of the other: split the way that packs less per thread.
+  const bool by_rows = M * K / parts + K * N <= M * K + K * N / parts;
   if (parts == 1) {
     sgemm_serial(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
