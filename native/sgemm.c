@@ -317,9 +317,12 @@ void sgemm(bool ta, bool tb, size_t M, size_t N, size_t K, float alpha, const fl
            float beta, float *C, size_t ldc) {
   const struct kernel *kr = current();
   const size_t macs = M * N * K, rows = (M + kr->mr - 1) / kr->mr, cols = (N + kr->nr - 1) / kr->nr;
-  const size_t parts = macs < SGEMM_PARALLEL_MACS ? 1 : pool_parts(rows > cols ? rows : cols, 1);
-  // Each band packs its share of one operand and all of the other: split the way that packs less per thread.
-  const bool by_rows = M * K / parts + K * N <= M * K + K * N / parts;
+  const size_t t = macs < SGEMM_PARALLEL_MACS ? 1 : pool_threads();
+  // Each band packs its share of one operand and all of the other: split the way that packs less per thread, unless
+  // that way has a single tile.
+  bool by_rows = M * K / t + K * N <= M * K + K * N / t;
+  if ((by_rows ? rows : cols) < 2) by_rows = !by_rows;
+  const size_t parts = t == 1 ? 1 : pool_parts(by_rows ? rows : cols, 1);
   if (parts == 1) {
     sgemm_serial(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
