@@ -348,6 +348,32 @@ export function presetFor(preset: Preset, size: string): Partial<ModelConfig> {
 }
 
 /**
+ * Where a new run starts in the app and the CLI before any choice is made: a ViT-Tiny at 64 px, patch 8, sized for a
+ * CPU and the sample images. The schema's own defaults stay the paper's (224 px, patch 16) for config files.
+ */
+export const NEW_RUN = { preset: 'localmim-hog', model: { size: 'vit-tiny', imgSize: 64, patchSize: 8 } } as const satisfies {
+  preset: Preset;
+  model: Partial<ModelConfig>;
+};
+
+/** A partial run config, as a file or a form gives it: sections merge field by field. */
+export type ConfigLayer = { model?: object; optim?: object } & Record<string, unknown>;
+
+/**
+ * A new run's config, parsed once: NEW_RUN, then what the size brings (sizeDefaults), then the preset as it applies to
+ * the size (presetFor), then each layer in turn (a config file, flags, a form).
+ */
+export function newRunConfig(preset: Preset = NEW_RUN.preset, size: string = NEW_RUN.model.size, ...layers: ConfigLayer[]): RunConfig {
+  const bySize = sizeDefaults(size);
+  const base: ConfigLayer = { model: { ...NEW_RUN.model, ...bySize.model, ...presetFor(preset, size) }, optim: bySize.optim };
+  const merged = layers.reduce<ConfigLayer>(
+    (into, l) => ({ ...into, ...l, model: { ...into.model, ...l.model }, optim: { ...into.optim, ...l.optim } }),
+    base,
+  );
+  return parseRunConfig(merged);
+}
+
+/**
  * Fine-tuning and linear probing (docs/method.md#fine-tuning): the official recipe's regularisation and augmentation,
  * with epochs, warmup and batch scaled down to small data. blr, layerDecay and minLr default to the short-pretraining
  * recipe here; a new fine-tune takes those of its source's pretraining length (core/recipe.ts).

@@ -85,8 +85,3 @@ export function nonNegativeInt(flag: string, value: string): number {
     throw new UsageError(`--${flag}: expected a non-negative integer, got "${value}"`);
   return n;
 }
-
-/** `{ name: { type: 'string' } }` for each name: the many plain string flags of a command. */
-export function strings<K extends string>(...names: K[]): Record<K, { type: 'string' }> {
-  return Object.fromEntries(names.map((n) => [n, { type: 'string' as const }])) as Record<K, { type: 'string' }>;
-}

@@ -1,5 +1,15 @@
 import { readFileSync } from 'node:fs';
-import { parseRunConfig, presetFor, PRESETS, sizeDefaults, SWIN_SIZES, type Preset, type RunConfig } from '../config.js';
+import {
+  MODEL_SIZES,
+  NEW_RUN,
+  newRunConfig,
+  PRESETS,
+  sizeDefaults,
+  SWIN_SIZES,
+  type ConfigLayer,
+  type Preset,
+  type RunConfig,
+} from '../config.js';
 import { parse, UsageError, type Flags } from './args.js';
 import { cadenceFlags, resumeFlags, resumeOf, runInTerminal, sessionFlags } from './session.js';
 
@@ -7,26 +17,39 @@ export const summary = 'pretrain a ViT or Swin with LocalMIM on a folder (defaul
 
 const n = (help: string, arg = 'N') => ({ type: 'string', arg, help }) as const;
 
+/** What a run gets for each flag not given: the one definition in core/config.ts, shown in the help. */
+const START = newRunConfig();
+const swinSide = (size: string) => sizeDefaults(size).model;
+const swinSides = [...new Set(Object.keys(SWIN_SIZES).map((size) => swinSide(size).imgSize))]
+  .map(
+    (px) =>
+      `${px} for ${Object.keys(SWIN_SIZES)
+        .filter((size) => swinSide(size).imgSize === px)
+        .join('/')}`,
+  )
+  .join(', ');
+
 /** Model and schedule flags, shared with `finetune --scratch` for the model's shape. */
 export const MODEL_FLAGS = {
-  model: n(`encoder size: vit-tiny, vit-small, vit-base, vit-large, ${Object.keys(SWIN_SIZES).join(', ')} (default vit-tiny)`, 'SIZE'),
-  img: n('input size in pixels (default 64; Swin: 112 for swin-tiny, else 224)', 'PX'),
-  patch: n('patch size in pixels (default 8; Swin: 4)', 'PX'),
+  model: n(`encoder size: ${[...Object.keys(MODEL_SIZES), ...Object.keys(SWIN_SIZES)].join(', ')} (default ${START.model.size})`, 'SIZE'),
+  img: n(`input size in pixels (default ${START.model.imgSize}; Swin: ${swinSides})`, 'PX'),
+  patch: n(`patch size in pixels (default ${START.model.patchSize}; Swin: ${swinSide('swin-t').patchSize})`, 'PX'),
 } as const satisfies Flags;
 
+const { optim } = START;
 const OPTIONS = {
   data: n('folder of images (default: the bundled sample images)', 'DIR'),
-  preset: n(`the paper's configurations: ${Object.keys(PRESETS).join(', ')} (default localmim-hog)`, 'NAME'),
+  preset: n(`the paper's configurations: ${Object.keys(PRESETS).join(', ')} (default ${NEW_RUN.preset})`, 'NAME'),
   ...MODEL_FLAGS,
-  epochs: n('epochs (default 100)'),
-  batch: n('images per step (default 32)'),
-  accum: n('micro-batches accumulated per optimizer step (default 1)'),
-  blr: n('base learning rate; lr = blr · batch · accum / 256 (default 2e-4)', 'LR'),
+  epochs: n(`epochs (default ${optim.epochs})`),
+  batch: n(`images per step (default ${optim.batch})`),
+  accum: n(`micro-batches accumulated per optimizer step (default ${optim.accumIter})`),
+  blr: n(`base learning rate; lr = blr · batch · accum / 256 (default ${optim.blr})`, 'LR'),
   lr: n('absolute learning rate, instead of --blr', 'LR'),
-  warmup: n('warmup epochs (default 10)', 'EPOCHS'),
-  'mask-ratio': n('fraction of patches masked (default 0.75)', 'R'),
-  bins: n('HOG orientation bins: 9 or 18 (default 9)'),
-  seed: n('seed of data order, crops, masks and initialisation (default 0)'),
+  warmup: n(`warmup epochs (default ${optim.warmupEpochs})`, 'EPOCHS'),
+  'mask-ratio': n(`fraction of patches masked (default ${START.model.maskRatio})`, 'R'),
+  bins: n(`HOG orientation bins: 9 or 18 (default ${START.model.nbins})`),
+  seed: n(`seed of data order, crops, masks and initialisation (default ${START.seed})`),
   config: n('a run config as JSON (fields as in core/config.ts); flags override it', 'FILE'),
   name: n('name of the run', 'TEXT'),
   ...resumeFlags,
@@ -46,7 +69,7 @@ function num(values: Partial<Values>, flag: keyof Values): number | undefined {
 }
 
 /** A `--config` file: a JSON object whose sections are objects; the schema then rejects unknown fields. */
-function readConfigFile(file: string): Record<string, unknown> {
+function readConfigFile(file: string): ConfigLayer {
   let json: unknown;
   try {
     json = JSON.parse(readFileSync(file, 'utf8'));
@@ -59,50 +82,36 @@ function readConfigFile(file: string): Record<string, unknown> {
     const section = (json as Record<string, unknown>)[key];
     if (section !== undefined && !isObject(section)) throw new UsageError(`--config: ${file}: ${key} must be an object`);
   }
-  return json as Record<string, unknown>;
+  return json as ConfigLayer;
 }
 
-/** CLI defaults sized for a CPU and the sample images, then preset, then --config file, then flags. */
+/** A new run's config from the CLI: NEW_RUN, size and preset (core/config.ts), then the --config file, then flags. */
 export function configFromFlags(values: Partial<Values>): RunConfig {
-  const preset = (values.preset ?? 'localmim-hog') as Preset;
+  const preset = (values.preset ?? NEW_RUN.preset) as Preset;
   if (!Object.hasOwn(PRESETS, preset))
     throw new UsageError(`--preset: unknown preset "${preset}" (choose ${Object.keys(PRESETS).join(', ')})`);
   const file = values.config ? readConfigFile(values.config) : {};
   const defined = (o: Record<string, unknown>) => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
-  const fileModel = (file.model ?? {}) as { size?: unknown };
-  const size = String(values.model ?? fileModel.size ?? 'vit-tiny');
-  const bySize = sizeDefaults(size);
-  return parseRunConfig({
-    ...file,
-    model: {
-      size: 'vit-tiny',
-      imgSize: 64,
-      patchSize: 8,
-      ...bySize.model,
-      ...presetFor(preset, size),
-      ...fileModel,
-      ...defined({
-        size: values.model,
-        imgSize: num(values, 'img'),
-        patchSize: num(values, 'patch'),
-        maskRatio: num(values, 'mask-ratio'),
-        nbins: num(values, 'bins'),
-      }),
-    },
-    optim: {
-      ...bySize.optim,
-      ...(file.optim as object),
-      ...defined({
-        epochs: num(values, 'epochs'),
-        batch: num(values, 'batch'),
-        accumIter: num(values, 'accum'),
-        blr: num(values, 'blr'),
-        lr: num(values, 'lr'),
-        warmupEpochs: num(values, 'warmup'),
-      }),
-    },
+  const size = String(values.model ?? (file.model as { size?: unknown } | undefined)?.size ?? NEW_RUN.model.size);
+  const flags = {
+    model: defined({
+      size: values.model,
+      imgSize: num(values, 'img'),
+      patchSize: num(values, 'patch'),
+      maskRatio: num(values, 'mask-ratio'),
+      nbins: num(values, 'bins'),
+    }),
+    optim: defined({
+      epochs: num(values, 'epochs'),
+      batch: num(values, 'batch'),
+      accumIter: num(values, 'accum'),
+      blr: num(values, 'blr'),
+      lr: num(values, 'lr'),
+      warmupEpochs: num(values, 'warmup'),
+    }),
     ...defined({ seed: num(values, 'seed') }),
-  });
+  };
+  return newRunConfig(preset, size, file, flags);
 }
 
 export async function run(argv: string[]): Promise<void> {

@@ -10,6 +10,8 @@ import {
   describeIssue,
   FinetuneConfigSchema,
   modelDims,
+  NEW_RUN,
+  newRunConfig,
   MODEL_SIZES,
   SWIN_SIZES,
   presetFor,
@@ -19,7 +21,6 @@ import {
   PRESETS,
   RunConfigSchema,
   type ModelConfig,
-  type RunConfig,
 } from '../config.js';
 import { applyScan, summarize } from '../data/indexer.js';
 import { evalImage } from '../data/preprocess.js';
@@ -102,7 +103,8 @@ export class Service {
           { ...sizeDefaults(size), presets: Object.fromEntries(Object.keys(PRESETS).map((p) => [p, presetFor(p as Preset, size)])) },
         ]),
       ),
-      defaults: defaultConfig(),
+      defaults: newRunConfig(),
+      defaultPreset: NEW_RUN.preset,
       probe: FinetuneConfigSchema.parse({ linearProbe: true }),
     }),
     'datasets.list': () => this.store.datasetSummaries(),
@@ -446,10 +448,6 @@ const DEFAULT_CADENCE: Cadence = { everySteps: 1000, everyMinutes: 5 };
 /** The blocks whose output a pretraining run's decoders read (none for the global variant, nor outside pretraining). */
 function tapped(run: RunRow, model: ModelConfig): number[] {
   return model.variant === 'global' || run.kind !== 'pretrain' ? [] : modelDims(model).taps;
-}
-
-function defaultConfig(): RunConfig {
-  return parseRunConfig({ model: { imgSize: 64, patchSize: 8 } });
 }
 
 export type ServiceResult<M extends Method> = Awaited<ReturnType<Service['handlers'][M]>>;
