@@ -19,21 +19,19 @@ const n = (help: string, arg = 'N') => ({ type: 'string', arg, help }) as const;
 
 /** What a run gets for each flag not given: the one definition in core/config.ts, shown in the help. */
 const START = newRunConfig();
-const swinSide = (size: string) => sizeDefaults(size).model;
-const swinSides = [...new Set(Object.keys(SWIN_SIZES).map((size) => swinSide(size).imgSize))]
-  .map(
-    (px) =>
-      `${px} for ${Object.keys(SWIN_SIZES)
-        .filter((size) => swinSide(size).imgSize === px)
-        .join('/')}`,
-  )
-  .join(', ');
+const swinModel = (size: string) => sizeDefaults(size).model;
+const swinSizesBySide = new Map<number, string[]>();
+for (const size of Object.keys(SWIN_SIZES)) {
+  const px = swinModel(size).imgSize!;
+  swinSizesBySide.set(px, [...(swinSizesBySide.get(px) ?? []), size]);
+}
+const swinSides = [...swinSizesBySide].map(([px, sizes]) => `${px} for ${sizes.join('/')}`).join(', ');
 
 /** Model and schedule flags, shared with `finetune --scratch` for the model's shape. */
 export const MODEL_FLAGS = {
   model: n(`encoder size: ${[...Object.keys(MODEL_SIZES), ...Object.keys(SWIN_SIZES)].join(', ')} (default ${START.model.size})`, 'SIZE'),
   img: n(`input size in pixels (default ${START.model.imgSize}; Swin: ${swinSides})`, 'PX'),
-  patch: n(`patch size in pixels (default ${START.model.patchSize}; Swin: ${swinSide('swin-t').patchSize})`, 'PX'),
+  patch: n(`patch size in pixels (default ${START.model.patchSize}; Swin: ${swinModel('swin-t').patchSize})`, 'PX'),
 } as const satisfies Flags;
 
 const { optim } = START;
