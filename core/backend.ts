@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { setFreeingBackprop } from './backprop.js';
-import { nativeActive, nativeKernel, nativeThreads, setNativeGemm } from './native.js';
+import { nativeKernel, nativeOr, nativeThreads, setNativeGemm } from './native.js';
 import { describeAdapter, openAdapter, type Adapter } from './webgpu.js';
 
 /** Backends in order of preference: fastest first. */
@@ -29,7 +29,7 @@ export const THROUGHPUT_GFLOPS: Record<string, number> = {
 };
 
 /** The path a run's step takes on this backend: wasm with or without the native addon. */
-export const computePath = (backend: string) => (backend === 'wasm' && nativeActive() ? 'wasm-native' : backend);
+export const computePath = (backend: string) => (backend === 'wasm' ? nativeOr('wasm-native', backend) : backend);
 
 /** A CPU run that could be several times faster here: by how much, why, and what to do. */
 export interface SlowPath {

@@ -3,12 +3,13 @@ import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import { createRequire } from 'node:module';
 import { heapView, sharedIdentity } from './native-internals.js';
 
-// The native compute path, built from native/ at install time with nothing but a C compiler: tfjs-wasm's
-// BatchMatMul kernel replaced by our own sgemm (native/sgemm.c) on the wasm heap itself, every transpose mode
-// included, on every physical core; Identity made to share memory instead of copying; and single-pass kernels
-// (LayerNorm, GELU, Linear, attention, HOG binning, AdamW) that core/model/ops.ts, core/targets/hog.ts and
-// core/train/adamw.ts use while it is on. When the addon cannot build or load, plain wasm runs, and doctor, the
-// app and the run estimates say so (core/backend.ts).
+// The native compute path: a Node-API addon (native/addon.c) that `npm install` builds with node-gyp and nothing
+// but a C compiler. tfjs-wasm's own BatchMatMul (our sgemm, native/sgemm.c, every transpose mode, on every physical
+// core), Transpose and Identity (sharing memory instead of copying) are swapped in tfjs's kernel registry, since tfjs
+// ops and their gradients call them by name. Our single-pass kernels (LayerNorm, GELU, Linear, column sums,
+// attention, HOG binning, AdamW) each stand for several tfjs ops, so their callers pick between the two with
+// nativeOr. When the addon cannot build or load, plain wasm runs, and doctor, the app and the run estimates say so
+// (core/backend.ts).
 
 interface Addon {
   gemm(
@@ -60,6 +61,8 @@ function load(): Addon | undefined {
 export const nativeStatus = () => (active ? undefined : (loadError ?? 'off'));
 let active = false;
 export const nativeActive = () => active;
+/** `fused` while the native path is on, else `fallback` (the same in tfjs ops); called at each use, as the path can be switched. */
+export const nativeOr = <F>(fused: F, fallback: F): F => (active ? fused : fallback);
 export const nativeThreads = () => addon?.threads() ?? 0;
 /** The sgemm micro-kernel in use ("avx2-fma", "neon", "portable"), or undefined without the addon. */
 export const nativeKernel = () => addon?.kernel();
@@ -68,7 +71,7 @@ export const nativeKernels = () => addon?.kernels() ?? [];
 /** Switches sgemm to one of nativeKernels() (tests and benchmarks compare them). */
 export const useNativeKernel = (name: string) => addon?.useKernel(name);
 
-/** Turns the native kernels (BatchMatMul, Transpose, Identity) on for the wasm backend (returns why not, if it cannot), or off. */
+/** Turns the native path on for the wasm backend (returns why not, if it cannot), or off. */
 export function setNativeGemm(on: boolean): string | undefined {
   if (on === active) return undefined;
   const kernels: [string, tf.KernelFunc][] = [

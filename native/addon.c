@@ -1,7 +1,8 @@
-// A Node-API addon for tfjs's wasm backend: our own sgemm (native/sgemm.c), row-major C = op(A) · op(B) over a
-// batch, reading and writing Float32Arrays in place (views of the wasm heap, so no copies), and single-pass kernels
-// for the work around it (LayerNorm, erf-GELU, AdamW, attention, HOG binning): one loop where tfjs runs several ops.
-// It needs no library beyond the C runtime; every loop that pays for it is split over native/pool.c's threads.
+// A Node-API addon for tfjs's wasm backend, reading and writing Float32Arrays in place (views of the wasm heap, so no
+// copies): our own sgemm (native/sgemm.c), row-major C = op(A) · op(B) over a batch, a transpose, and single-pass
+// kernels for the work around them (LayerNorm, erf-GELU, Linear, column sums, attention, HOG binning, AdamW): one loop
+// where tfjs runs several ops. It needs no library beyond the C runtime; every loop that pays for it is split over
+// native/pool.c's threads.
 #define _USE_MATH_DEFINES
 #include <math.h>
 #include <node_api.h>
@@ -15,7 +16,7 @@
 
 #define CHECK(call)                                                       \
   if ((call) != napi_ok) {                                                \
-    napi_throw_error(env, NULL, "localmim_native: bad arguments to gemm"); \
+    napi_throw_error(env, NULL, "localmim_native: bad arguments"); \
     return NULL;                                                          \
   }
 

@@ -8,7 +8,7 @@ import {
   fusedLayerNorm,
   fusedLayerNormGrad,
   fusedLinear,
-  nativeActive,
+  nativeOr,
   type Heads,
 } from '../native.js';
 
@@ -25,10 +25,10 @@ export const customGrad = <A extends unknown[]>(f: GradFn<A>) => tf.customGrad(f
 
 const T2 = (x: tf.Tensor) => tf.transpose(x, x.rank === 2 ? [1, 0] : [0, 2, 1]);
 /** `op(a) @ op(b)` without a gradient of its own (for forward and backward passes of custom ops), 2-D or batched 3-D. */
-export const matMulT = (a: tf.Tensor, b: tf.Tensor, ta: boolean, tb: boolean) =>
-  nativeActive()
-    ? tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D, ta, tb)
-    : tf.matMul((ta ? T2(a) : a) as tf.Tensor2D, (tb ? T2(b) : b) as tf.Tensor2D);
+export const matMulT = (a: tf.Tensor, b: tf.Tensor, ta: boolean, tb: boolean) => nativeOr(matMulTransposing, matMulExplicit)(a, b, ta, tb);
+const matMulTransposing = (a: tf.Tensor, b: tf.Tensor, ta: boolean, tb: boolean) => tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D, ta, tb);
+const matMulExplicit = (a: tf.Tensor, b: tf.Tensor, ta: boolean, tb: boolean) =>
+  tf.matMul((ta ? T2(a) : a) as tf.Tensor2D, (tb ? T2(b) : b) as tf.Tensor2D);
 
 /** `a @ b` for 2-D `[M, K] @ [K, N]` or batched 3-D `[n, M, K] @ [n, K, N]`, with transpose-aware gradients. */
 export const mm = customGrad((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
@@ -40,7 +40,8 @@ export const mm = customGrad((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc)
 }) as (a: tf.Tensor, b: tf.Tensor) => tf.Tensor;
 
 /** Sums over every axis but the last: a bias's gradient, in one native pass where tfjs would transpose first. */
-export const columnSum = (dy: tf.Tensor) => (nativeActive() ? fusedColumnSum(dy) : tf.sum(tf.reshape(dy, [-1, dy.shape[dy.rank - 1]!]), 0));
+export const columnSum = (dy: tf.Tensor) => nativeOr(fusedColumnSum, columnSumOps)(dy);
+const columnSumOps = (dy: tf.Tensor) => tf.sum(tf.reshape(dy, [-1, dy.shape[dy.rank - 1]!]), 0);
 
 /**
  * PyTorch `nn.Linear` on `x [M, in]` with `W [out, in]` (the official layout) and `bias [out]`: one op on the tape that
@@ -53,7 +54,7 @@ export function linear(x: tf.Tensor, W: tf.Tensor, bias?: tf.Tensor): tf.Tensor2
 const linearBias = customGrad((x: tf.Tensor, W: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
   save([x, W]);
   return {
-    value: nativeActive() ? fusedLinear(x, W, b) : tf.add(matMulT(x, W, false, true), b),
+    value: nativeOr(fusedLinear, linearOps)(x, W, b),
     gradFunc: (dy: tf.Tensor, [sx, sW]: tf.Tensor[]) => [
       tf.matMul(dy as tf.Tensor2D, sW as tf.Tensor2D),
       matMulT(dy, sx!, true, false),
@@ -61,6 +62,8 @@ const linearBias = customGrad((x: tf.Tensor, W: tf.Tensor, b: tf.Tensor, save: t
     ],
   };
 }) as (x: tf.Tensor, W: tf.Tensor, b: tf.Tensor) => tf.Tensor;
+
+const linearOps = (x: tf.Tensor, W: tf.Tensor, b: tf.Tensor) => tf.add(matMulT(x, W, false, true), b);
 
 /** `x @ Wᵀ` with W in the official `[out, in]` layout: dx = dy @ W, dW = dyᵀ @ x. */
 const xWt = customGrad((x: tf.Tensor, W: tf.Tensor, save: tf.GradSaveFunc) => {
@@ -87,13 +90,12 @@ export function multiHeadAttention(
 ): tf.Tensor {
   const h: Heads = { B, T, heads, scale: (qkv.shape[1]! / 3 / heads) ** -0.5 };
   const forward = (x: tf.Tensor, b: tf.Tensor | undefined, save: tf.GradSaveFunc) => {
-    const [out, probs] = nativeActive() ? fusedAttention(x, h, b) : attentionOps(x, h, b);
+    const [out, probs] = nativeOr(fusedAttention, attentionOps)(x, h, b);
     onProbs?.(probs!);
     save(b ? [x, probs!, b] : [x, probs!]);
     return {
       value: out!,
-      gradFunc: (dy: tf.Tensor, [sx, sp, sb]: tf.Tensor[]) =>
-        nativeActive() ? fusedAttentionGrad(dy, sx!, sp!, h, sb) : attentionGradOps(dy, sx!, sp!, h, sb),
+      gradFunc: (dy: tf.Tensor, [sx, sp, sb]: tf.Tensor[]) => nativeOr(fusedAttentionGrad, attentionGradOps)(dy, sx!, sp!, h, sb),
     };
   };
   if (!bias) return (customGrad((x: tf.Tensor, save: tf.GradSaveFunc) => forward(x, undefined, save)) as (x: tf.Tensor) => tf.Tensor)(qkv);
@@ -148,10 +150,15 @@ function attentionGradOps(dout: tf.Tensor, qkv: tf.Tensor, probs: tf.Tensor, h: 
 
 /** LayerNorm over the last axis with PyTorch's biased variance: one native pass each way when the native path is on. */
 export function layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps = 1e-6): tf.Tensor {
-  if (nativeActive()) return fusedLayerNormOp(eps)(x, weight, bias);
+  return nativeOr(layerNormFused, layerNormOps)(x, weight, bias, eps);
+}
+
+function layerNormOps(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor {
   const { mean, variance } = tf.moments(x, -1, true);
   return tf.add(tf.mul(tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps))), weight), bias);
 }
+
+const layerNormFused = (x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number) => fusedLayerNormOp(eps)(x, weight, bias);
 
 const fusedLayerNormOp = (eps: number) =>
   customGrad((x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
@@ -162,9 +169,10 @@ const fusedLayerNormOp = (eps: number) =>
 
 /** Exact (erf) GELU, as PyTorch's default: one native pass each way when the native path is on. */
 export function gelu(x: tf.Tensor): tf.Tensor {
-  if (nativeActive()) return fusedGeluOp(x);
-  return tf.mul(tf.mul(x, 0.5), tf.add(1, tf.erf(tf.mul(x, Math.SQRT1_2))));
+  return nativeOr(fusedGeluOp, geluOps)(x);
 }
+
+const geluOps = (x: tf.Tensor) => tf.mul(tf.mul(x, 0.5), tf.add(1, tf.erf(tf.mul(x, Math.SQRT1_2))));
 
 const fusedGeluOp = customGrad((x: tf.Tensor, save: tf.GradSaveFunc) => {
   save([x]);

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { fusedOrientedMagnitudes, nativeActive } from '../native.js';
+import { fusedOrientedMagnitudes, nativeOr } from '../native.js';
 import { normalize } from './image.js';
 
 /**
@@ -39,11 +39,15 @@ const filter = (k: number[]) =>
   );
 
 /** Each pixel's Sobel magnitude in its unsigned orientation bin: `[nbins·B, H, W, 3]`, bin-major; one native pass when on. */
-function orientedMagnitudes(x: tf.Tensor4D, nbins: number, bias: tf.Tensor | null): tf.Tensor4D {
-  if (nativeActive()) {
-    const { cos, sin } = binEdges(nbins);
-    return fusedOrientedMagnitudes(x, tf.tensor2d([cos, sin]), bias ?? tf.zeros([2]), nbins) as tf.Tensor4D;
-  }
+const orientedMagnitudes = (x: tf.Tensor4D, nbins: number, bias: tf.Tensor | null) =>
+  nativeOr(orientedMagnitudesFused, orientedMagnitudesOps)(x, nbins, bias);
+
+function orientedMagnitudesFused(x: tf.Tensor4D, nbins: number, bias: tf.Tensor | null): tf.Tensor4D {
+  const { cos, sin } = binEdges(nbins);
+  return fusedOrientedMagnitudes(x, tf.tensor2d([cos, sin]), bias ?? tf.zeros([2]), nbins) as tf.Tensor4D;
+}
+
+function orientedMagnitudesOps(x: tf.Tensor4D, nbins: number, bias: tf.Tensor | null): tf.Tensor4D {
   const [B, H, W] = x.shape;
   const padded = tf.mirrorPad(
     x,

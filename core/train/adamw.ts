@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { OptimConfig } from '../config.js';
 import { decays } from '../model/params.js';
-import { fusedAdamW, nativeActive, type AdamWHyper } from '../native.js';
+import { fusedAdamW, nativeOr, type AdamWHyper } from '../native.js';
 import type { Optimizer } from './optimizer.js';
 
 export interface ParamGroups {
@@ -50,7 +50,7 @@ export class AdamW implements Optimizer {
         const rate = lr * (this.groups.lrScale?.(name) ?? 1);
         const decay = (this.groups.decays ?? decays)(name, p.shape) && weightDecay > 0 ? 1 - rate * weightDecay : 1;
         const h = { beta1, beta2, eps, decay, sqrtBc2: Math.sqrt(bc2), stepSize: rate / bc1 };
-        const [p1, m1, v1] = (nativeActive() ? fusedAdamW : adamwOps)(p, g, m, v, h);
+        const [p1, m1, v1] = nativeOr(fusedAdamW, adamwOps)(p, g, m, v, h);
         m.assign(m1!);
         v.assign(v1!);
         p.assign(p1!);
