@@ -4,10 +4,10 @@ import type { Loader } from '../data/loader.js';
 import { classifierFor, isBackbone, type Classifier } from '../model/classifier.js';
 import { Rng, seedFor } from '../random.js';
 import type { RgbImage, Rgb8 } from '../targets/image.js';
+import { GradientAccumulator } from './accumulate.js';
 import { AdamW } from './adamw.js';
 import { LARS } from './lars.js';
 import type { Task } from './loop.js';
-import { accumulate } from './step.js';
 
 const MIX = 6;
 const DROP = 7;
@@ -49,8 +49,7 @@ export function finetuneTask(config: FinetuneRun, data: LabeledData, init?: Read
     optim: f,
     batchesPerEpoch: loader.batchesPerEpoch,
     async step(epoch, j, step, lr) {
-      let loss = tf.scalar(0);
-      let grads: tf.NamedTensorMap = {};
+      const acc = new GradientAccumulator([...trainable.values()], f.accumIter);
       for (let a = 0; a < f.accumIter; a++) {
         const i = j * f.accumIter + a;
         const images = await loader.get(epoch, i);
@@ -59,16 +58,10 @@ export function finetuneTask(config: FinetuneRun, data: LabeledData, init?: Read
         // A probe trains its head only: the frozen features and BatchNorm (which moves its statistics) stay off the tape.
         const probed = f.linearProbe ? tf.tidy(() => model.headInput(mixed, {})) : undefined;
         const dropPath = { rate: f.dropPath, rng: new Rng(seedFor(cfg.seed, DROP, step, a)) };
-        const { value, grads: g } = tf.variableGrads(() => {
-          const logits = probed ? model.head(probed) : model.logits(mixed, { dropPath });
-          return tf.div(crossEntropy(logits, targets), f.accumIter) as tf.Scalar;
-        }, [...trainable.values()]);
+        acc.add(() => crossEntropy(probed ? model.head(probed) : model.logits(mixed, { dropPath }), targets));
         probed?.dispose();
-        const sum = tf.add(loss, value) as tf.Scalar;
-        tf.dispose([loss, value]);
-        loss = sum;
-        grads = accumulate(grads, g);
       }
+      const { grads, reported: loss } = acc.result();
       optimizer.apply(grads, lr);
       const out = tf.reshape(loss, [1]) as tf.Tensor1D;
       tf.dispose([...Object.values(grads), loss]);
