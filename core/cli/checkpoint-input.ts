@@ -25,7 +25,7 @@ export async function checkpointOf(spec: string | undefined, o: { home?: string;
 /** An image file through the evaluation transform; `flag` names where it came from in the error. */
 export async function loadImage(file: string, size: number, flag = '--image'): Promise<Rgb8> {
   return evalImage(file, size).catch((err: Error) => {
-    throw new UsageError(`${flag}: cannot read ${file} as an image (${err.message.split('\n')[0]})`);
+    throw new UsageError(`${flag}: ${err.message.split('\n')[0]}`);
   });
 }
 

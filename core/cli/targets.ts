@@ -1,7 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../backend.js';
+import { decodeAsStored } from '../data/decode.js';
 import { hog } from '../targets/hog.js';
-import { normalize, readRgb, toTensor } from '../targets/image.js';
+import { normalize, toTensor } from '../targets/image.js';
 import { pixelTargets } from '../targets/pixels.js';
 import { numberList, parse, positiveInt, UsageError } from './args.js';
 
@@ -27,7 +28,7 @@ export async function run(argv: string[]): Promise<void> {
   const bias = values.bias ? numberList('bias', values.bias) : undefined;
   if (bias && bias.length !== 2) throw new UsageError(`--bias: expected two numbers b0,b1, got "${values.bias}"`);
 
-  const img = await readRgb(values.image);
+  const img = await decodeAsStored(values.image);
   await initBackend();
   const tooBig = cells.find((c) => c > img.height || c > img.width);
   if (tooBig) throw new UsageError(`--cells: cell ${tooBig} is larger than the ${img.width}×${img.height} image ${values.image}`);

@@ -2,7 +2,7 @@ import { mkdirSync } from 'node:fs';
 import { readFile, readdir, rename, stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { CropSource } from './augment.js';
-import { decodeCropSource, decodeShorterSide, type Decoded } from './preprocess.js';
+import { decodeCropSource, decodeShorterSide, type Decoded } from './decode.js';
 
 let tmpCounter = 0;
 

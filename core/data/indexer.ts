@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import { readFile, readdir, realpath, stat } from 'node:fs/promises';
 import { basename, extname, join, relative, sep } from 'node:path';
-import sharp from 'sharp';
 import type { ImageRow, Store } from '../store/store.js';
+import { probe, verify, type ImageHeader } from './decode.js';
 import { IMAGE_EXTENSIONS, trainableFormat } from './formats.js';
 
 export interface IndexOptions {
@@ -175,21 +175,19 @@ async function inspect(f: FoundFile, o: typeof DEFAULTS): Promise<ImageRow> {
     const code = (err as NodeJS.ErrnoException).code;
     return reject(code === 'EACCES' || code === 'EPERM' ? 'permission denied' : `cannot read (${code})`);
   }
-  let meta: sharp.Metadata;
+  let meta: ImageHeader;
   try {
-    meta = await sharp(bytes, { limitInputPixels: false }).metadata();
+    meta = await probe(bytes);
   } catch (err) {
     return reject(`not a decodable image (${firstLine(err)})`);
   }
   const format = trainableFormat(meta.format, meta.compression);
   if (!format) return reject(`unsupported format ${meta.format ?? 'unknown'}`);
-  const rotated = (meta.orientation ?? 1) >= 5;
-  const [width, height] = rotated ? [meta.height!, meta.width!] : [meta.width!, meta.height!];
+  const { width, height } = meta;
   if (width * height > o.maxPixels) return reject(`too large: ${width}×${height} exceeds ${o.maxPixels} pixels`);
   if (Math.min(width, height) < o.minSide) return reject(`too small: ${width}×${height} (shorter side under ${o.minSide} px)`);
   try {
-    // A full decode (cheaply shrunk) finds truncated and corrupt data that the header alone does not.
-    await sharp(bytes, { failOn: 'truncated', limitInputPixels: o.maxPixels }).resize(32, 32, { fit: 'inside' }).raw().toBuffer();
+    await verify(bytes, o.maxPixels);
   } catch (err) {
     return reject(`corrupt or truncated ${format} (${firstLine(err)})`);
   }

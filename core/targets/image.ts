@@ -7,7 +7,7 @@ export interface RgbImage {
   data: Float32Array | Uint8Array;
 }
 
-/** A decoded 8-bit image, as sharp produces it. */
+/** A decoded 8-bit image, as sharp produces it (core/data/decode.ts). */
 export interface Rgb8 extends RgbImage {
   data: Uint8Array;
 }
@@ -43,16 +43,4 @@ export function tokens(x: tf.Tensor4D, c: number): tf.Tensor3D {
     const rows = tf.reshape(cropped, [B * gh, c, gw, c * C]); // [B·gh, dy, gw, (dx, ch)]
     return tf.reshape(tf.transpose(rows, [0, 2, 1, 3]), [B, gh * gw, c * c * C]);
   });
-}
-
-/** Decodes an image file to RGB as stored (no resize, no rotation); alpha dropped, grey expanded. */
-export async function readRgb(file: string): Promise<Rgb8> {
-  const { default: sharp } = await import('sharp');
-  try {
-    const { data, info } = await sharp(file).removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
-    if (info.channels !== 3) throw new Error(`decoded to ${info.channels} channels, expected RGB`);
-    return { height: info.height, width: info.width, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
-  } catch (err) {
-    throw new Error(`${file}: cannot read as an image: ${(err as Error).message}`);
-  }
 }

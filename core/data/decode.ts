@@ -1,0 +1,79 @@
+import sharp from 'sharp';
+import type { Rgb8 } from '../targets/image.js';
+import { cropSourceSize, type CropSource, type Size } from './augment.js';
+
+// Every image file the app reads is opened with sharp here. The indexer is the gate of training data (probe, verify):
+// it rejects what does not fully decode, so the other decodes tolerate warnings (failOn 'none') under sharp's own
+// pixel limit, and their errors name the file. Pixels come out as 8-bit sRGB, alpha dropped and grey expanded.
+
+/** A decoded image and the size it had before any resize (EXIF orientation applied). */
+export interface Decoded extends Rgb8 {
+  original: Size;
+}
+
+const open = (abs: string) => sharp(abs, { failOn: 'none' });
+
+async function naming<T>(abs: string, read: () => Promise<T>): Promise<T> {
+  try {
+    return await read();
+  } catch (err) {
+    throw new Error(`${abs}: cannot read as an image: ${(err as Error).message}`);
+  }
+}
+
+async function rgb(s: sharp.Sharp): Promise<Rgb8> {
+  const { data, info } = await s.removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
+  if (info.channels !== 3) throw new Error(`decoded to ${info.channels} channels, expected RGB`);
+  return { width: info.width, height: info.height, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
+}
+
+/** Decodes with EXIF orientation applied, resized (bicubic) as `resize` asks given the oriented size. */
+const decode = (abs: string, resize: (original: Size) => sharp.ResizeOptions | undefined): Promise<Decoded> =>
+  naming(abs, async () => {
+    const input = open(abs);
+    const { width, height } = (await input.metadata()).autoOrient;
+    const options = resize({ width, height });
+    const oriented = input.rotate();
+    const img = await rgb(options ? oriented.resize({ kernel: 'cubic', ...options }) : oriented);
+    return { ...img, original: { width, height } };
+  });
+
+/** The image with its shorter side scaled to `side`, enlarging small ones (the evaluation transform's first step). */
+export const decodeShorterSide = (abs: string, side: number): Promise<Decoded> =>
+  decode(abs, () => ({ width: side, height: side, fit: 'outside', withoutEnlargement: false }));
+
+/** The copy of the image that random crops are cut from: shrunk only as far as `cropSourceSize` allows. */
+export const decodeCropSource = (abs: string, crops: CropSource): Promise<Decoded> =>
+  decode(abs, (o) => {
+    const { width, height } = cropSourceSize(o.width, o.height, crops);
+    return width === o.width && height === o.height ? undefined : { width, height, fit: 'fill' };
+  });
+
+/** The image as stored: no EXIF rotation, no resize. */
+export const decodeAsStored = (abs: string): Promise<Rgb8> => naming(abs, () => rgb(open(abs)));
+
+/** A `side²` JPEG of the image, EXIF orientation applied and cropped to cover, or undefined when it does not decode. */
+export const thumbnail = (abs: string, side: number): Promise<Buffer | undefined> =>
+  open(abs)
+    .rotate()
+    .resize(side, side, { fit: 'cover' })
+    .jpeg({ quality: 70 })
+    .toBuffer()
+    .catch(() => undefined);
+
+/** A file's format as sharp names it, and its size with EXIF orientation applied. */
+export interface ImageHeader extends Size {
+  format?: string;
+  compression?: string;
+}
+
+/** The header of a file's bytes, read without a pixel limit: the indexer rejects a huge image by its size instead. */
+export async function probe(bytes: Buffer): Promise<ImageHeader> {
+  const { format, compression, autoOrient } = await sharp(bytes, { limitInputPixels: false }).metadata();
+  return { format, compression, ...autoOrient };
+}
+
+/** Decodes all of a file's bytes (cheaply shrunk) to find truncated and corrupt data that its header does not show. */
+export async function verify(bytes: Buffer, maxPixels: number): Promise<void> {
+  await sharp(bytes, { failOn: 'truncated', limitInputPixels: maxPixels }).resize(32, 32, { fit: 'inside' }).raw().toBuffer();
+}
