@@ -99,6 +99,8 @@ export interface ModelDims {
   cells: number[];
   /** Output features per location of each scale: 3·nbins (HOG) or 3·cell² (pixels). */
   F: number[];
+  /** MLP hidden width over block width. */
+  mlpRatio: number;
 }
 
 export function modelDims(c: ModelConfig): ModelDims {
@@ -123,7 +125,7 @@ export function modelDims(c: ModelConfig): ModelDims {
   }
   const cells = scales.map((s) => p / s);
   const F = cells.map((cell) => (c.target === 'hog' ? 3 * c.nbins : 3 * cell * cell));
-  return { D, depth, heads, p, g, L, nKeep: Math.floor(L * (1 - c.maskRatio)), taps, scales, cells, F };
+  return { D, depth, heads, p, g, L, nKeep: Math.floor(L * (1 - c.maskRatio)), taps, scales, cells, F, mlpRatio: c.mlpRatio };
 }
 
 /** Everything a Swin model needs (docs/method.md#swin), derived from a parsed config; never stored. */
@@ -151,6 +153,8 @@ export interface SwinDims {
   F: number[];
   /** Per stage decoder width: the official `decoder_embed_dim // k`, k = 2 for the first stage, else 1. */
   decoderDims: number[];
+  /** MLP hidden width over block width. */
+  mlpRatio: number;
 }
 
 export function swinDims(c: ModelConfig): SwinDims {
@@ -195,6 +199,7 @@ export function swinDims(c: ModelConfig): SwinDims {
     cells,
     F,
     decoderDims,
+    mlpRatio: c.mlpRatio,
   };
 }
 

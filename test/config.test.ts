@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'vitest';
 import { ConfigError, modelDims, parseRunConfig, peakLr } from '../core/config.js';
-import { decays } from '../core/model/params.js';
+import { decays } from '../core/model/module.js';
 import { lrAt } from '../core/train/schedule.js';
 
 function problems(input: unknown): string[] {

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { modelDims, modelFamily, type ModelConfig, type ModelDims } from '../config.js';
 import { UserError } from '../errors.js';
 import { encodeImages } from '../model/classifier.js';
-import type { Param } from '../model/vit.js';
+import type { Param } from '../model/module.js';
 import type { RgbImage } from '../targets/image.js';
 
 /**

@@ -1,6 +1,6 @@
 import { modelDims, type ModelConfig, type ModelDims } from '../config.js';
 import type { LocalMIM } from '../model/localmim.js';
-import type { Param } from '../model/vit.js';
+import type { Param } from '../model/module.js';
 import { Rng, seedFor } from '../random.js';
 import type { RunRow } from '../store/store.js';
 import type { RgbImage } from '../targets/image.js';

@@ -3,7 +3,7 @@ import { swinDims, type ModelConfig } from '../config.js';
 import { UserError } from '../errors.js';
 import { fullPlan, swinTokens } from '../model/classifier.js';
 import { disposePlanTensors, type GroupPlan } from '../model/swin.js';
-import type { Param } from '../model/vit.js';
+import type { Param } from '../model/module.js';
 import type { RgbImage } from '../targets/image.js';
 import { meanPairKL, nmi } from './attention.js';
 

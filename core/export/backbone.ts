@@ -3,7 +3,7 @@ import * as tf from '@tensorflow/tfjs';
 import { modelDims, modelFamily, swinDims, type ModelConfig } from '../config.js';
 import { isBackbone, PROBE_EPS } from '../model/classifier.js';
 import type { LoadedCheckpoint } from '../train/checkpoint.js';
-import type { Param } from '../model/vit.js';
+import type { Param } from '../model/module.js';
 import { specOf } from '../runs/spec.js';
 import type { RunRow, Store } from '../store/store.js';
 import type { NamedTensor } from '../safetensors.js';

@@ -9,8 +9,10 @@ import { backboneOf, datasetHash, timmConfig, timmSwinConfig, type Backbone } fr
 import { fromTimmSwin, toTimmSwin } from './timmSwin.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../safetensors.js';
 import { buildLayersModel, saveLayersModel } from './tfjs.js';
+import { declare, specsOf } from '../model/module.js';
 import { ParamStore } from '../model/params.js';
 import { resizePosEmbed } from '../model/posEmbed.js';
+import { encoderParams } from '../model/vit.js';
 import { AdamW } from '../train/adamw.js';
 
 export type ExportFormat = 'safetensors' | 'tfjs';
@@ -378,13 +380,15 @@ function vitShape(named: ReadonlyMap<string, NamedTensor>, file: string): VitSha
   if (hidden % D !== 0 || hidden < D || hidden > LIMITS.mlpRatio * D)
     fail(`blocks.0.mlp.fc1.weight has ${hidden} outputs, expected a multiple of ${D} up to ${LIMITS.mlpRatio * D}`);
   const g = grid(named.get('pos_embed')?.shape, D, fail);
-  for (const [name, shape] of vitShapes(D, depth, hidden)) {
-    // A ViT without qkv biases (timm qkv_bias=False) is this one with them zero, as a new model starts.
-    if (name.endsWith('.attn.qkv.bias') && !named.has(name)) continue;
+  const shape = { D, depth, p, g, mlpRatio: hidden / D };
+  for (const { name, shape: expected } of specsOf(declare(encoderParams(shape)))) {
+    // Without pos_embed the grid is the default one; a ViT without qkv biases (timm qkv_bias=False) is this one with
+    // them zero, as a new model starts.
+    if ((name === 'pos_embed' || name.endsWith('.attn.qkv.bias')) && !named.has(name)) continue;
     const s = shapeOf(name);
-    if (!same(s, shape)) fail(`${name} has shape [${s}], expected [${shape}]`);
+    if (!same(s, expected)) fail(`${name} has shape [${s}], expected [${expected}]`);
   }
-  return { D, depth, p, g, mlpRatio: hidden / D };
+  return shape;
 }
 
 /** Blocks 0…depth−1, depth the highest index named plus one (a gap shows up as a missing tensor). */
@@ -414,16 +418,4 @@ function grid(shape: number[] | undefined, D: number, fail: (what: string) => ne
   if (!same(shape, [1, 1 + g * g, D]) || g < 1 || g > LIMITS.grid)
     fail(`pos_embed has shape [${shape}], expected [1, 1 + g², ${D}] with 1 ≤ g ≤ ${LIMITS.grid}`);
   return g;
-}
-
-function vitShapes(D: number, depth: number, hidden: number): [string, number[]][] {
-  const out: [string, number[]][] = [['patch_embed.proj.bias', [D]]];
-  for (let i = 0; i < depth; i++) {
-    const b = `blocks.${i}`;
-    out.push([`${b}.norm1.weight`, [D]], [`${b}.norm1.bias`, [D]], [`${b}.attn.qkv.weight`, [3 * D, D]], [`${b}.attn.qkv.bias`, [3 * D]]);
-    out.push([`${b}.attn.proj.weight`, [D, D]], [`${b}.attn.proj.bias`, [D]], [`${b}.norm2.weight`, [D]], [`${b}.norm2.bias`, [D]]);
-    out.push([`${b}.mlp.fc1.weight`, [hidden, D]], [`${b}.mlp.fc1.bias`, [hidden]], [`${b}.mlp.fc2.weight`, [D, hidden]]);
-    out.push([`${b}.mlp.fc2.bias`, [D]]);
-  }
-  return out;
 }

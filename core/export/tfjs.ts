@@ -1,5 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { modelDims } from '../config.js';
+import { vitClassifierParams } from '../model/classifier.js';
+import type { LinearParams, NormParams, ParamSpec } from '../model/module.js';
 import type { Backbone } from './backbone.js';
 
 /**
@@ -9,13 +11,15 @@ import type { Backbone } from './backbone.js';
  * positions are constants, made by a Dense layer with a zero kernel and the constant as its bias.
  */
 export function buildLayersModel(b: Backbone): tf.LayersModel {
-  const { D, depth, heads, p, L } = modelDims(b.model);
+  const { D, heads, p, L } = modelDims(b.model);
   const S = b.model.imgSize;
   const hd = D / heads;
   const T = 1 + L;
-  const w = (name: string) => {
-    const t = b.tensors.get(name);
-    if (!t) throw new Error(`export: weights have no tensor named ${name}`);
+  // The exported tensors are the fine-tuning model's (a probe's head folded into one Linear), or its backbone.
+  const m = vitClassifierParams(b.model, { classes: b.classes?.length ?? 0, probe: false });
+  const w = (s: ParamSpec) => {
+    const t = b.tensors.get(s.name);
+    if (!t) throw new Error(`export: weights have no tensor named ${s.name}`);
     return tf.tensor(t.values, t.shape);
   };
   const dense = (units: number, kernel: tf.Tensor, bias: tf.Tensor, activation?: 'gelu') => ({
@@ -28,12 +32,12 @@ export function buildLayersModel(b: Backbone): tf.LayersModel {
     pending.push([l.layer, l.weights]);
     return out;
   };
-  const linear = (name: string, x: tf.SymbolicTensor, activation?: 'gelu') => {
-    const W = w(`${name}.weight`); // [out, in]
-    return apply(dense(W.shape[0]!, tf.transpose(W), w(`${name}.bias`), activation), x);
+  const linear = (l: LinearParams, x: tf.SymbolicTensor, activation?: 'gelu') => {
+    const W = w(l.weight); // [out, in]
+    return apply(dense(W.shape[0]!, tf.transpose(W), w(l.bias!), activation), x);
   };
-  const norm = (name: string, x: tf.SymbolicTensor) =>
-    apply({ layer: tf.layers.layerNormalization({ axis: -1, epsilon: 1e-6 }), weights: [w(`${name}.weight`), w(`${name}.bias`)] }, x);
+  const norm = (n: NormParams, x: tf.SymbolicTensor) =>
+    apply({ layer: tf.layers.layerNormalization({ axis: -1, epsilon: 1e-6 }), weights: [w(n.weight), w(n.bias)] }, x);
   const constant = (from: tf.SymbolicTensor, values: tf.Tensor, shape: number[]) =>
     tf.layers
       .reshape({ targetShape: shape })
@@ -42,20 +46,19 @@ export function buildLayersModel(b: Backbone): tf.LayersModel {
   const input = tf.input({ shape: [S, S, 3], name: 'image' });
   const conv = tf.layers.conv2d({ filters: D, kernelSize: p, strides: p, padding: 'valid' });
   const embedded = apply(
-    { layer: conv, weights: [tf.transpose(w('patch_embed.proj.weight'), [2, 3, 1, 0]), w('patch_embed.proj.bias')] },
+    { layer: conv, weights: [tf.transpose(w(m.patch_embed.proj.weight), [2, 3, 1, 0]), w(m.patch_embed.proj.bias)] },
     input,
   );
   const tokens = tf.layers.reshape({ targetShape: [L, D] }).apply(embedded) as tf.SymbolicTensor;
   const summary = tf.layers.globalAveragePooling1d().apply(tokens) as tf.SymbolicTensor;
-  const cls = constant(summary, w('cls_token'), [1, D]);
-  const pos = constant(summary, w('pos_embed'), [T, D]);
+  const cls = constant(summary, w(m.cls_token), [1, D]);
+  const pos = constant(summary, w(m.pos_embed), [T, D]);
   let x = tf.layers.add().apply([tf.layers.concatenate({ axis: 1 }).apply([cls, tokens]) as tf.SymbolicTensor, pos]) as tf.SymbolicTensor;
 
-  for (let i = 0; i < depth; i++) {
-    const name = `blocks.${i}`;
-    const h = norm(`${name}.norm1`, x);
-    const qkvW = w(`${name}.attn.qkv.weight`); // [3D, D]: q, k, v, each head-major
-    const qkvB = w(`${name}.attn.qkv.bias`);
+  for (const blk of m.blocks) {
+    const h = norm(blk.norm1, x);
+    const qkvW = w(blk.attn.qkv.weight); // [3D, D]: q, k, v, each head-major
+    const qkvB = w(blk.attn.qkv.bias!);
     const headOut = Array.from({ length: heads }, (_, j) => {
       const part = (k: number, scale = 1) => {
         const rows = tf.slice(qkvW, [k * D + j * hd, 0], [hd, D]);
@@ -66,9 +69,9 @@ export function buildLayersModel(b: Backbone): tf.LayersModel {
       return tf.layers.dot({ axes: [2, 1] }).apply([probs, part(2)]) as tf.SymbolicTensor; // [T, hd]
     });
     const merged = heads > 1 ? (tf.layers.concatenate({ axis: -1 }).apply(headOut) as tf.SymbolicTensor) : headOut[0]!;
-    x = tf.layers.add().apply([x, linear(`${name}.attn.proj`, merged)]) as tf.SymbolicTensor;
-    const m = linear(`${name}.mlp.fc2`, linear(`${name}.mlp.fc1`, norm(`${name}.norm2`, x), 'gelu'));
-    x = tf.layers.add().apply([x, m]) as tf.SymbolicTensor;
+    x = tf.layers.add().apply([x, linear(blk.attn.proj, merged)]) as tf.SymbolicTensor;
+    const y = linear(blk.mlp.fc2, linear(blk.mlp.fc1, norm(blk.norm2, x), 'gelu'));
+    x = tf.layers.add().apply([x, y]) as tf.SymbolicTensor;
   }
   // Mean over the patch tokens only: a Dense over the token axis with weights 0 (class token), 1/L (patches).
   const byToken = tf.layers.permute({ dims: [2, 1] }).apply(x) as tf.SymbolicTensor; // [D, T]
@@ -79,7 +82,7 @@ export function buildLayersModel(b: Backbone): tf.LayersModel {
   const pooled = apply({ layer: tf.layers.dense({ units: 1, useBias: false }), weights: [pool] }, byToken); // [D, 1]
   const features = tf.layers.flatten({ name: 'features' }).apply(pooled) as tf.SymbolicTensor;
   const outputs = [features];
-  if (b.tensors.has('head.weight')) outputs.push(linear('head', norm('fc_norm', features)));
+  if (b.classes && 'weight' in m.head) outputs.push(linear(m.head, norm(m.fc_norm, features)));
   const model = tf.model({ inputs: input, outputs });
   for (const [layer, weights] of pending) {
     layer.setWeights(weights);

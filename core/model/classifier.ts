@@ -2,19 +2,21 @@ import * as tf from '@tensorflow/tfjs';
 import { modelDims, modelFamily, swinDims, type ModelConfig, type ModelDims, type SwinDims } from '../config.js';
 import type { Rng } from '../random.js';
 import { normalize, toTensor, type RgbImage } from '../targets/image.js';
-import { batchNorm, layerNorm, linear } from './ops.js';
-import { decays, ParamStore } from './params.js';
+import { declare, dense, fill, linearParams, norm, normal, normParams, running, type Param, type ParamSpec } from './module.js';
+import { batchNorm } from './ops.js';
+import { ParamStore, type HeadSpec } from './params.js';
 import { allPatches } from './patches.js';
 import {
   disposePlanTensors,
   planTensors,
+  swinBackboneParams,
   swinEncode,
   swinPlan,
   unitPatches,
   type SwinEncoderOptions,
   type SwinPlanTensors,
 } from './swin.js';
-import { encode, meanPatchTokens, type EncoderOptions, type Param } from './vit.js';
+import { encode, encoderParams, meanPatchTokens, type EncoderOptions } from './vit.js';
 
 /**
  * The encoder on all patches of full images at the model's input size (features, attention, fine-tuning). Positions
@@ -22,10 +24,11 @@ import { encode, meanPatchTokens, type EncoderOptions, type Param } from './vit.
  * row is added to the class token, as timm's ViT (zero in a pretrained table). Call in `tf.tidy`.
  */
 export function encodeImages(P: Param, dims: ModelDims, images: RgbImage[], o: EncoderOptions = {}) {
-  const table = P('pos_embed');
+  const m = declare(encoderParams(dims));
+  const table = P(m.pos_embed.name);
   const { patches, pos } = allPatches(normalize(toTensor(images)), dims.p, table);
-  const cls = tf.add(P('cls_token'), tf.slice(table, [0, 0, 0], [1, 1, dims.D]));
-  return encode((name) => (name === 'cls_token' ? cls : P(name)), dims, patches, pos, images.length, o);
+  const cls = tf.add(P(m.cls_token.name), tf.slice(table, [0, 0, 0], [1, 1, dims.D]));
+  return encode((name) => (name === m.cls_token.name ? cls : P(name)), m, dims, patches, pos, images.length, o);
 }
 
 /**
@@ -50,7 +53,7 @@ export interface Classifier {
   logits(images: RgbImage[], train?: { dropPath?: { rate: number; rng: Rng } }): tf.Tensor;
   /** The official layer-wise lr decay's factor for a parameter. */
   lrScale(name: string, layerDecay: number): number;
-  /** Whether AdamW decays a parameter, as the official fine-tuning's groups. */
+  /** Whether AdamW decays a parameter, as the official fine-tuning's groups: as declared. */
   decays(name: string, shape: readonly number[]): boolean;
   dispose(): void;
 }
@@ -63,12 +66,28 @@ export function classifierFor(config: ModelConfig, classes: number, seed: number
 }
 
 /**
- * The fine-tuning model (docs/method.md#fine-tuning): the pretrained backbone with a trainable `pos_embed`, mean-pooled
- * patch tokens, `fc_norm`, `head`. With `probe`, MAE's linear probe (docs/method.md#linear-probe): `fc_norm` stays as
- * initialised, then `head.0` (BatchNorm without affine) and the Linear `head.1`.
+ * The ViT fine-tuning model's tensors (docs/method.md#fine-tuning): the backbone with trained positions, `fc_norm` and
+ * `head`, the new head at the official fine-tuning's std 2e-5. With `probe`, MAE's linear probe
+ * (docs/method.md#linear-probe): `head.0` (BatchNorm without affine: running statistics only) and `head.1` (std 0.01).
+ */
+export function vitClassifierParams(c: ModelConfig, head: HeadSpec) {
+  const d = modelDims(c);
+  const { D } = d;
+  const stats = { running_mean: running([D], fill(0)), running_var: running([D], fill(1)) };
+  return declare({
+    ...encoderParams(d, { finetune: true }),
+    fc_norm: normParams(D),
+    head: head.probe ? { 0: stats, 1: linearParams(head.classes, D, normal(0.01)) } : linearParams(head.classes, D, normal(2e-5)),
+  });
+}
+
+/**
+ * The fine-tuning model: the pretrained backbone with a trainable `pos_embed`, mean-pooled patch tokens, `fc_norm`,
+ * `head`; or MAE's linear probe, whose `fc_norm` stays as initialised.
  */
 export class ViTClassifier implements Classifier {
   readonly dims: ModelDims;
+  readonly modules: ReturnType<typeof vitClassifierParams>;
   readonly params: ParamStore;
 
   constructor(
@@ -78,6 +97,7 @@ export class ViTClassifier implements Classifier {
     readonly probe = false,
   ) {
     this.dims = modelDims(config);
+    this.modules = vitClassifierParams(config, { classes, probe });
     this.params = new ParamStore(config, seed, { classes, probe });
   }
 
@@ -89,16 +109,17 @@ export class ViTClassifier implements Classifier {
    */
   headInput(images: RgbImage[], train?: { dropPath?: { rate: number; rng: Rng } }): tf.Tensor {
     const f = backboneFeatures(this.P, this.dims, images, train?.dropPath);
-    const x = layerNorm(f, this.P('fc_norm.weight'), this.P('fc_norm.bias'));
-    if (!this.probe) return x;
-    const stat = (name: string) => this.params.stats.get(`head.0.${name}`)!;
-    return batchNorm(x, { mean: stat('running_mean'), variance: stat('running_var') }, train !== undefined, PROBE_EPS);
+    const x = norm(this.P, this.modules.fc_norm, f);
+    const head = this.modules.head;
+    if ('weight' in head) return x;
+    const stat = (s: ParamSpec) => this.params.stats.get(s.name)!;
+    return batchNorm(x, { mean: stat(head[0].running_mean), variance: stat(head[0].running_var) }, train !== undefined, PROBE_EPS);
   }
 
   /** Class scores `[B, classes]` of the head's input. */
   head(x: tf.Tensor): tf.Tensor {
-    const at = this.probe ? 'head.1' : 'head';
-    return linear(x, this.P(`${at}.weight`), this.P(`${at}.bias`));
+    const head = this.modules.head;
+    return dense(this.P, 'weight' in head ? head : head[1], x);
   }
 
   /** Class scores `[B, classes]` of images (evaluation unless `train`). Call in `tf.tidy`. */
@@ -113,8 +134,8 @@ export class ViTClassifier implements Classifier {
     return layerDecay ** (depth + 1 - layer);
   }
 
-  decays(name: string, shape: readonly number[]): boolean {
-    return decays(name, shape) && name !== 'cls_token' && name !== 'pos_embed';
+  get decays() {
+    return this.params.decays;
   }
 
   dispose(): void {
@@ -123,11 +144,22 @@ export class ViTClassifier implements Classifier {
 }
 
 /**
- * The official Swin fine-tuning model (`models_swin.py`, docs/method.md#swin-fine-tuning): the windowed backbone on all
- * tokens, the last stage's tokens averaged, then `norm`, then `head`.
+ * The official Swin fine-tuning model's tensors (`models_swin.py`, docs/method.md#swin-fine-tuning): the backbone in its
+ * initialisation, the final `norm`, and the new `head` as the official fine-tuning re-initialises it (std 2e-5). The
+ * official groups skip only 1-D tensors and biases, so its bias tables decay. No linear probe: the official Swin code has none.
+ */
+export function swinClassifierParams(d: SwinDims, classes: number) {
+  const W = d.widths.at(-1)!;
+  return declare({ ...swinBackboneParams(d, true), norm: normParams(W), head: linearParams(classes, W, normal(2e-5)) });
+}
+
+/**
+ * The official Swin fine-tuning model: the windowed backbone on all tokens, the last stage's tokens averaged, then
+ * `norm`, then `head`.
  */
 export class SwinClassifier implements Classifier {
   readonly dims: SwinDims;
+  readonly modules: ReturnType<typeof swinClassifierParams>;
   readonly params: ParamStore;
   /** Every image's tokens are all visible: one grouping plan, kept for the backward passes. */
   private readonly plan: SwinPlanTensors;
@@ -140,6 +172,7 @@ export class SwinClassifier implements Classifier {
   ) {
     if (probe) throw new Error("a linear probe is MAE's ViT protocol; the official Swin code has none");
     this.dims = swinDims(config);
+    this.modules = swinClassifierParams(this.dims, classes);
     this.params = new ParamStore(config, seed, { classes, probe });
     this.plan = fullPlan(this.dims);
   }
@@ -149,11 +182,11 @@ export class SwinClassifier implements Classifier {
   /** The pooled, normalised last-stage tokens `[B, C_last]`. Call in `tf.tidy`. */
   headInput(images: RgbImage[], train?: { dropPath?: { rate: number; rng: Rng } }): tf.Tensor {
     const x = swinTokens(this.P, this.dims, this.plan, images, { dropPath: train?.dropPath });
-    return layerNorm(tf.mean(x, 1), this.P('norm.weight'), this.P('norm.bias'));
+    return norm(this.P, this.modules.norm, tf.mean(x, 1));
   }
 
   head(x: tf.Tensor): tf.Tensor {
-    return linear(x, this.P('head.weight'), this.P('head.bias'));
+    return dense(this.P, this.modules.head, x);
   }
 
   logits(images: RgbImage[], train?: { dropPath?: { rate: number; rng: Rng } }): tf.Tensor {
@@ -165,9 +198,8 @@ export class SwinClassifier implements Classifier {
     return layerDecay ** (N + 1 - swinLayerId(name, this.dims.depths));
   }
 
-  /** The official groups: no decay on 1-D tensors and biases only, so the relative position bias tables decay. */
-  decays(name: string, shape: readonly number[]): boolean {
-    return decays(name, shape);
+  get decays() {
+    return this.params.decays;
   }
 
   dispose(): void {
@@ -225,7 +257,7 @@ export function swinFeatures(P: Param, dims: SwinDims, images: RgbImage[]): tf.T
   const x = swinTokens(P, dims, plan, images);
   disposePlanTensors(plan);
   const [B, T, C] = x.shape as [number, number, number];
-  const normed = layerNorm(tf.reshape(x, [B * T, C]), P('norm.weight'), P('norm.bias'));
+  const normed = norm(P, swinClassifierParams(dims, 0).norm, tf.reshape(x, [B * T, C]));
   return tf.mean(tf.reshape(normed, [B, T, C]), 1);
 }
 

@@ -1,8 +1,24 @@
 import * as tf from '@tensorflow/tfjs';
-import type { ModelConfig, ModelDims } from '../config.js';
-import { columnSum, customGrad, gelu, layerNorm, linear, matMulT, mm } from './ops.js';
-import { HEADS } from './params.js';
-import { block, type Param } from './vit.js';
+import type { ModelConfig, ModelDims, Scale } from '../config.js';
+import {
+  buffer,
+  dense,
+  fill,
+  linearParams,
+  norm,
+  normal,
+  normParams,
+  param,
+  range,
+  uniform,
+  xavier,
+  type NormParams,
+  type Param,
+  type ParamSpec,
+} from './module.js';
+import { columnSum, customGrad, gelu, linear, matMulT, mm } from './ops.js';
+import { sinCosPosEmbed } from './posEmbed.js';
+import { block, blockParams } from './vit.js';
 
 /**
  * Where the class token and the visible tokens go back in the full sequence: `select [B, 1+L, 1+nKeep]` one-hot, and
@@ -13,35 +29,77 @@ export interface Unshuffle {
   mask: tf.Tensor;
 }
 
+/** The rescaling head of each scale (docs/method.md#decoders-and-scales) on d channels, layers at the official `pred.k` indices. */
+type PredLayer =
+  { kind: 'deconv' | 'conv'; weight: ParamSpec; bias: ParamSpec } | ({ kind: 'norm' } & NormParams) | { kind: 'gelu' } | { kind: 'pool' };
+
+function predParams(s: Scale, d: number, F: number, mae: boolean): PredLayer[] {
+  // PyTorch's conv defaults, U(±1/√fan_in); a transposed conv [in, out, k, k] has fan_in = out·k².
+  const deconv = (i: number, o: number): PredLayer => {
+    const init = uniform(1 / Math.sqrt(o * 4));
+    return { kind: 'deconv', weight: param([i, o, 2, 2], init), bias: param([o], init) };
+  };
+  // MAE's predictor (the global variant's) is a Linear: Xavier weight, zero bias.
+  const conv = (i: number): PredLayer => ({
+    kind: 'conv',
+    weight: param([F, i, 1, 1], mae ? xavier(F, i) : uniform(1 / Math.sqrt(i))),
+    bias: param([F], mae ? fill(0) : uniform(1 / Math.sqrt(i))),
+  });
+  if (s === 4) return [deconv(d, d / 2), { kind: 'norm', ...normParams(d / 2) }, { kind: 'gelu' }, deconv(d / 2, d / 4), conv(d / 4)];
+  if (s === 2) return [deconv(d, d / 2), conv(d / 2)];
+  if (s === 1) return [conv(d)];
+  return [{ kind: 'pool' }, conv(d)];
+}
+
+/** Decoder k of the pretraining model (docs/method.md#decoders-and-scales). */
+export function decoderParams(c: ModelConfig, dims: ModelDims, k: number) {
+  const { D, g, scales, F } = dims;
+  const d = c.decoderDim;
+  return {
+    mask_token: param([1, 1, d], normal(0.02)),
+    embed: linearParams(d, D),
+    pos_embed: buffer([1, 1 + g * g, d], () => sinCosPosEmbed(d, g)),
+    blocks: range(c.decoderDepth, () => blockParams(d, c.mlpRatio)),
+    norm: normParams(d),
+    pred: predParams(scales[k]!, d, F[k]!, c.variant === 'global'),
+  };
+}
+export type DecoderParams = ReturnType<typeof decoderParams>;
+
 /**
  * One per-scale decoder (docs/method.md#decoders-and-scales) on a tapped latent `[B·(1+nKeep), D]`; returns the prediction
  * `[B, (s·g)², F]` in raster order over the scale's grid.
  */
-export function decode(P: Param, k: number, c: ModelConfig, dims: ModelDims, latent: tf.Tensor, un: Unshuffle, B: number): tf.Tensor {
+export function decode(
+  P: Param,
+  m: DecoderParams,
+  c: ModelConfig,
+  dims: ModelDims,
+  latent: tf.Tensor,
+  un: Unshuffle,
+  B: number,
+): tf.Tensor {
   const { g, L, nKeep } = dims;
   const d = c.decoderDim;
-  const dec = `decoder.${k}`;
-  const x = tf.reshape(linear(latent, P(`${dec}.embed.weight`), P(`${dec}.embed.bias`)), [B, 1 + nKeep, d]);
+  const x = tf.reshape(dense(P, m.embed, latent), [B, 1 + nKeep, d]);
   // Un-shuffle as a one-hot matmul: tfjs's gather gradient is missing on wasm (docs/tfjs.md#kernels-missing-on-wasm).
-  const full = tf.add(mm(un.select, x), tf.mul(un.mask, P(`${dec}.mask_token`))); // [B, 1+L, d]
-  let h: tf.Tensor = tf.add(full, P(`${dec}.pos_embed`));
+  const full = tf.add(mm(un.select, x), tf.mul(un.mask, P(m.mask_token.name))); // [B, 1+L, d]
+  let h: tf.Tensor = tf.add(full, P(m.pos_embed.name));
   h = tf.reshape(h, [B * (1 + L), d]);
-  for (let i = 0; i < c.decoderDepth; i++) h = block(P, `${dec}.blocks.${i}`, h, B, 1 + L, c.decoderHeads);
-  h = layerNorm(h, P(`${dec}.norm.weight`), P(`${dec}.norm.bias`));
+  for (const b of m.blocks) h = block(P, b, h, B, 1 + L, c.decoderHeads);
+  h = norm(P, m.norm, h);
   const grid = tf.reshape(tf.slice(tf.reshape(h, [B, 1 + L, d]), [0, 1, 0], [B, L, d]), [B, g, g, d]); // NHWC
-  const out = rescale(P, `${dec}.pred`, dims.scales[k]!, d, grid);
+  const out = rescale(P, m.pred, grid);
   return tf.reshape(out, [B, -1, out.shape[3]!]);
 }
 
 /** The rescaling head (×4, ×2, ×1, ×0.5) on `x [B, g, g, d]`, channels last. */
-function rescale(P: Param, name: string, s: number, d: number, x: tf.Tensor): tf.Tensor {
-  for (const layer of HEADS[s]!(d)) {
-    const at = `${name}.${layer.index}`;
-    if (layer.kind === 'deconv') x = deconv2x2(x, P(`${at}.weight`), P(`${at}.bias`));
-    else if (layer.kind === 'norm') x = layerNorm(x, P(`${at}.weight`), P(`${at}.bias`));
-    else if (layer.kind === 'gelu') x = gelu(x);
-    else if (layer.kind === 'pool') x = avgPool2x2(x);
-    else x = conv1x1(x, P(`${at}.weight`), P(`${at}.bias`));
+function rescale(P: Param, layers: PredLayer[], x: tf.Tensor): tf.Tensor {
+  for (const l of layers) {
+    if (l.kind === 'gelu') x = gelu(x);
+    else if (l.kind === 'pool') x = avgPool2x2(x);
+    else if (l.kind === 'norm') x = norm(P, l, x);
+    else x = (l.kind === 'deconv' ? deconv2x2 : conv1x1)(x, P(l.weight.name), P(l.bias.name));
   }
   return x;
 }

@@ -3,11 +3,12 @@ import { modelDims, type ModelConfig, type ModelDims } from '../config.js';
 import { hog } from '../targets/hog.js';
 import { normalize, toTensor, type RgbImage } from '../targets/image.js';
 import { pixelTargets } from '../targets/pixels.js';
-import { decode } from './decoder.js';
+import { decode, decoderParams } from './decoder.js';
 import { randomMasking, scaleMask } from './masking.js';
+import { buffer, declare, range, uniform } from './module.js';
 import { ParamStore } from './params.js';
 import { visiblePatches } from './patches.js';
-import { encode } from './vit.js';
+import { encode, encoderParams } from './vit.js';
 
 /**
  * A batch on the device, ready for the forward pass: the images are uploaded once and patches, positions and
@@ -56,8 +57,8 @@ export interface PretrainModel<Batch extends PretrainBatch = PretrainBatch> {
   /** Per output: HOG cell or pixel patch, and features per location. */
   readonly cells: number[];
   readonly F: number[];
-  /** Which parameters AdamW decays; default timm's rule. */
-  readonly decays?: (name: string, shape: readonly number[]) => boolean;
+  /** Which parameters AdamW decays: as declared. */
+  readonly decays: (name: string, shape: readonly number[]) => boolean;
   /** Per output: the target's `[locations, features]` for one image. */
   targetShapes(): number[][];
   /** Length of the uniform noise `prepare` reads for B images. */
@@ -70,9 +71,31 @@ export interface PretrainModel<Batch extends PretrainBatch = PretrainBatch> {
   dispose(): void;
 }
 
+const SOBEL = Float32Array.of(1, 0, -1, 2, 0, -2, 1, 0, -1, 1, 2, 1, 0, 0, 0, -1, -2, -1);
+
+/**
+ * The HOG layers' frozen tensors of n scales or stages: Sobel kernels, and with `hogBias` the official bias, PyTorch's
+ * default conv init U(±1/3) (fan-in 9), frozen (docs/method.md#hog-bias).
+ */
+export const hogParams = (c: ModelConfig, n: number) =>
+  range(c.target === 'hog' ? n : 0, () => ({
+    conv: { weight: buffer([2, 1, 3, 3], () => SOBEL), bias: c.hogBias ? buffer([2], uniform(1 / 3)) : undefined },
+  }));
+
+/** The pretraining model's tensors (docs/method.md#parameter-names): the encoder with its latent norms, decoders, HOG layers. */
+export function localMimParams(c: ModelConfig) {
+  const d = modelDims(c);
+  return declare({
+    ...encoderParams(d, { taps: d.scales.length }),
+    decoder: d.scales.map((_, k) => decoderParams(c, d, k)),
+    hog_enc: hogParams(c, d.scales.length),
+  });
+}
+
 /** LocalMIM (and its `global`/`isolated` variants): encoder taps → per-scale decoders → summed masked losses. */
 export class LocalMIM implements PretrainModel<PreparedBatch> {
   readonly dims: ModelDims;
+  readonly modules: ReturnType<typeof localMimParams>;
   readonly params: ParamStore;
 
   constructor(
@@ -80,7 +103,12 @@ export class LocalMIM implements PretrainModel<PreparedBatch> {
     seed: number,
   ) {
     this.dims = modelDims(config);
+    this.modules = localMimParams(config);
     this.params = new ParamStore(config, seed);
+  }
+
+  get decays() {
+    return this.params.decays;
   }
 
   get cells() {
@@ -119,7 +147,7 @@ export class LocalMIM implements PretrainModel<PreparedBatch> {
       const x = toTensor(images);
       const normalized = normalize(x);
       return {
-        ...visiblePatches(normalized, p, this.params.get('pos_embed'), idsKeep, L),
+        ...visiblePatches(normalized, p, this.params.get(this.modules.pos_embed.name), idsKeep, L),
         ...unshuffle(idsKeep, mask, B, L, nKeep),
         targets: this.targets(x, normalized),
         scaleMasks: scales.map((s) => tf.tensor2d(scaleMask(mask, B, g, s), [B, (s * g) ** 2])),
@@ -131,10 +159,10 @@ export class LocalMIM implements PretrainModel<PreparedBatch> {
   /** Targets of images `[B, H, W, 3]` (0–255), one `[B, N_k, F_k]` per scale (docs/method.md#targets). */
   private targets(x: tf.Tensor4D, normalized: tf.Tensor4D): tf.Tensor3D[] {
     const c = this.config;
-    const { cells, scales } = this.dims;
+    const { cells } = this.dims;
     if (c.target === 'pixel') return cells.map((cell) => pixelTargets(normalized, cell, c.normPix));
     // The frozen Sobel offsets of each scale (`--hog_bias`).
-    const bias = c.hogBias ? scales.map((_, k) => this.params.get(`hog_enc.${k}.conv.bias`)) : undefined;
+    const bias = c.hogBias ? this.modules.hog_enc.map((h) => this.params.get(h.conv.bias!.name)) : undefined;
     return hog(x, c.nbins, cells, bias);
   }
 
@@ -142,12 +170,13 @@ export class LocalMIM implements PretrainModel<PreparedBatch> {
   forward(batch: PreparedBatch): ForwardOutput {
     const { B } = batch;
     const P = (name: string) => this.params.get(name);
-    const { latents } = encode(P, this.dims, batch.patches, batch.pos, B, {
+    const m = this.modules;
+    const { latents } = encode(P, m, this.dims, batch.patches, batch.pos, B, {
       taps: this.dims.taps,
       isolate: this.config.variant === 'isolated',
     });
     const un = { select: batch.select, mask: batch.removed };
-    const preds = latents.map((z, k) => decode(P, k, this.config, this.dims, z, un, B));
+    const preds = latents.map((z, k) => decode(P, m.decoder[k]!, this.config, this.dims, z, un, B));
     const losses = preds.map((pred, k) => maskedMse(pred, batch.targets[k]!, batch.scaleMasks[k]!));
     return { latents, preds, losses, loss: tf.addN(losses) as tf.Scalar };
   }

@@ -4,12 +4,22 @@ import { hog } from '../targets/hog.js';
 import { normalize, toTensor, type RgbImage } from '../targets/image.js';
 import { pixelTargets } from '../targets/pixels.js';
 import type { ForwardOutput, PretrainModel } from './localmim.js';
-import { maskedMse } from './localmim.js';
+import { hogParams, maskedMse } from './localmim.js';
 import { scaleMask } from './masking.js';
-import { layerNorm, linear } from './ops.js';
-import { ParamStore, swinDecays } from './params.js';
-import { disposePlanTensors, gatherTokens, planTensors, swinEncode, swinPlan, unitPatches, type SwinPlanTensors } from './swin.js';
-import { block, type Param } from './vit.js';
+import { buffer, declare, dense, linearParams, norm, normal, normParams, param, range, type Param } from './module.js';
+import { ParamStore } from './params.js';
+import { sinCosPosEmbed } from './posEmbed.js';
+import {
+  disposePlanTensors,
+  gatherTokens,
+  planTensors,
+  swinBackboneParams,
+  swinEncode,
+  swinPlan,
+  unitPatches,
+  type SwinPlanTensors,
+} from './swin.js';
+import { block, blockParams } from './vit.js';
 
 /** A batch on the device for Swin LocalMIM: one mask for the whole batch, as the official code. */
 export interface SwinBatch {
@@ -36,18 +46,54 @@ export function swinMask(noise: Float32Array, d: SwinDims): Float32Array {
   return mask;
 }
 
+/**
+ * Stage k's decoder (official `ViT_Decoder`): its mask token is not decayed, as the official groups skip every name with
+ * `token`. Its fixed positions are the sin-cos rows of the stage's output grid, without a class token.
+ */
+function swinDecoderParams(c: ModelConfig, d: SwinDims, k: number) {
+  const W = d.decoderDims[k]!;
+  const g = d.outGrids[k]!;
+  return {
+    embed: linearParams(W, d.outWidths[k]!),
+    mask_token: param([1, 1, W], normal(0.02), false),
+    pos_embed: buffer([1, g * g, W], () => sinCosPosEmbed(W, g).subarray(W)),
+    blocks: range(c.decoderDepth, () => blockParams(W, c.mlpRatio)),
+    norm: normParams(W),
+    pred: linearParams(d.F[k]!, W),
+  };
+}
+
+/**
+ * Swin LocalMIM's tensors (docs/method.md#swin), named as the official `MaskedAutoencoderSwin` without its `encoder.`
+ * prefix: the backbone, one latent norm and one decoder per stage, the HOG layers.
+ */
+export function swinLocalMimParams(c: ModelConfig) {
+  const d = swinDims(c);
+  return declare({
+    ...swinBackboneParams(d),
+    norm: d.outWidths.map((W) => normParams(W)),
+    decoder: d.outWidths.map((_, k) => swinDecoderParams(c, d, k)),
+    hog_enc: hogParams(c, d.outWidths.length),
+  });
+}
+
 /** LocalMIM on a Swin backbone (docs/method.md#swin): each stage's merged output → its own decoder → summed masked losses. */
 export class SwinLocalMIM implements PretrainModel<SwinBatch> {
   readonly dims: SwinDims;
+  readonly modules: ReturnType<typeof swinLocalMimParams>;
   readonly params: ParamStore;
-  readonly decays = swinDecays;
 
   constructor(
     readonly config: ModelConfig,
     seed: number,
   ) {
     this.dims = swinDims(config);
+    this.modules = swinLocalMimParams(config);
     this.params = new ParamStore(config, seed);
+  }
+
+  get decays() {
+    return this.params.decays;
   }
 
   get cells() {
@@ -101,16 +147,17 @@ export class SwinLocalMIM implements PretrainModel<SwinBatch> {
   private targets(x: tf.Tensor4D, normalized: tf.Tensor4D): tf.Tensor3D[] {
     const c = this.config;
     if (c.target === 'pixel') return this.dims.cells.map((cell) => pixelTargets(normalized, cell, c.normPix));
-    const bias = c.hogBias ? this.dims.cells.map((_, k) => this.params.get(`hog_enc.${k}.conv.bias`)) : undefined;
+    const bias = c.hogBias ? this.modules.hog_enc.map((h) => this.params.get(h.conv.bias!.name)) : undefined;
     return hog(x, c.nbins, this.dims.cells, bias);
   }
 
   /** The whole forward pass and loss (docs/method.md#swin). Call inside `tf.tidy`. */
   forward(batch: SwinBatch): ForwardOutput {
     const P = (name: string) => this.params.get(name);
+    const m = this.modules;
     const outputs = swinEncode(P, this.dims, batch.patches, batch.plan);
-    const latents = outputs.map((x, k) => layerNorm(x, P(`norm.${k}.weight`), P(`norm.${k}.bias`)));
-    const preds = latents.map((z, k) => this.decode(P, k, z, batch));
+    const latents = outputs.map((x, k) => norm(P, m.norm[k]!, x));
+    const preds = latents.map((z, k) => this.decode(P, m.decoder[k]!, k, z, batch));
     const losses = preds.map((pred, k) => maskedMse(pred, batch.targets[k]!, batch.stageMasks[k]!));
     return { latents, preds, losses, loss: tf.addN(losses) as tf.Scalar };
   }
@@ -119,19 +166,17 @@ export class SwinLocalMIM implements PretrainModel<SwinBatch> {
    * Stage k's decoder (official `ViT_Decoder`) on its latent `[B, n, C_k]`: embedded, put back in raster order over the
    * stage's output grid with mask tokens in the gaps, fixed sin-cos positions, blocks, norm, Linear: `[B, L_k, F_k]`.
    */
-  private decode(P: Param, k: number, latent: tf.Tensor, batch: SwinBatch): tf.Tensor {
-    const c = this.config;
-    const dec = `decoder.${k}`;
+  private decode(P: Param, m: ReturnType<typeof swinDecoderParams>, k: number, latent: tf.Tensor, batch: SwinBatch): tf.Tensor {
     const [B, n, C] = latent.shape as [number, number, number];
     const W = this.dims.decoderDims[k]!;
     const g = this.dims.outGrids[k]!;
-    const x = tf.reshape(linear(tf.reshape(latent, [B * n, C]), P(`${dec}.embed.weight`), P(`${dec}.embed.bias`)), [B, n, W]);
+    const x = tf.reshape(dense(P, m.embed, tf.reshape(latent, [B * n, C])), [B, n, W]);
     const { order, slots } = batch.plan.restore[k]!;
-    const full = tf.add(gatherTokens(x, order, slots), tf.mul(batch.removed[k]!, P(`${dec}.mask_token`))); // [B, L, W]
-    let h: tf.Tensor = tf.reshape(tf.add(full, P(`${dec}.pos_embed`)), [B * g * g, W]);
-    for (let i = 0; i < c.decoderDepth; i++) h = block(P, `${dec}.blocks.${i}`, h, B, g * g, c.decoderHeads);
-    h = layerNorm(h, P(`${dec}.norm.weight`), P(`${dec}.norm.bias`));
-    return tf.reshape(linear(h, P(`${dec}.pred.weight`), P(`${dec}.pred.bias`)), [B, g * g, -1]);
+    const full = tf.add(gatherTokens(x, order, slots), tf.mul(batch.removed[k]!, P(m.mask_token.name))); // [B, L, W]
+    let h: tf.Tensor = tf.reshape(tf.add(full, P(m.pos_embed.name)), [B * g * g, W]);
+    for (const b of m.blocks) h = block(P, b, h, B, g * g, this.config.decoderHeads);
+    h = norm(P, m.norm, h);
+    return tf.reshape(dense(P, m.pred, h), [B, g * g, -1]);
   }
 
   /** The mask of image b on a grid of `g × g` squares of `p` pixels (for previews). */

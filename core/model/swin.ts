@@ -2,8 +2,22 @@ import * as tf from '@tensorflow/tfjs';
 import type { SwinDims } from '../config.js';
 import type { Rng } from '../random.js';
 import { tokens } from '../targets/image.js';
-import { gelu, layerNorm, linear, mm } from './ops.js';
-import { attention, type Param } from './vit.js';
+import {
+  declare,
+  dense,
+  linearParams,
+  norm,
+  normal,
+  normParams,
+  param,
+  range,
+  uniform,
+  xavier,
+  type Param,
+  type WeightInit,
+} from './module.js';
+import { customGrad, mm } from './ops.js';
+import { attention, attentionParams, embedPatches, mlp, mlpParams, patchEmbedParams } from './vit.js';
 
 // The Swin encoder of the official pretraining model (docs/method.md#swin) on any set of visible mask units, all of
 // them included. Tokens are kept mask-unit-major, as the official code orders them: the visible units of the
@@ -284,7 +298,7 @@ export function gatherTokens(x: tf.Tensor, order: tf.Tensor1D, slots: tf.Tensor1
     value: tf.gather(padZero(xs), order, 1),
     gradFunc: (dy: tf.Tensor) => tf.gather(padZero(dy), slots, 1),
   });
-  const op = tf.customGrad(f as unknown as Parameters<typeof tf.customGrad>[0]) as (x: tf.Tensor) => tf.Tensor;
+  const op = customGrad(f) as (x: tf.Tensor) => tf.Tensor;
   return op(x);
 }
 
@@ -313,10 +327,19 @@ export interface SwinBlockOptions {
   norm2Eps?: number;
 }
 
+/** A Swin block's tensors: timm's, with the relative position bias table `[(2w−1)², heads]` first in its attention. */
+export const swinBlockParams = (W: number, heads: number, w: number, mlpRatio: number, o: SwinInit) => ({
+  norm1: normParams(W),
+  attn: { relative_position_bias_table: param([(2 * w - 1) ** 2, heads], normal(0.02), o.tableDecay), ...attentionParams(W, o.linear) },
+  norm2: normParams(W),
+  mlp: mlpParams(W, mlpRatio * W, o.linear),
+});
+export type SwinBlockParams = ReturnType<typeof swinBlockParams>;
+
 /** A Swin block on `x [B, N, C]`: windowed attention with relative position bias within `g`'s groups, then the MLP. */
 export function swinBlock(
   P: Param,
-  name: string,
+  m: SwinBlockParams,
   x: tf.Tensor,
   g: GroupTensors,
   relIndex: tf.Tensor2D,
@@ -327,34 +350,60 @@ export function swinBlock(
   const { nG, GS } = g.plan;
   const branch = (y: tf.Tensor, i: 0 | 1) => (o.keep ? tf.mul(y, o.keep[i]) : y);
   // LayerNorm is per token, so it commutes with the grouping gather; padding slots are zero rows, masked out.
-  let h = layerNorm(x, P(`${name}.norm1.weight`), P(`${name}.norm1.bias`));
+  let h = norm(P, m.norm1, x);
   if (g.order) h = gatherTokens(h, g.order, g.slots!);
-  const bias = relativeBias(P(`${name}.attn.relative_position_bias_table`), g, relIndex);
-  let a = attention(P, `${name}.attn`, tf.reshape(h, [B * nG * GS, C]), B * nG, GS, heads, o.onProbs, bias);
+  const bias = relativeBias(P(m.attn.relative_position_bias_table.name), g, relIndex);
+  let a = attention(P, m.attn, tf.reshape(h, [B * nG * GS, C]), B * nG, GS, heads, o.onProbs, bias);
   a = tf.reshape(a, [B, nG * GS, C]);
   if (g.order) a = gatherTokens(a, g.slots!, g.order);
   x = tf.add(x, branch(a, 0));
-  const rows = tf.reshape(layerNorm(x, P(`${name}.norm2.weight`), P(`${name}.norm2.bias`), o.norm2Eps), [B * N, C]);
-  const m = linear(
-    gelu(linear(rows, P(`${name}.mlp.fc1.weight`), P(`${name}.mlp.fc1.bias`))),
-    P(`${name}.mlp.fc2.weight`),
-    P(`${name}.mlp.fc2.bias`),
-  );
-  return tf.add(x, branch(tf.reshape(m, [B, N, C]), 1));
+  const rows = tf.reshape(norm(P, m.norm2, x, o.norm2Eps), [B * N, C]);
+  return tf.add(x, branch(tf.reshape(mlp(P, m.mlp, rows), [B, N, C]), 1));
 }
+
+/** Patch merging's tensors: LayerNorm over the 4C concatenated neighbours, then the reduction `[2C, 4C]` without bias. */
+export const patchMergingParams = (C: number, init: WeightInit) => ({
+  reduction: linearParams(2 * C, 4 * C, init(2 * C, 4 * C), false),
+  norm: normParams(4 * C),
+});
 
 /**
  * Patch merging on `x [B, N, C]` whose tokens come in mask units of `r × r` (raster within): each 2×2 neighbourhood
- * concatenated in `order`, then LayerNorm and the reduction `[2C, 4C]` (no bias): `[B, N/4, 2C]`, units of `r/2 × r/2`.
+ * concatenated in `order`, then LayerNorm and the reduction: `[B, N/4, 2C]`, units of `r/2 × r/2`.
  */
-export function patchMerging(P: Param, name: string, x: tf.Tensor, r: number, order: MergeOrder): tf.Tensor {
+export function patchMerging(P: Param, m: ReturnType<typeof patchMergingParams>, x: tf.Tensor, r: number, order: MergeOrder): tf.Tensor {
   const [B, N, C] = x.shape as [number, number, number];
   const h = r / 2;
   const grid = tf.reshape(x, [(B * N) / (r * 2), 2, h, 2, C]); // [(b, unit, h2), dh, w2, dw, C]
   const merged = tf.transpose(grid, order === 'pretrain' ? [0, 2, 1, 3, 4] : [0, 2, 3, 1, 4]); // [.., w2, (dh, dw) or (dw, dh), C]
-  const y = layerNorm(tf.reshape(merged, [(B * N) / 4, 4 * C]), P(`${name}.norm.weight`), P(`${name}.norm.bias`));
-  return tf.reshape(linear(y, P(`${name}.reduction.weight`)), [B, N / 4, 2 * C]);
+  const y = norm(P, m.norm, tf.reshape(merged, [(B * N) / 4, 4 * C]));
+  return tf.reshape(dense(P, m.reduction, y), [B, N / 4, 2 * C]);
 }
+
+/** How a Swin backbone initialises its Linears, and whether its bias tables decay. */
+interface SwinInit {
+  linear: WeightInit;
+  tableDecay: boolean;
+}
+
+/**
+ * The Swin backbone's tensors (timm's names; the patch merging at the end of stage i is `layers.i.downsample`). The
+ * pretraining model's init is the official one: Xavier Linears and patch conv, N(0, .02) bias tables, which its groups do
+ * not decay. The fine-tuning model's (`models_swin.py`): timm's trunc_normal_(std .02) Linears, PyTorch's default patch
+ * conv, decayed bias tables.
+ */
+export function swinBackboneParams(d: SwinDims, finetune = false) {
+  const o: SwinInit = { linear: finetune ? () => normal(0.02) : xavier, tableDecay: finetune };
+  const k = 3 * d.p * d.p;
+  return {
+    patch_embed: { ...patchEmbedParams(d.C, d.p, finetune ? uniform(1 / Math.sqrt(k)) : xavier(d.C, k)), norm: normParams(d.C) },
+    layers: d.widths.map((W, i) => ({
+      blocks: range(d.depths[i]!, () => swinBlockParams(W, d.heads[i]!, d.windows[i]!, d.mlpRatio, o)),
+      downsample: i < d.widths.length - 1 ? patchMergingParams(W, o.linear) : undefined,
+    })),
+  };
+}
+export type SwinBackboneParams = ReturnType<typeof swinBackboneParams>;
 
 /**
  * Patches of normalised images `[B, H, W, 3]` for the visible units of a plan, mask-unit-major, flattened `(c, dy, dx)`
@@ -393,10 +442,9 @@ export interface SwinEncoderOptions {
  */
 export function swinEncode(P: Param, d: SwinDims, patches: tf.Tensor, t: SwinPlanTensors, o: SwinEncoderOptions = {}): tf.Tensor[] {
   const [B, N0] = patches.shape as [number, number, number];
-  const C = d.C;
-  const Wpe = tf.reshape(P('patch_embed.proj.weight'), [C, -1]);
-  let x: tf.Tensor = linear(tf.reshape(patches, [B * N0, -1]), Wpe, P('patch_embed.proj.bias'));
-  x = tf.reshape(layerNorm(x, P('patch_embed.norm.weight'), P('patch_embed.norm.bias')), [B, N0, C]);
+  const m = declare(swinBackboneParams(d));
+  const x0 = embedPatches(P, m.patch_embed, tf.reshape(patches, [B * N0, -1]));
+  let x = tf.reshape(norm(P, m.patch_embed.norm, x0), [B, N0, d.C]);
   const total = d.depths.reduce((a, b) => a + b, 0);
   const outputs: tf.Tensor[] = [];
   let index = 0;
@@ -406,13 +454,14 @@ export function swinEncode(P: Param, d: SwinDims, patches: tf.Tensor, t: SwinPla
     for (let j = 0; j < depth; j++, index++) {
       const g = j % 2 === 1 && s.shifted ? s.shifted : s.plain;
       const rate = o.dropPath && o.dropPath.rate > 0 ? (o.dropPath.rate * index) / Math.max(total - 1, 1) : 0;
-      x = swinBlock(P, `layers.${i}.blocks.${j}`, x, g, rel, d.heads[i]!, {
+      x = swinBlock(P, m.layers[i]!.blocks[j]!, x, g, rel, d.heads[i]!, {
         keep: rate > 0 ? keepMasks(o.dropPath!.rng, rate, B) : undefined,
         onProbs: o.onAttention && ((p) => o.onAttention!(i, j, p, g.plan)),
         norm2Eps: o.norm2Eps,
       });
     }
-    if (i < d.depths.length - 1) x = patchMerging(P, `layers.${i}.downsample`, x, d.grids[i]! / d.maskGrid, o.merge ?? 'pretrain');
+    const down = m.layers[i]!.downsample;
+    if (down) x = patchMerging(P, down, x, d.grids[i]! / d.maskGrid, o.merge ?? 'pretrain');
     outputs.push(x);
   });
   return outputs;

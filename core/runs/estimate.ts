@@ -1,5 +1,8 @@
 import { THROUGHPUT_GFLOPS as GFLOPS } from '../backend.js';
 import { modelDims, modelFamily, swinDims, type RunConfig } from '../config.js';
+import { localMimParams } from '../model/localmim.js';
+import { count } from '../model/module.js';
+import { swinLocalMimParams } from '../model/swin-localmim.js';
 
 /**
  * Parameters, memory and time per epoch of a run, before it starts: parameter count exact, memory and
@@ -7,19 +10,12 @@ import { modelDims, modelFamily, swinDims, type RunConfig } from '../config.js';
  */
 export function estimate(c: RunConfig, images: number, backend: string) {
   if (modelFamily(c.model) === 'swin') return estimateSwin(c, images, backend);
-  const { D, depth, heads, nKeep, L, scales, F, p } = modelDims(c.model);
+  const { D, depth, heads, nKeep, L, scales, p } = modelDims(c.model);
   const d = c.model.decoderDim;
-  const r = c.model.mlpRatio;
-  const block = (W: number) => 2 * W + 3 * W * W + 3 * W + W * W + W + 2 * W + 2 * r * W * W + r * W + W;
-  const head = (s: number, f: number) =>
-    s === 4
-      ? d * (d / 2) * 4 + d / 2 + d + (d / 2) * (d / 4) * 4 + d / 4 + (d / 4) * f + f
-      : s === 2
-        ? d * (d / 2) * 4 + d / 2 + (d / 2) * f + f
-        : d * f + f;
-  const encoder = D + 3 * p * p * D + D + depth * block(D) + scales.length * 2 * D;
-  const decoders = scales.reduce((n, s, k) => n + d + D * d + d + c.model.decoderDepth * block(d) + 2 * d + head(s, F[k]!), 0);
-  const params = encoder + decoders;
+  const m = localMimParams(c.model);
+  const params = count(m);
+  const decoders = count(m.decoder);
+  const encoder = params - decoders;
   const B = c.optim.batch;
   const flopsPerImage = 6 * ((encoder - 3 * p * p * D) * (1 + nKeep) + 3 * p * p * D * nKeep + decoders * (1 + L));
   const { decoderHeads, decoderDepth } = c.model;
@@ -47,18 +43,11 @@ export function estimate(c: RunConfig, images: number, backend: string) {
 function estimateSwin(c: RunConfig, images: number, backend: string) {
   const d = swinDims(c.model);
   const { decoderDepth, decoderHeads, mlpRatio: r } = c.model;
-  const block = (W: number, table: number) => 2 * W + 3 * W * W + 3 * W + table + W * W + W + 2 * W + 2 * r * W * W + r * W + W;
   const visible = d.units - d.nMasked;
-  const encoderParams =
-    3 * d.p * d.p * d.C +
-    3 * d.C +
-    d.widths.reduce((n, W, i) => n + d.depths[i]! * block(W, (2 * d.windows[i]! - 1) ** 2 * d.heads[i]!), 0) +
-    d.widths.slice(0, -1).reduce((n, W) => n + 8 * W * W + 8 * W, 0);
-  const decoders = d.outWidths.reduce((n, W, k) => {
-    const w = d.decoderDims[k]!;
-    return n + 2 * W + W * w + w + w + decoderDepth * block(w, 0) + 2 * w + w * d.F[k]! + d.F[k]!;
-  }, 0);
-  const params = encoderParams + decoders;
+  const m = swinLocalMimParams(c.model);
+  const params = count(m);
+  // The backbone: what export and fine-tuning keep (the per-stage latent norms are the decoders').
+  const encoderParams = params - count(m.norm) - count(m.decoder);
   const B = c.optim.batch;
   // Multiply-adds per image, forward; training costs about 3× that, at 2 FLOPs each.
   let macs = 0;

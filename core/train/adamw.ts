@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import type { OptimConfig } from '../config.js';
-import { decays } from '../model/params.js';
+import { decays } from '../model/module.js';
 import { fusedAdamW, nativeOr, type AdamWHyper } from '../native.js';
 import type { Optimizer } from './optimizer.js';
 

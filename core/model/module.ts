@@ -1,0 +1,95 @@
+import type * as tf from '@tensorflow/tfjs';
+import type { Rng } from '../random.js';
+import { layerNorm, linear } from './ops.js';
+
+// Each model part declares its tensors once, beside its forward, as a tree of plain objects (PyTorch's modules):
+// `declare` names every tensor by its path, as a state dict does (`blocks.0.attn.qkv.weight`), and the forward reads
+// them through the same fields. The parameter store, counts, export checks and weight-decay groups all walk that tree.
+
+/** Reads a tensor of the state dict by official name: a `ParamStore`'s, or an exported file's. */
+export type Param = (name: string) => tf.Tensor;
+
+export type Init = (rng: Rng, n: number) => Float32Array;
+
+/**
+ * One declared tensor: official state-dict name (docs/method.md#parameter-names), PyTorch layout (Linear `[out, in]`,
+ * Conv2d `[out, in, kh, kw]`, ConvTranspose2d `[in, out, kh, kw]`), official initialisation, and what it is: trained,
+ * a running statistic (moved by training without gradients: a probe's BatchNorm), or a frozen buffer.
+ */
+export interface ParamSpec {
+  name: string;
+  readonly shape: readonly number[];
+  readonly init: Init;
+  readonly kind: 'param' | 'running' | 'buffer';
+  /** Whether AdamW decays it, where a model's official groups differ from timm's rule (`decays`). */
+  readonly decay?: boolean;
+}
+
+/** timm's `add_weight_decay` rule: no decay on 1-D tensors nor biases (docs/method.md#optimizer-and-schedule). */
+export const decays = (name: string, shape: readonly number[]) => shape.length > 1 && !name.endsWith('.bias');
+/** Whether AdamW decays a declared tensor. */
+export const decayed = (s: ParamSpec) => s.kind === 'param' && (s.decay ?? decays(s.name, s.shape));
+
+export const param = (shape: number[], init: Init, decay?: boolean): ParamSpec => ({ name: '', shape, init, kind: 'param', decay });
+export const running = (shape: number[], init: Init): ParamSpec => ({ name: '', shape, init, kind: 'running' });
+export const buffer = (shape: number[], init: Init): ParamSpec => ({ name: '', shape, init, kind: 'buffer' });
+
+export const fill = (v: number) => (_: Rng, n: number) => new Float32Array(n).fill(v);
+const draw = (f: (rng: Rng) => number) => (rng: Rng, n: number) => {
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = f(rng);
+  return out;
+};
+export const uniform = (bound: number) => draw((rng) => rng.uniform(-bound, bound));
+/** A normal of this std; timm's trunc_normal_ at the stds used here is the same, as its ±2 cut is ≥ 100σ away. */
+export const normal = (std: number) => draw((rng) => std * rng.normal());
+/** Xavier-uniform, as MAE initialises every Linear (and the patch conv viewed as a `[D, 3p²]` matrix). */
+export const xavier = (fanOut: number, fanIn: number): Init => uniform(Math.sqrt(6 / (fanIn + fanOut)));
+/** A Linear's weight initialisation from its `[out, in]`. */
+export type WeightInit = (fanOut: number, fanIn: number) => Init;
+
+const isSpec = (v: object): v is ParamSpec => 'init' in v && 'shape' in v;
+
+/** Names every tensor of a module tree by its path (arrays index as `nn.ModuleList`); fields that are not objects are skipped. */
+export function declare<M extends object>(m: M, prefix = ''): M {
+  for (const [k, v] of Object.entries(m)) {
+    if (v === null || typeof v !== 'object') continue;
+    if (isSpec(v)) v.name = prefix + k;
+    else declare(v, `${prefix}${k}.`);
+  }
+  return m;
+}
+
+/** A declared tree's tensors in declaration order, as PyTorch's `state_dict()`. */
+export function specsOf(m: object): ParamSpec[] {
+  return Object.values(m).flatMap((v) => (v === null || typeof v !== 'object' ? [] : isSpec(v) ? [v] : specsOf(v)));
+}
+
+export const size = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
+
+/** Trained parameters of a module, counted from its declaration. */
+export const count = (m: object) => specsOf(m).reduce((n, s) => n + (s.kind === 'param' ? size(s.shape) : 0), 0);
+
+export const range = <T>(n: number, f: (i: number) => T): T[] => Array.from({ length: n }, (_, i) => f(i));
+
+export interface LinearParams {
+  weight: ParamSpec;
+  bias?: ParamSpec;
+}
+export interface NormParams {
+  weight: ParamSpec;
+  bias: ParamSpec;
+}
+
+/** `nn.Linear(i, o)`: weight `[o, i]` (Xavier unless given), zero bias. */
+export const linearParams = (o: number, i: number, init: Init = xavier(o, i), bias = true): LinearParams => ({
+  weight: param([o, i], init),
+  bias: bias ? param([o], fill(0)) : undefined,
+});
+/** `nn.LayerNorm(n)`: ones and zeros. */
+export const normParams = (n: number): NormParams => ({ weight: param([n], fill(1)), bias: param([n], fill(0)) });
+
+/** A declared Linear on `x [N, in]`. */
+export const dense = (P: Param, m: LinearParams, x: tf.Tensor) => linear(x, P(m.weight.name), m.bias && P(m.bias.name));
+/** A declared LayerNorm over the last axis of x. */
+export const norm = (P: Param, m: NormParams, x: tf.Tensor, eps?: number) => layerNorm(x, P(m.weight.name), P(m.bias.name), eps);
