@@ -10,7 +10,7 @@ import { indexFolder } from '../core/data/indexer.js';
 import { Loader } from '../core/data/loader.js';
 import { SAMPLE_IMAGES } from '../core/home.js';
 import { ViTClassifier } from '../core/model/classifier.js';
-import { ParamStore } from '../core/model/params.js';
+import { paramStore } from '../core/model/params.js';
 import { sinCosPosEmbed } from '../core/model/posEmbed.js';
 import { prepare } from '../core/runs/lifecycle.js';
 import { Store } from '../core/store/store.js';
@@ -34,7 +34,7 @@ afterAll(() => {
 async function source(kind: 'pretrain' | 'import', epoch: number): Promise<number> {
   const config = kind === 'import' ? { model } : parseRunConfig({ model });
   const run = store.createRun({ name: `${kind} ${epoch}`, datasetId: null, config, backend: 'wasm', kind, status: 'finished', pid: null });
-  const params = new ParamStore(model, run.id);
+  const params = paramStore(model, run.id);
   const path = join(home, `ckpt-${run.id}.safetensors`);
   const written = await saveCheckpoint(path, { params }, new AdamW(new Map(), parseRunConfig({}).optim), {
     step: 1,
@@ -83,7 +83,7 @@ test('the position embedding is trainable in fine-tuning: it starts as the sourc
   const { train } = prepared.job.data as { train: { abs: string; hash: string; label: number }[] };
   const cache = new DecodeCache(join(home, 'cache'));
   const loader = new Loader(train, cache, 32, 4, 0, { minScale: 0.08, kernel: 'linear', transform: finetuneAugment(config.finetune) });
-  const pretrained = new ParamStore(model, 1);
+  const pretrained = paramStore(model, 1);
   const init = new Map(pretrained.entries().map(([n, t]) => [n, t.dataSync() as Float32Array]));
   pretrained.dispose();
   const task = finetuneTask(config, { loader, labels: train.map((t) => t.label), val: { images: [], labels: [] } }, init);

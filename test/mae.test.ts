@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, expect, test } from 'vitest';
 import { parseRunConfig, PRESETS } from '../core/config.js';
-import { ParamStore } from '../core/model/params.js';
+import { paramStore } from '../core/model/params.js';
 import { localmim } from './cli.js';
 import './setup.js';
 
@@ -25,7 +25,7 @@ test.each([
   { size: 'vit-small', patchSize: 16, D: 384 },
 ] as const)("the mae preset's decoder has as many parameters as MAE's ($size, patch $patchSize)", ({ size, patchSize, D }) => {
   const model = parseRunConfig({ model: { ...PRESETS.mae, size, imgSize: 2 * patchSize, patchSize } }).model;
-  const params = new ParamStore(model, 0);
+  const params = paramStore(model, 0);
   try {
     const decoder = [...params.vars].filter(([name]) => name.startsWith('decoder.'));
     expect(decoder.reduce((n, [, v]) => n + v.size, 0)).toBe(maeDecoderParams(D, patchSize));

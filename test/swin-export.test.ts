@@ -9,7 +9,7 @@ import { DECODERS, parseRunConfig, swinDims } from '../core/config.js';
 import { evalImage } from '../core/data/preprocess.js';
 import { toTimmSwin } from '../core/export/timmSwin.js';
 import { SAMPLE_IMAGES } from '../core/home.js';
-import { ParamStore } from '../core/model/params.js';
+import { paramStore } from '../core/model/params.js';
 import { Rng } from '../core/random.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../core/safetensors.js';
 import { localmimAsync } from './cli.js';
@@ -48,7 +48,7 @@ beforeAll(async () => {
   const { data, width, height } = await evalImage(image, 112);
   writeFileSync(pixels, JSON.stringify({ height, width, data: Array.from(data) }));
   // A timm Swin state dict from a swin-tiny's tensors, LayerNorm gains and biases moved off 1 and 0 so that each norm shows.
-  const params = new ParamStore(model, 5);
+  const params = paramStore(model, 5);
   const rng = new Rng(9);
   const timm = new Map<string, NamedTensor>();
   for (const [name, v] of params.vars) {

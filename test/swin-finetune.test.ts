@@ -3,7 +3,7 @@ import { describe, expect, test } from 'vitest';
 import { DECODERS, parseRunConfig, swinDims, type ModelConfig } from '../core/config.js';
 import { fromTimmSwin, toTimmSwin } from '../core/export/timmSwin.js';
 import { isBackbone, SwinClassifier, swinLayerId } from '../core/model/classifier.js';
-import { ParamStore } from '../core/model/params.js';
+import { paramStore } from '../core/model/params.js';
 import { Rng } from '../core/random.js';
 import { goldenImage, readGolden, worstExcess } from './golden.js';
 import './setup.js';
@@ -100,7 +100,7 @@ describe('Swin fine-tuning: the official loading, layer decay and weight decay',
   const tiny = parseRunConfig({ model: { size: 'swin-tiny', imgSize: 112, patchSize: 4, ...DECODERS.swin } }).model;
 
   test('a pretraining checkpoint loads into the classifier by name; per-stage norms and decoders do not', () => {
-    const pre = new ParamStore(tiny, 1);
+    const pre = paramStore(tiny, 1);
     const cls = new SwinClassifier(tiny, 3, 2);
     const loaded = [...pre.vars].filter(([n]) => isBackbone(n));
     for (const [n, v] of loaded) expect(cls.params.get(n).shape, n).toEqual(v.shape);
@@ -168,7 +168,7 @@ describe('Swin fine-tuning: the official loading, layer decay and weight decay',
   });
 
   test('timm names: merging at the start of the next stage, head.fc, no buffers; both layouts read back', () => {
-    const pre = new ParamStore(tiny, 0);
+    const pre = paramStore(tiny, 0);
     const t = (name: string) => ({ shape: pre.get(name).shape, values: new Float32Array(1) });
     const ours = new Map(
       ['layers.0.downsample.reduction.weight', 'layers.1.downsample.norm.bias', 'layers.2.blocks.1.attn.qkv.weight'].map((n) => [n, t(n)]),

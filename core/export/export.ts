@@ -10,7 +10,8 @@ import { fromTimmSwin, toTimmSwin } from './timmSwin.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../safetensors.js';
 import { buildLayersModel, saveLayersModel } from './tfjs.js';
 import { declare, specsOf } from '../model/module.js';
-import { ParamStore } from '../model/params.js';
+import { paramStore } from '../model/params.js';
+import type { ParamStore } from '../model/module.js';
 import { resizePosEmbed } from '../model/posEmbed.js';
 import { encoderParams } from '../model/vit.js';
 import { AdamW } from '../train/adamw.js';
@@ -197,7 +198,7 @@ export async function importWeights(
   const shape = vitShape(named, file);
   const g = o.imgSize === undefined ? shape.g : gridFor(o.imgSize, shape.p, file);
   const model = importedModel({ ...shape, g }, o.heads ?? headsBeside(file), file);
-  const params = new ParamStore(model, 0);
+  const params = paramStore(model, 0);
   const known = new Map([...named].filter(([n]) => params.vars.has(n)).map(([n, t]) => [n, t.values]));
   const pos = named.get('pos_embed')?.values;
   if (pos) {
@@ -299,7 +300,7 @@ async function importSwin(
   d.windows.forEach((w, i) => {
     if (w !== windows[i]) fail(`at ${imgSize} px stage ${i} has window ${w}, but its bias table is for ${windows[i]}: pass --img`);
   });
-  const params = new ParamStore(model, 0);
+  const params = paramStore(model, 0);
   const last = `norm.${depths.length - 1}.`;
   const known = new Map<string, Float32Array>();
   for (const [n, t] of official) {

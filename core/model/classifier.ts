@@ -2,9 +2,8 @@ import * as tf from '@tensorflow/tfjs';
 import { modelDims, modelFamily, swinDims, type ModelConfig, type ModelDims, type SwinDims } from '../config.js';
 import type { Rng } from '../random.js';
 import { normalize, toTensor, type RgbImage } from '../targets/image.js';
-import { declare, dense, fill, linearParams, norm, normal, normParams, running, type Param, type ParamSpec } from './module.js';
+import { ParamStore, declare, dense, fill, linearParams, norm, normal, normParams, running, type Param, type ParamSpec } from './module.js';
 import { batchNorm } from './ops.js';
-import { ParamStore, type HeadSpec } from './params.js';
 import { allPatches } from './patches.js';
 import {
   disposePlanTensors,
@@ -65,6 +64,12 @@ export function classifierFor(config: ModelConfig, classes: number, seed: number
     : new ViTClassifier(config, classes, seed, probe);
 }
 
+/** The classifier's head: `classes` outputs, and MAE's linear-probe head (BatchNorm, then the Linear) when `probe`. */
+export interface HeadSpec {
+  classes: number;
+  probe: boolean;
+}
+
 /**
  * The ViT fine-tuning model's tensors (docs/method.md#fine-tuning): the backbone with trained positions, `fc_norm` and
  * `head`, the new head at the official fine-tuning's std 2e-5. With `probe`, MAE's linear probe
@@ -98,7 +103,7 @@ export class ViTClassifier implements Classifier {
   ) {
     this.dims = modelDims(config);
     this.modules = vitClassifierParams(config, { classes, probe });
-    this.params = new ParamStore(config, seed, { classes, probe });
+    this.params = new ParamStore(this.modules, seed);
   }
 
   readonly P = (name: string) => this.params.get(name);
@@ -173,7 +178,7 @@ export class SwinClassifier implements Classifier {
     if (probe) throw new Error("a linear probe is MAE's ViT protocol; the official Swin code has none");
     this.dims = swinDims(config);
     this.modules = swinClassifierParams(this.dims, classes);
-    this.params = new ParamStore(config, seed, { classes, probe });
+    this.params = new ParamStore(this.modules, seed);
     this.plan = fullPlan(this.dims);
   }
 

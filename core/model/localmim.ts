@@ -5,8 +5,8 @@ import { normalize, toTensor, type RgbImage } from '../targets/image.js';
 import { pixelTargets } from '../targets/pixels.js';
 import { decode, decoderParams } from './decoder.js';
 import { randomMasking, scaleMask } from './masking.js';
-import { buffer, declare, range, uniform } from './module.js';
-import { ParamStore } from './params.js';
+import { ParamStore, buffer, declare, range, uniform } from './module.js';
+
 import { visiblePatches } from './patches.js';
 import { encode, encoderParams } from './vit.js';
 
@@ -42,15 +42,16 @@ export type ForwardOutput = {
   loss: tf.Scalar;
 };
 
-/**
- * What the training loop, checkpoints and previews need of a pretraining model, ViT or Swin: its parameters, a batch
- * from images and mask noise, the forward pass and loss, and one output per scale or stage.
- */
+/** What every model's batch holds: its size and one target per scale or stage. */
 export interface PretrainBatch {
   B: number;
   targets: tf.Tensor3D[];
 }
 
+/**
+ * What the training loop, checkpoints and previews need of a pretraining model, ViT or Swin: its parameters, a batch
+ * from images and mask noise, the forward pass and loss, and one output per scale or stage.
+ */
 export interface PretrainModel<Batch extends PretrainBatch = PretrainBatch> {
   readonly config: ModelConfig;
   readonly params: ParamStore;
@@ -104,7 +105,7 @@ export class LocalMIM implements PretrainModel<PreparedBatch> {
   ) {
     this.dims = modelDims(config);
     this.modules = localMimParams(config);
-    this.params = new ParamStore(config, seed);
+    this.params = new ParamStore(this.modules, seed);
   }
 
   get decays() {

@@ -1,5 +1,5 @@
-import type * as tf from '@tensorflow/tfjs';
-import type { Rng } from '../random.js';
+import * as tf from '@tensorflow/tfjs';
+import { Rng } from '../random.js';
 import { layerNorm, linear } from './ops.js';
 
 // Each model part declares its tensors once, beside its forward, as a tree of plain objects (PyTorch's modules):
@@ -93,3 +93,68 @@ export const normParams = (n: number): NormParams => ({ weight: param([n], fill(
 export const dense = (P: Param, m: LinearParams, x: tf.Tensor) => linear(x, P(m.weight.name), m.bias && P(m.bias.name));
 /** A declared LayerNorm over the last axis of x. */
 export const norm = (P: Param, m: NormParams, x: tf.Tensor, eps?: number) => layerNorm(x, P(m.weight.name), P(m.bias.name), eps);
+
+/** The model's state: trainable variables, running statistics and frozen buffers, all keyed by official name. */
+export class ParamStore {
+  private static instances = 0;
+  readonly vars = new Map<string, tf.Variable>();
+  /** Variables that training moves without gradients: a probe's BatchNorm statistics. */
+  readonly stats = new Map<string, tf.Variable>();
+  readonly buffers = new Map<string, tf.Tensor>();
+  private readonly decaying = new Set<string>();
+
+  /** A module tree's tensors, initialised as declared in declaration order from one generator seeded `seed`: variables first, then buffers. */
+  constructor(declared: object, seed: number) {
+    const rng = new Rng(seed);
+    // tfjs variable names are global: prefix them so that several models can live side by side.
+    const prefix = `m${ParamStore.instances++}/`;
+    const specs = specsOf(declared);
+    for (const s of [...specs.filter((s) => s.kind !== 'buffer'), ...specs.filter((s) => s.kind === 'buffer')]) {
+      const values = s.init(rng, size(s.shape));
+      if (s.kind === 'buffer') this.buffers.set(s.name, tf.keep(tf.tensor(values, [...s.shape])));
+      else
+        (s.kind === 'running' ? this.stats : this.vars).set(
+          s.name,
+          tf.tidy(() => tf.variable(tf.tensor(values, [...s.shape]), s.kind === 'param', prefix + s.name)),
+        );
+      if (decayed(s)) this.decaying.add(s.name);
+    }
+  }
+
+  /** Whether AdamW decays a variable, as its declaration says (AdamW's groups pass the shape too; the name is enough). */
+  readonly decays = (name: string, _shape?: readonly number[]) => this.decaying.has(name);
+
+  get(name: string): tf.Tensor {
+    const t = this.vars.get(name) ?? this.stats.get(name) ?? this.buffers.get(name);
+    if (!t) throw new Error(`model has no parameter named ${name}`);
+    return t;
+  }
+
+  /** Every tensor of the state dict, by official name. */
+  entries(): [string, tf.Tensor][] {
+    return [...this.vars, ...this.stats, ...this.buffers];
+  }
+
+  /** Overwrites named tensors (shapes must match); unknown names are an error, missing ones are kept. */
+  assign(values: ReadonlyMap<string, Float32Array>): void {
+    for (const [name, v] of values) {
+      const t = this.get(name);
+      if (v.length !== t.size) throw new Error(`${name}: expected ${t.size} values for shape [${t.shape}], got ${v.length}`);
+      const next = tf.tensor(v, t.shape);
+      if (t instanceof tf.Variable) {
+        t.assign(next);
+        next.dispose();
+      } else {
+        t.dispose();
+        this.buffers.set(name, tf.keep(next));
+      }
+    }
+  }
+
+  dispose(): void {
+    for (const [, t] of this.entries()) t.dispose();
+    this.vars.clear();
+    this.stats.clear();
+    this.buffers.clear();
+  }
+}

@@ -6,8 +6,8 @@ import { pixelTargets } from '../targets/pixels.js';
 import type { ForwardOutput, PretrainModel } from './localmim.js';
 import { hogParams, maskedMse } from './localmim.js';
 import { scaleMask } from './masking.js';
-import { buffer, declare, dense, linearParams, norm, normal, normParams, param, range, type Param } from './module.js';
-import { ParamStore } from './params.js';
+import { ParamStore, buffer, declare, dense, linearParams, norm, normal, normParams, param, range, type Param } from './module.js';
+
 import { sinCosPosEmbed } from './posEmbed.js';
 import {
   disposePlanTensors,
@@ -89,7 +89,7 @@ export class SwinLocalMIM implements PretrainModel<SwinBatch> {
   ) {
     this.dims = swinDims(config);
     this.modules = swinLocalMimParams(config);
-    this.params = new ParamStore(config, seed);
+    this.params = new ParamStore(this.modules, seed);
   }
 
   get decays() {

@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../safetensors.js';
-import type { ParamStore } from '../model/params.js';
+import type { ParamStore } from '../model/module.js';
 import type { Optimizer } from './optimizer.js';
 
 /** Where training stands: enough, with the weights and moments, to continue exactly. */

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import type { ModelFamily, OptimConfig } from '../config.js';
-import type { ParamStore } from '../model/params.js';
+import type { ParamStore } from '../model/module.js';
 import { restoreCheckpoint, saveCheckpoint, type LoadedCheckpoint } from './checkpoint.js';
 import type { Optimizer } from './optimizer.js';
 import { lrAt } from './schedule.js';
