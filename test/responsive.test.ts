@@ -15,7 +15,7 @@ const dir = mkdtempSync(join(tmpdir(), 'localmim-responsive-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 /** Analysed: large enough that a few hundred images take seconds. Trained: a step takes a fraction of a second. */
-const analysed = parseRunConfig({ model: { D: 64, depth: 6, heads: 2, decoderDim: 32, decoderHeads: 2, imgSize: 64, patchSize: 8 } });
+const analysed = parseRunConfig({ model: { D: 64, depth: 8, heads: 2, decoderDim: 32, decoderHeads: 2, imgSize: 80, patchSize: 8 } });
 const trained = {
   model: { D: 32, depth: 4, heads: 2, decoderDim: 16, decoderHeads: 2, imgSize: 32, patchSize: 8 },
   optim: { epochs: 20, batch: 8 },
