@@ -60,7 +60,8 @@ export interface Prepared {
 
 /**
  * Validates a request completely — config, dataset, checkpoints, ownership, memory — before any side effect:
- * it writes nothing and starts nothing. Errors are {@link UserError}s naming the field or run.
+ * it writes nothing and starts nothing. Errors are {@link UserError}s naming the field or run. `adapter`: the WebGPU
+ * adapter `backend` runs on, if any; by default this process's (the service, which loads no backend, passes its probe's).
  */
 export function prepare(
   store: Store,
