@@ -92,7 +92,7 @@ export class ApiError extends Error {
   }
 }
 
-/** Events pushed to every window: training progress, indexing progress, status changes. */
+/** Events pushed to every window: training progress, indexing progress, status changes, a long call's progress. */
 export type ApiEvent =
   | { type: 'dataset.progress'; datasetPath: string; done: number; total: number; filesPerS: number; etaS: number }
   | { type: 'dataset.indexed'; datasetId: number }
@@ -101,4 +101,6 @@ export type ApiEvent =
   | { type: 'run.metrics'; runId: number; rows: MetricRow[] }
   | { type: 'run.checkpoint'; runId: number; step: number }
   | { type: 'run.eval'; runId: number; step: number; top1: number; loss: number }
-  | { type: 'run.preview'; runId: number; step: number };
+  | { type: 'run.preview'; runId: number; step: number }
+  /** A call whose job works in steps (analysis.set: images through each pass) has done `done` of `total`. */
+  | { type: 'job.progress'; method: Method; runId: number; done: number; total: number };

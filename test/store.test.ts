@@ -79,6 +79,27 @@ test('runs, metrics and checkpoints round-trip; deleting a run cascades', () => 
   store.close();
 });
 
+test("each run's last metric row in one query, as the full history ends; a run's exports, oldest first", () => {
+  const store = new Store(fresh());
+  const [a, b, none] = ['a', 'b', 'none'].map((name) => store.createRun({ name, datasetId: null, config: {}, backend: 'wasm' }).id);
+  const row = (step: number) => ({ step, epoch: step / 10, samples: step * 8, loss: 1 / step, losses: [step], lr: 1e-4, imagesPerS: 5 });
+  store.addMetrics(a!, [1, 2, 3].map(row));
+  store.addMetrics(b!, [1, 7].map(row));
+  store.setEval(b!, 7, 0.5, 0.25);
+  const last = store.lastMetrics();
+  for (const id of [a!, b!]) expect(last.get(id)).toEqual(store.metrics(id).at(-1));
+  expect(last.get(b!)).toMatchObject({ step: 7, valTop1: 0.5 });
+  expect(last.has(none!)).toBe(false);
+  store.addExport(a!, 'safetensors', '/e/1');
+  store.addExport(a!, 'tfjs', '/e/2');
+  expect(store.exports(a!).map((x) => [x.format, x.path])).toEqual([
+    ['safetensors', '/e/1'],
+    ['tfjs', '/e/2'],
+  ]);
+  expect(store.exports(b!)).toEqual([]);
+  store.close();
+});
+
 test('a run left running by a dead process is marked interrupted', () => {
   const store = new Store(fresh());
   const run = store.createRun({ name: 'r', datasetId: null, config: {}, backend: 'wasm' });

@@ -79,18 +79,26 @@ export function imagesPerPass({ depth, heads, L, D }: ModelDims): number {
 }
 
 /** NMI and KL of every block (paper Figs. 3 and 6) over a set of images, encoded `perPass` images at a time. */
-export async function attentionOverSet(P: Param, model: ModelConfig, images: RgbImage[], perPass?: number): Promise<LayerSpread[]> {
+export async function attentionOverSet(
+  P: Param,
+  model: ModelConfig,
+  images: RgbImage[],
+  perPass?: number,
+  onImages?: (done: number) => void,
+): Promise<LayerSpread[]> {
   const dims = modelDims(model);
   const step = perPass ?? imagesPerPass(dims);
   // [block][image]
   const nmi = Array.from({ length: dims.depth }, () => new Array<number>(images.length));
   const kl = Array.from({ length: dims.depth }, () => new Array<number>(images.length));
-  for (let start = 0; start < images.length; start += step)
+  for (let start = 0; start < images.length; start += step) {
     await visitAttention(P, dims, images.slice(start, start + step), (i, block, perHead) => {
       const s = layerStats(perHead, dims.L);
       nmi[block]![start + i] = s.nmi;
       kl[block]![start + i] = s.kl;
     });
+    onImages?.(Math.min(start + step, images.length));
+  }
   return nmi.map((values, block) => ({ block, nmi: spread(values), kl: spread(kl[block]!) }));
 }
 
@@ -98,9 +106,17 @@ export async function attentionOverSet(P: Param, model: ModelConfig, images: Rgb
  * Per block, the norm of the pretraining loss's gradient (paper Fig. 5) over a set of images: each image on its own
  * (a spread needs one value per image), with its own mask from `seedFor(seed, i)`.
  */
-export async function gradientNormsOverSet(model: LocalMIM, images: RgbImage[], seed: number): Promise<Spread[]> {
+export async function gradientNormsOverSet(
+  model: LocalMIM,
+  images: RgbImage[],
+  seed: number,
+  onImages?: (done: number) => void,
+): Promise<Spread[]> {
   const perImage: number[][] = [];
-  for (const [i, img] of images.entries()) perImage.push(await blockGradientNorms(model, [img], seedFor(seed, i)));
+  for (const [i, img] of images.entries()) {
+    perImage.push(await blockGradientNorms(model, [img], seedFor(seed, i)));
+    onImages?.(i + 1);
+  }
   return Array.from({ length: model.dims.depth }, (_, block) => spread(perImage.map((g) => g[block]!)));
 }
 
@@ -112,7 +128,7 @@ export interface SetAnalysis {
 
 /**
  * The attention statistics of a backbone `P` over the images and, when `source` is a pretraining run (the loss needs
- * its decoders), the gradient norms.
+ * its decoders), the gradient norms. `onProgress` counts images through each of the two passes.
  */
 export async function analyzeSet(
   P: Param,
@@ -120,12 +136,15 @@ export async function analyzeSet(
   images: RgbImage[],
   seed: number,
   source: { run: RunRow; checkpoint: LoadedCheckpoint },
+  onProgress?: (done: number, total: number) => void,
 ): Promise<SetAnalysis> {
-  const layers = await attentionOverSet(P, model, images);
-  if (source.run.kind !== 'pretrain') return { layers, gradNorms: null };
+  const grads = source.run.kind === 'pretrain';
+  const total = images.length * (grads ? 2 : 1);
+  const layers = await attentionOverSet(P, model, images, undefined, (done) => onProgress?.(done, total));
+  if (!grads) return { layers, gradNorms: null };
   const lossModel = lossModelOf(source.run, source.checkpoint);
   try {
-    return { layers, gradNorms: await gradientNormsOverSet(lossModel, images, seed) };
+    return { layers, gradNorms: await gradientNormsOverSet(lossModel, images, seed, (done) => onProgress?.(images.length + done, total)) };
   } finally {
     lossModel.dispose();
   }

@@ -2,8 +2,9 @@ import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node
 import { basename, join } from 'node:path';
 import { DECODERS, modelDims, modelFamily, parseRunConfig, swinDims, SWIN_SIZES, type ModelConfig } from '../config.js';
 import { UserError } from '../errors.js';
-import { checkpointFor } from '../runs/checkpoints.js';
-import type { Store } from '../store/store.js';
+import { checkpointRef, loadRef, type CheckpointRef } from '../runs/checkpoints.js';
+import { specOf } from '../runs/spec.js';
+import type { MetricRow, Store } from '../store/store.js';
 import { saveCheckpoint } from '../train/checkpoint.js';
 import { backboneOf, datasetHash, timmConfig, timmSwinConfig, type Backbone } from './backbone.js';
 import { fromTimmSwin, toTimmSwin } from './timmSwin.js';
@@ -18,16 +19,39 @@ import { AdamW } from '../train/adamw.js';
 
 export type ExportFormat = 'safetensors' | 'tfjs';
 
+/** What an export needs from the database: the checkpoint to read, the dataset's fingerprint, the run's metrics. */
+export interface ExportInput {
+  ref: CheckpointRef;
+  format: ExportFormat;
+  data: { images: number; hash: string } | null;
+  metrics: MetricRow[];
+}
+
 /**
  * Exports a run's backbone (and head, if fine-tuned): `model.safetensors` with timm names, or a tfjs
  * LayersModel; plus `config.json` and a model card. Written to a temp folder, then renamed into place.
  */
 export async function exportRun(store: Store, spec: string, format: ExportFormat, out: string): Promise<{ dir: string; files: string[] }> {
-  const { run, checkpoint, step } = checkpointFor(store, spec);
+  const input = exportInput(store, spec, format);
+  const r = await writeExport(input, out);
+  store.addExport(input.ref.run.id, format, out);
+  return r;
+}
+
+/** Reads and checks what {@link writeExport} needs, from the database alone: a wrong request fails before any file is read. */
+export function exportInput(store: Store, spec: string, format: ExportFormat): ExportInput {
+  const ref = checkpointRef(store, spec);
+  const { run } = ref;
+  if (format === 'tfjs' && modelFamily(specOf(run).config.model) === 'swin')
+    throw new UserError(`run ${run.id} is a Swin model: --format tfjs exports ViTs only; use --format safetensors (timm's Swin)`);
+  return { ref, format, data: run.datasetId ? datasetHash(store, run.datasetId) : null, metrics: store.metrics(run.id) };
+}
+
+/** Writes the export folder `out` (the compute half of {@link exportRun}: a job process runs it for the service). */
+export async function writeExport({ ref, format, data, metrics }: ExportInput, out: string): Promise<{ dir: string; files: string[] }> {
+  const { run, checkpoint, step } = loadRef(ref);
   const b = backboneOf(run, checkpoint);
   const swin = modelFamily(b.model) === 'swin';
-  if (swin && format === 'tfjs')
-    throw new UserError(`run ${run.id} is a Swin model: --format tfjs exports ViTs only; use --format safetensors (timm's Swin)`);
   const tmp = `${out}.tmp-${process.pid}`;
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp, { recursive: true });
@@ -53,11 +77,7 @@ export async function exportRun(store: Store, spec: string, format: ExportFormat
   }
   const config = swin ? timmSwinConfig(b) : timmConfig(b);
   write('config.json', JSON.stringify(config, null, 2) + '\n');
-  const data = run.datasetId ? datasetHash(store, run.datasetId) : null;
-  const last = store
-    .metrics(run.id)
-    .filter((m) => m.step <= step)
-    .at(-1);
+  const last = metrics.filter((m) => m.step <= step).at(-1);
   write(
     'README.md',
     modelCard({ b, format, runName: run.name, runId: run.id, kind: run.kind, step, epoch: checkpoint.state.epoch, data, last, config }),
@@ -65,7 +85,6 @@ export async function exportRun(store: Store, spec: string, format: ExportFormat
   rmSync(out, { recursive: true, force: true });
   mkdirSync(join(out, '..'), { recursive: true });
   renameSync(tmp, out);
-  store.addExport(run.id, format, out);
   return { dir: out, files };
 }
 

@@ -1,6 +1,9 @@
 import { initBackend } from '../backend.js';
+import { ConfigError } from '../config.js';
 import { scanFolder } from '../data/indexer.js';
+import { UserError } from '../errors.js';
 import { runTrainJob } from '../runs/job.js';
+import { runCompute } from './compute.js';
 import type { JobControl, JobMessage, JobRequest } from './protocol.js';
 
 /** Rows per `scan-page` message. */
@@ -14,6 +17,10 @@ export async function runJob(req: JobRequest, post: (m: JobMessage) => void, sig
     for (let i = 0; i < upserts.length; i += PAGE) post({ type: 'scan-page', upserts: upserts.slice(i, i + PAGE) });
     post({ type: 'scanned', scan, seconds: (performance.now() - t0) / 1000 });
     return;
+  }
+  if (req.kind !== 'train') {
+    const result = await runCompute(req, (done, total) => post({ type: 'steps', done, total }));
+    return post({ type: 'result', result });
   }
   const report = await initBackend(req.backend);
   post({ type: 'backend', report });
@@ -47,8 +54,14 @@ export function serveJob(): void {
     if (started) return void ('type' in msg && msg.type === 'pause' && abort.abort());
     started = true;
     runJob(msg as JobRequest, post, abort.signal)
-      .catch((err: Error) => post({ type: 'error', message: err.message }))
+      .catch((err: Error) => post({ type: 'error', message: err.message, kind: kindOf(err) }))
       .then(() => Promise.all(pending))
       .finally(() => process.exit(0));
   });
+}
+
+/** The API error a job's failure maps to, as the service maps its own: only the user's mistakes have one. */
+function kindOf(err: Error): UserError['kind'] | undefined {
+  if (err instanceof UserError) return err.kind;
+  return err instanceof ConfigError ? 'bad-request' : undefined;
 }

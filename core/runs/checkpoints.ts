@@ -56,15 +56,6 @@ const rowOf = (runId: number, path: string, c: LoadedCheckpoint) => ({
   hash: c.hash,
 });
 
-/** The newest checkpoint of a run whose file is intact (hash as recorded), and where it is. */
-function latestGoodCheckpoint(store: Store, runId: number): { checkpoint: LoadedCheckpoint; path: string } | undefined {
-  for (const c of store.checkpoints(runId).reverse()) {
-    const checkpoint = tryLoad(c.path);
-    if (checkpoint?.hash === c.hash) return { checkpoint, path: c.path };
-  }
-  return undefined;
-}
-
 export interface FoundCheckpoint {
   run: RunRow;
   checkpoint: LoadedCheckpoint;
@@ -72,26 +63,47 @@ export interface FoundCheckpoint {
   step: number;
 }
 
+/** What `RUN` or `RUN:STEP` names, from the database alone: the run and its recorded checkpoints to try, newest first. */
+export interface CheckpointRef {
+  run: RunRow;
+  candidates: CheckpointRow[];
+  /** Set when one step was asked for. */
+  step?: number;
+}
+
 /** `RUN` or `RUN:STEP` → that run's newest intact checkpoint, or the one at STEP; errors name what is missing. */
 export function checkpointFor(store: Store, spec: string): FoundCheckpoint {
+  return loadRef(checkpointRef(store, spec));
+}
+
+/** The database half of {@link checkpointFor}: fails fast on a missing run or step, reads no checkpoint file. */
+export function checkpointRef(store: Store, spec: string): CheckpointRef {
   const m = /^(\d+)(?::(\d+))?$/.exec(spec.trim());
   if (!m) throw new UserError(`"${spec}": expected RUN or RUN:STEP, e.g. 3 or 3:1200`);
   const run = store.run(Number(m[1]));
   if (!run) throw new UserError(`no run ${m[1]}`, 'not-found');
-  if (m[2] === undefined) {
-    const found = latestGoodCheckpoint(store, run.id);
-    if (!found) throw new UserError(`run ${run.id} has no intact checkpoint yet`, 'not-found');
-    return { run, ...found, step: found.checkpoint.state.step };
-  }
   const all = store.checkpoints(run.id);
+  if (m[2] === undefined) {
+    if (!all.length) throw noIntact(run.id);
+    return { run, candidates: all.reverse() };
+  }
   const row = all.find((c) => c.step === Number(m[2]));
   if (!row)
     throw new UserError(
       `run ${run.id} has no checkpoint at step ${m[2]} (it has: ${all.map((c) => c.step).join(', ') || 'none'})`,
       'not-found',
     );
-  const checkpoint = tryLoad(row.path);
-  if (checkpoint?.hash !== row.hash)
-    throw new UserError(`run ${run.id}: the checkpoint at step ${row.step} (${row.path}) is missing or damaged`, 'not-found');
-  return { run, checkpoint, path: row.path, step: row.step };
+  return { run, candidates: [row], step: row.step };
 }
+
+/** The file half of {@link checkpointFor}: the first candidate whose file is intact (hash as recorded). */
+export function loadRef({ run, candidates, step }: CheckpointRef): FoundCheckpoint {
+  for (const c of candidates) {
+    const checkpoint = tryLoad(c.path);
+    if (checkpoint?.hash === c.hash) return { run, checkpoint, path: c.path, step: step ?? checkpoint.state.step };
+  }
+  if (step === undefined) throw noIntact(run.id);
+  throw new UserError(`run ${run.id}: the checkpoint at step ${step} (${candidates[0]!.path}) is missing or damaged`, 'not-found');
+}
+
+const noIntact = (runId: number) => new UserError(`run ${runId} has no intact checkpoint yet`, 'not-found');

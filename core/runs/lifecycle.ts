@@ -14,6 +14,7 @@ import {
 import { labeledSplit } from '../data/labels.js';
 import { UserError } from '../errors.js';
 import { activeAdapter } from '../backend.js';
+import type { Adapter } from '../webgpu.js';
 import { homePaths, isAlive } from '../home.js';
 import { finetuneRecipe } from '../recipe.js';
 import type { RunRow, Store } from '../store/store.js';
@@ -59,10 +60,18 @@ export interface Prepared {
 
 /**
  * Validates a request completely — config, dataset, checkpoints, ownership, memory — before any side effect:
- * it writes nothing and starts nothing. Errors are {@link UserError}s naming the field or run.
+ * it writes nothing and starts nothing. Errors are {@link UserError}s naming the field or run. `adapter`: the WebGPU
+ * adapter `backend` runs on, if any; by default this process's (the service, which loads no backend, passes its probe's).
  */
-export function prepare(store: Store, home: string, req: RunRequest, backend: string): Prepared {
-  if ('new' in req) return req.new === 'pretrain' ? preparePretrain(store, home, req, backend) : prepareFinetune(store, home, req, backend);
+export function prepare(
+  store: Store,
+  home: string,
+  req: RunRequest,
+  backend: string,
+  adapter: Adapter | null = activeAdapter() ?? null,
+): Prepared {
+  const on = { backend, adapter };
+  if ('new' in req) return req.new === 'pretrain' ? preparePretrain(store, home, req, on) : prepareFinetune(store, home, req, on);
   const run = store.run('resume' in req ? req.resume : req.extend);
   if (!run) throw new UserError(`no run ${'resume' in req ? req.resume : req.extend}`, 'not-found');
   assertNotOwned(run);
@@ -76,7 +85,7 @@ export function prepare(store: Store, home: string, req: RunRequest, backend: st
       `run ${run.id}: none of its ${resume.broken.length} checkpoint(s) can be read (${resume.broken[0]}${resume.broken.length > 1 ? ', …' : ''}); nothing was changed. Restart it from step 0 with --restart (in the app: "Restart from step 0")`,
       'conflict',
     );
-  checkMemory(spec, backend);
+  checkMemory(spec, on);
   const data = dataFor(store, spec, dataset);
   const initFrom = !resume.checkpoint ? initPath(store, spec) : undefined;
   return {
@@ -88,9 +97,9 @@ export function prepare(store: Store, home: string, req: RunRequest, backend: st
   };
 }
 
-function preparePretrain(store: Store, home: string, req: Extract<RunRequest, { new: 'pretrain' }>, backend: string): Prepared {
+function preparePretrain(store: Store, home: string, req: Extract<RunRequest, { new: 'pretrain' }>, on: Target): Prepared {
   const dataset = datasetOf(store, req.datasetId);
-  let config = parseRunConfig(req.config);
+  let config = req.config;
   let initFrom: string | undefined;
   if (req.init) {
     // Continue from an earlier or imported backbone: its shape wins; decoders start fresh.
@@ -112,7 +121,7 @@ function preparePretrain(store: Store, home: string, req: Extract<RunRequest, { 
     initFrom = source.path;
   }
   const spec: TrainSpec = { kind: 'pretrain', config };
-  checkMemory(spec, backend);
+  checkMemory(spec, on);
   const data = dataFor(store, spec, dataset);
   const { size, variant, target } = config.model;
   return {
@@ -123,7 +132,7 @@ function preparePretrain(store: Store, home: string, req: Extract<RunRequest, { 
   };
 }
 
-function prepareFinetune(store: Store, home: string, req: Extract<RunRequest, { new: 'finetune' }>, backend: string): Prepared {
+function prepareFinetune(store: Store, home: string, req: Extract<RunRequest, { new: 'finetune' }>, on: Target): Prepared {
   const dataset = datasetOf(store, req.datasetId);
   const source = req.from === null ? undefined : checkpointFor(store, req.from);
   if (source && source.run.kind === 'finetune')
@@ -142,7 +151,7 @@ function prepareFinetune(store: Store, home: string, req: Extract<RunRequest, { 
     from: source ? { runId: source.run.id, step: source.step } : null,
   });
   const spec: TrainSpec = { kind: 'finetune', config };
-  checkMemory(spec, backend);
+  checkMemory(spec, on);
   const kind = finetune.linearProbe ? 'linear probe' : 'fine-tune';
   return {
     run: {
@@ -232,18 +241,24 @@ export function assertNotOwned(run: RunRow): void {
     throw new UserError(`run ${run.id} is ${run.status} in process ${run.pid}: pause it there first`, 'conflict');
 }
 
+/** The backend a run is checked against, and its WebGPU adapter where it runs on one (whose limits bound a buffer). */
+interface Target {
+  backend: string;
+  adapter: Adapter | null;
+}
+
 /** The run's estimated memory must fit what this backend can address on this machine. */
-function checkMemory(spec: TrainSpec, backend: string): void {
-  const { model } = spec.config;
-  const batch = spec.kind === 'pretrain' ? spec.config.optim.batch : spec.config.finetune.batch;
-  const problem = memoryProblem(parseRunConfig({ model, optim: { batch } }), backend);
+function checkMemory(spec: TrainSpec, { backend, adapter }: Target): void {
+  // The estimate is a pretraining run's: a fine-tune's model at its batch.
+  const config =
+    spec.kind === 'pretrain' ? spec.config : parseRunConfig({ model: spec.config.model, optim: { batch: spec.config.finetune.batch } });
+  const problem = memoryProblem(config, backend, adapter);
   if (problem) throw new UserError(`model: ${problem}`);
 }
 
 /** Why a run of this config would not fit this backend's memory (or its GPU's largest buffer), if it would not. */
-export function memoryProblem(config: RunConfig, backend: string): string | undefined {
+export function memoryProblem(config: RunConfig, backend: string, adapter: Adapter | null = activeAdapter() ?? null): string | undefined {
   const need = estimate(config, 0, backend);
-  const adapter = activeAdapter();
   if (backend === 'webgpu' && adapter && need.largestBufferMB * 1e6 > adapter.maxStorageBufferBindingSize)
     return `one attention map of this run takes about ${need.largestBufferMB} MB, more than this GPU binds at once (${Math.floor(adapter.maxStorageBufferBindingSize / 1e6)} MB): lower the image size or batch`;
   const { limitMB, what } = memoryBudget(backend);

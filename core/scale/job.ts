@@ -6,9 +6,9 @@ import { parseRunConfig, type RunConfig } from '../config.js';
 import { indexFolder } from '../data/indexer.js';
 import { UserError } from '../errors.js';
 import { LocalMIM } from '../model/localmim.js';
-import { checkpointFor } from '../runs/checkpoints.js';
+import { checkpointRef, loadRef, type CheckpointRef } from '../runs/checkpoints.js';
 import { specOf } from '../runs/spec.js';
-import type { MetricRow, Store } from '../store/store.js';
+import type { ImageRow, MetricRow, Store } from '../store/store.js';
 import { AdamW } from '../train/adamw.js';
 import { loadCheckpoint, saveCheckpoint } from '../train/checkpoint.js';
 import { jobReadme } from './readme.js';
@@ -30,31 +30,57 @@ export interface ScaleOut {
   out: string;
 }
 
+/** A scale-out job folder, checked against the database: what {@link writeScaleOut} writes. */
+export interface ScalePlan {
+  out: string;
+  config: RunConfig;
+  /** The checkpoint a continued run starts from; null for a new run. */
+  source: CheckpointRef | null;
+  dataRoot: string;
+  rows: ImageRow[];
+}
+
 /**
  * Writes a self-contained job folder for PyTorch DDP: train.py, config.json, manifest.jsonl (the dataset's images in
  * the app's order), init.safetensors (a new run's seeded initial weights, or a continued run's checkpoint with its
  * optimizer state), job.json and README.md with the launch commands. Everything is checked before anything is written.
  */
 export async function scaleOut(store: Store, o: ScaleOut): Promise<{ out: string; config: RunConfig; images: number; readme: string }> {
-  const out = resolve(o.out);
-  if (existsSync(out) && readdirSync(out).length) throw new UserError(`--out: ${out} exists and is not empty`);
-  let config: RunConfig;
-  let source: { runId: number; step: number; path: string } | null = null;
-  if ('run' in o.from) {
-    const found = checkpointFor(store, o.from.run);
-    const spec = specOf(found.run);
-    if (spec.kind !== 'pretrain') throw new UserError(`run ${found.run.id} is not a pretraining run: only pretraining scales out`);
-    config = spec.config;
-    source = { runId: found.run.id, step: found.step, path: found.path };
-  } else config = parseRunConfig(o.from.config);
-  supported(config);
+  emptyOut(o.out);
+  const source = 'run' in o.from ? checkpointRef(store, o.from.run) : null;
+  const config = 'run' in o.from ? undefined : parseRunConfig(o.from.config);
   const summary = await indexFolder(store, o.data).catch((err: Error) => {
     throw new UserError(`--data: ${err.message}`);
   });
-  const rows = store.images(summary.datasetId, 'ok');
-  const need = config.optim.batch * config.optim.accumIter;
-  if (rows.length < need) throw new UserError(`--data: ${summary.root} has ${rows.length} usable images, fewer than one step of ${need}`);
+  return writeScaleOut(planScaleOut({ config, source, dataRoot: summary.root, rows: store.images(summary.datasetId, 'ok'), out: o.out }));
+}
 
+/** Checks a scale-out without reading a checkpoint or writing a file: the database half of {@link scaleOut}. */
+export function planScaleOut(o: {
+  config?: RunConfig;
+  source: CheckpointRef | null;
+  dataRoot: string;
+  rows: ImageRow[];
+  out: string;
+}): ScalePlan {
+  const out = emptyOut(o.out);
+  let config = o.config;
+  if (o.source) {
+    const spec = specOf(o.source.run);
+    if (spec.kind !== 'pretrain') throw new UserError(`run ${o.source.run.id} is not a pretraining run: only pretraining scales out`);
+    config = spec.config;
+  }
+  if (!config) throw new Error('scale-out: neither a run nor a config');
+  supported(config);
+  const need = config.optim.batch * config.optim.accumIter;
+  if (o.rows.length < need) throw new UserError(`--data: ${o.dataRoot} has ${o.rows.length} usable images, fewer than one step of ${need}`);
+  return { out, config, source: o.source, dataRoot: o.dataRoot, rows: o.rows };
+}
+
+/** Writes the planned folder (the compute half of {@link scaleOut}: a job process runs it for the service). */
+export async function writeScaleOut(plan: ScalePlan): Promise<{ out: string; config: RunConfig; images: number; readme: string }> {
+  const { out, config, rows, dataRoot } = plan;
+  const found = plan.source && loadRef(plan.source);
   mkdirSync(out, { recursive: true });
   copyFileSync(TRAIN_PY, join(out, 'train.py'));
   writeFileSync(join(out, 'config.json'), JSON.stringify(config, null, 2) + '\n');
@@ -62,13 +88,20 @@ export async function scaleOut(store: Store, o: ScaleOut): Promise<{ out: string
     join(out, 'manifest.jsonl'),
     rows.map((r) => JSON.stringify({ path: r.path, sha256: r.hash, label: r.label })).join('\n') + '\n',
   );
-  const info: JobInfo = { dataRoot: summary.root, source: source && { runId: source.runId, step: source.step } };
+  const info: JobInfo = { dataRoot, source: found && { runId: found.run.id, step: found.step } };
   writeFileSync(join(out, 'job.json'), JSON.stringify(info, null, 2) + '\n');
-  if (source) copyFileSync(source.path, join(out, 'init.safetensors'));
+  if (found) copyFileSync(found.path, join(out, 'init.safetensors'));
   else await writeInitial(config, join(out, 'init.safetensors'));
-  const readme = jobReadme({ config, images: rows.length, dataRoot: summary.root, source: info.source });
+  const readme = jobReadme({ config, images: rows.length, dataRoot, source: info.source });
   writeFileSync(join(out, 'README.md'), readme);
   return { out, config, images: rows.length, readme };
+}
+
+/** The absolute `--out`, which must be new or empty. */
+function emptyOut(path: string): string {
+  const out = resolve(path);
+  if (existsSync(out) && readdirSync(out).length) throw new UserError(`--out: ${out} exists and is not empty`);
+  return out;
 }
 
 /** Scale-out trains ViTs; anything else is refused before a file is written. */

@@ -70,8 +70,21 @@ export interface CheckpointRow {
   createdAt: string;
 }
 
+export interface ExportRow {
+  id: number;
+  format: string;
+  path: string;
+  createdAt: string;
+}
+
 const camel = (row: Record<string, unknown>) =>
   Object.fromEntries(Object.entries(row).map(([k, v]) => [k.replace(/_(\w)/g, (_, c: string) => c.toUpperCase()), v]));
+
+const METRIC_COLUMNS = 'step, epoch, samples, loss, losses, lr, images_per_s, val_top1, val_loss';
+const metricRow = (r: Record<string, unknown>): MetricRow => ({
+  ...(camel(r) as unknown as MetricRow),
+  losses: JSON.parse(r.losses as string) as number[],
+});
 
 /** The run store: the one writer of the app's SQLite database. */
 export class Store {
@@ -207,12 +220,21 @@ export class Store {
   }
 
   metrics(runId: number): MetricRow[] {
+    const rows = this.db.prepare(`SELECT ${METRIC_COLUMNS} FROM metrics WHERE run_id = ? ORDER BY step`).all(runId) as Record<
+      string,
+      unknown
+    >[];
+    return rows.map(metricRow);
+  }
+
+  /** Each run's newest metric row, by run id, in one query (the runs list shows no more). */
+  lastMetrics(): Map<number, MetricRow> {
     const rows = this.db
       .prepare(
-        'SELECT step, epoch, samples, loss, losses, lr, images_per_s, val_top1, val_loss FROM metrics WHERE run_id = ? ORDER BY step',
+        `SELECT run_id, ${METRIC_COLUMNS} FROM metrics WHERE (run_id, step) IN (SELECT run_id, MAX(step) FROM metrics GROUP BY run_id)`,
       )
-      .all(runId) as Record<string, unknown>[];
-    return rows.map((r) => ({ ...(camel(r) as unknown as MetricRow), losses: JSON.parse(r.losses as string) as number[] }));
+      .all() as Record<string, unknown>[];
+    return new Map(rows.map(({ run_id, ...r }) => [run_id as number, metricRow(r)]));
   }
 
   /** Records a validation result on the metric row of the step that ended the epoch. */
@@ -239,6 +261,15 @@ export class Store {
 
   addExport(runId: number, format: string, path: string): void {
     this.db.prepare('INSERT INTO exports (run_id, format, path) VALUES (?, ?, ?)').run(runId, format, path);
+  }
+
+  /** A run's exports, oldest first: where each folder was written. */
+  exports(runId: number): ExportRow[] {
+    const rows = this.db.prepare('SELECT id, format, path, created_at FROM exports WHERE run_id = ? ORDER BY id').all(runId) as Record<
+      string,
+      unknown
+    >[];
+    return rows.map((r) => camel(r) as unknown as ExportRow);
   }
 
   deleteCheckpoint(id: number): void {

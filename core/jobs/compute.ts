@@ -1,0 +1,46 @@
+import sharp from 'sharp';
+import { attentionAnalysis } from '../analysis/attention.js';
+import { analyzeSet } from '../analysis/set.js';
+import { computePath, initBackend } from '../backend.js';
+import { evalImage } from '../data/preprocess.js';
+import { backboneOf, paramsOf } from '../export/backbone.js';
+import { writeExport } from '../export/export.js';
+import { loadRef } from '../runs/checkpoints.js';
+import { writeScaleOut } from '../scale/job.js';
+import type { ComputeRequest } from './protocol.js';
+
+type Request<K extends ComputeRequest['kind']> = Extract<ComputeRequest, { kind: K }>;
+export type Steps = (done: number, total: number) => void;
+
+/** What each compute job does, in a job process; the service checked the request and shapes the answer. */
+export const COMPUTE = {
+  /** The service never loads a backend itself: this tells it which one its jobs choose, and the path a step takes there. */
+  probe: async () => {
+    const report = await initBackend();
+    return { report, computePath: computePath(report.chosen) };
+  },
+  analysis: async (r: Request<'analysis'>) => {
+    const { run, checkpoint } = loadRef(r.ref);
+    const b = backboneOf(run, checkpoint);
+    const img = await evalImage(r.image, b.model.imgSize);
+    const layers = await attentionAnalysis(paramsOf(b.tensors), b.model, img, r.query);
+    const png = await sharp(img.data, { raw: { width: img.width, height: img.height, channels: 3 } })
+      .png()
+      .toBuffer();
+    return { image: `data:image/png;base64,${png.toString('base64')}`, layers };
+  },
+  'analysis-set': async (r: Request<'analysis-set'>, steps: Steps) => {
+    const { run, checkpoint } = loadRef(r.ref);
+    const b = backboneOf(run, checkpoint);
+    const images = await Promise.all(r.images.map((path) => evalImage(path, b.model.imgSize)));
+    return analyzeSet(paramsOf(b.tensors), b.model, images, r.seed, { run, checkpoint }, steps);
+  },
+  export: (r: Request<'export'>) => writeExport(r.input, r.out),
+  'scale-out': (r: Request<'scale-out'>) => writeScaleOut(r.plan),
+} satisfies { [K in ComputeRequest['kind']]: (r: Request<K>, steps: Steps) => Promise<unknown> };
+
+/** Runs one compute job on this machine's backend. */
+export async function runCompute(req: ComputeRequest, steps: Steps): Promise<unknown> {
+  await initBackend();
+  return (COMPUTE[req.kind] as (r: ComputeRequest, steps: Steps) => Promise<unknown>)(req, steps);
+}

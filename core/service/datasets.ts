@@ -1,0 +1,44 @@
+import { join } from 'node:path';
+import sharp from 'sharp';
+import { summarize } from '../data/indexer.js';
+import { SAMPLE_IMAGES } from '../home.js';
+import type { Context, Handlers } from './service.js';
+
+/** Datasets: folders of images, indexed by a job. */
+export const datasetHandlers = (c: Context) =>
+  ({
+    'datasets.list': () => c.store.datasetSummaries(),
+    'datasets.add': (a) => c.scheduler.index(a.path),
+    'datasets.addSample': () => c.scheduler.index(SAMPLE_IMAGES),
+    'datasets.get': (a) => {
+      const d = c.dataset(a.id);
+      return {
+        ...summarize(c.store, d.id, d.root, { added: 0, updated: 0, unchanged: 0, removed: 0, ignored: 0, seconds: 0 }),
+        name: d.name,
+        indexedAt: d.indexedAt,
+      };
+    },
+    'datasets.thumbnails': async (a) => {
+      const d = c.dataset(a.id);
+      const rows = c.store.images(d.id, 'ok');
+      // Paths come from the index, never from the request.
+      const items = await Promise.all(
+        rows.slice(a.offset, a.offset + a.limit).map(async (r) => {
+          const jpeg = await sharp(join(d.root, r.path))
+            .rotate()
+            .resize(96, 96, { fit: 'cover' })
+            .jpeg({ quality: 70 })
+            .toBuffer()
+            .catch(() => undefined);
+          return {
+            path: r.path,
+            label: r.label,
+            width: r.width,
+            height: r.height,
+            src: jpeg ? `data:image/jpeg;base64,${jpeg.toString('base64')}` : null,
+          };
+        }),
+      );
+      return { total: rows.length, items };
+    },
+  }) satisfies Handlers;

@@ -1,0 +1,138 @@
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ApiError } from '../api.js';
+import {
+  describeIssue,
+  FinetuneConfigSchema,
+  MODEL_SIZES,
+  NEW_RUN,
+  newRunConfig,
+  parseRunConfig,
+  PRESETS,
+  presetFor,
+  RunConfigSchema,
+  sizeDefaults,
+  SWIN_SIZES,
+  type Preset,
+} from '../config.js';
+import { homePaths } from '../home.js';
+import { estimate } from '../runs/estimate.js';
+import { memoryProblem } from '../runs/lifecycle.js';
+import { optimOf, specOf } from '../runs/spec.js';
+import type { Context, Handlers } from './service.js';
+
+/** The new-run screen's defaults and checks, and the runs: start, pause, resume, cancel, extend, edit, show. */
+export const runHandlers = (c: Context) =>
+  ({
+    'app.info': async () => ({
+      backend: (await c.scheduler.backend()).report,
+      home: c.home,
+      presets: PRESETS,
+      sizes: MODEL_SIZES,
+      /** Swin sizes, and what each brings to a new run: its defaults and each preset as it applies to it (presetFor). */
+      swinSizes: SWIN_SIZES,
+      sizeDefaults: Object.fromEntries(
+        Object.keys(SWIN_SIZES).map((size) => [
+          size,
+          { ...sizeDefaults(size), presets: Object.fromEntries(Object.keys(PRESETS).map((p) => [p, presetFor(p as Preset, size)])) },
+        ]),
+      ),
+      defaults: newRunConfig(),
+      defaultPreset: NEW_RUN.preset,
+      probe: FinetuneConfigSchema.parse({ linearProbe: true }),
+    }),
+    'config.check': async (a) => {
+      const r = RunConfigSchema.safeParse(a.config ?? {});
+      if (!r.success)
+        return {
+          ok: false,
+          errors: r.error.issues.map((i) => ({
+            path: i.path.join('.'),
+            message: i.code === 'unrecognized_keys' ? describeIssue(i) : i.message,
+          })),
+        };
+      const images = a.datasetId ? c.store.images(a.datasetId, 'ok').length : 0;
+      const { report, computePath } = await c.scheduler.backend();
+      const e = estimate(r.data, images, computePath);
+      const problem = memoryProblem(r.data, report.chosen, report.adapter ?? null);
+      return { ok: !problem, errors: problem ? [{ path: 'model', message: problem }] : [], config: r.data, estimate: e };
+    },
+    'runs.list': () => {
+      const last = c.store.lastMetrics();
+      return c.store.runs().map((r) => ({ ...r, last: last.get(r.id) ?? null }));
+    },
+    'runs.get': (a) => {
+      const run = c.run(a.id);
+      return {
+        run,
+        metrics: c.store.metrics(run.id),
+        checkpoints: c.store.checkpoints(run.id),
+        exports: c.store.exports(run.id),
+        previews: previews(c.home, run.id),
+        active: c.scheduler.isActive(run.id),
+      };
+    },
+    'runs.create': async (a) => {
+      // The config is parsed here, once: everything after it passes the typed value on.
+      const config = parseRunConfig(a.config ?? {});
+      return { runId: await c.scheduler.start({ new: 'pretrain', datasetId: a.datasetId, config, name: a.name }, a.backend) };
+    },
+    'runs.pause': (a) => {
+      c.scheduler.pause(c.run(a.id).id);
+      return { ok: true };
+    },
+    'runs.resume': async (a) => {
+      c.scheduler.assertIdle(c.run(a.id).id);
+      await c.scheduler.start({ resume: a.id, restart: a.restart }, a.backend);
+      return { ok: true };
+    },
+    'runs.cancel': (a) => {
+      c.scheduler.cancel(c.run(a.id).id);
+      return { ok: true };
+    },
+    'runs.extend': async (a) => {
+      c.scheduler.assertIdle(c.run(a.id).id);
+      await c.scheduler.start({ extend: a.id, epochs: a.epochs });
+      return { ok: true, epochs: optimOf(specOf(c.run(a.id))).epochs };
+    },
+    'runs.update': (a) => {
+      c.run(a.id);
+      c.store.updateRun(a.id, {
+        ...(a.name !== undefined && { name: a.name }),
+        ...(a.notes !== undefined && { notes: a.notes }),
+        ...(a.tags && { tags: a.tags }),
+      });
+      return c.store.run(a.id);
+    },
+    'runs.preview': (a) => {
+      const dir = join(homePaths(c.home).run(c.run(a.id).id), 'previews', String(a.step));
+      if (!existsSync(join(dir, 'preview.json'))) throw new ApiError('not-found', `run ${a.id} has no preview at step ${a.step}`);
+      const meta = JSON.parse(readFileSync(join(dir, 'preview.json'), 'utf8')) as { step: number; probes: number; cells: number[] };
+      const url = (f: string) => `data:image/png;base64,${readFileSync(join(dir, f)).toString('base64')}`;
+      return {
+        step: meta.step,
+        cells: meta.cells,
+        probes: Array.from({ length: meta.probes }, (_, b) => ({
+          input: url(`${b}-input.png`),
+          masked: url(`${b}-masked.png`),
+          scales: meta.cells.map((cell, k) => ({ cell, target: url(`${b}-${k}-target.png`), pred: url(`${b}-${k}-pred.png`) })),
+        })),
+      };
+    },
+    'finetune.create': async (a) => {
+      const from = a.from && (a.from.step === undefined ? String(a.from.runId) : `${a.from.runId}:${a.from.step}`);
+      const model = a.from ? undefined : parseRunConfig({ model: a.model }).model;
+      const req = { new: 'finetune' as const, datasetId: a.datasetId, from, model, finetune: a.finetune, seed: a.seed, name: a.name };
+      return { runId: await c.scheduler.start(req) };
+    },
+  }) satisfies Handlers;
+
+/** The steps a run has reconstruction previews for. */
+function previews(home: string, runId: number): number[] {
+  const dir = join(homePaths(home).run(runId), 'previews');
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir)
+    .filter((n) => existsSync(join(dir, n, 'preview.json')))
+    .map(Number)
+    .sort((a, b) => a - b);
+}

@@ -1,0 +1,223 @@
+import type { ApiEvent } from '../api.js';
+import { ApiError } from '../api.js';
+import type { BackendName } from '../backend.js';
+import { applyScan } from '../data/indexer.js';
+import { UserError } from '../errors.js';
+import type { ComputeRequest, ComputeResult, JobHandle, Launcher } from '../jobs/protocol.js';
+import type { TrainJob } from '../runs/job.js';
+import { begin, prepare, type RunRequest } from '../runs/lifecycle.js';
+import { RunRecorder } from '../runs/recorder.js';
+import type { ImageRow, RunStatus, Store } from '../store/store.js';
+import type { Cadence, TrainEvent } from '../train/loop.js';
+
+export interface ServiceOptions {
+  /** Training jobs at once; more runs wait as 'queued'. Default 1: two trainers on one machine only slow each other. */
+  concurrency?: number;
+  cadence?: Cadence;
+  previewEvery?: number;
+  /** Checkpoints kept per run (plus the best). */
+  keep?: number;
+}
+
+/** Bounds the work a crash can lose: a checkpoint every few minutes or every thousand steps, whichever first. */
+const DEFAULT_CADENCE: Cadence = { everySteps: 1000, everyMinutes: 5 };
+
+/**
+ * Every job process the service starts — indexing, training (queued while `concurrency` run), and the compute jobs
+ * that answer one call — and the recording of what they report. Nothing here computes: the service stays free to
+ * answer while jobs work.
+ */
+export class Scheduler {
+  private readonly training = new Map<number, JobHandle>();
+  private readonly queue: TrainJob[] = [];
+  private readonly indexing = new Map<string, JobHandle>();
+  private readonly computing = new Set<JobHandle>();
+  private probe?: Promise<ComputeResult<'probe'>>;
+
+  constructor(
+    private readonly store: Store,
+    private readonly home: string,
+    private readonly launch: Launcher,
+    private readonly emit: (e: ApiEvent) => void,
+    private readonly options: ServiceOptions,
+  ) {}
+
+  /** This machine's backend, as its jobs choose it: learned once from a probe job (again after a failed probe). */
+  backend(): Promise<ComputeResult<'probe'>> {
+    this.probe ??= this.compute({ kind: 'probe' }).catch((err: Error) => {
+      this.probe = undefined;
+      throw err;
+    });
+    return this.probe;
+  }
+
+  /** Runs a checked request in a job process and answers its result; a user's mistake found there stays a UserError. */
+  compute<K extends ComputeRequest['kind']>(
+    req: Extract<ComputeRequest, { kind: K }>,
+    onSteps?: (done: number, total: number) => void,
+  ): Promise<ComputeResult<K>> {
+    const job = this.launch();
+    this.computing.add(job);
+    return new Promise((resolve, reject) => {
+      job.onMessage((m) => {
+        if (m.type === 'steps') onSteps?.(m.done, m.total);
+        else if (m.type === 'result') resolve(m.result as ComputeResult<K>);
+        else if (m.type === 'error') reject(m.kind ? new UserError(m.message, m.kind) : new Error(m.message));
+        else if (m.type === 'warning') console.warn(`${req.kind}: ${m.message}`);
+      });
+      job.onExit((code) => {
+        this.computing.delete(job);
+        reject(new Error(`the ${req.kind} job exited unexpectedly (code ${code})`)); // no-op once answered
+      });
+      job.send(req);
+    });
+  }
+
+  /** Indexes a folder in a job; the service records the result and emits dataset events. */
+  index(path: string): { path: string } {
+    if (this.indexing.has(path)) throw new ApiError('conflict', `${path} is being indexed already`);
+    const known = this.store.dataset(path);
+    const job = this.launch();
+    this.indexing.set(path, job);
+    const upserts: ImageRow[] = [];
+    job.onMessage((m) => {
+      if (m.type === 'progress') this.emit({ type: 'dataset.progress', datasetPath: path, ...m.progress });
+      else if (m.type === 'scan-page') upserts.push(...m.upserts);
+      else if (m.type === 'scanned')
+        this.emit({ type: 'dataset.indexed', datasetId: applyScan(this.store, { ...m.scan, upserts }, m.seconds).datasetId });
+      else if (m.type === 'error') this.emit({ type: 'dataset.error', datasetPath: path, message: m.message });
+    });
+    job.onExit(() => this.indexing.delete(path));
+    job.send({ kind: 'index', root: path, known: known ? this.store.images(known.id) : [] });
+    return { path };
+  }
+
+  /** Whether the run trains or waits for a slot. */
+  isActive(runId: number): boolean {
+    return this.training.has(runId) || this.queue.some((j) => j.runId === runId);
+  }
+
+  assertIdle(runId: number): void {
+    if (this.isActive(runId)) throw new ApiError('conflict', `run ${runId} is running: pause it first`);
+  }
+
+  /**
+   * Validates a request (no side effect until it is known good), claims the run, and starts its job — or
+   * queues it while `concurrency` training jobs run.
+   */
+  async start(req: RunRequest, pinned?: BackendName): Promise<number> {
+    // A pinned backend runs in the job process (which reports if it cannot load); the rest use this machine's choice.
+    const { report } = await this.backend();
+    const backend = pinned ?? report.chosen;
+    const prepared = prepare(this.store, this.home, req, backend, (backend === report.chosen && report.adapter) || null);
+    const full = this.training.size >= (this.options.concurrency ?? 1);
+    const job: TrainJob = {
+      ...begin(this.store, prepared, { pid: process.pid, status: full ? 'queued' : 'running', backend }),
+      cadence: this.options.cadence ?? DEFAULT_CADENCE,
+      previewEvery: this.options.previewEvery ?? 25,
+    };
+    this.emit({ type: 'run.status', runId: job.runId, status: full ? 'queued' : 'running', error: null });
+    if (full) this.queue.push(job);
+    else this.launchTraining(job);
+    return job.runId;
+  }
+
+  pause(runId: number): void {
+    const queued = this.queue.findIndex((j) => j.runId === runId);
+    if (queued >= 0) {
+      this.queue.splice(queued, 1);
+      return this.setStatus(runId, 'paused');
+    }
+    const job = this.training.get(runId);
+    if (!job) throw new ApiError('conflict', `run ${runId} is not running`);
+    job.send({ type: 'pause' });
+  }
+
+  cancel(runId: number): void {
+    const queued = this.queue.findIndex((j) => j.runId === runId);
+    const job = this.training.get(runId);
+    if (queued < 0 && !job) throw new ApiError('conflict', `run ${runId} is not running`);
+    if (queued >= 0) this.queue.splice(queued, 1);
+    this.training.delete(runId);
+    job?.kill();
+    this.setStatus(runId, 'interrupted', 'cancelled; resume continues from the last checkpoint');
+  }
+
+  private setStatus(runId: number, status: RunStatus, error: string | null = null): void {
+    this.store.updateRun(runId, { status, error, ...(status !== 'running' && status !== 'queued' && { pid: null }) });
+    this.emit({ type: 'run.status', runId, status, error });
+  }
+
+  /** Starts queued runs while there is room. */
+  private drain(): void {
+    while (this.queue.length && this.training.size < (this.options.concurrency ?? 1)) {
+      const job = this.queue.shift()!;
+      this.setStatus(job.runId, 'running');
+      this.launchTraining(job);
+    }
+  }
+
+  /** Runs a claimed job in its own process; only this service records what it reports. */
+  private launchTraining(job: TrainJob): void {
+    const { runId } = job;
+    const handle = this.launch();
+    this.training.set(runId, handle);
+    // The trainer's pid marks the run as owned: no other process takes it over while it lives.
+    this.store.updateRun(runId, { pid: handle.pid ?? process.pid });
+    const recorder = new RunRecorder(this.store, runId, this.options.keep);
+    // A run is free once it has ended: its last checkpoint is written, only the process's exit remains.
+    const release = () => this.training.get(runId) === handle && this.training.delete(runId);
+    handle.onMessage((m) => {
+      if (m.type === 'backend') this.store.updateRun(runId, { backend: m.report.chosen });
+      else if (m.type === 'preview') this.emit({ type: 'run.preview', runId, step: m.step });
+      else if (m.type === 'warning') console.warn(`run ${runId}: ${m.message}`);
+      else if (m.type === 'error') {
+        recorder.flush();
+        release();
+        this.setStatus(runId, 'failed', m.message);
+        this.drain();
+      } else if (m.type === 'train') {
+        if (m.event.type === 'end') release();
+        this.record(recorder, m.event);
+        if (m.event.type === 'end') this.drain();
+      }
+    });
+    handle.onExit((code) => {
+      recorder.flush();
+      if (release() && this.store.run(runId)?.status === 'running')
+        this.setStatus(runId, 'failed', `the training process exited unexpectedly (code ${code})`);
+      this.drain();
+    });
+    handle.send(job);
+  }
+
+  private record(recorder: RunRecorder, e: TrainEvent): void {
+    const { runId } = recorder;
+    recorder.handle(e);
+    if (e.type === 'step') {
+      const { step, epoch, samples, loss, losses, lr, imagesPerS } = e;
+      this.emit({ type: 'run.metrics', runId, rows: [{ step, epoch, samples, loss, losses, lr, imagesPerS }] });
+    } else if (e.type === 'eval') this.emit({ type: 'run.eval', runId, step: e.step, top1: e.top1, loss: e.loss });
+    else if (e.type === 'checkpoint') this.emit({ type: 'run.checkpoint', runId, step: e.step });
+    else if (e.type === 'end') this.emit({ type: 'run.status', runId, status: e.status, error: null });
+  }
+
+  /** Pauses every running run (each checkpoints) and waits for their processes to end; stops every other job. */
+  async shutdown(timeoutMs: number): Promise<void> {
+    for (const job of this.queue.splice(0)) this.setStatus(job.runId, 'paused');
+    const running = [...this.training.values()];
+    await Promise.race([
+      Promise.all(
+        running.map(
+          (job) =>
+            new Promise<void>((resolve) => {
+              job.onExit(() => resolve());
+              job.send({ type: 'pause' });
+            }),
+        ),
+      ),
+      new Promise((resolve) => setTimeout(resolve, timeoutMs)),
+    ]);
+    for (const job of [...this.indexing.values(), ...this.computing]) job.kill();
+  }
+}
