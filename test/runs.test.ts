@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import type { ApiEvent } from '../core/api.js';
 import { parseRunConfig } from '../core/config.js';
 import { indexFolder } from '../core/data/indexer.js';
@@ -81,6 +81,19 @@ describe('ownership of a running run', () => {
     await a.status(runId, 'paused');
     await a.s.shutdown();
   });
+});
+
+test('a run cancelled just before shutdown: its job exits after the store has closed, and nothing throws', async () => {
+  const a = service('cancelled');
+  const datasetId = await a.addSample();
+  const { runId } = await a.call<{ runId: number }>('runs.create', { datasetId, config: tiny(20) });
+  await a.until((e) => e.type === 'run.metrics' && e.runId === runId);
+  const pid = a.s.store.run(runId)!.pid!;
+  await a.call('runs.cancel', { id: runId });
+  await a.s.shutdown();
+  // The killed job's exit arrives now; before the fix its handler wrote to the closed store (an uncaught error).
+  await vi.waitFor(() => expect(isAlive(pid)).toBe(false), { timeout: 10_000 });
+  await new Promise((r) => setTimeout(r, 200));
 });
 
 describe('the service', () => {

@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import sharp from 'sharp';
+import { thumbnail } from '../data/decode.js';
 import { summarize } from '../data/indexer.js';
 import { SAMPLE_IMAGES } from '../home.js';
 import type { Context, Handlers } from './service.js';
@@ -24,12 +24,7 @@ export const datasetHandlers = (c: Context) =>
       // Paths come from the index, never from the request.
       const items = await Promise.all(
         rows.slice(a.offset, a.offset + a.limit).map(async (r) => {
-          const jpeg = await sharp(join(d.root, r.path))
-            .rotate()
-            .resize(96, 96, { fit: 'cover' })
-            .jpeg({ quality: 70 })
-            .toBuffer()
-            .catch(() => undefined);
+          const jpeg = await thumbnail(join(d.root, r.path), 96);
           return {
             path: r.path,
             label: r.label,

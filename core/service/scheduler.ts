@@ -33,6 +33,8 @@ export class Scheduler {
   private readonly indexing = new Map<string, JobHandle>();
   private readonly computing = new Set<JobHandle>();
   private probe?: Promise<ComputeResult<'probe'>>;
+  /** Set once shut down: a killed job's last words arrive after the store has closed, and are dropped. */
+  private closed = false;
 
   constructor(
     private readonly store: Store,
@@ -81,6 +83,7 @@ export class Scheduler {
     this.indexing.set(path, job);
     const upserts: ImageRow[] = [];
     job.onMessage((m) => {
+      if (this.closed) return;
       if (m.type === 'progress') this.emit({ type: 'dataset.progress', datasetPath: path, ...m.progress });
       else if (m.type === 'scan-page') upserts.push(...m.upserts);
       else if (m.type === 'scanned')
@@ -168,6 +171,7 @@ export class Scheduler {
     // A run is free once it has ended: its last checkpoint is written, only the process's exit remains.
     const release = () => this.training.get(runId) === handle && this.training.delete(runId);
     handle.onMessage((m) => {
+      if (this.closed) return;
       if (m.type === 'backend') this.store.updateRun(runId, { backend: m.report.chosen });
       else if (m.type === 'preview') this.emit({ type: 'run.preview', runId, step: m.step });
       else if (m.type === 'warning') console.warn(`run ${runId}: ${m.message}`);
@@ -183,6 +187,7 @@ export class Scheduler {
       }
     });
     handle.onExit((code) => {
+      if (this.closed) return;
       recorder.flush();
       if (release() && this.store.run(runId)?.status === 'running')
         this.setStatus(runId, 'failed', `the training process exited unexpectedly (code ${code})`);
@@ -218,6 +223,7 @@ export class Scheduler {
       ),
       new Promise((resolve) => setTimeout(resolve, timeoutMs)),
     ]);
+    this.closed = true;
     for (const job of [...this.indexing.values(), ...this.computing]) job.kill();
   }
 }
