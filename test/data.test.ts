@@ -22,6 +22,7 @@ import { Loader, sampleRng } from '../core/data/loader.js';
 import { Rng } from '../core/random.js';
 import { Store } from '../core/store/store.js';
 import type { RgbImage } from '../core/targets/image.js';
+import { localmimAsync } from './cli.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'localmim-data-'));
 const root = join(tmp, 'photos');
@@ -151,6 +152,34 @@ describe('indexing', () => {
     chmodSync(join(root, 'locked.png'), 0);
     const s = await indexFolder(store, root);
     expect(s.rejected.find((r) => r.path === 'locked.png')?.reason).toBe('permission denied');
+  });
+
+  test('localmim index applies its default limits, names the limit and flag, counts only images as new, reports skipped links', async () => {
+    const folder = join(tmp, 'limits');
+    mkdirSync(join(folder, 'sub'), { recursive: true });
+    await gradient(32, 32).png().toFile(join(folder, 'ok.png'));
+    await gradient(1, 1).png().toFile(join(folder, 'tiny.png'));
+    writeFileSync(join(folder, 'bomb.png'), hugeHeaderPng());
+    symlinkSync('..', join(folder, 'sub', 'loop'));
+    const index = (...flags: string[]) => localmimAsync(['index', folder, '--home', join(tmp, 'cli-home'), ...flags]);
+    const r = await index('--json');
+    expect(r.code, r.stderr).toBe(0);
+    const s = JSON.parse(r.stdout) as IndexSummary;
+    expect(Object.fromEntries(s.rejected.map((x) => [x.path, x.reason]))).toEqual({
+      'bomb.png': 'too large: 100000×100000 is over the limit of 80000000 pixels (--max-pixels raises it)',
+      'tiny.png': 'too small: 1×1, shorter side under 16 px (--min-side lowers the limit)',
+    });
+    expect(s).toMatchObject({ images: 1, added: 1, updated: 0 });
+    expect(s.skipped).toEqual([{ path: 'sub/loop', reason: 'symlink to ., a folder already indexed (a loop, or linked twice)' }]);
+    const text = await index();
+    expect(text.stderr).toMatch(/: 1 images \(0 new, 0 changed, 3 unchanged, 0 removed\)/);
+    expect(text.stderr).toMatch(/\n {2}1 skipped:\n {4}sub\/loop: symlink to \., a folder already indexed/);
+    const [bad, help] = await Promise.all([
+      localmimAsync(['pretrain', '--home', join(tmp, 'cli-home'), '--min-side', '0']),
+      localmimAsync(['pretrain', '--help']),
+    ]);
+    expect(bad.stderr).toMatch(/--min-side: expected a positive integer, got "0"/);
+    expect(help.stdout).toMatch(/--min-side PX +reject images whose shorter side is below this \(default 16\)/);
   });
 
   test('an unreadable folder is a clear error', async () => {

@@ -11,6 +11,7 @@ import {
   type RunConfig,
 } from '../config.js';
 import { parse, UsageError, type Flags } from './args.js';
+import { indexFlags } from './index-cmd.js';
 import { cadenceFlags, resumeFlags, resumeOf, runInTerminal, sessionFlags } from './session.js';
 
 export const summary = 'pretrain a ViT or Swin with LocalMIM on a folder (default: the bundled sample images)';
@@ -52,6 +53,7 @@ const OPTIONS = {
   name: n('name of the run', 'TEXT'),
   ...resumeFlags,
   init: n("start from a run's backbone (e.g. an imported one); decoders start fresh", 'RUN[:STEP]'),
+  ...indexFlags,
   ...cadenceFlags,
   ...sessionFlags,
 } as const satisfies Flags;

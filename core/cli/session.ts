@@ -7,7 +7,7 @@ import { optimOf } from '../runs/spec.js';
 import { Store } from '../store/store.js';
 import type { Cadence, TrainEvent } from '../train/loop.js';
 import { parse, positiveInt, UsageError, type Flags } from './args.js';
-import { indexWithProgress, printSummary } from './index-cmd.js';
+import { indexFlags, indexOptions, indexWithProgress, printSummary } from './index-cmd.js';
 import { duration, StatusLine } from './progress.js';
 
 /** How often a terminal run checkpoints and how many checkpoints it keeps. */
@@ -35,7 +35,7 @@ export const sessionFlags = {
   json: { type: 'boolean', default: false, help: 'print one JSON event per line: start, step, eval, checkpoint, end, error' },
 } as const satisfies Flags;
 
-type SessionValues = Partial<ReturnType<typeof parse<typeof cadenceFlags & typeof sessionFlags>>['values']>;
+type SessionValues = Partial<ReturnType<typeof parse<typeof cadenceFlags & typeof sessionFlags & typeof indexFlags>>['values']>;
 
 function minutes(value: string): number {
   const m = Number(value);
@@ -66,6 +66,7 @@ export async function runInTerminal(
   };
   const keep = positiveInt('keep', values.keep ?? '3');
   const stopAtStep = values['max-steps'] === undefined ? undefined : positiveInt('max-steps', values['max-steps']);
+  const indexing = indexOptions(values);
   const json = values.json ?? false;
   const log = (text: string) => !json && console.error(text);
   const home = homeDir(values.home);
@@ -78,7 +79,7 @@ export async function runInTerminal(
     let request: RunRequest;
     if (o.resume) request = o.resume;
     else {
-      const indexed = await indexWithProgress(store, o.data ?? SAMPLE_IMAGES, { quiet: json });
+      const indexed = await indexWithProgress(store, o.data ?? SAMPLE_IMAGES, { ...indexing, quiet: json });
       if (!json) printSummary(indexed);
       request = o.newRun(indexed.datasetId);
     }
