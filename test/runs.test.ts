@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -237,6 +237,35 @@ describe('resume', () => {
       expect(r.stderr, path).toMatch(message);
     }
   });
+});
+
+test('temp files of writers that died mid-write are removed on resume and when the service starts; live ones stay', async () => {
+  const home = join(dir, 'temps');
+  const first = localmim(['pretrain', '--json', '--home', home, '--config', tinyFile, '--max-steps', '1']);
+  expect(first.code, first.stderr).toBe(0);
+  const dead = spawnSync(process.execPath, ['-e', '0']).pid!;
+  const temp = (folder: string, name: string) => {
+    mkdirSync(folder, { recursive: true });
+    writeFileSync(join(folder, name), Buffer.alloc(2_500_000));
+    return name;
+  };
+  const runDir = join(home, 'runs', '1');
+  const temps = (folder: string) => readdirSync(folder).filter((n) => n.includes('.tmp-'));
+  temp(runDir, `ckpt-0000020.safetensors.tmp-${dead}`);
+  const live = temp(runDir, `ckpt-0000020.safetensors.tmp-${process.pid}`); // this test's process is alive: its write goes on
+  const resumed = localmim(['pretrain', '--home', home, '--resume', '1', '--max-steps', '2']);
+  expect(resumed.code, resumed.stderr).toBe(0);
+  expect(resumed.stderr).toContain(
+    `warning: removed ckpt-0000020.safetensors.tmp-${dead} (2.5 MB), left half-written by process ${dead}, which died\n`,
+  );
+  expect(temps(runDir)).toEqual([live]);
+
+  temp(runDir, `ckpt-0000030.safetensors.tmp-${dead}`);
+  temp(join(home, 'cache'), `0123abcd-crop32-0.2.rgb.tmp-${dead}-7`);
+  const s = new Service(home, () => launchNodeJob());
+  await s.shutdown();
+  expect(temps(runDir)).toEqual([live]);
+  expect(temps(join(home, 'cache'))).toEqual([]);
 });
 
 describe('a job whose service dies', () => {

@@ -1,12 +1,12 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { renderPreview } from '../analysis/preview.js';
 import { lossReadEvery } from '../backend.js';
 import { finetuneAugment } from '../data/augment.js';
 import { DecodeCache } from '../data/cache.js';
 import { Loader, type DataItem } from '../data/loader.js';
 import { evalImage } from '../data/preprocess.js';
-import { homePaths } from '../home.js';
+import { homePaths, removeStaleTemps } from '../home.js';
 import { isBackbone } from '../model/classifier.js';
 import type { PretrainModel } from '../model/localmim.js';
 import { Rng, seedFor } from '../random.js';
@@ -50,6 +50,8 @@ const PROBES = 2;
 /** Runs a training job in this process: the same code in a job process (app, server) and in the CLI. */
 export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ step: number; status: 'finished' | 'paused' }> {
   const paths = homePaths(job.home);
+  for (const t of removeStaleTemps(paths.run(job.runId)))
+    hooks.warn(`removed ${basename(t.path)} (${(t.size / 1e6).toFixed(1)} MB), left half-written by process ${t.pid}, which died`);
   const cache = new DecodeCache(paths.cache);
   const resumeFrom = job.resumeFrom ? loadCheckpoint(job.resumeFrom) : undefined;
   const init = !resumeFrom && job.initFrom ? backbone(loadCheckpoint(job.initFrom)) : undefined;

@@ -27,7 +27,7 @@ import { evalImage } from '../data/preprocess.js';
 import { UserError } from '../errors.js';
 import { backboneOf, paramsOf } from '../export/backbone.js';
 import { exportRun } from '../export/export.js';
-import { homePaths, isAlive, SAMPLE_IMAGES } from '../home.js';
+import { homePaths, isAlive, removeStaleTempsIn, SAMPLE_IMAGES } from '../home.js';
 import type { JobHandle, Launcher } from '../jobs/protocol.js';
 import { checkpointFor } from '../runs/checkpoints.js';
 import { estimate } from '../runs/estimate.js';
@@ -66,6 +66,7 @@ export class Service {
   ) {
     this.store = new Store(homePaths(home).db);
     this.store.markInterrupted(isAlive);
+    removeStaleTempsIn(home);
   }
 
   subscribe(listener: (e: ApiEvent) => void): () => void {
