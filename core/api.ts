@@ -101,4 +101,6 @@ export type ApiEvent =
   | { type: 'run.metrics'; runId: number; rows: MetricRow[] }
   | { type: 'run.checkpoint'; runId: number; step: number }
   | { type: 'run.eval'; runId: number; step: number; top1: number; loss: number }
-  | { type: 'run.preview'; runId: number; step: number };
+  | { type: 'run.preview'; runId: number; step: number }
+  /** An image the run could not read was replaced by another (runs.get counts them: run.skippedImages). */
+  | { type: 'run.skipped'; runId: number; path: string; reason: string };

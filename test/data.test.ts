@@ -11,14 +11,14 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { deflateSync } from 'node:zlib';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { cropSourceSize, finetuneAugment, MAX_CROP_SOURCE_PIXELS, randomCrop, scaleCrop, type Crop } from '../core/data/augment.js';
 import { DecodeCache } from '../core/data/cache.js';
 import { indexFolder, type IndexSummary } from '../core/data/indexer.js';
-import { Loader, sampleRng } from '../core/data/loader.js';
+import { Loader, sampleRng, TooFewImagesError } from '../core/data/loader.js';
 import { Rng } from '../core/random.js';
 import { Store } from '../core/store/store.js';
 import type { RgbImage } from '../core/targets/image.js';
@@ -314,6 +314,61 @@ describe('input pipeline', () => {
     await a.get(0, 0);
     await a.get(0, 1);
     expect(cache.hits).toBeGreaterThan(0);
+  });
+
+  test('an image that cannot be read is told of once and replaced by the next readable one in the order, the same every time', async () => {
+    const ok = store.images(first.datasetId, 'ok').map((r) => ({ abs: join(root, r.path), hash: r.hash! }));
+    const items = [...ok, ...['gone-1.png', 'gone-2.png'].map((n) => ({ abs: join(tmp, n), hash: n }))];
+    const missing = new Set([ok.length, ok.length + 1]);
+    const told: string[] = [];
+    const loader = (cache: string) =>
+      new Loader(items, new DecodeCache(join(tmp, cache)), 32, 4, 5, {
+        onSkip: (item, reason, readable) => told.push(`${basename(item.abs)}: ${reason} (${readable} readable)`),
+      });
+    const epochs = async (l: Loader) => {
+      const out = [];
+      for (let e = 0; e < 3; e++) for (let i = 0; i < l.batchesPerEpoch; i++) out.push(await l.batchAt(e, i));
+      return out;
+    };
+    const a = await epochs(loader('skip-a'));
+    // Found in either order (batches are read ahead concurrently): 12, then 11 readable.
+    expect(told.map((t) => t.replace(/\(\d+/, '(N')).sort()).toEqual([
+      'gone-1.png: the file is missing (N readable)',
+      'gone-2.png: the file is missing (N readable)',
+    ]);
+    expect(told.map((t) => /\((\d+)/.exec(t)![1]).sort()).toEqual(['11', '12']);
+    const b = await epochs(loader('skip-b'));
+    for (const batch of a) {
+      expect(batch.images).toHaveLength(4);
+      expect(batch.items.filter((k) => missing.has(k))).toEqual([]);
+    }
+    expect(b.map((x) => x.items)).toEqual(a.map((x) => x.items));
+    expect(b.map((x) => x.images.map((img) => Buffer.from(img.data).toString('base64')))).toEqual(
+      a.map((x) => x.images.map((img) => Buffer.from(img.data).toString('base64'))),
+    );
+    // Where nothing is missing, the batch is the one planned.
+    const l = loader('skip-c');
+    for (let i = 0; i < l.batchesPerEpoch; i++) {
+      const planned = l.itemsAt(0, i);
+      if (!planned.some((k) => missing.has(k))) expect((await l.batchAt(0, i)).items).toEqual(planned);
+    }
+  });
+
+  test('training stops once fewer readable images remain than one step needs', async () => {
+    const ok = store.images(first.datasetId, 'ok').map((r) => ({ abs: join(root, r.path), hash: r.hash! }));
+    const items = [...ok.slice(0, 3), ...[1, 2, 3].map((n) => ({ abs: join(tmp, `gone-${n}.png`), hash: `gone-${n}` }))];
+    const loader = new Loader(items, new DecodeCache(join(tmp, 'few-cache')), 32, 2, 5, { minImages: 4 });
+    const all = async () => {
+      for (let e = 0; e < 20; e++) for (let i = 0; i < loader.batchesPerEpoch; i++) await loader.get(e, i);
+    };
+    const err = await all().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(TooFewImagesError);
+    expect((err as Error).message).toMatch(
+      /^only 3 of 6 images can still be read \(e\.g\. .*gone-\d\.png cannot\), fewer than one step of 4$/,
+    );
   });
 
   test('fine-tuning batches: RandAugment and erasing change them, and they stay a function of (seed, epoch, index)', async () => {

@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -13,11 +13,14 @@ import { SAMPLE_IMAGES, isAlive } from '../core/home.js';
 import { launchNodeJob } from '../core/jobs/launch.js';
 import { runTrainJob } from '../core/runs/job.js';
 import { begin, prepare } from '../core/runs/lifecycle.js';
+import { RunRecorder } from '../core/runs/recorder.js';
 import { Service } from '../core/service/service.js';
 import { openDatabase } from '../core/store/db.js';
 import { Store } from '../core/store/store.js';
 import { loadCheckpoint } from '../core/train/checkpoint.js';
+import type { TrainEvent } from '../core/train/loop.js';
 import { ensureBuilt, localmim } from './cli.js';
+import { syntheticImages } from './images.js';
 import { backend } from './setup.js';
 
 const BIN = fileURLToPath(new URL('../bin/localmim.js', import.meta.url));
@@ -314,6 +317,53 @@ describe('a job whose service dies', () => {
     expect(after.checkpoints(1).map((c) => c.step)).toEqual([saved, saved + 1]);
     after.close();
   });
+});
+
+/** `n` small PNGs `img-0.png …` in a new folder. */
+async function imageFolder(name: string, n: number): Promise<string> {
+  const folder = join(dir, name);
+  mkdirSync(folder, { recursive: true });
+  const raw = { width: 40, height: 40, channels: 3 } as const;
+  await Promise.all(
+    syntheticImages(n, 40, 1).map((img, i) =>
+      sharp(img.data, { raw })
+        .png()
+        .toFile(join(folder, `img-${i}.png`)),
+    ),
+  );
+  return folder;
+}
+
+test('images deleted during training are skipped, told of and counted on the run; too few left stop with one line saying how to go on', async () => {
+  const home = join(dir, 'deleted');
+  const folder = await imageFolder('deleted-images', 10);
+  const store = new Store(join(home, 'localmim.db'));
+  const { datasetId } = await indexFolder(store, folder);
+  const prepared = prepare(store, home, { new: 'pretrain', datasetId, config: parseRunConfig(tiny(9)) }, backend.chosen);
+  const job = { ...begin(store, prepared, { pid: process.pid, status: 'running', backend: backend.chosen }), cadence: {}, previewEvery: 2 };
+  const recorder = new RunRecorder(store, job.runId);
+  const warnings: string[] = [];
+  const hooks = { onEvent: (e: TrainEvent) => recorder.handle(e), warn: (m: string) => warnings.push(m) };
+  for (const i of [0, 5]) unlinkSync(join(folder, `img-${i}.png`)); // img-0 is also the first preview probe
+  expect(await runTrainJob({ ...job, stopAtStep: 4 }, hooks)).toEqual({ step: 4, status: 'paused' });
+  expect(warnings.filter((w) => !w.startsWith('preview')).sort()).toEqual(
+    [0, 5].map((i) =>
+      expect.stringMatching(
+        `^skipped ${join(folder, `img-${i}.png`)}: the file is missing; another image takes its place \\(\\d readable\\)$`,
+      ),
+    ),
+  );
+  expect(store.run(job.runId)!.skippedImages).toBe(2);
+
+  unlinkSync(join(folder, 'img-9.png'));
+  rmSync(join(home, 'cache'), { recursive: true }); // else its decoded copy would still serve
+  await expect(runTrainJob({ ...job, stopAtStep: 9 }, hooks)).rejects.toThrow(
+    new RegExp(
+      `^data: only 7 of 10 images can still be read \\(e\\.g\\. .*img-\\d\\.png cannot\\), fewer than one step of 8; the last checkpoint is intact: ` +
+        `restore the images, or point at their new folder with localmim pretrain --resume ${job.runId} --data DIR$`,
+    ),
+  );
+  store.close();
 });
 
 test('a preview that cannot be written is reported and skipped; training goes on', async () => {

@@ -100,7 +100,11 @@ export async function runInTerminal(
       resume: `localmim ${o.command} --resume ${runId}`,
     });
     try {
-      await runTrainJob(job, { signal: session.signal, onEvent: session.onEvent, warn: (m) => log(`warning: ${m}`) });
+      const warn = (m: string) => {
+        session.line.done();
+        log(`warning: ${m}`);
+      };
+      await runTrainJob(job, { signal: session.signal, onEvent: session.onEvent, warn });
     } finally {
       session.close();
     }
@@ -170,6 +174,8 @@ function terminalSession(o: {
       say(`epoch ${e.epoch.toFixed(0)}: validation top-1 ${(100 * e.top1).toFixed(1)} %, loss ${e.loss.toFixed(4)}`);
     } else if (e.type === 'checkpoint') {
       emit({ type: 'checkpoint', path: e.path, step: e.step, epoch: e.epoch, loss: e.loss });
+    } else if (e.type === 'skipped') {
+      emit(e); // the terminal shows it as a warning
     } else {
       line.done();
       emit({ type: 'end', status: e.status, step: e.step });

@@ -95,7 +95,7 @@ export async function scanFolder(root: string, knownRows: KnownFile[], opts: Ind
     upserts.push(await inspect(f, o));
     done++;
     const rate = done / Math.max((performance.now() - started) / 1000, 1e-3);
-    o.onProgress?.({ done, total: todo.length, filesPerS: rate, etaS: (todo.length - done) / rate });
+    opts.onProgress?.({ done, total: todo.length, filesPerS: rate, etaS: (todo.length - done) / rate });
   });
 
   const removed = [...known.keys()].filter((p) => !seen.has(p));

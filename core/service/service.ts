@@ -420,6 +420,7 @@ export class Service {
     } else if (e.type === 'eval') this.emit({ type: 'run.eval', runId, step: e.step, top1: e.top1, loss: e.loss });
     else if (e.type === 'checkpoint') this.emit({ type: 'run.checkpoint', runId, step: e.step });
     else if (e.type === 'end') this.emit({ type: 'run.status', runId, status: e.status, error: null });
+    else if (e.type === 'skipped') this.emit({ type: 'run.skipped', runId, path: e.path, reason: e.reason });
   }
 
   /** Pauses every running run (each checkpoints) and waits for their processes to end, e.g. on quit. */
