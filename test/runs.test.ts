@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, realpathSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -84,6 +84,33 @@ describe('ownership of a running run', () => {
     await a.status(runId, 'paused');
     await a.s.shutdown();
   });
+});
+
+test("in the app, resume takes the folder a run's images moved to, and says what it found", async () => {
+  const t = service('app-moved');
+  const folder = await imageFolder('app-moved-from', 12);
+  await t.call('datasets.add', { path: folder });
+  const { datasetId } = (await t.until((e) => e.type === 'dataset.indexed')) as { datasetId: number };
+  const { runId } = await t.call<{ runId: number }>('runs.create', { datasetId, config: tiny(200) });
+  await t.until((e) => e.type === 'run.metrics' && e.runId === runId);
+  await t.call('runs.pause', { id: runId });
+  await t.status(runId, 'paused');
+  const moved = join(dir, 'app-moved-to');
+  renameSync(folder, moved);
+  await expect(t.call('runs.resume', { id: runId, data: join(dir, 'nowhere') })).rejects.toThrow(
+    /nowhere: cannot open the folder \(ENOENT\)$/,
+  );
+  const r = await t.call('runs.resume', { id: runId, data: moved });
+  expect(r).toEqual({
+    ok: true,
+    dataset: `run ${runId}: images re-checked in ${realpathSync(moved)}: 0 missing, 12 moved/matched by content, 0 new (12 to train on)`,
+  });
+  const { run } = await t.call<{ run: { datasetId: number; skippedImages: number } }>('runs.get', { id: runId });
+  expect(t.s.store.datasetById(run.datasetId)!.root).toBe(realpathSync(moved));
+  expect(run.skippedImages).toBe(0);
+  await t.call('runs.pause', { id: runId });
+  await t.status(runId, 'paused');
+  await t.s.shutdown();
 });
 
 describe('the service', () => {
@@ -202,6 +229,43 @@ describe('resume', () => {
     const restarted = localmim(['pretrain', '--json', '--home', home, '--resume', '1', '--restart', '--max-steps', '2']);
     expect(restarted.code, restarted.stderr).toBe(0);
     expect(JSON.parse(restarted.stdout.split('\n')[0]!)).toMatchObject({ type: 'start', step: 0 });
+  });
+
+  test('resume re-checks the images: a moved folder is found by content with --data, and what changed is one line', async () => {
+    const home = join(dir, 'moved');
+    const config = join(dir, 'tiny-10.json');
+    writeFileSync(config, JSON.stringify(tiny(10)));
+    const folder = await imageFolder('moved-from', 12);
+    const first = localmim(['pretrain', '--home', home, '--config', config, '--data', folder, '--max-steps', '2']);
+    expect(first.code, first.stderr).toBe(0);
+    const real = realpathSync(folder);
+    const moved = join(dir, 'moved-to');
+    renameSync(folder, moved);
+    rmSync(join(home, 'cache'), { recursive: true }); // no decoded copies: the old paths are really gone
+
+    const lost = localmim(['pretrain', '--home', home, '--resume', '1', '--max-steps', '3']);
+    expect(lost.code).toBe(1);
+    expect(lost.stderr.trim().split('\n').at(-1)).toBe(
+      `localmim pretrain: run 1: its images cannot be found (${real}: cannot open the folder (ENOENT)); if the folder moved, resume with --data DIR, its new place (in the app: "Resume from this folder")`,
+    );
+    unlinkSync(join(moved, 'img-3.png'));
+    const raw = { width: 40, height: 40, channels: 3 } as const;
+    await sharp(syntheticImages(1, 40, 99)[0]!.data, { raw })
+      .png()
+      .toFile(join(moved, 'new.png'));
+    const found = localmim(['pretrain', '--home', home, '--resume', '1', '--data', moved, '--max-steps', '3']);
+    expect(found.code, found.stderr).toBe(0);
+    const to = realpathSync(moved);
+    expect(found.stderr).toContain(`run 1: images re-checked in ${to}: 1 missing, 11 moved/matched by content, 1 new (12 to train on)\n`);
+    expect(found.stderr).toMatch(/run 1: 10 steps \(1 per epoch\), from step 2/);
+    const store = new Store(join(home, 'localmim.db'));
+    expect(store.datasetById(store.run(1)!.datasetId!)!.root).toBe(to);
+    store.close();
+
+    unlinkSync(join(moved, 'img-4.png'));
+    const again = localmim(['pretrain', '--home', home, '--resume', '1', '--max-steps', '4']);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stderr).toContain(`run 1: images re-checked in ${to}: 1 missing, 0 moved/matched by content, 0 new (11 to train on)\n`);
   });
 
   test('bad flags are refused before a run exists', () => {
@@ -360,7 +424,7 @@ test('images deleted during training are skipped, told of and counted on the run
   await expect(runTrainJob({ ...job, stopAtStep: 9 }, hooks)).rejects.toThrow(
     new RegExp(
       `^data: only 7 of 10 images can still be read \\(e\\.g\\. .*img-\\d\\.png cannot\\), fewer than one step of 8; the last checkpoint is intact: ` +
-        `restore the images, or point at their new folder with localmim pretrain --resume ${job.runId} --data DIR$`,
+        `restore the images, or point at their new folder with localmim pretrain --resume ${job.runId} --data DIR \\(in the app: "Resume from this folder"\\)$`,
     ),
   );
   store.close();

@@ -37,7 +37,7 @@ export const MODEL_FLAGS = {
 
 const { optim } = START;
 const OPTIONS = {
-  data: n('folder of images (default: the bundled sample images)', 'DIR'),
+  data: n("folder of images (default: the bundled sample images); with --resume: where the run's images are now", 'DIR'),
   preset: n(`the paper's configurations: ${Object.keys(PRESETS).join(', ')} (default ${NEW_RUN.preset})`, 'NAME'),
   ...MODEL_FLAGS,
   epochs: n(`epochs (default ${optim.epochs})`),

@@ -2,6 +2,7 @@ import { describeBackend, initBackend, type BackendReport } from '../backend.js'
 import { homeDir, homePaths, isAlive, SAMPLE_IMAGES } from '../home.js';
 import { runTrainJob } from '../runs/job.js';
 import { begin, prepare, type RunRequest } from '../runs/lifecycle.js';
+import { recheckDataset } from '../runs/recheck.js';
 import { RunRecorder } from '../runs/recorder.js';
 import { optimOf } from '../runs/spec.js';
 import { Store } from '../store/store.js';
@@ -55,7 +56,7 @@ export async function runInTerminal(
     command: string;
     /** Continue this run instead of starting one. */
     resume?: { resume: number; restart: boolean };
-    /** The folder a new run trains on, indexed first; and the run to start on it. */
+    /** The folder a new run trains on, indexed first (a resumed run's own, re-checked, unless given); and the run to start on it. */
     data?: string;
     newRun: (datasetId: number) => RunRequest;
   },
@@ -77,8 +78,12 @@ export async function runInTerminal(
     const backend = await initBackend(values.backend);
     log(describeBackend(backend));
     let request: RunRequest;
-    if (o.resume) request = o.resume;
-    else {
+    if (o.resume) {
+      const index = (root: string) => indexWithProgress(store, root, { ...indexing, quiet: json });
+      const check = await recheckDataset(store, o.resume.resume, o.data, index);
+      if (check?.line) log(check.line);
+      request = { ...o.resume, datasetId: check?.datasetId };
+    } else {
       const indexed = await indexWithProgress(store, o.data ?? SAMPLE_IMAGES, { ...indexing, quiet: json });
       if (!json) printSummary(indexed);
       request = o.newRun(indexed.datasetId);

@@ -148,9 +148,10 @@ export class Loader<T extends RgbImage = Rgb8> {
   private skip(index: number, err: UnreadableImageError): void {
     if (this.unreadable.has(index)) return; // two batches in flight found it
     this.unreadable.add(index);
+    const readable = this.items.length - this.unreadable.size;
+    if (readable < (this.o.minImages ?? this.batch)) throw this.tooFew(); // the one message, naming this image
     const item = this.items[index]!;
-    this.o.onSkip?.(item, existsSync(item.abs) ? err.reason : 'the file is missing', this.items.length - this.unreadable.size);
-    if (this.items.length - this.unreadable.size < (this.o.minImages ?? this.batch)) throw this.tooFew();
+    this.o.onSkip?.(item, existsSync(item.abs) ? err.reason : 'the file is missing', readable);
   }
 
   private tooFew(): TooFewImagesError {

@@ -112,7 +112,7 @@ function dataError(err: Error, job: TrainJob): Error | undefined {
   if (!(err instanceof TooFewImagesError)) return undefined;
   return new Error(
     `data: ${err.message}; the last checkpoint is intact: restore the images, or point at their new folder with ` +
-      `localmim ${job.spec.kind} --resume ${job.runId} --data DIR`,
+      `localmim ${job.spec.kind} --resume ${job.runId} --data DIR (in the app: "Resume from this folder")`,
   );
 }
 

@@ -22,7 +22,7 @@ import {
   RunConfigSchema,
   type ModelConfig,
 } from '../config.js';
-import { applyScan, summarize } from '../data/indexer.js';
+import { applyScan, indexFolder, summarize } from '../data/indexer.js';
 import { evalImage } from '../data/preprocess.js';
 import { UserError } from '../errors.js';
 import { backboneOf, paramsOf } from '../export/backbone.js';
@@ -33,6 +33,7 @@ import { checkpointFor } from '../runs/checkpoints.js';
 import { estimate } from '../runs/estimate.js';
 import type { TrainJob } from '../runs/job.js';
 import { begin, memoryProblem, prepare, type RunRequest } from '../runs/lifecycle.js';
+import { recheckDataset } from '../runs/recheck.js';
 import { RunRecorder } from '../runs/recorder.js';
 import { scaleOut } from '../scale/job.js';
 import { optimOf, specOf } from '../runs/spec.js';
@@ -188,8 +189,9 @@ export class Service {
     },
     'runs.resume': async (a) => {
       this.assertIdle(a.id);
-      await this.start({ resume: a.id, restart: a.restart }, a.backend);
-      return { ok: true };
+      const check = await recheckDataset(this.store, a.id, a.data, (root) => indexFolder(this.store, root));
+      await this.start({ resume: a.id, restart: a.restart, datasetId: check?.datasetId }, a.backend);
+      return { ok: true, dataset: check?.line ?? null };
     },
     'runs.cancel': (a) => {
       const run = this.run(a.id);

@@ -176,7 +176,9 @@ export class Store {
 
   updateRun(
     id: number,
-    fields: Partial<Pick<RunRow, 'status' | 'pid' | 'error' | 'backend' | 'step' | 'epoch' | 'name' | 'notes' | 'tags' | 'config'>>,
+    fields: Partial<
+      Pick<RunRow, 'status' | 'pid' | 'error' | 'backend' | 'step' | 'epoch' | 'name' | 'notes' | 'tags' | 'config' | 'datasetId'>
+    >,
   ): void {
     const cols = Object.keys(fields);
     if (!cols.length) return;
