@@ -408,6 +408,14 @@ describe('input pipeline', () => {
     expect(await cache.size()).toBeLessThanOrEqual(20_000);
   });
 
+  test('a decode cache whose folder was deleted (to clear it) makes it again', async () => {
+    const [item] = store.images(first.datasetId, 'ok').map((r) => ({ abs: join(root, r.path), hash: r.hash! }));
+    const cache = new DecodeCache(join(tmp, 'cleared-cache'));
+    rmSync(join(tmp, 'cleared-cache'), { recursive: true });
+    expect((await cache.get(item!.abs, item!.hash, 48)).width).toBeGreaterThanOrEqual(48);
+    expect(await cache.size()).toBeGreaterThan(0);
+  });
+
   test('fewer images than one batch is a clear error', () => {
     expect(() => new Loader([], new DecodeCache(join(tmp, 'c2')), 32, 8, 0)).toThrow(/0 usable images, fewer than one batch of 8/);
   });
