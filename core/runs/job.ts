@@ -47,6 +47,7 @@ export interface JobHooks {
 
 const PROBE = 4;
 const PROBES = 2;
+const SKIPS_NAMED = 10;
 
 /** Runs a training job in this process: the same code in a job process (app, server) and in the CLI. */
 export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ step: number; status: 'finished' | 'paused' }> {
@@ -59,11 +60,14 @@ export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ ste
   const { spec } = job;
   const { imgSize } = spec.config.model;
   // A missing or unreadable image is told of and replaced; training goes on while a step's worth of images remain.
+  // Each is counted; the first few are named, then one line per hundred (a moved folder would be thousands).
+  let skipped = 0;
   const skipping = (batch: number, accumIter: number): LoaderOptions<never> => ({
     minImages: batch * accumIter,
     onSkip: (item, reason, readable) => {
-      hooks.warn(`skipped ${item.abs}: ${reason}; another image takes its place (${readable} readable)`);
       hooks.onEvent({ type: 'skipped', path: item.abs, reason });
+      if (++skipped <= SKIPS_NAMED) hooks.warn(`skipped ${item.abs}: ${reason}; another image takes its place (${readable} readable)`);
+      else if (skipped % 100 === 0) hooks.warn(`skipped ${skipped} images so far, e.g. ${item.abs} (${reason}); ${readable} readable`);
     },
   });
   let task;
