@@ -11,6 +11,7 @@ import { homePaths, removeStaleTemps } from '../home.js';
 import { isBackbone } from '../model/classifier.js';
 import type { PretrainModel } from '../model/localmim.js';
 import { Rng, seedFor } from '../random.js';
+import type { RgbImage } from '../targets/image.js';
 import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
 import { finetuneTask } from '../train/finetune.js';
 import { train, type Cadence, type TrainEvent } from '../train/loop.js';
@@ -62,7 +63,7 @@ export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ ste
   // A missing or unreadable image is told of and replaced; training goes on while a step's worth of images remain.
   // Each is counted; the first few are named, then one line per hundred (a moved folder would be thousands).
   let skipped = 0;
-  const skipping = (batch: number, accumIter: number): LoaderOptions<never> => ({
+  const skipping = (batch: number, accumIter: number): Pick<LoaderOptions<RgbImage>, 'onSkip' | 'minImages'> => ({
     minImages: batch * accumIter,
     onSkip: (item, reason, readable) => {
       hooks.onEvent({ type: 'skipped', path: item.abs, reason });
