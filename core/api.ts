@@ -27,8 +27,16 @@ export const METHODS = {
   /** `backend`: pin the run to one compute backend instead of the fastest that loads. */
   'runs.create': z.strictObject({ datasetId: id, name: z.string().max(200).optional(), config: z.unknown(), backend: backend.optional() }),
   'runs.pause': z.strictObject({ id }),
-  /** `restart`: start over from step 0 when none of the run's checkpoints can be read. */
-  'runs.resume': z.strictObject({ id, restart: z.boolean().default(false), backend: backend.optional() }),
+  /**
+   * `restart`: start over from step 0 when none of the run's checkpoints can be read. `data`: the folder the run's
+   * images are in now (they are matched by content); without it, the run's own folder is re-checked.
+   */
+  'runs.resume': z.strictObject({
+    id,
+    restart: z.boolean().default(false),
+    backend: backend.optional(),
+    data: z.string().min(1).max(4096).optional(),
+  }),
   'runs.cancel': z.strictObject({ id }),
   'runs.extend': z.strictObject({ id, epochs: z.number().int().min(1).max(MAX_EPOCHS) }),
   'runs.update': z.strictObject({
@@ -103,4 +111,6 @@ export type ApiEvent =
   | { type: 'run.eval'; runId: number; step: number; top1: number; loss: number }
   | { type: 'run.preview'; runId: number; step: number }
   /** A call whose job works in steps (analysis.set: images through each pass) has done `done` of `total`. */
-  | { type: 'job.progress'; method: Method; runId: number; done: number; total: number };
+  | { type: 'job.progress'; method: Method; runId: number; done: number; total: number }
+  /** An image the run could not read was replaced by another (runs.get counts them: run.skippedImages). */
+  | { type: 'run.skipped'; runId: number; path: string; reason: string };

@@ -1,3 +1,4 @@
+import { existsSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -22,6 +23,7 @@ export function homeDir(flag?: string): string {
 export const homePaths = (home: string) => ({
   db: join(home, 'localmim.db'),
   cache: join(home, 'cache'),
+  runs: join(home, 'runs'),
   run: (id: number) => join(home, 'runs', String(id)),
   checkpoint: (id: number, step: number) => join(home, 'runs', String(id), `ckpt-${String(step).padStart(7, '0')}.safetensors`),
 });
@@ -33,4 +35,25 @@ export function isAlive(pid: number): boolean {
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
+}
+
+/** A file being written atomically: `NAME.tmp-PID` (checkpoints) or `NAME.tmp-PID-N` (decode cache), renamed when whole. */
+const TEMP = /\.tmp-(\d+)(?:-\d+)?$/;
+
+/** Deletes the temp files in `dir` whose writer is dead (killed mid-write, they would stay forever); returns them. */
+export function removeStaleTemps(dir: string): { path: string; pid: number; size: number }[] {
+  if (!existsSync(dir)) return [];
+  const stale = readdirSync(dir)
+    .map((name) => ({ path: join(dir, name), pid: Number(TEMP.exec(name)?.[1]) }))
+    .filter((t) => t.pid && t.pid !== process.pid && !isAlive(t.pid))
+    .map((t) => ({ ...t, size: statSync(t.path, { throwIfNoEntry: false })?.size ?? 0 }));
+  for (const t of stale) rmSync(t.path, { force: true });
+  return stale;
+}
+
+/** The same for the whole data folder: every run's folder and the decode cache. */
+export function removeStaleTempsIn(home: string): void {
+  const { runs, cache } = homePaths(home);
+  const folders = existsSync(runs) ? readdirSync(runs).map((n) => join(runs, n)) : [];
+  for (const dir of [...folders, cache]) if (statSync(dir, { throwIfNoEntry: false })?.isDirectory()) removeStaleTemps(dir);
 }

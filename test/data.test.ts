@@ -11,17 +11,18 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { deflateSync } from 'node:zlib';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { cropSourceSize, finetuneAugment, MAX_CROP_SOURCE_PIXELS, randomCrop, scaleCrop, type Crop } from '../core/data/augment.js';
 import { DecodeCache } from '../core/data/cache.js';
 import { indexFolder, type IndexSummary } from '../core/data/indexer.js';
-import { Loader, sampleRng } from '../core/data/loader.js';
+import { Loader, sampleRng, TooFewImagesError } from '../core/data/loader.js';
 import { Rng } from '../core/random.js';
 import { Store } from '../core/store/store.js';
 import type { RgbImage } from '../core/targets/image.js';
+import { localmimAsync } from './cli.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'localmim-data-'));
 const root = join(tmp, 'photos');
@@ -151,6 +152,34 @@ describe('indexing', () => {
     chmodSync(join(root, 'locked.png'), 0);
     const s = await indexFolder(store, root);
     expect(s.rejected.find((r) => r.path === 'locked.png')?.reason).toBe('permission denied');
+  });
+
+  test('localmim index applies its default limits, names the limit and flag, counts only images as new, reports skipped links', async () => {
+    const folder = join(tmp, 'limits');
+    mkdirSync(join(folder, 'sub'), { recursive: true });
+    await gradient(32, 32).png().toFile(join(folder, 'ok.png'));
+    await gradient(1, 1).png().toFile(join(folder, 'tiny.png'));
+    writeFileSync(join(folder, 'bomb.png'), hugeHeaderPng());
+    symlinkSync('..', join(folder, 'sub', 'loop'));
+    const index = (...flags: string[]) => localmimAsync(['index', folder, '--home', join(tmp, 'cli-home'), ...flags]);
+    const r = await index('--json');
+    expect(r.code, r.stderr).toBe(0);
+    const s = JSON.parse(r.stdout) as IndexSummary;
+    expect(Object.fromEntries(s.rejected.map((x) => [x.path, x.reason]))).toEqual({
+      'bomb.png': 'too large: 100000×100000 is over the limit of 80000000 pixels (--max-pixels raises it)',
+      'tiny.png': 'too small: 1×1, shorter side under 16 px (--min-side lowers the limit)',
+    });
+    expect(s).toMatchObject({ images: 1, added: 1, updated: 0 });
+    expect(s.skipped).toEqual([{ path: 'sub/loop', reason: 'symlink to ., a folder already indexed (a loop, or linked twice)' }]);
+    const text = await index();
+    expect(text.stderr).toMatch(/: 1 images \(0 new, 0 changed, 3 unchanged, 0 removed\)/);
+    expect(text.stderr).toMatch(/\n {2}1 skipped:\n {4}sub\/loop: symlink to \., a folder already indexed/);
+    const [bad, help] = await Promise.all([
+      localmimAsync(['pretrain', '--home', join(tmp, 'cli-home'), '--min-side', '0']),
+      localmimAsync(['pretrain', '--help']),
+    ]);
+    expect(bad.stderr).toMatch(/--min-side: expected a positive integer, got "0"/);
+    expect(help.stdout).toMatch(/--min-side PX +reject images whose shorter side is below this \(default 16\)/);
   });
 
   test('an unreadable folder is a clear error', async () => {
@@ -287,6 +316,61 @@ describe('input pipeline', () => {
     expect(cache.hits).toBeGreaterThan(0);
   });
 
+  test('an image that cannot be read is told of once and replaced by the next readable one in the order, the same every time', async () => {
+    const ok = store.images(first.datasetId, 'ok').map((r) => ({ abs: join(root, r.path), hash: r.hash! }));
+    const items = [...ok, ...['gone-1.png', 'gone-2.png'].map((n) => ({ abs: join(tmp, n), hash: n }))];
+    const missing = new Set([ok.length, ok.length + 1]);
+    const told: string[] = [];
+    const loader = (cache: string) =>
+      new Loader(items, new DecodeCache(join(tmp, cache)), 32, 4, 5, {
+        onSkip: (item, reason, readable) => told.push(`${basename(item.abs)}: ${reason} (${readable} readable)`),
+      });
+    const epochs = async (l: Loader) => {
+      const out = [];
+      for (let e = 0; e < 3; e++) for (let i = 0; i < l.batchesPerEpoch; i++) out.push(await l.batchAt(e, i));
+      return out;
+    };
+    const a = await epochs(loader('skip-a'));
+    // Found in either order (batches are read ahead concurrently): 12, then 11 readable.
+    expect(told.map((t) => t.replace(/\(\d+/, '(N')).sort()).toEqual([
+      'gone-1.png: the file is missing (N readable)',
+      'gone-2.png: the file is missing (N readable)',
+    ]);
+    expect(told.map((t) => /\((\d+)/.exec(t)![1]).sort()).toEqual(['11', '12']);
+    const b = await epochs(loader('skip-b'));
+    for (const batch of a) {
+      expect(batch.images).toHaveLength(4);
+      expect(batch.items.filter((k) => missing.has(k))).toEqual([]);
+    }
+    expect(b.map((x) => x.items)).toEqual(a.map((x) => x.items));
+    expect(b.map((x) => x.images.map((img) => Buffer.from(img.data).toString('base64')))).toEqual(
+      a.map((x) => x.images.map((img) => Buffer.from(img.data).toString('base64'))),
+    );
+    // Where nothing is missing, the batch is the one planned.
+    const l = loader('skip-c');
+    for (let i = 0; i < l.batchesPerEpoch; i++) {
+      const planned = l.itemsAt(0, i);
+      if (!planned.some((k) => missing.has(k))) expect((await l.batchAt(0, i)).items).toEqual(planned);
+    }
+  });
+
+  test('training stops once fewer readable images remain than one step needs', async () => {
+    const ok = store.images(first.datasetId, 'ok').map((r) => ({ abs: join(root, r.path), hash: r.hash! }));
+    const items = [...ok.slice(0, 3), ...[1, 2, 3].map((n) => ({ abs: join(tmp, `gone-${n}.png`), hash: `gone-${n}` }))];
+    const loader = new Loader(items, new DecodeCache(join(tmp, 'few-cache')), 32, 2, 5, { minImages: 4 });
+    const all = async () => {
+      for (let e = 0; e < 20; e++) for (let i = 0; i < loader.batchesPerEpoch; i++) await loader.get(e, i);
+    };
+    const err = await all().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(TooFewImagesError);
+    expect((err as Error).message).toMatch(
+      /^only 3 of 6 images can still be read \(e\.g\. .*gone-\d\.png cannot\), fewer than one step of 4$/,
+    );
+  });
+
   test('fine-tuning batches: RandAugment and erasing change them, and they stay a function of (seed, epoch, index)', async () => {
     const items = store.images(first.datasetId, 'ok').map((r) => ({ abs: join(root, r.path), hash: r.hash! }));
     const cache = new DecodeCache(join(tmp, 'home', 'cache'));
@@ -322,6 +406,14 @@ describe('input pipeline', () => {
     const cache = new DecodeCache(join(tmp, 'small-cache'), 20_000);
     for (const item of items) await cache.get(item.abs, item.hash, 48);
     expect(await cache.size()).toBeLessThanOrEqual(20_000);
+  });
+
+  test('a decode cache whose folder was deleted (to clear it) makes it again', async () => {
+    const [item] = store.images(first.datasetId, 'ok').map((r) => ({ abs: join(root, r.path), hash: r.hash! }));
+    const cache = new DecodeCache(join(tmp, 'cleared-cache'));
+    rmSync(join(tmp, 'cleared-cache'), { recursive: true });
+    expect((await cache.get(item!.abs, item!.hash, 48)).width).toBeGreaterThanOrEqual(48);
+    expect(await cache.size()).toBeGreaterThan(0);
   });
 
   test('fewer images than one batch is a clear error', () => {

@@ -1,5 +1,5 @@
-import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, realpathSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -13,11 +13,14 @@ import { SAMPLE_IMAGES, isAlive } from '../core/home.js';
 import { launchNodeJob } from '../core/jobs/launch.js';
 import { runTrainJob } from '../core/runs/job.js';
 import { begin, prepare } from '../core/runs/lifecycle.js';
+import { RunRecorder } from '../core/runs/recorder.js';
 import { Service } from '../core/service/service.js';
 import { openDatabase } from '../core/store/db.js';
 import { Store } from '../core/store/store.js';
 import { loadCheckpoint } from '../core/train/checkpoint.js';
+import type { TrainEvent } from '../core/train/loop.js';
 import { ensureBuilt, localmim } from './cli.js';
+import { syntheticImages } from './images.js';
 import { backend } from './setup.js';
 
 const BIN = fileURLToPath(new URL('../bin/localmim.js', import.meta.url));
@@ -94,6 +97,33 @@ test('a run cancelled just before shutdown: its job exits after the store has cl
   // The killed job's exit arrives now; before the fix its handler wrote to the closed store (an uncaught error).
   await vi.waitFor(() => expect(isAlive(pid)).toBe(false), { timeout: 10_000 });
   await new Promise((r) => setTimeout(r, 200));
+});
+
+test("in the app, resume takes the folder a run's images moved to, and says what it found", async () => {
+  const t = service('app-moved');
+  const folder = await imageFolder('app-moved-from', 12);
+  await t.call('datasets.add', { path: folder });
+  const { datasetId } = (await t.until((e) => e.type === 'dataset.indexed')) as { datasetId: number };
+  const { runId } = await t.call<{ runId: number }>('runs.create', { datasetId, config: tiny(200) });
+  await t.until((e) => e.type === 'run.metrics' && e.runId === runId);
+  await t.call('runs.pause', { id: runId });
+  await t.status(runId, 'paused');
+  const moved = join(dir, 'app-moved-to');
+  renameSync(folder, moved);
+  await expect(t.call('runs.resume', { id: runId, data: join(dir, 'nowhere') })).rejects.toThrow(
+    /nowhere: cannot open the folder \(ENOENT\)$/,
+  );
+  const r = await t.call('runs.resume', { id: runId, data: moved });
+  expect(r).toEqual({
+    ok: true,
+    dataset: `run ${runId}: images re-checked in ${realpathSync(moved)}: 0 missing, 12 moved/matched by content, 0 new (12 to train on)`,
+  });
+  const { run } = await t.call<{ run: { datasetId: number; skippedImages: number } }>('runs.get', { id: runId });
+  expect(t.s.store.datasetById(run.datasetId)!.root).toBe(realpathSync(moved));
+  expect(run.skippedImages).toBe(0);
+  await t.call('runs.pause', { id: runId });
+  await t.status(runId, 'paused');
+  await t.s.shutdown();
 });
 
 describe('the service', () => {
@@ -214,6 +244,43 @@ describe('resume', () => {
     expect(JSON.parse(restarted.stdout.split('\n')[0]!)).toMatchObject({ type: 'start', step: 0 });
   });
 
+  test('resume re-checks the images: a moved folder is found by content with --data, and what changed is one line', async () => {
+    const home = join(dir, 'moved');
+    const config = join(dir, 'tiny-10.json');
+    writeFileSync(config, JSON.stringify(tiny(10)));
+    const folder = await imageFolder('moved-from', 12);
+    const first = localmim(['pretrain', '--home', home, '--config', config, '--data', folder, '--max-steps', '2']);
+    expect(first.code, first.stderr).toBe(0);
+    const real = realpathSync(folder);
+    const moved = join(dir, 'moved-to');
+    renameSync(folder, moved);
+    rmSync(join(home, 'cache'), { recursive: true }); // no decoded copies: the old paths are really gone
+
+    const lost = localmim(['pretrain', '--home', home, '--resume', '1', '--max-steps', '3']);
+    expect(lost.code).toBe(1);
+    expect(lost.stderr.trim().split('\n').at(-1)).toBe(
+      `localmim pretrain: run 1: its images cannot be found (${real}: cannot open the folder (ENOENT)); if the folder moved, resume with --data DIR, its new place (in the app: "Resume from this folder")`,
+    );
+    unlinkSync(join(moved, 'img-3.png'));
+    const raw = { width: 40, height: 40, channels: 3 } as const;
+    await sharp(syntheticImages(1, 40, 99)[0]!.data, { raw })
+      .png()
+      .toFile(join(moved, 'new.png'));
+    const found = localmim(['pretrain', '--home', home, '--resume', '1', '--data', moved, '--max-steps', '3']);
+    expect(found.code, found.stderr).toBe(0);
+    const to = realpathSync(moved);
+    expect(found.stderr).toContain(`run 1: images re-checked in ${to}: 1 missing, 11 moved/matched by content, 1 new (12 to train on)\n`);
+    expect(found.stderr).toMatch(/run 1: 10 steps \(1 per epoch\), from step 2/);
+    const store = new Store(join(home, 'localmim.db'));
+    expect(store.datasetById(store.run(1)!.datasetId!)!.root).toBe(to);
+    store.close();
+
+    unlinkSync(join(moved, 'img-4.png'));
+    const again = localmim(['pretrain', '--home', home, '--resume', '1', '--max-steps', '4']);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stderr).toContain(`run 1: images re-checked in ${to}: 1 missing, 0 moved/matched by content, 0 new (11 to train on)\n`);
+  });
+
   test('bad flags are refused before a run exists', () => {
     const home = join(dir, 'flags');
     for (const [flag, value, message] of [
@@ -250,6 +317,35 @@ describe('resume', () => {
       expect(r.stderr, path).toMatch(message);
     }
   });
+});
+
+test('temp files of writers that died mid-write are removed on resume and when the service starts; live ones stay', async () => {
+  const home = join(dir, 'temps');
+  const first = localmim(['pretrain', '--json', '--home', home, '--config', tinyFile, '--max-steps', '1']);
+  expect(first.code, first.stderr).toBe(0);
+  const dead = spawnSync(process.execPath, ['-e', '0']).pid!;
+  const temp = (folder: string, name: string) => {
+    mkdirSync(folder, { recursive: true });
+    writeFileSync(join(folder, name), Buffer.alloc(2_500_000));
+    return name;
+  };
+  const runDir = join(home, 'runs', '1');
+  const temps = (folder: string) => readdirSync(folder).filter((n) => n.includes('.tmp-'));
+  temp(runDir, `ckpt-0000020.safetensors.tmp-${dead}`);
+  const live = temp(runDir, `ckpt-0000020.safetensors.tmp-${process.pid}`); // this test's process is alive: its write goes on
+  const resumed = localmim(['pretrain', '--home', home, '--resume', '1', '--max-steps', '2']);
+  expect(resumed.code, resumed.stderr).toBe(0);
+  expect(resumed.stderr).toContain(
+    `warning: removed ckpt-0000020.safetensors.tmp-${dead} (2.5 MB), left half-written by process ${dead}, which died\n`,
+  );
+  expect(temps(runDir)).toEqual([live]);
+
+  temp(runDir, `ckpt-0000030.safetensors.tmp-${dead}`);
+  temp(join(home, 'cache'), `0123abcd-crop32-0.2.rgb.tmp-${dead}-7`);
+  const s = new Service(home, () => launchNodeJob());
+  await s.shutdown();
+  expect(temps(runDir)).toEqual([live]);
+  expect(temps(join(home, 'cache'))).toEqual([]);
 });
 
 describe('a job whose service dies', () => {
@@ -298,6 +394,53 @@ describe('a job whose service dies', () => {
     expect(after.checkpoints(1).map((c) => c.step)).toEqual([saved, saved + 1]);
     after.close();
   });
+});
+
+/** `n` small PNGs `img-0.png …` in a new folder. */
+async function imageFolder(name: string, n: number): Promise<string> {
+  const folder = join(dir, name);
+  mkdirSync(folder, { recursive: true });
+  const raw = { width: 40, height: 40, channels: 3 } as const;
+  await Promise.all(
+    syntheticImages(n, 40, 1).map((img, i) =>
+      sharp(img.data, { raw })
+        .png()
+        .toFile(join(folder, `img-${i}.png`)),
+    ),
+  );
+  return folder;
+}
+
+test('images deleted during training are skipped, told of and counted on the run; too few left stop with one line saying how to go on', async () => {
+  const home = join(dir, 'deleted');
+  const folder = await imageFolder('deleted-images', 10);
+  const store = new Store(join(home, 'localmim.db'));
+  const { datasetId } = await indexFolder(store, folder);
+  const prepared = prepare(store, home, { new: 'pretrain', datasetId, config: parseRunConfig(tiny(9)) }, backend.chosen);
+  const job = { ...begin(store, prepared, { pid: process.pid, status: 'running', backend: backend.chosen }), cadence: {}, previewEvery: 2 };
+  const recorder = new RunRecorder(store, job.runId);
+  const warnings: string[] = [];
+  const hooks = { onEvent: (e: TrainEvent) => recorder.handle(e), warn: (m: string) => warnings.push(m) };
+  for (const i of [0, 5]) unlinkSync(join(folder, `img-${i}.png`)); // img-0 is also the first preview probe
+  expect(await runTrainJob({ ...job, stopAtStep: 4 }, hooks)).toEqual({ step: 4, status: 'paused' });
+  expect(warnings.filter((w) => !w.startsWith('preview')).sort()).toEqual(
+    [0, 5].map((i) =>
+      expect.stringMatching(
+        `^skipped ${join(folder, `img-${i}.png`)}: the file is missing; another image takes its place \\(\\d readable\\)$`,
+      ),
+    ),
+  );
+  expect(store.run(job.runId)!.skippedImages).toBe(2);
+
+  unlinkSync(join(folder, 'img-9.png'));
+  rmSync(join(home, 'cache'), { recursive: true }); // else its decoded copy would still serve
+  await expect(runTrainJob({ ...job, stopAtStep: 9 }, hooks)).rejects.toThrow(
+    new RegExp(
+      `^data: only 7 of 10 images can still be read \\(e\\.g\\. .*img-\\d\\.png cannot\\), fewer than one step of 8; the last checkpoint is intact: ` +
+        `restore the images, or point at their new folder with localmim pretrain --resume ${job.runId} --data DIR \\(in the app: "Resume from this folder"\\)$`,
+    ),
+  );
+  store.close();
 });
 
 test('a preview that cannot be written is reported and skipped; training goes on', async () => {

@@ -1,6 +1,7 @@
 import { FinetuneConfigSchema, parseConfig } from '../config.js';
 import { parse, UsageError, type Flags } from './args.js';
 import { configFromFlags, MODEL_FLAGS } from './pretrain.js';
+import { indexFlags } from './index-cmd.js';
 import { cadenceFlags, resumeFlags, resumeOf, runInTerminal, sessionFlags } from './session.js';
 
 export const summary = 'fine-tune (or --linear-probe) a pretrained run on a labeled folder: localmim finetune --from RUN[:STEP] --data DIR';
@@ -46,6 +47,7 @@ const OPTIONS = {
   seed: n('seed of the split, data order and augmentation (default 0)'),
   name: n('name of the run', 'TEXT'),
   ...resumeFlags,
+  ...indexFlags,
   ...cadenceFlags,
   ...sessionFlags,
 } as const satisfies Flags;

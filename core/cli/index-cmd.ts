@@ -1,15 +1,26 @@
 import { indexFolder, type IndexSummary } from '../data/indexer.js';
 import { homeDir, homePaths } from '../home.js';
 import { Store } from '../store/store.js';
-import { parse, positiveInt, UsageError } from './args.js';
+import { parse, positiveInt, UsageError, type Flags } from './args.js';
 import { duration, StatusLine } from './progress.js';
 
 export const summary = 'index a folder of images (incremental): sizes, hashes, rejected files';
 
+/** How a folder is indexed: here, and where pretrain and finetune index theirs. */
+export const indexFlags = {
+  'max-pixels': { type: 'string', arg: 'N', help: 'reject images with more pixels than this (default 80000000)' },
+  'min-side': { type: 'string', arg: 'PX', help: 'reject images whose shorter side is below this (default 16)' },
+} as const satisfies Flags;
+
+/** The index flags, checked. */
+export function indexOptions(values: { 'max-pixels'?: string; 'min-side'?: string }): { maxPixels?: number; minSide?: number } {
+  const n = (flag: keyof typeof indexFlags) => (values[flag] === undefined ? undefined : positiveInt(flag, values[flag]));
+  return { maxPixels: n('max-pixels'), minSide: n('min-side') };
+}
+
 const OPTIONS = {
   home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
-  'max-pixels': { type: 'string', arg: 'N', help: 'reject images with more pixels than this' },
-  'min-side': { type: 'string', arg: 'PX', help: 'reject images whose shorter side is below this' },
+  ...indexFlags,
   json: { type: 'boolean', default: false, help: 'print the summary as JSON, without progress' },
 } as const;
 
@@ -19,11 +30,7 @@ export async function run(argv: string[]): Promise<void> {
   if (!dir) throw new UsageError('missing DIR, the folder of images to index');
   const store = new Store(homePaths(homeDir(values.home)).db);
   try {
-    const s = await indexWithProgress(store, dir, {
-      maxPixels: values['max-pixels'] ? positiveInt('max-pixels', values['max-pixels']) : undefined,
-      minSide: values['min-side'] ? positiveInt('min-side', values['min-side']) : undefined,
-      quiet: values.json,
-    });
+    const s = await indexWithProgress(store, dir, { ...indexOptions(values), quiet: values.json });
     if (values.json) console.log(JSON.stringify(s));
     else printSummary(s);
   } finally {
@@ -70,6 +77,11 @@ export function printSummary(s: IndexSummary): void {
   );
   if (s.ignored) log(`  ${s.ignored} files without an image extension ignored`);
   for (const group of s.duplicates) log(`  duplicate: ${group.join(' = ')}`);
-  if (s.rejected.length) log(`  ${s.rejected.length} rejected:`);
-  for (const r of s.rejected) log(`    ${r.path}: ${r.reason}`);
+  for (const [what, list] of [
+    ['rejected', s.rejected],
+    ['skipped', s.skipped],
+  ] as const) {
+    if (list.length) log(`  ${list.length} ${what}:`);
+    for (const r of list) log(`    ${r.path}: ${r.reason}`);
+  }
 }

@@ -11,6 +11,7 @@ import {
   type RunConfig,
 } from '../config.js';
 import { parse, UsageError, type Flags } from './args.js';
+import { indexFlags } from './index-cmd.js';
 import { cadenceFlags, resumeFlags, resumeOf, runInTerminal, sessionFlags } from './session.js';
 
 export const summary = 'pretrain a ViT or Swin with LocalMIM on a folder (default: the bundled sample images)';
@@ -36,7 +37,7 @@ export const MODEL_FLAGS = {
 
 const { optim } = START;
 const OPTIONS = {
-  data: n('folder of images (default: the bundled sample images)', 'DIR'),
+  data: n("folder of images (default: the bundled sample images); with --resume: where the run's images are now", 'DIR'),
   preset: n(`the paper's configurations: ${Object.keys(PRESETS).join(', ')} (default ${NEW_RUN.preset})`, 'NAME'),
   ...MODEL_FLAGS,
   epochs: n(`epochs (default ${optim.epochs})`),
@@ -52,6 +53,7 @@ const OPTIONS = {
   name: n('name of the run', 'TEXT'),
   ...resumeFlags,
   init: n("start from a run's backbone (e.g. an imported one); decoders start fresh", 'RUN[:STEP]'),
+  ...indexFlags,
   ...cadenceFlags,
   ...sessionFlags,
 } as const satisfies Flags;

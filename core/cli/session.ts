@@ -2,12 +2,13 @@ import { describeBackend, initBackend, type BackendReport } from '../backend.js'
 import { homeDir, homePaths, isAlive, SAMPLE_IMAGES } from '../home.js';
 import { runTrainJob } from '../runs/job.js';
 import { begin, prepare, type RunRequest } from '../runs/lifecycle.js';
+import { recheckDataset } from '../runs/recheck.js';
 import { RunRecorder } from '../runs/recorder.js';
 import { optimOf } from '../runs/spec.js';
 import { Store } from '../store/store.js';
 import type { Cadence, TrainEvent } from '../train/loop.js';
 import { parse, positiveInt, UsageError, type Flags } from './args.js';
-import { indexWithProgress, printSummary } from './index-cmd.js';
+import { indexFlags, indexOptions, indexWithProgress, printSummary } from './index-cmd.js';
 import { duration, StatusLine } from './progress.js';
 
 /** How often a terminal run checkpoints and how many checkpoints it keeps. */
@@ -35,7 +36,7 @@ export const sessionFlags = {
   json: { type: 'boolean', default: false, help: 'print one JSON event per line: start, step, eval, checkpoint, end, error' },
 } as const satisfies Flags;
 
-type SessionValues = Partial<ReturnType<typeof parse<typeof cadenceFlags & typeof sessionFlags>>['values']>;
+type SessionValues = Partial<ReturnType<typeof parse<typeof cadenceFlags & typeof sessionFlags & typeof indexFlags>>['values']>;
 
 function minutes(value: string): number {
   const m = Number(value);
@@ -55,7 +56,7 @@ export async function runInTerminal(
     command: string;
     /** Continue this run instead of starting one. */
     resume?: { resume: number; restart: boolean };
-    /** The folder a new run trains on, indexed first; and the run to start on it. */
+    /** The folder a new run trains on, indexed first (a resumed run's own, re-checked, unless given); and the run to start on it. */
     data?: string;
     newRun: (datasetId: number) => RunRequest;
   },
@@ -66,6 +67,7 @@ export async function runInTerminal(
   };
   const keep = positiveInt('keep', values.keep ?? '3');
   const stopAtStep = values['max-steps'] === undefined ? undefined : positiveInt('max-steps', values['max-steps']);
+  const indexing = indexOptions(values);
   const json = values.json ?? false;
   const log = (text: string) => !json && console.error(text);
   const home = homeDir(values.home);
@@ -76,9 +78,13 @@ export async function runInTerminal(
     const backend = await initBackend(values.backend);
     log(describeBackend(backend));
     let request: RunRequest;
-    if (o.resume) request = o.resume;
-    else {
-      const indexed = await indexWithProgress(store, o.data ?? SAMPLE_IMAGES, { quiet: json });
+    if (o.resume) {
+      const index = (root: string) => indexWithProgress(store, root, { ...indexing, quiet: json });
+      const check = await recheckDataset(store, o.resume.resume, o.data, index);
+      if (check?.line) log(check.line);
+      request = { ...o.resume, datasetId: check?.datasetId };
+    } else {
+      const indexed = await indexWithProgress(store, o.data ?? SAMPLE_IMAGES, { ...indexing, quiet: json });
       if (!json) printSummary(indexed);
       request = o.newRun(indexed.datasetId);
     }
@@ -99,7 +105,11 @@ export async function runInTerminal(
       resume: `localmim ${o.command} --resume ${runId}`,
     });
     try {
-      await runTrainJob(job, { signal: session.signal, onEvent: session.onEvent, warn: (m) => log(`warning: ${m}`) });
+      const warn = (m: string) => {
+        session.line.done();
+        log(`warning: ${m}`);
+      };
+      await runTrainJob(job, { signal: session.signal, onEvent: session.onEvent, warn });
     } finally {
       session.close();
     }
@@ -169,6 +179,8 @@ function terminalSession(o: {
       say(`epoch ${e.epoch.toFixed(0)}: validation top-1 ${(100 * e.top1).toFixed(1)} %, loss ${e.loss.toFixed(4)}`);
     } else if (e.type === 'checkpoint') {
       emit({ type: 'checkpoint', path: e.path, step: e.step, epoch: e.epoch, loss: e.loss });
+    } else if (e.type === 'skipped') {
+      emit(e); // the terminal shows it as a warning
     } else {
       line.done();
       emit({ type: 'end', status: e.status, step: e.step });

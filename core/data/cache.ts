@@ -1,5 +1,5 @@
 import { mkdirSync } from 'node:fs';
-import { readFile, readdir, rename, stat, unlink, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rename, stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { CropSource } from './augment.js';
 import { decodeCropSource, decodeShorterSide, type Decoded } from './decode.js';
@@ -43,7 +43,13 @@ export class DecodeCache {
     const header = Buffer.alloc(HEADER);
     [img.width, img.height, img.original.width, img.original.height].forEach((n, i) => header.writeUInt32LE(n, 4 * i));
     const tmp = `${file}.tmp-${process.pid}-${tmpCounter++}`;
-    await writeFile(tmp, Buffer.concat([header, img.data]));
+    const entry = Buffer.concat([header, img.data]);
+    // The folder may have been deleted to clear the cache: make it again.
+    await writeFile(tmp, entry).catch(async (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+      await mkdir(this.dir, { recursive: true });
+      await writeFile(tmp, entry);
+    });
     await rename(tmp, file);
     this.bytes = (this.bytes ?? (await this.size())) + HEADER + img.data.length;
     if (this.bytes > this.maxBytes) await this.evict();

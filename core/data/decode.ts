@@ -13,11 +13,22 @@ export interface Decoded extends Rgb8 {
 
 const open = (abs: string) => sharp(abs, { failOn: 'none' });
 
+/** One image file that could not be read: missing, unreadable or undecodable (as opposed to a failure of the reader). */
+export class UnreadableImageError extends Error {
+  constructor(
+    readonly path: string,
+    readonly reason: string,
+  ) {
+    super(`${path}: cannot read as an image: ${reason}`);
+    this.name = 'UnreadableImageError';
+  }
+}
+
 async function naming<T>(abs: string, read: () => Promise<T>): Promise<T> {
   try {
     return await read();
   } catch (err) {
-    throw new Error(`${abs}: cannot read as an image: ${(err as Error).message}`);
+    throw new UnreadableImageError(abs, (err as Error).message);
   }
 }
 

@@ -32,6 +32,8 @@ export interface IndexSummary {
   /** Files without an image extension, not looked at. */
   ignored: number;
   rejected: { path: string; reason: string }[];
+  /** Folders reached a second time through a symlink (a loop, or a folder linked twice): not walked again. */
+  skipped: { path: string; reason: string }[];
   duplicates: string[][];
   byFormat: Record<string, number>;
   /** Count of images by shorter side, in buckets `<64, 64–127, …, ≥1024`. */
@@ -46,7 +48,9 @@ export interface ScanResult {
   root: string;
   upserts: ImageRow[];
   removed: string[];
+  /** `added` counts new usable images; new rejected files are in the summary's `rejected`. */
   counts: { added: number; updated: number; unchanged: number; removed: number; ignored: number };
+  skipped: IndexSummary['skipped'];
 }
 
 /** The record of a file from an earlier pass: enough to tell whether it changed. */
@@ -63,10 +67,14 @@ export async function resolveFolder(root: string): Promise<string> {
 
 /** Scans a folder against what is known of it: only new or changed files (size, mtime) are decoded. Touches no database. */
 export async function scanFolder(root: string, knownRows: KnownFile[], opts: IndexOptions = {}): Promise<ScanResult> {
-  const o = { ...DEFAULTS, ...opts };
+  const o = {
+    maxPixels: opts.maxPixels ?? DEFAULTS.maxPixels,
+    minSide: opts.minSide ?? DEFAULTS.minSide,
+    concurrency: opts.concurrency ?? DEFAULTS.concurrency,
+  };
   const realRoot = await resolveFolder(root);
   const known = new Map(knownRows.map((r) => [r.path, r]));
-  const { files, problems, ignored } = await walk(realRoot);
+  const { files, problems, ignored, skipped } = await walk(realRoot);
   const seen = new Set([...files.map((f) => f.rel), ...problems.map((p) => p.path)]);
   let unchanged = 0;
   const upserts = problems.filter((p) => {
@@ -87,24 +95,20 @@ export async function scanFolder(root: string, knownRows: KnownFile[], opts: Ind
     upserts.push(await inspect(f, o));
     done++;
     const rate = done / Math.max((performance.now() - started) / 1000, 1e-3);
-    o.onProgress?.({ done, total: todo.length, filesPerS: rate, etaS: (todo.length - done) / rate });
+    opts.onProgress?.({ done, total: todo.length, filesPerS: rate, etaS: (todo.length - done) / rate });
   });
 
   const removed = [...known.keys()].filter((p) => !seen.has(p));
-  const added = upserts.filter((r) => !known.has(r.path)).length;
-  return {
-    root: realRoot,
-    upserts,
-    removed,
-    counts: { added, updated: upserts.length - added, unchanged, removed: removed.length, ignored },
-  };
+  const added = upserts.filter((r) => r.status === 'ok' && !known.has(r.path)).length;
+  const updated = upserts.filter((r) => known.has(r.path)).length;
+  return { root: realRoot, upserts, removed, counts: { added, updated, unchanged, removed: removed.length, ignored }, skipped };
 }
 
 /** Records a scan in the store and summarises the dataset as it now stands. */
 export function applyScan(store: Store, scan: ScanResult, seconds: number): IndexSummary {
   const dataset = store.ensureDataset(scan.root, basename(scan.root));
   store.applyIndex(dataset.id, scan.upserts, scan.removed);
-  return summarize(store, dataset.id, scan.root, { ...scan.counts, seconds });
+  return summarize(store, dataset.id, scan.root, { ...scan.counts, skipped: scan.skipped, seconds });
 }
 
 /** Indexes a folder into the store, incrementally. */
@@ -126,13 +130,19 @@ interface FoundFile {
 async function walk(root: string) {
   const files: FoundFile[] = [];
   const problems: ImageRow[] = [];
+  const skipped: IndexSummary['skipped'] = [];
   let ignored = 0;
   const visited = new Set<string>();
-  const reject = (abs: string, reason: string) => problems.push(rejectedRow(relative(root, abs).split(sep).join('/'), 0, 0, reason));
+  const rel = (abs: string) => relative(root, abs).split(sep).join('/');
+  const reject = (abs: string, reason: string) => problems.push(rejectedRow(rel(abs), 0, 0, reason));
 
   async function visit(dir: string): Promise<void> {
     const real = await realpath(dir);
-    if (visited.has(real)) return; // a symlink loop, or a folder linked twice
+    if (visited.has(real))
+      return void skipped.push({
+        path: rel(dir),
+        reason: `symlink to ${rel(real) || '.'}, a folder already indexed (a loop, or linked twice)`,
+      });
     visited.add(real);
     let entries;
     try {
@@ -153,11 +163,11 @@ async function walk(root: string) {
       }
       if (st.isDirectory()) await visit(abs);
       else if (!st.isFile() || !IMAGE_EXTENSIONS.has(extname(e.name).toLowerCase())) ignored++;
-      else files.push({ abs, rel: relative(root, abs).split(sep).join('/'), size: st.size, mtimeMs: st.mtimeMs });
+      else files.push({ abs, rel: rel(abs), size: st.size, mtimeMs: st.mtimeMs });
     }
   }
   await visit(root);
-  return { files, problems, ignored };
+  return { files, problems, ignored, skipped };
 }
 
 function rejectedRow(path: string, size: number, mtimeMs: number, reason: string): ImageRow {
@@ -184,12 +194,15 @@ async function inspect(f: FoundFile, o: typeof DEFAULTS): Promise<ImageRow> {
   const format = trainableFormat(meta.format, meta.compression);
   if (!format) return reject(`unsupported format ${meta.format ?? 'unknown'}`);
   const { width, height } = meta;
-  if (width * height > o.maxPixels) return reject(`too large: ${width}×${height} exceeds ${o.maxPixels} pixels`);
-  if (Math.min(width, height) < o.minSide) return reject(`too small: ${width}×${height} (shorter side under ${o.minSide} px)`);
+  const tooLarge = `too large: ${width}×${height} is over the limit of ${o.maxPixels} pixels (--max-pixels raises it)`;
+  if (width * height > o.maxPixels) return reject(tooLarge);
+  if (Math.min(width, height) < o.minSide)
+    return reject(`too small: ${width}×${height}, shorter side under ${o.minSide} px (--min-side lowers the limit)`);
   try {
     await verify(bytes, o.maxPixels);
   } catch (err) {
-    return reject(`corrupt or truncated ${format} (${firstLine(err)})`);
+    // The header of some formats understates what the decoder counts (e.g. pages): still a size problem, not corruption.
+    return reject(/exceeds pixel limit/.test(firstLine(err)) ? tooLarge : `corrupt or truncated ${format} (${firstLine(err)})`);
   }
   const parts = f.rel.split('/');
   return {
@@ -225,7 +238,8 @@ export function summarize(
   store: Store,
   datasetId: number,
   root: string,
-  counts: Omit<IndexSummary, 'datasetId' | 'root' | 'images' | 'rejected' | 'duplicates' | 'byFormat' | 'sizeHistogram'>,
+  counts: Omit<IndexSummary, 'datasetId' | 'root' | 'images' | 'rejected' | 'skipped' | 'duplicates' | 'byFormat' | 'sizeHistogram'> &
+    Partial<Pick<IndexSummary, 'skipped'>>,
 ): IndexSummary {
   const rows = store.images(datasetId);
   const ok = rows.filter((r) => r.status === 'ok');
@@ -240,6 +254,7 @@ export function summarize(
     datasetId,
     root,
     images: ok.length,
+    skipped: [],
     ...counts,
     rejected: rows.filter((r) => r.status === 'rejected').map((r) => ({ path: r.path, reason: r.reason! })),
     duplicates: [...byHash.values()].filter((paths) => paths.length > 1),

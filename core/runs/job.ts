@@ -1,15 +1,17 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { renderPreview } from '../analysis/preview.js';
 import { lossReadEvery } from '../backend.js';
 import { finetuneAugment } from '../data/augment.js';
 import { DecodeCache } from '../data/cache.js';
-import { Loader, type DataItem } from '../data/loader.js';
+import { UnreadableImageError } from '../data/decode.js';
+import { Loader, TooFewImagesError, type DataItem, type LoaderOptions } from '../data/loader.js';
 import { evalImage } from '../data/preprocess.js';
-import { homePaths } from '../home.js';
+import { homePaths, removeStaleTemps } from '../home.js';
 import { isBackbone } from '../model/classifier.js';
 import type { PretrainModel } from '../model/localmim.js';
 import { Rng, seedFor } from '../random.js';
+import type { RgbImage } from '../targets/image.js';
 import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
 import { finetuneTask } from '../train/finetune.js';
 import { train, type Cadence, type TrainEvent } from '../train/loop.js';
@@ -46,21 +48,36 @@ export interface JobHooks {
 
 const PROBE = 4;
 const PROBES = 2;
+const SKIPS_NAMED = 10;
 
 /** Runs a training job in this process: the same code in a job process (app, server) and in the CLI. */
 export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ step: number; status: 'finished' | 'paused' }> {
   const paths = homePaths(job.home);
+  for (const t of removeStaleTemps(paths.run(job.runId)))
+    hooks.warn(`removed ${basename(t.path)} (${(t.size / 1e6).toFixed(1)} MB), left half-written by process ${t.pid}, which died`);
   const cache = new DecodeCache(paths.cache);
   const resumeFrom = job.resumeFrom ? loadCheckpoint(job.resumeFrom) : undefined;
   const init = !resumeFrom && job.initFrom ? backbone(loadCheckpoint(job.initFrom)) : undefined;
   const { spec } = job;
   const { imgSize } = spec.config.model;
+  // A missing or unreadable image is told of and replaced; training goes on while a step's worth of images remain.
+  // Each is counted; the first few are named, then one line per hundred (a moved folder would be thousands).
+  let skipped = 0;
+  const skipping = (batch: number, accumIter: number): Pick<LoaderOptions<RgbImage>, 'onSkip' | 'minImages'> => ({
+    minImages: batch * accumIter,
+    onSkip: (item, reason, readable) => {
+      hooks.onEvent({ type: 'skipped', path: item.abs, reason });
+      if (++skipped <= SKIPS_NAMED) hooks.warn(`skipped ${item.abs}: ${reason}; another image takes its place (${readable} readable)`);
+      else if (skipped % 100 === 0) hooks.warn(`skipped ${skipped} images so far, e.g. ${item.abs} (${reason}); ${readable} readable`);
+    },
+  });
   let task;
   if (spec.kind === 'pretrain') {
     if (!('items' in job.data)) throw new Error('a pretraining job needs unlabeled items');
     const { optim, seed } = spec.config;
-    const pretrain = pretrainTask(spec.config, new Loader(job.data.items, cache, imgSize, optim.batch, seed), init);
-    const probes = job.previewEvery ? await Promise.all(job.data.items.slice(0, PROBES).map((it) => evalImage(it.abs, imgSize))) : [];
+    const loader = new Loader(job.data.items, cache, imgSize, optim.batch, seed, skipping(optim.batch, optim.accumIter));
+    const pretrain = pretrainTask(spec.config, loader, init);
+    const probes = job.previewEvery ? await readableProbes(job.data.items, imgSize) : [];
     task = { ...pretrain, afterStep: previews(pretrain.model, probes, job, hooks) };
   } else {
     if (!('train' in job.data)) throw new Error('a fine-tuning job needs a labeled split');
@@ -70,6 +87,7 @@ export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ ste
       spec.config,
       {
         loader: new Loader(job.data.train, cache, imgSize, f.batch, seed, {
+          ...skipping(f.batch, f.accumIter),
           minScale: f.minScale,
           kernel: 'linear',
           transform: finetuneAugment(f),
@@ -90,8 +108,30 @@ export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ ste
     signal: hooks.signal,
     onEvent: hooks.onEvent,
   }).catch((err: Error) => {
-    throw deviceError(err, job) ?? err;
+    throw deviceError(err, job) ?? dataError(err, job) ?? err;
   });
+}
+
+/** Too many images gone to fill a step: say how to go on. */
+function dataError(err: Error, job: TrainJob): Error | undefined {
+  if (!(err instanceof TooFewImagesError)) return undefined;
+  return new Error(
+    `data: ${err.message}; the last checkpoint is intact: restore the images, or point at their new folder with ` +
+      `localmim ${job.spec.kind} --resume ${job.runId} --data DIR (in the app: "Resume from this folder")`,
+  );
+}
+
+/** The first PROBES images that can be read, for previews. */
+async function readableProbes(items: DataItem[], imgSize: number) {
+  const probes = [];
+  for (const it of items) {
+    if (probes.length === PROBES) break;
+    const img = await evalImage(it.abs, imgSize).catch((err: Error) => {
+      if (!(err instanceof UnreadableImageError)) throw err;
+    });
+    if (img) probes.push(img);
+  }
+  return probes;
 }
 
 /** A GPU that ran out of memory or was lost: say what it means for the run, and how to go on. */

@@ -42,15 +42,19 @@ export type RunRequest =
       seed: number;
       name?: string;
     }
-  | { resume: number; /** Start over from step 0 when no checkpoint is intact. */ restart?: boolean }
+  | {
+      resume: number;
+      /** Start over from step 0 when no checkpoint is intact. */ restart?: boolean;
+      /** The dataset its images are in now (recheckDataset), when not its own. */ datasetId?: number;
+    }
   | { extend: number; epochs: number };
 
 type TrainSpec = TrainJob['spec'];
 
 /** A validated request: what `begin` will write, and the job it will hand out. Nothing has been changed yet. */
 export interface Prepared {
-  /** The run to create, or the existing one to continue. */
-  run: { create: { name: string; datasetId: number; parentId: number | null } } | { id: number };
+  /** The run to create, or the existing one to continue (on another dataset when its images moved). */
+  run: { create: { name: string; datasetId: number; parentId: number | null } } | { id: number; datasetId?: number };
   spec: TrainSpec;
   /** Set when the stored config changes (extend). */
   specChanged: boolean;
@@ -77,7 +81,9 @@ export function prepare(
   assertNotOwned(run);
   let spec = trainSpec(run);
   if ('extend' in req) spec = extended(spec, req.epochs) as TrainSpec;
-  const dataset = run.datasetId === null ? undefined : store.datasetById(run.datasetId);
+  const moved = 'resume' in req ? req.datasetId : undefined;
+  const datasetId = moved ?? run.datasetId;
+  const dataset = datasetId === null ? undefined : store.datasetById(datasetId);
   if (!dataset) throw new UserError(`run ${run.id}: its dataset is no longer recorded`, 'conflict');
   const resume = resumePoint(store, run.id, homePaths(home).run(run.id));
   if (!resume.checkpoint && resume.broken.length && !('resume' in req && req.restart))
@@ -89,7 +95,7 @@ export function prepare(
   const data = dataFor(store, spec, dataset);
   const initFrom = !resume.checkpoint ? initPath(store, spec) : undefined;
   return {
-    run: { id: run.id },
+    run: { id: run.id, datasetId: moved },
     spec,
     specChanged: 'extend' in req,
     resume,
@@ -295,7 +301,11 @@ export function begin(store: Store, p: Prepared, owner: Owner): Omit<TrainJob, '
       }
       const run = store.run(p.run.id)!;
       assertNotOwned(run);
-      store.updateRun(run.id, { ...fields, ...(p.specChanged && { config: p.spec.config }) });
+      store.updateRun(run.id, {
+        ...fields,
+        ...(p.specChanged && { config: p.spec.config }),
+        ...(p.run.datasetId && { datasetId: p.run.datasetId }),
+      });
       for (const c of p.resume?.unrecorded ?? []) store.addCheckpoint(c);
       store.truncateMetrics(run.id, p.resume?.checkpoint?.state.step ?? 0);
       return run.id;

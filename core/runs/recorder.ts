@@ -38,6 +38,8 @@ export class RunRecorder {
       this.flush();
       this.store.addCheckpoint({ runId: this.runId, step: e.step, epoch: e.epoch, loss: e.loss, path: e.path, size: e.size, hash: e.hash });
       this.prune();
+    } else if (e.type === 'skipped') {
+      this.store.addSkipped(this.runId);
     } else if (e.type === 'end') {
       this.flush();
       this.store.updateRun(this.runId, { status: e.status, pid: null, step: e.step });

@@ -8,8 +8,8 @@ import type { Context, Handlers } from './service.js';
 export const datasetHandlers = (c: Context) =>
   ({
     'datasets.list': () => c.store.datasetSummaries(),
-    'datasets.add': (a) => c.scheduler.index(a.path),
-    'datasets.addSample': () => c.scheduler.index(SAMPLE_IMAGES),
+    'datasets.add': (a) => indexing(c, a.path),
+    'datasets.addSample': () => indexing(c, SAMPLE_IMAGES),
     'datasets.get': (a) => {
       const d = c.dataset(a.id);
       return {
@@ -37,3 +37,9 @@ export const datasetHandlers = (c: Context) =>
       return { total: rows.length, items };
     },
   }) satisfies Handlers;
+
+/** Starts indexing and answers at once; the outcome arrives as a dataset.indexed or dataset.error event. */
+function indexing(c: Context, path: string): { path: string } {
+  c.scheduler.index(path).catch(() => undefined);
+  return { path };
+}

@@ -19,6 +19,7 @@ import { homePaths } from '../home.js';
 import { estimate } from '../runs/estimate.js';
 import { memoryProblem } from '../runs/lifecycle.js';
 import { optimOf, specOf } from '../runs/spec.js';
+import { recheckDataset } from '../runs/recheck.js';
 import type { Context, Handlers } from './service.js';
 
 /** The new-run screen's defaults and checks, and the runs: start, pause, resume, cancel, extend, edit, show. */
@@ -83,8 +84,9 @@ export const runHandlers = (c: Context) =>
     },
     'runs.resume': async (a) => {
       c.scheduler.assertIdle(c.run(a.id).id);
-      await c.scheduler.start({ resume: a.id, restart: a.restart }, a.backend);
-      return { ok: true };
+      const check = await recheckDataset(c.store, a.id, a.data, (root) => c.scheduler.index(root));
+      await c.scheduler.start({ resume: a.id, restart: a.restart, datasetId: check?.datasetId }, a.backend);
+      return { ok: true, dataset: check?.line ?? null };
     },
     'runs.cancel': (a) => {
       c.scheduler.cancel(c.run(a.id).id);

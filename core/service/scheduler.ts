@@ -1,7 +1,7 @@
 import type { ApiEvent } from '../api.js';
 import { ApiError } from '../api.js';
 import type { BackendName } from '../backend.js';
-import { applyScan } from '../data/indexer.js';
+import { applyScan, type IndexSummary } from '../data/indexer.js';
 import { UserError } from '../errors.js';
 import type { ComputeRequest, ComputeResult, JobHandle, Launcher } from '../jobs/protocol.js';
 import type { TrainJob } from '../runs/job.js';
@@ -75,24 +75,36 @@ export class Scheduler {
     });
   }
 
-  /** Indexes a folder in a job; the service records the result and emits dataset events. */
-  index(path: string): { path: string } {
+  /**
+   * Indexes a folder in a job; the service records the result and emits dataset events. Refuses at once (throws) a
+   * folder being indexed already; else resolves with the summary, or rejects with the job's error.
+   */
+  index(path: string): Promise<IndexSummary> {
     if (this.indexing.has(path)) throw new ApiError('conflict', `${path} is being indexed already`);
     const known = this.store.dataset(path);
     const job = this.launch();
     this.indexing.set(path, job);
     const upserts: ImageRow[] = [];
-    job.onMessage((m) => {
-      if (this.closed) return;
-      if (m.type === 'progress') this.emit({ type: 'dataset.progress', datasetPath: path, ...m.progress });
-      else if (m.type === 'scan-page') upserts.push(...m.upserts);
-      else if (m.type === 'scanned')
-        this.emit({ type: 'dataset.indexed', datasetId: applyScan(this.store, { ...m.scan, upserts }, m.seconds).datasetId });
-      else if (m.type === 'error') this.emit({ type: 'dataset.error', datasetPath: path, message: m.message });
+    return new Promise((resolve, reject) => {
+      job.onMessage((m) => {
+        if (this.closed) return;
+        if (m.type === 'progress') this.emit({ type: 'dataset.progress', datasetPath: path, ...m.progress });
+        else if (m.type === 'scan-page') upserts.push(...m.upserts);
+        else if (m.type === 'scanned') {
+          const summary = applyScan(this.store, { ...m.scan, upserts }, m.seconds);
+          this.emit({ type: 'dataset.indexed', datasetId: summary.datasetId });
+          resolve(summary);
+        } else if (m.type === 'error') {
+          this.emit({ type: 'dataset.error', datasetPath: path, message: m.message });
+          reject(new UserError(m.message));
+        }
+      });
+      job.onExit((code) => {
+        this.indexing.delete(path);
+        reject(new Error(`the indexing job exited unexpectedly (code ${code})`)); // no-op once settled
+      });
+      job.send({ kind: 'index', root: path, known: known ? this.store.images(known.id) : [] });
     });
-    job.onExit(() => this.indexing.delete(path));
-    job.send({ kind: 'index', root: path, known: known ? this.store.images(known.id) : [] });
-    return { path };
   }
 
   /** Whether the run trains or waits for a slot. */
@@ -205,6 +217,7 @@ export class Scheduler {
     } else if (e.type === 'eval') this.emit({ type: 'run.eval', runId, step: e.step, top1: e.top1, loss: e.loss });
     else if (e.type === 'checkpoint') this.emit({ type: 'run.checkpoint', runId, step: e.step });
     else if (e.type === 'end') this.emit({ type: 'run.status', runId, status: e.status, error: null });
+    else if (e.type === 'skipped') this.emit({ type: 'run.skipped', runId, path: e.path, reason: e.reason });
   }
 
   /** Pauses every running run (each checkpoints) and waits for their processes to end; stops every other job. */

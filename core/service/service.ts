@@ -1,7 +1,7 @@
 import { ApiError, isMethod, parseArgs, type ApiEvent, type Args, type Method } from '../api.js';
 import { ConfigError } from '../config.js';
 import { UserError } from '../errors.js';
-import { homePaths, isAlive } from '../home.js';
+import { homePaths, isAlive, removeStaleTempsIn } from '../home.js';
 import type { Launcher } from '../jobs/protocol.js';
 import { Store, type DatasetRow, type RunRow } from '../store/store.js';
 import { analysisHandlers } from './analysis.js';
@@ -43,6 +43,7 @@ export class Service {
   ) {
     this.store = new Store(homePaths(home).db);
     this.store.markInterrupted(isAlive);
+    removeStaleTempsIn(home);
     const emit = (e: ApiEvent) => this.emit(e);
     this.scheduler = new Scheduler(this.store, home, launch, emit, options);
     const c: Context = {

@@ -124,4 +124,9 @@ export const MIGRATIONS: { version: number; sql: string }[] = [
       ALTER TABLE runs_new RENAME TO runs;
     `,
   },
+  {
+    // Images a run skipped because they could not be read (deleted or moved during training).
+    version: 40,
+    sql: `ALTER TABLE runs ADD COLUMN skipped_images INTEGER NOT NULL DEFAULT 0;`,
+  },
 ];

@@ -40,6 +40,8 @@ export interface RunRow {
   tags: string[];
   step: number;
   epoch: number;
+  /** Images skipped in training because they could not be read. */
+  skippedImages: number;
   createdAt: string;
   updatedAt: string;
   finishedAt: string | null;
@@ -187,7 +189,9 @@ export class Store {
 
   updateRun(
     id: number,
-    fields: Partial<Pick<RunRow, 'status' | 'pid' | 'error' | 'backend' | 'step' | 'epoch' | 'name' | 'notes' | 'tags' | 'config'>>,
+    fields: Partial<
+      Pick<RunRow, 'status' | 'pid' | 'error' | 'backend' | 'step' | 'epoch' | 'name' | 'notes' | 'tags' | 'config' | 'datasetId'>
+    >,
   ): void {
     const cols = Object.keys(fields);
     if (!cols.length) return;
@@ -200,6 +204,11 @@ export class Store {
     this.db
       .prepare(`UPDATE runs SET ${set}, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')${finished} WHERE id = ?`)
       .run(...values, id);
+  }
+
+  /** Counts one more image the run skipped. */
+  addSkipped(id: number): void {
+    this.db.prepare('UPDATE runs SET skipped_images = skipped_images + 1 WHERE id = ?').run(id);
   }
 
   /** Runs left running or queued by a process that no longer exists were killed: mark them interrupted. */

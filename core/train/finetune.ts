@@ -52,8 +52,8 @@ export function finetuneTask(config: FinetuneRun, data: LabeledData, init?: Read
       const acc = new GradientAccumulator([...trainable.values()], f.accumIter);
       for (let a = 0; a < f.accumIter; a++) {
         const i = j * f.accumIter + a;
-        const images = await loader.get(epoch, i);
-        const labels = loader.itemsAt(epoch, i).map((k) => data.labels[k]!);
+        const { images, items } = await loader.batchAt(epoch, i);
+        const labels = items.map((k) => data.labels[k]!);
         const { mixed, targets } = mixBatch(images, labels, K, f, new Rng(seedFor(cfg.seed, MIX, step, a)));
         // A probe trains its head only: the frozen features and BatchNorm (which moves its statistics) stay off the tape.
         const probed = f.linearProbe ? tf.tidy(() => model.headInput(mixed, {})) : undefined;

@@ -11,7 +11,9 @@ export type TrainEvent =
   | { type: 'step'; step: number; epoch: number; samples: number; loss: number; losses: number[]; lr: number; imagesPerS: number }
   | { type: 'eval'; step: number; epoch: number; top1: number; loss: number }
   | { type: 'checkpoint'; path: string; step: number; epoch: number; loss: number | null; size: number; hash: string }
-  | { type: 'end'; status: 'finished' | 'paused'; step: number };
+  | { type: 'end'; status: 'finished' | 'paused'; step: number }
+  /** An image that could not be read (deleted or moved during training) was replaced by another; from the job, not the loop. */
+  | { type: 'skipped'; path: string; reason: string };
 
 /** The model family, and for pretraining the target shape `[locations, features]` of each scale or stage. */
 export interface ModelSummary {
