@@ -1,4 +1,4 @@
-import { modelFamily, parseRunConfig, type ModelConfig, type RunConfig } from '../config.js';
+import { modelFamily, type ModelConfig, type RunConfig } from '../config.js';
 import type { Loader } from '../data/loader.js';
 import { LocalMIM, type PretrainModel } from '../model/localmim.js';
 import { SwinLocalMIM } from '../model/swin-localmim.js';
@@ -12,8 +12,7 @@ const MASK = 3;
  * LocalMIM pretraining as a task of the training loop: the mask of micro-batch `a` of step `s` is a
  * function of (seed, s, a), so a resumed run masks exactly as the uninterrupted one.
  */
-export function pretrainTask(config: RunConfig, loader: Loader, init?: ReadonlyMap<string, Float32Array>): Task & { model: PretrainModel } {
-  const cfg = parseRunConfig(config);
+export function pretrainTask(cfg: RunConfig, loader: Loader, init?: ReadonlyMap<string, Float32Array>): Task & { model: PretrainModel } {
   const { optim, seed } = cfg;
   const model = pretrainModel(cfg.model, seed);
   const trainer = new TrainStep(model, optim);
