@@ -172,11 +172,12 @@ describe('Swin export and import (timm names)', () => {
     }
   });
 
-  test('tfjs export, the attention analyses and a linear probe refuse a Swin run in one line', async () => {
+  test('tfjs and ONNX export, the attention analyses and a linear probe refuse a Swin run in one line', async () => {
     const runs = async () => (JSON.parse(await run(['runs', '--json'])) as unknown[]).length;
     const before = await runs();
     for (const args of [
       ['export', '1', '--format', 'tfjs', '--out', join(dir, 'tfjs')],
+      ['export', '1', '--format', 'onnx', '--out', join(dir, 'onnx')],
       ['analyze', '1', '--data', labeled],
       ['finetune', '--from', '1', '--data', labeled, '--linear-probe'],
     ]) {
