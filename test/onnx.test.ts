@@ -3,10 +3,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { DECODERS, parseRunConfig } from '../core/config.js';
 import { evalImage } from '../core/data/preprocess.js';
+import { toOnnx } from '../core/export/onnx.js';
 import { SAMPLE_IMAGES } from '../core/home.js';
+import { classifierFor, featuresOf } from '../core/model/classifier.js';
+import { Rng } from '../core/random.js';
 import { decodeSafetensors } from '../core/safetensors.js';
+import type { RgbImage } from '../core/targets/image.js';
 import { localmim } from './cli.js';
+import { channelsFirst, syntheticImages } from './images.js';
+import './setup.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'localmim-onnx-'));
 const home = join(dir, 'home');
@@ -27,17 +34,10 @@ const run = (args: string[]) => {
 const features = (spec: string, image: string) =>
   (JSON.parse(run(['features', spec, '--image', image, '--json'])) as { values: number[] }).values;
 
-/** The images as the app sees them (the evaluation transform), ImageNet-normalised, channels first: `[B, 3, S, S]`. */
-async function batch(files: string[]): Promise<ort.Tensor> {
-  const mean = [0.485, 0.456, 0.406];
-  const std = [0.229, 0.224, 0.225];
-  const x = new Float32Array(files.length * 3 * S * S);
-  for (const [b, f] of files.entries()) {
-    const { data } = await evalImage(f, S);
-    for (let i = 0; i < S * S; i++) for (let c = 0; c < 3; c++) x[(b * 3 + c) * S * S + i] = (data[3 * i + c]! / 255 - mean[c]!) / std[c]!;
-  }
-  return new ort.Tensor('float32', x, [files.length, 3, S, S]);
-}
+const input = (images: RgbImage[]) =>
+  new ort.Tensor('float32', channelsFirst(images), [images.length, 3, images[0]!.height, images[0]!.width]);
+/** The image files as the app sees them (the evaluation transform). */
+const batch = async (files: string[]) => input(await Promise.all(files.map((f) => evalImage(f, S))));
 
 const expectClose = (got: ArrayLike<number>, want: number[], what: string) => {
   expect(got.length).toBe(want.length);
@@ -97,5 +97,32 @@ describe('ONNX export', () => {
     });
     expectClose(r.logits!.data as Float32Array, logits, 'logit');
     await session.release();
+  });
+
+  test('Swin: features and logits as the app computes them, with shifted windows padded at the grid edge', async () => {
+    // 112 px: grids 28, 14, 7 with window 7 and shift 3, so the shifted windows overhang the grid; 64 px: window 4.
+    for (const extra of [{ imgSize: 112 }, { imgSize: 64, windowSize: 4 }]) {
+      const model = parseRunConfig({ model: { size: 'swin-tiny', patchSize: 4, ...DECODERS.swin, ...extra } }).model;
+      const c = classifierFor(model, 2, 3);
+      // Norms, biases and the head moved off their initial values, so that each shows.
+      const rng = new Rng(4);
+      const moved = [...c.params.vars].map(([n, v]) => {
+        const by = v.shape.length === 1 ? 0.2 : n.startsWith('head.') ? 0.05 : 0;
+        return [n, Float32Array.from(v.dataSync(), (x) => x + by * rng.normal())] as const;
+      });
+      c.params.assign(new Map(moved));
+      const tensors = new Map(moved.map(([n, values]) => [n, { shape: c.params.get(n).shape, values }]));
+      const session = await ort.InferenceSession.create(toOnnx({ model, tensors, classes: ['a', 'b'] }, {}));
+      const images = syntheticImages(2, model.imgSize, 7);
+      const r = await session.run({ image: input(images) });
+      const [f, logits] = [featuresOf((n) => c.params.get(n), model, images), c.logits(images)];
+      expect(r.features!.dims).toEqual([2, 192]);
+      expectClose(r.features!.data as Float32Array, Array.from(f.dataSync()), 'feature');
+      expectClose(r.logits!.data as Float32Array, Array.from(logits.dataSync()), 'logit');
+      f.dispose();
+      logits.dispose();
+      c.dispose();
+      await session.release();
+    }
   });
 });

@@ -9,7 +9,7 @@ import { homeDir, homePaths } from '../home.js';
 export const summary = 'export the backbone of a run (its latest intact checkpoint, or the one at STEP) with timm names';
 
 const OPTIONS = {
-  format: { type: 'string', default: 'safetensors', arg: 'FORMAT', help: 'safetensors (timm/PyTorch), tfjs or onnx (ViTs only)' },
+  format: { type: 'string', default: 'safetensors', arg: 'FORMAT', help: 'safetensors (timm/PyTorch), tfjs (ViTs) or onnx (ONNX Runtime)' },
   out: { type: 'string', arg: 'DIR', help: 'folder to write (default: <home>/exports/RUN-STEP-FORMAT)' },
   home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
   json: { type: 'boolean', default: false, help: 'print the folder and files as JSON' },

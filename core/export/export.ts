@@ -10,7 +10,7 @@ import { backboneOf, datasetHash, timmConfig, timmSwinConfig, type Backbone } fr
 import { fromTimmSwin, toTimmSwin } from './timmSwin.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../safetensors.js';
 import { buildLayersModel, saveLayersModel } from './tfjs.js';
-import { vitOnnx } from './onnx.js';
+import { toOnnx } from './onnx.js';
 import { declare, specsOf } from '../model/module.js';
 import { paramStore } from '../model/params.js';
 import type { ParamStore } from '../model/module.js';
@@ -44,8 +44,8 @@ export async function exportRun(store: Store, spec: string, format: ExportFormat
 export function exportInput(store: Store, spec: string, format: ExportFormat): ExportInput {
   const ref = checkpointRef(store, spec);
   const { run } = ref;
-  if (format !== 'safetensors' && modelFamily(specOf(run).config.model) === 'swin')
-    throw new UserError(`run ${run.id} is a Swin model: --format ${format} exports ViTs only; use --format safetensors (timm's Swin)`);
+  if (format === 'tfjs' && modelFamily(specOf(run).config.model) === 'swin')
+    throw new UserError(`run ${run.id} is a Swin model: --format tfjs exports ViTs only; use --format safetensors (timm's Swin) or onnx`);
   return { ref, format, data: run.datasetId ? datasetHash(store, run.datasetId) : null, metrics: store.metrics(run.id) };
 }
 
@@ -72,7 +72,7 @@ export async function writeExport({ ref, format, data, metrics }: ExportInput, o
         step: String(step),
       }),
     );
-  else if (format === 'onnx') write('model.onnx', vitOnnx(b, { source: 'LocalMIM Studio', run: String(run.id), step: String(step) }));
+  else if (format === 'onnx') write('model.onnx', toOnnx(b, { source: 'LocalMIM Studio', run: String(run.id), step: String(step) }));
   else {
     const model = buildLayersModel(b);
     await saveLayersModel(model, write);
@@ -104,18 +104,19 @@ function modelCard(o: {
   config: ReturnType<typeof timmConfig> | ReturnType<typeof timmSwinConfig>;
 }): string {
   const swin = 'window_size' in o.config.model_args;
-  const usage = swin
-    ? swinUsage(o.config as ReturnType<typeof timmSwinConfig>, o.b.classes !== null)
-    : o.format === 'safetensors'
-      ? vitUsage(o.config as ReturnType<typeof timmConfig>, o.b.classes !== null)
-      : o.format === 'onnx'
-        ? onnxUsage(o.b)
-        : [
-            '```js',
-            "const model = await tf.loadLayersModel('file://path/to/model.json');  // or an http(s) URL in the browser",
-            'const [features] = [].concat(model.predict(images));  // images: [B, H, W, 3], ImageNet-normalised',
-            '```',
-          ];
+  const usage =
+    o.format === 'onnx'
+      ? onnxUsage(o.b)
+      : swin
+        ? swinUsage(o.config as ReturnType<typeof timmSwinConfig>, o.b.classes !== null)
+        : o.format === 'safetensors'
+          ? vitUsage(o.config as ReturnType<typeof timmConfig>, o.b.classes !== null)
+          : [
+              '```js',
+              "const model = await tf.loadLayersModel('file://path/to/model.json');  // or an http(s) URL in the browser",
+              'const [features] = [].concat(model.predict(images));  // images: [B, H, W, 3], ImageNet-normalised',
+              '```',
+            ];
   return [
     `# ${o.runName}`,
     '',
@@ -185,7 +186,7 @@ function onnxUsage(b: Backbone): string[] {
     'import onnxruntime as ort',
     'session = ort.InferenceSession("model.onnx")',
     `x = ...  # np.float32 [B, 3, ${S}, ${S}], ImageNet-normalised`,
-    `${py}, {"image": x})  # features: [B, D], the mean of the patch tokens after the last block`,
+    `${py}, {"image": x})  # features: [B, D], as localmim features prints them`,
     '```',
     '',
     '```js',
