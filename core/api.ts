@@ -9,6 +9,8 @@ import type { MetricRow, RunStatus } from './store/store.js';
 
 const id = z.number().int().positive();
 const backend = z.enum(BACKENDS);
+/** What `exports.create` and `localmim export --format` write (core/export/export.ts). */
+export const EXPORT_FORMATS = ['safetensors', 'tfjs', 'onnx'] as const;
 
 export const METHODS = {
   'app.info': z.strictObject({}),
@@ -56,7 +58,7 @@ export const METHODS = {
     model: z.unknown().optional(),
     seed: z.number().int().min(0).default(0),
   }),
-  'exports.create': z.strictObject({ runId: id, step: z.number().int().min(0).optional(), format: z.enum(['safetensors', 'tfjs']) }),
+  'exports.create': z.strictObject({ runId: id, step: z.number().int().min(0).optional(), format: z.enum(EXPORT_FORMATS) }),
   /** A PyTorch DDP job folder (core/scale/job.ts) for a run (from its newest checkpoint, or `step`) or a new run's config. */
   'jobs.scaleOut': z
     .strictObject({ runId: id.optional(), step: z.number().int().min(0).optional(), config: z.unknown().optional(), datasetId: id })

@@ -16,3 +16,14 @@ export function syntheticImages(n: number, size: number, seed: number): RgbImage
     return { height: size, width: size, data };
   });
 }
+
+/** Images on 0–255, ImageNet-normalised and channels first, as an ONNX export takes them: `[B·3·H·W]`. */
+export function channelsFirst(images: RgbImage[]): Float32Array {
+  const mean = [0.485, 0.456, 0.406];
+  const std = [0.229, 0.224, 0.225];
+  const n = images[0]!.width * images[0]!.height;
+  const x = new Float32Array(images.length * 3 * n);
+  for (const [b, { data }] of images.entries())
+    for (let i = 0; i < n; i++) for (let c = 0; c < 3; c++) x[(b * 3 + c) * n + i] = (data[3 * i + c]! / 255 - mean[c]!) / std[c]!;
+  return x;
+}

@@ -3,6 +3,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync,
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { DECODERS, parseRunConfig, swinDims } from '../core/config.js';
@@ -13,6 +14,7 @@ import { paramStore } from '../core/model/params.js';
 import { Rng } from '../core/random.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../core/safetensors.js';
 import { localmimAsync } from './cli.js';
+import { channelsFirst } from './images.js';
 import { describeWith, PYTHON } from './requirements.js';
 import './setup.js';
 
@@ -188,6 +190,20 @@ describe('Swin export and import (timm names)', () => {
       expect(lines.at(-1)).toMatch(/Swin/);
     }
     expect(await runs()).toBe(before); // nothing was created
+  });
+
+  test('ONNX: model.onnx of the pretraining-layout run and of the fine-tuned one gives their features', async () => {
+    const img = await evalImage(image, 112);
+    for (const spec of ['1', '2']) {
+      const out = join(dir, `onnx-${spec}`);
+      await run(['export', spec, '--format', 'onnx', '--out', out]);
+      const session = await ort.InferenceSession.create(join(out, 'model.onnx'));
+      const r = await session.run({ image: new ort.Tensor('float32', channelsFirst([img]), [1, 3, 112, 112]) });
+      const got = r.features!.data as Float32Array;
+      (await features(spec)).forEach((v, d) => expect(Math.abs(v - got[d]!), `feature ${d}`).toBeLessThan(1e-4));
+      expect(session.outputNames).toEqual(spec === '2' ? ['features', 'logits'] : ['features']);
+      await session.release();
+    }
   });
 
   // Last, on the exports above: timm's layout in plain PyTorch, independent of this project's code.

@@ -1,4 +1,5 @@
 import { join } from 'node:path';
+import { EXPORT_FORMATS } from '../api.js';
 import { exportRun, type ExportFormat } from '../export/export.js';
 import { initBackend } from '../backend.js';
 import { Store } from '../store/store.js';
@@ -8,7 +9,7 @@ import { homeDir, homePaths } from '../home.js';
 export const summary = 'export the backbone of a run (its latest intact checkpoint, or the one at STEP) with timm names';
 
 const OPTIONS = {
-  format: { type: 'string', default: 'safetensors', arg: 'FORMAT', help: 'safetensors (timm/PyTorch) or tfjs (a LayersModel)' },
+  format: { type: 'string', default: 'safetensors', arg: 'FORMAT', help: 'safetensors (timm/PyTorch), tfjs (ViTs) or onnx (ONNX Runtime)' },
   out: { type: 'string', arg: 'DIR', help: 'folder to write (default: <home>/exports/RUN-STEP-FORMAT)' },
   home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
   json: { type: 'boolean', default: false, help: 'print the folder and files as JSON' },
@@ -17,8 +18,8 @@ const OPTIONS = {
 export async function run(argv: string[]): Promise<void> {
   const { values, positionals } = parse(argv, OPTIONS, { usage: 'localmim export RUN[:STEP] [options]', summary });
   if (!positionals[0]) throw new UsageError('missing RUN[:STEP], e.g. localmim export 3 or localmim export 3:1200');
-  if (values.format !== 'safetensors' && values.format !== 'tfjs')
-    throw new UsageError(`--format: expected safetensors or tfjs, got "${values.format}"`);
+  if (!EXPORT_FORMATS.includes(values.format as ExportFormat))
+    throw new UsageError(`--format: expected ${EXPORT_FORMATS.join(', ')}, got "${values.format}"`);
   await initBackend();
   const home = homeDir(values.home);
   const store = new Store(homePaths(home).db);

@@ -10,14 +10,16 @@ import { backboneOf, datasetHash, timmConfig, timmSwinConfig, type Backbone } fr
 import { fromTimmSwin, toTimmSwin } from './timmSwin.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../safetensors.js';
 import { buildLayersModel, saveLayersModel } from './tfjs.js';
+import { toOnnx } from './onnx.js';
 import { declare, specsOf } from '../model/module.js';
 import { paramStore } from '../model/params.js';
 import type { ParamStore } from '../model/module.js';
 import { resizePosEmbed } from '../model/posEmbed.js';
 import { encoderParams } from '../model/vit.js';
 import { AdamW } from '../train/adamw.js';
+import type { EXPORT_FORMATS } from '../api.js';
 
-export type ExportFormat = 'safetensors' | 'tfjs';
+export type ExportFormat = (typeof EXPORT_FORMATS)[number];
 
 /** What an export needs from the database: the checkpoint to read, the dataset's fingerprint, the run's metrics. */
 export interface ExportInput {
@@ -28,8 +30,8 @@ export interface ExportInput {
 }
 
 /**
- * Exports a run's backbone (and head, if fine-tuned): `model.safetensors` with timm names, or a tfjs
- * LayersModel; plus `config.json` and a model card. Written to a temp folder, then renamed into place.
+ * Exports a run's backbone (and head, if fine-tuned): `model.safetensors` with timm names, a tfjs
+ * LayersModel, or `model.onnx`; plus `config.json` and a model card. Written to a temp folder, then renamed into place.
  */
 export async function exportRun(store: Store, spec: string, format: ExportFormat, out: string): Promise<{ dir: string; files: string[] }> {
   const input = exportInput(store, spec, format);
@@ -43,7 +45,7 @@ export function exportInput(store: Store, spec: string, format: ExportFormat): E
   const ref = checkpointRef(store, spec);
   const { run } = ref;
   if (format === 'tfjs' && modelFamily(specOf(run).config.model) === 'swin')
-    throw new UserError(`run ${run.id} is a Swin model: --format tfjs exports ViTs only; use --format safetensors (timm's Swin)`);
+    throw new UserError(`run ${run.id} is a Swin model: --format tfjs exports ViTs only; use --format safetensors (timm's Swin) or onnx`);
   return { ref, format, data: run.datasetId ? datasetHash(store, run.datasetId) : null, metrics: store.metrics(run.id) };
 }
 
@@ -70,6 +72,7 @@ export async function writeExport({ ref, format, data, metrics }: ExportInput, o
         step: String(step),
       }),
     );
+  else if (format === 'onnx') write('model.onnx', toOnnx(b, { source: 'LocalMIM Studio', run: String(run.id), step: String(step) }));
   else {
     const model = buildLayersModel(b);
     await saveLayersModel(model, write);
@@ -101,16 +104,19 @@ function modelCard(o: {
   config: ReturnType<typeof timmConfig> | ReturnType<typeof timmSwinConfig>;
 }): string {
   const swin = 'window_size' in o.config.model_args;
-  const usage = swin
-    ? swinUsage(o.config as ReturnType<typeof timmSwinConfig>, o.b.classes !== null)
-    : o.format === 'safetensors'
-      ? vitUsage(o.config as ReturnType<typeof timmConfig>, o.b.classes !== null)
-      : [
-          '```js',
-          "const model = await tf.loadLayersModel('file://path/to/model.json');  // or an http(s) URL in the browser",
-          'const [features] = [].concat(model.predict(images));  // images: [B, H, W, 3], ImageNet-normalised',
-          '```',
-        ];
+  const usage =
+    o.format === 'onnx'
+      ? onnxUsage(o.b)
+      : swin
+        ? swinUsage(o.config as ReturnType<typeof timmSwinConfig>, o.b.classes !== null)
+        : o.format === 'safetensors'
+          ? vitUsage(o.config as ReturnType<typeof timmConfig>, o.b.classes !== null)
+          : [
+              '```js',
+              "const model = await tf.loadLayersModel('file://path/to/model.json');  // or an http(s) URL in the browser",
+              'const [features] = [].concat(model.predict(images));  // images: [B, H, W, 3], ImageNet-normalised',
+              '```',
+            ];
   return [
     `# ${o.runName}`,
     '',
@@ -165,6 +171,28 @@ function vitUsage(config: ReturnType<typeof timmConfig>, classifier: boolean): s
     `missing, unexpected = model.load_state_dict(load_file("model.safetensors"), strict=False)  # ${classifier ? 'nothing missing' : 'only fc_norm/head are new'}`,
     'x = ...  # [B, 3, H, W], ImageNet-normalised',
     'features = model.forward_features(x)[:, 1:].mean(1)  # the backbone features LocalMIM Studio computes',
+    '```',
+  ];
+}
+
+/** `model.onnx` with ONNX Runtime, in Python and in JavaScript: any batch size, channels first. */
+function onnxUsage(b: Backbone): string[] {
+  const S = b.model.imgSize;
+  const [py, js] = b.classes
+    ? ['features, logits = session.run(["features", "logits"]', 'features, logits']
+    : ['features, = session.run(["features"]', 'features'];
+  return [
+    '```python',
+    'import onnxruntime as ort',
+    'session = ort.InferenceSession("model.onnx")',
+    `x = ...  # np.float32 [B, 3, ${S}, ${S}], ImageNet-normalised`,
+    `${py}, {"image": x})  # features: [B, D], as localmim features prints them`,
+    '```',
+    '',
+    '```js',
+    "import * as ort from 'onnxruntime-node';  // in the browser: onnxruntime-web",
+    "const session = await ort.InferenceSession.create('model.onnx');",
+    `const { ${js} } = await session.run({ image: new ort.Tensor('float32', x, [B, 3, ${S}, ${S}]) });  // x: a Float32Array`,
     '```',
   ];
 }
