@@ -98,7 +98,7 @@ describeWith('chromium')('the app in Chromium', () => {
     await expect.poll(() => page.getByTestId('run-status').textContent()).toBe('paused');
     expect(await points()).toBe(pausedAt);
 
-    await page.getByRole('button', { name: 'Resume' }).click();
+    await page.getByRole('button', { name: 'Resume', exact: true }).click();
     await expect.poll(() => page.getByTestId('run-status').textContent(), { timeout: 60_000 }).toBe('running');
     await expect.poll(points, { timeout: 120_000 }).toBeGreaterThan(pausedAt + 3);
     await shot('4-resumed');

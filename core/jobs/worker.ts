@@ -1,3 +1,4 @@
+import { constants, setPriority } from 'node:os';
 import { initBackend } from '../backend.js';
 import { ConfigError } from '../config.js';
 import { scanFolder } from '../data/indexer.js';
@@ -40,6 +41,8 @@ export async function runJob(req: JobRequest, post: (m: JobMessage) => void, sig
  * before the process exits; when the service goes away, a training job checkpoints and stops.
  */
 export function serveJob(): void {
+  // Below the service and the window: with every core training, they still answer at once.
+  setPriority(constants.priority.PRIORITY_BELOW_NORMAL);
   const pending = new Set<Promise<void>>();
   const post = (m: JobMessage) => {
     if (!process.connected) return; // the service is gone: nobody to tell
