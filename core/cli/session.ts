@@ -1,8 +1,10 @@
 import { describeBackend, initBackend, type BackendReport } from '../backend.js';
+import { describeTorch, ENGINES, probeTorch, resolveEngine, type Engine, type EngineChoice } from '../engine.js';
 import { homeDir, homePaths, isAlive, SAMPLE_IMAGES } from '../home.js';
 import { runTrainJob } from '../runs/job.js';
 import { begin, prepare, type RunRequest } from '../runs/lifecycle.js';
 import { RunRecorder } from '../runs/recorder.js';
+import { assertTorchCan } from '../runs/torch.js';
 import { optimOf } from '../runs/spec.js';
 import { Store } from '../store/store.js';
 import type { Cadence, TrainEvent } from '../train/loop.js';
@@ -32,8 +34,20 @@ export function resumeOf(values: { resume?: string; restart?: boolean }): { resu
 export const sessionFlags = {
   home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
   backend: { type: 'string', arg: 'NAME', help: 'force a compute backend (see localmim doctor)' },
+  engine: { type: 'string', arg: 'NAME', help: 'tfjs, torch (PyTorch, see localmim doctor) or auto: torch where it has a GPU (default tfjs)' },
+  amp: { type: 'boolean', default: false, help: 'torch engine on CUDA: bf16 mixed precision (faster, not bit-comparable)' },
   json: { type: 'boolean', default: false, help: 'print one JSON event per line: start, step, eval, checkpoint, end, error' },
 } as const satisfies Flags;
+
+/** `--engine`, checked, `auto` resolved here: torch where it has a CUDA or MPS device and can train, else tfjs. */
+function engineOf(value: string | undefined): Engine {
+  if (value !== undefined && !(ENGINES as readonly string[]).includes(value) && value !== 'auto')
+    throw new UsageError(`--engine: expected tfjs, torch or auto, got "${value}"`);
+  const engine = resolveEngine(value as EngineChoice | undefined, probeTorch);
+  const torch = engine === 'torch' ? probeTorch() : undefined;
+  if (torch && !torch.ok) throw new UsageError(`--engine torch: ${torch.reason}`);
+  return engine;
+}
 
 type SessionValues = Partial<ReturnType<typeof parse<typeof cadenceFlags & typeof sessionFlags>>['values']>;
 
@@ -67,6 +81,7 @@ export async function runInTerminal(
   const keep = positiveInt('keep', values.keep ?? '3');
   const stopAtStep = values['max-steps'] === undefined ? undefined : positiveInt('max-steps', values['max-steps']);
   const json = values.json ?? false;
+  const engine = engineOf(values.engine);
   const log = (text: string) => !json && console.error(text);
   const home = homeDir(values.home);
   const store = new Store(homePaths(home).db);
@@ -82,8 +97,12 @@ export async function runInTerminal(
       if (!json) printSummary(indexed);
       request = o.newRun(indexed.datasetId);
     }
-    const prepared = prepare(store, home, request, backend.chosen);
-    const job = { ...begin(store, prepared, { pid: process.pid, status: 'running', backend: backend.chosen }), cadence, stopAtStep };
+    if (engine === 'torch') log(`engine    ${describeTorch(probeTorch())}`);
+    const on = engine === 'torch' ? 'torch' : backend.chosen;
+    const prepared = prepare(store, home, request, on);
+    if (engine === 'torch') assertTorchCan(prepared.spec);
+    const claimed = begin(store, prepared, { pid: process.pid, status: 'running', backend: on });
+    const job = { ...claimed, cadence, stopAtStep, engine, torch: { amp: values.amp } };
     runId = job.runId;
     if ('train' in job.data)
       log(`${job.spec.config.model.imgSize} px; ${job.data.train.length} training and ${job.data.val.length} validation images`);
@@ -146,7 +165,8 @@ function terminalSession(o: {
       total = e.totalSteps;
       emit({
         type: 'start',
-        backend: o.backend.chosen,
+        engine: e.backend.startsWith('torch') ? 'torch' : 'tfjs',
+        backend: e.backend,
         backendReport: o.backend,
         config: e.config,
         model: e.model,
