@@ -93,11 +93,14 @@ export function probeTorch(): TorchReport {
   return cached;
 }
 
-/** `auto`: torch where it has a CUDA or MPS device, else tfjs (and its fastest backend). */
-export function resolveEngine(choice: EngineChoice | undefined, torch: () => TorchReport): Engine {
-  if (choice === 'tfjs' || choice === undefined) return 'tfjs';
-  if (choice === 'torch') return 'torch';
-  return torch().devices.length ? 'torch' : 'tfjs';
+/**
+ * `auto`: torch where it has a CUDA or MPS device, else tfjs (and its fastest backend). None given: a resumed run
+ * stays on the engine that trained it (its recorded backend), a new one gets tfjs.
+ */
+export function resolveEngine(choice: EngineChoice | undefined, torch: () => TorchReport, previous?: string | null): Engine {
+  if (choice === undefined) return previous?.startsWith('torch') ? 'torch' : 'tfjs';
+  if (choice === 'auto') return torch().devices.length ? 'torch' : 'tfjs';
+  return choice;
 }
 
 /** How the torch engine reads in a report: interpreter, version, device. */

@@ -99,7 +99,7 @@ withTorch('the torch engine', () => {
     const paused = events(out).at(-1)!;
     expect(paused).toMatchObject({ type: 'end', status: 'paused' });
     expect(paused.step).toBeLessThan(8);
-    const rest = steps(await pretrain(home, ['--resume', '1', '--max-steps', '8']));
+    const rest = steps(await pretrain(home, ['--resume', '1', '--engine', 'tfjs', '--max-steps', '8']));
     expect(rest.map((s) => s.step)).toEqual(Array.from({ length: 8 - paused.step }, (_, i) => paused.step + 1 + i));
     expectSameLosses([...steps(out), ...rest], reference);
   }, 30_000);

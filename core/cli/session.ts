@@ -39,11 +39,9 @@ export const sessionFlags = {
   json: { type: 'boolean', default: false, help: 'print one JSON event per line: start, step, eval, checkpoint, end, error' },
 } as const satisfies Flags;
 
-/** `--engine`, checked, `auto` resolved here: torch where it has a CUDA or MPS device and can train, else tfjs. */
-function engineOf(value: string | undefined): Engine {
-  if (value !== undefined && !(ENGINES as readonly string[]).includes(value) && value !== 'auto')
-    throw new UsageError(`--engine: expected tfjs, torch or auto, got "${value}"`);
-  const engine = resolveEngine(value as EngineChoice | undefined, probeTorch);
+/** `--engine`, checked, and resolved (see resolveEngine); torch must be there. */
+function engineOf(value: EngineChoice | undefined, previous?: string | null): Engine {
+  const engine = resolveEngine(value, probeTorch, previous);
   const torch = engine === 'torch' ? probeTorch() : undefined;
   if (torch && !torch.ok) throw new UsageError(`--engine torch: ${torch.reason}`);
   return engine;
@@ -81,7 +79,8 @@ export async function runInTerminal(
   const keep = positiveInt('keep', values.keep ?? '3');
   const stopAtStep = values['max-steps'] === undefined ? undefined : positiveInt('max-steps', values['max-steps']);
   const json = values.json ?? false;
-  const engine = engineOf(values.engine);
+  const choice = values.engine as EngineChoice | undefined;
+  if (choice !== undefined && ![...ENGINES, 'auto'].includes(choice)) throw new UsageError(`--engine: expected tfjs, torch or auto, got "${choice}"`);
   const log = (text: string) => !json && console.error(text);
   const home = homeDir(values.home);
   const store = new Store(homePaths(home).db);
@@ -97,6 +96,7 @@ export async function runInTerminal(
       if (!json) printSummary(indexed);
       request = o.newRun(indexed.datasetId);
     }
+    const engine = engineOf(choice, o.resume && store.run(o.resume.resume)?.backend);
     if (engine === 'torch') log(`engine    ${describeTorch(probeTorch())}`);
     const on = engine === 'torch' ? 'torch' : backend.chosen;
     const prepared = prepare(store, home, request, on);

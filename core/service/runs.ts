@@ -26,6 +26,8 @@ export const runHandlers = (c: Context) =>
   ({
     'app.info': async () => ({
       backend: (await c.scheduler.backend()).report,
+      /** The torch engine, as the new-run form offers it (greyed out with `reason` where it cannot run). */
+      torch: (await c.scheduler.backend()).torch,
       home: c.home,
       presets: PRESETS,
       sizes: MODEL_SIZES,
@@ -75,7 +77,8 @@ export const runHandlers = (c: Context) =>
     'runs.create': async (a) => {
       // The config is parsed here, once: everything after it passes the typed value on.
       const config = parseRunConfig(a.config ?? {});
-      return { runId: await c.scheduler.start({ new: 'pretrain', datasetId: a.datasetId, config, name: a.name }, a.backend) };
+      const req = { new: 'pretrain', datasetId: a.datasetId, config, name: a.name } as const;
+      return { runId: await c.scheduler.start(req, a.backend, a) };
     },
     'runs.pause': (a) => {
       c.scheduler.pause(c.run(a.id).id);
@@ -83,7 +86,7 @@ export const runHandlers = (c: Context) =>
     },
     'runs.resume': async (a) => {
       c.scheduler.assertIdle(c.run(a.id).id);
-      await c.scheduler.start({ resume: a.id, restart: a.restart }, a.backend);
+      await c.scheduler.start({ resume: a.id, restart: a.restart }, a.backend, a);
       return { ok: true };
     },
     'runs.cancel': (a) => {
