@@ -1,13 +1,16 @@
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, expect, test } from 'vitest';
+import { afterAll, beforeAll, expect, test, vi } from 'vitest';
+import type { ApiEvent } from '../core/api.js';
 import { DecodeCache } from '../core/data/cache.js';
 import { Loader } from '../core/data/loader.js';
-import { homePaths, SAMPLE_IMAGES } from '../core/home.js';
+import { homePaths, isAlive, SAMPLE_IMAGES } from '../core/home.js';
+import { launchNodeJob } from '../core/jobs/launch.js';
 import { encodeSafetensors, type NamedTensor } from '../core/safetensors.js';
+import { Service } from '../core/service/service.js';
 import { Store } from '../core/store/store.js';
 import { localmimAsync } from './cli.js';
 import { describeWith, PYTHON } from './requirements.js';
@@ -75,7 +78,20 @@ withTorch('the torch engine', () => {
   }, 60_000);
 
   test('the contract: a start event with "engine":"torch", then five step events', async () => {
-    const out = await pretrain(join(dir, 'contract'), ['--engine', 'torch', '--img', '32', '--patch', '8', '--batch', '8', '--max-steps', '5', '--seed', '0']);
+    const out = await pretrain(join(dir, 'contract'), [
+      '--engine',
+      'torch',
+      '--img',
+      '32',
+      '--patch',
+      '8',
+      '--batch',
+      '8',
+      '--max-steps',
+      '5',
+      '--seed',
+      '0',
+    ]);
     const e = events(out);
     expect(e[0]).toMatchObject({ type: 'start', engine: 'torch', backend: 'torch cpu' });
     expect(e.filter((x) => x.type === 'step').map((x) => x.step)).toEqual([1, 2, 3, 4, 5]);
@@ -128,3 +144,50 @@ function interrupted(home: string, args: string[]): Promise<string> {
     child.on('close', () => resolve(out));
   });
 }
+
+withTorch('the torch engine in the app’s service', () => {
+  test('a torch run: live metrics, a preview, pause (SIGTERM), resume on torch; a killed job takes train.py with it', async () => {
+    process.env.LOCALMIM_PYTHON = PYTHON;
+    const service = new Service(join(dir, 'service'), () => launchNodeJob(), { previewEvery: 2, cadence: {} });
+    const seen: ApiEvent[] = [];
+    service.subscribe((e) => seen.push(e));
+    const until = (pred: (e: ApiEvent) => boolean) =>
+      vi.waitFor(() => expect(seen.find(pred)).toBeTruthy(), { timeout: 20_000, interval: 50 });
+    const call = <T>(method: string, args: unknown) => service.call(method, args) as Promise<T>;
+    try {
+      const info = await call<{ torch: { ok: boolean; python: string } }>('app.info', {});
+      expect(info.torch).toMatchObject({ ok: true, python: PYTHON });
+      await call('datasets.addSample', {});
+      await until((e) => e.type === 'dataset.indexed');
+      const datasetId = (seen.find((e) => e.type === 'dataset.indexed') as { datasetId: number }).datasetId;
+      const tinyRun = JSON.parse(readFileSync(configFile, 'utf8')) as { optim: object };
+      const config = { ...tinyRun, optim: { ...tinyRun.optim, epochs: 3 } };
+      const { runId } = await call<{ runId: number }>('runs.create', { datasetId, config, engine: 'torch' });
+      await until((e) => e.type === 'run.preview' && e.runId === runId && e.step === 2);
+      const preview = await call<{ probes: { input: string; scales: { pred: string }[] }[] }>('runs.preview', { id: runId, step: 2 });
+      expect(preview.probes).toHaveLength(2);
+      expect(preview.probes[0]!.scales[0]!.pred).toMatch(/^data:image\/png;base64,/);
+      await call('runs.pause', { id: runId });
+      await until((e) => e.type === 'run.status' && e.runId === runId && e.status === 'paused');
+      const paused = service.store.run(runId)!;
+      expect(paused).toMatchObject({ backend: 'torch cpu', status: 'paused' });
+      expect(service.store.checkpoints(runId).at(-1)!.step).toBe(paused.step);
+
+      seen.length = 0;
+      await call('runs.resume', { id: runId }); // stays on torch
+      await until((e) => e.type === 'run.metrics' && e.runId === runId);
+      expect((seen.find((e) => e.type === 'run.metrics') as { rows: { step: number }[] }).rows[0]!.step).toBe(paused.step + 1);
+      const job = service.store.run(runId)!.pid!;
+      const python = Number(
+        execFileSync('pgrep', ['-P', String(job)], { encoding: 'utf8' })
+          .trim()
+          .split('\n')[0],
+      );
+      process.kill(job, 'SIGKILL');
+      await vi.waitFor(() => expect(isAlive(python)).toBe(false), { timeout: 20_000 });
+    } finally {
+      await service.shutdown();
+      delete process.env.LOCALMIM_PYTHON;
+    }
+  }, 60_000);
+});

@@ -44,7 +44,11 @@ export async function renderPreview(model: PretrainModel, probes: Rgb8[], noise:
   const masks = new Float32Array(probes.length * g * g);
   probes.forEach((_, b) => masks.set(mask(b), b * g * g));
   model.disposeBatch(batch);
-  return drawPreview(probes, { preds, targets, mask: masks }, { cells: model.cells, F: model.F, g, p, nbins: model.config.nbins, hog: model.config.target === 'hog' });
+  return drawPreview(
+    probes,
+    { preds, targets, mask: masks },
+    { cells: model.cells, F: model.F, g, p, nbins: model.config.nbins, hog: model.config.target === 'hog' },
+  );
 }
 
 /** The one renderer of previews, for either engine's arrays. */
@@ -62,7 +66,8 @@ export function drawPreview(
         cells.map(async (cell, k) => {
           const n = (img.height / cell) * (img.width / cell);
           const at = (x: Float32Array) => x.subarray(b * n * F[k]!, (b + 1) * n * F[k]!);
-          const draw = (x: Float32Array) => (o.hog ? hogGlyphs(x, img.height / cell, img.width / cell, o.nbins) : png(pixelImage(x, img, cell)));
+          const draw = (x: Float32Array) =>
+            o.hog ? hogGlyphs(x, img.height / cell, img.width / cell, o.nbins) : png(pixelImage(x, img, cell));
           return { cell, target: await draw(at(a.targets[k]!)), pred: await draw(at(a.preds[k]!)) };
         }),
       ),

@@ -34,7 +34,11 @@ export function resumeOf(values: { resume?: string; restart?: boolean }): { resu
 export const sessionFlags = {
   home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
   backend: { type: 'string', arg: 'NAME', help: 'force a compute backend (see localmim doctor)' },
-  engine: { type: 'string', arg: 'NAME', help: 'tfjs, torch (PyTorch, see localmim doctor) or auto: torch where it has a GPU (default tfjs)' },
+  engine: {
+    type: 'string',
+    arg: 'NAME',
+    help: 'tfjs, torch (PyTorch, see localmim doctor) or auto: torch where it has a GPU (default tfjs)',
+  },
   amp: { type: 'boolean', default: false, help: 'torch engine on CUDA: bf16 mixed precision (faster, not bit-comparable)' },
   json: { type: 'boolean', default: false, help: 'print one JSON event per line: start, step, eval, checkpoint, end, error' },
 } as const satisfies Flags;
@@ -80,7 +84,8 @@ export async function runInTerminal(
   const stopAtStep = values['max-steps'] === undefined ? undefined : positiveInt('max-steps', values['max-steps']);
   const json = values.json ?? false;
   const choice = values.engine as EngineChoice | undefined;
-  if (choice !== undefined && ![...ENGINES, 'auto'].includes(choice)) throw new UsageError(`--engine: expected tfjs, torch or auto, got "${choice}"`);
+  if (choice !== undefined && ![...ENGINES, 'auto'].includes(choice))
+    throw new UsageError(`--engine: expected tfjs, torch or auto, got "${choice}"`);
   const log = (text: string) => !json && console.error(text);
   const home = homeDir(values.home);
   const store = new Store(homePaths(home).db);

@@ -65,7 +65,9 @@ export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ ste
     if (!('items' in job.data)) throw new Error('a pretraining job needs unlabeled items');
     const { optim, seed } = spec.config;
     const pretrain = pretrainTask(spec.config, new Loader(job.data.items, cache, imgSize, optim.batch, seed), init);
-    const probes = job.previewEvery ? await Promise.all(job.data.items.slice(0, PREVIEW_PROBES).map((it) => evalImage(it.abs, imgSize))) : [];
+    const probes = job.previewEvery
+      ? await Promise.all(job.data.items.slice(0, PREVIEW_PROBES).map((it) => evalImage(it.abs, imgSize)))
+      : [];
     task = { ...pretrain, afterStep: previews(pretrain.model, probes, job, hooks) };
   } else {
     if (!('train' in job.data)) throw new Error('a fine-tuning job needs a labeled split');
@@ -127,4 +129,3 @@ function previews(model: PretrainModel, probes: Awaited<ReturnType<typeof evalIm
     }
   };
 }
-

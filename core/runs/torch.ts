@@ -91,7 +91,10 @@ export async function runTorchJob(
   // Events in order: a preview is drawn before the events after it are passed on.
   let chain = Promise.resolve();
   const handle = async (line: string) => {
-    const e = JSON.parse(line) as TrainEvent | { type: 'start'; step: number; totalSteps: number; stepsPerEpoch: number; device: string } | { type: 'preview'; step: number };
+    const e = JSON.parse(line) as
+      | TrainEvent
+      | { type: 'start'; step: number; totalSteps: number; stepsPerEpoch: number; device: string }
+      | { type: 'preview'; step: number };
     if (e.type === 'preview') {
       if (!drawing) return;
       try {
@@ -140,7 +143,14 @@ async function previewProbes(config: RunConfig, items: { abs: string }[], file: 
     ['noise', { shape: [images.length, dims.L], values: noise }],
   ]);
   writeFileSync(file, encodeSafetensors(tensors, {}));
-  const draw = { cells: dims.cells, F: dims.F, g: dims.g, p: config.model.patchSize, nbins: config.model.nbins, hog: config.model.target === 'hog' };
+  const draw = {
+    cells: dims.cells,
+    F: dims.F,
+    g: dims.g,
+    p: config.model.patchSize,
+    nbins: config.model.nbins,
+    hog: config.model.target === 'hog',
+  };
   return async (job: TrainJob, step: number) => {
     const dir = previewDir(job.home, job.runId, step);
     const t = decodeSafetensors(readFileSync(join(dir, 'arrays.safetensors'))).tensors;
