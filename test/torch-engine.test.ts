@@ -1,5 +1,5 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -25,6 +25,10 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const BIN = fileURLToPath(new URL('../bin/localmim.js', import.meta.url));
 const tiny = { D: 32, depth: 4, heads: 2, decoderDim: 32, decoderHeads: 2, imgSize: 32, patchSize: 8 };
 const configFile = join(dir, 'tiny.json');
+writeFileSync(
+  configFile,
+  JSON.stringify({ model: tiny, optim: { batch: 8, epochs: 1, warmupEpochs: 0, lr: 3e-3, weightDecay: 0.05 }, seed: 7 }),
+);
 const batches = join(dir, 'batches.safetensors');
 const env = { OMP_NUM_THREADS: '1', LOCALMIM_PYTHON: PYTHON, LOCALMIM_TORCH_BATCHES: batches };
 
@@ -56,10 +60,6 @@ withTorch('the torch engine', () => {
   let reference: Step[] = [];
 
   beforeAll(async () => {
-    writeFileSync(
-      configFile,
-      JSON.stringify({ model: tiny, optim: { batch: 8, epochs: 1, warmupEpochs: 0, lr: 3e-3, weightDecay: 0.05 }, seed: 7 }),
-    );
     reference = steps(await pretrain(refHome, ['--config', configFile, '--max-steps', '8']));
     // The app's first batches of epoch 0, decoded as its loader decodes them, handed to train.py.
     const store = new Store(homePaths(refHome).db);
@@ -190,4 +190,47 @@ withTorch('the torch engine in the app’s service', () => {
       delete process.env.LOCALMIM_PYTHON;
     }
   }, 60_000);
+});
+
+/** A stand-in interpreter: `probe` is what it answers torch's probe with (or how it fails), `train` how train.py fails. */
+function fakePython(path: string, probe: string, train = 'exit 1') {
+  mkdirSync(join(path, '..'), { recursive: true });
+  writeFileSync(path, `#!/bin/sh\ncase "$2" in --engine) ${train};; esac\n${probe}\n`);
+  chmodSync(path, 0o755);
+  return path;
+}
+
+withTorch('the torch engine’s errors', () => {
+  test('doctor names the interpreter it took and each one it rejected, and why', async () => {
+    const old = fakePython(join(dir, 'old', 'python3'), `echo '{"version": "1.12.1", "devices": []}'`);
+    fakePython(join(dir, 'bare', 'python3'), `echo "ModuleNotFoundError: No module named 'torch'" >&2; exit 1`);
+    const r = await localmimAsync(['doctor', '--json'], { LOCALMIM_PYTHON: old, PATH: join(dir, 'bare') });
+    const { torch } = JSON.parse(r.stdout) as { torch: { ok: boolean; python: string; rejected: { python: string; reason: string }[] } };
+    expect(torch).toMatchObject({ ok: true, python: PYTHON });
+    expect(torch.rejected).toEqual([
+      { python: old, reason: 'torch 1.12.1 is older than 1.13' },
+      { python: join(dir, 'bare', 'python3'), reason: 'no torch' },
+    ]);
+  }, 30_000);
+
+  test('CUDA out of memory: one line saying the run is intact and how to go on; auto picks a GPU', async () => {
+    const gpu = fakePython(
+      join(dir, 'gpu', 'python3'),
+      `echo '{"version": "2.3.0", "devices": [{"id": "cuda:0", "name": "Fake GPU", "memoryMB": 1024}]}'`,
+      'echo "torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB" >&2; exit 1',
+    );
+    const home = join(dir, 'oom');
+    const r = await localmimAsync(['pretrain', '--engine', 'auto', '--home', home, '--config', configFile, '--max-steps', '2'], {
+      LOCALMIM_PYTHON: gpu,
+    });
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split('\n').at(-1)).toBe(
+      'localmim pretrain: the torch engine’s device failed (torch engine: torch.cuda.OutOfMemoryError: CUDA out of memory. ' +
+        'Tried to allocate 2.00 GiB); the last checkpoint is intact: continue with localmim pretrain --resume 1 --engine tfjs, ' +
+        'or with a smaller batch or image size',
+    );
+    expect((await localmimAsync(['pretrain', '--engine', 'gpu', '--home', home])).stderr).toMatch(
+      /--engine: expected tfjs, torch or auto, got "gpu"/,
+    );
+  }, 30_000);
 });

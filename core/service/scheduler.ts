@@ -113,7 +113,8 @@ export class Scheduler {
   async start(req: RunRequest, pinned?: BackendName, o: { engine?: EngineChoice; amp?: boolean } = {}): Promise<number> {
     // A pinned backend runs in the job process (which reports if it cannot load); the rest use this machine's choice.
     const { report, torch } = await this.backend();
-    const previous = 'resume' in req ? this.store.run(req.resume)?.backend : undefined;
+    const continued = 'resume' in req ? req.resume : 'extend' in req ? req.extend : undefined;
+    const previous = continued === undefined ? undefined : this.store.run(continued)?.backend;
     const engine = resolveEngine(o.engine, () => torch, previous);
     if (engine === 'torch' && !torch.ok) throw new UserError(`engine: torch is unavailable: ${torch.reason}`);
     const backend = engine === 'torch' ? 'torch' : (pinned ?? report.chosen);
