@@ -19,7 +19,11 @@ let page: Page;
 let url = '';
 const consoleErrors: string[] = [];
 
-describeWith('chromium', 'torch', 'pillow')('the torch engine in Chromium', () => {
+describeWith(
+  'chromium',
+  'torch',
+  'pillow',
+)('the torch engine in Chromium', () => {
   beforeAll(async () => {
     ensureBuilt();
     home = mkdtempSync(join(tmpdir(), 'localmim-e2e-torch-'));
