@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { drawPreview, PREVIEW_PROBES, previewDir, previewNoise, writePreview } from '../analysis/preview.js';
@@ -116,6 +116,7 @@ export async function runTorchJob(
   const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
   hooks.signal?.removeEventListener('abort', pause);
   await chain;
+  if (!job.resumeFrom) rmSync(start, { force: true }); // a resume starts from a checkpoint, a restart writes it again
   if (result && code === 0) return result;
   const why = stderr.trim().split('\n').at(-1) || `train.py exited with code ${code}`;
   throw new Error(`torch engine: ${why}`);
@@ -153,7 +154,9 @@ async function previewProbes(config: RunConfig, items: { abs: string }[], file: 
   };
   return async (job: TrainJob, step: number) => {
     const dir = previewDir(job.home, job.runId, step);
-    const t = decodeSafetensors(readFileSync(join(dir, 'arrays.safetensors'))).tensors;
+    const file = join(dir, 'arrays.safetensors');
+    const t = decodeSafetensors(readFileSync(file)).tensors;
+    rmSync(file); // drawn once; a long run's arrays would fill the disk
     const arrays = {
       preds: dims.cells.map((_, k) => t.get(`pred.${k}`)!.values),
       targets: dims.cells.map((_, k) => t.get(`target.${k}`)!.values),
