@@ -2,10 +2,26 @@
 # The GPU check, on a machine with an NVIDIA GPU, PyTorch with CUDA, no internet and maybe no Node. Prepare
 # .gpu/ here first with bench/gpu-pack.sh, then run on the device machine, from the repository root:
 #   bash bench/gpu-device.sh            (device tool: carry [".gpu"], timeout_s 600)
-# It prints the WebGPU adapter, the webgpu pretraining step for vit-tiny/64/p8/b32 and vit-base/224/p16/b64,
-# and PyTorch's fp32 step (eager, TF32 off) on the same GPU, with the ratios.
+# It prints the torch engine's loader images/s and its vit-base/224/p16/b64 step in fp32 and bf16
+# (bench/torch-engine.py), the WebGPU adapter, the webgpu pretraining step for vit-tiny/64/p8/b32 and
+# vit-base/224/p16/b64, PyTorch's plain fp32 step (bench/peer.py) on the same GPU, and the ratio webgpu / torch
+# engine fp32. LOCALMIM_BENCH_TINY=1 runs the torch engine's part only, at a tiny size, on any machine with torch.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+out=$(mktemp -d)
+if [ ! -f .gpu/config.json ]; then  # the app's defaults, where bench/gpu-pack.sh did not write them
+  mkdir -p .gpu && npx tsx -e "import { newRunConfig } from './core/config.ts'; console.log(JSON.stringify(newRunConfig()))" > .gpu/config.json
+fi
+python=$(command -v python3)
+[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import torch' 2>/dev/null && python=/usr/bin/python3
+python=${LOCALMIM_PYTHON:-$python}
+if [ "${LOCALMIM_BENCH_TINY:-0}" = 1 ]; then
+  size=(--model vit-tiny --img 32 --patch 8 --batch 8 --steps 3 --warmup 1 --images 32 --loader-batches 8 --workers 1)
+else
+  size=(--model vit-base --img 224 --patch 16 --batch 64 --steps 30 --warmup 5)
+fi
+timeout 150 "$python" bench/torch-engine.py --config .gpu/config.json "${size[@]}" | tee "$out/torch.jsonl"
+[ "${LOCALMIM_BENCH_TINY:-0}" = 1 ] && exit 0
 [ -f .gpu/node.xz ] || { echo "no .gpu/: run bench/gpu-pack.sh here first, and carry .gpu"; exit 2; }
 for f in .gpu/debs/*.deb; do dpkg -x "$f" /; done
 ldconfig
@@ -19,5 +35,17 @@ export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))' || true
 bench() { timeout "$1" /tmp/node .gpu/bench/run.mjs --only step --backends webgpu --peer --peer-device cuda "${@:2}"; }
-bench 200 --model vit-tiny --img 64 --patch 8 --batch 32 --seconds 30
-bench 330 --model vit-base --img 224 --patch 16 --batch 64 --seconds 60
+bench 120 --model vit-tiny --img 64 --patch 8 --batch 32 --seconds 20
+bench 330 --model vit-base --img 224 --patch 16 --batch 64 --seconds 60 | tee "$out/webgpu.txt"
+"$python" - "$out" <<'PY'
+import json, sys
+rows = [json.loads(l) for f in ('torch.jsonl', 'webgpu.txt') for l in open(f'{sys.argv[1]}/{f}') if l.startswith('{')]
+torch = next((r for r in rows if r.get('bench') == 'torch-step' and r['precision'] == 'fp32'), None)
+webgpu = next((r for r in rows if r.get('bench') == 'pretrain-step' and r.get('model') == 'vit-base'), None)
+if torch and webgpu:
+    ratio = webgpu['stepsPerS'] * torch['msPerStep'] / 1000
+    print(json.dumps({'bench': 'webgpu-vs-torch-engine', 'model': 'vit-base', 'img': 224, 'batch': 64, 'ratio': round(ratio, 3),
+                      'webgpuStepsPerS': webgpu['stepsPerS'], 'torchFp32MsPerStep': torch['msPerStep'], 'goal': 0.5}))
+else:
+    print('webgpu / torch engine: a step is missing, no ratio')
+PY

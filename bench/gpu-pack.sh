@@ -15,6 +15,8 @@ npx esbuild bench/run.ts --bundle --splitting --platform=node --format=esm --tar
 cp -r node_modules/webgpu/index.js node_modules/webgpu/package.json .gpu/node_modules/webgpu/
 cp -r node_modules/webgpu/dist/linux-x64 .gpu/node_modules/webgpu/dist/
 cp bench/peer.py .gpu/
+# The app's default run config, which bench/torch-engine.py starts from.
+npx tsx -e "import { newRunConfig } from './core/config.ts'; console.log(JSON.stringify(newRunConfig()))" > .gpu/config.json
 o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64-lists'
 mkdir -p /tmp/amd64-lists/partial
 apt-get $o update -qq

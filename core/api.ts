@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { BACKENDS } from './backend.js';
 import { describeIssue, MAX_EPOCHS } from './config.js';
+import { ENGINES } from './engine.js';
 import type { MetricRow, RunStatus } from './store/store.js';
 
 // The one API of LocalMIM Studio: the same methods and events over Electron IPC (preload) and over
@@ -11,6 +12,8 @@ const id = z.number().int().positive();
 const backend = z.enum(BACKENDS);
 /** What `exports.create` and `localmim export --format` write (core/export/export.ts). */
 export const EXPORT_FORMATS = ['safetensors', 'tfjs', 'onnx'] as const;
+/** What trains the run (core/engine.ts); `amp`: bf16 mixed precision on the torch engine's GPU. */
+const engine = { engine: z.enum([...ENGINES, 'auto']).optional(), amp: z.boolean().optional() };
 
 export const METHODS = {
   'app.info': z.strictObject({}),
@@ -27,7 +30,13 @@ export const METHODS = {
   'runs.list': z.strictObject({}),
   'runs.get': z.strictObject({ id }),
   /** `backend`: pin the run to one compute backend instead of the fastest that loads. */
-  'runs.create': z.strictObject({ datasetId: id, name: z.string().max(200).optional(), config: z.unknown(), backend: backend.optional() }),
+  'runs.create': z.strictObject({
+    datasetId: id,
+    name: z.string().max(200).optional(),
+    config: z.unknown(),
+    backend: backend.optional(),
+    ...engine,
+  }),
   'runs.pause': z.strictObject({ id }),
   /**
    * `restart`: start over from step 0 when none of the run's checkpoints can be read. `data`: the folder the run's
@@ -38,6 +47,7 @@ export const METHODS = {
     restart: z.boolean().default(false),
     backend: backend.optional(),
     data: z.string().min(1).max(4096).optional(),
+    ...engine,
   }),
   'runs.cancel': z.strictObject({ id }),
   'runs.extend': z.strictObject({ id, epochs: z.number().int().min(1).max(MAX_EPOCHS) }),

@@ -1,7 +1,20 @@
 import * as tf from '@tensorflow/tfjs';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import sharp from 'sharp';
 import type { PretrainModel } from '../model/localmim.js';
+import { homePaths } from '../home.js';
+import { Rng, seedFor } from '../random.js';
 import type { Rgb8 } from '../targets/image.js';
+
+/** How many of a run's first images its previews show. */
+export const PREVIEW_PROBES = 2;
+
+/** The previews' fixed mask: `n` uniform numbers of the run's seed, the same on either engine. */
+export const previewNoise = (seed: number, n: number) => new Rng(seedFor(seed, 4)).fill(n);
+
+/** Where a run's preview of one step lives. */
+export const previewDir = (home: string, runId: number, step: number) => join(homePaths(home).run(runId), 'previews', String(step));
 
 /** Side of every preview picture, in pixels. */
 const SIDE = 256;
@@ -13,6 +26,13 @@ export interface PreviewProbe {
   scales: { cell: number; target: Buffer; pred: Buffer }[];
 }
 
+/** What a preview draws: per scale the predictions and targets `[B, N, F]`, and the mask `[B, g²]` (1 = removed). */
+export interface PreviewArrays {
+  preds: Float32Array[];
+  targets: Float32Array[];
+  mask: Float32Array;
+}
+
 /** Reconstructions of a fixed probe set under a fixed mask: what the model predicts at every scale. */
 export async function renderPreview(model: PretrainModel, probes: Rgb8[], noise: Float32Array): Promise<PreviewProbe[]> {
   const batch = model.prepare(probes, noise);
@@ -21,20 +41,34 @@ export async function renderPreview(model: PretrainModel, probes: Rgb8[], noise:
   const [preds, targets] = await Promise.all([read(kept), read(batch.targets)]);
   tf.dispose(kept);
   const { mask, g, p } = model.pixelMask(batch);
+  const masks = new Float32Array(probes.length * g * g);
+  probes.forEach((_, b) => masks.set(mask(b), b * g * g));
   model.disposeBatch(batch);
-  const { cells, F } = model;
-  const hog = model.config.target === 'hog';
+  return drawPreview(
+    probes,
+    { preds, targets, mask: masks },
+    { cells: model.cells, F: model.F, g, p, nbins: model.config.nbins, hog: model.config.target === 'hog' },
+  );
+}
+
+/** The one renderer of previews, for either engine's arrays. */
+export function drawPreview(
+  probes: Rgb8[],
+  a: PreviewArrays,
+  o: { cells: readonly number[]; F: readonly number[]; g: number; p: number; nbins: number; hog: boolean },
+): Promise<PreviewProbe[]> {
+  const { cells, F, g, p } = o;
   return Promise.all(
     probes.map(async (img, b) => ({
       input: await png(img),
-      masked: await png(maskedCopy(img, mask(b), g, p)),
+      masked: await png(maskedCopy(img, a.mask.subarray(b * g * g, (b + 1) * g * g), g, p)),
       scales: await Promise.all(
         cells.map(async (cell, k) => {
           const n = (img.height / cell) * (img.width / cell);
-          const at = (a: Float32Array) => a.subarray(b * n * F[k]!, (b + 1) * n * F[k]!);
-          const draw = (a: Float32Array) =>
-            hog ? hogGlyphs(a, img.height / cell, img.width / cell, model.config.nbins) : png(pixelImage(a, img, cell));
-          return { cell, target: await draw(at(targets[k]!)), pred: await draw(at(preds[k]!)) };
+          const at = (x: Float32Array) => x.subarray(b * n * F[k]!, (b + 1) * n * F[k]!);
+          const draw = (x: Float32Array) =>
+            o.hog ? hogGlyphs(x, img.height / cell, img.width / cell, o.nbins) : png(pixelImage(x, img, cell));
+          return { cell, target: await draw(at(a.targets[k]!)), pred: await draw(at(a.preds[k]!)) };
         }),
       ),
     })),
@@ -102,4 +136,19 @@ function hogGlyphs(a: Float32Array, gh: number, gw: number, nbins: number): Prom
   }
   const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${SIDE}" height="${(SIDE * gh) / gw}"><rect width="100%" height="100%" fill="#111"/><g stroke="#fff" stroke-width="${Math.max(1, size / 10).toFixed(1)}">${lines.join('')}</g></svg>`;
   return sharp(Buffer.from(svg)).png().toBuffer();
+}
+
+/** A rendered preview in `dir`: its PNGs, then preview.json, which marks it complete. */
+export function writePreview(dir: string, step: number, rendered: PreviewProbe[]): void {
+  mkdirSync(dir, { recursive: true });
+  rendered.forEach((p, b) => {
+    writeFileSync(join(dir, `${b}-input.png`), p.input);
+    writeFileSync(join(dir, `${b}-masked.png`), p.masked);
+    p.scales.forEach((s, k) => {
+      writeFileSync(join(dir, `${b}-${k}-target.png`), s.target);
+      writeFileSync(join(dir, `${b}-${k}-pred.png`), s.pred);
+    });
+  });
+  const meta = { step, probes: rendered.length, cells: rendered[0]?.scales.map((s) => s.cell) ?? [] };
+  writeFileSync(join(dir, 'preview.json'), JSON.stringify(meta));
 }

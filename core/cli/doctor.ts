@@ -1,7 +1,8 @@
 import { describeSlowPath, initBackend } from '../backend.js';
+import { describeTorch, probeTorch } from '../engine.js';
 import { parse } from './args.js';
 
-export const summary = 'show which tfjs backend runs here, and why the faster ones do not';
+export const summary = 'show which tfjs backend runs here, and why the faster ones do not; and the torch engine';
 
 export async function run(argv: string[]): Promise<void> {
   const { values } = parse(
@@ -13,8 +14,9 @@ export async function run(argv: string[]): Promise<void> {
     { usage: 'localmim doctor [options]', summary },
   );
   const r = await initBackend(values.backend);
+  const torch = probeTorch();
   if (values.json) {
-    console.log(JSON.stringify(r));
+    console.log(JSON.stringify({ ...r, torch }));
     return;
   }
   console.log(`backend   ${r.chosen}${r.forcedBy ? ` (forced by ${r.forcedBy})` : ''}`);
@@ -24,4 +26,6 @@ export async function run(argv: string[]): Promise<void> {
   console.log(`native    ${r.native}`);
   if (r.slow) console.log(`slow      ${describeSlowPath(r.slow)}`);
   for (const a of r.attempts) if (a.name !== r.chosen) console.log(`  ${a.name.padEnd(15)} ${a.reason}`);
+  console.log(`torch     ${describeTorch(torch)}`);
+  for (const x of torch.rejected) console.log(`  ${x.python.padEnd(15)} ${x.reason}`);
 }

@@ -1,9 +1,11 @@
 import { describeBackend, initBackend, type BackendReport } from '../backend.js';
+import { describeTorch, ENGINES, probeTorch, resolveEngine, type Engine, type EngineChoice } from '../engine.js';
 import { homeDir, homePaths, isAlive, SAMPLE_IMAGES } from '../home.js';
 import { runTrainJob } from '../runs/job.js';
 import { begin, prepare, type RunRequest } from '../runs/lifecycle.js';
 import { recheckDataset } from '../runs/recheck.js';
 import { RunRecorder } from '../runs/recorder.js';
+import { assertTorchCan } from '../runs/torch.js';
 import { optimOf } from '../runs/spec.js';
 import { Store } from '../store/store.js';
 import type { Cadence, TrainEvent } from '../train/loop.js';
@@ -33,8 +35,22 @@ export function resumeOf(values: { resume?: string; restart?: boolean }): { resu
 export const sessionFlags = {
   home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
   backend: { type: 'string', arg: 'NAME', help: 'force a compute backend (see localmim doctor)' },
+  engine: {
+    type: 'string',
+    arg: 'NAME',
+    help: 'tfjs, torch (PyTorch, see localmim doctor) or auto: torch where it has a GPU (default tfjs)',
+  },
+  amp: { type: 'boolean', default: false, help: 'torch engine on CUDA: bf16 mixed precision (faster, not bit-comparable)' },
   json: { type: 'boolean', default: false, help: 'print one JSON event per line: start, step, eval, checkpoint, end, error' },
 } as const satisfies Flags;
+
+/** `--engine`, checked, and resolved (see resolveEngine); torch must be there. */
+function engineOf(value: EngineChoice | undefined, previous?: string | null): Engine {
+  const engine = resolveEngine(value, probeTorch, previous);
+  const torch = engine === 'torch' ? probeTorch() : undefined;
+  if (torch && !torch.ok) throw new UsageError(`--engine torch: ${torch.reason}`);
+  return engine;
+}
 
 type SessionValues = Partial<ReturnType<typeof parse<typeof cadenceFlags & typeof sessionFlags & typeof indexFlags>>['values']>;
 
@@ -69,6 +85,9 @@ export async function runInTerminal(
   const stopAtStep = values['max-steps'] === undefined ? undefined : positiveInt('max-steps', values['max-steps']);
   const indexing = indexOptions(values);
   const json = values.json ?? false;
+  const choice = values.engine as EngineChoice | undefined;
+  if (choice !== undefined && ![...ENGINES, 'auto'].includes(choice))
+    throw new UsageError(`--engine: expected tfjs, torch or auto, got "${choice}"`);
   const log = (text: string) => !json && console.error(text);
   const home = homeDir(values.home);
   const store = new Store(homePaths(home).db);
@@ -88,8 +107,13 @@ export async function runInTerminal(
       if (!json) printSummary(indexed);
       request = o.newRun(indexed.datasetId);
     }
-    const prepared = prepare(store, home, request, backend.chosen);
-    const job = { ...begin(store, prepared, { pid: process.pid, status: 'running', backend: backend.chosen }), cadence, stopAtStep };
+    const engine = engineOf(choice, o.resume && store.run(o.resume.resume)?.backend);
+    if (engine === 'torch') log(`engine    ${describeTorch(probeTorch())}`);
+    const on = engine === 'torch' ? 'torch' : backend.chosen;
+    const prepared = prepare(store, home, request, on);
+    if (engine === 'torch') assertTorchCan(prepared.spec);
+    const claimed = begin(store, prepared, { pid: process.pid, status: 'running', backend: on });
+    const job = { ...claimed, cadence, stopAtStep, engine, torch: { amp: values.amp } };
     runId = job.runId;
     if ('train' in job.data)
       log(`${job.spec.config.model.imgSize} px; ${job.data.train.length} training and ${job.data.val.length} validation images`);
@@ -156,7 +180,8 @@ function terminalSession(o: {
       total = e.totalSteps;
       emit({
         type: 'start',
-        backend: o.backend.chosen,
+        engine: e.backend.startsWith('torch') ? 'torch' : 'tfjs',
+        backend: e.backend,
         backendReport: o.backend,
         config: e.config,
         model: e.model,

@@ -3,6 +3,7 @@ import { attentionAnalysis } from '../analysis/attention.js';
 import { analyzeSet } from '../analysis/set.js';
 import { computePath, initBackend } from '../backend.js';
 import { evalImage } from '../data/preprocess.js';
+import { probeTorch } from '../engine.js';
 import { backboneOf, paramsOf } from '../export/backbone.js';
 import { writeExport } from '../export/export.js';
 import { loadRef } from '../runs/checkpoints.js';
@@ -14,10 +15,13 @@ export type Steps = (done: number, total: number) => void;
 
 /** What each compute job does, in a job process; the service checked the request and shapes the answer. */
 export const COMPUTE = {
-  /** The service never loads a backend itself: this tells it which one its jobs choose, and the path a step takes there. */
+  /**
+   * The service never loads a backend itself: this tells it which one its jobs choose, the path a step takes there,
+   * and the torch engine's interpreter and devices, or why there is none.
+   */
   probe: async () => {
     const report = await initBackend();
-    return { report, computePath: computePath(report.chosen) };
+    return { report, computePath: computePath(report.chosen), torch: probeTorch() };
   },
   analysis: async (r: Request<'analysis'>) => {
     const { run, checkpoint } = loadRef(r.ref);

@@ -23,10 +23,12 @@ export async function runJob(req: JobRequest, post: (m: JobMessage) => void, sig
     const result = await runCompute(req, (done, total) => post({ type: 'steps', done, total }));
     return post({ type: 'result', result });
   }
-  const report = await initBackend(req.backend);
-  post({ type: 'backend', report });
+  // The torch engine's device is reported by its start event; tfjs still builds its initial weights and previews.
+  const torch = req.engine === 'torch';
+  const report = await initBackend(torch ? undefined : req.backend);
+  if (!torch) post({ type: 'backend', report });
   await runTrainJob(
-    { ...req, backend: report.chosen },
+    { ...req, backend: torch ? req.backend : report.chosen },
     {
       signal,
       onEvent: (event) => post({ type: 'train', event }),

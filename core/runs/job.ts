@@ -1,22 +1,22 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { basename, join } from 'node:path';
-import { renderPreview } from '../analysis/preview.js';
+import { basename } from 'node:path';
+import { PREVIEW_PROBES, previewDir, previewNoise, renderPreview, writePreview } from '../analysis/preview.js';
 import { lossReadEvery } from '../backend.js';
 import { finetuneAugment } from '../data/augment.js';
 import { DecodeCache } from '../data/cache.js';
 import { UnreadableImageError } from '../data/decode.js';
 import { Loader, TooFewImagesError, type DataItem, type LoaderOptions } from '../data/loader.js';
 import { evalImage } from '../data/preprocess.js';
+import { probeTorch, type Engine } from '../engine.js';
 import { homePaths, removeStaleTemps } from '../home.js';
 import { isBackbone } from '../model/classifier.js';
 import type { PretrainModel } from '../model/localmim.js';
-import { Rng, seedFor } from '../random.js';
 import type { RgbImage } from '../targets/image.js';
 import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
 import { finetuneTask } from '../train/finetune.js';
 import { train, type Cadence, type TrainEvent } from '../train/loop.js';
 import { pretrainTask } from '../train/pretrain.js';
 import type { RunSpec } from './spec.js';
+import { runTorchJob, type TorchOptions } from './torch.js';
 
 export type LabeledItem = DataItem & { label: number };
 
@@ -36,6 +36,9 @@ export interface TrainJob {
   /** Render reconstruction previews every this many steps (pretraining); none when absent. */
   previewEvery?: number;
   backend: string;
+  /** What trains it (default tfjs, on `backend`); the torch engine runs core/scale/train.py with `torch`'s options. */
+  engine?: Engine;
+  torch?: TorchOptions;
 }
 
 export interface JobHooks {
@@ -46,8 +49,6 @@ export interface JobHooks {
   warn: (message: string) => void;
 }
 
-const PROBE = 4;
-const PROBES = 2;
 const SKIPS_NAMED = 10;
 
 /** Runs a training job in this process: the same code in a job process (app, server) and in the CLI. */
@@ -55,6 +56,12 @@ export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ ste
   const paths = homePaths(job.home);
   for (const t of removeStaleTemps(paths.run(job.runId)))
     hooks.warn(`removed ${basename(t.path)} (${(t.size / 1e6).toFixed(1)} MB), left half-written by process ${t.pid}, which died`);
+  if (job.engine === 'torch') {
+    const init = !job.resumeFrom && job.initFrom ? backbone(loadCheckpoint(job.initFrom)) : undefined;
+    return runTorchJob(job, hooks, probeTorch(), init).catch((err: Error) => {
+      throw deviceError(err, job) ?? err;
+    });
+  }
   const cache = new DecodeCache(paths.cache);
   const resumeFrom = job.resumeFrom ? loadCheckpoint(job.resumeFrom) : undefined;
   const init = !resumeFrom && job.initFrom ? backbone(loadCheckpoint(job.initFrom)) : undefined;
@@ -125,7 +132,7 @@ function dataError(err: Error, job: TrainJob): Error | undefined {
 async function readableProbes(items: DataItem[], imgSize: number) {
   const probes = [];
   for (const it of items) {
-    if (probes.length === PROBES) break;
+    if (probes.length === PREVIEW_PROBES) break;
     const img = await evalImage(it.abs, imgSize).catch((err: Error) => {
       if (!(err instanceof UnreadableImageError)) throw err;
     });
@@ -136,11 +143,13 @@ async function readableProbes(items: DataItem[], imgSize: number) {
 
 /** A GPU that ran out of memory or was lost: say what it means for the run, and how to go on. */
 function deviceError(err: Error, job: TrainJob): Error | undefined {
-  if (!/out of memory|OutOfMemory|device (was )?lost|DeviceLost|allocation failed/i.test(err.message)) return undefined;
+  if (!/out of memory|OutOfMemory|device (was )?lost|DeviceLost|allocation failed|CUDA error/i.test(err.message)) return undefined;
   const what = job.spec.kind === 'pretrain' ? 'pretrain' : 'finetune';
+  const device = job.engine === 'torch' ? 'torch engine’s' : job.backend;
+  const other = job.engine === 'torch' ? '--engine tfjs' : '--backend wasm';
   return new Error(
-    `the ${job.backend} device failed (${err.message.split('\n')[0]}); the last checkpoint is intact: continue with ` +
-      `localmim ${what} --resume ${job.runId} --backend wasm, or with a smaller batch or image size`,
+    `the ${device} device failed (${err.message.split('\n')[0]}); the last checkpoint is intact: continue with ` +
+      `localmim ${what} --resume ${job.runId} ${other}, or with a smaller batch or image size`,
   );
 }
 
@@ -149,23 +158,11 @@ const backbone = (c: LoadedCheckpoint) => new Map([...c.tensors].filter(([n]) =>
 
 /** Reconstructions of the probe images under a fixed mask, every `previewEvery` steps; a failure is reported, never fatal. */
 function previews(model: PretrainModel, probes: Awaited<ReturnType<typeof evalImage>>[], job: TrainJob, hooks: JobHooks) {
-  const noise = new Rng(seedFor(job.spec.config.seed, PROBE)).fill(model.noiseSize(probes.length));
+  const noise = previewNoise(job.spec.config.seed, model.noiseSize(probes.length));
   return async (step: number) => {
     if (!job.previewEvery || !probes.length || (step !== 1 && step % job.previewEvery !== 0)) return;
     try {
-      const rendered = await renderPreview(model, probes, noise);
-      const dir = join(homePaths(job.home).run(job.runId), 'previews', String(step));
-      mkdirSync(dir, { recursive: true });
-      rendered.forEach((p, b) => {
-        writeFileSync(join(dir, `${b}-input.png`), p.input);
-        writeFileSync(join(dir, `${b}-masked.png`), p.masked);
-        p.scales.forEach((s, k) => {
-          writeFileSync(join(dir, `${b}-${k}-target.png`), s.target);
-          writeFileSync(join(dir, `${b}-${k}-pred.png`), s.pred);
-        });
-      });
-      const meta = { step, probes: rendered.length, cells: rendered[0]?.scales.map((s) => s.cell) ?? [] };
-      writeFileSync(join(dir, 'preview.json'), JSON.stringify(meta));
+      writePreview(previewDir(job.home, job.runId, step), step, await renderPreview(model, probes, noise));
       hooks.onPreview?.(step);
     } catch (err) {
       hooks.warn(`preview at step ${step} skipped: ${(err as Error).message}`);

@@ -18,7 +18,8 @@ export class RunRecorder {
   ) {}
 
   handle(e: TrainEvent): void {
-    if (e.type === 'step') {
+    if (e.type === 'start') this.store.updateRun(this.runId, { backend: e.backend });
+    else if (e.type === 'step') {
       this.pending.push({
         step: e.step,
         epoch: e.epoch,

@@ -110,9 +110,11 @@ function supported(config: RunConfig): void {
   if (!size.startsWith('vit-')) throw new UserError(`model.size: ${size}: scale-out trains ViT models only`);
 }
 
-/** A new run's step-0 checkpoint: the weights the app would start from with this seed, zero moments. */
-async function writeInitial(config: RunConfig, path: string): Promise<void> {
+/** A new run's step-0 checkpoint: the weights the app would start from with this seed (over them `init`, a
+ * backbone's), zero moments. */
+export async function writeInitial(config: RunConfig, path: string, init?: ReadonlyMap<string, Float32Array>): Promise<void> {
   const model = new LocalMIM(config.model, config.seed);
+  if (init) model.params.assign(init);
   const optimizer = new AdamW(model.params.vars, config.optim);
   try {
     await saveCheckpoint(path, model, optimizer, { step: 0, epoch: 0, loss: null, config });

@@ -15,12 +15,15 @@ The job folder holds config.json (the run config), manifest.jsonl (images under 
 import argparse
 import contextlib
 import glob
+import hashlib
 import json
 import math
 import os
 import re
+import signal
 import struct
 import sys
+import threading
 import time
 
 import torch
@@ -278,6 +281,12 @@ class LocalMIM(nn.Module):
 
     def forward(self, images, noise):
         """images [B, 3, H, W] (0–255), noise [B, L] -> per-scale losses."""
+        preds, targets, mask = self.reconstruct(images, noise)
+        g, scales = self.dims.g, self.dims.scales
+        return [masked_mse(p, t, scale_mask(mask, g, scales[k])) for k, (p, t) in enumerate(zip(preds, targets))]
+
+    def reconstruct(self, images, noise):
+        """Per scale the predictions and targets [B, N, F], and the mask [B, L] (1 = removed)."""
         d = self.dims
         normalized = normalize(images)
         ids_shuffle = torch.argsort(noise, dim=1, stable=True)  # ties by index, as the app
@@ -296,12 +305,9 @@ class LocalMIM(nn.Module):
             latents += [self.norm[j](x) for j, t in enumerate(d.taps) if t == i]
             if self.c['variant'] == 'isolated' and i in d.taps:
                 x = x.detach()
-        losses = []
-        for k, latent in enumerate(latents):
-            pred = self.decoder[k](latent, ids_restore)
-            target = self.target(k, images, normalized)
-            losses.append(masked_mse(pred, target, scale_mask(mask, d.g, d.scales[k])))
-        return losses
+        preds = [self.decoder[k](latent, ids_restore) for k, latent in enumerate(latents)]
+        targets = [self.target(k, images, normalized) for k in range(len(latents))]
+        return preds, targets, mask
 
     @torch.no_grad()
     @torch.autocast('cuda', enabled=False)  # targets in float32 under --amp
@@ -422,6 +428,39 @@ class MicroBatches(torch.utils.data.Dataset):
         return torch.stack(images)
 
 
+class Masked(torch.utils.data.Dataset):
+    """(images, noise) of micro-batch u = j·micro + a of an epoch: the mask's noise is a function of (seed, step, a),
+    as the app's, drawn here so that loader workers make it."""
+
+    def __init__(self, data, L, micro, steps_per_epoch):
+        self.data, self.L, self.micro, self.steps_per_epoch = data, L, micro, steps_per_epoch
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, n):
+        images = self.data[n]
+        epoch, u = self.data.keys[n]
+        step = epoch * self.steps_per_epoch + u // self.micro
+        noise = Rng(seed_for(self.data.seed, MASK, step, u % self.micro)).fill(images.shape[0] * self.L)
+        return images, noise.view(-1, self.L)
+
+
+class HandedOver(torch.utils.data.Dataset):
+    """Micro-batches decoded by the app (`batch.<epoch>.<i>` [B, H, W, 3] in a safetensors file): tests hand them
+    over so that both engines see the same pixels (PIL and sharp resample differently)."""
+
+    def __init__(self, path, seed):
+        self.tensors, self.seed, self.keys = read_safetensors(path)[0], seed, []
+
+    def __len__(self):
+        return len(self.keys)
+
+    def __getitem__(self, n):
+        epoch, i = self.keys[n]
+        return self.tensors[f'batch.{epoch}.{i}'].permute(0, 3, 1, 2)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Checkpoints: the app's safetensors checkpoint format
 
@@ -523,6 +562,28 @@ def checkpoints(out):
 # Training
 
 
+def amp_dtype(device):
+    """bfloat16 where the device has it (no loss scaling needed), else float16."""
+    return torch.bfloat16 if device.type == 'cuda' and torch.cuda.is_bf16_supported() else torch.float16
+
+
+def optimizer_step(net, opt, scaler, micro, accum, amp, device, no_sync=None):
+    """One AdamW step over `accum` micro-batches (images, noise), the loss divided by `accum` as the official loop;
+    `no_sync` (DDP) skips the gradient all-reduce of all but the last. Returns the per-scale losses [S], unread."""
+    total = 0
+    for a, (images, noise) in enumerate(micro):
+        with contextlib.nullcontext() if no_sync is None or a == accum - 1 else no_sync():
+            with torch.autocast(device.type, dtype=amp_dtype(device)) if amp else contextlib.nullcontext():
+                losses = torch.stack(net(images.to(device, non_blocking=True), noise.to(device, non_blocking=True))).float()
+            scaler.scale(losses.sum() / accum).backward()
+        total = total + losses.detach() / accum
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    return total
+
+
+
 def setup():
     """(rank, world, device): torch.distributed from env:// when WORLD_SIZE is set (torchrun sets it too)."""
     world = int(os.environ.get('WORLD_SIZE', '1'))
@@ -570,7 +631,7 @@ def train(args):
     stop = min(total, args.max_steps) if args.max_steps else total
     images_per_step = o['batch'] * micro
     L = model.dims.L
-    scaler = torch.cuda.amp.GradScaler(enabled=args.amp)
+    scaler = torch.cuda.amp.GradScaler(enabled=args.amp and amp_dtype(device) == torch.float16)
     metrics = os.path.join(args.job, 'metrics.jsonl')
     if rank == 0 and os.path.exists(metrics):  # a resumed job recomputes the steps after its checkpoint
         kept = [line for line in open(metrics) if json.loads(line)['step'] <= step]
@@ -582,27 +643,16 @@ def train(args):
         # This process's micro-batches of the epoch's remaining steps: u = a·world + rank within a step.
         data.keys = [(epoch, j * micro + a * world + rank) for j in range(j0, min(steps_per_epoch, j0 + stop - step))
                      for a in range(o['accumIter'])]
-        loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=args.workers, pin_memory=device.type == 'cuda')
+        loader = torch.utils.data.DataLoader(Masked(data, L, micro, steps_per_epoch), batch_size=None, num_workers=args.workers,
+                                             pin_memory=device.type == 'cuda')
         batches = iter(loader)
         for j in range(j0, j0 + len(data.keys) // o['accumIter']):
             since = time.time()
             lr = lr_at(epoch + j / steps_per_epoch, o, world)
             for group in opt.param_groups:
                 group['lr'] = lr
-            scale_losses = torch.zeros(len(model.dims.scales), device=device)
-            for a in range(o['accumIter']):
-                images = next(batches).to(device, non_blocking=True)
-                noise = Rng(seed_for(seed, MASK, step, a * world + rank)).fill(images.shape[0] * L).view(-1, L).to(device)
-                sync = a == o['accumIter'] - 1 or not ddp
-                with contextlib.nullcontext() if sync else net.no_sync():
-                    with torch.autocast('cuda', enabled=args.amp):
-                        losses = torch.stack(net(images, noise)).float()
-                    # Accumulation divides the loss, as the official loop; DDP averages over processes.
-                    scaler.scale(losses.sum() / o['accumIter']).backward()
-                scale_losses += losses.detach() / o['accumIter']
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
+            micro_batches = (next(batches) for _ in range(o['accumIter']))
+            scale_losses = optimizer_step(net, opt, scaler, micro_batches, o['accumIter'], args.amp, device, net.no_sync if ddp else None)
             if ddp:
                 dist.all_reduce(scale_losses)
                 scale_losses /= world
@@ -636,6 +686,133 @@ def train(args):
 
 
 # --------------------------------------------------------------------------------------------------------------
+# The app's torch engine: one process, a run's job described by the app, its events as JSON lines on stdout
+
+
+def emit(event):
+    sys.stdout.write(json.dumps(event) + '\n')
+    sys.stdout.flush()
+
+
+def engine_device(name):
+    """(device, its description): the one asked for, else the first CUDA device, else MPS, else the CPU."""
+    mps = getattr(torch.backends, 'mps', None)
+    name = name or ('cuda:0' if torch.cuda.is_available() else 'mps' if mps is not None and mps.is_available() else 'cpu')
+    device = torch.device(name)
+    if device.type == 'cuda':
+        torch.cuda.set_device(device)
+        return device, f'{name} {torch.cuda.get_device_name(device)}'
+    return device, name
+
+
+def stop_signal():
+    """Set by SIGTERM or SIGINT (pause), or when the app's end of stdin closes (the job process is gone)."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    return stop
+
+
+@torch.no_grad()
+def write_preview(model, probes, path):
+    """The predictions and targets of the fixed probe images under their fixed mask, for the app to draw."""
+    images, noise = probes
+    preds, targets, mask = model.reconstruct(images, noise)
+    tensors = {'mask': mask, **{f'pred.{k}': p for k, p in enumerate(preds)}, **{f'target.{k}': t for k, t in enumerate(targets)}}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_safetensors(path, tensors, {})
+
+
+def engine(spec):
+    """Trains the run `spec` describes (written by core/runs/torch.ts) as the app's training loop does: the same
+    steps, events, checkpoints (on its cadence and at each epoch end) and pause; resumes from any checkpoint."""
+    config, cadence = spec['config'], spec['cadence']
+    c, o, seed = config['model'], config['optim'], config['seed']
+    stop = stop_signal()
+    device, described = engine_device(spec.get('device'))
+    model = LocalMIM(c).to(device)
+    opt = make_optimizer(model, o)
+    step = load_checkpoint(spec['start'], model, opt)['step']
+    net = torch.compile(model) if spec.get('compile') and hasattr(torch, 'compile') else model
+    amp = bool(spec.get('amp')) and device.type == 'cuda'
+    scaler = torch.cuda.amp.GradScaler(enabled=amp and amp_dtype(device) == torch.float16)
+
+    handed = os.environ.get('LOCALMIM_TORCH_BATCHES')
+    data = HandedOver(handed, seed) if handed else MicroBatches('', [{'path': p} for p in spec['items']], c['imgSize'], o['batch'], seed)
+    accum = o['accumIter']
+    steps_per_epoch = len(spec['items']) // o['batch'] // accum
+    total = o['epochs'] * steps_per_epoch
+    images = o['batch'] * accum
+    probes = None
+    if spec.get('previewEvery'):
+        t = read_safetensors(spec['probes'])[0]
+        probes = (t['images'].permute(0, 3, 1, 2).to(device), t['noise'].to(device))
+    emit({'type': 'start', 'step': step, 'totalSteps': total, 'stepsPerEpoch': steps_per_epoch, 'device': described})
+
+    pending, losses_since, last_save, since = [], [], time.time(), time.time()
+
+    def flush():
+        """Reports the pending steps: one readback for all of them."""
+        nonlocal pending
+        if not pending:
+            return
+        values = torch.stack([v for _, _, v in pending]).tolist()
+        seconds = (time.time() - since) / len(pending)
+        for (at, lr, _), losses in zip(pending, values):
+            if not all(math.isfinite(v) for v in losses):
+                raise RuntimeError(f'loss is not finite at optimizer step {at} (per-scale losses {losses}); '
+                                   'stopped without saving, the last checkpoint is intact')
+            losses_since.append(sum(losses))
+            emit({'type': 'step', 'step': at, 'epoch': at / steps_per_epoch, 'samples': at * images, 'loss': sum(losses),
+                  'losses': losses, 'lr': lr, 'imagesPerS': images / seconds})
+        pending = []
+
+    def checkpoint():
+        nonlocal losses_since, last_save
+        flush()
+        loss = sum(losses_since) / len(losses_since) if losses_since else None
+        state = {'step': step, 'epoch': step / steps_per_epoch, 'loss': loss, 'config': config}
+        path = os.path.join(spec['runDir'], f'ckpt-{step:07d}.safetensors')
+        save_checkpoint(path, model, opt, state)
+        with open(path, 'rb') as f:
+            blob = f.read()
+        emit({'type': 'checkpoint', 'path': path, 'step': step, 'epoch': state['epoch'], 'loss': loss, 'size': len(blob),
+              'hash': hashlib.sha256(blob).hexdigest()})
+        losses_since, last_save = [], time.time()
+
+    while step < total:
+        epoch, j0 = divmod(step, steps_per_epoch)
+        data.keys = [(epoch, j * accum + a) for j in range(j0, steps_per_epoch) for a in range(accum)]
+        loader = torch.utils.data.DataLoader(Masked(data, model.dims.L, accum, steps_per_epoch), batch_size=None,
+                                             num_workers=spec.get('workers', 0), pin_memory=device.type == 'cuda')
+        batches = iter(loader)
+        for j in range(j0, steps_per_epoch):
+            lr = lr_at(epoch + j / steps_per_epoch, o, 1)
+            for group in opt.param_groups:
+                group['lr'] = lr
+            if not pending:
+                since = time.time()
+            values = optimizer_step(net, opt, scaler, (next(batches) for _ in range(accum)), accum, amp, device)
+            step += 1
+            pending.append((step, lr, values))
+            if len(pending) >= spec.get('readEvery', 1):
+                flush()
+            if probes is not None and (step == 1 or step % spec['previewEvery'] == 0):
+                write_preview(model, probes, os.path.join(spec['runDir'], 'previews', str(step), 'arrays.safetensors'))
+                flush()
+                emit({'type': 'preview', 'step': step})
+            stopping = stop.is_set() or step == spec.get('stopAtStep')
+            due = (step % steps_per_epoch == 0 or (cadence.get('everySteps') and step % cadence['everySteps'] == 0)
+                   or (cadence.get('everyMinutes') and time.time() - last_save > cadence['everyMinutes'] * 60))
+            if step == total or stopping or due:
+                checkpoint()
+            if stopping and step < total:
+                return emit({'type': 'end', 'status': 'paused', 'step': step})
+    emit({'type': 'end', 'status': 'finished', 'step': step})
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Features
 
 
@@ -663,6 +840,15 @@ def features(args):
     print(json.dumps({'shape': list(f.shape), 'values': f.tolist()}))
 
 
+def run_engine(path):
+    """The engine's errors as one line the app shows: CUDA out of memory, a lost device, a bad checkpoint."""
+    try:
+        engine(json.load(open(path)))
+    except (RuntimeError, OSError, ValueError) as err:
+        sys.stderr.write(str(err).strip().split('\n')[0] + '\n')
+        sys.exit(1)
+
+
 def main():
     ap = argparse.ArgumentParser(description='LocalMIM pretraining with PyTorch DDP (a LocalMIM Studio job)')
     ap.add_argument('--job', default=HERE, help='the job folder (default: the one holding this file)')
@@ -676,8 +862,11 @@ def main():
     ap.add_argument('--print-every', type=int, default=20, help='print a line every N steps')
     ap.add_argument('--features', metavar='IMAGE', help="print the backbone's feature of IMAGE as JSON, and exit")
     ap.add_argument('--weights', metavar='CKPT', help='with --features: this checkpoint (default: the last one)')
+    ap.add_argument('--engine', metavar='SPEC', help="train one run of the app, described by SPEC (JSON), reporting on stdout")
     args = ap.parse_args()
-    if args.features:
+    if args.engine:
+        run_engine(args.engine)
+    elif args.features:
         features(args)
     else:
         train(args)

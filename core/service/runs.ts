@@ -27,6 +27,8 @@ export const runHandlers = (c: Context) =>
   ({
     'app.info': async () => ({
       backend: (await c.scheduler.backend()).report,
+      /** The torch engine, as the new-run form offers it (greyed out with `reason` where it cannot run). */
+      torch: (await c.scheduler.backend()).torch,
       home: c.home,
       presets: PRESETS,
       sizes: MODEL_SIZES,
@@ -76,7 +78,8 @@ export const runHandlers = (c: Context) =>
     'runs.create': async (a) => {
       // The config is parsed here, once: everything after it passes the typed value on.
       const config = parseRunConfig(a.config ?? {});
-      return { runId: await c.scheduler.start({ new: 'pretrain', datasetId: a.datasetId, config, name: a.name }, a.backend) };
+      const req = { new: 'pretrain', datasetId: a.datasetId, config, name: a.name } as const;
+      return { runId: await c.scheduler.start(req, a.backend, a) };
     },
     'runs.pause': (a) => {
       c.scheduler.pause(c.run(a.id).id);
@@ -85,7 +88,7 @@ export const runHandlers = (c: Context) =>
     'runs.resume': async (a) => {
       c.scheduler.assertIdle(c.run(a.id).id);
       const check = await recheckDataset(c.store, a.id, a.data, (root) => c.scheduler.index(root));
-      await c.scheduler.start({ resume: a.id, restart: a.restart, datasetId: check?.datasetId }, a.backend);
+      await c.scheduler.start({ resume: a.id, restart: a.restart, datasetId: check?.datasetId }, a.backend, a);
       return { ok: true, dataset: check?.line ?? null };
     },
     'runs.cancel': (a) => {

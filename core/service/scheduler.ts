@@ -2,11 +2,13 @@ import type { ApiEvent } from '../api.js';
 import { ApiError } from '../api.js';
 import type { BackendName } from '../backend.js';
 import { applyScan, type IndexSummary } from '../data/indexer.js';
+import { resolveEngine, type EngineChoice } from '../engine.js';
 import { UserError } from '../errors.js';
 import type { ComputeRequest, ComputeResult, JobHandle, Launcher } from '../jobs/protocol.js';
 import type { TrainJob } from '../runs/job.js';
 import { begin, prepare, type RunRequest } from '../runs/lifecycle.js';
 import { RunRecorder } from '../runs/recorder.js';
+import { assertTorchCan } from '../runs/torch.js';
 import type { ImageRow, RunStatus, Store } from '../store/store.js';
 import type { Cadence, TrainEvent } from '../train/loop.js';
 
@@ -120,16 +122,23 @@ export class Scheduler {
    * Validates a request (no side effect until it is known good), claims the run, and starts its job — or
    * queues it while `concurrency` training jobs run.
    */
-  async start(req: RunRequest, pinned?: BackendName): Promise<number> {
+  async start(req: RunRequest, pinned?: BackendName, o: { engine?: EngineChoice; amp?: boolean } = {}): Promise<number> {
     // A pinned backend runs in the job process (which reports if it cannot load); the rest use this machine's choice.
-    const { report } = await this.backend();
-    const backend = pinned ?? report.chosen;
+    const { report, torch } = await this.backend();
+    const continued = 'resume' in req ? req.resume : 'extend' in req ? req.extend : undefined;
+    const previous = continued === undefined ? undefined : this.store.run(continued)?.backend;
+    const engine = resolveEngine(o.engine, () => torch, previous);
+    if (engine === 'torch' && !torch.ok) throw new UserError(`engine: torch is unavailable: ${torch.reason}`);
+    const backend = engine === 'torch' ? 'torch' : (pinned ?? report.chosen);
     const prepared = prepare(this.store, this.home, req, backend, (backend === report.chosen && report.adapter) || null);
+    if (engine === 'torch') assertTorchCan(prepared.spec);
     const full = this.training.size >= (this.options.concurrency ?? 1);
     const job: TrainJob = {
       ...begin(this.store, prepared, { pid: process.pid, status: full ? 'queued' : 'running', backend }),
       cadence: this.options.cadence ?? DEFAULT_CADENCE,
       previewEvery: this.options.previewEvery ?? 25,
+      engine,
+      torch: { amp: o.amp },
     };
     this.emit({ type: 'run.status', runId: job.runId, status: full ? 'queued' : 'running', error: null });
     if (full) this.queue.push(job);

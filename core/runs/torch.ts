@@ -1,0 +1,167 @@
+import { spawn } from 'node:child_process';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { drawPreview, PREVIEW_PROBES, previewDir, previewNoise, writePreview } from '../analysis/preview.js';
+import { lossReadEvery } from '../backend.js';
+import { modelDims, modelFamily, type RunConfig } from '../config.js';
+import { evalImage } from '../data/preprocess.js';
+import type { TorchReport } from '../engine.js';
+import { UserError } from '../errors.js';
+import { homePaths } from '../home.js';
+import { decodeSafetensors, encodeSafetensors } from '../safetensors.js';
+import { TRAIN_PY, writeInitial } from '../scale/job.js';
+import type { TrainEvent } from '../train/loop.js';
+import type { JobHooks, TrainJob } from './job.js';
+import type { RunSpec } from './spec.js';
+
+/** Why the torch engine cannot train this run, if it cannot: train.py pretrains ViTs. */
+export function torchProblem(spec: RunSpec): string | undefined {
+  if (spec.kind !== 'pretrain') return `the torch engine pretrains only; train this ${spec.kind} run with --engine tfjs`;
+  if (modelFamily(spec.config.model) !== 'vit') return `the torch engine trains ViTs; ${spec.config.model.size} needs --engine tfjs`;
+  return undefined;
+}
+
+export function assertTorchCan(spec: RunSpec): void {
+  const problem = torchProblem(spec);
+  if (problem) throw new UserError(`engine: ${problem}`);
+}
+
+/** Runtime options of the torch engine (they change speed, not what is computed, except `amp`). */
+export interface TorchOptions {
+  /** bf16 autocast on CUDA (off by default, for exactness). */
+  amp?: boolean;
+  /** torch.compile, where torch has it. */
+  compile?: boolean;
+  /** Data-loading worker processes (default: a few on a GPU, none on the CPU). */
+  workers?: number;
+}
+
+/**
+ * Runs a pretraining job on core/scale/train.py (`--engine`), a child of this process: its JSON-line events become
+ * the training loop's own, so that whoever listens cannot tell the engines apart. SIGTERM pauses it (it
+ * checkpoints, then ends 'paused'); if this process goes, its stdin closes and it does the same.
+ */
+export async function runTorchJob(
+  job: TrainJob,
+  hooks: JobHooks,
+  torch: TorchReport,
+  init?: ReadonlyMap<string, Float32Array>,
+): Promise<{ step: number; status: 'finished' | 'paused' }> {
+  if (!torch.ok) throw new UserError(`engine: torch is unavailable: ${torch.reason}`);
+  const { spec } = job;
+  assertTorchCan(spec);
+  if (spec.kind !== 'pretrain' || !('items' in job.data)) throw new Error('a torch job pretrains on unlabeled items');
+  const config = spec.config;
+  const runDir = homePaths(job.home).run(job.runId);
+  mkdirSync(runDir, { recursive: true });
+  const start = job.resumeFrom ?? join(runDir, 'torch-init.safetensors');
+  if (!job.resumeFrom) await writeInitial(config, start, init);
+  const probes = join(runDir, 'torch-probes.safetensors');
+  const drawing = job.previewEvery ? await previewProbes(config, job.data.items, probes) : undefined;
+  const gpu = torch.devices.length > 0;
+  const o = job.torch ?? {};
+  const specFile = join(runDir, 'torch-job.json');
+  writeFileSync(
+    specFile,
+    JSON.stringify({
+      config,
+      items: job.data.items.map((it) => it.abs),
+      start,
+      runDir,
+      probes,
+      previewEvery: job.previewEvery,
+      cadence: job.cadence,
+      stopAtStep: job.stopAtStep,
+      readEvery: lossReadEvery(gpu ? 'webgpu' : 'cpu'),
+      workers: o.workers ?? (gpu ? 6 : 0),
+      amp: o.amp ?? false,
+      compile: o.compile ?? false,
+    }),
+  );
+
+  const child = spawn(torch.python!, [TRAIN_PY, '--engine', specFile], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const pause = () => child.kill('SIGTERM');
+  if (hooks.signal?.aborted) pause();
+  hooks.signal?.addEventListener('abort', pause);
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-8000)));
+  let result: { step: number; status: 'finished' | 'paused' } | undefined;
+  const summary = { family: modelFamily(config.model), targets: targetShapes(config) };
+  // Events in order: a preview is drawn before the events after it are passed on.
+  let chain = Promise.resolve();
+  const handle = async (line: string) => {
+    const e = JSON.parse(line) as
+      | TrainEvent
+      | { type: 'start'; step: number; totalSteps: number; stepsPerEpoch: number; device: string }
+      | { type: 'preview'; step: number };
+    if (e.type === 'preview') {
+      if (!drawing) return;
+      try {
+        await drawing(job, e.step);
+        hooks.onPreview?.(e.step);
+      } catch (err) {
+        hooks.warn(`preview at step ${e.step} skipped: ${(err as Error).message}`);
+      }
+    } else if (e.type === 'start' && 'device' in e) {
+      const { step, totalSteps, stepsPerEpoch } = e;
+      hooks.onEvent({ type: 'start', step, totalSteps, stepsPerEpoch, backend: `torch ${e.device}`, config, model: summary });
+    } else {
+      if (e.type === 'end') result = { step: e.step, status: e.status };
+      hooks.onEvent(e as TrainEvent);
+    }
+  };
+  const lines = createInterface({ input: child.stdout });
+  lines.on('line', (line) => line.trim() && (chain = chain.then(() => handle(line))));
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  hooks.signal?.removeEventListener('abort', pause);
+  await chain;
+  if (!job.resumeFrom) rmSync(start, { force: true }); // a resume starts from a checkpoint, a restart writes it again
+  if (result && code === 0) return result;
+  const why = stderr.trim().split('\n').at(-1) || `train.py exited with code ${code}`;
+  throw new Error(`torch engine: ${why}`);
+}
+
+/** Each scale's target shape `[locations, features]`, as the model reports it. */
+function targetShapes(config: RunConfig): number[][] {
+  const { g, scales, F } = modelDims(config.model);
+  return scales.map((s, k) => [(s * g) ** 2, F[k]!]);
+}
+
+/**
+ * The preview probes, as the tfjs engine takes them (the first images, the eval transform, a fixed mask), handed to
+ * train.py in `file`; returns what draws the arrays it writes at a preview step, with the one renderer.
+ */
+async function previewProbes(config: RunConfig, items: { abs: string }[], file: string) {
+  const { imgSize } = config.model;
+  const images = await Promise.all(items.slice(0, PREVIEW_PROBES).map((it) => evalImage(it.abs, imgSize)));
+  const dims = modelDims(config.model);
+  const noise = previewNoise(config.seed, images.length * dims.L);
+  const pixels = new Float32Array(images.length * imgSize * imgSize * 3);
+  images.forEach((img, b) => pixels.set(img.data, b * imgSize * imgSize * 3));
+  const tensors = new Map([
+    ['images', { shape: [images.length, imgSize, imgSize, 3], values: pixels }],
+    ['noise', { shape: [images.length, dims.L], values: noise }],
+  ]);
+  writeFileSync(file, encodeSafetensors(tensors, {}));
+  const draw = {
+    cells: dims.cells,
+    F: dims.F,
+    g: dims.g,
+    p: config.model.patchSize,
+    nbins: config.model.nbins,
+    hog: config.model.target === 'hog',
+  };
+  return async (job: TrainJob, step: number) => {
+    const dir = previewDir(job.home, job.runId, step);
+    const file = join(dir, 'arrays.safetensors');
+    const t = decodeSafetensors(readFileSync(file)).tensors;
+    rmSync(file); // drawn once; a long run's arrays would fill the disk
+    const arrays = {
+      preds: dims.cells.map((_, k) => t.get(`pred.${k}`)!.values),
+      targets: dims.cells.map((_, k) => t.get(`target.${k}`)!.values),
+      mask: t.get('mask')!.values,
+    };
+    writePreview(dir, step, await drawPreview(images, arrays, draw));
+  };
+}
