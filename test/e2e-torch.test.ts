@@ -78,7 +78,7 @@ describeWith(
     await page.getByTestId('checkpoints').locator('tbody tr').first().waitFor();
     const pausedAt = await points();
 
-    await page.getByRole('button', { name: 'Resume' }).click();
+    await page.getByRole('button', { name: 'Resume', exact: true }).click();
     await expect.poll(() => page.getByTestId('run-status').textContent(), { timeout: 60_000 }).toBe('running');
     await expect.poll(points, { timeout: 120_000 }).toBeGreaterThan(pausedAt + 3);
     await page.getByRole('button', { name: 'Pause' }).click();
