@@ -255,7 +255,8 @@ describe('pipeline', () => {
     expect(swinDims(c.model)).toMatchObject({ widths: [96, 192, 384, 768], cells: [8, 16, 32, 32], decoderDims: [64, 128, 128, 128] });
     expect(configFromFlags({ model: 'swin-tiny', img: '112' }).model).toMatchObject({ imgSize: 112, patchSize: 4 });
     expect(() => configFromFlags({ model: 'swin-tiny', img: '100' })).toThrow(/imgSize/);
-    expect(() => configFromFlags({ model: 'swin-b', preset: 'mae' })).toThrow(/variant/);
+    // GreenMIM's baseline (paper Table 4d): MAE's decoder on the last stage, normalized pixels.
+    expect(configFromFlags({ model: 'swin-b', preset: 'mae' }).model).toMatchObject({ variant: 'global', target: 'pixel', decoderDim: 512 });
   });
 
   test('previews render every stage of a Swin run, under its one mask', async () => {
