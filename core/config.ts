@@ -64,8 +64,12 @@ export const ModelConfigBase = z.strictObject({
   imgSize: int(8).max(4096).default(224),
   patchSize: int(1).max(256).default(16),
   mlpRatio: z.number().positive().default(4),
-  /** `local`: LocalMIM; `global`: every decoder on the last block or stage (MAE/GreenMIM-style with one scale, paper Table 6 with several); `isolated`: gradients stopped after each tap (paper Table 5). */
-  variant: z.enum(['local', 'global', 'isolated']).default('local'),
+  /**
+   * `local`: LocalMIM; `global`: every decoder on the last block or stage (MAE/GreenMIM-style with one scale, paper Table
+   * 6 with several); `isolated`: gradients stopped after each tap (paper Table 5); `fusion`: one decoder on the taps'
+   * features fused onto the last one (paper Table 7, docs/method.md#fusion).
+   */
+  variant: z.enum(['local', 'global', 'isolated', 'fusion']).default('local'),
   target: z.enum(['hog', 'pixel']).default('hog'),
   /** HOG orientation bins: 9 in the official ViT-B recipe, 18 in the paper and ViT-L. */
   nbins: z.union([z.literal(9), z.literal(18)]).default(9),
@@ -120,6 +124,10 @@ export function modelDims(c: ModelConfig): ModelDims {
     // Every scale decoded from the last block: one decoder (MAE) or several (paper Table 6, global multi-scale).
     scales = c.scales ?? [1];
     taps = c.taps ?? scales.map(() => depth - 1);
+  } else if (c.variant === 'fusion') {
+    // LocalMIM's blocks fused onto the last one, decoded at one scale.
+    taps = c.taps ?? [...new Set([1, 3, depth - 3, depth - 1])].filter((t) => t >= 0 && t < depth).sort((a, b) => a - b);
+    scales = c.scales ?? [1];
   } else {
     // The official rule; shallow models (depth < 7) keep its distinct blocks and the first scales, as the official zip does.
     taps = c.taps ?? [...new Set([1, 3, depth - 3, depth - 1])].filter((t) => t >= 0 && t < depth).sort((a, b) => a - b);
@@ -150,8 +158,9 @@ export interface SwinDims {
   /** Per stage, after its patch merging (none after the last): grid side and width of the latent its decoder reads. */
   outGrids: number[];
   outWidths: number[];
-  /** Per decoder: the stage it reads, its scale relative to that stage's output grid, and its prediction grid side. */
+  /** Stages whose outputs are normalised and decoded (fusion: fused); per decoder: the stage it reads (fusion: the last tap), its scale relative to that stage's output grid, and its prediction grid side. */
   taps: number[];
+  reads: number[];
   scales: Scale[];
   predGrids: number[];
   /** Per decoder: HOG cell or pixel-target patch (the pixels one predicted token covers), and output features per location. */
@@ -185,12 +194,14 @@ export function swinDims(c: ModelConfig): SwinDims {
   const outGrids = stages.map((i) => (last(i) ? grids[i]! : grids[i]! / 2));
   const outWidths = stages.map((i) => (last(i) ? widths[i]! : 2 * widths[i]!));
   // Official: a decoder per stage at the stage's own grid; global: every decoder on the last stage (GreenMIM with one).
-  const scales: Scale[] = c.scales ?? (c.taps ?? (c.variant === 'global' ? [S - 1] : stages)).map(() => 1);
+  const fusion = c.variant === 'fusion';
+  const scales: Scale[] = c.scales ?? (fusion ? [1] : (c.taps ?? (c.variant === 'global' ? [S - 1] : stages)).map(() => 1));
   const taps = c.taps ?? (c.variant === 'global' ? scales.map(() => S - 1) : stages);
-  const predGrids = taps.map((t, k) => outGrids[t]! * (scales[k] ?? 1));
+  const reads = fusion ? [taps.at(-1)!] : taps;
+  const predGrids = reads.map((t, k) => outGrids[t]! * (scales[k] ?? 1));
   const cells = predGrids.map((g) => c.imgSize / g);
   const F = cells.map((cell) => (c.target === 'hog' ? 3 * c.nbins : 3 * cell * cell));
-  const decoderDims = taps.map((t) => (t === 0 && S > 1 ? c.decoderDim / 2 : c.decoderDim));
+  const decoderDims = reads.map((t) => (t === 0 && S > 1 ? c.decoderDim / 2 : c.decoderDim));
   return {
     C,
     p,
@@ -207,6 +218,7 @@ export function swinDims(c: ModelConfig): SwinDims {
     outGrids,
     outWidths,
     taps,
+    reads,
     scales,
     predGrids,
     cells,
@@ -239,14 +251,18 @@ function checkSwin(c: ModelConfig, issue: (path: string, message: string) => voi
     if (w % 4 !== 0) issue('decoderDim', `decoder width ${w} must be a multiple of 4 (2-D sin-cos positions)`);
   }
   for (const k of ['depth', 'heads'] as const) if (c[k] !== undefined) issue(k, `a Swin model has stages: use depths and stageHeads, not ${k}`);
-  if (d.taps.length !== d.scales.length) return issue('taps', `${d.taps.length} taps but ${d.scales.length} scales: one scale per tapped stage`);
+  if (c.variant === 'fusion') {
+    if (d.scales.length !== 1) return issue('scales', `the fusion variant decodes its fused features at one scale, not ${d.scales.length}`);
+    if (d.taps.at(-1) !== S - 1) issue('taps', `the fusion variant fuses onto the last stage: taps must end with ${S - 1}`);
+  } else if (d.taps.length !== d.scales.length)
+    return issue('taps', `${d.taps.length} taps but ${d.scales.length} scales: one scale per tapped stage`);
   if (c.variant === 'global' && d.taps.some((t) => t !== d.taps[0]))
     issue('taps', `the global variant decodes every scale from one stage, but taps are [${d.taps}]`);
   else if (d.taps.some((t, i) => t >= S || (c.variant !== 'global' && i > 0 && t <= d.taps[i - 1]!)))
     issue('taps', `taps [${d.taps}] must be increasing 0-based stage indices below ${S} stages`);
   d.predGrids.forEach((g, k) => {
     if (!Number.isInteger(g) || g % d.maskGrid !== 0)
-      issue('scales', `scale ×${d.scales[k]} of stage ${d.taps[k]} predicts a ${g}² grid: it must be a multiple of the ${d.maskGrid}² mask grid`);
+      issue('scales', `scale ×${d.scales[k]} of stage ${d.reads[k]} predicts a ${g}² grid: it must be a multiple of the ${d.maskGrid}² mask grid`);
   });
 }
 
@@ -262,7 +278,10 @@ function checkVit(c: ModelConfig, issue: (path: string, message: string) => void
   if (c.imgSize % d.p !== 0) issue('imgSize', `imgSize=${c.imgSize} must be a multiple of patchSize=${d.p}`);
   if (d.nKeep < 1 || d.nKeep >= d.L)
     issue('maskRatio', `maskRatio=${c.maskRatio} keeps ${d.nKeep} of ${d.L} patches: at least one must be visible and one masked`);
-  if (d.taps.length !== d.scales.length) issue('taps', `${d.taps.length} taps but ${d.scales.length} scales: one scale per tapped block`);
+  if (c.variant === 'fusion' && d.scales.length !== 1)
+    issue('scales', `the fusion variant decodes its fused features at one scale, not ${d.scales.length}`);
+  else if (c.variant !== 'fusion' && d.taps.length !== d.scales.length)
+    issue('taps', `${d.taps.length} taps but ${d.scales.length} scales: one scale per tapped block`);
   if (c.variant === 'global' && d.taps.some((t) => t !== d.taps[0]))
     issue('taps', `the global variant decodes every scale from one block, but taps are [${d.taps}]`);
   else if (d.taps.some((t, i) => t >= d.depth || (c.variant !== 'global' && i > 0 && t <= d.taps[i - 1]!)))
@@ -337,14 +356,17 @@ export class ConfigError extends Error {
 }
 
 /**
- * The paper's configurations, as starting points: LocalMIM with HOG or pixels, isolated gradients, each with LocalMIM's
- * decoders; and the MAE baseline, MAE's own model: one decoder of MAE's size on the last block, normalized pixels.
+ * The paper's configurations, as starting points: LocalMIM with HOG or pixels, isolated gradients, the global and
+ * fusion comparisons (paper Table 7), each with LocalMIM's decoders; and the MAE baseline, MAE's own model: one
+ * decoder of MAE's size on the last block, normalized pixels.
  */
 export const PRESETS = {
   'localmim-hog': { variant: 'local', target: 'hog', ...DECODERS.localmim },
   'localmim-pixel': { variant: 'local', target: 'pixel', ...DECODERS.localmim },
   mae: { variant: 'global', target: 'pixel', normPix: true, ...DECODERS.mae },
   isolated: { variant: 'isolated', target: 'hog', ...DECODERS.localmim },
+  global: { variant: 'global', target: 'hog', ...DECODERS.localmim },
+  fusion: { variant: 'fusion', target: 'hog', ...DECODERS.localmim },
 } as const satisfies Record<string, Partial<ModelConfig>>;
 export type Preset = keyof typeof PRESETS;
 

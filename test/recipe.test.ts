@@ -44,7 +44,7 @@ test('training crops: bicubic for the linear probe (interpolation=3) and Swin (t
 test('a new head: std 2e-5 when weights are loaded (trunc_normal_ after load), timm’s 0.02 from scratch', () => {
   const std = (scratch: boolean, model: object) => {
     const c = classifierFor(parseRunConfig({ model }).model, 100, 0, false, scratch);
-    const w = c.params.get('head.weight').dataSync();
+    const w = Array.from(c.params.get('head.weight').dataSync());
     c.dispose();
     return Math.sqrt(w.reduce((a, v) => a + v * v, 0) / w.length);
   };

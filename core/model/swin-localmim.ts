@@ -54,7 +54,7 @@ export function swinMask(noise: Float32Array, d: SwinDims): Float32Array {
  */
 function swinDecoderParams(c: ModelConfig, d: SwinDims, k: number) {
   const W = d.decoderDims[k]!;
-  const t = d.taps[k]!;
+  const t = d.reads[k]!;
   const g = d.outGrids[t]!;
   const s = d.scales[k]!;
   return {
@@ -69,15 +69,19 @@ function swinDecoderParams(c: ModelConfig, d: SwinDims, k: number) {
 
 /**
  * Swin LocalMIM's tensors (docs/method.md#swin), named as the official `MaskedAutoencoderSwin` without its `encoder.`
- * prefix: the backbone, one latent norm and one decoder per tap (officially every stage), the HOG layers.
+ * prefix: the backbone, one latent norm per tap and one decoder per tap (officially every stage), the HOG layers; the
+ * fusion variant's `fuse.j`, each lower tap's `r × r` tokens of a mask unit to the last stage's width (docs/method.md#fusion).
  */
 export function swinLocalMimParams(c: ModelConfig) {
   const d = swinDims(c);
+  const top = d.outWidths.at(-1)!;
+  const fused = c.variant === 'fusion' ? d.taps.slice(0, -1) : [];
   return declare({
     ...swinBackboneParams(d),
     norm: d.taps.map((t) => normParams(d.outWidths[t]!)),
-    decoder: d.taps.map((_, k) => swinDecoderParams(c, d, k)),
-    hog_enc: hogParams(c, d.taps.length),
+    decoder: d.reads.map((_, k) => swinDecoderParams(c, d, k)),
+    hog_enc: hogParams(c, d.reads.length),
+    fuse: fused.map((t) => linearParams(top, (d.outGrids[t]! / d.maskGrid) ** 2 * d.outWidths[t]!)),
   });
 }
 
@@ -165,7 +169,8 @@ export class SwinLocalMIM implements PretrainModel<SwinBatch> {
     const d = this.dims;
     const isolate = this.config.variant === 'isolated' ? d.taps : undefined;
     const outputs = swinEncode(P, d, batch.patches, batch.plan, { isolate });
-    const latents = d.taps.map((t, k) => norm(P, m.norm[k]!, outputs[t]!));
+    const tapped = d.taps.map((t, k) => norm(P, m.norm[k]!, outputs[t]!));
+    const latents = this.config.variant === 'fusion' ? [this.fuse(P, tapped)] : tapped;
     const preds = latents.map((z, k) => this.decode(P, m.decoder[k]!, k, z, batch));
     const losses = preds.map((pred, k) => maskedMse(pred, batch.targets[k]!, batch.stageMasks[k]!));
     return { latents, preds, losses, loss: tf.addN(losses) as tf.Scalar };
@@ -179,7 +184,7 @@ export class SwinLocalMIM implements PretrainModel<SwinBatch> {
   private decode(P: Param, m: ReturnType<typeof swinDecoderParams>, k: number, latent: tf.Tensor, batch: SwinBatch): tf.Tensor {
     const [B, n, C] = latent.shape as [number, number, number];
     const W = this.dims.decoderDims[k]!;
-    const t = this.dims.taps[k]!;
+    const t = this.dims.reads[k]!;
     const g = this.dims.outGrids[t]!;
     const x = tf.reshape(dense(P, m.embed, tf.reshape(latent, [B * n, C])), [B, n, W]);
     const { order, slots } = batch.plan.restore[t]!;
@@ -190,6 +195,21 @@ export class SwinLocalMIM implements PretrainModel<SwinBatch> {
     if (!Array.isArray(m.pred)) return tf.reshape(dense(P, m.pred, h), [B, g * g, -1]);
     const out = rescale(P, m.pred, tf.reshape(h, [B, g, g, W]));
     return tf.reshape(out, [B, -1, out.shape[3]!]);
+  }
+
+  /**
+   * The fusion variant's features `[B, n, C_last]` (docs/method.md#fusion): the last stage's normalised output plus each
+   * lower tap's through its own Linear on the `r × r` tokens of each mask unit (tokens are mask-unit-major, so a
+   * reshape): ConvMAE's strided-conv stage projections, on the visible units only.
+   */
+  private fuse(P: Param, latents: tf.Tensor[]): tf.Tensor {
+    const top = latents.at(-1)!;
+    const [B, n] = top.shape as [number, number, number];
+    const lower = this.modules.fuse.map((l, j) => {
+      const x = latents[j]!;
+      return tf.reshape(dense(P, l, tf.reshape(x, [B * n, -1])), [B, n, -1]);
+    });
+    return tf.addN([top, ...lower]);
   }
 
   /** The mask of image b on a grid of `g × g` squares of `p` pixels (for previews). */
