@@ -250,7 +250,8 @@ function checkSwin(c: ModelConfig, issue: (path: string, message: string) => voi
     if (w % c.decoderHeads !== 0) issue('decoderHeads', `decoder width ${w} must be divisible by decoderHeads=${c.decoderHeads}`);
     if (w % 4 !== 0) issue('decoderDim', `decoder width ${w} must be a multiple of 4 (2-D sin-cos positions)`);
   }
-  for (const k of ['depth', 'heads'] as const) if (c[k] !== undefined) issue(k, `a Swin model has stages: use depths and stageHeads, not ${k}`);
+  for (const k of ['depth', 'heads'] as const)
+    if (c[k] !== undefined) issue(k, `a Swin model has stages: use depths and stageHeads, not ${k}`);
   if (c.variant === 'fusion') {
     if (d.scales.length !== 1) return issue('scales', `the fusion variant decodes its fused features at one scale, not ${d.scales.length}`);
     if (d.taps.at(-1) !== S - 1) issue('taps', `the fusion variant fuses onto the last stage: taps must end with ${S - 1}`);
@@ -262,7 +263,10 @@ function checkSwin(c: ModelConfig, issue: (path: string, message: string) => voi
     issue('taps', `taps [${d.taps}] must be increasing 0-based stage indices below ${S} stages`);
   d.predGrids.forEach((g, k) => {
     if (!Number.isInteger(g) || g % d.maskGrid !== 0)
-      issue('scales', `scale ×${d.scales[k]} of stage ${d.reads[k]} predicts a ${g}² grid: it must be a multiple of the ${d.maskGrid}² mask grid`);
+      issue(
+        'scales',
+        `scale ×${d.scales[k]} of stage ${d.reads[k]} predicts a ${g}² grid: it must be a multiple of the ${d.maskGrid}² mask grid`,
+      );
   });
 }
 

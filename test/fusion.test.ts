@@ -39,7 +39,9 @@ describe('ViT fusion', () => {
   test('the preset fuses LocalMIM’s blocks [1, 3, 9, 11] onto the last, decoded at ×1 (14²) by one decoder', () => {
     const c = newRunConfig('fusion', 'vit-base', { model: { size: 'vit-base', imgSize: 224, patchSize: 16 } }).model;
     expect(modelDims(c)).toMatchObject({ taps: [1, 3, 9, 11], scales: [1], cells: [16] });
-    expect(() => parseRunConfig({ model: { variant: 'fusion', scales: [4, 1] } })).toThrow(/scales: the fusion variant decodes its fused features at one scale/);
+    expect(() => parseRunConfig({ model: { variant: 'fusion', scales: [4, 1] } })).toThrow(
+      /scales: the fusion variant decodes its fused features at one scale/,
+    );
   });
 
   test('parameters: the global model’s, plus three more tap norms and three D×D Linears (ViT-B)', () => {
@@ -76,7 +78,16 @@ describe('Swin fusion', () => {
 
   test('trains one step (three tiny stages at 112 px)', () => {
     const c = parseRunConfig({
-      model: { size: 'swin-tiny', imgSize: 112, patchSize: 4, D: 16, stageHeads: [1, 2, 4], decoderDim: 16, decoderHeads: 2, variant: 'fusion' },
+      model: {
+        size: 'swin-tiny',
+        imgSize: 112,
+        patchSize: 4,
+        D: 16,
+        stageHeads: [1, 2, 4],
+        decoderDim: 16,
+        decoderHeads: 2,
+        variant: 'fusion',
+      },
     }).model;
     const model = new SwinLocalMIM(c, 0);
     expect(model.targetShapes()).toEqual([[49, 27]]);

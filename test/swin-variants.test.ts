@@ -7,13 +7,15 @@ import { SwinLocalMIM, swinLocalMimParams } from '../core/model/swin-localmim.js
 import { Rng } from '../core/random.js';
 import type { RgbImage } from '../core/targets/image.js';
 import { TrainStep } from '../core/train/step.js';
+import { blockGradientNorms } from '../core/analysis/gradients.js';
 import './setup.js';
 
 // The paper's Swin experiments beyond the default model: the plain global baseline (Table 4a, GreenMIM's objective),
 // global single- and multi-scale (Tables 6b, 7b), the isolated gradients (Table 5) and the location subsets (Table 4d).
 // Taps are 0-based stages: the paper's layers 2, 4, 22, 24 of Swin-B are stages 0, 1, 2, 3.
 
-const swinB = (model: object) => parseRunConfig({ model: { size: 'swin-b', patchSize: 4, decoderDim: 128, decoderHeads: 4, ...model } }).model;
+const swinB = (model: object) =>
+  parseRunConfig({ model: { size: 'swin-b', patchSize: 4, decoderDim: 128, decoderHeads: 4, ...model } }).model;
 
 describe('Swin variants as configs (Swin-B at 224 px)', () => {
   test.each([
@@ -49,7 +51,12 @@ function decoderCount(W: number, inWidth: number, F: number, s: Scale, depth = 1
   const block = 12 * W * W + 13 * W; // qkv, proj, fc1, fc2 (ratio 4) with biases, two LayerNorms
   const deconv = (i: number, o: number) => i * o * 4 + o;
   const conv = (i: number) => i * F + F;
-  const pred = { 1: conv(W), 2: deconv(W, W / 2) + conv(W / 2), 4: deconv(W, W / 2) + W + deconv(W / 2, W / 4) + conv(W / 4), 0.5: conv(W) }[s];
+  const pred = {
+    1: conv(W),
+    2: deconv(W, W / 2) + conv(W / 2),
+    4: deconv(W, W / 2) + W + deconv(W / 2, W / 4) + conv(W / 4),
+    0.5: conv(W),
+  }[s];
   return inWidth * W + W + W + depth * block + 2 * W + pred;
 }
 
@@ -128,4 +135,21 @@ describe('each Swin variant trains one step (three tiny stages at 112 px: grids 
     isolated.forEach((v, i) => expect(v).toBeCloseTo(ownLoss[i]!, 6));
     expect(everyLoss.some((v, i) => Math.abs(v - ownLoss[i]!) > 1e-6)).toBe(true);
   });
+});
+
+test('gradient norms per block (paper Fig. 5) for Swin: local, global and fusion, stage by stage', async () => {
+  const rng = new Rng(4);
+  const img: RgbImage = { width: 112, height: 112, data: Float32Array.from({ length: 112 * 112 * 3 }, () => Math.floor(rng.next() * 256)) };
+  for (const variant of ['local', 'global', 'fusion'] as const) {
+    const model = new SwinLocalMIM(
+      parseRunConfig({
+        model: { size: 'swin-tiny', imgSize: 112, patchSize: 4, D: 16, stageHeads: [1, 2, 4], decoderDim: 16, decoderHeads: 2, variant },
+      }).model,
+      0,
+    );
+    const norms = await blockGradientNorms(model, [img]);
+    expect(norms).toHaveLength(6);
+    expect(norms.every((g) => Number.isFinite(g) && g > 0)).toBe(true);
+    model.dispose();
+  }
 });

@@ -1,12 +1,12 @@
 import { modelDims, type ModelConfig, type ModelDims } from '../config.js';
-import type { LocalMIM } from '../model/localmim.js';
+import type { PretrainModel } from '../model/localmim.js';
 import type { Param } from '../model/module.js';
 import { Rng, seedFor } from '../random.js';
 import type { RunRow } from '../store/store.js';
 import type { RgbImage } from '../targets/image.js';
 import type { LoadedCheckpoint } from '../train/checkpoint.js';
 import { layerStats, visitAttention } from './attention.js';
-import { blockGradientNorms, lossModelOf } from './gradients.js';
+import { blockGradientNorms, blockPrefixes, lossModelOf } from './gradients.js';
 
 /**
  * One statistic over a set of images: mean ± sample standard deviation (n − 1; 0 for one image), and the five-number
@@ -98,10 +98,10 @@ export async function attentionOverSet(P: Param, model: ModelConfig, images: Rgb
  * Per block, the norm of the pretraining loss's gradient (paper Fig. 5) over a set of images: each image on its own
  * (a spread needs one value per image), with its own mask from `seedFor(seed, i)`.
  */
-export async function gradientNormsOverSet(model: LocalMIM, images: RgbImage[], seed: number): Promise<Spread[]> {
+export async function gradientNormsOverSet(model: PretrainModel, images: RgbImage[], seed: number): Promise<Spread[]> {
   const perImage: number[][] = [];
   for (const [i, img] of images.entries()) perImage.push(await blockGradientNorms(model, [img], seedFor(seed, i)));
-  return Array.from({ length: model.dims.depth }, (_, block) => spread(perImage.map((g) => g[block]!)));
+  return blockPrefixes(model.config).map((_, block) => spread(perImage.map((g) => g[block]!)));
 }
 
 export interface SetAnalysis {

@@ -92,7 +92,9 @@ export function vitClassifierParams(c: ModelConfig, head: HeadSpec) {
   return declare({
     ...encoderParams(d, { finetune: true }),
     fc_norm: normParams(D),
-    head: head.probe ? { 0: stats, 1: linearParams(head.classes, D, normal(0.01)) } : linearParams(head.classes, D, normal(headStd(head.scratch))),
+    head: head.probe
+      ? { 0: stats, 1: linearParams(head.classes, D, normal(0.01)) }
+      : linearParams(head.classes, D, normal(headStd(head.scratch))),
   });
 }
 
