@@ -124,14 +124,11 @@ export function modelDims(c: ModelConfig): ModelDims {
     // Every scale decoded from the last block: one decoder (MAE) or several (paper Table 6, global multi-scale).
     scales = c.scales ?? [1];
     taps = c.taps ?? scales.map(() => depth - 1);
-  } else if (c.variant === 'fusion') {
-    // LocalMIM's blocks fused onto the last one, decoded at one scale.
-    taps = c.taps ?? [...new Set([1, 3, depth - 3, depth - 1])].filter((t) => t >= 0 && t < depth).sort((a, b) => a - b);
-    scales = c.scales ?? [1];
   } else {
     // The official rule; shallow models (depth < 7) keep its distinct blocks and the first scales, as the official zip does.
     taps = c.taps ?? [...new Set([1, 3, depth - 3, depth - 1])].filter((t) => t >= 0 && t < depth).sort((a, b) => a - b);
-    scales = c.scales ?? SCALES.slice(0, taps.length);
+    // Fusion: those blocks fused onto the last one, decoded at one scale.
+    scales = c.scales ?? (c.variant === 'fusion' ? [1] : SCALES.slice(0, taps.length));
   }
   const cells = scales.map((s) => p / s);
   const F = cells.map((cell) => (c.target === 'hog' ? 3 * c.nbins : 3 * cell * cell));

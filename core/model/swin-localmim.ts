@@ -4,7 +4,7 @@ import { hog } from '../targets/hog.js';
 import { normalize, toTensor, type RgbImage } from '../targets/image.js';
 import { pixelTargets } from '../targets/pixels.js';
 import type { ForwardOutput, PretrainModel } from './localmim.js';
-import { hogParams, maskedMse } from './localmim.js';
+import { fuse, hogParams, maskedMse } from './localmim.js';
 import { scaleMask } from './masking.js';
 import { ParamStore, buffer, declare, dense, linearParams, norm, normal, normParams, param, range, type Param } from './module.js';
 
@@ -170,7 +170,7 @@ export class SwinLocalMIM implements PretrainModel<SwinBatch> {
     const isolate = this.config.variant === 'isolated' ? d.taps : undefined;
     const outputs = swinEncode(P, d, batch.patches, batch.plan, { isolate });
     const tapped = d.taps.map((t, k) => norm(P, m.norm[k]!, outputs[t]!));
-    const latents = this.config.variant === 'fusion' ? [this.fuse(P, tapped)] : tapped;
+    const latents = this.config.variant === 'fusion' ? [this.fused(P, tapped)] : tapped;
     const preds = latents.map((z, k) => this.decode(P, m.decoder[k]!, k, z, batch));
     const losses = preds.map((pred, k) => maskedMse(pred, batch.targets[k]!, batch.stageMasks[k]!));
     return { latents, preds, losses, loss: tf.addN(losses) as tf.Scalar };
@@ -198,18 +198,20 @@ export class SwinLocalMIM implements PretrainModel<SwinBatch> {
   }
 
   /**
-   * The fusion variant's features `[B, n, C_last]` (docs/method.md#fusion): the last stage's normalised output plus each
-   * lower tap's through its own Linear on the `r × r` tokens of each mask unit (tokens are mask-unit-major, so a
-   * reshape): ConvMAE's strided-conv stage projections, on the visible units only.
+   * The fusion variant's features `[B, n, C_last]` (docs/method.md#fusion): a lower tap's `r × r` tokens of a mask unit
+   * are consecutive (mask-unit-major), so one row of `[B·n, r²·C_t]` each, through `fuse` as a ViT's: ConvMAE's
+   * strided-conv stage projections, on the visible units only.
    */
-  private fuse(P: Param, latents: tf.Tensor[]): tf.Tensor {
-    const top = latents.at(-1)!;
-    const [B, n] = top.shape as [number, number, number];
-    const lower = this.modules.fuse.map((l, j) => {
-      const x = latents[j]!;
-      return tf.reshape(dense(P, l, tf.reshape(x, [B * n, -1])), [B, n, -1]);
-    });
-    return tf.addN([top, ...lower]);
+  private fused(P: Param, latents: tf.Tensor[]): tf.Tensor {
+    const [B, n, C] = latents.at(-1)!.shape as [number, number, number];
+    return tf.reshape(
+      fuse(
+        P,
+        this.modules.fuse,
+        latents.map((x) => tf.reshape(x, [B * n, -1])),
+      ),
+      [B, n, C],
+    );
   }
 
   /** The mask of image b on a grid of `g × g` squares of `p` pixels (for previews). */
