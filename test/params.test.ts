@@ -2,6 +2,7 @@ import { expect, test } from 'vitest';
 import { parseRunConfig, swinDims } from '../core/config.js';
 import { swinClassifierParams, vitClassifierParams } from '../core/model/classifier.js';
 import { count, specsOf } from '../core/model/module.js';
+import { timmSwinConfig, type Backbone } from '../core/export/backbone.js';
 
 // Counted from the declarations alone, no tensors: the published sizes of timm's models with a 1000-class head.
 
@@ -35,4 +36,9 @@ test('Swin-L declares timm swin_large_patch4_window7_224 at window 7 (196,532,47
 test('ViT-L/16 at 224 px declares timm vit_large_patch16_224: 304,326,632 parameters', () => {
   const model = parseRunConfig({ model: { size: 'vit-large', imgSize: 224, patchSize: 16 } }).model;
   expect(count(vitClassifierParams(model, { classes: 1000, probe: false }))).toBe(304_326_632);
+});
+
+test('a Swin-L export names its window 14 for timm', () => {
+  const model = parseRunConfig({ model: { size: 'swin-l', patchSize: 4 } }).model;
+  expect(timmSwinConfig({ model } as Backbone).model_args).toMatchObject({ window_size: 14, embed_dim: 192, num_heads: [6, 12, 24, 48] });
 });
