@@ -12,14 +12,16 @@ export const MODEL_SIZES = {
 export type VitSize = keyof typeof MODEL_SIZES;
 
 /**
- * Swin shapes (docs/method.md#swin): the paper's Swin-T/S/B at patch 4, window 7, 224 px, and `swin-tiny`, a three-stage
- * model the CPU can train (112 px gives token grids 28/14/7 and the official 7×7 mask grid).
+ * Swin shapes (docs/method.md#swin): the paper's Swin-T/S/B at patch 4, window 7, 224 px, Swin-L at window 14 (official
+ * `mim_swin_large_patch4_win14`), and `swin-tiny`, a three-stage model the CPU can train (112 px gives token grids
+ * 28/14/7 and the official 7×7 mask grid).
  */
 export const SWIN_SIZES = {
-  'swin-tiny': { D: 48, depths: [2, 2, 2], heads: [3, 6, 12], imgSize: 112 },
-  'swin-t': { D: 96, depths: [2, 2, 6, 2], heads: [3, 6, 12, 24], imgSize: 224 },
-  'swin-s': { D: 96, depths: [2, 2, 18, 2], heads: [3, 6, 12, 24], imgSize: 224 },
-  'swin-b': { D: 128, depths: [2, 2, 18, 2], heads: [4, 8, 16, 32], imgSize: 224 },
+  'swin-tiny': { D: 48, depths: [2, 2, 2], heads: [3, 6, 12], imgSize: 112, window: 7 },
+  'swin-t': { D: 96, depths: [2, 2, 6, 2], heads: [3, 6, 12, 24], imgSize: 224, window: 7 },
+  'swin-s': { D: 96, depths: [2, 2, 18, 2], heads: [3, 6, 12, 24], imgSize: 224, window: 7 },
+  'swin-b': { D: 128, depths: [2, 2, 18, 2], heads: [4, 8, 16, 32], imgSize: 224, window: 7 },
+  'swin-l': { D: 192, depths: [2, 2, 18, 2], heads: [6, 12, 24, 48], imgSize: 224, window: 14 },
 } as const;
 export type SwinSize = keyof typeof SWIN_SIZES;
 export type ModelSize = VitSize | SwinSize;
@@ -62,8 +64,12 @@ export const ModelConfigBase = z.strictObject({
   imgSize: int(8).max(4096).default(224),
   patchSize: int(1).max(256).default(16),
   mlpRatio: z.number().positive().default(4),
-  /** `local`: LocalMIM; `global`: every decoder on the last block (MAE-style with one scale, paper Table 6 with several); `isolated`: gradients stopped after each tap (paper Table 5). */
-  variant: z.enum(['local', 'global', 'isolated']).default('local'),
+  /**
+   * `local`: LocalMIM; `global`: every decoder on the last block or stage (MAE/GreenMIM-style with one scale, paper Table
+   * 6 with several); `isolated`: gradients stopped after each tap (paper Table 5); `fusion`: one decoder on the taps'
+   * features fused onto the last one (paper Table 7, docs/method.md#fusion).
+   */
+  variant: z.enum(['local', 'global', 'isolated', 'fusion']).default('local'),
   target: z.enum(['hog', 'pixel']).default('hog'),
   /** HOG orientation bins: 9 in the official ViT-B recipe, 18 in the paper and ViT-L. */
   nbins: z.union([z.literal(9), z.literal(18)]).default(9),
@@ -72,9 +78,9 @@ export const ModelConfigBase = z.strictObject({
   /** Standardise each pixel-target token by its own mean and unbiased variance (docs/method.md#normalized-pixel-targets). */
   normPix: z.boolean().default(true),
   maskRatio: z.number().gt(0).lt(1).default(0.75),
-  /** 0-based blocks whose outputs feed the decoders, one per scale; default the distinct ones of [1, 3, depth−3, depth−1] (global: depth−1 for every scale). */
+  /** 0-based blocks (Swin: stages) whose outputs feed the decoders, one per scale; default the distinct ones of [1, 3, depth−3, depth−1], Swin every stage (global: the last for every scale). */
   taps: z.array(int(0)).optional(),
-  /** One scale per tap, in any order (paper Table 4f); default [4, 2, 1, 0.5] (global: [1]). HOG cell / pixel patch of scale s is p/s. */
+  /** One scale per tap, in any order (paper Table 4f); default [4, 2, 1, 0.5], Swin 1 each (global: [1]). Relative to the patch grid (Swin: the tapped stage's output grid); HOG cell / pixel patch of scale s is p/s. */
   scales: z.array(z.union(SCALES.map((s) => z.literal(s)) as [z.ZodLiteral<Scale>, ...z.ZodLiteral<Scale>[]])).optional(),
   /** Width, heads and blocks of each decoder: LocalMIM's by default (see DECODERS). */
   decoderDim: int(4).max(8192).default(DECODERS.localmim.decoderDim),
@@ -121,7 +127,8 @@ export function modelDims(c: ModelConfig): ModelDims {
   } else {
     // The official rule; shallow models (depth < 7) keep its distinct blocks and the first scales, as the official zip does.
     taps = c.taps ?? [...new Set([1, 3, depth - 3, depth - 1])].filter((t) => t >= 0 && t < depth).sort((a, b) => a - b);
-    scales = c.scales ?? SCALES.slice(0, taps.length);
+    // Fusion: those blocks fused onto the last one, decoded at one scale.
+    scales = c.scales ?? (c.variant === 'fusion' ? [1] : SCALES.slice(0, taps.length));
   }
   const cells = scales.map((s) => p / s);
   const F = cells.map((cell) => (c.target === 'hog' ? 3 * c.nbins : 3 * cell * cell));
@@ -148,10 +155,15 @@ export interface SwinDims {
   /** Per stage, after its patch merging (none after the last): grid side and width of the latent its decoder reads. */
   outGrids: number[];
   outWidths: number[];
-  /** Per stage: HOG cell or pixel-target patch (the pixels one output token covers), and output features per location. */
+  /** Stages whose outputs are normalised and decoded (fusion: fused); per decoder: the stage it reads (fusion: the last tap), its scale relative to that stage's output grid, and its prediction grid side. */
+  taps: number[];
+  reads: number[];
+  scales: Scale[];
+  predGrids: number[];
+  /** Per decoder: HOG cell or pixel-target patch (the pixels one predicted token covers), and output features per location. */
   cells: number[];
   F: number[];
-  /** Per stage decoder width: the official `decoder_embed_dim // k`, k = 2 for the first stage, else 1. */
+  /** Per decoder width: the official `decoder_embed_dim // k`, k = 2 for a decoder on the first stage, else 1. */
   decoderDims: number[];
   /** MLP hidden width over block width. */
   mlpRatio: number;
@@ -164,7 +176,7 @@ export function swinDims(c: ModelConfig): SwinDims {
   const depths = [...(c.depths ?? size.depths)];
   const S = depths.length;
   const heads = [...(c.stageHeads ?? size.heads)];
-  const window = c.windowSize ?? 7;
+  const window = c.windowSize ?? size.window;
   const p = c.patchSize;
   const g0 = Math.floor(c.imgSize / p);
   const stages = [...Array(S).keys()];
@@ -178,9 +190,15 @@ export function swinDims(c: ModelConfig): SwinDims {
   const last = (i: number) => i === S - 1;
   const outGrids = stages.map((i) => (last(i) ? grids[i]! : grids[i]! / 2));
   const outWidths = stages.map((i) => (last(i) ? widths[i]! : 2 * widths[i]!));
-  const cells = outGrids.map((g) => c.imgSize / g);
+  // Official: a decoder per stage at the stage's own grid; global: every decoder on the last stage (GreenMIM with one).
+  const fusion = c.variant === 'fusion';
+  const scales: Scale[] = c.scales ?? (fusion ? [1] : (c.taps ?? (c.variant === 'global' ? [S - 1] : stages)).map(() => 1));
+  const taps = c.taps ?? (c.variant === 'global' ? scales.map(() => S - 1) : stages);
+  const reads = fusion ? [taps.at(-1)!] : taps;
+  const predGrids = reads.map((t, k) => outGrids[t]! * (scales[k] ?? 1));
+  const cells = predGrids.map((g) => c.imgSize / g);
   const F = cells.map((cell) => (c.target === 'hog' ? 3 * c.nbins : 3 * cell * cell));
-  const decoderDims = stages.map((i) => (i === 0 && S > 1 ? c.decoderDim / 2 : c.decoderDim));
+  const decoderDims = reads.map((t) => (t === 0 && S > 1 ? c.decoderDim / 2 : c.decoderDim));
   return {
     C,
     p,
@@ -196,6 +214,10 @@ export function swinDims(c: ModelConfig): SwinDims {
     nMasked,
     outGrids,
     outWidths,
+    taps,
+    reads,
+    scales,
+    predGrids,
     cells,
     F,
     decoderDims,
@@ -225,9 +247,24 @@ function checkSwin(c: ModelConfig, issue: (path: string, message: string) => voi
     if (w % c.decoderHeads !== 0) issue('decoderHeads', `decoder width ${w} must be divisible by decoderHeads=${c.decoderHeads}`);
     if (w % 4 !== 0) issue('decoderDim', `decoder width ${w} must be a multiple of 4 (2-D sin-cos positions)`);
   }
-  if (c.variant !== 'local') issue('variant', `Swin pretraining is LocalMIM's local variant only, not ${c.variant}`);
-  for (const k of ['taps', 'scales', 'depth', 'heads'] as const)
-    if (c[k] !== undefined) issue(k, `a Swin model decodes every stage; use depths and stageHeads, not ${k}`);
+  for (const k of ['depth', 'heads'] as const)
+    if (c[k] !== undefined) issue(k, `a Swin model has stages: use depths and stageHeads, not ${k}`);
+  if (c.variant === 'fusion') {
+    if (d.scales.length !== 1) return issue('scales', `the fusion variant decodes its fused features at one scale, not ${d.scales.length}`);
+    if (d.taps.at(-1) !== S - 1) issue('taps', `the fusion variant fuses onto the last stage: taps must end with ${S - 1}`);
+  } else if (d.taps.length !== d.scales.length)
+    return issue('taps', `${d.taps.length} taps but ${d.scales.length} scales: one scale per tapped stage`);
+  if (c.variant === 'global' && d.taps.some((t) => t !== d.taps[0]))
+    issue('taps', `the global variant decodes every scale from one stage, but taps are [${d.taps}]`);
+  else if (d.taps.some((t, i) => t >= S || (c.variant !== 'global' && i > 0 && t <= d.taps[i - 1]!)))
+    issue('taps', `taps [${d.taps}] must be increasing 0-based stage indices below ${S} stages`);
+  d.predGrids.forEach((g, k) => {
+    if (!Number.isInteger(g) || g % d.maskGrid !== 0)
+      issue(
+        'scales',
+        `scale ×${d.scales[k]} of stage ${d.reads[k]} predicts a ${g}² grid: it must be a multiple of the ${d.maskGrid}² mask grid`,
+      );
+  });
 }
 
 /** The ViT-specific checks, as issues on its fields. */
@@ -242,7 +279,10 @@ function checkVit(c: ModelConfig, issue: (path: string, message: string) => void
   if (c.imgSize % d.p !== 0) issue('imgSize', `imgSize=${c.imgSize} must be a multiple of patchSize=${d.p}`);
   if (d.nKeep < 1 || d.nKeep >= d.L)
     issue('maskRatio', `maskRatio=${c.maskRatio} keeps ${d.nKeep} of ${d.L} patches: at least one must be visible and one masked`);
-  if (d.taps.length !== d.scales.length) issue('taps', `${d.taps.length} taps but ${d.scales.length} scales: one scale per tapped block`);
+  if (c.variant === 'fusion' && d.scales.length !== 1)
+    issue('scales', `the fusion variant decodes its fused features at one scale, not ${d.scales.length}`);
+  else if (c.variant !== 'fusion' && d.taps.length !== d.scales.length)
+    issue('taps', `${d.taps.length} taps but ${d.scales.length} scales: one scale per tapped block`);
   if (c.variant === 'global' && d.taps.some((t) => t !== d.taps[0]))
     issue('taps', `the global variant decodes every scale from one block, but taps are [${d.taps}]`);
   else if (d.taps.some((t, i) => t >= d.depth || (c.variant !== 'global' && i > 0 && t <= d.taps[i - 1]!)))
@@ -317,14 +357,17 @@ export class ConfigError extends Error {
 }
 
 /**
- * The paper's configurations, as starting points: LocalMIM with HOG or pixels, isolated gradients, each with LocalMIM's
- * decoders; and the MAE baseline, MAE's own model: one decoder of MAE's size on the last block, normalized pixels.
+ * The paper's configurations, as starting points: LocalMIM with HOG or pixels, isolated gradients, the global and
+ * fusion comparisons (paper Table 7), each with LocalMIM's decoders; and the MAE baseline, MAE's own model: one
+ * decoder of MAE's size on the last block, normalized pixels.
  */
 export const PRESETS = {
   'localmim-hog': { variant: 'local', target: 'hog', ...DECODERS.localmim },
   'localmim-pixel': { variant: 'local', target: 'pixel', ...DECODERS.localmim },
   mae: { variant: 'global', target: 'pixel', normPix: true, ...DECODERS.mae },
   isolated: { variant: 'isolated', target: 'hog', ...DECODERS.localmim },
+  global: { variant: 'global', target: 'hog', ...DECODERS.localmim },
+  fusion: { variant: 'fusion', target: 'hog', ...DECODERS.localmim },
 } as const satisfies Record<string, Partial<ModelConfig>>;
 export type Preset = keyof typeof PRESETS;
 
@@ -333,23 +376,30 @@ const isPaperSwin = (size: string) => isSwinSize(size) && size !== 'swin-tiny';
 
 /**
  * Defaults a size brings to a new run: for Swin, its image side, patch 4, and the official Swin schedule's base rate
- * and floor (`run_pretrain.py`: blr 1e-4, min lr 0); for Swin-T/S/B also the official recipe's length and effective
- * batch (400 epochs, 40 of warmup, 256 × 8 = 2048 images per step). Nothing for a ViT.
+ * and floor (`run_pretrain.py`: blr 1e-4, min lr 0); for Swin-T/S/B also the official Swin-B recipe's length and
+ * effective batch (400 epochs, 40 of warmup, 256 × 8 = 2048 images per step), for Swin-L its own (800 epochs, 40 of
+ * warmup, 128 × 4 accumulated × 8 GPUs = 4096). Nothing for a ViT.
  */
 export function sizeDefaults(size: string): { model: Partial<ModelConfig>; optim: Partial<OptimConfig> } {
   if (!isSwinSize(size)) return { model: {}, optim: {} };
-  const recipe = isPaperSwin(size) ? { epochs: 400, warmupEpochs: 40, batch: 256, accumIter: 8 } : {};
+  const recipe =
+    size === 'swin-l'
+      ? { epochs: 800, warmupEpochs: 40, batch: 128, accumIter: 32 }
+      : isPaperSwin(size)
+        ? { epochs: 400, warmupEpochs: 40, batch: 256, accumIter: 8 }
+        : {};
   return { model: { imgSize: SWIN_SIZES[size].imgSize, patchSize: 4 }, optim: { blr: 1e-4, minLr: 0, ...recipe } };
 }
 
 /**
- * A preset's fields for a model size: Swin sizes take the official Swin decoders (DECODERS.swin), and Swin-T/S/B with
- * HOG targets the official recipe's 18 bins with the HOG bias.
+ * A preset's fields for a model size: Swin sizes take the official Swin decoders (DECODERS.swin), except `mae`, which
+ * on a Swin is GreenMIM's baseline (MAE's decoder on the last stage, normalized pixels); Swin-T/S/B/L with HOG targets
+ * the official recipe's 18 bins with the HOG bias.
  */
 export function presetFor(preset: Preset, size: string): Partial<ModelConfig> {
   if (!isSwinSize(size)) return PRESETS[preset];
   const hog = isPaperSwin(size) && PRESETS[preset].target === 'hog' ? { nbins: 18 as const, hogBias: true } : {};
-  return { ...PRESETS[preset], ...DECODERS.swin, ...hog };
+  return { ...PRESETS[preset], ...(preset === 'mae' ? DECODERS.mae : DECODERS.swin), ...hog };
 }
 
 /**
@@ -392,7 +442,7 @@ const FinetuneFields = OptimConfigSchema.extend({
   beta2: z.number().min(0).lt(1).default(0.999),
   /** Layer-wise lr decay: block i gets layerDecay^(depth − i) of the head's rate. */
   layerDecay: z.number().gt(0).max(1).default(SHORT_PRETRAINING.layerDecay),
-  dropPath: z.number().min(0).lt(1).default(0.1),
+  dropPath: z.number().min(0).lt(1).default(SHORT_PRETRAINING.dropPath),
   smoothing: z.number().min(0).lt(1).default(0.1),
   /** Mixup and CutMix Beta(α, α) parameters, as the paper (0.8, 1.0); 0 turns one off. */
   mixup: z.number().min(0).default(0.8),

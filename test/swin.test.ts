@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
@@ -15,6 +15,7 @@ import { TrainStep } from '../core/train/step.js';
 import { renderPreview } from '../core/analysis/preview.js';
 import { configFromFlags } from '../core/cli/pretrain.js';
 import { estimate } from '../core/runs/estimate.js';
+import { SAMPLE_IMAGES } from '../core/home.js';
 import { localmim } from './cli.js';
 import { formulaValues, readGolden, worstExcess } from './golden.js';
 import './setup.js';
@@ -255,7 +256,12 @@ describe('pipeline', () => {
     expect(swinDims(c.model)).toMatchObject({ widths: [96, 192, 384, 768], cells: [8, 16, 32, 32], decoderDims: [64, 128, 128, 128] });
     expect(configFromFlags({ model: 'swin-tiny', img: '112' }).model).toMatchObject({ imgSize: 112, patchSize: 4 });
     expect(() => configFromFlags({ model: 'swin-tiny', img: '100' })).toThrow(/imgSize/);
-    expect(() => configFromFlags({ model: 'swin-b', preset: 'mae' })).toThrow(/variant/);
+    // GreenMIM's baseline (paper Table 4d): MAE's decoder on the last stage, normalized pixels.
+    expect(configFromFlags({ model: 'swin-b', preset: 'mae' }).model).toMatchObject({
+      variant: 'global',
+      target: 'pixel',
+      decoderDim: 512,
+    });
   });
 
   test('previews render every stage of a Swin run, under its one mask', async () => {
@@ -315,6 +321,16 @@ describe('pipeline', () => {
       const next = JSON.parse(init.stdout.split('\n')[0]!) as { model: unknown; config: { model: object } };
       expect(next.model).toMatchObject({ family: 'swin' });
       expect(next.config.model).toMatchObject({ size: 'swin-tiny', imgSize: 112, patchSize: 4 });
+      // Paper Fig. 5 on a Swin pretraining run: the loss's gradient norm on each block, stage by stage.
+      const image = join(
+        SAMPLE_IMAGES,
+        readdirSync(SAMPLE_IMAGES).find((f) => f.endsWith('.jpg'))!,
+      );
+      const analyzed = localmim(['analyze', '1', '--image', image, '--json', '--home', home]);
+      expect(analyzed.code, analyzed.stderr).toBe(0);
+      const { gradNorms } = JSON.parse(analyzed.stdout) as { gradNorms: number[] };
+      expect(gradNorms).toHaveLength(6);
+      expect(gradNorms.every((g) => Number.isFinite(g) && g > 0)).toBe(true);
     } finally {
       rmSync(home, { recursive: true, force: true });
     }

@@ -1,12 +1,12 @@
 import { modelDims, type ModelConfig, type ModelDims } from '../config.js';
-import type { LocalMIM } from '../model/localmim.js';
+import type { PretrainModel } from '../model/localmim.js';
 import type { Param } from '../model/module.js';
 import { Rng, seedFor } from '../random.js';
 import type { RunRow } from '../store/store.js';
 import type { RgbImage } from '../targets/image.js';
 import type { LoadedCheckpoint } from '../train/checkpoint.js';
 import { layerStats, visitAttention } from './attention.js';
-import { blockGradientNorms, lossModelOf } from './gradients.js';
+import { blockGradientNorms, blockPrefixes, lossModelOf } from './gradients.js';
 
 /**
  * One statistic over a set of images: mean ± sample standard deviation (n − 1; 0 for one image), and the five-number
@@ -107,7 +107,7 @@ export async function attentionOverSet(
  * (a spread needs one value per image), with its own mask from `seedFor(seed, i)`.
  */
 export async function gradientNormsOverSet(
-  model: LocalMIM,
+  model: PretrainModel,
   images: RgbImage[],
   seed: number,
   onImages?: (done: number) => void,
@@ -117,7 +117,7 @@ export async function gradientNormsOverSet(
     perImage.push(await blockGradientNorms(model, [img], seedFor(seed, i)));
     onImages?.(i + 1);
   }
-  return Array.from({ length: model.dims.depth }, (_, block) => spread(perImage.map((g) => g[block]!)));
+  return blockPrefixes(model.config).map((_, block) => spread(perImage.map((g) => g[block]!)));
 }
 
 export interface SetAnalysis {

@@ -9,7 +9,8 @@ import type { Rgb8 } from '../targets/image.js';
 import { resolveFolder } from '../data/indexer.js';
 import { paramsOf } from '../export/backbone.js';
 import { homeDir, homePaths } from '../home.js';
-import { Store } from '../store/store.js';
+import { Store, type RunRow } from '../store/store.js';
+import type { LoadedCheckpoint } from '../train/checkpoint.js';
 import { nonNegativeInt, parse, positiveInt, UsageError } from './args.js';
 import { checkpointAndImage, checkpointOf, loadImage } from './checkpoint-input.js';
 import { indexWithProgress } from './index-cmd.js';
@@ -60,18 +61,12 @@ async function onImage(spec: string | undefined, values: Values): Promise<void> 
   // The format is checked before the slow load; the range needs the model.
   const asked = values.query === undefined ? undefined : nonNegativeInt('query', values.query);
   const { run: r, checkpoint, backbone: b, img } = await checkpointAndImage(spec, values.image, values);
-  if (modelFamily(b.model) === 'swin') return swinOnImage(r.id, b, img, asked, values.json);
+  if (modelFamily(b.model) === 'swin') return swinOnImage(r, checkpoint, b, img, asked, values.json);
   const { L } = modelDims(b.model);
   if (asked !== undefined && asked >= L) throw new UsageError(`--query: patch ${asked} is out of range: this model has patches 0…${L - 1}`);
   const query = asked ?? Math.floor(L / 2);
   const layers = await attentionAnalysis(paramsOf(b.tensors), b.model, img, query);
-  let gradNorms: number[] | null = null;
-  if (r.kind === 'pretrain') {
-    // Gradient norms need the pretraining loss, so the whole model with its decoders.
-    const model = lossModelOf(r, checkpoint);
-    gradNorms = await blockGradientNorms(model, [img]);
-    model.dispose();
-  }
+  const gradNorms = await gradientNorms(r, checkpoint, img);
   const out = { runId: r.id, query, layers, gradNorms };
   if (values.json) return console.log(JSON.stringify(out));
   console.log('block   NMI     KL      grad-norm');
@@ -81,18 +76,38 @@ async function onImage(spec: string | undefined, values: Values): Promise<void> 
     );
 }
 
-/** Swin's per-window maps and statistics on one image; no gradient norms (they are the ViT pretraining loss's). */
-async function swinOnImage(runId: number, b: Backbone, img: Rgb8, asked: number | undefined, json: boolean): Promise<void> {
+/** Per encoder block, the norm of the pretraining loss's gradient on one image (paper Fig. 5); null outside pretraining. */
+async function gradientNorms(r: RunRow, checkpoint: LoadedCheckpoint, img: Rgb8): Promise<number[] | null> {
+  if (r.kind !== 'pretrain') return null;
+  // The loss needs the whole model with its decoders.
+  const model = lossModelOf(r, checkpoint);
+  try {
+    return await blockGradientNorms(model, [img]);
+  } finally {
+    model.dispose();
+  }
+}
+
+/** Swin's per-window maps and statistics on one image, and the gradient norm of each block (stage by stage). */
+async function swinOnImage(
+  r: RunRow,
+  checkpoint: LoadedCheckpoint,
+  b: Backbone,
+  img: Rgb8,
+  asked: number | undefined,
+  json: boolean,
+): Promise<void> {
   const g0 = b.model.imgSize / b.model.patchSize;
   if (asked !== undefined && asked >= g0 * g0)
     throw new UsageError(`--query: patch ${asked} is out of range: this model has patches 0…${g0 * g0 - 1}`);
   const query = asked ?? Math.floor((g0 * g0) / 2);
   const layers = await swinWindowAttention(paramsOf(b.tensors), b.model, img, query);
-  if (json) return console.log(JSON.stringify({ runId, query, layers, gradNorms: null }));
-  console.log('stage  block  window  shift  NMI     KL (within each window)');
-  for (const l of layers)
+  const gradNorms = await gradientNorms(r, checkpoint, img);
+  if (json) return console.log(JSON.stringify({ runId: r.id, query, layers, gradNorms }));
+  console.log('stage  block  window  shift  NMI     KL (within each window)  grad-norm');
+  for (const [i, l] of layers.entries())
     console.log(
-      `${String(l.stage).padEnd(6)} ${String(l.block).padEnd(6)} ${String(l.window).padEnd(7)} ${String(l.shift).padEnd(6)} ${l.nmi.toFixed(4)}  ${l.kl.toFixed(3)}`,
+      `${String(l.stage).padEnd(6)} ${String(l.block).padEnd(6)} ${String(l.window).padEnd(7)} ${String(l.shift).padEnd(6)} ${l.nmi.toFixed(4)}  ${l.kl.toFixed(3).padEnd(23)}  ${gradNorms?.[i]?.toExponential(2) ?? '—'}`,
     );
 }
 

@@ -21,7 +21,7 @@ export interface LoaderOptions<T extends RgbImage> {
   prefetch?: number;
   /** Smallest crop area of RandomResizedCrop: 0.2 in pretraining (docs/method.md#preprocessing), 0.08 in fine-tuning. */
   minScale?: number;
-  /** Resize kernel of the crop: bicubic in pretraining, bilinear in fine-tuning (docs/method.md#fine-tuning). */
+  /** Resize kernel of the crop: bicubic in pretraining, as the recipe says in fine-tuning (core/recipe.ts cropKernel). */
   kernel?: 'cubic' | 'linear';
   /** Augmentation after crop and flip, drawing from the sample's own generator (after the crop's draws). */
   transform?: (img: Rgb8, rng: Rng) => T;

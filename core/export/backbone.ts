@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import * as tf from '@tensorflow/tfjs';
-import { modelDims, modelFamily, swinDims, type ModelConfig } from '../config.js';
+import { modelDims, modelFamily, swinDims, SWIN_SIZES, type ModelConfig, type SwinSize } from '../config.js';
 import { isBackbone, PROBE_EPS } from '../model/classifier.js';
 import type { LoadedCheckpoint } from '../train/checkpoint.js';
 import type { Param } from '../model/module.js';
@@ -97,7 +97,7 @@ export function timmSwinConfig(b: Backbone) {
   const d = swinDims(b.model);
   const named = `${d.C}:${d.depths.join(',')}`;
   const size = { '96:2,2,6,2': 'tiny', '96:2,2,18,2': 'small', '128:2,2,18,2': 'base', '192:2,2,18,2': 'large' }[named] ?? 'tiny';
-  const window = b.model.windowSize ?? 7;
+  const window = b.model.windowSize ?? SWIN_SIZES[b.model.size as SwinSize].window;
   return {
     architecture: `swin_${size}_patch4_window7_224`,
     num_classes: b.classes?.length ?? 0,

@@ -327,13 +327,14 @@ async function importSwin(
     ([, s]) => s.D === C && same(s.depths, depths) && same(s.heads, stageHeads) && s.imgSize === imgSize,
   )?.[0];
   const windowSize = Math.max(...windows);
+  const size = (preset ?? 'swin-t') as keyof typeof SWIN_SIZES;
   let model: ModelConfig;
   try {
     model = parseRunConfig({
       model: {
-        size: preset ?? 'swin-t',
+        size,
         ...(!preset && { D: C, depths, stageHeads }),
-        ...(windowSize !== 7 && { windowSize }),
+        ...(windowSize !== SWIN_SIZES[size].window && { windowSize }),
         imgSize,
         patchSize: p,
         mlpRatio: hidden / C,

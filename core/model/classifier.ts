@@ -58,21 +58,31 @@ export interface Classifier {
 }
 
 /** The fine-tuning classifier of a model config's family. */
-export function classifierFor(config: ModelConfig, classes: number, seed: number, probe = false): Classifier {
+export function classifierFor(config: ModelConfig, classes: number, seed: number, probe = false, scratch = false): Classifier {
   return modelFamily(config) === 'swin'
-    ? new SwinClassifier(config, classes, seed, probe)
-    : new ViTClassifier(config, classes, seed, probe);
-}
-
-/** The classifier's head: `classes` outputs, and MAE's linear-probe head (BatchNorm, then the Linear) when `probe`. */
-export interface HeadSpec {
-  classes: number;
-  probe: boolean;
+    ? new SwinClassifier(config, classes, seed, probe, scratch)
+    : new ViTClassifier(config, classes, seed, probe, scratch);
 }
 
 /**
+ * The classifier's head: `classes` outputs, and MAE's linear-probe head (BatchNorm, then the Linear) when `probe`.
+ * `scratch`: no pretrained weights are loaded, so the head keeps timm's init.
+ */
+export interface HeadSpec {
+  classes: number;
+  probe: boolean;
+  scratch?: boolean;
+}
+
+/**
+ * The std of a new head's weight: the official fine-tuning re-initialises it at 2e-5 only when it loads weights
+ * (`if args.finetune`); from scratch it keeps timm's `_init_weights`, std 0.02.
+ */
+export const headStd = (scratch = false) => (scratch ? 0.02 : 2e-5);
+
+/**
  * The ViT fine-tuning model's tensors (docs/method.md#fine-tuning): the backbone with trained positions, `fc_norm` and
- * `head`, the new head at the official fine-tuning's std 2e-5. With `probe`, MAE's linear probe
+ * `head`, the new head at std {@link headStd}. With `probe`, MAE's linear probe
  * (docs/method.md#linear-probe): `head.0` (BatchNorm without affine: running statistics only) and `head.1` (std 0.01).
  */
 export function vitClassifierParams(c: ModelConfig, head: HeadSpec) {
@@ -82,7 +92,9 @@ export function vitClassifierParams(c: ModelConfig, head: HeadSpec) {
   return declare({
     ...encoderParams(d, { finetune: true }),
     fc_norm: normParams(D),
-    head: head.probe ? { 0: stats, 1: linearParams(head.classes, D, normal(0.01)) } : linearParams(head.classes, D, normal(2e-5)),
+    head: head.probe
+      ? { 0: stats, 1: linearParams(head.classes, D, normal(0.01)) }
+      : linearParams(head.classes, D, normal(headStd(head.scratch))),
   });
 }
 
@@ -100,9 +112,10 @@ export class ViTClassifier implements Classifier {
     readonly classes: number,
     seed: number,
     readonly probe = false,
+    scratch = false,
   ) {
     this.dims = modelDims(config);
-    this.modules = vitClassifierParams(config, { classes, probe });
+    this.modules = vitClassifierParams(config, { classes, probe, scratch });
     this.params = new ParamStore(this.modules, seed);
   }
 
@@ -150,12 +163,12 @@ export class ViTClassifier implements Classifier {
 
 /**
  * The official Swin fine-tuning model's tensors (`models_swin.py`, docs/method.md#swin-fine-tuning): the backbone in its
- * initialisation, the final `norm`, and the new `head` as the official fine-tuning re-initialises it (std 2e-5). The
+ * initialisation, the final `norm`, and the new `head` at std {@link headStd}. The
  * official groups skip only 1-D tensors and biases, so its bias tables decay. No linear probe: the official Swin code has none.
  */
-export function swinClassifierParams(d: SwinDims, classes: number) {
+export function swinClassifierParams(d: SwinDims, classes: number, scratch = false) {
   const W = d.widths.at(-1)!;
-  return declare({ ...swinBackboneParams(d, true), norm: normParams(W), head: linearParams(classes, W, normal(2e-5)) });
+  return declare({ ...swinBackboneParams(d, true), norm: normParams(W), head: linearParams(classes, W, normal(headStd(scratch))) });
 }
 
 /**
@@ -174,10 +187,11 @@ export class SwinClassifier implements Classifier {
     readonly classes: number,
     seed: number,
     readonly probe = false,
+    scratch = false,
   ) {
     if (probe) throw new Error("a linear probe is MAE's ViT protocol; the official Swin code has none");
     this.dims = swinDims(config);
-    this.modules = swinClassifierParams(this.dims, classes);
+    this.modules = swinClassifierParams(this.dims, classes, scratch);
     this.params = new ParamStore(this.modules, seed);
     this.plan = fullPlan(this.dims);
   }

@@ -30,10 +30,10 @@ export interface Unshuffle {
 }
 
 /** The rescaling head of each scale (docs/method.md#decoders-and-scales) on d channels, layers at the official `pred.k` indices. */
-type PredLayer =
+export type PredLayer =
   { kind: 'deconv' | 'conv'; weight: ParamSpec; bias: ParamSpec } | ({ kind: 'norm' } & NormParams) | { kind: 'gelu' } | { kind: 'pool' };
 
-function predParams(s: Scale, d: number, F: number, mae: boolean): PredLayer[] {
+export function predParams(s: Scale, d: number, F: number, mae: boolean): PredLayer[] {
   // PyTorch's conv defaults, U(±1/√fan_in); a transposed conv [in, out, k, k] has fan_in = out·k².
   const deconv = (i: number, o: number): PredLayer => {
     const init = uniform(1 / Math.sqrt(o * 4));
@@ -94,7 +94,7 @@ export function decode(
 }
 
 /** The rescaling head (×4, ×2, ×1, ×0.5) on `x [B, g, g, d]`, channels last. */
-function rescale(P: Param, layers: PredLayer[], x: tf.Tensor): tf.Tensor {
+export function rescale(P: Param, layers: PredLayer[], x: tf.Tensor): tf.Tensor {
   for (const l of layers) {
     if (l.kind === 'gelu') x = gelu(x);
     else if (l.kind === 'pool') x = avgPool2x2(x);

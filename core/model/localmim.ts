@@ -5,7 +5,7 @@ import { normalize, toTensor, type RgbImage } from '../targets/image.js';
 import { pixelTargets } from '../targets/pixels.js';
 import { decode, decoderParams } from './decoder.js';
 import { randomMasking, scaleMask } from './masking.js';
-import { ParamStore, buffer, declare, range, uniform } from './module.js';
+import { ParamStore, buffer, declare, dense, linearParams, range, uniform, type LinearParams, type Param } from './module.js';
 
 import { visiblePatches } from './patches.js';
 import { encode, encoderParams } from './vit.js';
@@ -83,17 +83,21 @@ export const hogParams = (c: ModelConfig, n: number) =>
     conv: { weight: buffer([2, 1, 3, 3], () => SOBEL), bias: c.hogBias ? buffer([2], uniform(1 / 3)) : undefined },
   }));
 
-/** The pretraining model's tensors (docs/method.md#parameter-names): the encoder with its latent norms, decoders, HOG layers. */
+/**
+ * The pretraining model's tensors (docs/method.md#parameter-names): the encoder with its latent norms, decoders, HOG
+ * layers; the fusion variant's projections `fuse.j` of the lower taps (docs/method.md#fusion).
+ */
 export function localMimParams(c: ModelConfig) {
   const d = modelDims(c);
   return declare({
-    ...encoderParams(d, { taps: d.scales.length }),
+    ...encoderParams(d, { taps: d.taps.length }),
     decoder: d.scales.map((_, k) => decoderParams(c, d, k)),
     hog_enc: hogParams(c, d.scales.length),
+    fuse: range(c.variant === 'fusion' ? d.taps.length - 1 : 0, () => linearParams(d.D, d.D)),
   });
 }
 
-/** LocalMIM (and its `global`/`isolated` variants): encoder taps → per-scale decoders → summed masked losses. */
+/** LocalMIM (and its `global`/`isolated`/`fusion` variants): encoder taps → per-scale decoders → summed masked losses. */
 export class LocalMIM implements PretrainModel<PreparedBatch> {
   readonly dims: ModelDims;
   readonly modules: ReturnType<typeof localMimParams>;
@@ -172,10 +176,11 @@ export class LocalMIM implements PretrainModel<PreparedBatch> {
     const { B } = batch;
     const P = (name: string) => this.params.get(name);
     const m = this.modules;
-    const { latents } = encode(P, m, this.dims, batch.patches, batch.pos, B, {
+    const tapped = encode(P, m, this.dims, batch.patches, batch.pos, B, {
       taps: this.dims.taps,
       isolate: this.config.variant === 'isolated',
-    });
+    }).latents;
+    const latents = this.config.variant === 'fusion' ? [fuse(P, m.fuse, tapped)] : tapped;
     const un = { select: batch.select, mask: batch.removed };
     const preds = latents.map((z, k) => decode(P, m.decoder[k]!, this.config, this.dims, z, un, B));
     const losses = preds.map((pred, k) => maskedMse(pred, batch.targets[k]!, batch.scaleMasks[k]!));
@@ -185,6 +190,14 @@ export class LocalMIM implements PretrainModel<PreparedBatch> {
   dispose(): void {
     this.params.dispose();
   }
+}
+
+/**
+ * The fusion variant's features (docs/method.md#fusion): the last tap's normalised output plus each lower tap's through
+ * its own Linear, as ConvMAE adds its projected stages to the top. latents: `[N, D]` each.
+ */
+export function fuse(P: Param, m: LinearParams[], latents: tf.Tensor[]): tf.Tensor {
+  return tf.addN([latents.at(-1)!, ...m.map((l, j) => dense(P, l, latents[j]!))]);
 }
 
 /** Σ M·mean_f (P − T)² / Σ M, over the whole batch, not per sample (docs/method.md#loss). */

@@ -8,7 +8,7 @@ import { swinLocalMimParams } from './swin-localmim.js';
 export function modelParams(c: ModelConfig, head?: HeadSpec): object {
   if (modelFamily(c) === 'vit') return head ? vitClassifierParams(c, head) : localMimParams(c);
   if (head?.probe) throw new Error("a linear probe is MAE's ViT protocol; the official Swin code has none");
-  return head ? swinClassifierParams(swinDims(c), head.classes) : swinLocalMimParams(c);
+  return head ? swinClassifierParams(swinDims(c), head.classes, head.scratch) : swinLocalMimParams(c);
 }
 
 /** A config's model state, initialised as declared (exports and tests; the models build theirs from their own declaration). */

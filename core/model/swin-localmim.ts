@@ -4,7 +4,7 @@ import { hog } from '../targets/hog.js';
 import { normalize, toTensor, type RgbImage } from '../targets/image.js';
 import { pixelTargets } from '../targets/pixels.js';
 import type { ForwardOutput, PretrainModel } from './localmim.js';
-import { hogParams, maskedMse } from './localmim.js';
+import { fuse, hogParams, maskedMse } from './localmim.js';
 import { scaleMask } from './masking.js';
 import { ParamStore, buffer, declare, dense, linearParams, norm, normal, normParams, param, range, type Param } from './module.js';
 
@@ -20,6 +20,7 @@ import {
   type SwinPlanTensors,
 } from './swin.js';
 import { block, blockParams } from './vit.js';
+import { predParams, rescale } from './decoder.js';
 
 /** A batch on the device for Swin LocalMIM: one mask for the whole batch, as the official code. */
 export interface SwinBatch {
@@ -29,7 +30,7 @@ export interface SwinBatch {
   plan: SwinPlanTensors;
   /** Visible patches, mask-unit-major `[B, N0, 3p²]`. */
   patches: tf.Tensor3D;
-  /** Per stage: 1 where its output grid's token is masked `[1, L_k, 1]`, the loss mask `[B, L_k]`, the target `[B, L_k, F_k]`. */
+  /** Per stage: 1 where its output grid's token is masked `[1, L_i, 1]`; per decoder: the loss mask `[B, L_k]` and target `[B, L_k, F_k]` on its prediction grid. */
   removed: tf.Tensor3D[];
   stageMasks: tf.Tensor2D[];
   targets: tf.Tensor3D[];
@@ -47,37 +48,47 @@ export function swinMask(noise: Float32Array, d: SwinDims): Float32Array {
 }
 
 /**
- * Stage k's decoder (official `ViT_Decoder`): its mask token is not decayed, as the official groups skip every name with
- * `token`. Its fixed positions are the sin-cos rows of the stage's output grid, without a class token.
+ * Decoder k (official `ViT_Decoder`) on its tapped stage: its mask token is not decayed, as the official groups skip
+ * every name with `token`. Its fixed positions are the sin-cos rows of the stage's output grid, without a class token.
+ * At scale 1 (the official model) `pred` is one Linear; another scale rescales with the ViT decoders' head (`predParams`).
  */
 function swinDecoderParams(c: ModelConfig, d: SwinDims, k: number) {
   const W = d.decoderDims[k]!;
-  const g = d.outGrids[k]!;
+  const t = d.reads[k]!;
+  const g = d.outGrids[t]!;
+  const s = d.scales[k]!;
   return {
-    embed: linearParams(W, d.outWidths[k]!),
+    embed: linearParams(W, d.outWidths[t]!),
     mask_token: param([1, 1, W], normal(0.02), false),
     pos_embed: buffer([1, g * g, W], () => sinCosPosEmbed(W, g).subarray(W)),
     blocks: range(c.decoderDepth, () => blockParams(W, c.mlpRatio)),
     norm: normParams(W),
-    pred: linearParams(d.F[k]!, W),
+    pred: s === 1 ? linearParams(d.F[k]!, W) : predParams(s, W, d.F[k]!, c.variant === 'global'),
   };
 }
 
 /**
  * Swin LocalMIM's tensors (docs/method.md#swin), named as the official `MaskedAutoencoderSwin` without its `encoder.`
- * prefix: the backbone, one latent norm and one decoder per stage, the HOG layers.
+ * prefix: the backbone, one latent norm per tap and one decoder per tap (officially every stage), the HOG layers; the
+ * fusion variant's `fuse.j`, each lower tap's `r × r` tokens of a mask unit to the last stage's width (docs/method.md#fusion).
  */
 export function swinLocalMimParams(c: ModelConfig) {
   const d = swinDims(c);
+  const top = d.outWidths.at(-1)!;
+  const fused = c.variant === 'fusion' ? d.taps.slice(0, -1) : [];
   return declare({
     ...swinBackboneParams(d),
-    norm: d.outWidths.map((W) => normParams(W)),
-    decoder: d.outWidths.map((_, k) => swinDecoderParams(c, d, k)),
-    hog_enc: hogParams(c, d.outWidths.length),
+    norm: d.taps.map((t) => normParams(d.outWidths[t]!)),
+    decoder: d.reads.map((_, k) => swinDecoderParams(c, d, k)),
+    hog_enc: hogParams(c, d.reads.length),
+    fuse: fused.map((t) => linearParams(top, (d.outGrids[t]! / d.maskGrid) ** 2 * d.outWidths[t]!)),
   });
 }
 
-/** LocalMIM on a Swin backbone (docs/method.md#swin): each stage's merged output → its own decoder → summed masked losses. */
+/**
+ * LocalMIM on a Swin backbone (docs/method.md#swin): each tapped stage's merged output → its own decoder → summed masked
+ * losses; `global` decodes from the last stage only, `isolated` stops the gradients after each tap.
+ */
 export class SwinLocalMIM implements PretrainModel<SwinBatch> {
   readonly dims: SwinDims;
   readonly modules: ReturnType<typeof swinLocalMimParams>;
@@ -105,7 +116,7 @@ export class SwinLocalMIM implements PretrainModel<SwinBatch> {
   }
 
   targetShapes(): number[][] {
-    return this.dims.outGrids.map((g, k) => [g * g, this.dims.F[k]!]);
+    return this.dims.predGrids.map((g, k) => [g * g, this.dims.F[k]!]);
   }
 
   /** One mask per batch: noise for the mask grid's units only. */
@@ -136,14 +147,14 @@ export class SwinLocalMIM implements PretrainModel<SwinBatch> {
             [1, g * g, 1],
           );
         }),
-        stageMasks: d.outGrids.map((g) => tf.tensor2d(scaleMask(tiled, B, d.maskGrid, g / d.maskGrid), [B, g * g])),
+        stageMasks: d.predGrids.map((g) => tf.tensor2d(scaleMask(tiled, B, d.maskGrid, g / d.maskGrid), [B, g * g])),
         targets: this.targets(x, normalized),
       };
     });
     return { B, unitMask, plan, ...device };
   }
 
-  /** Targets of images `[B, H, W, 3]` (0–255), one `[B, L_k, F_k]` per stage: HOG cells or pixel patches of the stage's token size. */
+  /** Targets of images `[B, H, W, 3]` (0–255), one `[B, L_k, F_k]` per decoder: HOG cells or pixel patches of its predicted token's size. */
   private targets(x: tf.Tensor4D, normalized: tf.Tensor4D): tf.Tensor3D[] {
     const c = this.config;
     if (c.target === 'pixel') return this.dims.cells.map((cell) => pixelTargets(normalized, cell, c.normPix));
@@ -155,28 +166,52 @@ export class SwinLocalMIM implements PretrainModel<SwinBatch> {
   forward(batch: SwinBatch): ForwardOutput {
     const P = (name: string) => this.params.get(name);
     const m = this.modules;
-    const outputs = swinEncode(P, this.dims, batch.patches, batch.plan);
-    const latents = outputs.map((x, k) => norm(P, m.norm[k]!, x));
+    const d = this.dims;
+    const isolate = this.config.variant === 'isolated' ? d.taps : undefined;
+    const outputs = swinEncode(P, d, batch.patches, batch.plan, { isolate });
+    const tapped = d.taps.map((t, k) => norm(P, m.norm[k]!, outputs[t]!));
+    const latents = this.config.variant === 'fusion' ? [this.fused(P, tapped)] : tapped;
     const preds = latents.map((z, k) => this.decode(P, m.decoder[k]!, k, z, batch));
     const losses = preds.map((pred, k) => maskedMse(pred, batch.targets[k]!, batch.stageMasks[k]!));
     return { latents, preds, losses, loss: tf.addN(losses) as tf.Scalar };
   }
 
   /**
-   * Stage k's decoder (official `ViT_Decoder`) on its latent `[B, n, C_k]`: embedded, put back in raster order over the
-   * stage's output grid with mask tokens in the gaps, fixed sin-cos positions, blocks, norm, Linear: `[B, L_k, F_k]`.
+   * Decoder k (official `ViT_Decoder`) on its latent `[B, n, C]` from stage t: embedded, put back in raster order over
+   * the stage's output grid with mask tokens in the gaps, fixed sin-cos positions, blocks, norm, then the Linear (or
+   * the rescaling head): `[B, L_k, F_k]`.
    */
   private decode(P: Param, m: ReturnType<typeof swinDecoderParams>, k: number, latent: tf.Tensor, batch: SwinBatch): tf.Tensor {
     const [B, n, C] = latent.shape as [number, number, number];
     const W = this.dims.decoderDims[k]!;
-    const g = this.dims.outGrids[k]!;
+    const t = this.dims.reads[k]!;
+    const g = this.dims.outGrids[t]!;
     const x = tf.reshape(dense(P, m.embed, tf.reshape(latent, [B * n, C])), [B, n, W]);
-    const { order, slots } = batch.plan.restore[k]!;
-    const full = tf.add(gatherTokens(x, order, slots), tf.mul(batch.removed[k]!, P(m.mask_token.name))); // [B, L, W]
+    const { order, slots } = batch.plan.restore[t]!;
+    const full = tf.add(gatherTokens(x, order, slots), tf.mul(batch.removed[t]!, P(m.mask_token.name))); // [B, L, W]
     let h: tf.Tensor = tf.reshape(tf.add(full, P(m.pos_embed.name)), [B * g * g, W]);
     for (const b of m.blocks) h = block(P, b, h, B, g * g, this.config.decoderHeads);
     h = norm(P, m.norm, h);
-    return tf.reshape(dense(P, m.pred, h), [B, g * g, -1]);
+    if (!Array.isArray(m.pred)) return tf.reshape(dense(P, m.pred, h), [B, g * g, -1]);
+    const out = rescale(P, m.pred, tf.reshape(h, [B, g, g, W]));
+    return tf.reshape(out, [B, -1, out.shape[3]!]);
+  }
+
+  /**
+   * The fusion variant's features `[B, n, C_last]` (docs/method.md#fusion): a lower tap's `r × r` tokens of a mask unit
+   * are consecutive (mask-unit-major), so one row of `[B·n, r²·C_t]` each, through `fuse` as a ViT's: ConvMAE's
+   * strided-conv stage projections, on the visible units only.
+   */
+  private fused(P: Param, latents: tf.Tensor[]): tf.Tensor {
+    const [B, n, C] = latents.at(-1)!.shape as [number, number, number];
+    return tf.reshape(
+      fuse(
+        P,
+        this.modules.fuse,
+        latents.map((x) => tf.reshape(x, [B * n, -1])),
+      ),
+      [B, n, C],
+    );
   }
 
   /** The mask of image b on a grid of `g × g` squares of `p` pixels (for previews). */

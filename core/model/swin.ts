@@ -16,7 +16,7 @@ import {
   type Param,
   type WeightInit,
 } from './module.js';
-import { customGrad, mm } from './ops.js';
+import { customGrad, mm, stopGradient } from './ops.js';
 import { attention, attentionParams, embedPatches, mlp, mlpParams, patchEmbedParams } from './vit.js';
 
 // The Swin encoder of the official pretraining model (docs/method.md#swin) on any set of visible mask units, all of
@@ -325,6 +325,8 @@ export interface SwinBlockOptions {
   keep?: [tf.Tensor, tf.Tensor];
   /** LayerNorm eps before the MLP: 1e-6 (`norm_layer`) in pretraining; the official fine-tuning model's is PyTorch's 1e-5. */
   norm2Eps?: number;
+  /** Stages after whose output the gradients stop (paper Table 5). */
+  isolate?: readonly number[];
 }
 
 /** A Swin block's tensors: timm's, with the relative position bias table `[(2w−1)², heads]` first in its attention. */
@@ -433,6 +435,8 @@ export interface SwinEncoderOptions {
   /** Stochastic depth with a rate rising linearly to `rate` over all blocks, as timm. */
   dropPath?: { rate: number; rng: Rng };
   norm2Eps?: number;
+  /** Stages after whose output the gradients stop (paper Table 5). */
+  isolate?: readonly number[];
 }
 
 /**
@@ -463,6 +467,7 @@ export function swinEncode(P: Param, d: SwinDims, patches: tf.Tensor, t: SwinPla
     const down = m.layers[i]!.downsample;
     if (down) x = patchMerging(P, down, x, d.grids[i]! / d.maskGrid, o.merge ?? 'pretrain');
     outputs.push(x);
+    if (o.isolate?.includes(i)) x = stopGradient(x);
   });
   return outputs;
 }

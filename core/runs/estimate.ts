@@ -63,10 +63,10 @@ function estimateSwin(c: RunConfig, images: number, backend: string) {
     attention += 2 * d.depths[i]! * d.heads[i]! * N * window;
     largest = Math.max(largest, d.heads[i]! * N * window);
   });
-  d.outGrids.forEach((g, k) => {
-    const L = g * g;
+  d.taps.forEach((t, k) => {
+    const L = d.outGrids[t]! ** 2;
     const w = d.decoderDims[k]!;
-    macs += L * (d.outWidths[k]! * w + decoderDepth * (4 + 2 * r) * w * w + w * d.F[k]!) + decoderDepth * 2 * L * L * w;
+    macs += L * (d.outWidths[t]! * w + decoderDepth * (4 + 2 * r) * w * w + w * d.F[k]! * d.scales[k]! ** 2) + decoderDepth * 2 * L * L * w;
     tokens += decoderDepth * L * w * 14;
     attention += 2 * decoderDepth * decoderHeads * L * L;
     largest = Math.max(largest, decoderHeads * L * L);

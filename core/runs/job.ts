@@ -11,6 +11,7 @@ import { homePaths, removeStaleTemps } from '../home.js';
 import { isBackbone } from '../model/classifier.js';
 import type { PretrainModel } from '../model/localmim.js';
 import type { RgbImage } from '../targets/image.js';
+import { cropKernel } from '../recipe.js';
 import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
 import { finetuneTask } from '../train/finetune.js';
 import { train, type Cadence, type TrainEvent } from '../train/loop.js';
@@ -96,7 +97,7 @@ export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ ste
         loader: new Loader(job.data.train, cache, imgSize, f.batch, seed, {
           ...skipping(f.batch, f.accumIter),
           minScale: f.minScale,
-          kernel: 'linear',
+          kernel: cropKernel(f, spec.config.model),
           transform: finetuneAugment(f),
         }),
         labels: job.data.train.map((t) => t.label),

@@ -16,7 +16,7 @@ import { UserError } from '../errors.js';
 import { activeAdapter } from '../backend.js';
 import type { Adapter } from '../webgpu.js';
 import { homePaths, isAlive } from '../home.js';
-import { finetuneRecipe } from '../recipe.js';
+import { finetuneRecipe, type RecipeModel } from '../recipe.js';
 import type { RunRow, Store } from '../store/store.js';
 import { checkpointFor, resumePoint, type FoundCheckpoint, type ResumePoint } from './checkpoints.js';
 import { estimate } from './estimate.js';
@@ -177,10 +177,10 @@ function prepareFinetune(store: Store, home: string, req: Extract<RunRequest, { 
  * Fine-tuning settings over the official recipe for the source's pretraining length (core/recipe.ts): given values
  * win. A linear probe has its own recipe (LINEAR_PROBE).
  */
-function withRecipe(given: unknown, source: FoundCheckpoint | undefined, model: { size: string }): unknown {
+function withRecipe(given: unknown, source: FoundCheckpoint | undefined, model: RecipeModel): unknown {
   if (typeof given !== 'object' || given === null || Array.isArray(given) || ('linearProbe' in given && given.linearProbe)) return given;
   const epochs = !source ? null : source.run.kind === 'import' ? 'imported' : source.checkpoint.state.epoch;
-  return { ...finetuneRecipe(epochs, modelFamily(model)), ...given };
+  return { ...finetuneRecipe(epochs, model), ...given };
 }
 
 function trainSpec(run: RunRow): TrainSpec {

@@ -15,10 +15,11 @@ import type { TrainEvent } from '../train/loop.js';
 import type { JobHooks, TrainJob } from './job.js';
 import type { RunSpec } from './spec.js';
 
-/** Why the torch engine cannot train this run, if it cannot: train.py pretrains ViTs. */
+/** Why the torch engine cannot train this run, if it cannot: train.py pretrains ViTs (not the fusion variant). */
 export function torchProblem(spec: RunSpec): string | undefined {
   if (spec.kind !== 'pretrain') return `the torch engine pretrains only; train this ${spec.kind} run with --engine tfjs`;
   if (modelFamily(spec.config.model) !== 'vit') return `the torch engine trains ViTs; ${spec.config.model.size} needs --engine tfjs`;
+  if (spec.config.model.variant === 'fusion') return 'the torch engine has no fusion variant; train it with --engine tfjs';
   return undefined;
 }
 

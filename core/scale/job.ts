@@ -104,10 +104,12 @@ function emptyOut(path: string): string {
   return out;
 }
 
-/** Scale-out trains ViTs; anything else is refused before a file is written. */
+/** Scale-out trains ViTs in the local, global and isolated variants; anything else is refused before a file is written. */
 function supported(config: RunConfig): void {
   const size = String(config.model.size);
   if (!size.startsWith('vit-')) throw new UserError(`model.size: ${size}: scale-out trains ViT models only`);
+  if (config.model.variant === 'fusion')
+    throw new UserError('model.variant: fusion: scale-out trains the local, global and isolated variants only');
 }
 
 /** A new run's step-0 checkpoint: the weights the app would start from with this seed (over them `init`, a

@@ -32,7 +32,7 @@ export function finetuneTask(config: FinetuneRun, data: LabeledData, init?: Read
   const cfg = FinetuneRunSchema.parse(config);
   const f = cfg.finetune;
   const K = cfg.classes.length;
-  const model = classifierFor(cfg.model, K, cfg.seed, f.linearProbe);
+  const model = classifierFor(cfg.model, K, cfg.seed, f.linearProbe, cfg.from === null);
   if (init) model.params.assign(new Map([...init].filter(([name]) => isBackbone(name))));
   const trainable = new Map([...model.params.vars].filter(([name]) => !f.linearProbe || name.startsWith('head.')));
   const optimizer = f.linearProbe

@@ -17,5 +17,6 @@ export function smooth(values: number[], weight: number): number[] {
 /** A pretraining model's decoders: their size, and how many (one on the last block for the global variant, MAE's). */
 export function decoderSize(m: { variant: string; decoderDim: number; decoderDepth: number; decoderHeads: number }): string {
   const blocks = `${m.decoderDim}-d, ${m.decoderDepth} block${m.decoderDepth === 1 ? '' : 's'}, ${m.decoderHeads} heads`;
+  if (m.variant === 'fusion') return `one decoder on the tapped blocks' fused features (${blocks})`;
   return m.variant === 'global' ? `one decoder on the last block (${blocks})` : `one decoder per tapped block (${blocks} each)`;
 }
