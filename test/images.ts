@@ -1,3 +1,6 @@
+import { mkdirSync, readdirSync, symlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { SAMPLE_IMAGES } from '../core/home.js';
 import type { RgbImage } from '../core/targets/image.js';
 import { Rng } from '../core/random.js';
 
@@ -15,4 +18,16 @@ export function syntheticImages(n: number, size: number, seed: number): RgbImage
         }
     return { height: size, width: size, data };
   });
+}
+
+/** A labeled folder of the bundled sample crops: one class per source photograph, the first `perClass` crops of each (symlinks). */
+export function labeledSamples(dir: string, perClass = Infinity): string {
+  const files = readdirSync(SAMPLE_IMAGES).filter((f) => f.endsWith('.jpg')).sort();
+  for (const f of files) {
+    const [, cls, n] = /^(.*)-(\d+)\.jpg$/.exec(f)!;
+    if (Number(n) >= perClass) continue;
+    mkdirSync(join(dir, cls!), { recursive: true });
+    symlinkSync(join(SAMPLE_IMAGES, f), join(dir, cls!, f));
+  }
+  return dir;
 }

@@ -32,7 +32,7 @@ export function resumeOf(values: { resume?: string; restart?: boolean }): { resu
 export const sessionFlags = {
   home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
   backend: { type: 'string', arg: 'NAME', help: 'force a compute backend (see localmim doctor)' },
-  json: { type: 'boolean', default: false, help: 'print one JSON event per line: start, step, eval, checkpoint, end, error' },
+  json: { type: 'boolean', default: false, help: 'print one JSON event per line: start, step, eval, knn, checkpoint, end, error' },
 } as const satisfies Flags;
 
 type SessionValues = Partial<ReturnType<typeof parse<typeof cadenceFlags & typeof sessionFlags>>['values']>;
@@ -57,7 +57,9 @@ export async function runInTerminal(
     resume?: { resume: number; restart: boolean };
     /** The folder a new run trains on, indexed first; and the run to start on it. */
     data?: string;
-    newRun: (datasetId: number) => RunRequest;
+    /** A labeled folder for the kNN monitor, indexed too. */
+    probeData?: string;
+    newRun: (datasetId: number, probeDatasetId?: number) => RunRequest;
   },
 ): Promise<void> {
   const cadence: Cadence = {
@@ -80,7 +82,9 @@ export async function runInTerminal(
     else {
       const indexed = await indexWithProgress(store, o.data ?? SAMPLE_IMAGES, { quiet: json });
       if (!json) printSummary(indexed);
-      request = o.newRun(indexed.datasetId);
+      const probe = o.probeData === undefined ? undefined : await indexWithProgress(store, o.probeData, { quiet: json });
+      if (probe && !json) printSummary(probe);
+      request = o.newRun(indexed.datasetId, probe?.datasetId);
     }
     const prepared = prepare(store, home, request, backend.chosen);
     const job = { ...begin(store, prepared, { pid: process.pid, status: 'running', backend: backend.chosen }), cadence, stopAtStep };
@@ -167,6 +171,10 @@ function terminalSession(o: {
       emit(e);
       line.done();
       say(`epoch ${e.epoch.toFixed(0)}: validation top-1 ${(100 * e.top1).toFixed(1)} %, loss ${e.loss.toFixed(4)}`);
+    } else if (e.type === 'knn') {
+      emit(e);
+      line.done();
+      say(`step ${e.step}: kNN top-1 ${(100 * e.top1).toFixed(1)} %, top-5 ${(100 * e.top5).toFixed(1)} % (${e.seconds.toFixed(1)} s)`);
     } else if (e.type === 'checkpoint') {
       emit({ type: 'checkpoint', path: e.path, step: e.step, epoch: e.epoch, loss: e.loss });
     } else {

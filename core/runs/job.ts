@@ -1,5 +1,6 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { KNN_BUDGET, liveBackbone, scoreProbe, type ProbeSet } from '../analysis/knn.js';
 import { renderPreview } from '../analysis/preview.js';
 import { lossReadEvery } from '../backend.js';
 import { finetuneAugment } from '../data/augment.js';
@@ -12,7 +13,7 @@ import type { PretrainModel } from '../model/localmim.js';
 import { Rng, seedFor } from '../random.js';
 import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
 import { finetuneTask } from '../train/finetune.js';
-import { train, type Cadence, type TrainEvent } from '../train/loop.js';
+import { train, type Cadence, type LoopOptions, type TrainEvent } from '../train/loop.js';
 import { pretrainTask } from '../train/pretrain.js';
 import type { RunSpec } from './spec.js';
 
@@ -33,6 +34,8 @@ export interface TrainJob {
   stopAtStep?: number;
   /** Render reconstruction previews every this many steps (pretraining); none when absent. */
   previewEvery?: number;
+  /** Pretraining: the labeled probe set the kNN monitor scores the backbone on. */
+  probe?: ProbeSet;
   backend: string;
 }
 
@@ -56,12 +59,16 @@ export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ ste
   const { spec } = job;
   const { imgSize } = spec.config.model;
   let task;
+  let knn: LoopOptions['knn'];
   if (spec.kind === 'pretrain') {
     if (!('items' in job.data)) throw new Error('a pretraining job needs unlabeled items');
     const { optim, seed } = spec.config;
     const pretrain = pretrainTask(spec.config, new Loader(job.data.items, cache, imgSize, optim.batch, seed), init);
     const probes = job.previewEvery ? await Promise.all(job.data.items.slice(0, PROBES).map((it) => evalImage(it.abs, imgSize))) : [];
     task = { ...pretrain, afterStep: previews(pretrain.model, probes, job, hooks) };
+    const { probe } = job;
+    const { model } = spec.config;
+    if (probe) knn = { every: probe.every, budget: KNN_BUDGET, score: () => scoreProbe(liveBackbone(pretrain.model.params, model), model, probe, cache) };
   } else {
     if (!('train' in job.data)) throw new Error('a fine-tuning job needs a labeled split');
     const { finetune: f, seed } = spec.config;
@@ -88,6 +95,7 @@ export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ ste
     resumeFrom,
     stopAtStep: job.stopAtStep,
     signal: hooks.signal,
+    knn,
     onEvent: hooks.onEvent,
   }).catch((err: Error) => {
     throw deviceError(err, job) ?? err;

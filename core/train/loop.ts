@@ -10,6 +10,8 @@ export type TrainEvent =
   | { type: 'start'; step: number; totalSteps: number; stepsPerEpoch: number; backend: string; config: unknown; model?: ModelSummary }
   | { type: 'step'; step: number; epoch: number; samples: number; loss: number; losses: number[]; lr: number; imagesPerS: number }
   | { type: 'eval'; step: number; epoch: number; top1: number; loss: number }
+  /** Weighted kNN accuracy of the backbone on the probe set, and the seconds the evaluation took. */
+  | { type: 'knn'; step: number; top1: number; top5: number; seconds: number }
   | { type: 'checkpoint'; path: string; step: number; epoch: number; loss: number | null; size: number; hash: string }
   | { type: 'end'; status: 'finished' | 'paused'; step: number };
 
@@ -66,6 +68,11 @@ export interface LoopOptions {
   stopAtStep?: number;
   /** Abort = checkpoint at the next step boundary and stop with status 'paused'. */
   signal?: AbortSignal;
+  /**
+   * kNN monitor: scored before the first step of a new run, at each checkpoint, and every `every` steps, or, without
+   * `every`, whenever the time it took so far is under `budget` of the training time so far.
+   */
+  knn?: { every?: number; budget: number; score(): Promise<{ top1: number; top5: number }> };
   onEvent: (e: TrainEvent) => void;
 }
 
@@ -127,6 +134,24 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
         });
       }
     };
+    const started = performance.now();
+    let knnSeconds = 0;
+    let knnStep = -1;
+    const knn = async () => {
+      if (!o.knn || knnStep === step) return;
+      await flush();
+      const t0 = performance.now();
+      const scores = await o.knn.score();
+      const seconds = (performance.now() - t0) / 1000;
+      knnSeconds += seconds;
+      knnStep = step;
+      o.onEvent({ type: 'knn', step, ...scores, seconds });
+    };
+    const knnDue = () => {
+      if (!o.knn) return false;
+      if (o.knn.every !== undefined) return step % o.knn.every === 0;
+      return knnSeconds <= o.knn.budget * ((performance.now() - started) / 1000 - knnSeconds);
+    };
     const checkpoint = async () => {
       await flush();
       const epoch = step / stepsPerEpoch;
@@ -135,9 +160,11 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
       const written = await saveCheckpoint(path, task.model, task.optimizer, { step, epoch, loss, config: task.config });
       o.onEvent({ type: 'checkpoint', path, step, epoch, loss, ...written });
       losses = [];
+      await knn();
       lastCheckpoint = performance.now();
     };
     const { everySteps, everyMinutes } = o.cadence;
+    if (step === 0) await knn();
 
     while (step < totalSteps) {
       const epoch = Math.floor(step / stepsPerEpoch);
@@ -154,6 +181,7 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
         o.onEvent({ type: 'eval', step, epoch: step / stepsPerEpoch, ...(await task.evaluate()) });
       }
       await task.afterStep?.(step);
+      if (knnDue()) await knn();
 
       const stopping = o.signal?.aborted || step === o.stopAtStep;
       const due =
