@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { BACKENDS } from './backend.js';
 import { describeIssue, MAX_EPOCHS } from './config.js';
-import type { MetricRow, RunStatus } from './store/store.js';
+import type { KnnRow, MetricRow, RunStatus } from './store/store.js';
 
 // The one API of LocalMIM Studio: the same methods and events over Electron IPC (preload) and over
 // HTTP + server-sent events (`localmim serve`). Each method's arguments are validated by its schema on
@@ -24,8 +24,17 @@ export const METHODS = {
   'config.check': z.strictObject({ config: z.unknown(), datasetId: id.optional() }),
   'runs.list': z.strictObject({}),
   'runs.get': z.strictObject({ id }),
-  /** `backend`: pin the run to one compute backend instead of the fastest that loads. */
-  'runs.create': z.strictObject({ datasetId: id, name: z.string().max(200).optional(), config: z.unknown(), backend: backend.optional() }),
+  /**
+   * `backend`: pin the run to one compute backend instead of the fastest that loads. `probe`: a labeled dataset the kNN
+   * monitor scores the backbone on, every `every` steps (default: within 10 % of the time).
+   */
+  'runs.create': z.strictObject({
+    datasetId: id,
+    name: z.string().max(200).optional(),
+    config: z.unknown(),
+    backend: backend.optional(),
+    probe: z.strictObject({ datasetId: id, every: z.number().int().min(1).optional() }).optional(),
+  }),
   'runs.pause': z.strictObject({ id }),
   /** `restart`: start over from step 0 when none of the run's checkpoints can be read. */
   'runs.resume': z.strictObject({ id, restart: z.boolean().default(false), backend: backend.optional() }),
@@ -101,6 +110,7 @@ export type ApiEvent =
   | { type: 'run.metrics'; runId: number; rows: MetricRow[] }
   | { type: 'run.checkpoint'; runId: number; step: number }
   | { type: 'run.eval'; runId: number; step: number; top1: number; loss: number }
+  | { type: 'run.knn'; runId: number; row: KnnRow }
   | { type: 'run.preview'; runId: number; step: number }
   /** A call whose job works in steps (analysis.set: images through each pass) has done `done` of `total`. */
   | { type: 'job.progress'; method: Method; runId: number; done: number; total: number };

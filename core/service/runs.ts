@@ -66,6 +66,7 @@ export const runHandlers = (c: Context) =>
       return {
         run,
         metrics: c.store.metrics(run.id),
+        knn: c.store.knn(run.id),
         checkpoints: c.store.checkpoints(run.id),
         exports: c.store.exports(run.id),
         previews: previews(c.home, run.id),
@@ -75,7 +76,8 @@ export const runHandlers = (c: Context) =>
     'runs.create': async (a) => {
       // The config is parsed here, once: everything after it passes the typed value on.
       const config = parseRunConfig(a.config ?? {});
-      return { runId: await c.scheduler.start({ new: 'pretrain', datasetId: a.datasetId, config, name: a.name }, a.backend) };
+      const request = { new: 'pretrain', datasetId: a.datasetId, config, name: a.name, probe: a.probe } as const;
+      return { runId: await c.scheduler.start(request, a.backend) };
     },
     'runs.pause': (a) => {
       c.scheduler.pause(c.run(a.id).id);
