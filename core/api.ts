@@ -77,6 +77,18 @@ export const METHODS = {
     images: z.number().int().min(1).max(4096).default(64),
     seed: z.number().int().min(0).default(0),
   }),
+  /** A dataset's embeddings by a run's backbone (its newest checkpoint, or `step`), written once and reused. */
+  'embeddings.create': z.strictObject({ runId: id, step: z.number().int().min(0).optional(), datasetId: id }),
+  /** The `k` images of the dataset most cosine-similar to the one at `path`. */
+  'embeddings.similar': z.strictObject({
+    runId: id,
+    step: z.number().int().min(0).optional(),
+    datasetId: id,
+    path: z.string().min(1).max(4096),
+    k: z.number().int().min(1).max(50).default(8),
+  }),
+  /** The dataset's embeddings on their first two principal components. */
+  'embeddings.map': z.strictObject({ runId: id, step: z.number().int().min(0).optional(), datasetId: id }),
 } as const;
 
 export type Method = keyof typeof METHODS;

@@ -22,7 +22,9 @@ export function syntheticImages(n: number, size: number, seed: number): RgbImage
 
 /** A labeled folder of the bundled sample crops: one class per source photograph, the first `perClass` crops of each (symlinks). */
 export function labeledSamples(dir: string, perClass = Infinity): string {
-  const files = readdirSync(SAMPLE_IMAGES).filter((f) => f.endsWith('.jpg')).sort();
+  const files = readdirSync(SAMPLE_IMAGES)
+    .filter((f) => f.endsWith('.jpg'))
+    .sort();
   for (const f of files) {
     const [, cls, n] = /^(.*)-(\d+)\.jpg$/.exec(f)!;
     if (Number(n) >= perClass) continue;

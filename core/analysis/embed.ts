@@ -51,7 +51,7 @@ export async function embedFolder(
   P: Param,
   model: ModelConfig,
   items: EmbedItem[],
-  o: { out: string; weights: string; cache?: DecodeCache; onProgress?: (done: number, total: number) => void },
+  o: { out: string; weights: string; cache?: DecodeCache; shard?: number; onProgress?: (done: number, total: number) => void },
 ): Promise<{ out: string; paths: string; images: number; dim: number; computed: number }> {
   const key = keyOf(o.weights, items);
   const paths = pathsFile(o.out);
@@ -63,13 +63,14 @@ export async function embedFolder(
   const shards: Float32Array[] = [];
   let dim = 0;
   let computed = 0;
-  for (let s = 0; s * SHARD < items.length; s++) {
-    const shard = items.slice(s * SHARD, (s + 1) * SHARD);
+  const size = o.shard ?? SHARD;
+  for (let s = 0; s * size < items.length; s++) {
+    const shard = items.slice(s * size, (s + 1) * size);
     const file = join(parts, `${String(s).padStart(5, '0')}.safetensors`);
     const shardKey = keyOf(o.weights, shard);
     let features = existsSync(file) && readKey(file) === shardKey ? readEmbeddings(file) : undefined;
     if (!features) {
-      const at = s * SHARD;
+      const at = s * size;
       const e = await embedItems(P, model, shard, o.cache, (n) => o.onProgress?.(at + n, items.length));
       writeAtomic(file, encodeFeatures(e.features, e.dim, shardKey));
       features = e;
@@ -77,7 +78,7 @@ export async function embedFolder(
     }
     dim = features.dim;
     shards.push(features.features);
-    o.onProgress?.(Math.min((s + 1) * SHARD, items.length), items.length);
+    o.onProgress?.(Math.min((s + 1) * size, items.length), items.length);
   }
   const all = new Float32Array(items.length * dim);
   shards.reduce((at, f) => (all.set(f, at), at + f.length), 0);

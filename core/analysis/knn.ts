@@ -107,6 +107,9 @@ export function liveBackbone(params: ParamStore, model: ModelConfig): Param {
 
 /** Scores the backbone's current weights on a probe set: embeds both parts, then weighted kNN. */
 export async function scoreProbe(P: Param, model: ModelConfig, probe: ProbeSet, cache?: DecodeCache) {
-  const embedded = async (items: ProbeSet['reference']) => ({ ...(await embedItems(P, model, items, cache)), labels: items.map((i) => i.label) });
+  const embedded = async (items: ProbeSet['reference']) => ({
+    ...(await embedItems(P, model, items, cache)),
+    labels: items.map((i) => i.label),
+  });
   return knnScore(await embedded(probe.reference), await embedded(probe.query), probe.classes.length);
 }

@@ -22,14 +22,17 @@ const OPTIONS = {
 export async function run(argv: string[]): Promise<void> {
   const { values, positionals } = parse(argv, OPTIONS, { usage: 'localmim embed RUN[:STEP] --data DIR --out FILE [options]', summary });
   if (!values.data) throw new UsageError('--data DIR is required');
-  if (!values.out || !/\.(safetensors|npy)$/.test(values.out)) throw new UsageError('--out FILE is required, ending in .safetensors or .npy');
+  if (!values.out || !/\.(safetensors|npy)$/.test(values.out))
+    throw new UsageError('--out FILE is required, ending in .safetensors or .npy');
   const { checkpoint, backbone: b } = await checkpointOf(positionals[0], values);
   const home = homeDir(values.home);
   const store = new Store(homePaths(home).db);
   let rows;
   try {
     const indexed = await indexWithProgress(store, values.data, { quiet: values.json });
-    rows = store.images(indexed.datasetId, 'ok').map((r) => ({ abs: resolve(values.data!, r.path), hash: r.hash!, path: r.path, label: r.label }));
+    rows = store
+      .images(indexed.datasetId, 'ok')
+      .map((r) => ({ abs: resolve(values.data!, r.path), hash: r.hash!, path: r.path, label: r.label }));
   } finally {
     store.close();
   }

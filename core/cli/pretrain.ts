@@ -120,7 +120,8 @@ export async function run(argv: string[]): Promise<void> {
   // Every flag is checked before anything is written: a bad one leaves no run behind.
   const resume = resumeOf(values);
   const config = resume ? undefined : configFromFlags(values);
-  if (values['knn-every'] !== undefined && values['probe-data'] === undefined) throw new UsageError('--knn-every goes with --probe-data DIR');
+  if (values['knn-every'] !== undefined && values['probe-data'] === undefined)
+    throw new UsageError('--knn-every goes with --probe-data DIR');
   if (resume && values['probe-data'] !== undefined) throw new UsageError('--probe-data: a resumed run keeps the probe set it started with');
   const every = values['knn-every'] === undefined ? undefined : positiveInt('knn-every', values['knn-every']);
   await runInTerminal(values, {

@@ -68,7 +68,12 @@ export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ ste
     task = { ...pretrain, afterStep: previews(pretrain.model, probes, job, hooks) };
     const { probe } = job;
     const { model } = spec.config;
-    if (probe) knn = { every: probe.every, budget: KNN_BUDGET, score: () => scoreProbe(liveBackbone(pretrain.model.params, model), model, probe, cache) };
+    if (probe)
+      knn = {
+        every: probe.every,
+        budget: KNN_BUDGET,
+        score: () => scoreProbe(liveBackbone(pretrain.model.params, model), model, probe, cache),
+      };
   } else {
     if (!('train' in job.data)) throw new Error('a fine-tuning job needs a labeled split');
     const { finetune: f, seed } = spec.config;

@@ -178,7 +178,9 @@ export class Store {
     probe?: RunProbe | null;
   }): RunRow {
     const info = this.db
-      .prepare(`INSERT INTO runs (name, dataset_id, config, backend, status, pid, kind, parent_id, probe) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+      .prepare(
+        `INSERT INTO runs (name, dataset_id, config, backend, status, pid, kind, parent_id, probe) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      )
       .run(
         r.name,
         r.datasetId,
@@ -266,7 +268,9 @@ export class Store {
   }
 
   addKnn(runId: number, k: KnnRow): void {
-    this.db.prepare('INSERT OR REPLACE INTO knn (run_id, step, top1, top5, seconds) VALUES (?, ?, ?, ?, ?)').run(runId, k.step, k.top1, k.top5, k.seconds);
+    this.db
+      .prepare('INSERT OR REPLACE INTO knn (run_id, step, top1, top5, seconds) VALUES (?, ?, ?, ?, ?)')
+      .run(runId, k.step, k.top1, k.top5, k.seconds);
   }
 
   knn(runId: number): KnnRow[] {
