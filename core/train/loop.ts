@@ -69,8 +69,9 @@ export interface LoopOptions {
   /** Abort = checkpoint at the next step boundary and stop with status 'paused'. */
   signal?: AbortSignal;
   /**
-   * kNN monitor: scored before the first step of a new run, at each checkpoint, and every `every` steps, or, without
-   * `every`, whenever the time it took so far is under `budget` of the training time so far.
+   * kNN monitor: scored before the first step of a new run and at the last checkpoint; then every `every` steps and at
+   * each checkpoint, or, without `every`, whenever the time it took so far is under `budget` of the training time so far
+   * (checkpoints included: on a small dataset every epoch's end checkpoints).
    */
   knn?: { every?: number; budget: number; score(): Promise<{ top1: number; top5: number }> };
   onEvent: (e: TrainEvent) => void;
@@ -136,6 +137,7 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
     };
     const started = performance.now();
     let knnSeconds = 0;
+    let lastKnnSeconds = 0;
     let knnStep = -1;
     const knn = async () => {
       if (!o.knn || knnStep === step) return;
@@ -144,15 +146,17 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
       const scores = await o.knn.score();
       const seconds = (performance.now() - t0) / 1000;
       knnSeconds += seconds;
+      lastKnnSeconds = seconds;
       knnStep = step;
       o.onEvent({ type: 'knn', step, ...scores, seconds });
     };
     const knnDue = () => {
       if (!o.knn) return false;
       if (o.knn.every !== undefined) return step % o.knn.every === 0;
-      return knnSeconds <= o.knn.budget * ((performance.now() - started) / 1000 - knnSeconds);
+      // Within budget once the next evaluation, costing as much as the last, is done.
+      return knnSeconds + lastKnnSeconds <= o.knn.budget * ((performance.now() - started) / 1000 - knnSeconds);
     };
-    const checkpoint = async () => {
+    const checkpoint = async (last: boolean) => {
       await flush();
       const epoch = step / stepsPerEpoch;
       const loss = losses.length ? losses.reduce((a, b) => a + b, 0) / losses.length : null;
@@ -160,7 +164,7 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
       const written = await saveCheckpoint(path, task.model, task.optimizer, { step, epoch, loss, config: task.config });
       o.onEvent({ type: 'checkpoint', path, step, epoch, loss, ...written });
       losses = [];
-      await knn();
+      if (last || o.knn?.every !== undefined || knnDue()) await knn();
       lastCheckpoint = performance.now();
     };
     const { everySteps, everyMinutes } = o.cadence;
@@ -188,7 +192,7 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
         epochEnd ||
         (everySteps !== undefined && step % everySteps === 0) ||
         (everyMinutes !== undefined && performance.now() - lastCheckpoint > everyMinutes * 60_000);
-      if (step === totalSteps || stopping || due) await checkpoint();
+      if (step === totalSteps || stopping || due) await checkpoint(step === totalSteps || stopping);
       if (stopping && step < totalSteps) {
         o.onEvent({ type: 'end', status: 'paused', step });
         return { step, status: 'paused' };
