@@ -13,6 +13,7 @@ import { Store } from '../core/store/store.js';
 import { pretrainModel } from '../core/train/pretrain.js';
 import { localmim } from './cli.js';
 import { labeledSamples } from './images.js';
+import { backend } from './setup.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'localmim-knn-'));
 const home = join(dir, 'home');
@@ -79,6 +80,7 @@ test('kNN evaluations leave tf.memory() flat', async () => {
   const after = tf.memory();
   expect(after.numTensors).toBe(before.numTensors);
   expect(after.numBytes).toBe(before.numBytes);
+  expect(tf.getBackend()).toBe(backend.chosen);
   model.dispose();
 });
 
@@ -111,6 +113,17 @@ describe('on a pretraining run with a probe set', () => {
     } finally {
       store.close();
     }
+  });
+
+  test('a resumed run keeps its probe set and cadence', () => {
+    const r = localmim(['pretrain', '--home', home, '--resume', '1', '--max-steps', '30', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(
+      lines(r.stdout)
+        .filter((e) => e.type === 'knn')
+        .map((e) => e.step),
+    ).toEqual([30]);
+    expect(localmim(['pretrain', '--home', home, '--resume', '1', '--probe-data', probe]).stderr).toMatch(/keeps the probe set/);
   });
 
   test('bad probe flags are usage errors', () => {
@@ -177,7 +190,7 @@ describe('on a pretraining run with a probe set', () => {
     try {
       const datasetId = s.store.dataset(realpathSync(probe))!.id;
       const run = (await s.call('runs.get', { id: 1 })) as { knn: { step: number }[] };
-      expect(run.knn.map((k) => k.step)).toEqual([0, 10, 20]);
+      expect(run.knn.map((k) => k.step)).toEqual([0, 10, 20, 30]);
       const path = 'coffee/coffee-03.jpg';
       const similar = (await s.call('embeddings.similar', { runId: 1, datasetId, path, k: 5 })) as {
         query: { path: string; src: string };
@@ -196,6 +209,9 @@ describe('on a pretraining run with a probe set', () => {
       expect(map.points).toHaveLength(48);
       expect(map.points.every((p) => Number.isFinite(p.x) && Number.isFinite(p.y))).toBe(true);
       expect(map.explained[0]).toBeGreaterThanOrEqual(map.explained[1]!);
+      const created = (await s.call('embeddings.create', { runId: 1, datasetId })) as { images: number; dim: number; out: string };
+      expect(created).toMatchObject({ images: 48, dim: 32, computed: 0 }); // written by embeddings.similar
+      expect(created.out).toMatch(/embeddings\/run1-30-dataset\d+\.safetensors$/);
       await expect(s.call('embeddings.similar', { runId: 1, datasetId, path: 'nope.jpg' })).rejects.toThrow(/not an image/);
       await expect(s.call('embeddings.similar', { runId: 9, datasetId, path })).rejects.toThrow(/9/);
       await expect(s.call('embeddings.map', { runId: 1, datasetId, step: 7 })).rejects.toThrow(/step 7|7/);
