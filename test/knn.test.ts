@@ -2,14 +2,16 @@ import { existsSync, mkdtempSync, readFileSync, realpathSync, rmSync, writeFileS
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import { embedFolder, pca2, readEmbeddings, type EmbedItem } from '../core/analysis/embed.js';
 import { knnScore, liveBackbone, scoreProbe, type ProbeSet } from '../core/analysis/knn.js';
 import { parseRunConfig } from '../core/config.js';
 import { launchNodeJob } from '../core/jobs/launch.js';
+import { ParamStore } from '../core/model/module.js';
 import { Service } from '../core/service/service.js';
 import { decodeSafetensors } from '../core/safetensors.js';
 import { Store } from '../core/store/store.js';
+import { train, type Task, type TrainEvent } from '../core/train/loop.js';
 import { pretrainModel } from '../core/train/pretrain.js';
 import { localmim } from './cli.js';
 import { labeledSamples } from './images.js';
@@ -82,6 +84,49 @@ test('kNN evaluations leave tf.memory() flat', async () => {
   expect(after.numBytes).toBe(before.numBytes);
   expect(tf.getBackend()).toBe(backend.chosen);
   model.dispose();
+});
+
+describe('the loop scores kNN at its cadence', () => {
+  /** 200 steps of 1 s each (a virtual clock), kNN evaluations of 2 s each; the steps at which kNN was scored. */
+  async function scored(every?: number, everySteps?: number) {
+    let clock = 0;
+    const now = vi.spyOn(performance, 'now').mockImplementation(() => clock);
+    const task: Task = {
+      model: { params: new ParamStore({}, 0) },
+      optimizer: { step: 0, slots: {}, apply: () => undefined, dispose: () => undefined },
+      config: {},
+      optim: parseRunConfig({ optim: { epochs: 1 } }).optim,
+      batchesPerEpoch: 200,
+      step: async () => ((clock += 1000), tf.tensor1d([1])),
+      dispose: () => undefined,
+    };
+    const events: TrainEvent[] = [];
+    const score = async () => ((clock += 2000), { top1: 0.5, top5: 1 });
+    try {
+      await train(task, {
+        backend: 'test',
+        checkpointPath: (step) => join(dir, 'loop', `${every}-${everySteps}-${step}.safetensors`),
+        cadence: { everySteps },
+        knn: { every, budget: 0.1, score },
+        onEvent: (e) => events.push(e),
+      });
+    } finally {
+      now.mockRestore();
+    }
+    return events.flatMap((e) => (e.type === 'knn' ? [e.step] : []));
+  }
+
+  test('by default within 10 % of the training time: each next evaluation must fit the budget', async () => {
+    // After n evaluations (2n s), the next needs 2n + 2 ≤ 0.1 · training seconds: at step 20 (n + 1); the last step always.
+    expect(await scored()).toEqual([0, 40, 60, 80, 100, 120, 140, 160, 180, 200]);
+    // Checkpoints are scored only within the budget too.
+    expect(await scored(undefined, 30)).toEqual([0, 40, 60, 80, 100, 120, 140, 160, 180, 200]);
+  });
+
+  test('every N steps, and at each checkpoint', async () => {
+    expect(await scored(50)).toEqual([0, 50, 100, 150, 200]);
+    expect(await scored(50, 30)).toEqual([0, 30, 50, 60, 90, 100, 120, 150, 180, 200]);
+  });
 });
 
 describe('on a pretraining run with a probe set', () => {
