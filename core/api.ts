@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { BACKENDS } from './backend.js';
 import { describeIssue, MAX_EPOCHS } from './config.js';
 import { ENGINES } from './engine.js';
-import type { MetricRow, RunStatus } from './store/store.js';
+import type { KnnRow, MetricRow, RunStatus } from './store/store.js';
 
 // The one API of LocalMIM Studio: the same methods and events over Electron IPC (preload) and over
 // HTTP + server-sent events (`localmim serve`). Each method's arguments are validated by its schema on
@@ -29,13 +29,17 @@ export const METHODS = {
   'config.check': z.strictObject({ config: z.unknown(), datasetId: id.optional() }),
   'runs.list': z.strictObject({}),
   'runs.get': z.strictObject({ id }),
-  /** `backend`: pin the run to one compute backend instead of the fastest that loads. */
+  /**
+   * `backend`: pin the run to one compute backend instead of the fastest that loads. `probe`: a labeled dataset the kNN
+   * monitor scores the backbone on, every `every` steps (default: within 10 % of the time).
+   */
   'runs.create': z.strictObject({
     datasetId: id,
     name: z.string().max(200).optional(),
     config: z.unknown(),
     backend: backend.optional(),
     ...engine,
+    probe: z.strictObject({ datasetId: id, every: z.number().int().min(1).optional() }).optional(),
   }),
   'runs.pause': z.strictObject({ id }),
   /**
@@ -88,6 +92,18 @@ export const METHODS = {
     images: z.number().int().min(1).max(4096).default(64),
     seed: z.number().int().min(0).default(0),
   }),
+  /** A dataset's embeddings by a run's backbone (its newest checkpoint, or `step`), written once and reused. */
+  'embeddings.create': z.strictObject({ runId: id, step: z.number().int().min(0).optional(), datasetId: id }),
+  /** The `k` images of the dataset most cosine-similar to the one at `path`. */
+  'embeddings.similar': z.strictObject({
+    runId: id,
+    step: z.number().int().min(0).optional(),
+    datasetId: id,
+    path: z.string().min(1).max(4096),
+    k: z.number().int().min(1).max(50).default(8),
+  }),
+  /** The dataset's embeddings on their first two principal components. */
+  'embeddings.map': z.strictObject({ runId: id, step: z.number().int().min(0).optional(), datasetId: id }),
 } as const;
 
 export type Method = keyof typeof METHODS;
@@ -121,6 +137,7 @@ export type ApiEvent =
   | { type: 'run.metrics'; runId: number; rows: MetricRow[] }
   | { type: 'run.checkpoint'; runId: number; step: number }
   | { type: 'run.eval'; runId: number; step: number; top1: number; loss: number }
+  | { type: 'run.knn'; runId: number; row: KnnRow }
   | { type: 'run.preview'; runId: number; step: number }
   /** A call whose job works in steps (analysis.set: images through each pass) has done `done` of `total`. */
   | { type: 'job.progress'; method: Method; runId: number; done: number; total: number }

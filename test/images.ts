@@ -1,3 +1,6 @@
+import { mkdirSync, readdirSync, symlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { SAMPLE_IMAGES } from '../core/home.js';
 import type { RgbImage } from '../core/targets/image.js';
 import { Rng } from '../core/random.js';
 
@@ -26,4 +29,18 @@ export function channelsFirst(images: RgbImage[]): Float32Array {
   for (const [b, { data }] of images.entries())
     for (let i = 0; i < n; i++) for (let c = 0; c < 3; c++) x[(b * 3 + c) * n + i] = (data[3 * i + c]! / 255 - mean[c]!) / std[c]!;
   return x;
+}
+
+/** A labeled folder of the bundled sample crops: one class per source photograph, the first `perClass` crops of each (symlinks). */
+export function labeledSamples(dir: string, perClass = Infinity): string {
+  const files = readdirSync(SAMPLE_IMAGES)
+    .filter((f) => f.endsWith('.jpg'))
+    .sort();
+  for (const f of files) {
+    const [, cls, n] = /^(.*)-(\d+)\.jpg$/.exec(f)!;
+    if (Number(n) >= perClass) continue;
+    mkdirSync(join(dir, cls!), { recursive: true });
+    symlinkSync(join(SAMPLE_IMAGES, f), join(dir, cls!, f));
+  }
+  return dir;
 }

@@ -12,6 +12,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   export: () => import('./export.js'),
   import: () => import('./import.js'),
   features: () => import('./features.js'),
+  embed: () => import('./embed.js'),
   analyze: () => import('./analyze.js'),
   runs: () => import('./runs.js'),
   serve: () => import('./serve.js'),

@@ -10,7 +10,8 @@ import {
   type Preset,
   type RunConfig,
 } from '../config.js';
-import { parse, UsageError, type Flags } from './args.js';
+import { KNN_BUDGET } from '../analysis/knn.js';
+import { parse, positiveInt, UsageError, type Flags } from './args.js';
 import { indexFlags } from './index-cmd.js';
 import { cadenceFlags, resumeFlags, resumeOf, runInTerminal, sessionFlags } from './session.js';
 
@@ -54,6 +55,8 @@ const OPTIONS = {
   ...resumeFlags,
   init: n("start from a run's backbone (e.g. an imported one); decoders start fresh", 'RUN[:STEP]'),
   ...indexFlags,
+  'probe-data': n('a labeled folder (class = first sub-folder) the kNN monitor scores the backbone on, half as reference', 'DIR'),
+  'knn-every': n(`with --probe-data: score every N steps (default: as often as keeps kNN within ${100 * KNN_BUDGET} % of the time)`),
   ...cadenceFlags,
   ...sessionFlags,
 } as const satisfies Flags;
@@ -119,10 +122,22 @@ export async function run(argv: string[]): Promise<void> {
   // Every flag is checked before anything is written: a bad one leaves no run behind.
   const resume = resumeOf(values);
   const config = resume ? undefined : configFromFlags(values);
+  if (values['knn-every'] !== undefined && values['probe-data'] === undefined)
+    throw new UsageError('--knn-every goes with --probe-data DIR');
+  if (resume && values['probe-data'] !== undefined) throw new UsageError('--probe-data: a resumed run keeps the probe set it started with');
+  const every = values['knn-every'] === undefined ? undefined : positiveInt('knn-every', values['knn-every']);
   await runInTerminal(values, {
     command: 'pretrain',
     resume,
     data: values.data,
-    newRun: (datasetId) => ({ new: 'pretrain', datasetId, config: config!, name: values.name, init: values.init }),
+    probeData: values['probe-data'],
+    newRun: (datasetId, probeId) => ({
+      new: 'pretrain',
+      datasetId,
+      config: config!,
+      name: values.name,
+      init: values.init,
+      probe: probeId === undefined ? undefined : { datasetId: probeId, every },
+    }),
   });
 }

@@ -41,7 +41,7 @@ export const sessionFlags = {
     help: 'tfjs, torch (PyTorch, see localmim doctor) or auto: torch where it has a GPU (default tfjs)',
   },
   amp: { type: 'boolean', default: false, help: 'torch engine on CUDA: bf16 mixed precision (faster, not bit-comparable)' },
-  json: { type: 'boolean', default: false, help: 'print one JSON event per line: start, step, eval, checkpoint, end, error' },
+  json: { type: 'boolean', default: false, help: 'print one JSON event per line: start, step, eval, knn, checkpoint, end, error' },
 } as const satisfies Flags;
 
 /** `--engine`, checked, and resolved (see resolveEngine); torch must be there. */
@@ -74,7 +74,9 @@ export async function runInTerminal(
     resume?: { resume: number; restart: boolean };
     /** The folder a new run trains on, indexed first (a resumed run's own, re-checked, unless given); and the run to start on it. */
     data?: string;
-    newRun: (datasetId: number) => RunRequest;
+    /** A labeled folder for the kNN monitor, indexed too. */
+    probeData?: string;
+    newRun: (datasetId: number, probeDatasetId?: number) => RunRequest;
   },
 ): Promise<void> {
   const cadence: Cadence = {
@@ -105,13 +107,15 @@ export async function runInTerminal(
     } else {
       const indexed = await indexWithProgress(store, o.data ?? SAMPLE_IMAGES, { ...indexing, quiet: json });
       if (!json) printSummary(indexed);
-      request = o.newRun(indexed.datasetId);
+      const probe = o.probeData === undefined ? undefined : await indexWithProgress(store, o.probeData, { quiet: json });
+      if (probe && !json) printSummary(probe);
+      request = o.newRun(indexed.datasetId, probe?.datasetId);
     }
     const engine = engineOf(choice, o.resume && store.run(o.resume.resume)?.backend);
     if (engine === 'torch') log(`engine    ${describeTorch(probeTorch())}`);
     const on = engine === 'torch' ? 'torch' : backend.chosen;
     const prepared = prepare(store, home, request, on);
-    if (engine === 'torch') assertTorchCan(prepared.spec);
+    if (engine === 'torch') assertTorchCan(prepared.spec, prepared.job.probe);
     const claimed = begin(store, prepared, { pid: process.pid, status: 'running', backend: on });
     const job = { ...claimed, cadence, stopAtStep, engine, torch: { amp: values.amp } };
     runId = job.runId;
@@ -202,6 +206,10 @@ function terminalSession(o: {
       emit(e);
       line.done();
       say(`epoch ${e.epoch.toFixed(0)}: validation top-1 ${(100 * e.top1).toFixed(1)} %, loss ${e.loss.toFixed(4)}`);
+    } else if (e.type === 'knn') {
+      emit(e);
+      line.done();
+      say(`step ${e.step}: kNN top-1 ${(100 * e.top1).toFixed(1)} %, top-5 ${(100 * e.top5).toFixed(1)} % (${e.seconds.toFixed(1)} s)`);
     } else if (e.type === 'checkpoint') {
       emit({ type: 'checkpoint', path: e.path, step: e.step, epoch: e.epoch, loss: e.loss });
     } else if (e.type === 'skipped') {

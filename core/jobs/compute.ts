@@ -1,5 +1,6 @@
 import sharp from 'sharp';
 import { attentionAnalysis } from '../analysis/attention.js';
+import { embedFolder, nearest, pca2, readEmbeddings } from '../analysis/embed.js';
 import { analyzeSet } from '../analysis/set.js';
 import { computePath, initBackend } from '../backend.js';
 import { evalImage } from '../data/preprocess.js';
@@ -41,6 +42,18 @@ export const COMPUTE = {
   },
   export: (r: Request<'export'>) => writeExport(r.input, r.out),
   'scale-out': (r: Request<'scale-out'>) => writeScaleOut(r.plan),
+  embed: async (r: Request<'embed'>, steps: Steps) => {
+    const { run, checkpoint } = loadRef(r.ref);
+    const b = backboneOf(run, checkpoint);
+    const file = await embedFolder(paramsOf(b.tensors), b.model, r.items, { out: r.out, weights: checkpoint.hash, onProgress: steps });
+    const e = r.similar || r.map ? readEmbeddings(r.out) : undefined;
+    const q = r.similar ? r.items.findIndex((it) => it.path === r.similar!.path) : -1;
+    return {
+      file,
+      neighbours: e && q >= 0 ? nearest(e, q, r.similar!.k).map((n) => ({ ...r.items[n.index]!, score: n.score })) : undefined,
+      map: e && r.map ? pca2(e) : undefined,
+    };
+  },
 } satisfies { [K in ComputeRequest['kind']]: (r: Request<K>, steps: Steps) => Promise<unknown> };
 
 /** Runs one compute job on this machine's backend. */

@@ -1,6 +1,7 @@
 import type { BackendReport } from '../backend.js';
 import type { IndexProgress, KnownFile, ScanResult } from '../data/indexer.js';
 import type { UserError } from '../errors.js';
+import type { EmbedItem } from '../analysis/embed.js';
 import type { ExportInput } from '../export/export.js';
 import type { CheckpointRef } from '../runs/checkpoints.js';
 import type { TrainJob } from '../runs/job.js';
@@ -19,7 +20,18 @@ export type ComputeRequest =
   | { kind: 'analysis'; ref: CheckpointRef; image: string; query: number }
   | { kind: 'analysis-set'; ref: CheckpointRef; images: string[]; seed: number }
   | { kind: 'export'; input: ExportInput; out: string }
-  | { kind: 'scale-out'; plan: ScalePlan };
+  | { kind: 'scale-out'; plan: ScalePlan }
+  /** A dataset's embeddings (written once, then reused); with `similar`, one image's neighbours, with `map`, a 2-D PCA map. */
+  | ({ kind: 'embed' } & EmbedRequest);
+
+/** The dataset's images as indexed, and the file their embeddings go to. */
+export interface EmbedRequest {
+  ref: CheckpointRef;
+  items: EmbedItem[];
+  out: string;
+  similar?: { path: string; k: number };
+  map?: boolean;
+}
 
 /** The first message a job process receives: what to do. */
 export type JobRequest = { kind: 'index'; root: string; known: KnownFile[] } | TrainJob | ComputeRequest;

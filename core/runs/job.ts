@@ -1,4 +1,5 @@
 import { basename } from 'node:path';
+import { KNN_BUDGET, liveBackbone, scoreProbe, type ProbeSet } from '../analysis/knn.js';
 import { PREVIEW_PROBES, previewDir, previewNoise, renderPreview, writePreview } from '../analysis/preview.js';
 import { lossReadEvery } from '../backend.js';
 import { finetuneAugment } from '../data/augment.js';
@@ -14,7 +15,7 @@ import type { RgbImage } from '../targets/image.js';
 import { cropKernel } from '../recipe.js';
 import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
 import { finetuneTask } from '../train/finetune.js';
-import { train, type Cadence, type TrainEvent } from '../train/loop.js';
+import { train, type Cadence, type LoopOptions, type TrainEvent } from '../train/loop.js';
 import { pretrainTask } from '../train/pretrain.js';
 import type { RunSpec } from './spec.js';
 import { runTorchJob, type TorchOptions } from './torch.js';
@@ -36,6 +37,8 @@ export interface TrainJob {
   stopAtStep?: number;
   /** Render reconstruction previews every this many steps (pretraining); none when absent. */
   previewEvery?: number;
+  /** Pretraining: the labeled probe set the kNN monitor scores the backbone on. */
+  probe?: ProbeSet;
   backend: string;
   /** What trains it (default tfjs, on `backend`); the torch engine runs core/scale/train.py with `torch`'s options. */
   engine?: Engine;
@@ -80,6 +83,7 @@ export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ ste
     },
   });
   let task;
+  let knn: LoopOptions['knn'];
   if (spec.kind === 'pretrain') {
     if (!('items' in job.data)) throw new Error('a pretraining job needs unlabeled items');
     const { optim, seed } = spec.config;
@@ -87,6 +91,14 @@ export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ ste
     const pretrain = pretrainTask(spec.config, loader, init);
     const probes = job.previewEvery ? await readableProbes(job.data.items, imgSize) : [];
     task = { ...pretrain, afterStep: previews(pretrain.model, probes, job, hooks) };
+    const { probe } = job;
+    const { model } = spec.config;
+    if (probe)
+      knn = {
+        every: probe.every,
+        budget: KNN_BUDGET,
+        score: () => scoreProbe(liveBackbone(pretrain.model.params, model), model, probe, cache),
+      };
   } else {
     if (!('train' in job.data)) throw new Error('a fine-tuning job needs a labeled split');
     const { finetune: f, seed } = spec.config;
@@ -114,6 +126,7 @@ export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ ste
     resumeFrom,
     stopAtStep: job.stopAtStep,
     signal: hooks.signal,
+    knn,
     onEvent: hooks.onEvent,
   }).catch((err: Error) => {
     throw deviceError(err, job) ?? dataError(err, job) ?? err;

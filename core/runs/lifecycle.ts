@@ -17,9 +17,10 @@ import { activeAdapter } from '../backend.js';
 import type { Adapter } from '../webgpu.js';
 import { homePaths, isAlive } from '../home.js';
 import { finetuneRecipe, type RecipeModel } from '../recipe.js';
-import type { RunRow, Store } from '../store/store.js';
+import type { RunProbe, RunRow, Store } from '../store/store.js';
 import { checkpointFor, resumePoint, type FoundCheckpoint, type ResumePoint } from './checkpoints.js';
 import { estimate } from './estimate.js';
+import { probeSetOf } from './probe.js';
 import type { TrainJob } from './job.js';
 import { extended, specOf } from './spec.js';
 
@@ -31,6 +32,7 @@ export type RunRequest =
       config: RunConfig;
       name?: string;
       /** `RUN[:STEP]` whose backbone it starts from. */ init?: string;
+      /** A labeled dataset the kNN monitor scores the backbone on. */ probe?: RunProbe;
     }
   | {
       new: 'finetune';
@@ -54,7 +56,7 @@ type TrainSpec = TrainJob['spec'];
 /** A validated request: what `begin` will write, and the job it will hand out. Nothing has been changed yet. */
 export interface Prepared {
   /** The run to create, or the existing one to continue (on another dataset when its images moved). */
-  run: { create: { name: string; datasetId: number; parentId: number | null } } | { id: number; datasetId?: number };
+  run: { create: { name: string; datasetId: number; parentId: number | null; probe?: RunProbe } } | { id: number; datasetId?: number };
   spec: TrainSpec;
   /** Set when the stored config changes (extend). */
   specChanged: boolean;
@@ -94,12 +96,13 @@ export function prepare(
   checkMemory(spec, on);
   const data = dataFor(store, spec, dataset);
   const initFrom = !resume.checkpoint ? initPath(store, spec) : undefined;
+  const probe = run.probe && spec.kind === 'pretrain' ? probeSetOf(store, run.probe, spec.config.seed) : undefined;
   return {
     run: { id: run.id, datasetId: moved },
     spec,
     specChanged: 'extend' in req,
     resume,
-    job: { kind: 'train', home, spec, data, resumeFrom: resume.path, initFrom },
+    job: { kind: 'train', home, spec, data, resumeFrom: resume.path, initFrom, probe },
   };
 }
 
@@ -129,12 +132,13 @@ function preparePretrain(store: Store, home: string, req: Extract<RunRequest, { 
   const spec: TrainSpec = { kind: 'pretrain', config };
   checkMemory(spec, on);
   const data = dataFor(store, spec, dataset);
+  const probe = req.probe && probeSetOf(store, req.probe, config.seed);
   const { size, variant, target } = config.model;
   return {
-    run: { create: { name: req.name || `${size} ${variant} ${target}`, datasetId: dataset.id, parentId: null } },
+    run: { create: { name: req.name || `${size} ${variant} ${target}`, datasetId: dataset.id, parentId: null, probe: req.probe } },
     spec,
     specChanged: false,
-    job: { kind: 'train', home, spec, data, initFrom },
+    job: { kind: 'train', home, spec, data, initFrom, probe },
   };
 }
 
@@ -296,8 +300,8 @@ export function begin(store: Store, p: Prepared, owner: Owner): Omit<TrainJob, '
     .transaction(() => {
       const fields = { status: owner.status, pid: owner.pid, backend: owner.backend, error: null };
       if ('create' in p.run) {
-        const { name, datasetId, parentId } = p.run.create;
-        return store.createRun({ name, datasetId, config: p.spec.config, kind: p.spec.kind, parentId, ...fields }).id;
+        const { name, datasetId, parentId, probe } = p.run.create;
+        return store.createRun({ name, datasetId, config: p.spec.config, kind: p.spec.kind, parentId, probe, ...fields }).id;
       }
       const run = store.run(p.run.id)!;
       assertNotOwned(run);

@@ -35,6 +35,8 @@ export class RunRecorder {
     } else if (e.type === 'eval') {
       this.flush();
       this.store.setEval(this.runId, e.step, e.top1, e.loss);
+    } else if (e.type === 'knn') {
+      this.store.addKnn(this.runId, e);
     } else if (e.type === 'checkpoint') {
       this.flush();
       this.store.addCheckpoint({ runId: this.runId, step: e.step, epoch: e.epoch, loss: e.loss, path: e.path, size: e.size, hash: e.hash });

@@ -16,15 +16,16 @@ import type { JobHooks, TrainJob } from './job.js';
 import type { RunSpec } from './spec.js';
 
 /** Why the torch engine cannot train this run, if it cannot: train.py pretrains ViTs (not the fusion variant). */
-export function torchProblem(spec: RunSpec): string | undefined {
+export function torchProblem(spec: RunSpec, probe?: object): string | undefined {
   if (spec.kind !== 'pretrain') return `the torch engine pretrains only; train this ${spec.kind} run with --engine tfjs`;
   if (modelFamily(spec.config.model) !== 'vit') return `the torch engine trains ViTs; ${spec.config.model.size} needs --engine tfjs`;
   if (spec.config.model.variant === 'fusion') return 'the torch engine has no fusion variant; train it with --engine tfjs';
+  if (probe) return 'the kNN monitor runs on the tfjs engine: train with --engine tfjs, or without a probe set';
   return undefined;
 }
 
-export function assertTorchCan(spec: RunSpec): void {
-  const problem = torchProblem(spec);
+export function assertTorchCan(spec: RunSpec, probe?: object): void {
+  const problem = torchProblem(spec, probe);
   if (problem) throw new UserError(`engine: ${problem}`);
 }
 
@@ -51,7 +52,7 @@ export async function runTorchJob(
 ): Promise<{ step: number; status: 'finished' | 'paused' }> {
   if (!torch.ok) throw new UserError(`engine: torch is unavailable: ${torch.reason}`);
   const { spec } = job;
-  assertTorchCan(spec);
+  assertTorchCan(spec, job.probe);
   if (spec.kind !== 'pretrain' || !('items' in job.data)) throw new Error('a torch job pretrains on unlabeled items');
   const config = spec.config;
   const runDir = homePaths(job.home).run(job.runId);

@@ -69,6 +69,7 @@ export const runHandlers = (c: Context) =>
       return {
         run,
         metrics: c.store.metrics(run.id),
+        knn: c.store.knn(run.id),
         checkpoints: c.store.checkpoints(run.id),
         exports: c.store.exports(run.id),
         previews: previews(c.home, run.id),
@@ -78,7 +79,7 @@ export const runHandlers = (c: Context) =>
     'runs.create': async (a) => {
       // The config is parsed here, once: everything after it passes the typed value on.
       const config = parseRunConfig(a.config ?? {});
-      const req = { new: 'pretrain', datasetId: a.datasetId, config, name: a.name } as const;
+      const req = { new: 'pretrain', datasetId: a.datasetId, config, name: a.name, probe: a.probe } as const;
       return { runId: await c.scheduler.start(req, a.backend, a) };
     },
     'runs.pause': (a) => {

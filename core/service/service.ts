@@ -6,6 +6,7 @@ import type { Launcher } from '../jobs/protocol.js';
 import { Store, type DatasetRow, type RunRow } from '../store/store.js';
 import { analysisHandlers } from './analysis.js';
 import { datasetHandlers } from './datasets.js';
+import { embeddingHandlers } from './embeddings.js';
 import { runHandlers } from './runs.js';
 import { Scheduler, type ServiceOptions } from './scheduler.js';
 
@@ -58,6 +59,7 @@ export class Service {
       ...datasetHandlers(c),
       ...runHandlers(c),
       ...analysisHandlers(c),
+      ...embeddingHandlers(c),
     } satisfies Required<Handlers>;
   }
 

@@ -129,4 +129,20 @@ export const MIGRATIONS: { version: number; sql: string }[] = [
     version: 40,
     sql: `ALTER TABLE runs ADD COLUMN skipped_images INTEGER NOT NULL DEFAULT 0;`,
   },
+  {
+    // The kNN monitor (core/analysis/knn.ts): a run's probe set ({datasetId, every} as JSON), and its scores by step.
+    version: 41,
+    sql: `
+      ALTER TABLE runs ADD COLUMN probe TEXT;
+      CREATE TABLE knn (
+        run_id  INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        step    INTEGER NOT NULL,
+        top1    REAL NOT NULL,
+        top5    REAL NOT NULL,
+        seconds REAL NOT NULL,
+        time    TEXT NOT NULL DEFAULT ${now},
+        PRIMARY KEY (run_id, step)
+      ) STRICT, WITHOUT ROWID;
+    `,
+  },
 ];

@@ -45,6 +45,21 @@ export interface RunRow {
   createdAt: string;
   updatedAt: string;
   finishedAt: string | null;
+  /** The kNN monitor's probe set: a labeled dataset, and the cadence (absent: within the time budget). */
+  probe: RunProbe | null;
+}
+
+export interface RunProbe {
+  datasetId: number;
+  every?: number;
+}
+
+/** A kNN evaluation of a run's backbone on its probe set (fractions), and the seconds it took. */
+export interface KnnRow {
+  step: number;
+  top1: number;
+  top5: number;
+  seconds: number;
 }
 
 export interface MetricRow {
@@ -162,9 +177,12 @@ export class Store {
     parentId?: number | null;
     status?: RunStatus;
     pid?: number | null;
+    probe?: RunProbe | null;
   }): RunRow {
     const info = this.db
-      .prepare(`INSERT INTO runs (name, dataset_id, config, backend, status, pid, kind, parent_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`)
+      .prepare(
+        `INSERT INTO runs (name, dataset_id, config, backend, status, pid, kind, parent_id, probe) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      )
       .run(
         r.name,
         r.datasetId,
@@ -174,6 +192,7 @@ export class Store {
         r.pid === undefined ? process.pid : r.pid,
         r.kind ?? 'pretrain',
         r.parentId ?? null,
+        r.probe ? JSON.stringify(r.probe) : null,
       );
     return this.run(Number(info.lastInsertRowid))!;
   }
@@ -254,6 +273,17 @@ export class Store {
   /** Forgets metrics after a step: a resumed run recomputes them from its checkpoint. */
   truncateMetrics(runId: number, afterStep: number): void {
     this.db.prepare('DELETE FROM metrics WHERE run_id = ? AND step > ?').run(runId, afterStep);
+    this.db.prepare('DELETE FROM knn WHERE run_id = ? AND step > ?').run(runId, afterStep);
+  }
+
+  addKnn(runId: number, k: KnnRow): void {
+    this.db
+      .prepare('INSERT OR REPLACE INTO knn (run_id, step, top1, top5, seconds) VALUES (?, ?, ?, ?, ?)')
+      .run(runId, k.step, k.top1, k.top5, k.seconds);
+  }
+
+  knn(runId: number): KnnRow[] {
+    return this.db.prepare('SELECT step, top1, top5, seconds FROM knn WHERE run_id = ? ORDER BY step').all(runId) as KnnRow[];
   }
 
   addCheckpoint(c: Omit<CheckpointRow, 'id' | 'createdAt'>): CheckpointRow {
@@ -288,5 +318,10 @@ export class Store {
 
 function parseRun(row: Record<string, unknown>): RunRow {
   const r = camel(row) as Record<string, unknown>;
-  return { ...(r as unknown as RunRow), config: JSON.parse(r.config as string), tags: JSON.parse(r.tags as string) as string[] };
+  return {
+    ...(r as unknown as RunRow),
+    config: JSON.parse(r.config as string),
+    tags: JSON.parse(r.tags as string) as string[],
+    probe: r.probe ? (JSON.parse(r.probe as string) as RunProbe) : null,
+  };
 }

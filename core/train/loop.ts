@@ -10,6 +10,8 @@ export type TrainEvent =
   | { type: 'start'; step: number; totalSteps: number; stepsPerEpoch: number; backend: string; config: unknown; model?: ModelSummary }
   | { type: 'step'; step: number; epoch: number; samples: number; loss: number; losses: number[]; lr: number; imagesPerS: number }
   | { type: 'eval'; step: number; epoch: number; top1: number; loss: number }
+  /** Weighted kNN accuracy of the backbone on the probe set, and the seconds the evaluation took. */
+  | { type: 'knn'; step: number; top1: number; top5: number; seconds: number }
   | { type: 'checkpoint'; path: string; step: number; epoch: number; loss: number | null; size: number; hash: string }
   | { type: 'end'; status: 'finished' | 'paused'; step: number }
   /** An image that could not be read (deleted or moved during training) was replaced by another; from the job, not the loop. */
@@ -68,6 +70,12 @@ export interface LoopOptions {
   stopAtStep?: number;
   /** Abort = checkpoint at the next step boundary and stop with status 'paused'. */
   signal?: AbortSignal;
+  /**
+   * kNN monitor: scored before the first step of a new run and at the last checkpoint; then every `every` steps and at
+   * each checkpoint, or, without `every`, whenever the time it took so far is under `budget` of the training time so far
+   * (checkpoints included: on a small dataset every epoch's end checkpoints).
+   */
+  knn?: { every?: number; budget: number; score(): Promise<{ top1: number; top5: number }> };
   onEvent: (e: TrainEvent) => void;
 }
 
@@ -129,7 +137,28 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
         });
       }
     };
-    const checkpoint = async () => {
+    const started = performance.now();
+    let knnSeconds = 0;
+    let lastKnnSeconds = 0;
+    let knnStep = -1;
+    const knn = async () => {
+      if (!o.knn || knnStep === step) return;
+      await flush();
+      const t0 = performance.now();
+      const scores = await o.knn.score();
+      const seconds = (performance.now() - t0) / 1000;
+      knnSeconds += seconds;
+      lastKnnSeconds = seconds;
+      knnStep = step;
+      o.onEvent({ type: 'knn', step, ...scores, seconds });
+    };
+    const knnDue = () => {
+      if (!o.knn) return false;
+      if (o.knn.every !== undefined) return step % o.knn.every === 0;
+      // Within budget once the next evaluation, costing as much as the last, is done.
+      return knnSeconds + lastKnnSeconds <= o.knn.budget * ((performance.now() - started) / 1000 - knnSeconds);
+    };
+    const checkpoint = async (last: boolean) => {
       await flush();
       const epoch = step / stepsPerEpoch;
       const loss = losses.length ? losses.reduce((a, b) => a + b, 0) / losses.length : null;
@@ -137,9 +166,11 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
       const written = await saveCheckpoint(path, task.model, task.optimizer, { step, epoch, loss, config: task.config });
       o.onEvent({ type: 'checkpoint', path, step, epoch, loss, ...written });
       losses = [];
+      if (last || o.knn?.every !== undefined || knnDue()) await knn();
       lastCheckpoint = performance.now();
     };
     const { everySteps, everyMinutes } = o.cadence;
+    if (step === 0) await knn();
 
     while (step < totalSteps) {
       const epoch = Math.floor(step / stepsPerEpoch);
@@ -156,13 +187,14 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
         o.onEvent({ type: 'eval', step, epoch: step / stepsPerEpoch, ...(await task.evaluate()) });
       }
       await task.afterStep?.(step);
+      if (knnDue()) await knn();
 
       const stopping = o.signal?.aborted || step === o.stopAtStep;
       const due =
         epochEnd ||
         (everySteps !== undefined && step % everySteps === 0) ||
         (everyMinutes !== undefined && performance.now() - lastCheckpoint > everyMinutes * 60_000);
-      if (step === totalSteps || stopping || due) await checkpoint();
+      if (step === totalSteps || stopping || due) await checkpoint(step === totalSteps || stopping);
       if (stopping && step < totalSteps) {
         o.onEvent({ type: 'end', status: 'paused', step });
         return { step, status: 'paused' };
