@@ -1,61 +1,17 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
-import { chromium, type Browser, type Page } from 'playwright-core';
-import { afterAll, beforeAll, expect, test } from 'vitest';
-import { ensureBuilt } from './cli.js';
-import { describeWith, pathOf } from './requirements.js';
+import { SAMPLE_IMAGES } from '../core/home.js';
+import { expect, test } from 'vitest';
+import { appInChromium } from './app.js';
+import { describeWith } from './requirements.js';
 
 // The whole app in Chromium against `localmim serve`, with a real data folder and real training.
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const ARTIFACTS = join(ROOT, 'test-artifacts');
-let home = '';
-let server: ChildProcess;
-let browser: Browser;
-let page: Page;
-let url = '';
-const consoleErrors: string[] = [];
 
 describeWith('chromium')('the app in Chromium', () => {
-  beforeAll(async () => {
-    ensureBuilt();
-    home = mkdtempSync(join(tmpdir(), 'localmim-e2e-'));
-    mkdirSync(ARTIFACTS, { recursive: true });
-    server = spawn(process.execPath, [join(ROOT, 'bin/localmim.js'), 'serve', '--port', '0', '--home', home, '--preview-every', '5'], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    url = await new Promise<string>((resolve) =>
-      createInterface({ input: server.stdout! }).on('line', (l) => l.startsWith('LocalMIM Studio: ') && resolve(l.slice(17))),
-    );
-    browser = await chromium.launch({
-      executablePath: pathOf('chromium'),
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-    });
-    page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-    page.on('console', (m) => m.type() === 'error' && consoleErrors.push(m.text()));
-    page.on('pageerror', (e) => consoleErrors.push(e.message));
-  });
-
-  afterAll(async () => {
-    await browser?.close();
-    server?.kill('SIGTERM');
-    await new Promise((r) => server?.once('exit', r));
-    rmSync(home, { recursive: true, force: true });
-  });
-
-  const shot = (name: string) => page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
+  const app = appInChromium('e2e');
 
   test('add the sample images, train, watch the chart, pause, resume, see checkpoints and reconstructions', async () => {
+    const { page, url, consoleErrors, shot } = app;
     await page.goto(url);
     await expect.poll(() => page.getByTestId('backend').textContent()).toMatch(/Compute: (wasm|cpu|tensorflow)/);
     await page.getByRole('button', { name: 'Use the sample images' }).click();
@@ -109,6 +65,7 @@ describeWith('chromium')('the app in Chromium', () => {
   });
 
   test('export the backbone, look at its attention, fine-tune it on a labeled folder', async () => {
+    const { page, url, home, consoleErrors, shot } = app;
     await page.getByRole('button', { name: 'Export' }).click();
     await expect
       .poll(() => page.getByTestId('exported').textContent(), { timeout: 60_000 })
@@ -135,7 +92,7 @@ describeWith('chromium')('the app in Chromium', () => {
     for (const cls of ['coffee', 'rocket']) {
       mkdirSync(join(labeled, cls), { recursive: true });
       for (let i = 0; i < 30; i++)
-        symlinkSync(join(ROOT, 'assets/sample-images', `${cls}-${String(i).padStart(2, '0')}.jpg`), join(labeled, cls, `${i}.jpg`));
+        symlinkSync(join(SAMPLE_IMAGES, `${cls}-${String(i).padStart(2, '0')}.jpg`), join(labeled, cls, `${i}.jpg`));
     }
     await page.goto(url.replace(/\/\?token=.*/, '/#/datasets'));
     await page.getByLabel('Folder of images').fill(labeled);
