@@ -46,7 +46,14 @@ export function appInChromium(name: string, env: NodeJS.ProcessEnv = {}): App {
     );
     browser = await chromium.launch({
       executablePath: pathOf('chromium'),
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
     });
     app.page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
     app.page.on('console', (m) => m.type() === 'error' && app.consoleErrors.push(m.text()));
