@@ -1,4 +1,4 @@
-// npx tsx bench/reproduce.ts [--budget S] [--seeds N] [--out DIR] [--probe-epochs E] [--finetune-epochs E] [--quick]
+// npx tsx bench/reproduce.ts [--budget S] [--seeds N] [--out DIR] [--blr LR] [--probe-epochs E] [--finetune-epochs E] [--quick]
 // Issue 22's reproduction on real images (docs/results.md): LocalMIM-HOG, MAE and no pretraining at an equal wall-clock
 // budget on unlabeled Fashion-MNIST, then weighted kNN top-1, the linear probe and fine-tuning on a small labeled subset.
 import { spawn } from 'node:child_process';
@@ -19,6 +19,7 @@ const { values } = parseArgs({
     budget: { type: 'string', default: '120' },
     seeds: { type: 'string', default: '2' },
     out: { type: 'string', default: '.localmim/fashion-mnist' },
+    blr: { type: 'string' },
     'probe-epochs': { type: 'string', default: '5' },
     'finetune-epochs': { type: 'string', default: '3' },
     quick: { type: 'boolean', default: false },
@@ -33,7 +34,7 @@ const CLASSES = ['T-shirt', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'S
 const N_UNLABELED = 10_000; // the first training images; the labeled subset comes from the rest
 const PER_CLASS = { train: 50, val: 100 }; // labeled training images per class; test (t10k) images per class
 const MODEL = { size: 'vit-tiny', img: 32, patch: 4, batch: 32 };
-// Pretraining: 1 warmup epoch, then a cosine over EPOCHS that the budget never ends (so the lr is ~constant after warmup).
+// Pretraining: a 0.1-epoch warmup (31 steps), then a cosine over EPOCHS that no budget ends (so the lr is ~constant).
 const EPOCHS = 400;
 // Each evaluation ~1 min on 2 CPU cores by default; one warmup epoch, as the schedules are short.
 const EVAL = QUICK ? { probe: 1, finetune: 1 } : { probe: Number(values['probe-epochs']), finetune: Number(values['finetune-epochs']) };
@@ -124,7 +125,8 @@ const shape = ['--model', MODEL.size, '--img', `${MODEL.img}`, '--patch', `${MOD
 /** Pretrains for BUDGET_S seconds of training (from the start event, so indexing is not counted); returns run id and steps. */
 async function pretrain(home: string, preset: string, seed: number) {
   const args = ['pretrain', '--home', home, '--data', join(OUT, 'unlabeled'), '--preset', preset, ...shape];
-  args.push('--batch', `${MODEL.batch}`, '--epochs', `${EPOCHS}`, '--warmup', '1', '--seed', `${seed}`);
+  args.push('--batch', `${MODEL.batch}`, '--epochs', `${EPOCHS}`, '--warmup', '0.1', '--seed', `${seed}`);
+  if (values.blr) args.push('--blr', values.blr);
   const events = await cli(args, (e) => (e.type === 'start' ? BUDGET_S * 1000 : undefined));
   const end = events.find((e) => e.type === 'end')!;
   return { runId: end.runId, steps: end.step, backend: events.find((e) => e.type === 'start')!.backend! };
@@ -210,7 +212,7 @@ async function main(): Promise<void> {
   const cpu = cpus();
   const table = [
     `Budget ${BUDGET_S} s of pretraining per run; ${SEEDS} seed(s); ${cpu[0]?.model} × ${cpu.length} cores; backend ${backend}` +
-      `; linear probe ${EVAL.probe} epochs, fine-tuning ${EVAL.finetune} epochs; ${((performance.now() - started) / 60000).toFixed(1)} min in all.`,
+      `; pretraining blr ${values.blr ?? '2e-4 (default)'}; linear probe ${EVAL.probe} epochs, fine-tuning ${EVAL.finetune} epochs; ${((performance.now() - started) / 60000).toFixed(1)} min in all.`,
     '',
     '| method | pretraining steps | kNN top-1 (%) | linear probe top-1 (%) | fine-tune top-1 (%) |',
     '|---|---|---|---|---|',
