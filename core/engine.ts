@@ -38,7 +38,8 @@ mps = getattr(torch.backends, 'mps', None)
 if not d and mps is not None and mps.is_available(): d = [{'id': 'mps', 'name': 'Apple GPU (MPS)'}]
 print(json.dumps({'version': torch.__version__, 'devices': d}))`;
 
-function isExecutable(file: string): boolean {
+/** Whether `file` is a file this process may run. */
+export function isExecutable(file: string): boolean {
   try {
     accessSync(file, constants.X_OK);
     return statSync(file).isFile();

@@ -1,8 +1,9 @@
 import { spawnSync } from 'node:child_process';
-import { accessSync, constants, existsSync, statSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { beforeEach, describe } from 'vitest';
 import { getCurrentSuite, getHooks } from 'vitest/suite';
+import { isExecutable } from '../core/engine.js';
 
 // The system components some tests need beyond `npm ci`, found once per process. Where one is missing a plain
 // `npm test` skips those tests (test/requirements-summary.ts names what to install); CI=true (.ci/run installs
@@ -78,15 +79,6 @@ export function describeWith(...needs: Need[]): (name: string, fn: () => void) =
       hooks.beforeAll.length = hooks.afterAll.length = 0;
     });
   };
-}
-
-function isExecutable(file: string): boolean {
-  try {
-    accessSync(file, constants.X_OK);
-    return statSync(file).isFile();
-  } catch {
-    return false;
-  }
 }
 
 /** CHROME_PATH if set, else the first of BROWSERS on PATH (Debian's /usr/bin/chromium, or another distribution's). */
