@@ -11,7 +11,7 @@ import { paramsOf } from '../export/backbone.js';
 import { homeDir, homePaths } from '../home.js';
 import { Store, type RunRow } from '../store/store.js';
 import type { LoadedCheckpoint } from '../train/checkpoint.js';
-import { nonNegativeInt, parse, positiveInt, UsageError } from './args.js';
+import { homeFlag, nonNegativeInt, parse, positiveInt, UsageError } from './args.js';
 import { checkpointAndImage, checkpointOf, loadImage } from './checkpoint-input.js';
 import { indexWithProgress } from './index-cmd.js';
 
@@ -38,7 +38,7 @@ const OPTIONS = {
     help: `with --data: how many images, chosen by --seed; all of them when the folder has fewer (default ${DEFAULT_IMAGES})`,
   },
   seed: { type: 'string', arg: 'S', help: "with --data: seed of the images' choice and of their masks for the gradient norms (default 0)" },
-  home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
+  home: homeFlag,
   backend: { type: 'string', arg: 'NAME', help: 'tfjs backend to use (default: the fastest that works; see localmim doctor)' },
   json: { type: 'boolean', default: false, help: 'print the maps and statistics as JSON' },
 } as const;

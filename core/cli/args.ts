@@ -20,6 +20,13 @@ export type Flag = NonNullable<ParseArgsConfig['options']>[string] & { help?: st
 export type Flags = Record<string, Flag>;
 
 /** What --help prints above the flags: `usage` without the leading "usage: ", and the command's one-line summary. */
+/** `--home DIR`, which every command that reads the data folder takes. */
+export const homeFlag = {
+  type: 'string',
+  arg: 'DIR',
+  help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)',
+} as const satisfies Flag;
+
 export interface About {
   usage: string;
   summary?: string;

@@ -4,7 +4,7 @@ import { DecodeCache } from '../data/cache.js';
 import { paramsOf } from '../export/backbone.js';
 import { homeDir, homePaths } from '../home.js';
 import { Store } from '../store/store.js';
-import { parse, UsageError } from './args.js';
+import { homeFlag, parse, UsageError } from './args.js';
 import { checkpointOf } from './checkpoint-input.js';
 import { indexWithProgress } from './index-cmd.js';
 import { StatusLine } from './progress.js';
@@ -14,7 +14,7 @@ export const summary = "write the backbone's mean-pooled features of every image
 const OPTIONS = {
   data: { type: 'string', arg: 'DIR', help: 'folder of images (required); class = first sub-folder, when there is one' },
   out: { type: 'string', arg: 'FILE', help: 'features [N, D] as .safetensors or .npy (required); the paths go to FILE.jsonl' },
-  home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
+  home: homeFlag,
   backend: { type: 'string', arg: 'NAME', help: 'tfjs backend to use (default: the fastest that works; see localmim doctor)' },
   json: { type: 'boolean', default: false, help: 'print the result as JSON' },
 } as const;

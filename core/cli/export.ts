@@ -3,7 +3,7 @@ import { EXPORT_FORMATS } from '../api.js';
 import { exportRun, type ExportFormat } from '../export/export.js';
 import { initBackend } from '../backend.js';
 import { Store } from '../store/store.js';
-import { parse, UsageError } from './args.js';
+import { homeFlag, parse, UsageError } from './args.js';
 import { homeDir, homePaths } from '../home.js';
 
 export const summary = 'export the backbone of a run (its latest intact checkpoint, or the one at STEP) with timm names';
@@ -11,7 +11,7 @@ export const summary = 'export the backbone of a run (its latest intact checkpoi
 const OPTIONS = {
   format: { type: 'string', default: 'safetensors', arg: 'FORMAT', help: 'safetensors (timm/PyTorch), tfjs (ViTs) or onnx (ONNX Runtime)' },
   out: { type: 'string', arg: 'DIR', help: 'folder to write (default: <home>/exports/RUN-STEP-FORMAT)' },
-  home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
+  home: homeFlag,
   json: { type: 'boolean', default: false, help: 'print the folder and files as JSON' },
 } as const;
 

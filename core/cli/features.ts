@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { paramsOf } from '../export/backbone.js';
 import { featuresOf } from '../model/classifier.js';
-import { parse } from './args.js';
+import { homeFlag, parse } from './args.js';
 import { checkpointAndImage } from './checkpoint-input.js';
 
 export const summary =
@@ -9,7 +9,7 @@ export const summary =
 
 const OPTIONS = {
   image: { type: 'string', arg: 'FILE', help: "the image, at the model's input size (required)" },
-  home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
+  home: homeFlag,
   backend: { type: 'string', arg: 'NAME', help: 'tfjs backend to use (default: the fastest that works; see localmim doctor)' },
   json: { type: 'boolean', default: false, help: 'print all the features as JSON' },
 } as const;

@@ -2,7 +2,7 @@ import { importWeights } from '../export/export.js';
 import { initBackend } from '../backend.js';
 import { homeDir, homePaths } from '../home.js';
 import { Store } from '../store/store.js';
-import { parse, positiveInt, UsageError } from './args.js';
+import { homeFlag, parse, positiveInt, UsageError } from './args.js';
 
 export const summary = 'import timm/MAE ViT or timm/official Swin weights (safetensors) as a run to fine-tune or keep pretraining';
 
@@ -14,7 +14,7 @@ const OPTIONS = {
     help: 'input size of the imported model; a ViT’s position table is resized (bicubic) to that grid (default: the table’s own size; Swin: config.json beside the file, else 224)',
   },
   name: { type: 'string', arg: 'NAME', help: 'name of the new run (default: imported FILE)' },
-  home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
+  home: homeFlag,
   json: { type: 'boolean', default: false, help: 'print the new run id and model config as JSON' },
 } as const;
 

@@ -1,7 +1,7 @@
 import { indexFolder, type IndexSummary } from '../data/indexer.js';
 import { homeDir, homePaths } from '../home.js';
 import { Store } from '../store/store.js';
-import { parse, positiveInt, UsageError, type Flags } from './args.js';
+import { homeFlag, parse, positiveInt, UsageError, type Flags } from './args.js';
 import { duration, StatusLine } from './progress.js';
 
 export const summary = 'index a folder of images (incremental): sizes, hashes, rejected files';
@@ -19,7 +19,7 @@ export function indexOptions(values: { 'max-pixels'?: string; 'min-side'?: strin
 }
 
 const OPTIONS = {
-  home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
+  home: homeFlag,
   ...indexFlags,
   json: { type: 'boolean', default: false, help: 'print the summary as JSON, without progress' },
 } as const;

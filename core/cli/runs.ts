@@ -1,11 +1,11 @@
 import { homeDir, homePaths, isAlive } from '../home.js';
 import { Store } from '../store/store.js';
-import { parse, positiveInt, UsageError } from './args.js';
+import { homeFlag, parse, positiveInt, UsageError } from './args.js';
 
 export const summary = 'list runs, or show one run: its last metrics, checkpoints and config';
 
 const OPTIONS = {
-  home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
+  home: homeFlag,
   json: { type: 'boolean', default: false, help: 'print as JSON' },
 } as const;
 

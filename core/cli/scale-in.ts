@@ -1,12 +1,12 @@
 import { homeDir, homePaths } from '../home.js';
 import { scaleIn } from '../scale/job.js';
 import { Store } from '../store/store.js';
-import { parse, UsageError } from './args.js';
+import { homeFlag, parse, UsageError } from './args.js';
 
 export const summary = "bring a scale-out job's checkpoints and metrics back as a run";
 
 const OPTIONS = {
-  home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
+  home: homeFlag,
   json: { type: 'boolean', default: false, help: 'print the run id and what was imported as JSON' },
 } as const;
 

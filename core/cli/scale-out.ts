@@ -2,7 +2,7 @@ import { initBackend } from '../backend.js';
 import { homeDir, homePaths } from '../home.js';
 import { scaleOut } from '../scale/job.js';
 import { Store } from '../store/store.js';
-import { parse, UsageError } from './args.js';
+import { homeFlag, parse, UsageError } from './args.js';
 import { configFromFlags } from './pretrain.js';
 
 export const summary = "write a job folder that trains a run (or a config) with PyTorch's DistributedDataParallel";
@@ -11,7 +11,7 @@ const OPTIONS = {
   config: { type: 'string', arg: 'FILE', help: 'a run config as JSON, as pretrain --config (instead of RUN)' },
   data: { type: 'string', arg: 'DIR', help: 'folder of images the job trains on (required)' },
   out: { type: 'string', arg: 'JOBDIR', help: 'the job folder to write; must not exist or be empty (required)' },
-  home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
+  home: homeFlag,
   json: { type: 'boolean', default: false, help: 'print the job folder and its config as JSON' },
 } as const;
 

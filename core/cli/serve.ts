@@ -4,7 +4,7 @@ import { homeDir } from '../home.js';
 import { launchNodeJob } from '../jobs/launch.js';
 import { startServer } from '../server/server.js';
 import { Service } from '../service/service.js';
-import { parse, positiveInt, UsageError } from './args.js';
+import { homeFlag, parse, positiveInt, UsageError } from './args.js';
 
 export const summary = 'serve the app to a browser: localmim serve [--port 5170] [--host 127.0.0.1]';
 
@@ -13,7 +13,7 @@ export const RENDERER_DIR = fileURLToPath(new URL('../../renderer/dist', import.
 const OPTIONS = {
   port: { type: 'string', default: '5170', arg: 'PORT', help: 'port to listen on (0: any free port)' },
   host: { type: 'string', default: '127.0.0.1', arg: 'HOST', help: 'address to listen on; others than localhost reach the app too' },
-  home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
+  home: homeFlag,
   'preview-every': { type: 'string', default: '25', arg: 'STEPS', help: 'steps between the reconstruction previews of running runs' },
   jobs: { type: 'string', default: '1', arg: 'N', help: 'training runs at once; more wait as queued' },
 } as const;

@@ -9,7 +9,7 @@ import { assertTorchCan } from '../runs/torch.js';
 import { optimOf } from '../runs/spec.js';
 import { Store } from '../store/store.js';
 import type { Cadence, TrainEvent } from '../train/loop.js';
-import { parse, positiveInt, UsageError, type Flags } from './args.js';
+import { homeFlag, parse, positiveInt, UsageError, type Flags } from './args.js';
 import { indexFlags, indexOptions, indexWithProgress, printSummary } from './index-cmd.js';
 import { duration, StatusLine } from './progress.js';
 
@@ -33,7 +33,7 @@ export function resumeOf(values: { resume?: string; restart?: boolean }): { resu
 }
 
 export const sessionFlags = {
-  home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
+  home: homeFlag,
   backend: { type: 'string', arg: 'NAME', help: 'force a compute backend (see localmim doctor)' },
   engine: {
     type: 'string',

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { homeDir } from '../home.js';
-import { parse } from './args.js';
+import { homeFlag, parse } from './args.js';
 import { serve } from './serve.js';
 
 export const summary = 'open the desktop app, or serve it to a browser where Electron is not available';
@@ -25,7 +25,7 @@ export async function run(argv: string[]): Promise<void> {
   const { values } = parse(
     argv,
     {
-      home: { type: 'string', arg: 'DIR', help: 'data folder (default: LOCALMIM_HOME, else the per-user app data folder)' },
+      home: homeFlag,
       port: { type: 'string', default: '5170', arg: 'PORT', help: 'port of the browser UI, where Electron is not available' },
     },
     { usage: 'localmim start [options]', summary },
