@@ -115,6 +115,19 @@ describe('localmim pretrain', () => {
     );
   });
 
+  test('a checkpoint renamed into place but never recorded (killed in between) gives way to a recorded one: no gap in the history', async () => {
+    const home = join(dir, 'unrecorded');
+    expect((await runUntil([...args(home), '--max-steps', '8'])).code).toBe(0);
+    const store = new Store(join(home, 'localmim.db'));
+    store.deleteCheckpoint(store.checkpoints(1).find((c) => c.step === 8)!.id); // its file stays, as after such a kill
+    store.truncateMetrics(1, 4); // steps 5-8 were still waiting to be written
+    store.close();
+    const r = await runUntil(['pretrain', '--json', '--home', home, '--resume', '1', '--checkpoint-every', '4']);
+    expect(r.code, JSON.stringify(r.events.at(-1))).toBe(0);
+    expect(r.events[0]).toMatchObject({ type: 'start', step: 4 });
+    expect(checkStore(home).losses.map(([s]) => s)).toEqual(checkStore(reference).losses.map(([s]) => s));
+  });
+
   test('bad flags name the field', () => {
     const r = localmim(['pretrain', '--home', join(dir, 'bad'), '--img', '60']);
     expect(r.code).toBe(1);

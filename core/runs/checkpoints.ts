@@ -5,7 +5,7 @@ import type { CheckpointRow, RunRow, Store } from '../store/store.js';
 import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
 
 export interface ResumePoint {
-  /** The newest intact checkpoint, recorded or not; undefined: there is none. */
+  /** The newest intact checkpoint, recorded or not (see resumePoint); undefined: there is none. */
   checkpoint?: LoadedCheckpoint;
   path?: string;
   /** Files that exist but are not in the store: written by a job whose service went away before recording them. */
@@ -26,7 +26,11 @@ export function resumePoint(store: Store, runId: number, runDir: string): Resume
     ...files.map((n) => ({ path: join(runDir, n), step: Number(FILE.exec(n)![1]), hash: undefined })),
   ].sort((a, b) => b.step - a.step);
   const point: ResumePoint = { unrecorded: [], broken: [] };
+  // A file renamed into place whose steps never reached the store (killed in between) would leave a gap in the
+  // history: a recorded checkpoint is preferred then. With none recorded, the file is all the work there is.
+  const recordedUpTo = store.lastMetricStep(runId);
   for (const c of candidates) {
+    if (c.hash === undefined && rows.length && recordedUpTo < c.step) continue;
     const checkpoint = tryLoad(c.path);
     if (!checkpoint || (c.hash !== undefined && checkpoint.hash !== c.hash) || checkpoint.state.step !== c.step) {
       point.broken.push(c.path);

@@ -255,6 +255,11 @@ export class Store {
     return rows.map(metricRow);
   }
 
+  /** The last step with a metric row, 0 when none. */
+  lastMetricStep(runId: number): number {
+    return (this.db.prepare('SELECT MAX(step) AS step FROM metrics WHERE run_id = ?').get(runId) as { step: number | null }).step ?? 0;
+  }
+
   /** Each run's newest metric row, by run id, in one query (the runs list shows no more). */
   lastMetrics(): Map<number, MetricRow> {
     const rows = this.db
