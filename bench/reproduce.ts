@@ -156,7 +156,7 @@ async function embedRun(home: string, runId: number, split: string): Promise<Emb
 async function embedInit(seed: number, split: string): Promise<Embedded> {
   await initBackend();
   const config = parseRunConfig({
-    model: { size: MODEL.size, ...presetFor('localmim-hog', MODEL.size), imgSize: MODEL.img, patchSize: MODEL.patch },
+    model: { size: MODEL.size, ...presetFor('localmim-hog', MODEL.size).model, imgSize: MODEL.img, patchSize: MODEL.patch },
   });
   const model = pretrainModel(config.model, seed);
   const dir = join(OUT, 'labeled', split);
@@ -212,7 +212,7 @@ async function main(): Promise<void> {
   const cpu = cpus();
   const table = [
     `Budget ${BUDGET_S} s of pretraining per run; ${SEEDS} seed(s); ${cpu[0]?.model} × ${cpu.length} cores; backend ${backend}` +
-      `; pretraining blr ${values.blr ?? '2e-4 (default)'}; linear probe ${EVAL.probe} epochs, fine-tuning ${EVAL.finetune} epochs; ${((performance.now() - started) / 60000).toFixed(1)} min in all.`,
+      `; pretraining blr ${values.blr ?? 'each preset’s (LocalMIM 2e-4, MAE 1.5e-4)'}; linear probe ${EVAL.probe} epochs, fine-tuning ${EVAL.finetune} epochs; ${((performance.now() - started) / 60000).toFixed(1)} min in all.`,
     '',
     '| method | pretraining steps | kNN top-1 (%) | linear probe top-1 (%) | fine-tune top-1 (%) |',
     '|---|---|---|---|---|',

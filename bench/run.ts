@@ -36,7 +36,7 @@ const size = values.model;
 const bySize = { imgSize: 64, patchSize: 8, ...sizeDefaults(size).model };
 const [img, patch] = [Number(values.img ?? bySize.imgSize), Number(values.patch ?? bySize.patchSize)];
 const config = parseRunConfig({
-  model: { size, ...presetFor('localmim-hog', size), imgSize: img, patchSize: patch, maskRatio: 0.75 },
+  model: { size, ...presetFor('localmim-hog', size).model, imgSize: img, patchSize: patch, maskRatio: 0.75 },
   optim: { batch: B },
 });
 

@@ -39,13 +39,15 @@ const int = (min: number) => z.number().int().min(min);
 
 /**
  * Decoder sizes (docs/method.md#decoders-and-scales): LocalMIM's light one per scale (official `MIM_vit_*`: 256-d, one
- * block, 8 heads), and MAE's (`mae_vit_base_patch16`: 512-d, 8 blocks, 16 heads).
+ * block, 8 heads), MAE's (`mae_vit_base_patch16`: 512-d, 8 blocks, 16 heads), and GreenMIM's on a Swin
+ * (`green_mim_swin_*_dec512b1` in its modeling/model_factory.py: 512-d, one block, 16 heads).
  */
 export const DECODERS = {
   localmim: { decoderDim: 256, decoderDepth: 1, decoderHeads: 8 },
   /** The official `mim_swin_base_patch4_win7`: 128-d (halved for the first stage), one block, 4 heads. */
   swin: { decoderDim: 128, decoderDepth: 1, decoderHeads: 4 },
   mae: { decoderDim: 512, decoderDepth: 8, decoderHeads: 16 },
+  greenmim: { decoderDim: 512, decoderDepth: 1, decoderHeads: 16 },
 } as const;
 
 /** Longer than any real schedule; a typo like 1e9 is an error, not a run that never ends. */
@@ -374,13 +376,21 @@ export type Preset = keyof typeof PRESETS;
 /** The paper's Swin sizes, trained with the official Swin-B recipe on GPU machines (docs/method.md#swin-recipe). */
 const isPaperSwin = (size: string) => isSwinSize(size) && size !== 'swin-tiny';
 
+/** What a size or a preset brings to a new run, each section merged over the defaults. */
+export interface RunDefaults {
+  model: Partial<ModelConfig>;
+  optim: Partial<OptimConfig>;
+}
+
 /**
  * Defaults a size brings to a new run: for Swin, its image side, patch 4, and the official Swin schedule's base rate
  * and floor (`run_pretrain.py`: blr 1e-4, min lr 0); for Swin-T/S/B also the official Swin-B recipe's length and
  * effective batch (400 epochs, 40 of warmup, 256 × 8 = 2048 images per step), for Swin-L its own (800 epochs, 40 of
- * warmup, 128 × 4 accumulated × 8 GPUs = 4096). Nothing for a ViT.
+ * warmup, 128 × 4 accumulated × 8 GPUs = 4096). ViT-L brings the official ViT-L recipe (ViT/README.md: 800 epochs, 40
+ * of warmup, blr 1.5e-4, 128 × 4 accumulated × 8 GPUs = 4096); the other ViTs nothing.
  */
-export function sizeDefaults(size: string): { model: Partial<ModelConfig>; optim: Partial<OptimConfig> } {
+export function sizeDefaults(size: string): RunDefaults {
+  if (size === 'vit-large') return { model: {}, optim: { epochs: 800, warmupEpochs: 40, blr: 1.5e-4, batch: 128, accumIter: 32 } };
   if (!isSwinSize(size)) return { model: {}, optim: {} };
   const recipe =
     size === 'swin-l'
@@ -392,14 +402,28 @@ export function sizeDefaults(size: string): { model: Partial<ModelConfig>; optim
 }
 
 /**
- * A preset's fields for a model size: Swin sizes take the official Swin decoders (DECODERS.swin), except `mae`, which
- * on a Swin is GreenMIM's baseline (MAE's decoder on the last stage, normalized pixels); Swin-T/S/B/L with HOG targets
- * the official recipe's 18 bins with the HOG bias.
+ * The baselines' own schedules (docs/method.md#baselines): MAE's (PRETRAIN.md: blr 1.5e-4; main_pretrain.py: min lr
+ * 0) on a ViT; GreenMIM's on a Swin (scripts/run_greenmim_swin_base.sh: blr 1.5e-4, 40 warmup epochs;
+ * run_greenmim_swin_large_win14.sh: blr 1e-4, 256 × 8 GPUs = 2048 images a step), its length on the paper's sizes only.
  */
-export function presetFor(preset: Preset, size: string): Partial<ModelConfig> {
-  if (!isSwinSize(size)) return PRESETS[preset];
-  const hog = isPaperSwin(size) && PRESETS[preset].target === 'hog' ? { nbins: 18 as const, hogBias: true } : {};
-  return { ...PRESETS[preset], ...(preset === 'mae' ? DECODERS.mae : DECODERS.swin), ...hog };
+function baselineOptim(size: string): Partial<OptimConfig> {
+  if (!isSwinSize(size)) return { blr: 1.5e-4, minLr: 0 };
+  if (size === 'swin-l') return { blr: 1e-4, warmupEpochs: 40, batch: 256, accumIter: 8 };
+  return isPaperSwin(size) ? { blr: 1.5e-4, warmupEpochs: 40 } : { blr: 1.5e-4 };
+}
+
+/**
+ * A preset's fields for a model size, over the size's defaults: Swin sizes take the official Swin decoders
+ * (DECODERS.swin), except `mae`, which on a Swin is GreenMIM's baseline (GreenMIM's decoder on the last stage,
+ * normalized pixels); ViT-L and Swin-T/S/B/L with HOG targets the official recipes' 18 bins with the HOG bias; `mae` the
+ * baseline's own schedule (baselineOptim).
+ */
+export function presetFor(preset: Preset, size: string): RunDefaults {
+  const fields = PRESETS[preset];
+  const optim = preset === 'mae' ? baselineOptim(size) : {};
+  const hog = (isPaperSwin(size) || size === 'vit-large') && fields.target === 'hog' ? { nbins: 18 as const, hogBias: true } : {};
+  if (!isSwinSize(size)) return { model: { ...fields, ...hog }, optim };
+  return { model: { ...fields, ...(preset === 'mae' ? DECODERS.greenmim : DECODERS.swin), ...hog }, optim };
 }
 
 /**
@@ -420,7 +444,11 @@ export type ConfigLayer = { model?: object; optim?: object } & Record<string, un
  */
 export function newRunConfig(preset: Preset = NEW_RUN.preset, size: string = NEW_RUN.model.size, ...layers: ConfigLayer[]): RunConfig {
   const bySize = sizeDefaults(size);
-  const base: ConfigLayer = { model: { ...NEW_RUN.model, ...bySize.model, ...presetFor(preset, size) }, optim: bySize.optim };
+  const byPreset = presetFor(preset, size);
+  const base: ConfigLayer = {
+    model: { ...NEW_RUN.model, size, ...bySize.model, ...byPreset.model },
+    optim: { ...bySize.optim, ...byPreset.optim },
+  };
   const merged = layers.reduce<ConfigLayer>(
     (into, l) => ({ ...into, ...l, model: { ...into.model, ...l.model }, optim: { ...into.optim, ...l.optim } }),
     base,

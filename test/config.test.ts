@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import { ConfigError, modelDims, parseRunConfig, peakLr } from '../core/config.js';
+import { ConfigError, modelDims, newRunConfig, parseRunConfig, peakLr } from '../core/config.js';
 import { decays } from '../core/model/module.js';
 import { lrAt } from '../core/train/schedule.js';
 
@@ -100,6 +100,21 @@ describe('config', () => {
       found.some((p) => message.test(p)),
       found.join('\n'),
     ).toBe(true);
+  });
+});
+
+describe('sizes', () => {
+  test('vit-large brings the official ViT-L recipe (LocalMIM ViT/README.md), as swin-l brings its own', () => {
+    // --batch_size 128 --accum_iter 4 on 8 GPUs --hog_nbins 18 --hog_bias --epochs 800 --warmup_epochs 40 --blr 1.5e-4.
+    const c = newRunConfig('localmim-hog', 'vit-large');
+    expect(c.model).toMatchObject({ size: 'vit-large', target: 'hog', nbins: 18, hogBias: true });
+    expect(c.optim).toMatchObject({ epochs: 800, warmupEpochs: 40, blr: 1.5e-4, minLr: 1e-6, batch: 128, accumIter: 32 });
+    expect(c.optim.batch * c.optim.accumIter).toBe(128 * 4 * 8);
+    expect(newRunConfig('localmim-pixel', 'vit-large').model).toMatchObject({ target: 'pixel', nbins: 9, hogBias: false });
+    // ViT-B keeps the ViT-B recipe's 9 bins and blr 2e-4 at the 100-epoch length.
+    const b = newRunConfig('localmim-hog', 'vit-base');
+    expect(b.model).toMatchObject({ nbins: 9, hogBias: false });
+    expect(b.optim).toMatchObject({ epochs: 100, warmupEpochs: 10, blr: 2e-4, batch: 32, accumIter: 1 });
   });
 });
 

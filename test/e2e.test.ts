@@ -26,6 +26,11 @@ describeWith('chromium')('the app in Chromium', () => {
     await expect.poll(() => field('Image size (px)').inputValue()).toBe('112');
     expect(await field('Patch size (px)').inputValue()).toBe('4');
     await page.getByTestId('swin-stages').waitFor();
+    // A baseline brings its authors' schedule (GreenMIM's rate on a Swin), LocalMIM's preset the size's again.
+    await page.getByLabel('Preset').selectOption('mae');
+    await expect.poll(() => field('Base learning rate').inputValue()).toBe('0.00015');
+    await page.getByLabel('Preset').selectOption('localmim-hog');
+    await expect.poll(() => field('Base learning rate').inputValue()).toBe('0.0001');
     await page.getByLabel('Model').selectOption('vit-tiny');
     await expect.poll(() => field('Image size (px)').inputValue()).toBe('64');
     await field('Image size (px)').fill('30');

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, expect, test } from 'vitest';
-import { parseRunConfig, PRESETS } from '../core/config.js';
+import { newRunConfig, parseRunConfig, PRESETS } from '../core/config.js';
 import { paramStore } from '../core/model/params.js';
 import { localmim } from './cli.js';
 import './setup.js';
@@ -36,13 +36,30 @@ test.each([
   }
 });
 
+test("the mae preset takes MAE's schedule on a ViT: blr 1.5e-4 (MAE PRETRAIN.md), min lr 0 (main_pretrain.py's default)", () => {
+  for (const size of ['vit-tiny', 'vit-base']) {
+    expect(newRunConfig('mae', size).optim).toMatchObject({ blr: 1.5e-4, minLr: 0 });
+    // LocalMIM keeps its own (ViT/README.md: --blr 2e-4; run_pretrain.py: min_lr 1e-6).
+    expect(newRunConfig('localmim-hog', size).optim).toMatchObject({ blr: 2e-4, minLr: 1e-6 });
+  }
+  // MAE ViT-L (PRETRAIN.md: 800 epochs, 40 of warmup, 4096 a step) is the ViT-L recipe the size brings, at MAE's floor.
+  expect(newRunConfig('mae', 'vit-large').optim).toMatchObject({
+    blr: 1.5e-4,
+    minLr: 0,
+    epochs: 800,
+    warmupEpochs: 40,
+    batch: 128,
+    accumIter: 32,
+  });
+});
+
 test("localmim pretrain --preset mae starts with MAE's decoder: 512-d, 8 blocks, 16 heads, on the last block", () => {
   const r = localmim(['pretrain', '--preset', 'mae', '--img', '32', '--patch', '8', '--max-steps', '1', '--json', '--home', dir]);
   expect(r.code, r.stderr).toBe(0);
   const events = r.stdout
     .trim()
     .split('\n')
-    .map((l) => JSON.parse(l) as { type: string; config?: { model: Record<string, unknown> } });
+    .map((l) => JSON.parse(l) as { type: string; config?: { model: Record<string, unknown>; optim: Record<string, unknown> } });
   const start = events.find((e) => e.type === 'start')!;
   expect(start.config!.model).toMatchObject({
     variant: 'global',
@@ -52,5 +69,6 @@ test("localmim pretrain --preset mae starts with MAE's decoder: 512-d, 8 blocks,
     decoderDepth: 8,
     decoderHeads: 16,
   });
+  expect(start.config!.optim).toMatchObject({ blr: 1.5e-4, minLr: 0 });
   expect(events.filter((e) => e.type === 'step')).toHaveLength(1);
 });

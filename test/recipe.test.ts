@@ -1,6 +1,8 @@
 import { expect, test } from 'vitest';
 import { parseRunConfig } from '../core/config.js';
 import { classifierFor } from '../core/model/classifier.js';
+import type { ParamStore } from '../core/model/module.js';
+import { paramStore } from '../core/model/params.js';
 import { cropKernel, finetuneRecipe } from '../core/recipe.js';
 import './setup.js';
 
@@ -54,4 +56,31 @@ test('a new head: std 2e-5 when weights are loaded (trunc_normal_ after load), t
     expect(std(true, model)).toBeCloseTo(0.02, 2);
     expect(std(false, model) / 2e-5).toBeCloseTo(1, 1);
   }
+});
+
+test('a ViT from scratch starts as timm 0.3.2’s: trunc_normal_(std .02) Linears, zero biases, PyTorch’s default patch conv', () => {
+  const model = parseRunConfig({ model: { D: 64, depth: 2, heads: 2, imgSize: 32, patchSize: 8 } }).model;
+  const values = (p: ParamStore, name: string) => Array.from(p.get(name).dataSync());
+  const std = (w: number[]) => Math.sqrt(w.reduce((a, v) => a + v * v, 0) / w.length);
+  const scratch = classifierFor(model, 10, 0, false, true);
+  // timm's _init_weights: every nn.Linear (qkv, proj, fc1, fc2 of each block, the head) trunc_normal_(std=.02), bias 0.
+  const linears = [...scratch.params.vars.keys()].filter((n) => n.endsWith('.weight') && scratch.params.get(n).rank === 2);
+  expect(linears).toHaveLength(2 * 4 + 1);
+  for (const name of linears) {
+    expect(Math.abs(std(values(scratch.params, name)) / 0.02 - 1), name).toBeLessThan(0.1);
+    expect(
+      values(scratch.params, name.replace(/weight$/, 'bias')).every((v) => v === 0),
+      name,
+    ).toBe(true);
+  }
+  // The patch conv is left to nn.Conv2d's reset_parameters: kaiming_uniform_(a=√5) and its bias rule, U(±1/√fan_in).
+  const bound = 1 / Math.sqrt(3 * 8 * 8);
+  for (const name of ['patch_embed.proj.weight', 'patch_embed.proj.bias'])
+    expect(Math.max(...values(scratch.params, name).map(Math.abs)), name).toBeLessThanOrEqual(bound);
+  expect(Math.abs(std(values(scratch.params, 'patch_embed.proj.weight')) / (bound / Math.sqrt(3)) - 1)).toBeLessThan(0.1);
+  scratch.dispose();
+  // The pretraining model keeps MAE's Xavier-uniform Linears: qkv [192, 64] has std √(2 / (64 + 192)).
+  const pretrain = paramStore(model, 0);
+  expect(Math.abs(std(values(pretrain, 'blocks.0.attn.qkv.weight')) / Math.sqrt(2 / 256) - 1)).toBeLessThan(0.1);
+  pretrain.dispose();
 });

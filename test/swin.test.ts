@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
 import { parseRunConfig, swinDims, type ModelConfig } from '../core/config.js';
-import { SwinLocalMIM, swinMask } from '../core/model/swin-localmim.js';
+import { SwinLocalMIM, swinLocalMimParams, swinMask } from '../core/model/swin-localmim.js';
+import { count } from '../core/model/module.js';
 import { layerNorm } from '../core/model/ops.js';
 import { disposePlanTensors, groupWindows, knapsack, planTensors, swinEncode, swinPlan, unitPatches } from '../core/model/swin.js';
 import { normalize, toTensor } from '../core/targets/image.js';
@@ -256,12 +257,38 @@ describe('pipeline', () => {
     expect(swinDims(c.model)).toMatchObject({ widths: [96, 192, 384, 768], cells: [8, 16, 32, 32], decoderDims: [64, 128, 128, 128] });
     expect(configFromFlags({ model: 'swin-tiny', img: '112' }).model).toMatchObject({ imgSize: 112, patchSize: 4 });
     expect(() => configFromFlags({ model: 'swin-tiny', img: '100' })).toThrow(/imgSize/);
-    // GreenMIM's baseline (paper Table 4d): MAE's decoder on the last stage, normalized pixels.
-    expect(configFromFlags({ model: 'swin-b', preset: 'mae' }).model).toMatchObject({
+  });
+
+  test("--preset mae on a Swin is GreenMIM's baseline: its one-block decoder and its own scripts' schedules", () => {
+    const b = configFromFlags({ model: 'swin-b', preset: 'mae' });
+    // GreenMIM modeling/model_factory.py, green_mim_swin_base_patch4_dec512b1 (as the paper's §4.3): decoder_embed_dim
+    // 512, decoder_depth 1, decoder_num_heads 16 (8 is only MaskedAutoencoder's default), on the last stage, norm_pix_loss.
+    expect(b.model).toMatchObject({
       variant: 'global',
       target: 'pixel',
+      normPix: true,
       decoderDim: 512,
+      decoderDepth: 1,
+      decoderHeads: 16,
     });
+    // Counted from GreenMIM's MaskedAutoencoder (modeling/base_green_models.py) for Swin-B: decoder_embed 1024 → 512,
+    // mask_token, one timm Block, decoder_norm, decoder_pred 512 → 32²·3; decoder_pos_embed is fixed.
+    const d = 512;
+    const linear = (i: number, o: number) => i * o + o;
+    const block = 2 * d + linear(d, 3 * d) + linear(d, d) + 2 * d + linear(d, 4 * d) + linear(4 * d, d);
+    expect(count(swinLocalMimParams(b.model).decoder)).toBe(linear(1024, d) + d + block + 2 * d + linear(d, 32 * 32 * 3));
+    // scripts/run_greenmim_swin_base.sh: --blr 1.5e-4 --warmup_epochs 40 (min_lr: main_pretrain.py's 0).
+    expect(b.optim).toMatchObject({ blr: 1.5e-4, warmupEpochs: 40, minLr: 0 });
+    // scripts/run_greenmim_swin_large_win14.sh: --blr 1.0e-4, 800 epochs with 40 of warmup, 256 on each of 8 GPUs.
+    expect(configFromFlags({ model: 'swin-l', preset: 'mae' }).optim).toMatchObject({
+      blr: 1e-4,
+      epochs: 800,
+      warmupEpochs: 40,
+      batch: 256,
+      accumIter: 8,
+    });
+    // The CPU model keeps its own length, with GreenMIM's rate.
+    expect(configFromFlags({ model: 'swin-tiny', preset: 'mae' }).optim).toMatchObject({ blr: 1.5e-4, warmupEpochs: 10, epochs: 100 });
   });
 
   test('previews render every stage of a Swin run, under its one mask', async () => {

@@ -47,6 +47,10 @@ export const normal = (std: number) => draw((rng) => std * rng.normal());
 export const xavier = (fanOut: number, fanIn: number): Init => uniform(Math.sqrt(6 / (fanIn + fanOut)));
 /** A Linear's weight initialisation from its `[out, in]`. */
 export type WeightInit = (fanOut: number, fanIn: number) => Init;
+/** timm's `_init_weights` for every Linear: trunc_normal_(std .02), as the official fine-tuning models start from scratch. */
+export const timmLinear: WeightInit = () => normal(0.02);
+/** PyTorch's default Conv2d init for weight and bias, kaiming_uniform_(a=√5) and its bias rule: U(±1/√fan_in). */
+export const torchConv = (fanIn: number) => uniform(1 / Math.sqrt(fanIn));
 
 const isSpec = (v: object): v is ParamSpec => 'init' in v && 'shape' in v;
 

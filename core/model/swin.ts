@@ -11,7 +11,8 @@ import {
   normParams,
   param,
   range,
-  uniform,
+  timmLinear,
+  torchConv,
   xavier,
   type Param,
   type WeightInit,
@@ -395,10 +396,10 @@ interface SwinInit {
  * conv, decayed bias tables.
  */
 export function swinBackboneParams(d: SwinDims, finetune = false) {
-  const o: SwinInit = { linear: finetune ? () => normal(0.02) : xavier, tableDecay: finetune };
+  const o: SwinInit = { linear: finetune ? timmLinear : xavier, tableDecay: finetune };
   const k = 3 * d.p * d.p;
   return {
-    patch_embed: { ...patchEmbedParams(d.C, d.p, finetune ? uniform(1 / Math.sqrt(k)) : xavier(d.C, k)), norm: normParams(d.C) },
+    patch_embed: { ...patchEmbedParams(d.C, d.p, finetune ? torchConv(k) : xavier(d.C, k)), norm: normParams(d.C) },
     layers: d.widths.map((W, i) => ({
       blocks: range(d.depths[i]!, () => swinBlockParams(W, d.heads[i]!, d.windows[i]!, d.mlpRatio, o)),
       downsample: i < d.widths.length - 1 ? patchMergingParams(W, o.linear) : undefined,

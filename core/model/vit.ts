@@ -10,7 +10,8 @@ import {
   normParams,
   param,
   range,
-  uniform,
+  timmLinear,
+  torchConv,
   xavier,
   type Init,
   type Param,
@@ -55,11 +56,11 @@ export type MlpParams = ReturnType<typeof mlpParams>;
 /** fc2(GELU(fc1(x))). x: [N, W]. */
 export const mlp = (P: Param, m: MlpParams, x: tf.Tensor) => dense(P, m.fc2, gelu(dense(P, m.fc1, x)));
 
-export const blockParams = (W: number, mlpRatio: number) => ({
+export const blockParams = (W: number, mlpRatio: number, init: WeightInit = xavier) => ({
   norm1: normParams(W),
-  attn: attentionParams(W),
+  attn: attentionParams(W, init),
   norm2: normParams(W),
-  mlp: mlpParams(W, mlpRatio * W),
+  mlp: mlpParams(W, mlpRatio * W, init),
 });
 export type BlockParams = ReturnType<typeof blockParams>;
 
@@ -78,7 +79,7 @@ export function block(P: Param, m: BlockParams, x: tf.Tensor, B: number, T: numb
 
 /** The patch conv `[D, 3, p, p]`; its bias keeps PyTorch's default conv init, U(±1/√fan_in). */
 export const patchEmbedParams = (D: number, p: number, init: Init = xavier(D, 3 * p * p)) => ({
-  proj: { weight: param([D, 3, p, p], init), bias: param([D], uniform(1 / Math.sqrt(3 * p * p))) },
+  proj: { weight: param([D, 3, p, p], init), bias: param([D], torchConv(3 * p * p)) },
 });
 
 /** The patch conv as a Linear on flattened patches `[N, 3p²]` (`(c, dy, dx)`, like the conv's weight): `[N, D]`. */
@@ -86,18 +87,20 @@ export const embedPatches = (P: Param, m: ReturnType<typeof patchEmbedParams>, p
   linear(patches, tf.reshape(P(m.proj.weight.name), [m.proj.weight.shape[0]!, -1]), P(m.proj.bias.name));
 
 /**
- * The ViT encoder's tensors (timm names): in pretraining a frozen sin-cos `pos_embed` and one LayerNorm `norm.j` per
- * tapped latent; when fine-tuning, trained positions (timm's trunc_normal_ std .02 from scratch) and no weight decay on
- * them nor on the class token, as the official groups.
+ * The ViT encoder's tensors (timm names). In pretraining MAE's init (Xavier Linears and patch conv), a frozen sin-cos
+ * `pos_embed` and one LayerNorm `norm.j` per tapped latent. When fine-tuning, timm 0.3.2's ViT as the official
+ * fine-tuning builds it from scratch: trunc_normal_(std .02) Linears and positions, PyTorch's default patch conv, and no
+ * weight decay on the positions nor on the class token, as the official groups.
  */
 export function encoderParams(d: Pick<ModelDims, 'D' | 'depth' | 'p' | 'g' | 'mlpRatio'>, o: { finetune?: boolean; taps?: number } = {}) {
   const { D, g } = d;
   const shape = [1, 1 + g * g, D];
+  const k = 3 * d.p * d.p;
   return {
     cls_token: param([1, 1, D], normal(0.02), o.finetune ? false : undefined),
     pos_embed: o.finetune ? param(shape, normal(0.02), false) : buffer(shape, () => sinCosPosEmbed(D, g)),
-    patch_embed: patchEmbedParams(D, d.p),
-    blocks: range(d.depth, () => blockParams(D, d.mlpRatio)),
+    patch_embed: patchEmbedParams(D, d.p, o.finetune ? torchConv(k) : xavier(D, k)),
+    blocks: range(d.depth, () => blockParams(D, d.mlpRatio, o.finetune ? timmLinear : xavier)),
     norm: range(o.taps ?? 0, () => normParams(D)),
   };
 }

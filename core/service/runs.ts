@@ -32,10 +32,10 @@ export const runHandlers = (c: Context) =>
       home: c.home,
       presets: PRESETS,
       sizes: MODEL_SIZES,
-      /** Swin sizes, and what each brings to a new run: its defaults and each preset as it applies to it (presetFor). */
       swinSizes: SWIN_SIZES,
+      /** What each size brings to a new run: its defaults and each preset as it applies to it (presetFor). */
       sizeDefaults: Object.fromEntries(
-        Object.keys(SWIN_SIZES).map((size) => [
+        [...Object.keys(MODEL_SIZES), ...Object.keys(SWIN_SIZES)].map((size) => [
           size,
           { ...sizeDefaults(size), presets: Object.fromEntries(Object.keys(PRESETS).map((p) => [p, presetFor(p as Preset, size)])) },
         ]),
