@@ -43,7 +43,7 @@ export const sessionFlags = {
   json: { type: 'boolean', default: false, help: 'print one JSON event per line: start, step, eval, knn, checkpoint, end, error' },
 } as const satisfies Flags;
 
-/** The flags that change a resumed run's schedule, and the setting each sets (core/runs/spec.ts ResumeOverridesSchema). */
+/** The flags that change a resumed run's schedule, and the setting each sets (core/config.ts ResumeOverridesSchema). */
 const OVERRIDE_FLAGS = { epochs: 'epochs', blr: 'blr', lr: 'lr', 'min-lr': 'minLr', warmup: 'warmupEpochs' } as const;
 const EXPECTED = {
   epochs: 'a whole number of epochs',
@@ -70,7 +70,7 @@ export function resumeOf(values: Record<string, unknown>, options: Flags): Resum
   const fixed = Object.keys(options).find((f) => !RESUME_TAKES.has(f) && !Object.hasOwn(OVERRIDE_FLAGS, f) && given(values[f]));
   if (fixed)
     throw new UsageError(
-      `--${fixed}: a resumed run keeps it, so that it goes on as the same run; on resume only --epochs, --blr, --lr, --min-lr, --warmup and the checkpoint flags change (a new run can start from its weights: localmim pretrain --init ${m[1]})`,
+      `--${fixed}: a resumed run keeps it, so that it goes on as the same run; on resume only --epochs, --blr, --lr, --min-lr, --warmup and the checkpoint flags change (for more, start a new run)`,
     );
   return {
     resume: Number(m[1]),
