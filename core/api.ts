@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { BACKENDS } from './backend.js';
-import { describeIssue, MAX_EPOCHS } from './config.js';
+import { describeIssue, MAX_EPOCHS, ResumeOverridesSchema } from './config.js';
 import { ENGINES } from './engine.js';
 import type { KnnRow, MetricRow, RunStatus } from './store/store.js';
 
@@ -44,10 +44,17 @@ export const METHODS = {
   'runs.pause': z.strictObject({ id }),
   /**
    * `restart`: start over from step 0 when none of the run's checkpoints can be read. `data`: the folder the run's
-   * images are in now (they are matched by content); without it, the run's own folder is re-checked.
+   * images are in now (they are matched by content); without it, the run's own folder is re-checked. `step`: continue
+   * from the checkpoint at that step, not the newest (what came after it is set aside in `superseded-<n>/`). The
+   * schedule may change from there (`epochs`, `blr` or `lr`, `minLr`, `warmupEpochs`) and the checkpoint cadence
+   * (`checkpointEvery` steps, `checkpointMinutes`); each change is recorded in the run's history (`runs.get`: resumes).
    */
   'runs.resume': z.strictObject({
     id,
+    step: z.number().int().min(1).optional(),
+    ...ResumeOverridesSchema.shape,
+    checkpointEvery: z.number().int().min(1).optional(),
+    checkpointMinutes: z.number().positive().optional(),
     restart: z.boolean().default(false),
     backend: backend.optional(),
     data: z.string().min(1).max(4096).optional(),

@@ -330,6 +330,18 @@ export const RunConfigSchema = z.strictObject({
 export type RunConfig = z.output<typeof RunConfigSchema>;
 export type RunConfigInput = z.input<typeof RunConfigSchema>;
 
+/**
+ * The settings a run may change when it resumes: its schedule — learning rate, its floor, warmup and length —
+ * not what its weights, optimizer state or data order depend on (model, batch, accumulation, seed, augmentation).
+ */
+export const ResumeOverridesSchema = z.strictObject({
+  blr: z.number().positive().optional(),
+  lr: z.number().positive().optional(),
+  minLr: z.number().min(0).optional(),
+  warmupEpochs: z.number().min(0).optional(),
+  epochs: z.number().int().min(1).max(MAX_EPOCHS).optional(),
+});
+export type ResumeOverrides = z.output<typeof ResumeOverridesSchema>;
 export const peakLr = (o: OptimConfig) => o.lr ?? (o.blr * o.batch * o.accumIter) / 256;
 
 /** Parses a config, turning zod's issues into one error that names each bad field (prefixed by `where`). */

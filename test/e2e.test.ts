@@ -69,6 +69,21 @@ describeWith('chromium')('the app in Chromium', () => {
     expect(consoleErrors).toEqual([]);
   });
 
+  test('resume from the oldest checkpoint at a lower learning rate: what came after is set aside, the change recorded', async () => {
+    const { page, consoleErrors } = app;
+    const oldest = Number(await page.getByTestId('checkpoints').locator('tbody tr td').first().textContent());
+    await page.getByTestId('resume-from').selectOption(String(oldest));
+    await page.getByTestId('resume-blr').fill('0.0001');
+    await page.getByRole('button', { name: 'Resume', exact: true }).click();
+    await expect
+      .poll(() => page.getByTestId('resumes').locator('li').last().textContent(), { timeout: 60_000 })
+      .toMatch(new RegExp(`at step ${oldest}; blr [\\d.e-]+ → 0\\.0001; steps after it set aside in .*superseded-\\d+`));
+    await page.getByRole('button', { name: 'Pause' }).click();
+    await expect.poll(() => page.getByTestId('run-status').textContent(), { timeout: 60_000 }).toBe('paused');
+
+    expect(consoleErrors).toEqual([]);
+  });
+
   test('export the backbone, look at its attention, fine-tune it on a labeled folder', async () => {
     const { page, url, home, consoleErrors, shot } = app;
     await page.getByRole('button', { name: 'Export' }).click();

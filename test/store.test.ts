@@ -19,7 +19,7 @@ test('a new database gets WAL, foreign keys and every migration', () => {
   const tables = (db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as { name: string }[]).map(
     (t) => t.name,
   );
-  expect(tables).toEqual(['checkpoints', 'datasets', 'exports', 'images', 'knn', 'metrics', 'runs']);
+  expect(tables).toEqual(['checkpoints', 'datasets', 'exports', 'images', 'knn', 'metrics', 'resumes', 'runs']);
   expect((db.prepare('PRAGMA table_info(runs)').all() as { name: string }[]).map((c) => c.name)).toContain('parent_id');
   db.close();
 });

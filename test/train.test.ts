@@ -7,7 +7,7 @@ import { parseRunConfig, type RunConfigInput } from '../core/config.js';
 import { disposeBatch, LocalMIM, type PreparedBatch } from '../core/model/localmim.js';
 import { Rng } from '../core/random.js';
 import { loadCheckpoint } from '../core/train/checkpoint.js';
-import { NonFiniteLossError, train, type Task, type TrainEvent } from '../core/train/loop.js';
+import { DivergedError, NonFiniteLossError, train, type Task, type TrainEvent } from '../core/train/loop.js';
 import { TrainStep } from '../core/train/step.js';
 import { syntheticImages } from './images.js';
 import './setup.js';
@@ -196,5 +196,79 @@ describe('the loop reads losses back every few steps', () => {
     expect(checkpoints.map((e) => e.step)).toEqual([2]);
     const saved = loadCheckpoint((checkpoints[0] as { path: string }).path);
     expect([...saved.tensors.values()].every((t) => t.values.every(Number.isFinite))).toBe(true);
+  });
+});
+
+describe('a finite divergence stops the run like a NaN, before it is checkpointed', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'localmim-diverge-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  /** A 14-step run checkpointing every 4 steps, reading back every 4; `spoil` runs after each step's update. */
+  async function run(spoil: (step: number, values: tf.Tensor1D, params: Map<string, tf.Variable>) => tf.Tensor1D) {
+    const { cfg, model, trainer, batch } = setup({ model: tiny, optim: { epochs: 1, warmupEpochs: 0 } }, 2, 3);
+    const fixed = batch();
+    const task: Task = {
+      model,
+      optimizer: trainer.optimizer,
+      config: cfg,
+      optim: cfg.optim,
+      batchesPerEpoch: 14,
+      step: async (_e, _j, step) => spoil(step + 1, trainer.run([fixed], 1e-3), model.params.vars),
+      dispose: () => {
+        disposeBatch(fixed);
+        trainer.dispose();
+        model.dispose();
+      },
+    };
+    const events: TrainEvent[] = [];
+    const home = mkdtempSync(join(dir, 'run-'));
+    const before = tf.memory().numTensors;
+    const out = await train(task, {
+      backend: 'test',
+      readEvery: 4,
+      checkpointPath: (s) => join(home, `${s}.safetensors`),
+      cadence: { everySteps: 4 },
+      onEvent: (e) => events.push(e),
+    }).catch((e: Error) => e);
+    expect(tf.memory().numTensors).toBeLessThanOrEqual(before);
+    return {
+      out,
+      steps: events.filter((e) => e.type === 'step').map((e) => e.step),
+      checkpoints: events.filter((e) => e.type === 'checkpoint').map((e) => e.step),
+    };
+  }
+
+  test('a loss 1000× the recent median at step 12 stops it there: no checkpoint at 12', async () => {
+    const { out, steps, checkpoints } = await run((step, values) => {
+      if (step !== 12) return values;
+      const spoiled = values.mul(1000) as tf.Tensor1D;
+      values.dispose();
+      return spoiled;
+    });
+    expect(out).toBeInstanceOf(DivergedError);
+    expect(out).not.toBeInstanceOf(NonFiniteLossError);
+    expect((out as Error).message).toMatch(
+      /^loss diverged at optimizer step 12: [\d.e+]+, over 100× the median [\d.]+ of the last 11 steps; stopped without saving$/,
+    );
+    expect(steps).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    expect(checkpoints).toEqual([4, 8]);
+  });
+
+  test('a weight past 1e6 stops it at the checkpoint that would hold it, naming the tensor', async () => {
+    let name = '';
+    const { out, steps, checkpoints } = await run((step, values, params) => {
+      if (step === 8) {
+        const [first, v] = [...params][0]!;
+        name = first;
+        v.assign(tf.fill(v.shape, 1e7));
+      }
+      return values;
+    });
+    expect(out).toBeInstanceOf(DivergedError);
+    expect((out as Error).message).toBe(
+      `weights diverged by optimizer step 8: ${name} reaches magnitude 1.0e+7, past 1000000; stopped without saving`,
+    );
+    expect(steps).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+    expect(checkpoints).toEqual([4]);
   });
 });

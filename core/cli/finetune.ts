@@ -19,6 +19,7 @@ const SETTINGS = {
       'LR',
     ),
   ],
+  lr: ['lr', n('absolute learning rate, instead of --blr', 'LR')],
   'min-lr': ['minLr', n('final learning rate of the cosine (default by the source: 1e-6, or 1e-5; 0 for a linear probe)', 'LR')],
   'layer-decay': ['layerDecay', n('layer-wise lr decay (default by the source: 0.75, or 0.65)', 'D')],
   'drop-path': ['dropPath', n('stochastic depth rate (default 0.1)', 'P')],
@@ -54,7 +55,7 @@ const OPTIONS = {
 
 export async function run(argv: string[]): Promise<void> {
   const { values } = parse(argv, OPTIONS, { usage: 'localmim finetune (--from RUN[:STEP] | --scratch) --data DIR [options]', summary });
-  const resume = resumeOf(values);
+  const resume = resumeOf(values, OPTIONS);
   if (!resume) {
     if (!values.data) throw new UsageError('--data DIR (a folder with one sub-folder per class) is required');
     if (!values.from === !values.scratch)

@@ -46,6 +46,7 @@ const OPTIONS = {
   accum: n(`micro-batches accumulated per optimizer step (default ${optim.accumIter})`),
   blr: n(`base learning rate; lr = blr · batch · accum / 256 (default ${optim.blr})`, 'LR'),
   lr: n('absolute learning rate, instead of --blr', 'LR'),
+  'min-lr': n(`final learning rate of the cosine (default ${optim.minLr})`, 'LR'),
   warmup: n(`warmup epochs (default ${optim.warmupEpochs})`, 'EPOCHS'),
   'mask-ratio': n(`fraction of patches masked (default ${START.model.maskRatio})`, 'R'),
   bins: n(`HOG orientation bins: 9 or 18 (default ${START.model.nbins})`),
@@ -110,6 +111,7 @@ export function configFromFlags(values: Partial<Values>): RunConfig {
       accumIter: num(values, 'accum'),
       blr: num(values, 'blr'),
       lr: num(values, 'lr'),
+      minLr: num(values, 'min-lr'),
       warmupEpochs: num(values, 'warmup'),
     }),
     ...defined({ seed: num(values, 'seed') }),
@@ -120,11 +122,12 @@ export function configFromFlags(values: Partial<Values>): RunConfig {
 export async function run(argv: string[]): Promise<void> {
   const { values } = parse(argv, OPTIONS, { usage: 'localmim pretrain [options]', summary });
   // Every flag is checked before anything is written: a bad one leaves no run behind.
-  const resume = resumeOf(values);
+  if (values.resume !== undefined && values['probe-data'] !== undefined)
+    throw new UsageError('--probe-data: a resumed run keeps the probe set it started with');
+  const resume = resumeOf(values, OPTIONS);
   const config = resume ? undefined : configFromFlags(values);
   if (values['knn-every'] !== undefined && values['probe-data'] === undefined)
     throw new UsageError('--knn-every goes with --probe-data DIR');
-  if (resume && values['probe-data'] !== undefined) throw new UsageError('--probe-data: a resumed run keeps the probe set it started with');
   const every = values['knn-every'] === undefined ? undefined : positiveInt('knn-every', values['knn-every']);
   await runInTerminal(values, {
     command: 'pretrain',

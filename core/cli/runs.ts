@@ -1,5 +1,5 @@
 import { homeDir, homePaths, isAlive } from '../home.js';
-import { Store } from '../store/store.js';
+import { Store, type ResumeRow } from '../store/store.js';
 import { homeFlag, parse, positiveInt, UsageError } from './args.js';
 
 export const summary = 'list runs, or show one run: its last metrics, checkpoints and config';
@@ -34,7 +34,8 @@ function show(store: Store, id: number, json: boolean): void {
   if (!run) throw new UsageError(`no run ${id}`);
   const metrics = store.metrics(id);
   const checkpoints = store.checkpoints(id);
-  if (json) return console.log(JSON.stringify({ run, lastMetrics: metrics.at(-1) ?? null, checkpoints }));
+  const resumes = store.resumes(id);
+  if (json) return console.log(JSON.stringify({ run, lastMetrics: metrics.at(-1) ?? null, checkpoints, resumes }));
   console.log(`run ${run.id}: ${run.name}  [${run.status}]  backend ${run.backend}`);
   console.log(`created ${run.createdAt}, updated ${run.updatedAt}; step ${run.step}, epoch ${run.epoch.toFixed(2)}`);
   if (run.error) console.log(`error: ${run.error}`);
@@ -46,5 +47,16 @@ function show(store: Store, id: number, json: boolean): void {
   console.log('checkpoints:');
   for (const c of checkpoints)
     console.log(`  step ${c.step}  loss ${c.loss?.toFixed(4) ?? '—'}  ${(c.size / 1e6).toFixed(1)} MB  ${c.path}`);
+  for (const r of resumes) console.log(describeResume(r));
   console.log(`config: ${JSON.stringify(run.config, null, 2)}`);
+}
+
+/** `resumed at step 4 (…): blr 0.002 → 0.0001; checkpoints 8, 12 and the history after step 4 set aside in DIR`. */
+function describeResume(r: ResumeRow): string {
+  const changes = Object.entries(r.changes).map(([k, [a, b]]) => `${k} ${a === null ? '—' : String(a)} → ${String(b)}`);
+  const aside =
+    r.folder &&
+    `${r.superseded.length ? `checkpoints ${r.superseded.join(', ')} and ` : ''}the history after step ${r.fromStep} set aside in ${r.folder}`;
+  const what = [changes.join(', '), aside].filter(Boolean).join('; ');
+  return `resumed at step ${r.fromStep} (${r.time})${what ? `: ${what}` : ''}`;
 }

@@ -7,30 +7,29 @@ import { recheckDataset } from '../runs/recheck.js';
 import { RunRecorder } from '../runs/recorder.js';
 import { assertTorchCan } from '../runs/torch.js';
 import { optimOf } from '../runs/spec.js';
+import { ResumeOverridesSchema, type ResumeOverrides } from '../config.js';
 import { Store } from '../store/store.js';
 import type { Cadence, TrainEvent } from '../train/loop.js';
-import { homeFlag, parse, positiveInt, UsageError, type Flags } from './args.js';
+import { homeFlag, nonNegativeInt, parse, positiveInt, UsageError, type Flags } from './args.js';
 import { indexFlags, indexOptions, indexWithProgress, printSummary } from './index-cmd.js';
 import { duration, StatusLine } from './progress.js';
 
 /** How often a terminal run checkpoints and how many checkpoints it keeps. */
 export const cadenceFlags = {
   'checkpoint-every': { type: 'string', arg: 'N', help: 'checkpoint every N optimizer steps (and at each epoch end)' },
-  'checkpoint-minutes': { type: 'string', arg: 'M', default: '5', help: 'checkpoint once M minutes have passed since the last one' },
+  'checkpoint-minutes': { type: 'string', arg: 'M', help: 'checkpoint once M minutes have passed since the last one (default 5)' },
   keep: { type: 'string', arg: 'K', default: '3', help: 'checkpoints kept (plus the one with the lowest loss)' },
   'max-steps': { type: 'string', arg: 'N', help: 'checkpoint and stop (paused) after optimizer step N' },
 } as const satisfies Flags;
 
 export const resumeFlags = {
-  resume: { type: 'string', arg: 'ID', help: 'continue run ID from its newest intact checkpoint' },
+  resume: {
+    type: 'string',
+    arg: 'RUN[:STEP]',
+    help: 'continue run RUN from its newest intact checkpoint, or from the one at STEP (what came after it is set aside); --epochs, --blr, --lr, --min-lr and --warmup change its schedule from there',
+  },
   restart: { type: 'boolean', default: false, help: 'with --resume: start over from step 0 when no checkpoint can be read' },
 } as const satisfies Flags;
-
-/** `--resume ID [--restart]`, checked; undefined for a new run. */
-export function resumeOf(values: { resume?: string; restart?: boolean }): { resume: number; restart: boolean } | undefined {
-  if (values.restart && values.resume === undefined) throw new UsageError('--restart goes with --resume ID');
-  return values.resume === undefined ? undefined : { resume: positiveInt('resume', values.resume), restart: values.restart ?? false };
-}
 
 export const sessionFlags = {
   home: homeFlag,
@@ -43,6 +42,68 @@ export const sessionFlags = {
   amp: { type: 'boolean', default: false, help: 'torch engine on CUDA: bf16 mixed precision (faster, not bit-comparable)' },
   json: { type: 'boolean', default: false, help: 'print one JSON event per line: start, step, eval, knn, checkpoint, end, error' },
 } as const satisfies Flags;
+
+/** The flags that change a resumed run's schedule, and the setting each sets (core/config.ts ResumeOverridesSchema). */
+const OVERRIDE_FLAGS = { epochs: 'epochs', blr: 'blr', lr: 'lr', 'min-lr': 'minLr', warmup: 'warmupEpochs' } as const;
+const EXPECTED = {
+  epochs: 'a whole number of epochs',
+  blr: 'a positive number',
+  lr: 'a positive number',
+  minLr: 'a number ≥ 0',
+  warmupEpochs: 'a number of epochs ≥ 0',
+};
+
+/** Flags a resumed run takes besides those: where its images are, how it runs and checkpoints, how it prints. */
+const RESUME_TAKES = new Set(['data', ...Object.keys({ ...resumeFlags, ...cadenceFlags, ...sessionFlags, ...indexFlags })]);
+
+export type Resume = Extract<RunRequest, { resume: number }>;
+
+/**
+ * `--resume RUN[:STEP] [--restart]` and the schedule flags, checked; undefined for a new run. Any other flag of
+ * `options` given with it is refused by name: it would not continue the same run.
+ */
+export function resumeOf(values: Record<string, unknown>, options: Flags): Resume | undefined {
+  if (values.restart && values.resume === undefined) throw new UsageError('--restart goes with --resume RUN');
+  if (values.resume === undefined) return undefined;
+  const m = /^(\d+)(?::(\d+))?$/.exec(String(values.resume).trim());
+  if (!m || Number(m[1]) < 1) throw new UsageError(`--resume: expected RUN or RUN:STEP, e.g. 3 or 3:120, got "${String(values.resume)}"`);
+  const fixed = Object.keys(options).find((f) => !RESUME_TAKES.has(f) && !Object.hasOwn(OVERRIDE_FLAGS, f) && given(values[f]));
+  if (fixed)
+    throw new UsageError(
+      `--${fixed}: a resumed run keeps it, so that it goes on as the same run; on resume only --epochs, --blr, --lr, --min-lr, --warmup and the checkpoint flags change (for more, start a new run)`,
+    );
+  return {
+    resume: Number(m[1]),
+    ...(m[2] !== undefined && { step: nonNegativeInt('resume', m[2]) }),
+    restart: values.restart === true,
+    overrides: overridesOf(values),
+  };
+}
+
+const given = (v: unknown) => v !== undefined && v !== false;
+
+/** The schedule flags given, each checked against the setting's schema; --lr and --blr exclude each other. */
+function overridesOf(values: Record<string, unknown>): ResumeOverrides {
+  if (given(values.lr) && given(values.blr)) throw new UsageError('--lr: give --lr or --blr, not both');
+  const out: Record<string, number> = {};
+  for (const [flag, field] of Object.entries(OVERRIDE_FLAGS)) {
+    const v = values[flag];
+    if (typeof v !== 'string') continue;
+    const r = ResumeOverridesSchema.shape[field].safeParse(v.trim() === '' ? NaN : Number(v));
+    if (!r.success) throw new UsageError(`--${flag}: expected ${EXPECTED[field]}, got "${v}"`);
+    out[field] = r.data!;
+  }
+  return out;
+}
+
+/** The cadence flags given (a resume records them in the run's history). */
+function cadenceGiven(c: Cadence, values: SessionValues): Resume['cadence'] {
+  const out = {
+    ...(values['checkpoint-every'] !== undefined && { everySteps: c.everySteps }),
+    ...(values['checkpoint-minutes'] !== undefined && { everyMinutes: c.everyMinutes }),
+  };
+  return Object.keys(out).length ? out : undefined;
+}
 
 /** `--engine`, checked, and resolved (see resolveEngine); torch must be there. */
 function engineOf(value: EngineChoice | undefined, previous?: string | null): Engine {
@@ -71,7 +132,7 @@ export async function runInTerminal(
   o: {
     command: string;
     /** Continue this run instead of starting one. */
-    resume?: { resume: number; restart: boolean };
+    resume?: Resume;
     /** The folder a new run trains on, indexed first (a resumed run's own, re-checked, unless given); and the run to start on it. */
     data?: string;
     /** A labeled folder for the kNN monitor, indexed too. */
@@ -103,7 +164,7 @@ export async function runInTerminal(
       const index = (root: string) => indexWithProgress(store, root, { ...indexing, quiet: json });
       const check = await recheckDataset(store, o.resume.resume, o.data, index);
       if (check?.line) log(check.line);
-      request = { ...o.resume, datasetId: check?.datasetId };
+      request = { ...o.resume, datasetId: check?.datasetId, cadence: cadenceGiven(cadence, values) };
     } else {
       const indexed = await indexWithProgress(store, o.data ?? SAMPLE_IMAGES, { ...indexing, quiet: json });
       if (!json) printSummary(indexed);

@@ -12,12 +12,17 @@ export interface ResumePoint {
   unrecorded: Omit<CheckpointRow, 'id' | 'createdAt'>[];
   /** Checkpoints newer than `checkpoint` that are missing, unreadable or not what was recorded. */
   broken: string[];
+  /** With a step asked for: the checkpoints after it, recorded or left in the folder, intact or not. */
+  later: { path: string; step: number }[];
 }
 
 const FILE = /^ckpt-(\d+)\.safetensors$/;
 
-/** Where a run would continue from: its newest intact checkpoint among those recorded and those left in its folder. */
-export function resumePoint(store: Store, runId: number, runDir: string): ResumePoint {
+/**
+ * Where a run would continue from: its newest intact checkpoint among those recorded and those left in its folder,
+ * or the one at `step` (an error names it when it is missing or damaged, or lists the steps there are).
+ */
+export function resumePoint(store: Store, runId: number, runDir: string, step?: number): ResumePoint {
   const rows = store.checkpoints(runId);
   const recorded = new Set(rows.map((c) => c.path));
   const files = existsSync(runDir) ? readdirSync(runDir).filter((n) => FILE.test(n) && !recorded.has(join(runDir, n))) : [];
@@ -25,14 +30,15 @@ export function resumePoint(store: Store, runId: number, runDir: string): Resume
     ...rows.map((c) => ({ path: c.path, step: c.step, hash: c.hash as string | undefined })),
     ...files.map((n) => ({ path: join(runDir, n), step: Number(FILE.exec(n)![1]), hash: undefined })),
   ].sort((a, b) => b.step - a.step);
-  const point: ResumePoint = { unrecorded: [], broken: [] };
+  if (step !== undefined) return pointAt(runId, candidates, step);
+  const point: ResumePoint = { unrecorded: [], broken: [], later: [] };
   // A file renamed into place whose steps never reached the store (killed in between) would leave a gap in the
   // history: a recorded checkpoint is preferred then. With none recorded, the file is all the work there is.
   const recordedUpTo = store.lastMetricStep(runId);
   for (const c of candidates) {
     if (c.hash === undefined && rows.length && recordedUpTo < c.step) continue;
-    const checkpoint = tryLoad(c.path);
-    if (!checkpoint || (c.hash !== undefined && checkpoint.hash !== c.hash) || checkpoint.state.step !== c.step) {
+    const checkpoint = intact(c);
+    if (!checkpoint) {
       point.broken.push(c.path);
       continue;
     }
@@ -40,6 +46,33 @@ export function resumePoint(store: Store, runId: number, runDir: string): Resume
     return { ...point, checkpoint, path: c.path };
   }
   return point;
+}
+
+interface Candidate {
+  path: string;
+  step: number;
+  /** As recorded; undefined for a file the store does not know. */
+  hash?: string;
+}
+
+/** The checkpoint at `step`, asked for by name: it must be there and intact, recorded or not. */
+function pointAt(runId: number, candidates: Candidate[], step: number): ResumePoint {
+  const c = candidates.find((x) => x.step === step);
+  const steps = [...new Set(candidates.map((x) => x.step))].reverse().join(', ') || 'none';
+  if (!c) throw new UserError(`run ${runId} has no checkpoint at step ${step} (it has: ${steps})`, 'not-found');
+  const checkpoint = intact(c);
+  if (!checkpoint)
+    throw new UserError(`run ${runId}: the checkpoint at step ${step} (${c.path}) is missing or damaged; nothing was changed`, 'conflict');
+  const later = candidates.filter((x) => x.step > step).map(({ path, step }) => ({ path, step }));
+  const unrecorded = c.hash === undefined ? [rowOf(runId, c.path, checkpoint)] : [];
+  return { checkpoint, path: c.path, unrecorded, broken: [], later };
+}
+
+/** The candidate's checkpoint if it reads, is what was recorded, and holds the step its name says. */
+function intact(c: Candidate): LoadedCheckpoint | undefined {
+  const checkpoint = tryLoad(c.path);
+  if (!checkpoint || (c.hash !== undefined && checkpoint.hash !== c.hash) || checkpoint.state.step !== c.step) return undefined;
+  return checkpoint;
 }
 
 function tryLoad(path: string): LoadedCheckpoint | undefined {

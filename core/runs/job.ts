@@ -15,9 +15,9 @@ import type { RgbImage } from '../targets/image.js';
 import { cropKernel } from '../recipe.js';
 import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
 import { finetuneTask } from '../train/finetune.js';
-import { train, type Cadence, type LoopOptions, type TrainEvent } from '../train/loop.js';
+import { DivergedError, train, type Cadence, type LoopOptions, type TrainEvent } from '../train/loop.js';
 import { pretrainTask } from '../train/pretrain.js';
-import type { RunSpec } from './spec.js';
+import { optimOf, type RunSpec } from './spec.js';
 import { runTorchJob, type TorchOptions } from './torch.js';
 
 export type LabeledItem = DataItem & { label: number };
@@ -57,6 +57,13 @@ const SKIPS_NAMED = 10;
 
 /** Runs a training job in this process: the same code in a job process (app, server) and in the CLI. */
 export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ step: number; status: 'finished' | 'paused' }> {
+  const saved = lastGood(hooks);
+  return runOn(job, saved.hooks).catch((err: Error) => {
+    throw divergedError(err, job, saved.step()) ?? err;
+  });
+}
+
+async function runOn(job: TrainJob, hooks: JobHooks): Promise<{ step: number; status: 'finished' | 'paused' }> {
   const paths = homePaths(job.home);
   for (const t of removeStaleTemps(paths.run(job.runId)))
     hooks.warn(`removed ${basename(t.path)} (${(t.size / 1e6).toFixed(1)} MB), left half-written by process ${t.pid}, which died`);
@@ -131,6 +138,38 @@ export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ ste
   }).catch((err: Error) => {
     throw deviceError(err, job) ?? dataError(err, job) ?? err;
   });
+}
+
+/** The hooks, watched for the step of the run's last good checkpoint: the one resumed from, then each one written. */
+function lastGood(hooks: JobHooks) {
+  let step: number | undefined;
+  const onEvent = (e: TrainEvent) => {
+    if (e.type === 'start' && e.step > 0) step = e.step;
+    if (e.type === 'checkpoint') step = e.step;
+    hooks.onEvent(e);
+  };
+  return { hooks: { ...hooks, onEvent }, step: () => step };
+}
+
+/** A NaN or a divergence (either engine): the command that resumes from the last good checkpoint at a tenth of the lr. */
+function divergedError(err: Error, job: TrainJob, step: number | undefined): Error | undefined {
+  const torchNaN = job.engine === 'torch' && /loss is not finite/.test(err.message);
+  if (!(err instanceof DivergedError) && !torchNaN) return undefined;
+  const what = err.message.replace(/; (stopped without saving, )?the last checkpoint is intact/, '; stopped without saving');
+  const o = optimOf(job.spec);
+  const lower = o.lr === undefined ? `--blr ${short(o.blr / 10)}` : `--lr ${short(o.lr / 10)}`;
+  const command = `localmim ${job.spec.kind}`;
+  return new Error(
+    step === undefined
+      ? `${what}. The run has no checkpoint yet: start it over from step 0 at a lower learning rate with ${command} --resume ${job.runId} ${lower}`
+      : `${what}. Resume from the last good checkpoint (step ${step}) at a lower learning rate: ${command} --resume ${job.runId}:${step} ${lower}`,
+  );
+}
+
+/** A learning rate as one would type it: 0.3, 2e-5. */
+function short(x: number): string {
+  const n = Number(x.toPrecision(3));
+  return n >= 1e-3 && n < 1e4 ? String(n) : n.toExponential().replace('e+', 'e');
 }
 
 /** Too many images gone to fill a step: say how to go on. */

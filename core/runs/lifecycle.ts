@@ -9,6 +9,7 @@ import {
   parseRunConfig,
   RunConfigSchema,
   type ModelConfig,
+  type ResumeOverrides,
   type RunConfig,
 } from '../config.js';
 import { labeledSplit } from '../data/labels.js';
@@ -22,7 +23,9 @@ import { checkpointFor, resumePoint, type FoundCheckpoint, type ResumePoint } fr
 import { estimate } from './estimate.js';
 import { probeSetOf } from './probe.js';
 import type { TrainJob } from './job.js';
-import { extended, specOf } from './spec.js';
+import type { Cadence } from '../train/loop.js';
+import { changesOf, optimOf, specOf, withOverrides } from './spec.js';
+import { supersede } from './supersede.js';
 
 /** What can be asked of the run lifecycle. */
 export type RunRequest =
@@ -46,8 +49,12 @@ export type RunRequest =
     }
   | {
       resume: number;
+      /** Continue from the checkpoint at this step rather than the newest; the later ones are set aside (supersede). */
+      step?: number;
       /** Start over from step 0 when no checkpoint is intact. */ restart?: boolean;
       /** The dataset its images are in now (recheckDataset), when not its own. */ datasetId?: number;
+      /** Schedule settings to change from here on. */ overrides?: ResumeOverrides;
+      /** Checkpoint cadence asked for this time (recorded in the run's history; the caller's job uses it). */ cadence?: Cadence;
     }
   | { extend: number; epochs: number };
 
@@ -58,9 +65,11 @@ export interface Prepared {
   /** The run to create, or the existing one to continue (on another dataset when its images moved). */
   run: { create: { name: string; datasetId: number; parentId: number | null; probe?: RunProbe } } | { id: number; datasetId?: number };
   spec: TrainSpec;
-  /** Set when the stored config changes (extend). */
+  /** Set when the stored config changes (extend, resume with overrides). */
   specChanged: boolean;
   resume?: ResumePoint;
+  /** What the run's resume history records: the settings changed, and whether later checkpoints are set aside. */
+  history?: { changes: Record<string, [unknown, unknown]>; supersede: boolean };
   job: Omit<TrainJob, 'runId' | 'cadence' | 'backend' | 'stopAtStep' | 'previewEvery'>;
 }
 
@@ -81,18 +90,21 @@ export function prepare(
   const run = store.run('resume' in req ? req.resume : req.extend);
   if (!run) throw new UserError(`no run ${'resume' in req ? req.resume : req.extend}`, 'not-found');
   assertNotOwned(run);
-  let spec = trainSpec(run);
-  if ('extend' in req) spec = extended(spec, req.epochs) as TrainSpec;
-  const moved = 'resume' in req ? req.datasetId : undefined;
+  const before = trainSpec(run);
+  const resumed = 'resume' in req ? req : undefined;
+  const moved = resumed?.datasetId;
   const datasetId = moved ?? run.datasetId;
   const dataset = datasetId === null ? undefined : store.datasetById(datasetId);
   if (!dataset) throw new UserError(`run ${run.id}: its dataset is no longer recorded`, 'conflict');
-  const resume = resumePoint(store, run.id, homePaths(home).run(run.id));
-  if (!resume.checkpoint && resume.broken.length && !('resume' in req && req.restart))
+  const resume = resumePoint(store, run.id, homePaths(home).run(run.id), resumed?.step);
+  if (!resume.checkpoint && resume.broken.length && !resumed?.restart)
     throw new UserError(
       `run ${run.id}: none of its ${resume.broken.length} checkpoint(s) can be read (${resume.broken[0]}${resume.broken.length > 1 ? ', …' : ''}); nothing was changed. Restart it from step 0 with --restart (in the app: "Restart from step 0")`,
       'conflict',
     );
+  const spec = changedSpec(run.id, before, 'extend' in req ? { epochs: optimOf(before).epochs + req.epochs } : resumed?.overrides, resume);
+  const changes = changesOf(before, spec);
+  const cadence = Object.entries(resumed?.cadence ?? {}).map(([k, v]): [string, [unknown, unknown]] => [k, [null, v]]);
   checkMemory(spec, on);
   const data = dataFor(store, spec, dataset);
   const initFrom = !resume.checkpoint ? initPath(store, spec) : undefined;
@@ -100,10 +112,27 @@ export function prepare(
   return {
     run: { id: run.id, datasetId: moved },
     spec,
-    specChanged: 'extend' in req,
+    specChanged: Object.keys(changes).length > 0,
     resume,
+    history: { changes: { ...changes, ...Object.fromEntries(cadence) }, supersede: resumed?.step !== undefined },
     job: { kind: 'train', home, spec, data, resumeFrom: resume.path, initFrom, probe },
   };
+}
+
+/** The run's spec with its schedule changed; more epochs than it has done, since fewer would end it at once. */
+function changedSpec(runId: number, spec: TrainSpec, o: ResumeOverrides | undefined, from: ResumePoint): TrainSpec {
+  if (!o) return spec;
+  const at = from.checkpoint?.state;
+  if (at && o.epochs !== undefined && o.epochs <= at.epoch)
+    throw new UserError(
+      `epochs: run ${runId} continues from epoch ${Number(at.epoch.toFixed(2))} (step ${at.step}); give more epochs than that`,
+    );
+  try {
+    return withOverrides(spec, o, `run ${runId}`);
+  } catch (err) {
+    if (err instanceof ConfigError) throw new UserError(err.message);
+    throw err;
+  }
 }
 
 function preparePretrain(store: Store, home: string, req: Extract<RunRequest, { new: 'pretrain' }>, on: Target): Prepared {
@@ -292,7 +321,8 @@ export interface Owner {
 
 /**
  * Carries out a prepared request in one immediate transaction: claims the run for `owner` (refusing if a live
- * process holds it meanwhile), creates or updates its row, records checkpoints found unrecorded, and forgets
+ * process holds it meanwhile), creates or updates its row, records checkpoints found unrecorded and the resume in
+ * the run's history, sets aside what came after an older checkpoint it was asked to continue from, and forgets
  * the metrics after the step it continues from. Returns the job to run.
  */
 export function begin(store: Store, p: Prepared, owner: Owner): Omit<TrainJob, 'cadence' | 'stopAtStep' | 'previewEvery'> {
@@ -311,9 +341,20 @@ export function begin(store: Store, p: Prepared, owner: Owner): Omit<TrainJob, '
         ...(p.run.datasetId && { datasetId: p.run.datasetId }),
       });
       for (const c of p.resume?.unrecorded ?? []) store.addCheckpoint(c);
-      store.truncateMetrics(run.id, p.resume?.checkpoint?.state.step ?? 0);
+      const step = p.resume?.checkpoint?.state.step ?? 0;
+      if (p.history) record(store, run.id, step, p);
+      store.truncateMetrics(run.id, step);
       return run.id;
     })
     .immediate();
   return { ...p.job, runId, backend: owner.backend };
+}
+
+/** The resume in the run's history; from an asked-for step, what came after it moves to `superseded-<id>/`. */
+function record(store: Store, runId: number, step: number, p: Prepared): void {
+  const id = store.addResume(runId, { fromStep: step, changes: p.history!.changes, superseded: [] });
+  if (!p.history!.supersede) return;
+  const folder = join(homePaths(p.job.home).run(runId), `superseded-${id}`);
+  const steps = supersede(store, runId, homePaths(p.job.home).run(runId), step, p.resume?.later ?? [], folder);
+  if (steps) store.setSuperseded(id, steps, folder);
 }

@@ -1,11 +1,14 @@
 import { z } from 'zod';
 import {
+  ConfigError,
   FinetuneRunSchema,
   ModelConfigSchema,
   parseConfig,
+  ResumeOverridesSchema,
   RunConfigSchema,
   type FinetuneRun,
   type ModelConfig,
+  type ResumeOverrides,
   type RunConfig,
 } from '../config.js';
 import type { RunRow } from '../store/store.js';
@@ -30,10 +33,21 @@ export function optimOf(s: RunSpec) {
   return s.kind === 'pretrain' ? s.config.optim : s.config.finetune;
 }
 
-/** The same run, `epochs` longer: the kind and everything else stay. */
-export function extended(s: RunSpec, epochs: number): RunSpec {
-  if (s.kind === 'pretrain') return { ...s, config: { ...s.config, optim: { ...s.config.optim, epochs: s.config.optim.epochs + epochs } } };
-  if (s.kind === 'finetune')
-    return { ...s, config: { ...s.config, finetune: { ...s.config.finetune, epochs: s.config.finetune.epochs + epochs } } };
-  throw new Error('imported weights cannot be trained longer: fine-tune them, or pretrain from them');
+const OVERRIDABLE = Object.keys(ResumeOverridesSchema.shape) as (keyof ResumeOverrides)[];
+
+type Trainable = Extract<RunSpec, { kind: 'pretrain' | 'finetune' }>;
+
+/** The same run with new schedule settings, parsed again by its kind's schema; a blr replaces an lr, and the reverse. */
+export function withOverrides(s: Trainable, o: ResumeOverrides, where: string): Trainable {
+  if (o.blr !== undefined && o.lr !== undefined) throw new ConfigError(['lr: give lr or blr, not both'], where);
+  const given = Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
+  const optim = { ...optimOf(s), ...given, ...(o.blr !== undefined && { lr: undefined }) };
+  if (s.kind === 'pretrain') return { kind: s.kind, config: parseConfig(RunConfigSchema, { ...s.config, optim }, where) };
+  return { kind: s.kind, config: parseConfig(FinetuneRunSchema, { ...s.config, finetune: optim }, where) };
+}
+
+/** The overridable settings that differ: [before, after], null where unset. */
+export function changesOf(before: Trainable, after: Trainable): Record<string, [unknown, unknown]> {
+  const [a, b] = [optimOf(before), optimOf(after)];
+  return Object.fromEntries(OVERRIDABLE.filter((k) => a[k] !== b[k]).map((k) => [k, [a[k] ?? null, b[k] ?? null]]));
 }

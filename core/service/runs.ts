@@ -71,6 +71,7 @@ export const runHandlers = (c: Context) =>
         metrics: c.store.metrics(run.id),
         knn: c.store.knn(run.id),
         checkpoints: c.store.checkpoints(run.id),
+        resumes: c.store.resumes(run.id),
         exports: c.store.exports(run.id),
         previews: previews(c.home, run.id),
         active: c.scheduler.isActive(run.id),
@@ -88,8 +89,16 @@ export const runHandlers = (c: Context) =>
     },
     'runs.resume': async (a) => {
       c.scheduler.assertIdle(c.run(a.id).id);
+      if (a.blr !== undefined && a.lr !== undefined) throw new ApiError('bad-request', 'runs.resume: lr: give lr or blr, not both');
       const check = await recheckDataset(c.store, a.id, a.data, (root) => c.scheduler.index(root));
-      await c.scheduler.start({ resume: a.id, restart: a.restart, datasetId: check?.datasetId }, a.backend, a);
+      const { id, step, restart, epochs, blr, lr, minLr, warmupEpochs, checkpointEvery, checkpointMinutes } = a;
+      const cadence = {
+        ...(checkpointEvery !== undefined && { everySteps: checkpointEvery }),
+        ...(checkpointMinutes !== undefined && { everyMinutes: checkpointMinutes }),
+      };
+      const overrides = { epochs, blr, lr, minLr, warmupEpochs };
+      const req = { resume: id, step, restart, datasetId: check?.datasetId, overrides, cadence };
+      await c.scheduler.start(req, a.backend, a);
       return { ok: true, dataset: check?.line ?? null };
     },
     'runs.cancel': (a) => {

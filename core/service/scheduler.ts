@@ -135,7 +135,7 @@ export class Scheduler {
     const full = this.training.size >= (this.options.concurrency ?? 1);
     const job: TrainJob = {
       ...begin(this.store, prepared, { pid: process.pid, status: full ? 'queued' : 'running', backend }),
-      cadence: this.options.cadence ?? DEFAULT_CADENCE,
+      cadence: { ...(this.options.cadence ?? DEFAULT_CADENCE), ...('resume' in req && req.cadence) },
       previewEvery: this.options.previewEvery ?? 25,
       engine,
       torch: { amp: o.amp },

@@ -145,4 +145,20 @@ export const MIGRATIONS: { version: number; sql: string }[] = [
       ) STRICT, WITHOUT ROWID;
     `,
   },
+  {
+    // A run's resumes: the step each continued from, the settings it changed ({field: [before, after]}), and the
+    // checkpoints after that step it set aside (--resume RUN:STEP) with the folder they and their metrics went to.
+    version: 50,
+    sql: `
+      CREATE TABLE resumes (
+        id         INTEGER PRIMARY KEY,
+        run_id     INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        from_step  INTEGER NOT NULL,
+        changes    TEXT NOT NULL DEFAULT '{}',
+        superseded TEXT NOT NULL DEFAULT '[]',
+        folder     TEXT,
+        time       TEXT NOT NULL DEFAULT ${now}
+      ) STRICT;
+    `,
+  },
 ];

@@ -87,6 +87,18 @@ export interface CheckpointRow {
   createdAt: string;
 }
 
+/** One resume (or extension) of a run: where it continued from, what it changed, what it set aside. */
+export interface ResumeRow {
+  id: number;
+  fromStep: number;
+  /** Settings changed, by field: [before, after] (null: unset). */
+  changes: Record<string, [unknown, unknown]>;
+  /** Steps of the checkpoints after `fromStep` moved to `folder` with the metrics past it. */
+  superseded: number[];
+  folder: string | null;
+  time: string;
+}
+
 export interface ExportRow {
   id: number;
   format: string;
@@ -314,6 +326,31 @@ export class Store {
       unknown
     >[];
     return rows.map((r) => camel(r) as unknown as ExportRow);
+  }
+
+  addResume(runId: number, r: Pick<ResumeRow, 'fromStep' | 'changes' | 'superseded'>): number {
+    const info = this.db
+      .prepare('INSERT INTO resumes (run_id, from_step, changes, superseded) VALUES (?, ?, ?, ?)')
+      .run(runId, r.fromStep, JSON.stringify(r.changes), JSON.stringify(r.superseded));
+    return Number(info.lastInsertRowid);
+  }
+
+  /** The checkpoints a resume set aside, and the folder they went to. */
+  setSuperseded(id: number, steps: number[], folder: string): void {
+    this.db.prepare('UPDATE resumes SET superseded = ?, folder = ? WHERE id = ?').run(JSON.stringify(steps), folder, id);
+  }
+
+  /** A run's resumes, oldest first. */
+  resumes(runId: number): ResumeRow[] {
+    const rows = this.db.prepare('SELECT * FROM resumes WHERE run_id = ? ORDER BY id').all(runId) as Record<string, unknown>[];
+    return rows.map((r) => ({
+      id: r.id as number,
+      fromStep: r.from_step as number,
+      changes: JSON.parse(r.changes as string) as ResumeRow['changes'],
+      superseded: JSON.parse(r.superseded as string) as number[],
+      folder: r.folder as string | null,
+      time: r.time as string,
+    }));
   }
 
   deleteCheckpoint(id: number): void {

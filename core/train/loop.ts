@@ -79,21 +79,75 @@ export interface LoopOptions {
   onEvent: (e: TrainEvent) => void;
 }
 
-export class NonFiniteLossError extends Error {
+/**
+ * Training went where a lower learning rate may bring it back: stopped at `step`, before anything of it was saved.
+ * Whoever knows the run (core/runs/job.ts) adds how to resume from its last good checkpoint.
+ */
+export class DivergedError extends Error {
   constructor(
     readonly step: number,
+    message: string,
+  ) {
+    super(`${message}; stopped without saving`);
+    this.name = 'DivergedError';
+  }
+}
+
+export class NonFiniteLossError extends DivergedError {
+  constructor(
+    step: number,
     readonly losses: number[],
   ) {
-    super(
-      `loss is not finite at optimizer step ${step} (per-scale losses ${losses.join(', ')}); stopped without saving, the last checkpoint is intact`,
-    );
+    super(step, `loss is not finite at optimizer step ${step} (per-scale losses ${losses.join(', ')})`);
     this.name = 'NonFiniteLossError';
   }
 }
 
 /**
+ * A finite divergence: a step's loss over `factor` × the median of the last `window` steps' (once `minSteps` are
+ * known), or at a checkpoint any weight's magnitude past `weightBound`. Either stops the run like a NaN.
+ */
+export const DIVERGENCE = { factor: 100, window: 50, minSteps: 10, weightBound: 1e6 };
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+};
+
+/** Throws if the step's loss is not finite or is DIVERGENCE.factor × the recent median; else adds it to `recent`. */
+function checkLoss(step: number, loss: number, perScale: number[], recent: number[]): void {
+  if (!Number.isFinite(loss)) throw new NonFiniteLossError(step, perScale.length ? perScale : [loss]);
+  if (recent.length >= DIVERGENCE.minSteps) {
+    const m = median(recent);
+    if (loss > DIVERGENCE.factor * m)
+      throw new DivergedError(
+        step,
+        `loss diverged at optimizer step ${step}: ${loss.toPrecision(3)}, over ${DIVERGENCE.factor}× the median ${m.toPrecision(3)} of the last ${recent.length} steps`,
+      );
+  }
+  recent.push(loss);
+  if (recent.length > DIVERGENCE.window) recent.shift();
+}
+
+/** Throws if a weight's magnitude is past DIVERGENCE.weightBound (or not finite), naming the tensor: one readback. */
+async function checkWeights(step: number, params: ParamStore): Promise<void> {
+  const names = [...params.vars.keys()];
+  const peaks = tf.tidy(() => tf.stack([...params.vars.values()].map((v) => tf.max(tf.abs(v)))));
+  const values = await peaks.data();
+  peaks.dispose();
+  const i = values.findIndex((x) => !(x <= DIVERGENCE.weightBound));
+  if (i < 0) return;
+  const how = Number.isFinite(values[i])
+    ? `reaches magnitude ${values[i]!.toExponential(1)}, past ${DIVERGENCE.weightBound}`
+    : 'is not finite';
+  throw new DivergedError(step, `weights diverged by optimizer step ${step}: ${names[i]} ${how}`);
+}
+
+/**
  * The one training loop: per-iteration learning rate, exact resume, checkpoints by step count, time and epoch,
- * evaluation at each epoch's end, pause. Disposes the task when done.
+ * evaluation at each epoch's end, pause; a non-finite or diverged loss, or diverged weights, stop it before the next
+ * checkpoint (DivergedError). Disposes the task when done.
  */
 export async function train(task: Task, o: LoopOptions): Promise<{ step: number; status: 'finished' | 'paused' }> {
   const { optim } = task;
@@ -107,6 +161,7 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
     o.onEvent({ type: 'start', step, totalSteps, stepsPerEpoch, backend: o.backend, config: task.config, model: task.summary });
 
     let losses: number[] = [];
+    const recent: number[] = [];
     let lastCheckpoint = performance.now();
     const images = optim.batch * optim.accumIter;
     let since = performance.now();
@@ -122,7 +177,7 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
       const width = values.length / done.length;
       for (const [i, p] of done.entries()) {
         const [loss, ...perScale] = values.subarray(i * width, (i + 1) * width);
-        if (!Number.isFinite(loss)) throw new NonFiniteLossError(p.step, perScale.length ? perScale : [loss!]);
+        checkLoss(p.step, loss!, perScale, recent);
         losses.push(loss!);
         const epoch = p.step / stepsPerEpoch;
         o.onEvent({
@@ -160,6 +215,7 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
     };
     const checkpoint = async (last: boolean) => {
       await flush();
+      await checkWeights(step, task.model.params);
       const epoch = step / stepsPerEpoch;
       const loss = losses.length ? losses.reduce((a, b) => a + b, 0) / losses.length : null;
       const path = o.checkpointPath(step);
