@@ -14,6 +14,7 @@ import { LocalMIM } from '../core/model/localmim.js';
 import { runTrainJob } from '../core/runs/job.js';
 import { begin, prepare } from '../core/runs/lifecycle.js';
 import { RunRecorder } from '../core/runs/recorder.js';
+import { jobSlots } from '../core/service/scheduler.js';
 import { Service } from '../core/service/service.js';
 import { Store } from '../core/store/store.js';
 import { AdamW } from '../core/train/adamw.js';
@@ -259,6 +260,58 @@ describe('the service survives its database', () => {
     expect(after.map((c) => [c.step, c.hash])).toEqual(rows.slice(0, 3).map((c) => [c.step, c.hash]));
     expect(readdirSync(runDir).filter((n) => n.startsWith('ckpt-'))).toEqual(after.map((c) => c.path.slice(runDir.length + 1)));
     expect(existsSync(rows[3]!.path)).toBe(false);
+    await s.shutdown();
+  });
+});
+
+describe('bounded concurrency', () => {
+  /** A service whose job processes are counted as they start and exit. */
+  async function crowd(name: string, options: ConstructorParameters<typeof Service>[2]) {
+    const counted = { live: 0, peak: 0, started: 0 };
+    const s = new Service(
+      join(dir, name),
+      () => {
+        const job = launchNodeJob();
+        counted.started++;
+        counted.peak = Math.max(counted.peak, ++counted.live);
+        job.onExit(() => counted.live--);
+        return job;
+      },
+      options,
+    );
+    const { datasetId } = await indexFolder(s.store, await imageFolder(`${name}-images`, 2));
+    const config = parseRunConfig(tiny(1));
+    const run = s.store.createRun({ name: 'analysed', datasetId, config, backend: 'wasm', status: 'finished', pid: null });
+    const model = new LocalMIM(config.model, config.seed);
+    const optimizer = new AdamW(model.params.vars, config.optim);
+    const path = join(dir, name, 'runs', String(run.id), 'ckpt-0000001.safetensors');
+    const written = await saveCheckpoint(path, model, optimizer, { step: 1, epoch: 1, loss: null, config });
+    optimizer.dispose();
+    model.dispose();
+    s.store.addCheckpoint({ runId: run.id, step: 1, epoch: 1, loss: null, path, ...written });
+    const analyse = () =>
+      s.call('analysis.run', { runId: run.id, datasetId, path: 'img-0.png', query: 0 }) as Promise<{ layers: unknown[] }>;
+    return { s, counted, analyse };
+  }
+
+  test('50 concurrent compute calls: never more job processes than slots, and every call answered', async () => {
+    const { s, counted, analyse } = await crowd('crowd', {});
+    const answers = await Promise.all(Array.from({ length: 50 }, analyse));
+    expect(answers.every((a) => a.layers.length === tinyModel.depth)).toBe(true);
+    expect(counted.started).toBe(50);
+    expect(counted.peak).toBeLessThanOrEqual(jobSlots());
+    await s.shutdown();
+  }, 600_000);
+
+  test('past the bound on waiting requests, a call is refused at once as busy (HTTP 429); the rest are answered', async () => {
+    const { s, counted, analyse } = await crowd('crowd-busy', { jobs: 2, waiting: 3 });
+    const results = await Promise.allSettled(Array.from({ length: 8 }, analyse));
+    expect(results.map((r) => r.status)).toEqual([...Array(5).fill('fulfilled'), ...Array(3).fill('rejected')]);
+    expect((results[7] as PromiseRejectedResult).reason).toMatchObject({
+      kind: 'busy',
+      message: 'busy: 2 jobs run and 3 requests wait for one; try again shortly',
+    });
+    expect(counted).toMatchObject({ peak: 2, started: 5 });
     await s.shutdown();
   });
 });

@@ -1,3 +1,4 @@
+import { availableParallelism, totalmem } from 'node:os';
 import type { ApiEvent } from '../api.js';
 import { ApiError } from '../api.js';
 import type { BackendName } from '../backend.js';
@@ -19,6 +20,18 @@ export interface ServiceOptions {
   previewEvery?: number;
   /** Checkpoints kept per run (plus the best). */
   keep?: number;
+  /** Compute and index jobs at once (default {@link jobSlots}); more wait their turn. */
+  jobs?: number;
+  /** Requests that may wait for a job at once (default 100); more are refused as busy. */
+  waiting?: number;
+}
+
+/** What one compute or index job process takes: Node, tfjs and a model (12 analysis jobs took 2.3 GB). */
+const JOB_MB = 256;
+
+/** Compute and index jobs at once: one per core, within half of this machine's memory. */
+export function jobSlots(): number {
+  return Math.max(1, Math.min(availableParallelism(), Math.floor(totalmem() / 2 ** 20 / 2 / JOB_MB)));
 }
 
 /** Why a run's recording fails, and its pending retry. */
@@ -38,11 +51,15 @@ const DEFAULT_CADENCE: Cadence = { everySteps: 1000, everyMinutes: 5 };
 export class Scheduler {
   private readonly training = new Map<number, JobHandle>();
   private readonly queue: TrainJob[] = [];
-  private readonly indexing = new Map<string, JobHandle>();
+  /** Folders being indexed, by their job (undefined while it waits for a slot). */
+  private readonly indexing = new Map<string, JobHandle | undefined>();
   private readonly computing = new Set<JobHandle>();
   /** Runs whose recording the database refuses, until it is recorded again. */
   private readonly stalled = new Map<number, Stall>();
   private probe?: Promise<ComputeResult<'probe'>>;
+  /** Compute and index jobs running, and the requests waiting for one to end. */
+  private jobs = 0;
+  private readonly waiting: { resolve: () => void; reject: (err: Error) => void }[] = [];
   /** Set once shut down: a killed job's last words arrive after the store has closed, and are dropped. */
   private closed = false;
 
@@ -63,12 +80,34 @@ export class Scheduler {
     return this.probe;
   }
 
+  /**
+   * Claims one of the {@link jobSlots} for a compute or index job: now, or when a job ends. Beyond `waiting` requests
+   * waiting already, refuses at once (throws) as busy: no request forks a process past the bound.
+   */
+  private slot(): Promise<void> {
+    if (this.jobs < (this.options.jobs ?? jobSlots())) {
+      this.jobs++;
+      return Promise.resolve();
+    }
+    if (this.waiting.length >= (this.options.waiting ?? 100))
+      throw new ApiError('busy', `busy: ${this.jobs} jobs run and ${this.waiting.length} requests wait for one; try again shortly`);
+    return new Promise((resolve, reject) => this.waiting.push({ resolve, reject }));
+  }
+
+  /** A job process in a claimed slot, which passes to the next waiting request (or frees) when the process exits. */
+  private launchJob(): JobHandle {
+    const job = this.launch();
+    job.onExit(() => (this.waiting.length ? this.waiting.shift()!.resolve() : this.jobs--));
+    return job;
+  }
+
   /** Runs a checked request in a job process and answers its result; a user's mistake found there stays a UserError. */
-  compute<K extends ComputeRequest['kind']>(
+  async compute<K extends ComputeRequest['kind']>(
     req: Extract<ComputeRequest, { kind: K }>,
     onSteps?: (done: number, total: number) => void,
   ): Promise<ComputeResult<K>> {
-    const job = this.launch();
+    await this.slot();
+    const job = this.launchJob();
     this.computing.add(job);
     return new Promise((resolve, reject) => {
       job.onMessage((m) => {
@@ -91,8 +130,20 @@ export class Scheduler {
    */
   index(path: string): Promise<IndexSummary> {
     if (this.indexing.has(path)) throw new ApiError('conflict', `${path} is being indexed already`);
+    const slot = this.slot();
+    this.indexing.set(path, undefined);
+    return slot.then(
+      () => this.indexIn(path),
+      (err: Error) => {
+        this.indexing.delete(path);
+        throw err;
+      },
+    );
+  }
+
+  private indexIn(path: string): Promise<IndexSummary> {
     const known = this.store.dataset(path);
-    const job = this.launch();
+    const job = this.launchJob();
     this.indexing.set(path, job);
     const upserts: ImageRow[] = [];
     return new Promise((resolve, reject) => {
@@ -326,7 +377,8 @@ export class Scheduler {
       new Promise((resolve) => setTimeout(resolve, timeoutMs)),
     ]);
     this.closed = true;
+    for (const next of this.waiting.splice(0)) next.reject(new ApiError('conflict', 'the service is shutting down'));
     for (const { timer } of this.stalled.values()) clearTimeout(timer);
-    for (const job of [...this.indexing.values(), ...this.computing]) job.kill();
+    for (const job of [...this.indexing.values(), ...this.computing]) job?.kill();
   }
 }
