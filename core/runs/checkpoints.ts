@@ -51,22 +51,17 @@ const beyondHistory = (step: number, rows: CheckpointRow[], recordedUpTo: number
 
 /**
  * Makes the store agree with a run's folder, whose files are the truth: each checkpoint file the store does not know
- * (its writer's service died, or the database refused it) is recorded from its own metadata, then retention applies
- * as to any new checkpoint; a damaged one, or one that resume would pass over, is deleted. Only for a run no live
- * process trains. Returns the steps recorded and the files deleted.
+ * (its writer's service died, or the database refused it) is recorded from its own metadata (retention waits for the
+ * run's next checkpoint, which knows the run's --keep); a damaged one, or one that resume would pass over, is deleted.
+ * Only for a run no live process trains. Returns the steps recorded and the files deleted.
  */
-export function reconcileCheckpoints(
-  store: Store,
-  runId: number,
-  runDir: string,
-  keep?: number,
-): { recorded: number[]; removed: string[] } {
+export function reconcileCheckpoints(store: Store, runId: number, runDir: string): { recorded: number[]; removed: string[] } {
   const rows = store.checkpoints(runId);
   const known = new Set(rows.map((c) => c.path));
   const recordedUpTo = store.lastMetricStep(runId);
   const files = existsSync(runDir) ? readdirSync(runDir).filter((n) => FILE.test(n) && !known.has(join(runDir, n))) : [];
   const done = { recorded: [] as number[], removed: [] as string[] };
-  const recorder = new RunRecorder(store, runId, keep);
+  const recorder = new RunRecorder(store, runId, Infinity);
   for (const name of files.sort()) {
     const path = join(runDir, name);
     const c = tryLoad(path);

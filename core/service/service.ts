@@ -53,7 +53,7 @@ export class Service {
     this.store.markInterrupted(isAlive);
     removeStaleTempsIn(home);
     for (const r of this.store.runs())
-      if (r.status !== 'running' && r.status !== 'queued') reconcileCheckpoints(this.store, r.id, homePaths(home).run(r.id), options.keep);
+      if (r.status !== 'running' && r.status !== 'queued') reconcileCheckpoints(this.store, r.id, homePaths(home).run(r.id));
     const emit = (e: ApiEvent) => this.emit(e);
     this.scheduler = new Scheduler(this.store, home, launch, emit, options);
     const c: Context = {
