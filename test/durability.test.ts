@@ -198,7 +198,9 @@ describe('the service survives its database', () => {
     other.exec('ROLLBACK');
     other.close();
     await vi.waitFor(() => expect(t.s.store.run(runId)).toMatchObject({ status: 'paused', pid: null }), { timeout: 15_000 });
-    expect(lag.stop()).toBeLessThan(1000);
+    const worst = lag.stop();
+    console.log(`event loop: longest wait ${worst.toFixed(0)} ms while another connection held the write lock`);
+    expect(worst).toBeLessThan(1000);
     const run = t.s.store.run(runId)!;
     expect(run.error).toMatch(new RegExp(`^${locked}$`));
     expect(t.s.store.checkpoints(runId).at(-1)!.step).toBe(run.step);
