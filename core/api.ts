@@ -127,7 +127,8 @@ export function parseArgs<M extends Method>(method: M, args: unknown): z.output<
 
 export class ApiError extends Error {
   constructor(
-    readonly kind: 'bad-request' | 'not-found' | 'conflict' | 'forbidden',
+    /** `busy`: too many requests wait for a job already (HTTP 429); try again shortly. */
+    readonly kind: 'bad-request' | 'not-found' | 'conflict' | 'forbidden' | 'busy',
     message: string,
   ) {
     super(message);

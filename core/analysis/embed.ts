@@ -1,8 +1,10 @@
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { writeAtomic } from '../atomic.js';
 import type { ModelConfig } from '../config.js';
 import type { DecodeCache } from '../data/cache.js';
+import { removeStaleTemps } from '../home.js';
 import type { Param } from '../model/module.js';
 import { decodeSafetensors, encodeSafetensors } from '../safetensors.js';
 import { embedItems } from './knn.js';
@@ -35,12 +37,6 @@ const keyOf = (weights: string, items: EmbedItem[]) => {
   return h.digest('hex');
 };
 
-/** Writes by rename, so that an interrupted write never leaves a file that looks complete. */
-function writeAtomic(file: string, data: Buffer | string): void {
-  writeFileSync(`${file}.tmp`, data);
-  renameSync(`${file}.tmp`, file);
-}
-
 /**
  * Mean-pooled backbone features of every item, written as `out` (safetensors `features [N, D]` whose metadata holds the
  * key, or `.npy`) and the paths and labels as JSONL. Work goes in shards of {@link SHARD} images under `out.parts/`, each
@@ -59,7 +55,7 @@ export async function embedFolder(
   if (done) return { out: o.out, paths, images: items.length, dim: readDim(o.out), computed: 0 };
   const parts = `${o.out}.parts`;
   mkdirSync(parts, { recursive: true });
-  for (const f of readdirSync(parts).filter((f) => f.endsWith('.tmp'))) rmSync(join(parts, f));
+  removeStaleTemps(parts);
   const shards: Float32Array[] = [];
   let dim = 0;
   let computed = 0;

@@ -1,7 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
+import { writeAtomic } from '../atomic.js';
 import type { PretrainModel } from '../model/localmim.js';
 import { homePaths } from '../home.js';
 import { Rng, seedFor } from '../random.js';
@@ -142,13 +143,13 @@ function hogGlyphs(a: Float32Array, gh: number, gw: number, nbins: number): Prom
 export function writePreview(dir: string, step: number, rendered: PreviewProbe[]): void {
   mkdirSync(dir, { recursive: true });
   rendered.forEach((p, b) => {
-    writeFileSync(join(dir, `${b}-input.png`), p.input);
-    writeFileSync(join(dir, `${b}-masked.png`), p.masked);
+    writeAtomic(join(dir, `${b}-input.png`), p.input);
+    writeAtomic(join(dir, `${b}-masked.png`), p.masked);
     p.scales.forEach((s, k) => {
-      writeFileSync(join(dir, `${b}-${k}-target.png`), s.target);
-      writeFileSync(join(dir, `${b}-${k}-pred.png`), s.pred);
+      writeAtomic(join(dir, `${b}-${k}-target.png`), s.target);
+      writeAtomic(join(dir, `${b}-${k}-pred.png`), s.pred);
     });
   });
   const meta = { step, probes: rendered.length, cells: rendered[0]?.scales.map((s) => s.cell) ?? [] };
-  writeFileSync(join(dir, 'preview.json'), JSON.stringify(meta));
+  writeAtomic(join(dir, 'preview.json'), JSON.stringify(meta));
 }

@@ -277,11 +277,11 @@ function terminalSession(o: {
       emit(e); // the terminal shows it as a warning
     } else {
       line.done();
-      emit({ type: 'end', status: e.status, step: e.step });
+      emit({ type: 'end', status: e.status, step: e.step, reason: e.reason });
       say(
         e.status === 'finished'
           ? `run ${o.runId} finished at step ${e.step}`
-          : `run ${o.runId} paused at step ${e.step}: resume with ${o.resume}`,
+          : `run ${o.runId} paused at step ${e.step}: ${e.reason ? `${e.reason}; ` : ''}resume with ${o.resume}`,
       );
     }
   };

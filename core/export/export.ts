@@ -1,5 +1,6 @@
-import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { basename, join } from 'node:path';
+import { fsyncFolder, writeWhole } from '../atomic.js';
 import { DECODERS, modelDims, modelFamily, parseRunConfig, swinDims, SWIN_SIZES, type ModelConfig } from '../config.js';
 import { UserError } from '../errors.js';
 import { checkpointRef, loadRef, type CheckpointRef } from '../runs/checkpoints.js';
@@ -59,7 +60,7 @@ export async function writeExport({ ref, format, data, metrics }: ExportInput, o
   mkdirSync(tmp, { recursive: true });
   const files: string[] = [];
   const write = (file: string, data: Uint8Array | string) => {
-    writeFileSync(join(tmp, file), data);
+    writeWhole(join(tmp, file), data);
     files.push(file);
   };
   if (format === 'safetensors')
@@ -87,7 +88,9 @@ export async function writeExport({ ref, format, data, metrics }: ExportInput, o
   );
   rmSync(out, { recursive: true, force: true });
   mkdirSync(join(out, '..'), { recursive: true });
+  fsyncFolder(tmp);
   renameSync(tmp, out);
+  fsyncFolder(join(out, '..'));
   return { dir: out, files };
 }
 

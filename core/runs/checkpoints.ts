@@ -1,8 +1,9 @@
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { UserError } from '../errors.js';
 import type { CheckpointRow, RunRow, Store } from '../store/store.js';
 import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
+import { RunRecorder } from './recorder.js';
 
 export interface ResumePoint {
   /** The newest intact checkpoint, recorded or not (see resumePoint); undefined: there is none. */
@@ -36,7 +37,7 @@ export function resumePoint(store: Store, runId: number, runDir: string, step?: 
   // history: a recorded checkpoint is preferred then. With none recorded, the file is all the work there is.
   const recordedUpTo = store.lastMetricStep(runId);
   for (const c of candidates) {
-    if (c.hash === undefined && rows.length && recordedUpTo < c.step) continue;
+    if (c.hash === undefined && beyondHistory(c.step, rows, recordedUpTo)) continue;
     const checkpoint = intact(c);
     if (!checkpoint) {
       point.broken.push(c.path);
@@ -73,6 +74,40 @@ function intact(c: Candidate): LoadedCheckpoint | undefined {
   const checkpoint = tryLoad(c.path);
   if (!checkpoint || (c.hash !== undefined && checkpoint.hash !== c.hash) || checkpoint.state.step !== c.step) return undefined;
   return checkpoint;
+}
+
+/**
+ * A file renamed into place whose steps never reached the store (killed in between) would leave a gap in the history:
+ * resume passes over it for a recorded checkpoint. With none recorded, the file is all the work there is.
+ */
+const beyondHistory = (step: number, rows: CheckpointRow[], recordedUpTo: number) => rows.length > 0 && recordedUpTo < step;
+
+/**
+ * Makes the store agree with a run's folder, whose files are the truth: each checkpoint file the store does not know
+ * (its writer's service died, or the database refused it) is recorded from its own metadata (retention waits for the
+ * run's next checkpoint, which knows the run's --keep); a damaged one, or one that resume would pass over, is deleted.
+ * Only for a run no live process trains. Returns the steps recorded and the files deleted.
+ */
+export function reconcileCheckpoints(store: Store, runId: number, runDir: string): { recorded: number[]; removed: string[] } {
+  const rows = store.checkpoints(runId);
+  const known = new Set(rows.map((c) => c.path));
+  const recordedUpTo = store.lastMetricStep(runId);
+  const files = existsSync(runDir) ? readdirSync(runDir).filter((n) => FILE.test(n) && !known.has(join(runDir, n))) : [];
+  const done = { recorded: [] as number[], removed: [] as string[] };
+  const recorder = new RunRecorder(store, runId, Infinity);
+  for (const name of files.sort()) {
+    const path = join(runDir, name);
+    const c = tryLoad(path);
+    if (!c || c.state.step !== Number(FILE.exec(name)![1]) || beyondHistory(c.state.step, rows, recordedUpTo)) {
+      rmSync(path, { force: true });
+      done.removed.push(path);
+      continue;
+    }
+    const { epoch, loss } = c.state;
+    recorder.handle({ type: 'checkpoint', path, step: c.state.step, epoch, loss, size: c.size, hash: c.hash });
+    done.recorded.push(c.state.step);
+  }
+  return done;
 }
 
 function tryLoad(path: string): LoadedCheckpoint | undefined {

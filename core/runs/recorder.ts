@@ -2,14 +2,25 @@ import { rmSync } from 'node:fs';
 import type { MetricRow, Store } from '../store/store.js';
 import type { TrainEvent } from '../train/loop.js';
 
+/** What a recorder persists: the loop's events, and changes to the run's row from whoever runs the job. */
+export type RunEvent = TrainEvent | { type: 'update'; fields: Parameters<Store['updateRun']>[1] };
+
+/** The database refused a write (full disk, locked by another program, I/O error); the events stay queued. */
+export class RecordError extends Error {
+  override name = 'RecordError';
+}
+
 /**
  * Persists a run's training events: metric rows in batched transactions, checkpoint rows (after their
  * files are safely renamed into place), retention, and the run's status. Used by the CLI in-process and
- * by the service for job processes: one writer either way.
+ * by the service for job processes: one writer either way. Events are recorded in one transaction per batch:
+ * when the database refuses it, nothing of it is recorded and the batch waits for the next {@link flush}.
  */
 export class RunRecorder {
-  private pending: MetricRow[] = [];
+  private queue: RunEvent[] = [];
   private flushed = Date.now();
+  /** Set while the database refuses writes: events queue up until a flush succeeds. */
+  private failing = false;
 
   constructor(
     private readonly store: Store,
@@ -17,51 +28,82 @@ export class RunRecorder {
     private readonly keep = 3,
   ) {}
 
-  handle(e: TrainEvent): void {
-    if (e.type === 'start') this.store.updateRun(this.runId, { backend: e.backend });
-    else if (e.type === 'step') {
-      this.pending.push({
-        step: e.step,
-        epoch: e.epoch,
-        samples: e.samples,
-        loss: e.loss,
-        losses: e.losses,
-        lr: e.lr,
-        imagesPerS: e.imagesPerS,
-      });
-      // Batched, but never more than two seconds behind, so that a reloaded window sees recent steps.
-      if (this.pending.length >= 20 || Date.now() - this.flushed > 2000) this.flush();
-      this.store.updateRun(this.runId, { step: e.step, epoch: e.epoch });
-    } else if (e.type === 'eval') {
-      this.flush();
-      this.store.setEval(this.runId, e.step, e.top1, e.loss);
-    } else if (e.type === 'knn') {
-      this.store.addKnn(this.runId, e);
-    } else if (e.type === 'checkpoint') {
-      this.flush();
-      this.store.addCheckpoint({ runId: this.runId, step: e.step, epoch: e.epoch, loss: e.loss, path: e.path, size: e.size, hash: e.hash });
-      this.prune();
-    } else if (e.type === 'skipped') {
-      this.store.addSkipped(this.runId);
-    } else if (e.type === 'end') {
-      this.flush();
-      this.store.updateRun(this.runId, { status: e.status, pid: null, step: e.step });
-    }
+  /** Queues the event and records the queue when due; throws a RecordError if that write fails. */
+  handle(e: RunEvent): void {
+    this.queue.push(e);
+    // Steps are batched, but never more than two seconds behind, so that a reloaded window sees recent steps.
+    const due = e.type !== 'step' || this.queue.length >= 20 || Date.now() - this.flushed > 2000;
+    if (due && !this.failing) this.flush();
   }
 
+  /** Events not recorded yet. */
+  get pending(): number {
+    return this.queue.length;
+  }
+
+  /** Records every queued event in one transaction; on failure none is, they stay queued, and it throws a RecordError. */
   flush(): void {
     this.flushed = Date.now();
-    if (this.pending.length) this.store.addMetrics(this.runId, this.pending.splice(0));
+    if (!this.queue.length) return;
+    let pruned: string[];
+    try {
+      pruned = this.store.db.transaction(() => this.apply(this.queue))();
+    } catch (err) {
+      this.failing = true;
+      throw new RecordError(`${this.store.db.name}: cannot record run ${this.runId} (${(err as Error).message})`);
+    }
+    this.failing = false;
+    this.queue = [];
+    // Deleted once their rows' deletion is committed: no row ever names a missing file.
+    for (const path of pruned) rmSync(path, { force: true });
   }
 
-  /** Keeps the last `keep` checkpoints and the one with the lowest loss; deletes the rest, file and row. */
-  private prune(): void {
+  /** Writes the events; returns the checkpoint files retention dropped. */
+  private apply(events: RunEvent[]): string[] {
+    const rows: MetricRow[] = [];
+    const pruned: string[] = [];
+    const metrics = () => {
+      if (!rows.length) return;
+      const last = rows.at(-1)!;
+      this.store.addMetrics(this.runId, rows.splice(0));
+      this.store.updateRun(this.runId, { step: last.step, epoch: last.epoch });
+    };
+    for (const e of events) {
+      if (e.type === 'step') {
+        const { step, epoch, samples, loss, losses, lr, imagesPerS } = e;
+        rows.push({ step, epoch, samples, loss, losses, lr, imagesPerS });
+        continue;
+      }
+      metrics();
+      if (e.type === 'update') this.store.updateRun(this.runId, e.fields);
+      else if (e.type === 'start') this.store.updateRun(this.runId, { backend: e.backend });
+      else if (e.type === 'eval') this.store.setEval(this.runId, e.step, e.top1, e.loss);
+      else if (e.type === 'knn') this.store.addKnn(this.runId, e);
+      else if (e.type === 'checkpoint') {
+        this.store.addCheckpoint({
+          runId: this.runId,
+          step: e.step,
+          epoch: e.epoch,
+          loss: e.loss,
+          path: e.path,
+          size: e.size,
+          hash: e.hash,
+        });
+        pruned.push(...this.prune());
+      } else if (e.type === 'skipped') this.store.addSkipped(this.runId);
+      else if (e.type === 'end')
+        this.store.updateRun(this.runId, { status: e.status, pid: null, step: e.step, ...(e.reason && { error: e.reason }) });
+    }
+    metrics();
+    return pruned;
+  }
+
+  /** Keeps the last `keep` checkpoints and the one with the lowest loss; drops the rest's rows, returns their files. */
+  private prune(): string[] {
     const all = this.store.checkpoints(this.runId);
     const best = all.filter((c) => c.loss !== null).sort((a, b) => a.loss! - b.loss!)[0];
-    for (const c of all.slice(0, Math.max(0, all.length - this.keep))) {
-      if (c.id === best?.id) continue;
-      this.store.deleteCheckpoint(c.id);
-      rmSync(c.path, { force: true });
-    }
+    const dropped = all.slice(0, Math.max(0, all.length - this.keep)).filter((c) => c.id !== best?.id);
+    for (const c of dropped) this.store.deleteCheckpoint(c.id);
+    return dropped.map((c) => c.path);
   }
 }

@@ -1,8 +1,9 @@
 import { spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { drawPreview, PREVIEW_PROBES, previewDir, previewNoise, writePreview } from '../analysis/preview.js';
+import { writeAtomic } from '../atomic.js';
 import { lossReadEvery } from '../backend.js';
 import { modelDims, modelFamily, type RunConfig } from '../config.js';
 import { evalImage } from '../data/preprocess.js';
@@ -64,7 +65,7 @@ export async function runTorchJob(
   const gpu = torch.devices.length > 0;
   const o = job.torch ?? {};
   const specFile = join(runDir, 'torch-job.json');
-  writeFileSync(
+  writeAtomic(
     specFile,
     JSON.stringify({
       config,
@@ -145,7 +146,7 @@ async function previewProbes(config: RunConfig, items: { abs: string }[], file: 
     ['images', { shape: [images.length, imgSize, imgSize, 3], values: pixels }],
     ['noise', { shape: [images.length, dims.L], values: noise }],
   ]);
-  writeFileSync(file, encodeSafetensors(tensors, {}));
+  writeAtomic(file, encodeSafetensors(tensors, {}));
   const draw = {
     cells: dims.cells,
     F: dims.F,

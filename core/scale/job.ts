@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { writeAtomic } from '../atomic.js';
 import { parseRunConfig, type RunConfig } from '../config.js';
 import { indexFolder } from '../data/indexer.js';
 import { UserError } from '../errors.js';
@@ -83,17 +84,17 @@ export async function writeScaleOut(plan: ScalePlan): Promise<{ out: string; con
   const found = plan.source && loadRef(plan.source);
   mkdirSync(out, { recursive: true });
   copyFileSync(TRAIN_PY, join(out, 'train.py'));
-  writeFileSync(join(out, 'config.json'), JSON.stringify(config, null, 2) + '\n');
-  writeFileSync(
+  writeAtomic(join(out, 'config.json'), JSON.stringify(config, null, 2) + '\n');
+  writeAtomic(
     join(out, 'manifest.jsonl'),
     rows.map((r) => JSON.stringify({ path: r.path, sha256: r.hash, label: r.label })).join('\n') + '\n',
   );
   const info: JobInfo = { dataRoot, source: found && { runId: found.run.id, step: found.step } };
-  writeFileSync(join(out, 'job.json'), JSON.stringify(info, null, 2) + '\n');
+  writeAtomic(join(out, 'job.json'), JSON.stringify(info, null, 2) + '\n');
   if (found) copyFileSync(found.path, join(out, 'init.safetensors'));
   else await writeInitial(config, join(out, 'init.safetensors'));
   const readme = jobReadme({ config, images: rows.length, dataRoot, source: info.source });
-  writeFileSync(join(out, 'README.md'), readme);
+  writeAtomic(join(out, 'README.md'), readme);
   return { out, config, images: rows.length, readme };
 }
 
@@ -198,7 +199,7 @@ export async function scaleIn(
       status: 'paused',
       pid: null,
     }).id;
-    writeFileSync(join(dir, 'job.json'), JSON.stringify({ ...info, runId }, null, 2) + '\n');
+    writeAtomic(join(dir, 'job.json'), JSON.stringify({ ...info, runId }, null, 2) + '\n');
   }
   store.addMetrics(runId, metrics);
   for (const { path, c } of checkpoints) {

@@ -28,7 +28,7 @@ const TYPES: Record<string, string> = {
   '.ico': 'image/x-icon',
   '.json': 'application/json',
 };
-const STATUS = { 'bad-request': 400, forbidden: 403, 'not-found': 404, conflict: 409 } as const;
+const STATUS = { 'bad-request': 400, forbidden: 403, 'not-found': 404, conflict: 409, busy: 429 } as const;
 const JSON_HEADERS = { 'Content-Type': 'application/json', 'Cache-Control': 'no-store', 'X-Content-Type-Options': 'nosniff' };
 const BODY_LIMIT = 1 << 20;
 /** How long a too-large request may go on sending after its 413, before the connection is cut. */

@@ -62,12 +62,12 @@ export const runHandlers = (c: Context) =>
     },
     'runs.list': () => {
       const last = c.store.lastMetrics();
-      return c.store.runs().map((r) => ({ ...r, last: last.get(r.id) ?? null }));
+      return c.store.runs().map((r) => ({ ...r, error: c.scheduler.problem(r.id) ?? r.error, last: last.get(r.id) ?? null }));
     },
     'runs.get': (a) => {
       const run = c.run(a.id);
       return {
-        run,
+        run: { ...run, error: c.scheduler.problem(run.id) ?? run.error },
         metrics: c.store.metrics(run.id),
         knn: c.store.knn(run.id),
         checkpoints: c.store.checkpoints(run.id),

@@ -1,3 +1,4 @@
+import { availableParallelism, totalmem } from 'node:os';
 import type { ApiEvent } from '../api.js';
 import { ApiError } from '../api.js';
 import type { BackendName } from '../backend.js';
@@ -7,7 +8,7 @@ import { UserError } from '../errors.js';
 import type { ComputeRequest, ComputeResult, JobHandle, Launcher } from '../jobs/protocol.js';
 import type { TrainJob } from '../runs/job.js';
 import { begin, prepare, type RunRequest } from '../runs/lifecycle.js';
-import { RunRecorder } from '../runs/recorder.js';
+import { RecordError, RunRecorder, type RunEvent } from '../runs/recorder.js';
 import { assertTorchCan } from '../runs/torch.js';
 import type { ImageRow, RunStatus, Store } from '../store/store.js';
 import type { Cadence, TrainEvent } from '../train/loop.js';
@@ -19,6 +20,24 @@ export interface ServiceOptions {
   previewEvery?: number;
   /** Checkpoints kept per run (plus the best). */
   keep?: number;
+  /** Compute and index jobs at once (default {@link jobSlots}); more wait their turn. */
+  jobs?: number;
+  /** Requests that may wait for a job at once (default 100); more are refused as busy. */
+  waiting?: number;
+}
+
+/** What one compute or index job process takes: Node, tfjs and a model (12 analysis jobs took 2.3 GB). */
+const JOB_MB = 256;
+
+/** Compute and index jobs at once: one per core, within half of this machine's memory. */
+export function jobSlots(): number {
+  return Math.max(1, Math.min(availableParallelism(), Math.floor(totalmem() / 2 ** 20 / 2 / JOB_MB)));
+}
+
+/** Why a run's recording fails, and its pending retry. */
+interface Stall {
+  message: string;
+  timer?: NodeJS.Timeout;
 }
 
 /** Bounds the work a crash can lose: a checkpoint every few minutes or every thousand steps, whichever first. */
@@ -32,9 +51,15 @@ const DEFAULT_CADENCE: Cadence = { everySteps: 1000, everyMinutes: 5 };
 export class Scheduler {
   private readonly training = new Map<number, JobHandle>();
   private readonly queue: TrainJob[] = [];
-  private readonly indexing = new Map<string, JobHandle>();
+  /** Folders being indexed, by their job (undefined while it waits for a slot). */
+  private readonly indexing = new Map<string, JobHandle | undefined>();
   private readonly computing = new Set<JobHandle>();
+  /** Runs whose recording the database refuses, until it is recorded again. */
+  private readonly stalled = new Map<number, Stall>();
   private probe?: Promise<ComputeResult<'probe'>>;
+  /** Compute and index jobs running, and the requests waiting for one to end. */
+  private jobs = 0;
+  private readonly waiting: { resolve: () => void; reject: (err: Error) => void }[] = [];
   /** Set once shut down: a killed job's last words arrive after the store has closed, and are dropped. */
   private closed = false;
 
@@ -55,12 +80,34 @@ export class Scheduler {
     return this.probe;
   }
 
+  /**
+   * Claims one of the {@link jobSlots} for a compute or index job: now, or when a job ends. Beyond `waiting` requests
+   * waiting already, refuses at once (throws) as busy: no request forks a process past the bound.
+   */
+  private slot(): Promise<void> {
+    if (this.jobs < (this.options.jobs ?? jobSlots())) {
+      this.jobs++;
+      return Promise.resolve();
+    }
+    if (this.waiting.length >= (this.options.waiting ?? 100))
+      throw new ApiError('busy', `busy: ${this.jobs} jobs run and ${this.waiting.length} requests wait for one; try again shortly`);
+    return new Promise((resolve, reject) => this.waiting.push({ resolve, reject }));
+  }
+
+  /** A job process in a claimed slot, which passes to the next waiting request (or frees) when the process exits. */
+  private launchJob(): JobHandle {
+    const job = this.launch();
+    job.onExit(() => (this.waiting.length ? this.waiting.shift()!.resolve() : this.jobs--));
+    return job;
+  }
+
   /** Runs a checked request in a job process and answers its result; a user's mistake found there stays a UserError. */
-  compute<K extends ComputeRequest['kind']>(
+  async compute<K extends ComputeRequest['kind']>(
     req: Extract<ComputeRequest, { kind: K }>,
     onSteps?: (done: number, total: number) => void,
   ): Promise<ComputeResult<K>> {
-    const job = this.launch();
+    await this.slot();
+    const job = this.launchJob();
     this.computing.add(job);
     return new Promise((resolve, reject) => {
       job.onMessage((m) => {
@@ -83,8 +130,20 @@ export class Scheduler {
    */
   index(path: string): Promise<IndexSummary> {
     if (this.indexing.has(path)) throw new ApiError('conflict', `${path} is being indexed already`);
+    const slot = this.slot();
+    this.indexing.set(path, undefined);
+    return slot.then(
+      () => this.indexIn(path),
+      (err: Error) => {
+        this.indexing.delete(path);
+        throw err;
+      },
+    );
+  }
+
+  private indexIn(path: string): Promise<IndexSummary> {
     const known = this.store.dataset(path);
-    const job = this.launch();
+    const job = this.launchJob();
     this.indexing.set(path, job);
     const upserts: ImageRow[] = [];
     return new Promise((resolve, reject) => {
@@ -109,12 +168,14 @@ export class Scheduler {
     });
   }
 
-  /** Whether the run trains or waits for a slot. */
+  /** Whether the run trains, waits for a slot, or has events the database has not taken yet. */
   isActive(runId: number): boolean {
-    return this.training.has(runId) || this.queue.some((j) => j.runId === runId);
+    return this.training.has(runId) || this.queue.some((j) => j.runId === runId) || this.stalled.has(runId);
   }
 
   assertIdle(runId: number): void {
+    const problem = this.problem(runId);
+    if (problem && !this.training.has(runId)) throw new ApiError('conflict', `${problem}: try again once the database takes writes`);
     if (this.isActive(runId)) throw new ApiError('conflict', `run ${runId} is running: pause it first`);
   }
 
@@ -172,61 +233,130 @@ export class Scheduler {
     this.emit({ type: 'run.status', runId, status, error });
   }
 
-  /** Starts queued runs while there is room. */
+  /** Starts queued runs while there is room, and while no run's recording is failing (the database refuses writes). */
   private drain(): void {
-    while (this.queue.length && this.training.size < (this.options.concurrency ?? 1)) {
-      const job = this.queue.shift()!;
-      this.setStatus(job.runId, 'running');
+    while (this.queue.length && this.training.size < (this.options.concurrency ?? 1) && !this.stalled.size) {
+      const job = this.queue[0]!;
+      try {
+        this.setStatus(job.runId, 'running');
+      } catch (err) {
+        return console.error(`run ${job.runId} stays queued: ${(err as Error).message}`);
+      }
+      this.queue.shift();
       this.launchTraining(job);
     }
   }
 
-  /** Runs a claimed job in its own process; only this service records what it reports. */
+  /** Why the run's recording fails, while it does (runs.get shows it: the database cannot). */
+  problem(runId: number): string | undefined {
+    return this.stalled.get(runId)?.message;
+  }
+
+  /**
+   * Runs a claimed job in its own process; only this service records what it reports. A write the database refuses
+   * throws nowhere: the run is told to pause at a checkpoint, and its recording is retried without blocking.
+   */
   private launchTraining(job: TrainJob): void {
     const { runId } = job;
     const handle = this.launch();
     this.training.set(runId, handle);
-    // The trainer's pid marks the run as owned: no other process takes it over while it lives.
-    this.store.updateRun(runId, { pid: handle.pid ?? process.pid });
     const recorder = new RunRecorder(this.store, runId, this.options.keep);
+    let ended = false;
+    const write = (f: () => void) => {
+      try {
+        f();
+      } catch (err) {
+        if (!(err instanceof RecordError)) throw err;
+        return this.stall(recorder, handle, err);
+      }
+      if (ended) this.settle(recorder);
+    };
+    const record = (e: RunEvent) => write(() => recorder.handle(e));
     // A run is free once it has ended: its last checkpoint is written, only the process's exit remains.
-    const release = () => this.training.get(runId) === handle && this.training.delete(runId);
+    const end = () => {
+      ended = true;
+      if (this.training.get(runId) === handle) this.training.delete(runId);
+    };
+    const fail = (error: string) => {
+      end();
+      record({ type: 'update', fields: { status: 'failed', pid: null, error } });
+      this.emit({ type: 'run.status', runId, status: 'failed', error });
+      this.drain();
+    };
     handle.onMessage((m) => {
       if (this.closed) return;
-      if (m.type === 'backend') this.store.updateRun(runId, { backend: m.report.chosen });
+      if (m.type === 'backend') record({ type: 'update', fields: { backend: m.report.chosen } });
       else if (m.type === 'preview') this.emit({ type: 'run.preview', runId, step: m.step });
       else if (m.type === 'warning') console.warn(`run ${runId}: ${m.message}`);
-      else if (m.type === 'error') {
-        recorder.flush();
-        release();
-        this.setStatus(runId, 'failed', m.message);
-        this.drain();
-      } else if (m.type === 'train') {
-        if (m.event.type === 'end') release();
-        this.record(recorder, m.event);
+      else if (m.type === 'error') fail(m.message);
+      else if (m.type === 'train') {
+        if (m.event.type === 'end') end();
+        record(m.event);
+        this.announce(runId, m.event);
         if (m.event.type === 'end') this.drain();
       }
     });
     handle.onExit((code) => {
-      if (this.closed) return;
-      recorder.flush();
-      if (release() && this.store.run(runId)?.status === 'running')
-        this.setStatus(runId, 'failed', `the training process exited unexpectedly (code ${code})`);
-      this.drain();
+      if (this.closed || ended) return;
+      if (this.training.get(runId) === handle) return fail(`the training process exited unexpectedly (code ${code})`);
+      ended = true; // cancelled: its last steps are recorded
+      write(() => recorder.flush());
     });
     handle.send(job);
+    // The trainer's pid marks the run as owned: no other process takes it over while it lives.
+    record({ type: 'update', fields: { pid: handle.pid ?? process.pid } });
   }
 
-  private record(recorder: RunRecorder, e: TrainEvent): void {
+  /**
+   * The database refused the run's events (full disk, locked, I/O error): the run pauses at a checkpoint, and its
+   * events, with why it paused, are retried until recorded, never by blocking.
+   */
+  private stall(recorder: RunRecorder, handle: JobHandle, err: RecordError): void {
     const { runId } = recorder;
-    recorder.handle(e);
+    let stall = this.stalled.get(runId);
+    if (!stall) {
+      stall = { message: `${err.message}; the run pauses at a checkpoint` };
+      this.stalled.set(runId, stall);
+      console.error(stall.message);
+      recorder.handle({ type: 'update', fields: { error: stall.message } });
+      this.emit({ type: 'run.status', runId, status: 'running', error: stall.message });
+      handle.send({ type: 'pause' });
+    }
+    if (!stall.timer) this.retry(recorder, stall, 250);
+  }
+
+  /** Retries a stalled run's recording, backing off to every 5 s. */
+  private retry(recorder: RunRecorder, stall: Stall, delayMs: number): void {
+    stall.timer = setTimeout(() => {
+      stall.timer = undefined;
+      if (this.closed) return;
+      try {
+        recorder.flush();
+      } catch {
+        return this.retry(recorder, stall, Math.min(2 * delayMs, 5000));
+      }
+      if (!this.training.has(recorder.runId)) this.settle(recorder);
+    }, delayMs);
+  }
+
+  /** A stalled run that has ended and whose events are all recorded: it says where it stands, queued runs may start. */
+  private settle(recorder: RunRecorder): void {
+    const { runId } = recorder;
+    if (!this.stalled.has(runId) || recorder.pending) return;
+    this.stalled.delete(runId);
+    const run = this.store.run(runId);
+    if (run) this.emit({ type: 'run.status', runId, status: run.status, error: run.error });
+    this.drain();
+  }
+
+  private announce(runId: number, e: TrainEvent): void {
     if (e.type === 'step') {
       const { step, epoch, samples, loss, losses, lr, imagesPerS } = e;
       this.emit({ type: 'run.metrics', runId, rows: [{ step, epoch, samples, loss, losses, lr, imagesPerS }] });
     } else if (e.type === 'eval') this.emit({ type: 'run.eval', runId, step: e.step, top1: e.top1, loss: e.loss });
     else if (e.type === 'knn') this.emit({ type: 'run.knn', runId, row: { step: e.step, top1: e.top1, top5: e.top5, seconds: e.seconds } });
     else if (e.type === 'checkpoint') this.emit({ type: 'run.checkpoint', runId, step: e.step });
-    else if (e.type === 'end') this.emit({ type: 'run.status', runId, status: e.status, error: null });
+    else if (e.type === 'end') this.emit({ type: 'run.status', runId, status: e.status, error: this.problem(runId) ?? e.reason ?? null });
     else if (e.type === 'skipped') this.emit({ type: 'run.skipped', runId, path: e.path, reason: e.reason });
   }
 
@@ -247,6 +377,8 @@ export class Scheduler {
       new Promise((resolve) => setTimeout(resolve, timeoutMs)),
     ]);
     this.closed = true;
-    for (const job of [...this.indexing.values(), ...this.computing]) job.kill();
+    for (const next of this.waiting.splice(0)) next.reject(new ApiError('conflict', 'the service is shutting down'));
+    for (const { timer } of this.stalled.values()) clearTimeout(timer);
+    for (const job of [...this.indexing.values(), ...this.computing]) job?.kill();
   }
 }

@@ -3,6 +3,7 @@ import { ConfigError } from '../config.js';
 import { UserError } from '../errors.js';
 import { homePaths, isAlive, removeStaleTempsIn } from '../home.js';
 import type { Launcher } from '../jobs/protocol.js';
+import { reconcileCheckpoints } from '../runs/checkpoints.js';
 import { Store, type DatasetRow, type RunRow } from '../store/store.js';
 import { analysisHandlers } from './analysis.js';
 import { datasetHandlers } from './datasets.js';
@@ -11,6 +12,12 @@ import { runHandlers } from './runs.js';
 import { Scheduler, type ServiceOptions } from './scheduler.js';
 
 export type { ServiceOptions };
+
+/**
+ * How long a write waits for another program's lock on the database: better-sqlite3 waits by blocking, and every
+ * call and event waits with it. A run's recording retries later instead (core/service/scheduler.ts).
+ */
+const BUSY_MS = 200;
 
 /** What each area's handlers (datasets.ts, runs.ts, analysis.ts) build on. */
 export interface Context {
@@ -42,9 +49,11 @@ export class Service {
     launch: Launcher,
     options: ServiceOptions = {},
   ) {
-    this.store = new Store(homePaths(home).db);
+    this.store = new Store(homePaths(home).db, { busyTimeoutMs: BUSY_MS });
     this.store.markInterrupted(isAlive);
     removeStaleTempsIn(home);
+    for (const r of this.store.runs())
+      if (r.status !== 'running' && r.status !== 'queued') reconcileCheckpoints(this.store, r.id, homePaths(home).run(r.id));
     const emit = (e: ApiEvent) => this.emit(e);
     this.scheduler = new Scheduler(this.store, home, launch, emit, options);
     const c: Context = {

@@ -18,9 +18,10 @@ export const latestVersion = () => MIGRATIONS[MIGRATIONS.length - 1]!.version;
 
 /**
  * Opens (creating if needed) the database with WAL, foreign keys and every pending migration applied.
- * Whatever stops it (a folder that cannot be made, a damaged file) is an error naming the path.
+ * Whatever stops it (a folder that cannot be made, a damaged file) is an error naming the path. A write waits
+ * `busyTimeoutMs` at most for another connection's lock, blocking its thread meanwhile, then fails SQLITE_BUSY.
  */
-export function openDatabase(path: string, upTo = latestVersion()): DB {
+export function openDatabase(path: string, upTo = latestVersion(), busyTimeoutMs = 5000): DB {
   makeFolder(dirname(path));
   refuseTruncated(path);
   let db: DB | undefined;
@@ -29,7 +30,7 @@ export function openDatabase(path: string, upTo = latestVersion()): DB {
     db.pragma('journal_mode = WAL');
     db.pragma('synchronous = NORMAL');
     db.pragma('foreign_keys = ON');
-    db.pragma('busy_timeout = 5000');
+    db.pragma(`busy_timeout = ${busyTimeoutMs}`);
     migrate(db, path, upTo);
     return db;
   } catch (err) {

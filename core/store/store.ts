@@ -119,8 +119,8 @@ const metricRow = (r: Record<string, unknown>): MetricRow => ({
 export class Store {
   readonly db: DB;
 
-  constructor(path: string) {
-    this.db = openDatabase(path);
+  constructor(path: string, o: { busyTimeoutMs?: number } = {}) {
+    this.db = openDatabase(path, undefined, o.busyTimeoutMs);
   }
 
   close(): void {

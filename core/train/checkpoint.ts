@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { createHash } from 'node:crypto';
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { assertRoom, writeAtomic } from '../atomic.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../safetensors.js';
 import type { ParamStore } from '../model/module.js';
 import type { Optimizer } from './optimizer.js';
@@ -20,7 +20,7 @@ export interface TrainState {
 
 /**
  * Writes model weights (official names), the optimizer's state (`optimizer.<slot>.<name>`) and the training state as one safetensors file,
- * atomically: a temp file, fsync, rename, fsync of the folder. A crash leaves the old file or the new one.
+ * atomically (writeAtomic). A disk without room for it is a NoRoomError, before anything is written.
  */
 export async function saveCheckpoint(
   path: string,
@@ -38,19 +38,8 @@ export async function saveCheckpoint(
     optimizer_step: String(optimizer.step),
     state: JSON.stringify(state),
   });
-  mkdirSync(dirname(path), { recursive: true });
-  const tmp = `${path}.tmp-${process.pid}`;
-  const fd = openSync(tmp, 'w');
-  try {
-    writeSync(fd, bytes);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, path);
-  const dir = openSync(dirname(path), 'r');
-  fsyncSync(dir);
-  closeSync(dir);
+  assertRoom(path, bytes.length);
+  writeAtomic(path, bytes);
   return { size: bytes.length, hash: createHash('sha256').update(bytes).digest('hex') };
 }
 

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { ModelFamily, OptimConfig } from '../config.js';
 import type { ParamStore } from '../model/module.js';
+import { NoRoomError } from '../atomic.js';
 import { restoreCheckpoint, saveCheckpoint, type LoadedCheckpoint } from './checkpoint.js';
 import type { Optimizer } from './optimizer.js';
 import { lrAt } from './schedule.js';
@@ -13,7 +14,8 @@ export type TrainEvent =
   /** Weighted kNN accuracy of the backbone on the probe set, and the seconds the evaluation took. */
   | { type: 'knn'; step: number; top1: number; top5: number; seconds: number }
   | { type: 'checkpoint'; path: string; step: number; epoch: number; loss: number | null; size: number; hash: string }
-  | { type: 'end'; status: 'finished' | 'paused'; step: number }
+  /** `reason`: why a run paused that nobody paused (its checkpoint had no room on the disk). */
+  | { type: 'end'; status: 'finished' | 'paused'; step: number; reason?: string }
   /** An image that could not be read (deleted or moved during training) was replaced by another; from the job, not the loop. */
   | { type: 'skipped'; path: string; reason: string };
 
@@ -250,7 +252,12 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
         epochEnd ||
         (everySteps !== undefined && step % everySteps === 0) ||
         (everyMinutes !== undefined && performance.now() - lastCheckpoint > everyMinutes * 60_000);
-      if (step === totalSteps || stopping || due) await checkpoint(step === totalSteps || stopping);
+      const noRoom =
+        step === totalSteps || stopping || due ? await checkpoint(step === totalSteps || stopping).then(() => null, ifNoRoom) : null;
+      if (noRoom) {
+        o.onEvent({ type: 'end', status: 'paused', step, reason: noRoom });
+        return { step, status: 'paused' };
+      }
       if (stopping && step < totalSteps) {
         o.onEvent({ type: 'end', status: 'paused', step });
         return { step, status: 'paused' };
@@ -263,4 +270,10 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
     tf.dispose(pending.map((p) => p.values));
     task.dispose();
   }
+}
+
+/** A checkpoint the disk has no room for pauses the run (the previous one is intact); other failures stay failures. */
+function ifNoRoom(err: unknown): string {
+  if (err instanceof NoRoomError) return err.message;
+  throw err;
 }
