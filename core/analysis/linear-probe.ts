@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { PROBE_EPS } from '../model/classifier.js';
 import { Rng, seedFor } from '../random.js';
 import type { Embedded } from './knn.js';
 
@@ -23,8 +24,6 @@ export const PROBE_TOLERANCE = 1e-5;
 const MAX_ITER = 500;
 /** L-BFGS memory. */
 const HISTORY = 10;
-/** Added to each feature's variance, as MAE's probe BatchNorm (core/model/classifier.ts PROBE_EPS). */
-const VAR_EPS = 1e-6;
 const HOLDOUT_STREAM = 29;
 
 export interface ProbeFit {
@@ -69,7 +68,36 @@ export function probeTop1(head: LinearHead, x: Embedded): number {
   return top1Of(probeLogits(head, x), x.labels, head.bias.length);
 }
 
-/** Each feature's mean and `sqrt(variance + eps)` over the rows. */
+/** Mean cross-entropy of a fitted head on labeled features. */
+export function probeCrossEntropy(head: LinearHead, x: Embedded): number {
+  const logits = probeLogits(head, x);
+  const K = head.bias.length;
+  let total = 0;
+  x.labels.forEach((y, i) => {
+    const row = logits.subarray(i * K, (i + 1) * K);
+    const max = Math.max(...row);
+    total += max + Math.log(row.reduce((s, v) => s + Math.exp(v - max), 0)) - row[y]!;
+  });
+  return x.labels.length ? total / x.labels.length : 0;
+}
+
+/**
+ * Each `segment`-long piece of each row through a LayerNorm without affine (eps as the model's, 1e-6): the ViT
+ * classifier's `fc_norm` as a probe leaves it, so the probe fits what the classifier's head sees.
+ */
+export function layerNormRows(x: Float32Array, segment: number, eps = 1e-6): Float32Array {
+  const out = new Float32Array(x.length);
+  for (let at = 0; at < x.length; at += segment) {
+    const v = x.subarray(at, at + segment);
+    const mean = v.reduce((s, u) => s + u, 0) / segment;
+    const variance = v.reduce((s, u) => s + (u - mean) ** 2, 0) / segment;
+    const inv = 1 / Math.sqrt(variance + eps);
+    for (let d = 0; d < segment; d++) out[at + d] = (v[d]! - mean) * inv;
+  }
+  return out;
+}
+
+/** Each feature's mean and `sqrt(variance + eps)` over the rows, eps as MAE's probe BatchNorm's. */
 export function standardizer(x: Embedded): { mean: Float32Array; std: Float32Array } {
   const { dim } = x;
   const n = x.labels.length;
@@ -82,7 +110,7 @@ export function standardizer(x: Embedded): { mean: Float32Array; std: Float32Arr
       sq[d]! += v * v;
     }
   const mean = Float32Array.from(sum, (s) => s / n);
-  const std = Float32Array.from(sq, (s, d) => Math.sqrt(Math.max(0, s / n - mean[d]! ** 2) + VAR_EPS));
+  const std = Float32Array.from(sq, (s, d) => Math.sqrt(Math.max(0, s / n - mean[d]! ** 2) + PROBE_EPS));
   return { mean, std };
 }
 

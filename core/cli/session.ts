@@ -7,7 +7,7 @@ import { recheckDataset } from '../runs/recheck.js';
 import { RunRecorder } from '../runs/recorder.js';
 import { assertTorchCan } from '../runs/torch.js';
 import { optimOf } from '../runs/spec.js';
-import { Store } from '../store/store.js';
+import { Store, type ProbeResult } from '../store/store.js';
 import type { Cadence, TrainEvent } from '../train/loop.js';
 import { homeFlag, parse, positiveInt, UsageError, type Flags } from './args.js';
 import { indexFlags, indexOptions, indexWithProgress, printSummary } from './index-cmd.js';
@@ -150,6 +150,19 @@ export async function runInTerminal(
   }
 }
 
+const pct = (f: number) => (100 * f).toFixed(1);
+const signed = (points: number) => `${points >= 0 ? '+' : ''}${points.toFixed(1)}`;
+
+/** A probe's three numbers, and what pretraining bought over each baseline. */
+export function probeSummary(p: ProbeResult): string {
+  const { pixels, init } = p.baselines;
+  return (
+    `linear probe top-1 ${pct(p.top1)} % (${p.features} features, ${p.dims}-d, λ ${p.lambda}, hold-out ${pct(p.holdoutTop1)} %, ${p.seconds.toFixed(1)} s); ` +
+    `no pretraining ${pct(init)} %, raw pixels ${pct(pixels)} %\n` +
+    `pretraining: ${signed(100 * (p.top1 - init))} points over no pretraining, ${signed(100 * (p.top1 - pixels))} vs raw pixels`
+  );
+}
+
 /**
  * A training run in the terminal: records its events in the store, prints them (a progress line, or one
  * JSON object per line with --json), and turns the first Ctrl-C into "checkpoint and stop".
@@ -214,6 +227,9 @@ function terminalSession(o: {
       emit({ type: 'checkpoint', path: e.path, step: e.step, epoch: e.epoch, loss: e.loss });
     } else if (e.type === 'skipped') {
       emit(e); // the terminal shows it as a warning
+    } else if (e.type === 'probe') {
+      emit(e);
+      say(probeSummary(e));
     } else {
       line.done();
       emit({ type: 'end', status: e.status, step: e.step });

@@ -37,6 +37,9 @@ export class RunRecorder {
       this.store.setEval(this.runId, e.step, e.top1, e.loss);
     } else if (e.type === 'knn') {
       this.store.addKnn(this.runId, e);
+    } else if (e.type === 'probe') {
+      const { top1, baselines, lambda, holdoutTop1, features, dims, seconds } = e;
+      this.store.setProbeResult(this.runId, { top1, baselines, lambda, holdoutTop1, features, dims, seconds });
     } else if (e.type === 'checkpoint') {
       this.flush();
       this.store.addCheckpoint({ runId: this.runId, step: e.step, epoch: e.epoch, loss: e.loss, path: e.path, size: e.size, hash: e.hash });

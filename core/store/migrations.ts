@@ -145,4 +145,15 @@ export const MIGRATIONS: { version: number; sql: string }[] = [
       ) STRICT, WITHOUT ROWID;
     `,
   },
+  {
+    // The logistic linear probe (core/analysis/linear-probe.ts) became the default probe: runs probed before it keep
+    // MAE's LARS recipe; a probe run's result and baselines (JSON); the kNN monitor's logistic probe top-1.
+    version: 42,
+    sql: `
+      UPDATE runs SET config = json_set(config, '$.finetune.probeRecipe', 'lars')
+        WHERE kind = 'finetune' AND json_extract(config, '$.finetune.linearProbe') = 1;
+      ALTER TABLE runs ADD COLUMN probe_result TEXT;
+      ALTER TABLE knn ADD COLUMN probe_top1 REAL;
+    `,
+  },
 ];
