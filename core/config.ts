@@ -478,7 +478,7 @@ const FinetuneFields = OptimConfigSchema.extend({
   const issue = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: [path], message });
   if (f.probeFeatures !== 'last' && (!f.linearProbe || f.probeRecipe !== 'logistic'))
     issue('probeFeatures', "features other than 'last' are for the logistic linear probe (linearProbe, probeRecipe 'logistic')");
-  if (!f.linearProbe || f.probeRecipe !== 'lars') return;
+  if (!f.linearProbe) return;
   for (const k of ['smoothing', 'mixup', 'cutmix', 'reprob'] as const)
     if (f[k] !== 0) issue(k, `a linear probe trains on crops and flips with plain cross-entropy (MAE's protocol): ${k} must be 0`);
   if (f.randAugment) issue('randAugment', "a linear probe trains on crops and flips only (MAE's protocol): randAugment must be ''");
