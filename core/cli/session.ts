@@ -222,7 +222,8 @@ function terminalSession(o: {
     } else if (e.type === 'knn') {
       emit(e);
       line.done();
-      say(`step ${e.step}: kNN top-1 ${(100 * e.top1).toFixed(1)} %, top-5 ${(100 * e.top5).toFixed(1)} % (${e.seconds.toFixed(1)} s)`);
+      const probe = e.probeTop1 === undefined ? '' : `, linear probe top-1 ${pct(e.probeTop1)} %`;
+      say(`step ${e.step}: kNN top-1 ${pct(e.top1)} %, top-5 ${pct(e.top5)} %${probe} (${e.seconds.toFixed(1)} s)`);
     } else if (e.type === 'checkpoint') {
       emit({ type: 'checkpoint', path: e.path, step: e.step, epoch: e.epoch, loss: e.loss });
     } else if (e.type === 'skipped') {
