@@ -19,9 +19,11 @@ export interface LinearHead {
 export const PROBE_GRID = [1, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5];
 /** Share of each class's training labels held out to choose λ. */
 export const HOLDOUT_FRACTION = 0.2;
-/** The fit stops when no gradient entry exceeds this, or after `MAX_ITER` L-BFGS iterations. */
-export const PROBE_TOLERANCE = 1e-5;
+/** The fit stops when no gradient entry exceeds this (scikit-learn's default tol), or after `MAX_ITER` L-BFGS iterations. */
+export const PROBE_TOLERANCE = 1e-4;
 const MAX_ITER = 500;
+/** The sweep's fits only rank λ on the hold-out: fewer iterations do (ill-conditioned features converge slowly). */
+const SWEEP_ITER = 100;
 /** L-BFGS memory. */
 const HISTORY = 10;
 const HOLDOUT_STREAM = 29;
@@ -50,11 +52,17 @@ export async function fitLinearProbe(train: Embedded, classes: number, o: { seed
   const best = { lambda: grid[0]!, top1: -1, theta: undefined as Float64Array | undefined };
   let theta: Float64Array | undefined;
   for (const lambda of grid) {
-    theta = await minimize({ features: part, dim: train.dim, labels: fit.map((i) => train.labels[i]!) }, classes, lambda, theta);
+    theta = await minimize(
+      { features: part, dim: train.dim, labels: fit.map((i) => train.labels[i]!) },
+      classes,
+      lambda,
+      theta,
+      SWEEP_ITER,
+    );
     const top1 = top1Of(logitsOf(headOf(theta, train.dim, classes), held), held.labels, classes);
     if (top1 > best.top1) Object.assign(best, { lambda, top1, theta });
   }
-  const all = await minimize({ features: x, dim: train.dim, labels: train.labels }, classes, best.lambda, best.theta);
+  const all = await minimize({ features: x, dim: train.dim, labels: train.labels }, classes, best.lambda, best.theta, MAX_ITER);
   return { head: { mean, std, ...headOf(all, train.dim, classes) }, lambda: best.lambda, holdoutTop1: best.top1 };
 }
 
@@ -174,14 +182,14 @@ function top1Of(logits: Float32Array, labels: number[], K: number): number {
 }
 
 /** `mean cross-entropy + λ/2 · ‖W‖²` over θ = [W (D·K, row-major), b (K)] by L-BFGS from `start` (zeros if absent). */
-async function minimize(x: Embedded, classes: number, lambda: number, start?: Float64Array): Promise<Float64Array> {
+async function minimize(x: Embedded, classes: number, lambda: number, start: Float64Array | undefined, maxIter: number) {
   const { dim } = x;
   const n = x.labels.length;
   const X = tf.tensor2d(x.features, [n, dim]);
   const Y = tf.tidy(() => tf.oneHot(tf.tensor1d(x.labels, 'int32'), classes).toFloat());
   const objective = (theta: Float64Array) => lossAndGradient(X, Y, theta, dim, classes, lambda);
   try {
-    return await lbfgs(objective, start ? Float64Array.from(start) : new Float64Array(dim * classes + classes));
+    return await lbfgs(objective, start ? Float64Array.from(start) : new Float64Array(dim * classes + classes), maxIter);
   } finally {
     tf.dispose([X, Y]);
   }
@@ -212,13 +220,13 @@ const dot = (a: Float64Array, b: Float64Array) => a.reduce((s, v, i) => s + v * 
 const maxAbs = (a: Float64Array) => a.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
 
 /**
- * L-BFGS (two-loop recursion) with a backtracking Armijo line search; stops at `PROBE_TOLERANCE`, after `MAX_ITER`
+ * L-BFGS (two-loop recursion) with a backtracking Armijo line search; stops at `PROBE_TOLERANCE`, after `maxIter`
  * iterations, or when no step along the direction lowers the objective any more (float32 round-off).
  */
-async function lbfgs(objective: (t: Float64Array) => Promise<{ f: number; grad: Float64Array }>, theta: Float64Array) {
+async function lbfgs(objective: (t: Float64Array) => Promise<{ f: number; grad: Float64Array }>, theta: Float64Array, maxIter: number) {
   let { f, grad } = await objective(theta);
   const pairs: { s: Float64Array; y: Float64Array; rho: number }[] = [];
-  for (let iter = 0; iter < MAX_ITER && maxAbs(grad) > PROBE_TOLERANCE; iter++) {
+  for (let iter = 0; iter < maxIter && maxAbs(grad) > PROBE_TOLERANCE; iter++) {
     const dir = direction(grad, pairs);
     const slope = dot(dir, grad);
     let step = pairs.length ? 1 : 1 / Math.max(1, Math.sqrt(dot(grad, grad)));

@@ -134,11 +134,11 @@ async function probeBaselines(job: TrainJob, cache: DecodeCache): Promise<{ pixe
   return { pixels, init };
 }
 
-/** Images at the model's input size (the evaluation transform) as rows of RGB values. */
-async function pixelRows(items: LabeledItem[], imgSize: number, cache: DecodeCache) {
+/** Images at the model's input size (the evaluation transform) as rows of RGB values: the raw-pixel baseline's features. */
+export async function pixelRows(items: { abs: string; hash: string }[], imgSize: number, cache?: DecodeCache) {
   const dim = imgSize * imgSize * 3;
   const features = new Float32Array(items.length * dim);
-  for (const [i, it] of items.entries()) features.set((await evalImage(it.abs, imgSize, { cache, hash: it.hash })).data, i * dim);
+  for (const [i, it] of items.entries()) features.set((await evalImage(it.abs, imgSize, cache && { cache, hash: it.hash })).data, i * dim);
   return { features, dim };
 }
 
