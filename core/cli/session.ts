@@ -190,6 +190,7 @@ function terminalSession(o: {
   };
   process.on('SIGINT', onSigint);
   let total = 0;
+  let probe: Extract<TrainEvent, { type: 'probe' }> | undefined;
 
   const onEvent = (e: TrainEvent) => {
     recorder.handle(e);
@@ -229,8 +230,7 @@ function terminalSession(o: {
     } else if (e.type === 'skipped') {
       emit(e); // the terminal shows it as a warning
     } else if (e.type === 'probe') {
-      emit(e);
-      say(probeSummary(e));
+      probe = e; // recorded before the run's end, shown after it: the output ends with the answer
     } else {
       line.done();
       emit({ type: 'end', status: e.status, step: e.step });
@@ -239,6 +239,8 @@ function terminalSession(o: {
           ? `run ${o.runId} finished at step ${e.step}`
           : `run ${o.runId} paused at step ${e.step}: resume with ${o.resume}`,
       );
+      if (probe) emit(probe);
+      if (probe) say(probeSummary(probe));
     }
   };
   return { onEvent, signal: abort.signal, line, close: () => process.off('SIGINT', onSigint) };

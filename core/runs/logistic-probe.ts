@@ -51,7 +51,6 @@ export async function runLogisticProbe(job: TrainJob, hooks: JobHooks, cache: De
     const noOptimizer = { step: 0, slots: {}, apply: () => undefined, dispose: () => undefined };
     const written = await saveCheckpoint(path, model, noOptimizer, { step: 1, epoch: 1, loss, config });
     hooks.onEvent({ type: 'checkpoint', path, step: 1, epoch: 1, loss, ...written });
-    hooks.onEvent({ type: 'end', status: 'finished', step: 1 });
     const seconds = (performance.now() - started) / 1000;
     const result: ProbeResult = {
       top1,
@@ -63,6 +62,7 @@ export async function runLogisticProbe(job: TrainJob, hooks: JobHooks, cache: De
       seconds,
     };
     hooks.onEvent({ type: 'probe', ...result });
+    hooks.onEvent({ type: 'end', status: 'finished', step: 1 });
     return { step: 1, status: 'finished' as const };
   } finally {
     model.dispose();
