@@ -233,14 +233,19 @@ describe('localmim finetune --linear-probe', () => {
     expect(jsonLines(r.stdout).at(-1)).toMatchObject({ type: 'probe', features: 'last4', dims: 4 * 32 });
   });
 
-  test('a second probe of the same checkpoint embeds nothing again; the baselines are computed once', () => {
+  test('a second probe of the same checkpoint embeds nothing again; the baselines are computed once; the summary', () => {
     const embeddings = join(home, 'embeddings');
     const stamp = () =>
       readdirSync(embeddings, { recursive: true }).map((f) => `${String(f)}@${statSync(join(embeddings, String(f))).mtimeMs}`);
+    const probe = () => localmim(['finetune', '--home', home, '--from', '1', '--data', labeled, '--linear-probe']);
+    expect(probe().code).toBe(0);
     const before = stamp();
-    const r = localmim(['finetune', '--json', '--home', home, '--from', '1', '--data', labeled, '--linear-probe']);
+    const r = probe();
     expect(r.code, r.stderr).toBe(0);
     expect(stamp()).toEqual(before);
+    const [numbers, gain] = r.stderr.trim().split('\n').slice(-2);
+    expect(numbers).toMatch(/^linear probe top-1 [\d.]+ % .*; no pretraining [\d.]+ %, raw pixels [\d.]+ %$/);
+    expect(gain).toMatch(/^pretraining: [+-][\d.]+ points over no pretraining, [+-][\d.]+ vs raw pixels$/);
     expect(before.some((f) => f.startsWith('baselines/'))).toBe(true);
   });
 

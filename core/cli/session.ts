@@ -7,11 +7,11 @@ import { recheckDataset } from '../runs/recheck.js';
 import { RunRecorder } from '../runs/recorder.js';
 import { assertTorchCan } from '../runs/torch.js';
 import { optimOf } from '../runs/spec.js';
-import { Store, type ProbeResult } from '../store/store.js';
+import { Store } from '../store/store.js';
 import type { Cadence, TrainEvent } from '../train/loop.js';
 import { homeFlag, parse, positiveInt, UsageError, type Flags } from './args.js';
 import { indexFlags, indexOptions, indexWithProgress, printSummary } from './index-cmd.js';
-import { duration, StatusLine } from './progress.js';
+import { duration, pct, probeSummary, StatusLine } from './progress.js';
 
 /** How often a terminal run checkpoints and how many checkpoints it keeps. */
 export const cadenceFlags = {
@@ -148,19 +148,6 @@ export async function runInTerminal(
   } finally {
     store.close();
   }
-}
-
-const pct = (f: number) => (100 * f).toFixed(1);
-const signed = (points: number) => `${points >= 0 ? '+' : ''}${points.toFixed(1)}`;
-
-/** A probe's three numbers, and what pretraining bought over each baseline. */
-export function probeSummary(p: ProbeResult): string {
-  const { pixels, init } = p.baselines;
-  return (
-    `linear probe top-1 ${pct(p.top1)} % (${p.features} features, ${p.dims}-d, λ ${p.lambda}, hold-out ${pct(p.holdoutTop1)} %, ${p.seconds.toFixed(1)} s); ` +
-    `no pretraining ${pct(init)} %, raw pixels ${pct(pixels)} %\n` +
-    `pretraining: ${signed(100 * (p.top1 - init))} points over no pretraining, ${signed(100 * (p.top1 - pixels))} vs raw pixels`
-  );
 }
 
 /**
