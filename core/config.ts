@@ -507,9 +507,18 @@ const FinetuneFields = OptimConfigSchema.extend({
   valFraction: z.number().gt(0).lt(1).default(0.2),
   /** MAE's linear probe (docs/method.md#linear-probe) on the frozen backbone: BatchNorm and a Linear, LARS, crop and flip. */
   linearProbe: z.boolean().default(false),
+  /**
+   * A linear probe's fit: 'logistic', L2 logistic regression on cached frozen features with λ chosen on a hold-out of
+   * the training labels (core/analysis/linear-probe.ts); or 'lars', MAE's recipe (SGD with LARS over epochs).
+   */
+  probeRecipe: z.enum(['logistic', 'lars']).default('logistic'),
+  /** The logistic probe's features: the mean-pooled last block ('last', the head's input) or the last 4 concatenated. */
+  probeFeatures: z.enum(['last', 'last4']).default('last'),
 }).superRefine((f, ctx) => {
-  if (!f.linearProbe) return;
   const issue = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: [path], message });
+  if (f.probeFeatures !== 'last' && (!f.linearProbe || f.probeRecipe !== 'logistic'))
+    issue('probeFeatures', "features other than 'last' are for the logistic linear probe (linearProbe, probeRecipe 'logistic')");
+  if (!f.linearProbe) return;
   for (const k of ['smoothing', 'mixup', 'cutmix', 'reprob'] as const)
     if (f[k] !== 0) issue(k, `a linear probe trains on crops and flips with plain cross-entropy (MAE's protocol): ${k} must be 0`);
   if (f.randAugment) issue('randAugment', "a linear probe trains on crops and flips only (MAE's protocol): randAugment must be ''");

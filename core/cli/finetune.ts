@@ -10,17 +10,17 @@ const n = (help: string, arg = 'N') => ({ type: 'string', arg, help }) as const;
 
 /** Fine-tuning flags and the config field each sets (core/config.ts FinetuneConfigSchema). */
 const SETTINGS = {
-  epochs: ['epochs', n('epochs (default 50; 90 for a linear probe)')],
+  epochs: ['epochs', n('epochs (default 50; 90 for the LARS probe)')],
   batch: ['batch', n('images per step (default 32)')],
   blr: [
     'blr',
     n(
-      'base learning rate; lr = blr · batch / 256 (default by the source: 1e-3, or 5e-4 after ≥ 400 epochs or imported; 0.1 for a linear probe)',
+      'base learning rate; lr = blr · batch / 256 (default by the source: 1e-3, or 5e-4 after ≥ 400 epochs or imported; 0.1 for the LARS probe)',
       'LR',
     ),
   ],
   lr: ['lr', n('absolute learning rate, instead of --blr', 'LR')],
-  'min-lr': ['minLr', n('final learning rate of the cosine (default by the source: 1e-6, or 1e-5; 0 for a linear probe)', 'LR')],
+  'min-lr': ['minLr', n('final learning rate of the cosine (default by the source: 1e-6, or 1e-5; 0 for the LARS probe)', 'LR')],
   'layer-decay': ['layerDecay', n('layer-wise lr decay (default by the source: 0.75, or 0.65)', 'D')],
   'drop-path': ['dropPath', n('stochastic depth rate (default 0.1)', 'P')],
   smoothing: ['smoothing', n('label smoothing (default 0.1; none in a linear probe)', 'E')],
@@ -28,7 +28,7 @@ const SETTINGS = {
   cutmix: ['cutmix', n('CutMix α; 0 = off (default 1; none in a linear probe)', 'A')],
   reprob: ['reprob', n('random erasing probability; 0 = off (default 0.25; none in a linear probe)', 'P')],
   'val-fraction': ['valFraction', n('share of each class held out for validation, in (0, 1) (default 0.2)', 'F')],
-  warmup: ['warmupEpochs', n('warmup epochs (default 5; 10 for a linear probe)', 'EPOCHS')],
+  warmup: ['warmupEpochs', n('warmup epochs (default 5; 10 for the LARS probe)', 'EPOCHS')],
 } as const;
 
 const OPTIONS = {
@@ -38,8 +38,16 @@ const OPTIONS = {
   'linear-probe': {
     type: 'boolean',
     default: false,
-    help: "MAE's linear probe: BatchNorm and a linear head on the frozen backbone's mean-pooled tokens, LARS, crops and flips",
+    help: 'a linear probe of the frozen backbone: L2 logistic regression on its features, λ chosen on a hold-out of the training labels, beside the same probe of raw pixels and of the untrained backbone',
   },
+  'probe-recipe': n(
+    "logistic (default), or lars: MAE's recipe for ImageNet-sized batches (BatchNorm and a linear head trained by LARS over epochs, crops and flips)",
+    'NAME',
+  ),
+  'probe-features': n(
+    "the logistic probe's features: last (the last block's mean-pooled tokens, default) or last4 (the last 4 blocks', as DINOv2)",
+    'KIND',
+  ),
   'rand-augment': n("timm's RandAugment string; '' = off (default rand-m9-mstd0.5-inc1; none in a linear probe)", 'SPEC'),
   ...(Object.fromEntries(Object.entries(SETTINGS).map(([flag, [, f]]) => [flag, f])) as {
     [K in keyof typeof SETTINGS]: (typeof SETTINGS)[K][1];
@@ -61,8 +69,12 @@ export async function run(argv: string[]): Promise<void> {
     if (!values.from === !values.scratch)
       throw new UsageError('give --from RUN[:STEP] to fine-tune a pretrained run, or --scratch for the baseline');
   }
+  for (const flag of ['probe-recipe', 'probe-features'] as const)
+    if (values[flag] !== undefined && !values['linear-probe']) throw new UsageError(`--${flag} goes with --linear-probe`);
   const finetune: Record<string, unknown> = {
     ...(values['linear-probe'] && { linearProbe: true }),
+    ...(values['probe-recipe'] !== undefined && { probeRecipe: values['probe-recipe'] }),
+    ...(values['probe-features'] !== undefined && { probeFeatures: values['probe-features'] }),
     ...(values['rand-augment'] !== undefined && { randAugment: values['rand-augment'] }),
   };
   for (const [flag, [field]] of Object.entries(SETTINGS)) {

@@ -1,3 +1,5 @@
+import type { ProbeResult } from '../store/store.js';
+
 /** Terminal status: one line rewritten in place on a TTY, or a plain line every few seconds elsewhere. */
 export class StatusLine {
   private last = 0;
@@ -28,4 +30,17 @@ export function duration(seconds: number): string {
   const h = Math.floor(s / 3600);
   const m = Math.floor((s % 3600) / 60);
   return h ? `${h}h${String(m).padStart(2, '0')}m` : m ? `${m}m${String(s % 60).padStart(2, '0')}s` : `${s}s`;
+}
+
+export const pct = (f: number) => (100 * f).toFixed(1);
+const signed = (points: number) => `${points >= 0 ? '+' : ''}${points.toFixed(1)}`;
+
+/** A probe's three numbers, and what pretraining bought over each baseline. */
+export function probeSummary(p: ProbeResult): string {
+  const { pixels, init } = p.baselines;
+  return (
+    `linear probe top-1 ${pct(p.top1)} % (${p.features} features, ${p.dims}-d, λ ${p.lambda}, hold-out ${pct(p.holdoutTop1)} %, ${p.seconds.toFixed(1)} s); ` +
+    `no pretraining ${pct(init)} %, raw pixels ${pct(pixels)} %\n` +
+    `pretraining: ${signed(100 * (p.top1 - init))} points over no pretraining, ${signed(100 * (p.top1 - pixels))} vs raw pixels`
+  );
 }

@@ -79,7 +79,10 @@ export class RunRecorder {
       else if (e.type === 'start') this.store.updateRun(this.runId, { backend: e.backend });
       else if (e.type === 'eval') this.store.setEval(this.runId, e.step, e.top1, e.loss);
       else if (e.type === 'knn') this.store.addKnn(this.runId, e);
-      else if (e.type === 'checkpoint') {
+      else if (e.type === 'probe') {
+        const { top1, baselines, lambda, holdoutTop1, features, dims, seconds } = e;
+        this.store.setProbeResult(this.runId, { top1, baselines, lambda, holdoutTop1, features, dims, seconds });
+      } else if (e.type === 'checkpoint') {
         this.store.addCheckpoint({
           runId: this.runId,
           step: e.step,

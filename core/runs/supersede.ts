@@ -1,5 +1,6 @@
-import { existsSync, mkdirSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, renameSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import { writeAtomic } from '../atomic.js';
 import type { Store } from '../store/store.js';
 
 /**
@@ -29,8 +30,8 @@ export function supersede(
   ];
   if (!later.length && !metrics.length && !knn.length && !moves.length) return undefined;
   mkdirSync(folder, { recursive: true });
-  if (metrics.length) writeFileSync(join(folder, 'metrics.jsonl'), metrics.join(''));
-  if (knn.length) writeFileSync(join(folder, 'knn.jsonl'), knn.join(''));
+  if (metrics.length) writeAtomic(join(folder, 'metrics.jsonl'), metrics.join(''));
+  if (knn.length) writeAtomic(join(folder, 'knn.jsonl'), knn.join(''));
   const done: (typeof moves)[number][] = [];
   try {
     for (const m of moves) {

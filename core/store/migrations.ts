@@ -146,9 +146,20 @@ export const MIGRATIONS: { version: number; sql: string }[] = [
     `,
   },
   {
+    // The logistic linear probe (core/analysis/linear-probe.ts) became the default probe: runs probed before it keep
+    // MAE's LARS recipe; a probe run's result and baselines (JSON); the kNN monitor's logistic probe top-1.
+    version: 42,
+    sql: `
+      UPDATE runs SET config = json_set(config, '$.finetune.probeRecipe', 'lars')
+        WHERE kind = 'finetune' AND json_extract(config, '$.finetune.linearProbe') = 1;
+      ALTER TABLE runs ADD COLUMN probe_result TEXT;
+      ALTER TABLE knn ADD COLUMN probe_top1 REAL;
+    `,
+  },
+  {
     // A run's resumes: the step each continued from, the settings it changed ({field: [before, after]}), and the
     // checkpoints after that step it set aside (--resume RUN:STEP) with the folder they and their metrics went to.
-    version: 50,
+    version: 43,
     sql: `
       CREATE TABLE resumes (
         id         INTEGER PRIMARY KEY,

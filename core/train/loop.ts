@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import type { ModelFamily, OptimConfig } from '../config.js';
 import type { ParamStore } from '../model/module.js';
 import { NoRoomError } from '../atomic.js';
+import type { ProbeResult } from '../store/store.js';
 import { restoreCheckpoint, saveCheckpoint, type LoadedCheckpoint } from './checkpoint.js';
 import type { Optimizer } from './optimizer.js';
 import { lrAt } from './schedule.js';
@@ -11,8 +12,10 @@ export type TrainEvent =
   | { type: 'start'; step: number; totalSteps: number; stepsPerEpoch: number; backend: string; config: unknown; model?: ModelSummary }
   | { type: 'step'; step: number; epoch: number; samples: number; loss: number; losses: number[]; lr: number; imagesPerS: number }
   | { type: 'eval'; step: number; epoch: number; top1: number; loss: number }
-  /** Weighted kNN accuracy of the backbone on the probe set, and the seconds the evaluation took. */
-  | { type: 'knn'; step: number; top1: number; top5: number; seconds: number }
+  /** Weighted kNN accuracy of the backbone on the probe set, the logistic probe's top-1 there, and the seconds both took. */
+  | { type: 'knn'; step: number; top1: number; top5: number; probeTop1?: number; seconds: number }
+  /** A logistic linear probe's result (core/runs/logistic-probe.ts), with its baselines. */
+  | ({ type: 'probe' } & ProbeResult)
   | { type: 'checkpoint'; path: string; step: number; epoch: number; loss: number | null; size: number; hash: string }
   /** `reason`: why a run paused that nobody paused (its checkpoint had no room on the disk). */
   | { type: 'end'; status: 'finished' | 'paused'; step: number; reason?: string }
@@ -77,7 +80,7 @@ export interface LoopOptions {
    * each checkpoint, or, without `every`, whenever the time it took so far is under `budget` of the training time so far
    * (checkpoints included: on a small dataset every epoch's end checkpoints).
    */
-  knn?: { every?: number; budget: number; score(): Promise<{ top1: number; top5: number }> };
+  knn?: { every?: number; budget: number; score(): Promise<{ top1: number; top5: number; probeTop1?: number }> };
   onEvent: (e: TrainEvent) => void;
 }
 
