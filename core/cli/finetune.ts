@@ -1,4 +1,5 @@
 import { FinetuneConfigSchema, parseConfig } from '../config.js';
+import { RECIPE_CHOICES, SMALL_DATA_BELOW, type RecipeChoice } from '../recipe.js';
 import { parse, UsageError, type Flags } from './args.js';
 import { configFromFlags, MODEL_FLAGS } from './pretrain.js';
 import { indexFlags } from './index-cmd.js';
@@ -39,6 +40,10 @@ const OPTIONS = {
     default: false,
     help: "MAE's linear probe: BatchNorm and a linear head on the frozen backbone's mean-pooled tokens, LARS, crops and flips",
   },
+  recipe: n(
+    `auto (default): the small-data recipe below ${SMALL_DATA_BELOW} labeled training images (a step budget from the linear probe, LP-FT), else the official one; or official, small-data`,
+    'NAME',
+  ),
   'rand-augment': n("timm's RandAugment string; '' = off (default rand-m9-mstd0.5-inc1; none in a linear probe)", 'SPEC'),
   ...(Object.fromEntries(Object.entries(SETTINGS).map(([flag, [, f]]) => [flag, f])) as {
     [K in keyof typeof SETTINGS]: (typeof SETTINGS)[K][1];
@@ -60,6 +65,10 @@ export async function run(argv: string[]): Promise<void> {
     if (!values.from === !values.scratch)
       throw new UsageError('give --from RUN[:STEP] to fine-tune a pretrained run, or --scratch for the baseline');
   }
+  const recipe = values.recipe;
+  if (recipe !== undefined && !RECIPE_CHOICES.includes(recipe as RecipeChoice))
+    throw new UsageError(`--recipe: expected ${RECIPE_CHOICES.join(', ')}, got "${recipe}"`);
+  if (recipe !== undefined && values['linear-probe']) throw new UsageError('--recipe: a linear probe has its own recipe');
   const finetune: Record<string, unknown> = {
     ...(values['linear-probe'] && { linearProbe: true }),
     ...(values['rand-augment'] !== undefined && { randAugment: values['rand-augment'] }),
@@ -71,6 +80,7 @@ export async function run(argv: string[]): Promise<void> {
     finetune[field] = Number(v);
   }
   parseConfig(FinetuneConfigSchema, finetune, 'finetune'); // named errors now, before the folder is indexed
+  if (recipe !== undefined) finetune.recipe = recipe;
   const seed = values.seed === undefined ? 0 : Number(values.seed);
   const model = values.scratch ? configFromFlags({ model: values.model, img: values.img, patch: values.patch }).model : undefined;
   await runInTerminal(values, {

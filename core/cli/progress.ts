@@ -1,3 +1,4 @@
+import type { FinetuneResult } from '../store/store.js';
 /** Terminal status: one line rewritten in place on a TTY, or a plain line every few seconds elsewhere. */
 export class StatusLine {
   private last = 0;
@@ -28,4 +29,15 @@ export function duration(seconds: number): string {
   const h = Math.floor(s / 3600);
   const m = Math.floor((s % 3600) / 60);
   return h ? `${h}h${String(m).padStart(2, '0')}m` : m ? `${m}m${String(s % 60).padStart(2, '0')}s` : `${s}s`;
+}
+
+const pct = (x: number) => `${(100 * x).toFixed(1)} %`;
+
+/** A fine-tune's result beside its baselines, as the summary and `runs show` print it. */
+export function resultLine(r: FinetuneResult): string {
+  const probe = r.probeTop1 === null ? '' : `, from its linear probe's ${pct(r.probeTop1)}`;
+  return (
+    `validation top-1 ${pct(r.top1)} (best checkpoint${probe}); baselines on the same split: ` +
+    `raw pixels (logistic probe) ${pct(r.baselines.pixels)}, no pretraining (same recipe from the initialisation) ${pct(r.baselines.init)}`
+  );
 }

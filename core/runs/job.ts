@@ -14,7 +14,7 @@ import type { PretrainModel } from '../model/localmim.js';
 import type { RgbImage } from '../targets/image.js';
 import { cropKernel } from '../recipe.js';
 import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
-import { finetuneTask } from '../train/finetune.js';
+import { finetuneTask, headFromProbe } from '../train/finetune.js';
 import { train, type Cadence, type LoopOptions, type TrainEvent } from '../train/loop.js';
 import { pretrainTask } from '../train/pretrain.js';
 import type { RunSpec } from './spec.js';
@@ -103,7 +103,7 @@ export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ ste
     if (!('train' in job.data)) throw new Error('a fine-tuning job needs a labeled split');
     const { finetune: f, seed } = spec.config;
     const val = await Promise.all(job.data.val.map((v) => evalImage(v.abs, imgSize, { cache, hash: v.hash })));
-    task = finetuneTask(
+    const tuning = finetuneTask(
       spec.config,
       {
         loader: new Loader(job.data.train, cache, imgSize, f.batch, seed, {
@@ -117,6 +117,20 @@ export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ ste
       },
       init,
     );
+    task = tuning;
+    if (f.probeInit && !resumeFrom) {
+      const train = await Promise.all(job.data.train.map((t) => evalImage(t.abs, imgSize, { cache, hash: t.hash })));
+      await headFromProbe(
+        tuning.model,
+        train,
+        job.data.train.map((t) => t.label),
+        seed,
+        f.batch,
+      ).catch((err: Error) => {
+        tuning.dispose();
+        throw err;
+      });
+    }
   }
   return train(task, {
     backend: job.backend,

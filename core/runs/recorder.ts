@@ -1,5 +1,5 @@
 import { rmSync } from 'node:fs';
-import type { MetricRow, Store } from '../store/store.js';
+import { bestOf, type MetricRow, type Store } from '../store/store.js';
 import type { TrainEvent } from '../train/loop.js';
 
 /**
@@ -39,7 +39,8 @@ export class RunRecorder {
       this.store.addKnn(this.runId, e);
     } else if (e.type === 'checkpoint') {
       this.flush();
-      this.store.addCheckpoint({ runId: this.runId, step: e.step, epoch: e.epoch, loss: e.loss, path: e.path, size: e.size, hash: e.hash });
+      const { step, epoch, loss, path, size, hash, top1 } = e;
+      this.store.addCheckpoint({ runId: this.runId, step, epoch, loss, path, size, hash, valTop1: top1 ?? null });
       this.prune();
     } else if (e.type === 'skipped') {
       this.store.addSkipped(this.runId);
@@ -54,12 +55,13 @@ export class RunRecorder {
     if (this.pending.length) this.store.addMetrics(this.runId, this.pending.splice(0));
   }
 
-  /** Keeps the last `keep` checkpoints and the one with the lowest loss; deletes the rest, file and row. */
+  /** Keeps the last `keep` checkpoints, the one with the lowest loss and the best validated one; deletes the rest, file and row. */
   private prune(): void {
     const all = this.store.checkpoints(this.runId);
     const best = all.filter((c) => c.loss !== null).sort((a, b) => a.loss! - b.loss!)[0];
+    const validated = bestOf(all);
     for (const c of all.slice(0, Math.max(0, all.length - this.keep))) {
-      if (c.id === best?.id) continue;
+      if (c.id === best?.id || c.id === validated?.id) continue;
       this.store.deleteCheckpoint(c.id);
       rmSync(c.path, { force: true });
     }

@@ -47,6 +47,17 @@ export interface RunRow {
   finishedAt: string | null;
   /** The kNN monitor's probe set: a labeled dataset, and the cadence (absent: within the time budget). */
   probe: RunProbe | null;
+  /** A finished fine-tune: its top-1 beside its baselines on the same split. */
+  result: FinetuneResult | null;
+}
+
+export interface FinetuneResult {
+  /** Validation top-1 of the checkpoint export picks (the best). */
+  top1: number;
+  /** The linear probe it started from (LP-FT); null without one. */
+  probeTop1: number | null;
+  /** The same evaluation of the raw pixels (a logistic probe) and of the same recipe from the initialisation. */
+  baselines: { pixels: number; init: number };
 }
 
 export interface RunProbe {
@@ -84,6 +95,8 @@ export interface CheckpointRow {
   path: string;
   size: number;
   hash: string;
+  /** Validation top-1 of its weights, where evaluated (fine-tuning). */
+  valTop1: number | null;
   createdAt: string;
 }
 
@@ -209,7 +222,10 @@ export class Store {
   updateRun(
     id: number,
     fields: Partial<
-      Pick<RunRow, 'status' | 'pid' | 'error' | 'backend' | 'step' | 'epoch' | 'name' | 'notes' | 'tags' | 'config' | 'datasetId'>
+      Pick<
+        RunRow,
+        'status' | 'pid' | 'error' | 'backend' | 'step' | 'epoch' | 'name' | 'notes' | 'tags' | 'config' | 'datasetId' | 'result'
+      >
     >,
   ): void {
     const cols = Object.keys(fields);
@@ -291,10 +307,10 @@ export class Store {
     return this.db.prepare('SELECT step, top1, top5, seconds FROM knn WHERE run_id = ? ORDER BY step').all(runId) as KnnRow[];
   }
 
-  addCheckpoint(c: Omit<CheckpointRow, 'id' | 'createdAt'>): CheckpointRow {
+  addCheckpoint(c: Omit<CheckpointRow, 'id' | 'createdAt' | 'valTop1'> & { valTop1?: number | null }): CheckpointRow {
     this.db
-      .prepare(`INSERT OR REPLACE INTO checkpoints (run_id, step, epoch, loss, path, size, hash) VALUES (?, ?, ?, ?, ?, ?, ?)`)
-      .run(c.runId, c.step, c.epoch, c.loss, c.path, c.size, c.hash);
+      .prepare(`INSERT OR REPLACE INTO checkpoints (run_id, step, epoch, loss, path, size, hash, val_top1) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`)
+      .run(c.runId, c.step, c.epoch, c.loss, c.path, c.size, c.hash, c.valTop1 ?? null);
     return this.checkpoints(c.runId).find((x) => x.step === c.step)!;
   }
 
@@ -316,10 +332,19 @@ export class Store {
     return rows.map((r) => camel(r) as unknown as ExportRow);
   }
 
+  /** The checkpoint with the highest validation top-1 (the later of equals), if any was evaluated. */
+  bestCheckpoint(runId: number): CheckpointRow | undefined {
+    return bestOf(this.checkpoints(runId));
+  }
+
   deleteCheckpoint(id: number): void {
     this.db.prepare('DELETE FROM checkpoints WHERE id = ?').run(id);
   }
 }
+
+/** The evaluated checkpoint with the highest validation top-1, the later of equals. */
+export const bestOf = (rows: CheckpointRow[]) =>
+  rows.reduce<CheckpointRow | undefined>((b, c) => (c.valTop1 !== null && (!b || c.valTop1 >= b.valTop1!) ? c : b), undefined);
 
 function parseRun(row: Record<string, unknown>): RunRow {
   const r = camel(row) as Record<string, unknown>;
@@ -328,5 +353,6 @@ function parseRun(row: Record<string, unknown>): RunRow {
     config: JSON.parse(r.config as string),
     tags: JSON.parse(r.tags as string) as string[],
     probe: r.probe ? (JSON.parse(r.probe as string) as RunProbe) : null,
+    result: r.result ? (JSON.parse(r.result as string) as FinetuneResult) : null,
   };
 }
