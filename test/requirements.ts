@@ -29,6 +29,7 @@ const PROBES = {
   vulkan,
   torch: () => pythonModule('PyTorch', 'torch', 'python3-torch'),
   pillow: () => pythonModule('Pillow', 'PIL', 'python3-pil'),
+  sklearn: () => pythonModule('scikit-learn', 'sklearn', 'python3-sklearn'),
 } satisfies Record<string, () => Component>;
 export type Need = keyof typeof PROBES;
 

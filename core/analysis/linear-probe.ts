@@ -150,7 +150,7 @@ async function minimize(x: Embedded, classes: number, lambda: number, start?: Fl
   const { dim } = x;
   const n = x.labels.length;
   const X = tf.tensor2d(x.features, [n, dim]);
-  const Y = tf.oneHot(tf.tensor1d(x.labels, 'int32'), classes).toFloat();
+  const Y = tf.tidy(() => tf.oneHot(tf.tensor1d(x.labels, 'int32'), classes).toFloat());
   const objective = (theta: Float64Array) => lossAndGradient(X, Y, theta, dim, classes, lambda);
   try {
     return await lbfgs(objective, start ? Float64Array.from(start) : new Float64Array(dim * classes + classes));
@@ -159,9 +159,8 @@ async function minimize(x: Embedded, classes: number, lambda: number, start?: Fl
   }
 }
 
-let EV=0;
 async function lossAndGradient(X: tf.Tensor2D, Y: tf.Tensor, theta: Float64Array, dim: number, K: number, lambda: number) {
-  const n = X.shape[0]; EV++;
+  const n = X.shape[0];
   const [margin, gW, gb] = tf.tidy(() => {
     const W = tf.tensor2d(Float32Array.from(theta.subarray(0, dim * K)), [dim, K]);
     const z = tf.add(tf.matMul(X, W), tf.tensor1d(Float32Array.from(theta.subarray(dim * K))));
@@ -172,7 +171,7 @@ async function lossAndGradient(X: tf.Tensor2D, Y: tf.Tensor, theta: Float64Array
   const [m, w, b] = await Promise.all([margin.data(), gW.data(), gb.data()]);
   tf.dispose([margin, gW, gb]);
   const grad = new Float64Array(theta.length);
-  let f = (m as Float32Array).reduce((s: number, v: number) => s + v, 0) / n; // summed in float64: the line search compares values this close
+  let f = (m as Float32Array).reduce((s, v) => s + v, 0) / n; // summed in float64: the line search compares values this close
   for (let i = 0; i < dim * K; i++) {
     f += (lambda / 2) * theta[i]! ** 2;
     grad[i] = w[i]! + lambda * theta[i]!;
@@ -191,8 +190,7 @@ const maxAbs = (a: Float64Array) => a.reduce((m, v) => Math.max(m, Math.abs(v)),
 async function lbfgs(objective: (t: Float64Array) => Promise<{ f: number; grad: Float64Array }>, theta: Float64Array) {
   let { f, grad } = await objective(theta);
   const pairs: { s: Float64Array; y: Float64Array; rho: number }[] = [];
-  let iter = 0;
-  for (; iter < MAX_ITER && maxAbs(grad) > PROBE_TOLERANCE; iter++) {
+  for (let iter = 0; iter < MAX_ITER && maxAbs(grad) > PROBE_TOLERANCE; iter++) {
     const dir = direction(grad, pairs);
     const slope = dot(dir, grad);
     let step = pairs.length ? 1 : 1 / Math.max(1, Math.sqrt(dot(grad, grad)));
@@ -210,7 +208,6 @@ async function lbfgs(objective: (t: Float64Array) => Promise<{ f: number; grad: 
     if (pairs.length > HISTORY) pairs.shift();
     ({ theta, f, grad } = next);
   }
-  console.error('DEBUG iters', iter, 'maxabs', maxAbs(grad), 'f', f, 'evals', EV);
   return theta;
 }
 
