@@ -11,7 +11,7 @@ const n = (help: string, arg = 'N') => ({ type: 'string', arg, help }) as const;
 
 /** Fine-tuning flags and the config field each sets (core/config.ts FinetuneConfigSchema). */
 const SETTINGS = {
-  epochs: ['epochs', n('epochs (default 50; 90 for a linear probe)')],
+  epochs: ['epochs', n('epochs (default by the recipe: 50 official, its step budget small-data; 90 for a linear probe)')],
   batch: ['batch', n('images per step (default 32)')],
   blr: [
     'blr',
@@ -27,6 +27,10 @@ const SETTINGS = {
   mixup: ['mixup', n('Mixup α; 0 = off (default 0.8; none in a linear probe)', 'A')],
   cutmix: ['cutmix', n('CutMix α; 0 = off (default 1; none in a linear probe)', 'A')],
   reprob: ['reprob', n('random erasing probability; 0 = off (default 0.25; none in a linear probe)', 'P')],
+  'min-scale': [
+    'minScale',
+    n("smallest crop area of RandomResizedCrop, in (0, 1] (default by the recipe: 0.08 official, small-data's)", 'F'),
+  ],
   'val-fraction': ['valFraction', n('share of each class held out for validation, in (0, 1) (default 0.2)', 'F')],
   warmup: ['warmupEpochs', n('warmup epochs (default 5; 10 for a linear probe)', 'EPOCHS')],
 } as const;

@@ -44,7 +44,7 @@ function show(store: Store, id: number, json: boolean): void {
     console.log(
       `last: step ${last.step} loss ${last.loss.toFixed(4)} [${last.losses.map((l) => l.toFixed(4)).join(', ')}] lr ${last.lr.toExponential(2)} ${last.imagesPerS.toFixed(1)} img/s`,
     );
-  if (run.result) console.log(resultLine(run.result));
+  if (run.finetuneResult) console.log(resultLine(run.finetuneResult));
   const best = bestOf(checkpoints);
   console.log(best ? `checkpoints (* best validation top-1: the one export and --from ${run.id} use):` : 'checkpoints:');
   for (const c of checkpoints) {

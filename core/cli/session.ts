@@ -11,7 +11,7 @@ import { Store } from '../store/store.js';
 import type { Cadence, TrainEvent } from '../train/loop.js';
 import { homeFlag, parse, positiveInt, UsageError, type Flags } from './args.js';
 import { indexFlags, indexOptions, indexWithProgress, printSummary } from './index-cmd.js';
-import { duration, StatusLine } from './progress.js';
+import { duration, resultLine, StatusLine } from './progress.js';
 
 /** How often a terminal run checkpoints and how many checkpoints it keeps. */
 export const cadenceFlags = {
@@ -41,7 +41,11 @@ export const sessionFlags = {
     help: 'tfjs, torch (PyTorch, see localmim doctor) or auto: torch where it has a GPU (default tfjs)',
   },
   amp: { type: 'boolean', default: false, help: 'torch engine on CUDA: bf16 mixed precision (faster, not bit-comparable)' },
-  json: { type: 'boolean', default: false, help: 'print one JSON event per line: start, step, eval, knn, checkpoint, end, error' },
+  json: {
+    type: 'boolean',
+    default: false,
+    help: 'print one JSON event per line: start, step, eval, knn, checkpoint, end, finetune (last), error',
+  },
 } as const satisfies Flags;
 
 /** `--engine`, checked, and resolved (see resolveEngine); torch must be there. */
@@ -138,7 +142,7 @@ export async function runInTerminal(
         session.line.done();
         log(`warning: ${m}`);
       };
-      await runTrainJob(job, { signal: session.signal, onEvent: session.onEvent, warn });
+      await runTrainJob(job, { signal: session.signal, onEvent: session.onEvent, warn, info: log });
     } finally {
       session.close();
     }
@@ -215,6 +219,9 @@ function terminalSession(o: {
       emit({ type: 'checkpoint', path: e.path, step: e.step, epoch: e.epoch, loss: e.loss });
     } else if (e.type === 'skipped') {
       emit(e); // the terminal shows it as a warning
+    } else if (e.type === 'finetune') {
+      emit(e);
+      say(`run ${o.runId}: ${resultLine(e)}`);
     } else {
       line.done();
       emit({ type: 'end', status: e.status, step: e.step });

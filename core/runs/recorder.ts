@@ -44,6 +44,8 @@ export class RunRecorder {
       this.prune();
     } else if (e.type === 'skipped') {
       this.store.addSkipped(this.runId);
+    } else if (e.type === 'finetune') {
+      this.store.updateRun(this.runId, { finetuneResult: { top1: e.top1, probeTop1: e.probeTop1, baselines: e.baselines } });
     } else if (e.type === 'end') {
       this.flush();
       this.store.updateRun(this.runId, { status: e.status, pid: null, step: e.step });

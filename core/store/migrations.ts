@@ -146,12 +146,12 @@ export const MIGRATIONS: { version: number; sql: string }[] = [
     `,
   },
   {
-    // Fine-tuning (issue 29): each checkpoint's validation top-1, where it was evaluated (the best one is exported), and a
+    // Fine-tuning (issue 29; 42 is the linear probe's, wip-issue29a): each checkpoint's validation top-1, where it was evaluated (the best one is exported), and a
     // finished fine-tune's result beside its baselines ({top1, probeTop1, baselines: {pixels, init}} as JSON).
-    version: 42,
+    version: 43,
     sql: `
       ALTER TABLE checkpoints ADD COLUMN val_top1 REAL;
-      ALTER TABLE runs ADD COLUMN result TEXT;
+      ALTER TABLE runs ADD COLUMN finetune_result TEXT;
     `,
   },
 ];

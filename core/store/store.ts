@@ -48,7 +48,7 @@ export interface RunRow {
   /** The kNN monitor's probe set: a labeled dataset, and the cadence (absent: within the time budget). */
   probe: RunProbe | null;
   /** A finished fine-tune: its top-1 beside its baselines on the same split. */
-  result: FinetuneResult | null;
+  finetuneResult: FinetuneResult | null;
 }
 
 export interface FinetuneResult {
@@ -224,7 +224,7 @@ export class Store {
     fields: Partial<
       Pick<
         RunRow,
-        'status' | 'pid' | 'error' | 'backend' | 'step' | 'epoch' | 'name' | 'notes' | 'tags' | 'config' | 'datasetId' | 'result'
+        'status' | 'pid' | 'error' | 'backend' | 'step' | 'epoch' | 'name' | 'notes' | 'tags' | 'config' | 'datasetId' | 'finetuneResult'
       >
     >,
   ): void {
@@ -353,6 +353,6 @@ function parseRun(row: Record<string, unknown>): RunRow {
     config: JSON.parse(r.config as string),
     tags: JSON.parse(r.tags as string) as string[],
     probe: r.probe ? (JSON.parse(r.probe as string) as RunProbe) : null,
-    result: r.result ? (JSON.parse(r.result as string) as FinetuneResult) : null,
+    finetuneResult: r.finetuneResult ? (JSON.parse(r.finetuneResult as string) as FinetuneResult) : null,
   };
 }

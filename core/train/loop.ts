@@ -15,6 +15,8 @@ export type TrainEvent =
   /** `top1`: the validation top-1 of the weights it holds, where they were evaluated. */
   | { type: 'checkpoint'; path: string; step: number; epoch: number; loss: number | null; size: number; hash: string; top1?: number }
   | { type: 'end'; status: 'finished' | 'paused'; step: number }
+  /** A finished fine-tune: its best validation top-1, the probe it started from (LP-FT), and its baselines on the same split. */
+  | { type: 'finetune'; step: number; top1: number; probeTop1: number | null; baselines: { pixels: number; init: number } }
   /** An image that could not be read (deleted or moved during training) was replaced by another; from the job, not the loop. */
   | { type: 'skipped'; path: string; reason: string };
 
