@@ -121,16 +121,22 @@ test('LP-FT: the head starts as the fitted probe, so step 0’s validation top-1
 test('the best validated checkpoint is kept, listed first and exported; pruning keeps it', () => {
   const run = store.createRun({ name: 'best', datasetId, config: {}, backend: 'wasm', kind: 'finetune', status: 'running', pid: null });
   const recorder = new RunRecorder(store, run.id, 1);
-  const top1 = [0.6, 0.5, 0.55];
-  top1.forEach((t, i) =>
-    recorder.handle({ type: 'checkpoint', path: join(dir, `none-${i}`), step: i * 10, epoch: i, loss: 1, size: 1, hash: `h${i}`, top1: t }),
+  // Validation top-1 and training loss of three checkpoints: the first is the best validated, the second the lowest loss.
+  const scores = [
+    [0.6, 1],
+    [0.5, 0.5],
+    [0.55, 0.8],
+  ] as const;
+  scores.forEach(([top1, loss], i) =>
+    recorder.handle({ type: 'checkpoint', path: join(dir, `none-${i}`), step: i * 10, epoch: i, loss, size: 1, hash: `h${i}`, top1 }),
   );
   expect(store.checkpoints(run.id).map((c) => [c.step, c.valTop1])).toEqual([
     [0, 0.6],
+    [10, 0.5],
     [20, 0.55],
   ]);
   expect(store.bestCheckpoint(run.id)!.step).toBe(0);
-  expect(checkpointRef(store, String(run.id)).candidates.map((c) => c.step)).toEqual([0, 20]);
+  expect(checkpointRef(store, String(run.id)).candidates.map((c) => c.step)).toEqual([0, 20, 10]);
   expect(checkpointRef(store, `${run.id}:20`).candidates.map((c) => c.step)).toEqual([20]);
 });
 
