@@ -471,6 +471,8 @@ const FinetuneFields = OptimConfigSchema.extend({
   recipe: z.enum(['official', 'small-data']).default('official'),
   /** LP-FT: the head starts as the logistic-regression probe fitted on the training images' head inputs. */
   probeInit: z.boolean().default(false),
+  /** End with the baselines on the same split (raw pixels; the same recipe from the initialisation, a second fine-tune once). */
+  baselines: z.boolean().default(true),
 }).superRefine((f, ctx) => {
   const issue = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: [path], message });
   if (f.linearProbe && f.probeInit) issue('probeInit', 'a linear probe trains its own head: probeInit applies to fine-tuning only');

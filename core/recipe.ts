@@ -91,8 +91,10 @@ export const SMALL_DATA_BELOW = 50_000;
 
 /**
  * The small-data recipe (docs/results.md#small-data-recipe): a budget in optimizer steps, started from the linear
- * probe (LP-FT), AdamW with layer decay at a low rate, crops and flips, label smoothing and drop path; no Mixup, CutMix,
- * RandAugment or erasing. Anchors: timm's and LightlyTrain's fine-tuning defaults, the ViT paper's short warmup and cosine.
+ * probe (LP-FT), AdamW with layer decay at a low rate, mild crops (≥ 80 % of the image) and flips; no drop path, label
+ * smoothing, Mixup, CutMix, RandAugment or erasing: measured, the fitted probe head meets ImageNet-strength crops with
+ * losses of 5–7 and fine-tuning falls further below it. Anchors: timm's and LightlyTrain's fine-tuning defaults, the
+ * ViT paper's short warmup and cosine.
  */
 export const SMALL_DATA = {
   steps: 300,
@@ -102,13 +104,13 @@ export const SMALL_DATA = {
   minLr: 1e-6,
   layerDecay: 0.75,
   weightDecay: 0.05,
-  dropPath: 0.1,
-  smoothing: 0.1,
+  dropPath: 0,
+  smoothing: 0,
   mixup: 0,
   cutmix: 0,
   randAugment: null,
   reprob: 0,
-  minScale: 0.25,
+  minScale: 0.8,
   probeInit: true,
 } as const;
 

@@ -44,6 +44,11 @@ const OPTIONS = {
     default: false,
     help: "MAE's linear probe: BatchNorm and a linear head on the frozen backbone's mean-pooled tokens, LARS, crops and flips",
   },
+  'no-baselines': {
+    type: 'boolean',
+    default: false,
+    help: 'skip the baselines on the same split (raw pixels; the same recipe from the initialisation: a second fine-tune, once per split, model, seed and recipe)',
+  },
   recipe: n(
     `auto (default): the small-data recipe below ${SMALL_DATA_BELOW} labeled training images (a step budget from the linear probe, LP-FT), else the official one; or official, small-data`,
     'NAME',
@@ -75,6 +80,7 @@ export async function run(argv: string[]): Promise<void> {
   if (recipe !== undefined && values['linear-probe']) throw new UsageError('--recipe: a linear probe has its own recipe');
   const finetune: Record<string, unknown> = {
     ...(values['linear-probe'] && { linearProbe: true }),
+    ...(values['no-baselines'] && { baselines: false }),
     ...(values['rand-augment'] !== undefined && { randAugment: values['rand-augment'] }),
   };
   for (const [flag, [field]] of Object.entries(SETTINGS)) {

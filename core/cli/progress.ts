@@ -36,8 +36,8 @@ const pct = (x: number) => `${(100 * x).toFixed(1)} %`;
 /** A fine-tune's result beside its baselines, as the summary and `runs show` print it. */
 export function resultLine(r: FinetuneResult): string {
   const probe = r.probeTop1 === null ? '' : `, from its linear probe's ${pct(r.probeTop1)}`;
-  return (
-    `validation top-1 ${pct(r.top1)} (best checkpoint${probe}); baselines on the same split: ` +
-    `raw pixels (logistic probe) ${pct(r.baselines.pixels)}, no pretraining (same recipe from the initialisation) ${pct(r.baselines.init)}`
-  );
+  const top1 = `validation top-1 ${pct(r.top1)} (best checkpoint${probe})`;
+  if (!r.baselines) return `${top1}; no baselines (--no-baselines)`;
+  const { pixels, init } = r.baselines;
+  return `${top1}; baselines on the same split: raw pixels (logistic probe) ${pct(pixels)}, no pretraining (same recipe from the initialisation) ${pct(init)}`;
 }

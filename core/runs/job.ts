@@ -178,6 +178,7 @@ async function finetuneResult(
 ): Promise<TrainEvent> {
   const top1 = Math.max(...evals.map((e) => e.top1));
   const probeTop1 = config.finetune.probeInit ? (evals.find((e) => e.step === 0)?.top1 ?? null) : null;
+  if (!config.finetune.baselines) return { type: 'finetune', step: evals.at(-1)?.step ?? 0, top1, probeTop1, baselines: null };
   const K = config.classes.length;
   const pixels = await pixelBaseline(job.home, split, K, config.model.imgSize, config.seed, cache);
   const scratch = { ...config, from: null };

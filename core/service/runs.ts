@@ -71,6 +71,8 @@ export const runHandlers = (c: Context) =>
         metrics: c.store.metrics(run.id),
         knn: c.store.knn(run.id),
         checkpoints: c.store.checkpoints(run.id),
+        /** The checkpoint export uses by default: the best validated one (fine-tuning), if any. */
+        best: c.store.bestCheckpoint(run.id)?.id ?? null,
         exports: c.store.exports(run.id),
         previews: previews(c.home, run.id),
         active: c.scheduler.isActive(run.id),

@@ -56,8 +56,8 @@ export interface FinetuneResult {
   top1: number;
   /** The linear probe it started from (LP-FT); null without one. */
   probeTop1: number | null;
-  /** The same evaluation of the raw pixels (a logistic probe) and of the same recipe from the initialisation. */
-  baselines: { pixels: number; init: number };
+  /** The same evaluation of the raw pixels (a logistic probe) and of the same recipe from the initialisation; null when not asked for. */
+  baselines: { pixels: number; init: number } | null;
 }
 
 export interface RunProbe {

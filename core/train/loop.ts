@@ -16,7 +16,7 @@ export type TrainEvent =
   | { type: 'checkpoint'; path: string; step: number; epoch: number; loss: number | null; size: number; hash: string; top1?: number }
   | { type: 'end'; status: 'finished' | 'paused'; step: number }
   /** A finished fine-tune: its best validation top-1, the probe it started from (LP-FT), and its baselines on the same split. */
-  | { type: 'finetune'; step: number; top1: number; probeTop1: number | null; baselines: { pixels: number; init: number } }
+  | { type: 'finetune'; step: number; top1: number; probeTop1: number | null; baselines: { pixels: number; init: number } | null }
   /** An image that could not be read (deleted or moved during training) was replaced by another; from the job, not the loop. */
   | { type: 'skipped'; path: string; reason: string };
 
