@@ -141,7 +141,7 @@ test('the best validated checkpoint is kept, listed first and exported; pruning 
 });
 
 test('the CLI says which recipe runs and why, and ends with the finetune event beside its baselines', () => {
-  const args = ['finetune', '--home', home, '--from', String(sourceId), '--data', labeled, '--batch', '16', '--epochs', '2'];
+  const args = ['finetune', '--home', home, '--from', String(sourceId), '--data', labeled, '--batch', '16', '--epochs', '1'];
   const r = localmim([...args, '--json']);
   expect(r.code, r.stderr).toBe(0);
   const events = r.stdout
@@ -149,7 +149,7 @@ test('the CLI says which recipe runs and why, and ends with the finetune event b
     .split('\n')
     .map((l) => JSON.parse(l) as { type: string; step: number; top1: number; runId: number });
   const evals = events.filter((e) => e.type === 'eval');
-  expect(evals.map((e) => e.step)).toEqual([0, 6, 12]);
+  expect(evals.map((e) => e.step)).toEqual([0, 6]);
   const last = events.at(-1) as unknown as {
     type: string;
     top1: number;
@@ -172,4 +172,4 @@ test('the CLI says which recipe runs and why, and ends with the finetune event b
   expect(again.code, again.stderr).toBe(0);
   expect(again.stderr).toMatch(/recipe: small-data \(96 labeled images < 50,000\): \d+ steps/);
   expect(localmim([...args, '--recipe', 'huge']).stderr).toMatch(/--recipe: expected auto, official, small-data, got "huge"/);
-});
+}, 300_000); // two fine-tunes (the run and its init baseline) on 2 shared cores
