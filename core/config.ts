@@ -473,8 +473,17 @@ const FinetuneFields = OptimConfigSchema.extend({
   probeInit: z.boolean().default(false),
   /** End with the baselines on the same split (raw pixels; the same recipe from the initialisation, a second fine-tune once). */
   baselines: z.boolean().default(true),
+  /**
+   * A linear probe's fit: 'logistic', L2 logistic regression on cached frozen features with λ chosen on a hold-out of
+   * the training labels (core/analysis/linear-probe.ts); or 'lars', MAE's recipe (SGD with LARS over epochs).
+   */
+  probeRecipe: z.enum(['logistic', 'lars']).default('logistic'),
+  /** The logistic probe's features: the mean-pooled last block ('last', the head's input) or the last 4 concatenated. */
+  probeFeatures: z.enum(['last', 'last4']).default('last'),
 }).superRefine((f, ctx) => {
   const issue = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: [path], message });
+  if (f.probeFeatures !== 'last' && (!f.linearProbe || f.probeRecipe !== 'logistic'))
+    issue('probeFeatures', "features other than 'last' are for the logistic linear probe (linearProbe, probeRecipe 'logistic')");
   if (f.linearProbe && f.probeInit) issue('probeInit', 'a linear probe trains its own head: probeInit applies to fine-tuning only');
   if (!f.linearProbe) return;
   for (const k of ['smoothing', 'mixup', 'cutmix', 'reprob'] as const)

@@ -91,6 +91,8 @@ test("a linear probe (MAE's protocol) trains its head on the frozen backbone and
     '--data',
     labeled,
     '--linear-probe',
+    '--probe-recipe',
+    'lars',
     '--epochs',
     '3',
     '--warmup',
@@ -104,7 +106,7 @@ test("a linear probe (MAE's protocol) trains its head on the frozen backbone and
   expect(r.code, r.stderr).toBe(0);
   const all = events(r.stdout) as (Event & { config?: { finetune: Record<string, unknown> } })[];
   const start = all.find((e) => e.type === 'start')!;
-  expect(start.config!.finetune).toMatchObject({ linearProbe: true, minLr: 0, weightDecay: 0, smoothing: 0 });
+  expect(start.config!.finetune).toMatchObject({ linearProbe: true, probeRecipe: 'lars', minLr: 0, weightDecay: 0, smoothing: 0 });
   const evals = all.filter((e) => e.type === 'eval');
   expect(evals).toHaveLength(3);
   expect(evals.at(-1)!.top1!).toBeGreaterThan(0.4); // chance is 1/6

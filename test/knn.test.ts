@@ -27,7 +27,7 @@ const lines = (stdout: string) =>
   stdout
     .trim()
     .split('\n')
-    .map((l) => JSON.parse(l) as { type: string; step: number; top1: number; top5: number; seconds: number });
+    .map((l) => JSON.parse(l) as { type: string; step: number; top1: number; top5: number; probeTop1?: number; seconds: number });
 
 describe('weighted kNN (DINO)', () => {
   const unit = (a: number) => [Math.cos(a), Math.sin(a)];
@@ -148,12 +148,14 @@ describe('on a pretraining run with a probe set', () => {
       expect(e.top1).toBeLessThanOrEqual(e.top5);
       expect(e.top5).toBeLessThanOrEqual(1);
       expect(e.seconds).toBeGreaterThan(0);
+      expect(e.probeTop1).toBeGreaterThanOrEqual(0);
+      expect(e.probeTop1).toBeLessThanOrEqual(1);
     }
     // Step 0 comes before the first training step.
     expect(events.findIndex((e) => e.type === 'knn')).toBeLessThan(events.findIndex((e) => e.type === 'step'));
     const store = new Store(join(home, 'localmim.db'));
     try {
-      expect(store.knn(1).map((k) => [k.step, k.top1, k.top5])).toEqual(knn.map((e) => [e.step, e.top1, e.top5]));
+      expect(store.knn(1).map((k) => [k.step, k.top1, k.top5, k.probeTop1])).toEqual(knn.map((e) => [e.step, e.top1, e.top5, e.probeTop1]));
       expect(store.run(1)!.probe).toEqual({ datasetId: 2, every: 10 });
     } finally {
       store.close();

@@ -128,4 +128,10 @@ test("a linear probe's config: MAE's defaults, crops and flips only, BatchNorm n
   expect(problems({ linearProbe: true, randAugment: 'rand-m9-mstd0.5-inc1' })).toEqual([
     expect.stringMatching(/^randAugment: .*crops and flips/),
   ]);
+  expect(parseConfig(FinetuneConfigSchema, { linearProbe: true })).toMatchObject({ probeRecipe: 'logistic', probeFeatures: 'last' });
+  expect(problems({ linearProbe: true, probeRecipe: 'lars', probeFeatures: 'last4' })).toEqual([
+    expect.stringMatching(/^probeFeatures: .*logistic/),
+  ]);
+  expect(problems({ probeFeatures: 'last4' })).toEqual([expect.stringMatching(/^probeFeatures: /)]);
+  expect(problems({ linearProbe: true, probeRecipe: 'sgd' })).toEqual([expect.stringMatching(/^probeRecipe: /)]);
 });

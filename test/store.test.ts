@@ -38,6 +38,22 @@ test('migration 20 keeps the runs and metrics of a version-10 database', () => {
   store.close();
 });
 
+test('migration 42: linear probes recorded before the logistic probe keep MAE’s LARS recipe; fine-tunes are untouched', () => {
+  const path = fresh();
+  const old = openDatabase(path, 41);
+  const insert = old.prepare(`INSERT INTO runs (name, config, backend, status, kind) VALUES (?, ?, 'wasm', 'finished', ?)`);
+  insert.run('probe', JSON.stringify({ finetune: { linearProbe: true, epochs: 90 } }), 'finetune');
+  insert.run('tune', JSON.stringify({ finetune: { linearProbe: false } }), 'finetune');
+  old.prepare(`INSERT INTO knn (run_id, step, top1, top5, seconds) VALUES (1, 0, 0.5, 0.9, 1)`).run();
+  old.close();
+  const store = new Store(path);
+  expect(store.run(1)!.config).toEqual({ finetune: { linearProbe: true, epochs: 90, probeRecipe: 'lars' } });
+  expect(store.run(2)!.config).toEqual({ finetune: { linearProbe: false } });
+  expect(store.run(1)!.probeResult).toBeNull();
+  expect(store.knn(1)).toEqual([{ step: 0, top1: 0.5, top5: 0.9, seconds: 1, probeTop1: null }]);
+  store.close();
+});
+
 test('a database from a newer version of the app is refused, untouched', () => {
   const path = fresh();
   const raw = new Database(path);

@@ -3,6 +3,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, w
 import { dirname, join } from 'node:path';
 import type { ModelConfig } from '../config.js';
 import type { DecodeCache } from '../data/cache.js';
+import type { ProbeFeatures } from '../model/classifier.js';
 import type { Param } from '../model/module.js';
 import { decodeSafetensors, encodeSafetensors } from '../safetensors.js';
 import { embedItems } from './knn.js';
@@ -44,16 +45,24 @@ function writeAtomic(file: string, data: Buffer | string): void {
 /**
  * Mean-pooled backbone features of every item, written as `out` (safetensors `features [N, D]` whose metadata holds the
  * key, or `.npy`) and the paths and labels as JSONL. Work goes in shards of {@link SHARD} images under `out.parts/`, each
- * keyed by the weights (`weights`: e.g. the checkpoint's hash) and its images, so a rerun skips the shards already
- * written, and a finished result whose key matches, entirely.
+ * keyed by the weights (`weights`: e.g. the checkpoint's hash), the kind of features and its images, so a rerun skips
+ * the shards already written, and a finished result whose key matches, entirely.
  */
 export async function embedFolder(
   P: Param,
   model: ModelConfig,
   items: EmbedItem[],
-  o: { out: string; weights: string; cache?: DecodeCache; shard?: number; onProgress?: (done: number, total: number) => void },
+  o: {
+    out: string;
+    weights: string;
+    cache?: DecodeCache;
+    shard?: number;
+    onProgress?: (done: number, total: number) => void;
+    features?: ProbeFeatures;
+  },
 ): Promise<{ out: string; paths: string; images: number; dim: number; computed: number }> {
-  const key = keyOf(o.weights, items);
+  const weights = o.features && o.features !== 'last' ? `${o.weights}:${o.features}` : o.weights;
+  const key = keyOf(weights, items);
   const paths = pathsFile(o.out);
   const done = existsSync(o.out) && existsSync(paths) && readKey(o.out) === key;
   if (done) return { out: o.out, paths, images: items.length, dim: readDim(o.out), computed: 0 };
@@ -67,11 +76,11 @@ export async function embedFolder(
   for (let s = 0; s * size < items.length; s++) {
     const shard = items.slice(s * size, (s + 1) * size);
     const file = join(parts, `${String(s).padStart(5, '0')}.safetensors`);
-    const shardKey = keyOf(o.weights, shard);
+    const shardKey = keyOf(weights, shard);
     let features = existsSync(file) && readKey(file) === shardKey ? readEmbeddings(file) : undefined;
     if (!features) {
       const at = s * size;
-      const e = await embedItems(P, model, shard, o.cache, (n) => o.onProgress?.(at + n, items.length));
+      const e = await embedItems(P, model, shard, o.cache, (n) => o.onProgress?.(at + n, items.length), o.features);
       writeAtomic(file, encodeFeatures(e.features, e.dim, shardKey));
       features = e;
       computed += shard.length;

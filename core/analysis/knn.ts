@@ -3,8 +3,9 @@ import { modelFamily, swinDims, type ModelConfig } from '../config.js';
 import type { DecodeCache } from '../data/cache.js';
 import type { DataItem } from '../data/loader.js';
 import { evalImage } from '../data/preprocess.js';
-import { featuresOf } from '../model/classifier.js';
+import { featuresOf, lastBlocksFeatures, type ProbeFeatures } from '../model/classifier.js';
 import type { Param, ParamStore } from '../model/module.js';
+import { fitLinearProbe, holdoutSplit, layerNormRows, probeTop1 } from './linear-probe.js';
 
 /** DINO's weighted kNN evaluation (eval_knn.py): k = 20 neighbours by cosine similarity, each voting exp(sim / 0.07). */
 export const KNN = { k: 20, temperature: 0.07 };
@@ -74,20 +75,24 @@ export function knnScore(reference: Embedded, query: Embedded, classes: number, 
   return { top1: top1 / n, top5: top5 / n };
 }
 
-/** Mean-pooled backbone features of images (the evaluation transform, decodes through the cache), `EMBED_BATCH` at a time. */
+/**
+ * Mean-pooled backbone features of images (the evaluation transform, decodes through the cache), `EMBED_BATCH` at a
+ * time: the last block's, or with `kind` 'last4' a ViT's last 4 blocks' side by side.
+ */
 export async function embedItems(
   P: Param,
   model: ModelConfig,
   items: DataItem[],
   cache?: DecodeCache,
   onBatch?: (done: number) => void,
+  kind: ProbeFeatures = 'last',
 ): Promise<{ features: Float32Array; dim: number }> {
   const parts: Float32Array[] = [];
   let dim = 0;
   for (let i = 0; i < items.length; i += EMBED_BATCH) {
     const batch = items.slice(i, i + EMBED_BATCH);
     const images = await Promise.all(batch.map((it) => evalImage(it.abs, model.imgSize, cache && { cache, hash: it.hash })));
-    const t = tf.tidy(() => featuresOf(P, model, images)); // [B, D]
+    const t = tf.tidy(() => (kind === 'last' ? featuresOf(P, model, images) : lastBlocksFeatures(P, model, images))); // [B, D]
     dim = t.shape[1]!;
     parts.push((await t.data()) as Float32Array);
     t.dispose();
@@ -105,11 +110,25 @@ export function liveBackbone(params: ParamStore, model: ModelConfig): Param {
   return (name) => params.get(name.startsWith('norm.') ? last + name.slice('norm.'.length) : name);
 }
 
-/** Scores the backbone's current weights on a probe set: embeds both parts, then weighted kNN. */
-export async function scoreProbe(P: Param, model: ModelConfig, probe: ProbeSet, cache?: DecodeCache) {
+/**
+ * Scores the backbone's current weights on a probe set: embeds both parts once, then weighted kNN, and the logistic
+ * linear probe fitted on the reference part (through fc_norm's LayerNorm, as a probe run's), where some class of it
+ * has two images to hold one out.
+ */
+export async function scoreProbe(
+  P: Param,
+  model: ModelConfig,
+  probe: ProbeSet,
+  cache?: DecodeCache,
+): Promise<{ top1: number; top5: number; probeTop1?: number }> {
   const embedded = async (items: ProbeSet['reference']) => ({
     ...(await embedItems(P, model, items, cache)),
     labels: items.map((i) => i.label),
   });
-  return knnScore(await embedded(probe.reference), await embedded(probe.query), probe.classes.length);
+  const [reference, query] = [await embedded(probe.reference), await embedded(probe.query)];
+  const knn = knnScore(reference, query, probe.classes.length);
+  if (!holdoutSplit(reference.labels, 0).holdout.length) return knn;
+  const normed = (e: Embedded) => ({ ...e, features: layerNormRows(e.features, e.dim) });
+  const { head } = await fitLinearProbe(normed(reference), probe.classes.length);
+  return { ...knn, probeTop1: probeTop1(head, normed(query)) };
 }

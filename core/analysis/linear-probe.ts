@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { PROBE_EPS } from '../model/classifier.js';
 import { Rng, seedFor } from '../random.js';
 import type { Embedded } from './knn.js';
 
@@ -18,13 +19,13 @@ export interface LinearHead {
 export const PROBE_GRID = [1, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5];
 /** Share of each class's training labels held out to choose λ. */
 export const HOLDOUT_FRACTION = 0.2;
-/** The fit stops when no gradient entry exceeds this, or after `MAX_ITER` L-BFGS iterations. */
-export const PROBE_TOLERANCE = 1e-5;
+/** The fit stops when no gradient entry exceeds this (scikit-learn's default tol), or after `MAX_ITER` L-BFGS iterations. */
+export const PROBE_TOLERANCE = 1e-4;
 const MAX_ITER = 500;
+/** The sweep's fits only rank λ on the hold-out: fewer iterations do (ill-conditioned features converge slowly). */
+const SWEEP_ITER = 100;
 /** L-BFGS memory. */
 const HISTORY = 10;
-/** Added to each feature's variance, as MAE's probe BatchNorm (core/model/classifier.ts PROBE_EPS). */
-const VAR_EPS = 1e-6;
 const HOLDOUT_STREAM = 29;
 
 export interface ProbeFit {
@@ -51,11 +52,17 @@ export async function fitLinearProbe(train: Embedded, classes: number, o: { seed
   const best = { lambda: grid[0]!, top1: -1, theta: undefined as Float64Array | undefined };
   let theta: Float64Array | undefined;
   for (const lambda of grid) {
-    theta = await minimize({ features: part, dim: train.dim, labels: fit.map((i) => train.labels[i]!) }, classes, lambda, theta);
+    theta = await minimize(
+      { features: part, dim: train.dim, labels: fit.map((i) => train.labels[i]!) },
+      classes,
+      lambda,
+      theta,
+      SWEEP_ITER,
+    );
     const top1 = top1Of(logitsOf(headOf(theta, train.dim, classes), held), held.labels, classes);
     if (top1 > best.top1) Object.assign(best, { lambda, top1, theta });
   }
-  const all = await minimize({ features: x, dim: train.dim, labels: train.labels }, classes, best.lambda, best.theta);
+  const all = await minimize({ features: x, dim: train.dim, labels: train.labels }, classes, best.lambda, best.theta, MAX_ITER);
   return { head: { mean, std, ...headOf(all, train.dim, classes) }, lambda: best.lambda, holdoutTop1: best.top1 };
 }
 
@@ -69,7 +76,36 @@ export function probeTop1(head: LinearHead, x: Embedded): number {
   return top1Of(probeLogits(head, x), x.labels, head.bias.length);
 }
 
-/** Each feature's mean and `sqrt(variance + eps)` over the rows. */
+/** Mean cross-entropy of a fitted head on labeled features. */
+export function probeCrossEntropy(head: LinearHead, x: Embedded): number {
+  const logits = probeLogits(head, x);
+  const K = head.bias.length;
+  let total = 0;
+  x.labels.forEach((y, i) => {
+    const row = logits.subarray(i * K, (i + 1) * K);
+    const max = Math.max(...row);
+    total += max + Math.log(row.reduce((s, v) => s + Math.exp(v - max), 0)) - row[y]!;
+  });
+  return x.labels.length ? total / x.labels.length : 0;
+}
+
+/**
+ * Each `segment`-long piece of each row through a LayerNorm without affine (eps as the model's, 1e-6): the ViT
+ * classifier's `fc_norm` as a probe leaves it, so the probe fits what the classifier's head sees.
+ */
+export function layerNormRows(x: Float32Array, segment: number, eps = 1e-6): Float32Array {
+  const out = new Float32Array(x.length);
+  for (let at = 0; at < x.length; at += segment) {
+    const v = x.subarray(at, at + segment);
+    const mean = v.reduce((s, u) => s + u, 0) / segment;
+    const variance = v.reduce((s, u) => s + (u - mean) ** 2, 0) / segment;
+    const inv = 1 / Math.sqrt(variance + eps);
+    for (let d = 0; d < segment; d++) out[at + d] = (v[d]! - mean) * inv;
+  }
+  return out;
+}
+
+/** Each feature's mean and `sqrt(variance + eps)` over the rows, eps as MAE's probe BatchNorm's. */
 export function standardizer(x: Embedded): { mean: Float32Array; std: Float32Array } {
   const { dim } = x;
   const n = x.labels.length;
@@ -82,7 +118,7 @@ export function standardizer(x: Embedded): { mean: Float32Array; std: Float32Arr
       sq[d]! += v * v;
     }
   const mean = Float32Array.from(sum, (s) => s / n);
-  const std = Float32Array.from(sq, (s, d) => Math.sqrt(Math.max(0, s / n - mean[d]! ** 2) + VAR_EPS));
+  const std = Float32Array.from(sq, (s, d) => Math.sqrt(Math.max(0, s / n - mean[d]! ** 2) + PROBE_EPS));
   return { mean, std };
 }
 
@@ -146,14 +182,14 @@ function top1Of(logits: Float32Array, labels: number[], K: number): number {
 }
 
 /** `mean cross-entropy + λ/2 · ‖W‖²` over θ = [W (D·K, row-major), b (K)] by L-BFGS from `start` (zeros if absent). */
-async function minimize(x: Embedded, classes: number, lambda: number, start?: Float64Array): Promise<Float64Array> {
+async function minimize(x: Embedded, classes: number, lambda: number, start: Float64Array | undefined, maxIter: number) {
   const { dim } = x;
   const n = x.labels.length;
   const X = tf.tensor2d(x.features, [n, dim]);
   const Y = tf.tidy(() => tf.oneHot(tf.tensor1d(x.labels, 'int32'), classes).toFloat());
   const objective = (theta: Float64Array) => lossAndGradient(X, Y, theta, dim, classes, lambda);
   try {
-    return await lbfgs(objective, start ? Float64Array.from(start) : new Float64Array(dim * classes + classes));
+    return await lbfgs(objective, start ? Float64Array.from(start) : new Float64Array(dim * classes + classes), maxIter);
   } finally {
     tf.dispose([X, Y]);
   }
@@ -184,13 +220,13 @@ const dot = (a: Float64Array, b: Float64Array) => a.reduce((s, v, i) => s + v * 
 const maxAbs = (a: Float64Array) => a.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
 
 /**
- * L-BFGS (two-loop recursion) with a backtracking Armijo line search; stops at `PROBE_TOLERANCE`, after `MAX_ITER`
+ * L-BFGS (two-loop recursion) with a backtracking Armijo line search; stops at `PROBE_TOLERANCE`, after `maxIter`
  * iterations, or when no step along the direction lowers the objective any more (float32 round-off).
  */
-async function lbfgs(objective: (t: Float64Array) => Promise<{ f: number; grad: Float64Array }>, theta: Float64Array) {
+async function lbfgs(objective: (t: Float64Array) => Promise<{ f: number; grad: Float64Array }>, theta: Float64Array, maxIter: number) {
   let { f, grad } = await objective(theta);
   const pairs: { s: Float64Array; y: Float64Array; rho: number }[] = [];
-  for (let iter = 0; iter < MAX_ITER && maxAbs(grad) > PROBE_TOLERANCE; iter++) {
+  for (let iter = 0; iter < maxIter && maxAbs(grad) > PROBE_TOLERANCE; iter++) {
     const dir = direction(grad, pairs);
     const slope = dot(dir, grad);
     let step = pairs.length ? 1 : 1 / Math.max(1, Math.sqrt(dot(grad, grad)));

@@ -42,7 +42,7 @@ const OPTIONS = {
   'linear-probe': {
     type: 'boolean',
     default: false,
-    help: "MAE's linear probe: BatchNorm and a linear head on the frozen backbone's mean-pooled tokens, LARS, crops and flips",
+    help: 'a linear probe of the frozen backbone: L2 logistic regression on its features, λ chosen on a hold-out of the training labels, beside the same probe of raw pixels and of the untrained backbone',
   },
   'no-baselines': {
     type: 'boolean',
@@ -52,6 +52,11 @@ const OPTIONS = {
   recipe: n(
     `auto (default): the small-data recipe below ${SMALL_DATA_BELOW} labeled training images (a step budget from the linear probe, LP-FT), else the official one; or official, small-data`,
     'NAME',
+  ),
+  'probe-recipe': n("logistic, or lars: MAE's recipe (BatchNorm and a linear head trained by LARS over epochs, crops and flips)", 'NAME'),
+  'probe-features': n(
+    "the logistic probe's features: last (the last block's mean-pooled tokens, default) or last4 (the last 4 blocks', as DINOv2)",
+    'KIND',
   ),
   'rand-augment': n("timm's RandAugment string; '' = off (default rand-m9-mstd0.5-inc1; none in a linear probe)", 'SPEC'),
   ...(Object.fromEntries(Object.entries(SETTINGS).map(([flag, [, f]]) => [flag, f])) as {
@@ -78,9 +83,13 @@ export async function run(argv: string[]): Promise<void> {
   if (recipe !== undefined && !RECIPE_CHOICES.includes(recipe as RecipeChoice))
     throw new UsageError(`--recipe: expected ${RECIPE_CHOICES.join(', ')}, got "${recipe}"`);
   if (recipe !== undefined && values['linear-probe']) throw new UsageError('--recipe: a linear probe has its own recipe');
+  for (const flag of ['probe-recipe', 'probe-features'] as const)
+    if (values[flag] !== undefined && !values['linear-probe']) throw new UsageError(`--${flag} goes with --linear-probe`);
   const finetune: Record<string, unknown> = {
     ...(values['linear-probe'] && { linearProbe: true }),
     ...(values['no-baselines'] && { baselines: false }),
+    ...(values['probe-recipe'] !== undefined && { probeRecipe: values['probe-recipe'] }),
+    ...(values['probe-features'] !== undefined && { probeFeatures: values['probe-features'] }),
     ...(values['rand-augment'] !== undefined && { randAugment: values['rand-augment'] }),
   };
   for (const [flag, [field]] of Object.entries(SETTINGS)) {

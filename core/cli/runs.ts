@@ -2,6 +2,7 @@ import { homeDir, homePaths, isAlive } from '../home.js';
 import { bestOf, Store } from '../store/store.js';
 import { resultLine } from './progress.js';
 import { homeFlag, parse, positiveInt, UsageError } from './args.js';
+import { probeSummary } from './progress.js';
 
 export const summary = 'list runs, or show one run: its last metrics, checkpoints and config';
 
@@ -39,6 +40,7 @@ function show(store: Store, id: number, json: boolean): void {
   console.log(`run ${run.id}: ${run.name}  [${run.status}]  backend ${run.backend}`);
   console.log(`created ${run.createdAt}, updated ${run.updatedAt}; step ${run.step}, epoch ${run.epoch.toFixed(2)}`);
   if (run.error) console.log(`error: ${run.error}`);
+  if (run.probeResult) console.log(probeSummary(run.probeResult));
   const last = metrics.at(-1);
   if (last)
     console.log(

@@ -11,7 +11,7 @@ import { Store } from '../store/store.js';
 import type { Cadence, TrainEvent } from '../train/loop.js';
 import { homeFlag, parse, positiveInt, UsageError, type Flags } from './args.js';
 import { indexFlags, indexOptions, indexWithProgress, printSummary } from './index-cmd.js';
-import { duration, resultLine, StatusLine } from './progress.js';
+import { duration, pct, probeSummary, resultLine, StatusLine } from './progress.js';
 
 /** How often a terminal run checkpoints and how many checkpoints it keeps. */
 export const cadenceFlags = {
@@ -182,6 +182,7 @@ function terminalSession(o: {
   };
   process.on('SIGINT', onSigint);
   let total = 0;
+  let probe: Extract<TrainEvent, { type: 'probe' }> | undefined;
 
   const onEvent = (e: TrainEvent) => {
     recorder.handle(e);
@@ -214,7 +215,8 @@ function terminalSession(o: {
     } else if (e.type === 'knn') {
       emit(e);
       line.done();
-      say(`step ${e.step}: kNN top-1 ${(100 * e.top1).toFixed(1)} %, top-5 ${(100 * e.top5).toFixed(1)} % (${e.seconds.toFixed(1)} s)`);
+      const probe = e.probeTop1 === undefined ? '' : `, linear probe top-1 ${pct(e.probeTop1)} %`;
+      say(`step ${e.step}: kNN top-1 ${pct(e.top1)} %, top-5 ${pct(e.top5)} %${probe} (${e.seconds.toFixed(1)} s)`);
     } else if (e.type === 'checkpoint') {
       emit({ type: 'checkpoint', path: e.path, step: e.step, epoch: e.epoch, loss: e.loss });
     } else if (e.type === 'skipped') {
@@ -222,6 +224,8 @@ function terminalSession(o: {
     } else if (e.type === 'finetune') {
       emit(e);
       say(`run ${o.runId}: ${resultLine(e)}`);
+    } else if (e.type === 'probe') {
+      probe = e; // recorded before the run's end, shown after it: the output ends with the answer
     } else {
       line.done();
       emit({ type: 'end', status: e.status, step: e.step });
@@ -230,6 +234,8 @@ function terminalSession(o: {
           ? `run ${o.runId} finished at step ${e.step}`
           : `run ${o.runId} paused at step ${e.step}: resume with ${o.resume}`,
       );
+      if (probe) emit(probe);
+      if (probe) say(probeSummary(probe));
     }
   };
   return { onEvent, signal: abort.signal, line, close: () => process.off('SIGINT', onSigint) };

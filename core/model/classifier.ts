@@ -285,6 +285,19 @@ export function featuresOf(P: Param, model: ModelConfig, images: RgbImage[]): tf
   return modelFamily(model) === 'swin' ? swinFeatures(P, swinDims(model), images) : backboneFeatures(P, modelDims(model), images);
 }
 
+/** Which features a linear probe reads: the mean-pooled last block, or the last 4 blocks' concatenated (as DINOv2). */
+export type ProbeFeatures = 'last' | 'last4';
+
+/** A ViT's mean-pooled patch tokens of each of its last `n` blocks, side by side: `[B, n·D]`; call in `tf.tidy`. */
+export function lastBlocksFeatures(P: Param, model: ModelConfig, images: RgbImage[], n = 4): tf.Tensor {
+  if (modelFamily(model) === 'swin') throw new Error('the last blocks’ features are a ViT’s; a Swin has stages');
+  const dims = modelDims(model);
+  const pooled: tf.Tensor[] = [];
+  const onBlock = (i: number, x: tf.Tensor) => i >= dims.depth - n && pooled.push(meanPatchTokens(x, images.length));
+  encodeImages(P, dims, images, { onBlock });
+  return tf.concat(pooled, 1);
+}
+
 /**
  * Names of the backbone's tensors, ViT's or Swin's: what a fine-tuning run takes from a pretraining checkpoint, and what
  * export keeps. Swin's per-stage latent norms `norm.k` are not among them (the official fine-tuning does not load them).

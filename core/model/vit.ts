@@ -118,6 +118,8 @@ export interface EncoderOptions {
   onAttention?: (block: number, probs: tf.Tensor) => void;
   /** Stochastic depth with a rate rising linearly to `rate` over the blocks, as timm. */
   dropPath?: { rate: number; rng: Rng };
+  /** Receives each block's output `[B·T, D]` (the linear probe's last-4-blocks features). */
+  onBlock?: (block: number, x: tf.Tensor) => void;
 }
 
 /**
@@ -147,6 +149,7 @@ export function encode(
     const keep =
       o.dropPath && o.dropPath.rate > 0 ? keepMasks(o.dropPath, (o.dropPath.rate * i) / Math.max(depth - 1, 1), B, T) : undefined;
     x = block(P, m.blocks[i]!, x, B, T, heads, { keep, onProbs: o.onAttention && ((p) => o.onAttention!(i, p)) });
+    o.onBlock?.(i, x);
     if (!taps.includes(i)) continue;
     // A block may feed several decoders (the global multi-scale variant), each through its own norm.
     for (const [j, t] of taps.entries()) if (t === i) latents.push(norm(P, m.norm[j]!, x));

@@ -20,6 +20,7 @@ import { finetuneTask, headFromProbe } from '../train/finetune.js';
 import { train, type Cadence, type LoopOptions, type TrainEvent } from '../train/loop.js';
 import { pretrainTask } from '../train/pretrain.js';
 import type { RunSpec } from './spec.js';
+import { runLogisticProbe } from './logistic-probe.js';
 import { runTorchJob, type TorchOptions } from './torch.js';
 
 export type LabeledItem = DataItem & { label: number };
@@ -72,8 +73,11 @@ export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ ste
   }
   const cache = new DecodeCache(paths.cache);
   const resumeFrom = job.resumeFrom ? loadCheckpoint(job.resumeFrom) : undefined;
-  const init = !resumeFrom && job.initFrom ? backbone(loadCheckpoint(job.initFrom)) : undefined;
+  const source = !resumeFrom && job.initFrom ? loadCheckpoint(job.initFrom) : undefined;
+  const init = source && backbone(source);
   const { spec } = job;
+  if (spec.kind === 'finetune' && spec.config.finetune.linearProbe && spec.config.finetune.probeRecipe === 'logistic')
+    return runLogisticProbe(job, hooks, cache, resumeFrom ?? source);
   const { imgSize } = spec.config.model;
   // A missing or unreadable image is told of and replaced; training goes on while a step's worth of images remain.
   // Each is counted; the first few are named, then one line per hundred (a moved folder would be thousands).

@@ -37,6 +37,9 @@ export class RunRecorder {
       this.store.setEval(this.runId, e.step, e.top1, e.loss);
     } else if (e.type === 'knn') {
       this.store.addKnn(this.runId, e);
+    } else if (e.type === 'probe') {
+      const { top1, baselines, lambda, holdoutTop1, features, dims, seconds } = e;
+      this.store.setProbeResult(this.runId, { top1, baselines, lambda, holdoutTop1, features, dims, seconds });
     } else if (e.type === 'checkpoint') {
       this.flush();
       const { step, epoch, loss, path, size, hash, top1 } = e;

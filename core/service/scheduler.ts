@@ -224,7 +224,8 @@ export class Scheduler {
       const { step, epoch, samples, loss, losses, lr, imagesPerS } = e;
       this.emit({ type: 'run.metrics', runId, rows: [{ step, epoch, samples, loss, losses, lr, imagesPerS }] });
     } else if (e.type === 'eval') this.emit({ type: 'run.eval', runId, step: e.step, top1: e.top1, loss: e.loss });
-    else if (e.type === 'knn') this.emit({ type: 'run.knn', runId, row: { step: e.step, top1: e.top1, top5: e.top5, seconds: e.seconds } });
+    else if (e.type === 'knn')
+      this.emit({ type: 'run.knn', runId, row: { step: e.step, top1: e.top1, top5: e.top5, seconds: e.seconds, probeTop1: e.probeTop1 } });
     else if (e.type === 'checkpoint') this.emit({ type: 'run.checkpoint', runId, step: e.step });
     else if (e.type === 'end') this.emit({ type: 'run.status', runId, status: e.status, error: null });
     else if (e.type === 'finetune')

@@ -146,7 +146,18 @@ export const MIGRATIONS: { version: number; sql: string }[] = [
     `,
   },
   {
-    // Fine-tuning (issue 29; 42 is the linear probe's, wip-issue29a): each checkpoint's validation top-1, where it was evaluated (the best one is exported), and a
+    // The logistic linear probe (core/analysis/linear-probe.ts) became the default probe: runs probed before it keep
+    // MAE's LARS recipe; a probe run's result and baselines (JSON); the kNN monitor's logistic probe top-1.
+    version: 42,
+    sql: `
+      UPDATE runs SET config = json_set(config, '$.finetune.probeRecipe', 'lars')
+        WHERE kind = 'finetune' AND json_extract(config, '$.finetune.linearProbe') = 1;
+      ALTER TABLE runs ADD COLUMN probe_result TEXT;
+      ALTER TABLE knn ADD COLUMN probe_top1 REAL;
+    `,
+  },
+  {
+    // Fine-tuning (issue 29): each checkpoint's validation top-1, where it was evaluated (the best one is exported), and a
     // finished fine-tune's result beside its baselines ({top1, probeTop1, baselines: {pixels, init}} as JSON).
     version: 43,
     sql: `

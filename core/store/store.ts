@@ -47,6 +47,8 @@ export interface RunRow {
   finishedAt: string | null;
   /** The kNN monitor's probe set: a labeled dataset, and the cadence (absent: within the time budget). */
   probe: RunProbe | null;
+  /** A logistic linear probe's result on its validation images, with its baselines. */
+  probeResult: ProbeResult | null;
   /** A finished fine-tune: its top-1 beside its baselines on the same split. */
   finetuneResult: FinetuneResult | null;
 }
@@ -60,6 +62,17 @@ export interface FinetuneResult {
   baselines: { pixels: number; init: number } | null;
 }
 
+/** A logistic probe's top-1 (fractions) beside raw pixels' and the untrained backbone's on the same split. */
+export interface ProbeResult {
+  top1: number;
+  baselines: { pixels: number; init: number };
+  lambda: number;
+  holdoutTop1: number;
+  features: 'last' | 'last4';
+  dims: number;
+  seconds: number;
+}
+
 export interface RunProbe {
   datasetId: number;
   every?: number;
@@ -71,6 +84,8 @@ export interface KnnRow {
   top1: number;
   top5: number;
   seconds: number;
+  /** The logistic probe's top-1 on the same embeddings (fitted on the reference half); null before it existed. */
+  probeTop1?: number | null;
 }
 
 export interface MetricRow {
@@ -299,12 +314,18 @@ export class Store {
 
   addKnn(runId: number, k: KnnRow): void {
     this.db
-      .prepare('INSERT OR REPLACE INTO knn (run_id, step, top1, top5, seconds) VALUES (?, ?, ?, ?, ?)')
-      .run(runId, k.step, k.top1, k.top5, k.seconds);
+      .prepare('INSERT OR REPLACE INTO knn (run_id, step, top1, top5, seconds, probe_top1) VALUES (?, ?, ?, ?, ?, ?)')
+      .run(runId, k.step, k.top1, k.top5, k.seconds, k.probeTop1 ?? null);
   }
 
   knn(runId: number): KnnRow[] {
-    return this.db.prepare('SELECT step, top1, top5, seconds FROM knn WHERE run_id = ? ORDER BY step').all(runId) as KnnRow[];
+    return this.db
+      .prepare('SELECT step, top1, top5, seconds, probe_top1 AS probeTop1 FROM knn WHERE run_id = ? ORDER BY step')
+      .all(runId) as KnnRow[];
+  }
+
+  setProbeResult(runId: number, result: ProbeResult): void {
+    this.db.prepare('UPDATE runs SET probe_result = ? WHERE id = ?').run(JSON.stringify(result), runId);
   }
 
   addCheckpoint(c: Omit<CheckpointRow, 'id' | 'createdAt' | 'valTop1'> & { valTop1?: number | null }): CheckpointRow {
@@ -354,5 +375,6 @@ function parseRun(row: Record<string, unknown>): RunRow {
     tags: JSON.parse(r.tags as string) as string[],
     probe: r.probe ? (JSON.parse(r.probe as string) as RunProbe) : null,
     finetuneResult: r.finetuneResult ? (JSON.parse(r.finetuneResult as string) as FinetuneResult) : null,
+    probeResult: r.probeResult ? (JSON.parse(r.probeResult as string) as ProbeResult) : null,
   };
 }

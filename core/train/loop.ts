@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { ModelFamily, OptimConfig } from '../config.js';
 import type { ParamStore } from '../model/module.js';
+import type { ProbeResult } from '../store/store.js';
 import { restoreCheckpoint, saveCheckpoint, type LoadedCheckpoint } from './checkpoint.js';
 import type { Optimizer } from './optimizer.js';
 import { lrAt } from './schedule.js';
@@ -10,8 +11,10 @@ export type TrainEvent =
   | { type: 'start'; step: number; totalSteps: number; stepsPerEpoch: number; backend: string; config: unknown; model?: ModelSummary }
   | { type: 'step'; step: number; epoch: number; samples: number; loss: number; losses: number[]; lr: number; imagesPerS: number }
   | { type: 'eval'; step: number; epoch: number; top1: number; loss: number }
-  /** Weighted kNN accuracy of the backbone on the probe set, and the seconds the evaluation took. */
-  | { type: 'knn'; step: number; top1: number; top5: number; seconds: number }
+  /** Weighted kNN accuracy of the backbone on the probe set, the logistic probe's top-1 there, and the seconds both took. */
+  | { type: 'knn'; step: number; top1: number; top5: number; probeTop1?: number; seconds: number }
+  /** A logistic linear probe's result (core/runs/logistic-probe.ts), with its baselines. */
+  | ({ type: 'probe' } & ProbeResult)
   /** `top1`: the validation top-1 of the weights it holds, where they were evaluated. */
   | { type: 'checkpoint'; path: string; step: number; epoch: number; loss: number | null; size: number; hash: string; top1?: number }
   | { type: 'end'; status: 'finished' | 'paused'; step: number }
@@ -80,7 +83,7 @@ export interface LoopOptions {
    * each checkpoint, or, without `every`, whenever the time it took so far is under `budget` of the training time so far
    * (checkpoints included: on a small dataset every epoch's end checkpoints).
    */
-  knn?: { every?: number; budget: number; score(): Promise<{ top1: number; top5: number }> };
+  knn?: { every?: number; budget: number; score(): Promise<{ top1: number; top5: number; probeTop1?: number }> };
   onEvent: (e: TrainEvent) => void;
 }
 
