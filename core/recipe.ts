@@ -100,7 +100,7 @@ export const SMALL_DATA = {
   steps: 300,
   warmupSteps: 30,
   batch: 32,
-  blr: 1e-3,
+  blr: 2.5e-4,
   minLr: 1e-6,
   layerDecay: 0.75,
   weightDecay: 0.05,
