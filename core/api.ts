@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { BACKENDS } from './backend.js';
 import { describeIssue, MAX_EPOCHS, ResumeOverridesSchema } from './config.js';
 import { ENGINES } from './engine.js';
-import type { KnnRow, MetricRow, RunStatus } from './store/store.js';
+import type { FinetuneResult, KnnRow, MetricRow, RunStatus } from './store/store.js';
 
 // The one API of LocalMIM Studio: the same methods and events over Electron IPC (preload) and over
 // HTTP + server-sent events (`localmim serve`). Each method's arguments are validated by its schema on
@@ -146,6 +146,8 @@ export type ApiEvent =
   | { type: 'run.checkpoint'; runId: number; step: number }
   | { type: 'run.eval'; runId: number; step: number; top1: number; loss: number }
   | { type: 'run.knn'; runId: number; row: KnnRow }
+  /** A fine-tune's result beside its baselines, once they are computed (after its `end`). */
+  | { type: 'run.result'; runId: number; result: FinetuneResult }
   | { type: 'run.preview'; runId: number; step: number }
   /** A call whose job works in steps (analysis.set: images through each pass) has done `done` of `total`. */
   | { type: 'job.progress'; method: Method; runId: number; done: number; total: number }

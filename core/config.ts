@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { parseRandAugment } from './data/randaugment.js';
-import { SHORT_PRETRAINING } from './recipe.js';
+import { OFFICIAL_AUGMENT, OFFICIAL_SCHEDULE, SHORT_PRETRAINING } from './recipe.js';
 
 /** Encoder shapes of the paper's models (docs/method.md#model-sizes); ViT-T is DeiT-Tiny's shape. */
 export const MODEL_SIZES = {
@@ -474,8 +474,8 @@ export function newRunConfig(preset: Preset = NEW_RUN.preset, size: string = NEW
  * recipe here; a new fine-tune takes those of its source's pretraining length (core/recipe.ts).
  */
 const FinetuneFields = OptimConfigSchema.extend({
-  epochs: int(1).max(MAX_EPOCHS).default(50),
-  warmupEpochs: z.number().min(0).default(5),
+  epochs: int(1).max(MAX_EPOCHS).default(OFFICIAL_SCHEDULE.epochs),
+  warmupEpochs: z.number().min(0).default(OFFICIAL_SCHEDULE.warmupEpochs),
   /** lr = blr · effective batch / 256. */
   blr: z.number().positive().default(SHORT_PRETRAINING.blr),
   minLr: z.number().min(0).default(SHORT_PRETRAINING.minLr),
@@ -483,15 +483,15 @@ const FinetuneFields = OptimConfigSchema.extend({
   /** Layer-wise lr decay: block i gets layerDecay^(depth − i) of the head's rate. */
   layerDecay: z.number().gt(0).max(1).default(SHORT_PRETRAINING.layerDecay),
   dropPath: z.number().min(0).lt(1).default(SHORT_PRETRAINING.dropPath),
-  smoothing: z.number().min(0).lt(1).default(0.1),
+  smoothing: z.number().min(0).lt(1).default(OFFICIAL_AUGMENT.smoothing),
   /** Mixup and CutMix Beta(α, α) parameters, as the paper (0.8, 1.0); 0 turns one off. */
-  mixup: z.number().min(0).default(0.8),
-  cutmix: z.number().min(0).default(1),
+  mixup: z.number().min(0).default(OFFICIAL_AUGMENT.mixup),
+  cutmix: z.number().min(0).default(OFFICIAL_AUGMENT.cutmix),
   /** timm's RandAugment string, as the official `--aa`; '' or null = off. */
   randAugment: z
     .string()
     .nullable()
-    .default('rand-m9-mstd0.5-inc1')
+    .default(OFFICIAL_AUGMENT.randAugment)
     .superRefine((s, ctx) => {
       try {
         if (s) parseRandAugment(s);
@@ -501,12 +501,18 @@ const FinetuneFields = OptimConfigSchema.extend({
     })
     .transform((s) => s || null),
   /** Random erasing probability (pixel mode, one box), as the official `--reprob`. */
-  reprob: z.number().min(0).max(1).default(0.25),
+  reprob: z.number().min(0).max(1).default(OFFICIAL_AUGMENT.reprob),
   /** Smallest crop area of RandomResizedCrop during fine-tuning (timm's 0.08). */
   minScale: z.number().gt(0).max(1).default(0.08),
   valFraction: z.number().gt(0).lt(1).default(0.2),
   /** MAE's linear probe (docs/method.md#linear-probe) on the frozen backbone: BatchNorm and a Linear, LARS, crop and flip. */
   linearProbe: z.boolean().default(false),
+  /** The recipe these settings came from (core/recipe.ts finetuneDefaults), as `runs show` and the app say. */
+  recipe: z.enum(['official', 'small-data']).default('official'),
+  /** LP-FT: the head starts as the logistic-regression probe fitted on the training images' head inputs. */
+  probeInit: z.boolean().default(false),
+  /** End with the baselines on the same split (raw pixels; the same recipe from the initialisation, a second fine-tune once). */
+  baselines: z.boolean().default(true),
   /**
    * A linear probe's fit: 'logistic', L2 logistic regression on cached frozen features with λ chosen on a hold-out of
    * the training labels (core/analysis/linear-probe.ts); or 'lars', MAE's recipe (SGD with LARS over epochs).
@@ -518,6 +524,7 @@ const FinetuneFields = OptimConfigSchema.extend({
   const issue = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: [path], message });
   if (f.probeFeatures !== 'last' && (!f.linearProbe || f.probeRecipe !== 'logistic'))
     issue('probeFeatures', "features other than 'last' are for the logistic linear probe (linearProbe, probeRecipe 'logistic')");
+  if (f.linearProbe && f.probeInit) issue('probeInit', 'a linear probe trains its own head: probeInit applies to fine-tuning only');
   if (!f.linearProbe) return;
   for (const k of ['smoothing', 'mixup', 'cutmix', 'reprob'] as const)
     if (f[k] !== 0) issue(k, `a linear probe trains on crops and flips with plain cross-entropy (MAE's protocol): ${k} must be 0`);

@@ -72,3 +72,76 @@ export function finetuneRecipe(epochs: number | 'imported' | null, model: Recipe
  */
 export const cropKernel = (f: { linearProbe: boolean }, model: RecipeModel): 'cubic' | 'linear' =>
   f.linearProbe || model.size.startsWith('swin-') ? 'cubic' : 'linear';
+
+/** The official recipe's augmentation and regularisation, and the schedule it is scaled down to here (epochs, batch). */
+export const OFFICIAL_AUGMENT = { smoothing: 0.1, mixup: 0.8, cutmix: 1, randAugment: 'rand-m9-mstd0.5-inc1', reprob: 0.25 } as const;
+export const OFFICIAL_SCHEDULE = { epochs: 50, warmupEpochs: 5, batch: 32 } as const;
+
+/** Which fine-tuning recipe a request asks for; `auto` chooses by the labeled set's size. */
+export const RECIPE_CHOICES = ['auto', 'official', 'small-data'] as const;
+export type RecipeChoice = (typeof RECIPE_CHOICES)[number];
+export type RecipeName = Exclude<RecipeChoice, 'auto'>;
+
+/**
+ * Labeled training images from which `auto` takes the official recipe: its 50 epochs are then ≥ 78,000 steps at batch
+ * 32, the regime Mixup, CutMix and RandAugment were tuned for; below, a budget in epochs is a few hundred steps of
+ * augmentation too strong to learn from (docs/results.md#small-data-recipe).
+ */
+export const SMALL_DATA_BELOW = 50_000;
+
+/**
+ * The small-data recipe (docs/results.md#small-data-recipe): a budget in optimizer steps, started from the linear
+ * probe (LP-FT), AdamW with layer decay at a low rate, mild crops (≥ 80 % of the image) and flips; no drop path, label
+ * smoothing, Mixup, CutMix, RandAugment or erasing: measured, the fitted probe head meets ImageNet-strength crops with
+ * losses of 5–7 and fine-tuning falls further below it. Anchors: timm's and LightlyTrain's fine-tuning defaults, the
+ * ViT paper's short warmup and cosine.
+ */
+export const SMALL_DATA = {
+  steps: 300,
+  warmupSteps: 30,
+  batch: 32,
+  blr: 2.5e-4,
+  minLr: 1e-6,
+  layerDecay: 0.75,
+  weightDecay: 0.05,
+  dropPath: 0,
+  smoothing: 0,
+  mixup: 0,
+  cutmix: 0,
+  randAugment: null,
+  reprob: 0,
+  minScale: 0.8,
+  probeInit: true,
+} as const;
+
+/** Fine-tuning settings by recipe; fields absent here take the config schema's defaults. */
+export type FinetuneDefaults = Record<string, number | string | boolean | null> & { recipe: RecipeName };
+
+/**
+ * The fine-tuning defaults for `labeled` training images, and why: the official recipe for the source's pretraining
+ * length (`finetuneRecipe`) where the set is large or asked for, else the small-data recipe, its step budget turned
+ * into epochs of `batch` (given, or the recipe's). Free of imports, like the rest of this file: the app's form shows these.
+ */
+export function finetuneDefaults(
+  labeled: number,
+  choice: RecipeChoice,
+  epochs: number | 'imported' | null,
+  model: RecipeModel = { size: 'vit-base' },
+  batch?: number,
+): { defaults: FinetuneDefaults; why: string } {
+  const recipe: RecipeName = choice !== 'auto' ? choice : labeled < SMALL_DATA_BELOW ? 'small-data' : 'official';
+  const size = `${labeled.toLocaleString('en')} labeled images ${labeled < SMALL_DATA_BELOW ? '<' : '≥'} ${SMALL_DATA_BELOW.toLocaleString('en')}`;
+  const reason = choice === 'auto' ? size : `asked for; ${size}`;
+  if (recipe === 'official')
+    return {
+      defaults: { recipe, ...OFFICIAL_SCHEDULE, ...OFFICIAL_AUGMENT, ...finetuneRecipe(epochs, model) },
+      why: `recipe: official (${reason}): ${OFFICIAL_SCHEDULE.epochs} epochs, Mixup, CutMix, RandAugment, as the paper's ImageNet fine-tuning`,
+    };
+  const { steps, warmupSteps, ...rest } = SMALL_DATA;
+  const perEpoch = Math.max(1, Math.floor(labeled / (batch ?? SMALL_DATA.batch)));
+  const n = Math.max(1, Math.round(steps / perEpoch));
+  return {
+    defaults: { recipe, ...rest, epochs: n, warmupEpochs: Math.min(n, warmupSteps / perEpoch) },
+    why: `recipe: small-data (${reason}): ${n * perEpoch} steps (${n} epochs of ${perEpoch}) from the linear probe, lr ${((rest.blr * (batch ?? rest.batch)) / 256).toExponential(1)}, crops and flips`,
+  };
+}

@@ -42,7 +42,7 @@ beforeAll(async () => {
     symlinkSync(join(SAMPLE_IMAGES, f), join(labeled, f.split('-')[0]!, f));
   }
   run(['pretrain', '--json', '--config', join(dir, 'tiny.json')]); // run 1
-  run(['finetune', '--json', '--from', '1', '--data', labeled, '--epochs', '1', '--batch', '16']); // run 2
+  run(['finetune', '--json', '--from', '1', '--data', labeled, '--epochs', '1', '--batch', '16', '--recipe', 'official', '--no-baselines']); // run 2
 });
 
 /** An independent, minimal safetensors reader: header length, JSON header, offsets and dtypes checked. */
@@ -403,6 +403,9 @@ describe('import resizes the position table to another grid', () => {
       '1',
       '--batch',
       '16',
+      '--recipe',
+      'official',
+      '--no-baselines',
     ]);
     const runId = (JSON.parse(events.split('\n')[0]!) as { runId: number }).runId;
     const out = join(dir, 'pos-finetuned');

@@ -56,7 +56,7 @@ beforeAll(async () => {
 });
 
 const finetuneFrom = (from: string | null, finetune: object = {}) =>
-  prepare(store, home, { new: 'finetune', datasetId, from, model, finetune, seed: 0 }, backend.chosen);
+  prepare(store, home, { new: 'finetune', datasetId, from, model, finetune: { recipe: 'official', ...finetune }, seed: 0 }, backend.chosen);
 
 test('fine-tuning defaults follow the pretraining length of the source checkpoint, as the official recipe', async () => {
   const recipe = (from: string | null, given?: object) => {

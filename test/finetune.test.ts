@@ -58,6 +58,9 @@ test('fine-tuning a pretrained run reports top-1 each epoch, above chance, as a 
     '2e-3',
     '--warmup',
     '1',
+    '--recipe',
+    'official',
+    '--no-baselines',
   ]);
   expect(r.code, r.stderr).toBe(0);
   const evals = events(r.stdout).filter((e) => e.type === 'eval');
@@ -143,6 +146,9 @@ test('from scratch (the baseline), and bad requests named clearly', () => {
     '1',
     '--batch',
     '16',
+    '--recipe',
+    'official',
+    '--no-baselines',
   ]);
   expect(r.code, r.stderr).toBe(0);
   expect(events(r.stdout).filter((e) => e.type === 'eval')).toHaveLength(1);

@@ -14,7 +14,7 @@ import { Rng } from '../core/random.js';
 import { decodeSafetensors } from '../core/safetensors.js';
 import { Store, type ProbeResult } from '../core/store/store.js';
 import { loadCheckpoint } from '../core/train/checkpoint.js';
-import { pixelRows } from '../core/runs/logistic-probe.js';
+import { pixelRows } from '../core/runs/baselines.js';
 import { localmim } from './cli.js';
 import { describeWith, pathOf } from './requirements.js';
 

@@ -52,7 +52,7 @@ beforeAll(() => {
     symlinkSync(join(SAMPLE_IMAGES, f), join(labeled, f.split('-')[0]!, f));
   }
   run(['pretrain', '--json', '--config', join(dir, 'tiny.json'), '--max-steps', '3']); // run 1
-  run(['finetune', '--json', '--from', '1', '--data', labeled, '--epochs', '1', '--batch', '16']); // run 2
+  run(['finetune', '--json', '--from', '1', '--data', labeled, '--epochs', '1', '--batch', '16', '--recipe', 'official', '--no-baselines']); // run 2
 });
 
 describe('ONNX export', () => {

@@ -172,7 +172,7 @@ describe('the service', () => {
     const { runId } = await t.call<{ runId: number }>('finetune.create', {
       from: { runId: source.id },
       datasetId: labeledId,
-      finetune: { epochs: 1, batch: 16, warmupEpochs: 0 },
+      finetune: { recipe: 'official', baselines: false, epochs: 1, batch: 16, warmupEpochs: 0 },
     });
     await t.status(runId, 'finished');
     expect(t.events.some((e) => e.type === 'run.eval' && e.runId === runId)).toBe(true);

@@ -72,7 +72,21 @@ beforeAll(async () => {
       .slice(0, 8))
       symlinkSync(join(SAMPLE_IMAGES, f), join(labeled, cls, f));
   }
-  await run(['finetune', '--json', '--from', '1', '--data', labeled, '--epochs', '1', '--batch', '4']); // run 2
+  await run([
+    'finetune',
+    '--json',
+    '--from',
+    '1',
+    '--data',
+    labeled,
+    '--epochs',
+    '1',
+    '--batch',
+    '4',
+    '--recipe',
+    'official',
+    '--no-baselines',
+  ]); // run 2
 }, 600_000);
 
 describe('Swin export and import (timm names)', () => {

@@ -1,4 +1,5 @@
 import { FinetuneConfigSchema, parseConfig } from '../config.js';
+import { RECIPE_CHOICES, SMALL_DATA_BELOW, type RecipeChoice } from '../recipe.js';
 import { parse, UsageError, type Flags } from './args.js';
 import { configFromFlags, MODEL_FLAGS } from './pretrain.js';
 import { indexFlags } from './index-cmd.js';
@@ -10,7 +11,7 @@ const n = (help: string, arg = 'N') => ({ type: 'string', arg, help }) as const;
 
 /** Fine-tuning flags and the config field each sets (core/config.ts FinetuneConfigSchema). */
 const SETTINGS = {
-  epochs: ['epochs', n('epochs (default 50; 90 for the LARS probe)')],
+  epochs: ['epochs', n('epochs (default by the recipe: 50 official, its step budget small-data; 90 for the LARS probe)')],
   batch: ['batch', n('images per step (default 32)')],
   blr: [
     'blr',
@@ -27,6 +28,10 @@ const SETTINGS = {
   mixup: ['mixup', n('Mixup α; 0 = off (default 0.8; none in a linear probe)', 'A')],
   cutmix: ['cutmix', n('CutMix α; 0 = off (default 1; none in a linear probe)', 'A')],
   reprob: ['reprob', n('random erasing probability; 0 = off (default 0.25; none in a linear probe)', 'P')],
+  'min-scale': [
+    'minScale',
+    n("smallest crop area of RandomResizedCrop, in (0, 1] (default by the recipe: 0.08 official, small-data's)", 'F'),
+  ],
   'val-fraction': ['valFraction', n('share of each class held out for validation, in (0, 1) (default 0.2)', 'F')],
   warmup: ['warmupEpochs', n('warmup epochs (default 5; 10 for the LARS probe)', 'EPOCHS')],
 } as const;
@@ -40,6 +45,15 @@ const OPTIONS = {
     default: false,
     help: 'a linear probe of the frozen backbone: L2 logistic regression on its features, λ chosen on a hold-out of the training labels, beside the same probe of raw pixels and of the untrained backbone',
   },
+  'no-baselines': {
+    type: 'boolean',
+    default: false,
+    help: 'skip the baselines on the same split (raw pixels; the same recipe from the initialisation: a second fine-tune, once per split, model, seed and recipe)',
+  },
+  recipe: n(
+    `auto (default): the small-data recipe below ${SMALL_DATA_BELOW} labeled training images (a step budget from the linear probe, LP-FT), else the official one; or official, small-data`,
+    'NAME',
+  ),
   'probe-recipe': n(
     "logistic (default), or lars: MAE's recipe for ImageNet-sized batches (BatchNorm and a linear head trained by LARS over epochs, crops and flips)",
     'NAME',
@@ -69,10 +83,15 @@ export async function run(argv: string[]): Promise<void> {
     if (!values.from === !values.scratch)
       throw new UsageError('give --from RUN[:STEP] to fine-tune a pretrained run, or --scratch for the baseline');
   }
+  const recipe = values.recipe;
+  if (recipe !== undefined && !RECIPE_CHOICES.includes(recipe as RecipeChoice))
+    throw new UsageError(`--recipe: expected ${RECIPE_CHOICES.join(', ')}, got "${recipe}"`);
+  if (recipe !== undefined && values['linear-probe']) throw new UsageError('--recipe: a linear probe has its own recipe');
   for (const flag of ['probe-recipe', 'probe-features'] as const)
     if (values[flag] !== undefined && !values['linear-probe']) throw new UsageError(`--${flag} goes with --linear-probe`);
   const finetune: Record<string, unknown> = {
     ...(values['linear-probe'] && { linearProbe: true }),
+    ...(values['no-baselines'] && { baselines: false }),
     ...(values['probe-recipe'] !== undefined && { probeRecipe: values['probe-recipe'] }),
     ...(values['probe-features'] !== undefined && { probeFeatures: values['probe-features'] }),
     ...(values['rand-augment'] !== undefined && { randAugment: values['rand-augment'] }),
@@ -84,6 +103,7 @@ export async function run(argv: string[]): Promise<void> {
     finetune[field] = Number(v);
   }
   parseConfig(FinetuneConfigSchema, finetune, 'finetune'); // named errors now, before the folder is indexed
+  if (recipe !== undefined) finetune.recipe = recipe;
   const seed = values.seed === undefined ? 0 : Number(values.seed);
   const model = values.scratch ? configFromFlags({ model: values.model, img: values.img, patch: values.patch }).model : undefined;
   await runInTerminal(values, {

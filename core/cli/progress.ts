@@ -1,4 +1,4 @@
-import type { ProbeResult } from '../store/store.js';
+import type { FinetuneResult, ProbeResult } from '../store/store.js';
 
 /** Terminal status: one line rewritten in place on a TTY, or a plain line every few seconds elsewhere. */
 export class StatusLine {
@@ -30,6 +30,15 @@ export function duration(seconds: number): string {
   const h = Math.floor(s / 3600);
   const m = Math.floor((s % 3600) / 60);
   return h ? `${h}h${String(m).padStart(2, '0')}m` : m ? `${m}m${String(s % 60).padStart(2, '0')}s` : `${s}s`;
+}
+
+/** A fine-tune's result beside its baselines, as the summary and `runs show` print it. */
+export function resultLine(r: FinetuneResult): string {
+  const probe = r.probeTop1 === null ? '' : `, from its linear probe's ${pct(r.probeTop1)} %`;
+  const top1 = `validation top-1 ${pct(r.top1)} % (best checkpoint${probe})`;
+  if (!r.baselines) return `${top1}; no baselines (--no-baselines)`;
+  const { pixels, init } = r.baselines;
+  return `${top1}; baselines on the same split: raw pixels (logistic probe) ${pct(pixels)} %, no pretraining (same recipe from the initialisation) ${pct(init)} %`;
 }
 
 export const pct = (f: number) => (100 * f).toFixed(1);

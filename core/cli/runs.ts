@@ -1,7 +1,7 @@
 import { homeDir, homePaths, isAlive } from '../home.js';
-import { Store, type ResumeRow } from '../store/store.js';
+import { bestOf, Store, type ResumeRow } from '../store/store.js';
 import { homeFlag, parse, positiveInt, UsageError } from './args.js';
-import { probeSummary } from './progress.js';
+import { probeSummary, resultLine } from './progress.js';
 
 export const summary = 'list runs, or show one run: its last metrics, checkpoints and config';
 
@@ -46,9 +46,15 @@ function show(store: Store, id: number, json: boolean): void {
     console.log(
       `last: step ${last.step} loss ${last.loss.toFixed(4)} [${last.losses.map((l) => l.toFixed(4)).join(', ')}] lr ${last.lr.toExponential(2)} ${last.imagesPerS.toFixed(1)} img/s`,
     );
-  console.log('checkpoints:');
-  for (const c of checkpoints)
-    console.log(`  step ${c.step}  loss ${c.loss?.toFixed(4) ?? '—'}  ${(c.size / 1e6).toFixed(1)} MB  ${c.path}`);
+  if (run.finetuneResult) console.log(resultLine(run.finetuneResult));
+  const best = bestOf(checkpoints);
+  console.log(best ? `checkpoints (* best validation top-1: the one export and --from ${run.id} use):` : 'checkpoints:');
+  for (const c of checkpoints) {
+    const top1 = c.valTop1 === null ? '' : `  val top-1 ${(100 * c.valTop1).toFixed(1)} %`;
+    console.log(
+      `${c === best ? '*' : ' '} step ${c.step}  loss ${c.loss?.toFixed(4) ?? '—'}${top1}  ${(c.size / 1e6).toFixed(1)} MB  ${c.path}`,
+    );
+  }
   for (const r of resumes) console.log(describeResume(r));
   console.log(`config: ${JSON.stringify(run.config, null, 2)}`);
 }

@@ -12,7 +12,7 @@ import { Store } from '../store/store.js';
 import type { Cadence, TrainEvent } from '../train/loop.js';
 import { homeFlag, nonNegativeInt, parse, positiveInt, UsageError, type Flags } from './args.js';
 import { indexFlags, indexOptions, indexWithProgress, printSummary } from './index-cmd.js';
-import { duration, pct, probeSummary, StatusLine } from './progress.js';
+import { duration, pct, probeSummary, resultLine, StatusLine } from './progress.js';
 
 /** How often a terminal run checkpoints and how many checkpoints it keeps. */
 export const cadenceFlags = {
@@ -40,7 +40,11 @@ export const sessionFlags = {
     help: 'tfjs, torch (PyTorch, see localmim doctor) or auto: torch where it has a GPU (default tfjs)',
   },
   amp: { type: 'boolean', default: false, help: 'torch engine on CUDA: bf16 mixed precision (faster, not bit-comparable)' },
-  json: { type: 'boolean', default: false, help: 'print one JSON event per line: start, step, eval, knn, checkpoint, end, error' },
+  json: {
+    type: 'boolean',
+    default: false,
+    help: 'print one JSON event per line: start, step, eval, knn, checkpoint, end, finetune (last), error',
+  },
 } as const satisfies Flags;
 
 /** The flags that change a resumed run's schedule, and the setting each sets (core/config.ts ResumeOverridesSchema). */
@@ -176,6 +180,7 @@ export async function runInTerminal(
     if (engine === 'torch') log(`engine    ${describeTorch(probeTorch())}`);
     const on = engine === 'torch' ? 'torch' : backend.chosen;
     const prepared = prepare(store, home, request, on);
+    if (prepared.recipe) log(prepared.recipe);
     if (engine === 'torch') assertTorchCan(prepared.spec, prepared.job.probe);
     const claimed = begin(store, prepared, { pid: process.pid, status: 'running', backend: on });
     const job = { ...claimed, cadence, stopAtStep, engine, torch: { amp: values.amp } };
@@ -198,7 +203,7 @@ export async function runInTerminal(
         session.line.done();
         log(`warning: ${m}`);
       };
-      await runTrainJob(job, { signal: session.signal, onEvent: session.onEvent, warn });
+      await runTrainJob(job, { signal: session.signal, onEvent: session.onEvent, warn, info: log });
     } finally {
       session.close();
     }
@@ -277,6 +282,9 @@ function terminalSession(o: {
       emit({ type: 'checkpoint', path: e.path, step: e.step, epoch: e.epoch, loss: e.loss });
     } else if (e.type === 'skipped') {
       emit(e); // the terminal shows it as a warning
+    } else if (e.type === 'finetune') {
+      emit(e);
+      say(`run ${o.runId}: ${resultLine(e)}`);
     } else if (e.type === 'probe') {
       probe = e; // recorded before the run's end, shown after it: the output ends with the answer
     } else {

@@ -1,7 +1,7 @@
 import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { UserError } from '../errors.js';
-import type { CheckpointRow, RunRow, Store } from '../store/store.js';
+import { bestOf, type CheckpointRow, type RunRow, type Store } from '../store/store.js';
 import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
 import { RunRecorder } from './recorder.js';
 
@@ -10,7 +10,7 @@ export interface ResumePoint {
   checkpoint?: LoadedCheckpoint;
   path?: string;
   /** Files that exist but are not in the store: written by a job whose service went away before recording them. */
-  unrecorded: Omit<CheckpointRow, 'id' | 'createdAt'>[];
+  unrecorded: Omit<CheckpointRow, 'id' | 'createdAt' | 'valTop1'>[];
   /** Checkpoints newer than `checkpoint` that are missing, unreadable or not what was recorded. */
   broken: string[];
   /** With a step asked for: the checkpoints after it, recorded or left in the folder, intact or not. */
@@ -143,7 +143,10 @@ export interface CheckpointRef {
   step?: number;
 }
 
-/** `RUN` or `RUN:STEP` → that run's newest intact checkpoint, or the one at STEP; errors name what is missing. */
+/**
+ * `RUN` or `RUN:STEP` → that run's best validated checkpoint (a fine-tune's, see Store.bestCheckpoint) or else its
+ * newest intact one, or the one at STEP; errors name what is missing.
+ */
 export function checkpointFor(store: Store, spec: string): FoundCheckpoint {
   return loadRef(checkpointRef(store, spec));
 }
@@ -157,7 +160,8 @@ export function checkpointRef(store: Store, spec: string): CheckpointRef {
   const all = store.checkpoints(run.id);
   if (m[2] === undefined) {
     if (!all.length) throw noIntact(run.id);
-    return { run, candidates: all.reverse() };
+    const best = bestOf(all);
+    return { run, candidates: [...(best ? [best] : []), ...all.reverse().filter((c) => c !== best)] };
   }
   const row = all.find((c) => c.step === Number(m[2]));
   if (!row)

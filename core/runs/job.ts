@@ -7,6 +7,8 @@ import { DecodeCache } from '../data/cache.js';
 import { UnreadableImageError } from '../data/decode.js';
 import { Loader, TooFewImagesError, type DataItem, type LoaderOptions } from '../data/loader.js';
 import { evalImage } from '../data/preprocess.js';
+import type { FinetuneRun } from '../config.js';
+import { evalImages, initBaseline, pixelBaseline, splitKey, type LabeledSplit } from './baselines.js';
 import { probeTorch, type Engine } from '../engine.js';
 import { homePaths, removeStaleTemps } from '../home.js';
 import { isBackbone } from '../model/classifier.js';
@@ -14,7 +16,7 @@ import type { PretrainModel } from '../model/localmim.js';
 import type { RgbImage } from '../targets/image.js';
 import { cropKernel } from '../recipe.js';
 import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
-import { finetuneTask } from '../train/finetune.js';
+import { finetuneTask, headFromProbe } from '../train/finetune.js';
 import { DivergedError, train, type Cadence, type LoopOptions, type TrainEvent } from '../train/loop.js';
 import { pretrainTask } from '../train/pretrain.js';
 import { optimOf, type RunSpec } from './spec.js';
@@ -52,6 +54,8 @@ export interface JobHooks {
   onPreview?: (step: number) => void;
   /** Something went wrong that does not stop training (e.g. a preview could not be written). */
   warn: (message: string) => void;
+  /** What the job does next, where it takes a while (a baseline). */
+  info?: (message: string) => void;
 }
 
 const SKIPS_NAMED = 10;
@@ -112,24 +116,15 @@ async function runOn(job: TrainJob, hooks: JobHooks): Promise<{ step: number; st
       };
   } else {
     if (!('train' in job.data)) throw new Error('a fine-tuning job needs a labeled split');
-    const { finetune: f, seed } = spec.config;
-    const val = await Promise.all(job.data.val.map((v) => evalImage(v.abs, imgSize, { cache, hash: v.hash })));
-    task = finetuneTask(
-      spec.config,
-      {
-        loader: new Loader(job.data.train, cache, imgSize, f.batch, seed, {
-          ...skipping(f.batch, f.accumIter),
-          minScale: f.minScale,
-          kernel: cropKernel(f, spec.config.model),
-          transform: finetuneAugment(f),
-        }),
-        labels: job.data.train.map((t) => t.label),
-        val: { images: val, labels: job.data.val.map((v) => v.label) },
-      },
-      init,
-    );
+    const split = job.data;
+    task = await labeledTask(spec.config, split, cache, { init, probeInit: !resumeFrom, skipping });
   }
-  return train(task, {
+  const evals: { step: number; top1: number }[] = [];
+  const onEvent = (e: TrainEvent) => {
+    if (e.type === 'eval') evals.push(e);
+    hooks.onEvent(e);
+  };
+  const done = await train(task, {
     backend: job.backend,
     readEvery: lossReadEvery(job.backend),
     checkpointPath: (step) => paths.checkpoint(job.runId, step),
@@ -138,10 +133,72 @@ async function runOn(job: TrainJob, hooks: JobHooks): Promise<{ step: number; st
     stopAtStep: job.stopAtStep,
     signal: hooks.signal,
     knn,
-    onEvent: hooks.onEvent,
+    onEvent,
   }).catch((err: Error) => {
     throw deviceError(err, job) ?? dataError(err, job) ?? err;
   });
+  if (done.status === 'finished' && spec.kind === 'finetune' && !spec.config.finetune.linearProbe && 'train' in job.data)
+    hooks.onEvent(await finetuneResult(job, spec.config, job.data, cache, evals, hooks));
+  return done;
+}
+
+/**
+ * A fine-tuning task on a labeled split: the training loader (crops and the recipe's augmentation), the validation images
+ * at the evaluation transform, and with `probeInit` and the recipe's LP-FT the head fitted as the linear probe.
+ */
+async function labeledTask(
+  config: FinetuneRun,
+  split: LabeledSplit,
+  cache: DecodeCache,
+  o: {
+    init?: ReadonlyMap<string, Float32Array>;
+    probeInit: boolean;
+    skipping?: (batch: number, accumIter: number) => Partial<LoaderOptions<RgbImage>>;
+  },
+) {
+  const { finetune: f, seed, model } = config;
+  const val = await evalImages(split.val, model.imgSize, cache);
+  const loader = new Loader(split.train, cache, model.imgSize, f.batch, seed, {
+    ...o.skipping?.(f.batch, f.accumIter),
+    minScale: f.minScale,
+    kernel: cropKernel(f, model),
+    transform: finetuneAugment(f),
+  });
+  const labels = split.train.map((t) => t.label);
+  const task = finetuneTask(config, { loader, labels, val: { images: val, labels: split.val.map((v) => v.label) } }, o.init);
+  if (f.probeInit && o.probeInit)
+    await headFromProbe(task.model, await evalImages(split.train, model.imgSize, cache), labels, seed, f.batch).catch((err: Error) => {
+      task.dispose();
+      throw err;
+    });
+  return task;
+}
+
+/**
+ * The `finetune` event: the best validation top-1 (the checkpoint export picks), the probe it started from, and the
+ * baselines on the same split — the raw pixels' logistic probe and the same recipe from the initialisation (a scratch
+ * run is its own).
+ */
+async function finetuneResult(
+  job: TrainJob,
+  config: FinetuneRun,
+  split: LabeledSplit,
+  cache: DecodeCache,
+  evals: { step: number; top1: number }[],
+  hooks: JobHooks,
+): Promise<TrainEvent> {
+  const top1 = Math.max(...evals.map((e) => e.top1));
+  const probeTop1 = config.finetune.probeInit ? (evals.find((e) => e.step === 0)?.top1 ?? null) : null;
+  if (!config.finetune.baselines) return { type: 'finetune', step: evals.at(-1)?.step ?? 0, top1, probeTop1, baselines: null };
+  const K = config.classes.length;
+  const pixels = await pixelBaseline(job.home, split, K, config.model.imgSize, config.seed, cache);
+  const scratch = { ...config, from: null };
+  const key = JSON.stringify({ split: splitKey(split), model: config.model, seed: config.seed, finetune: config.finetune });
+  if (config.from)
+    hooks.info?.('baseline: the same recipe from the initialisation (no pretraining), once per split, model, seed and recipe');
+  const init = config.from ? await initBaseline(job.home, key, () => labeledTask(scratch, split, cache, { probeInit: true })) : top1;
+  const last = evals.at(-1)?.step ?? 0;
+  return { type: 'finetune', step: last, top1, probeTop1, baselines: { pixels, init } };
 }
 
 /** The hooks, watched for the step of the run's last good checkpoint: the one resumed from, then each one written. */

@@ -17,7 +17,7 @@ import { UserError } from '../errors.js';
 import { activeAdapter } from '../backend.js';
 import type { Adapter } from '../webgpu.js';
 import { homePaths, isAlive } from '../home.js';
-import { finetuneRecipe, type RecipeModel } from '../recipe.js';
+import { finetuneDefaults, RECIPE_CHOICES, type RecipeChoice, type RecipeModel } from '../recipe.js';
 import type { RunProbe, RunRow, Store } from '../store/store.js';
 import { checkpointFor, resumePoint, type FoundCheckpoint, type ResumePoint } from './checkpoints.js';
 import { estimate } from './estimate.js';
@@ -70,6 +70,8 @@ export interface Prepared {
   resume?: ResumePoint;
   /** What the run's resume history records: the settings changed, and whether later checkpoints are set aside. */
   history?: { changes: Record<string, [unknown, unknown]>; supersede: boolean };
+  /** A new fine-tune: which recipe runs and why (core/recipe.ts finetuneDefaults). */
+  recipe?: string;
   job: Omit<TrainJob, 'runId' | 'cadence' | 'backend' | 'stopAtStep' | 'previewEvery'>;
 }
 
@@ -178,10 +180,14 @@ function prepareFinetune(store: Store, home: string, req: Extract<RunRequest, { 
     throw new UserError(`--from: run ${source.run.id} is a fine-tuning run; start from a pretraining or imported run`);
   const model = source ? specOf(source.run).config.model : req.model;
   if (!model) throw new UserError('model: a fine-tune from scratch needs a model config');
-  const finetune = parseConfig(FinetuneConfigSchema, withRecipe(req.finetune ?? {}, source, model), 'finetune');
-  if (finetune.linearProbe && modelFamily(model) === 'swin')
+  const given = req.finetune ?? {};
+  const { recipe: choice, ...settings } = isRecord(given) ? given : { recipe: undefined };
+  const first = parseConfig(FinetuneConfigSchema, isRecord(given) ? settings : given, 'finetune');
+  if (first.linearProbe && modelFamily(model) === 'swin')
     throw new UserError(`linearProbe: a linear probe is MAE's protocol for ViTs; the official Swin code has none (${model.size})`);
-  const split = splitOf(store, dataset, finetune.valFraction, req.seed);
+  const split = splitOf(store, dataset, first.valFraction, req.seed);
+  const recipe = first.linearProbe ? undefined : withRecipe(settings, recipeChoice(choice), source, model, split.train.length);
+  const finetune = recipe ? parseConfig(FinetuneConfigSchema, recipe.settings, 'finetune') : first;
   const config = parseConfig(FinetuneRunSchema, {
     model,
     finetune,
@@ -202,19 +208,36 @@ function prepareFinetune(store: Store, home: string, req: Extract<RunRequest, { 
     },
     spec,
     specChanged: false,
+    recipe: recipe?.why,
     job: { kind: 'train', home, spec, data: dataFor(store, spec, dataset, split), initFrom: source?.path },
   };
 }
 
 /**
- * Fine-tuning settings over the official recipe for the source's pretraining length (core/recipe.ts): given values
- * win. A linear probe has its own recipe (LINEAR_PROBE).
+ * Fine-tuning settings over the recipe for `labeled` training images and the source's pretraining length
+ * (core/recipe.ts finetuneDefaults): given values win. A linear probe has its own recipe (LINEAR_PROBE).
  */
-function withRecipe(given: unknown, source: FoundCheckpoint | undefined, model: RecipeModel): unknown {
-  if (typeof given !== 'object' || given === null || Array.isArray(given) || ('linearProbe' in given && given.linearProbe)) return given;
+function withRecipe(
+  given: Record<string, unknown>,
+  choice: RecipeChoice,
+  source: FoundCheckpoint | undefined,
+  model: RecipeModel,
+  labeled: number,
+) {
   const epochs = !source ? null : source.run.kind === 'import' ? 'imported' : source.checkpoint.state.epoch;
-  return { ...finetuneRecipe(epochs, model), ...given };
+  const batch = typeof given.batch === 'number' ? given.batch : undefined;
+  const { defaults, why } = finetuneDefaults(labeled, choice, epochs, model, batch);
+  return { settings: { ...defaults, ...given }, why };
 }
+
+function recipeChoice(v: unknown): RecipeChoice {
+  if (v === undefined) return 'auto';
+  if (!RECIPE_CHOICES.includes(v as RecipeChoice))
+    throw new UserError(`finetune.recipe: expected ${RECIPE_CHOICES.join(', ')}, got ${JSON.stringify(v)}`);
+  return v as RecipeChoice;
+}
+
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 function trainSpec(run: RunRow): TrainSpec {
   try {

@@ -1,18 +1,15 @@
-import { createHash } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeAtomic } from '../atomic.js';
 import { embedFolder, readEmbeddings } from '../analysis/embed.js';
 import type { Embedded } from '../analysis/knn.js';
 import { fitLinearProbe, layerNormRows, probeCrossEntropy, probeTop1, type LinearHead } from '../analysis/linear-probe.js';
 import type { FinetuneRun, ModelConfig } from '../config.js';
 import type { DecodeCache } from '../data/cache.js';
-import { evalImage } from '../data/preprocess.js';
 import { homePaths } from '../home.js';
 import { classifierFor, isBackbone, PROBE_EPS, type Classifier, type ProbeFeatures } from '../model/classifier.js';
 import type { ParamStore } from '../model/module.js';
 import type { ProbeResult } from '../store/store.js';
 import { saveCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
+import { cacheKey, cachedTop1, pixelBaseline, splitKey } from './baselines.js';
 import type { JobHooks, LabeledItem, TrainJob } from './job.js';
 
 /** Labeled rows of a split's two parts: what every probe here fits and scores. */
@@ -79,7 +76,7 @@ async function backboneSplit(
   o: { home: string; weights: string; cache: DecodeCache },
 ): Promise<Split> {
   const items = [...data.train, ...data.val].map((it) => ({ abs: it.abs, hash: it.hash, path: it.abs, label: String(it.label) }));
-  const key = sha(o.weights, kind, ...items.map((it) => it.hash));
+  const key = cacheKey(o.weights, kind, ...items.map((it) => it.hash));
   const out = join(o.home, 'embeddings', `probe-${key.slice(0, 24)}.safetensors`);
   const P = (name: string) => params.get(name);
   await embedFolder(P, model, items, { out, weights: o.weights, cache: o.cache, features: kind });
@@ -99,8 +96,6 @@ function splitRows(e: { features: Float32Array; dim: number }, data: { train: La
 /** What names a run's untrained backbone: its seed and model (the init `finetune --scratch` builds). */
 const initWeights = (config: FinetuneRun) => `init:${config.seed}:${JSON.stringify(config.model)}`;
 
-const sha = (...parts: string[]) => createHash('sha256').update(parts.join('\n')).digest('hex');
-
 /**
  * The same probe, on the same split, of (a) the raw pixels at the model's input size (the evaluation transform, RGB
  * flattened) and (b) the backbone at its initialisation. Each is cached under `<home>/embeddings/baselines` by what it
@@ -113,16 +108,13 @@ async function probeBaselines(job: TrainJob, cache: DecodeCache): Promise<{ pixe
   const { seed, classes } = config;
   const { imgSize } = config.model;
   const kind = config.finetune.probeFeatures;
-  const splitKey = [...data.train.map((t) => `t${t.hash}:${t.label}`), ...data.val.map((t) => `v${t.hash}:${t.label}`)].join(',');
   const fitted = async (split: () => Promise<Split>) => {
     const s = await split();
     const fit = await fitLinearProbe(s.train, classes.length, { seed });
     return probeTop1(fit.head, s.val);
   };
-  const pixels = await cached(job.home, sha('pixels', String(imgSize), String(seed), splitKey), () =>
-    fitted(async () => splitRows(await pixelRows([...data.train, ...data.val], imgSize, cache), data)),
-  );
-  const init = await cached(job.home, sha('init', initWeights(config), kind, splitKey), async () => {
+  const pixels = await pixelBaseline(job.home, data, classes.length, imgSize, seed, cache);
+  const init = await cachedTop1(job.home, cacheKey('init', initWeights(config), kind, splitKey(data)), async () => {
     const model = classifierFor(config.model, classes.length, seed, true, true);
     try {
       return await fitted(() =>
@@ -133,24 +125,6 @@ async function probeBaselines(job: TrainJob, cache: DecodeCache): Promise<{ pixe
     }
   });
   return { pixels, init };
-}
-
-/** Images at the model's input size (the evaluation transform) as rows of RGB values: the raw-pixel baseline's features. */
-export async function pixelRows(items: { abs: string; hash: string }[], imgSize: number, cache?: DecodeCache) {
-  const dim = imgSize * imgSize * 3;
-  const features = new Float32Array(items.length * dim);
-  for (const [i, it] of items.entries()) features.set((await evalImage(it.abs, imgSize, cache && { cache, hash: it.hash })).data, i * dim);
-  return { features, dim };
-}
-
-/** A top-1 computed once per key under `<home>/embeddings/baselines`. */
-async function cached(home: string, key: string, compute: () => Promise<number>): Promise<number> {
-  const dir = join(home, 'embeddings', 'baselines');
-  const file = join(dir, `${key.slice(0, 32)}.json`);
-  if (existsSync(file)) return (JSON.parse(readFileSync(file, 'utf8')) as { top1: number }).top1;
-  const top1 = await compute();
-  writeAtomic(file, JSON.stringify({ top1 }));
-  return top1;
 }
 
 /**

@@ -1,5 +1,5 @@
 import { rmSync } from 'node:fs';
-import type { MetricRow, Store } from '../store/store.js';
+import { bestOf, type MetricRow, type Store } from '../store/store.js';
 import type { TrainEvent } from '../train/loop.js';
 
 /** What a recorder persists: the loop's events, and changes to the run's row from whoever runs the job. */
@@ -83,17 +83,12 @@ export class RunRecorder {
         const { top1, baselines, lambda, holdoutTop1, features, dims, seconds } = e;
         this.store.setProbeResult(this.runId, { top1, baselines, lambda, holdoutTop1, features, dims, seconds });
       } else if (e.type === 'checkpoint') {
-        this.store.addCheckpoint({
-          runId: this.runId,
-          step: e.step,
-          epoch: e.epoch,
-          loss: e.loss,
-          path: e.path,
-          size: e.size,
-          hash: e.hash,
-        });
+        const { step, epoch, loss, path, size, hash, top1 } = e;
+        this.store.addCheckpoint({ runId: this.runId, step, epoch, loss, path, size, hash, valTop1: top1 ?? null });
         pruned.push(...this.prune());
       } else if (e.type === 'skipped') this.store.addSkipped(this.runId);
+      else if (e.type === 'finetune')
+        this.store.updateRun(this.runId, { finetuneResult: { top1: e.top1, probeTop1: e.probeTop1, baselines: e.baselines } });
       else if (e.type === 'end')
         this.store.updateRun(this.runId, { status: e.status, pid: null, step: e.step, ...(e.reason && { error: e.reason }) });
     }
@@ -101,11 +96,16 @@ export class RunRecorder {
     return pruned;
   }
 
-  /** Keeps the last `keep` checkpoints and the one with the lowest loss; drops the rest's rows, returns their files. */
+  /**
+   * Keeps the last `keep` checkpoints, the one with the lowest loss and the best validated one; drops the rest's rows,
+   * returns their files.
+   */
   private prune(): string[] {
     const all = this.store.checkpoints(this.runId);
     const best = all.filter((c) => c.loss !== null).sort((a, b) => a.loss! - b.loss!)[0];
-    const dropped = all.slice(0, Math.max(0, all.length - this.keep)).filter((c) => c.id !== best?.id);
+    const validated = bestOf(all);
+    const keep = new Set([best?.id, validated?.id]);
+    const dropped = all.slice(0, Math.max(0, all.length - this.keep)).filter((c) => !keep.has(c.id));
     for (const c of dropped) this.store.deleteCheckpoint(c.id);
     return dropped.map((c) => c.path);
   }

@@ -72,6 +72,8 @@ export const runHandlers = (c: Context) =>
         knn: c.store.knn(run.id),
         checkpoints: c.store.checkpoints(run.id),
         resumes: c.store.resumes(run.id),
+        /** The checkpoint export uses by default: the best validated one (fine-tuning), if any. */
+        best: c.store.bestCheckpoint(run.id)?.id ?? null,
         exports: c.store.exports(run.id),
         previews: previews(c.home, run.id),
         active: c.scheduler.isActive(run.id),

@@ -358,6 +358,8 @@ export class Scheduler {
       this.emit({ type: 'run.knn', runId, row: { step: e.step, top1: e.top1, top5: e.top5, seconds: e.seconds, probeTop1: e.probeTop1 } });
     else if (e.type === 'checkpoint') this.emit({ type: 'run.checkpoint', runId, step: e.step });
     else if (e.type === 'end') this.emit({ type: 'run.status', runId, status: e.status, error: this.problem(runId) ?? e.reason ?? null });
+    else if (e.type === 'finetune')
+      this.emit({ type: 'run.result', runId, result: { top1: e.top1, probeTop1: e.probeTop1, baselines: e.baselines } });
     else if (e.type === 'skipped') this.emit({ type: 'run.skipped', runId, path: e.path, reason: e.reason });
   }
 

@@ -172,4 +172,13 @@ export const MIGRATIONS: { version: number; sql: string }[] = [
       ) STRICT;
     `,
   },
+  {
+    // Fine-tuning (issue 29): each checkpoint's validation top-1, where it was evaluated (the best one is exported), and a
+    // finished fine-tune's result beside its baselines ({top1, probeTop1, baselines: {pixels, init}} as JSON).
+    version: 44,
+    sql: `
+      ALTER TABLE checkpoints ADD COLUMN val_top1 REAL;
+      ALTER TABLE runs ADD COLUMN finetune_result TEXT;
+    `,
+  },
 ];

@@ -49,6 +49,17 @@ export interface RunRow {
   probe: RunProbe | null;
   /** A logistic linear probe's result on its validation images, with its baselines. */
   probeResult: ProbeResult | null;
+  /** A finished fine-tune: its top-1 beside its baselines on the same split. */
+  finetuneResult: FinetuneResult | null;
+}
+
+export interface FinetuneResult {
+  /** Validation top-1 of the checkpoint export picks (the best). */
+  top1: number;
+  /** The linear probe it started from (LP-FT); null without one. */
+  probeTop1: number | null;
+  /** The same evaluation of the raw pixels (a logistic probe) and of the same recipe from the initialisation; null when not asked for. */
+  baselines: { pixels: number; init: number } | null;
 }
 
 /** A logistic probe's top-1 (fractions) beside raw pixels' and the untrained backbone's on the same split. */
@@ -99,6 +110,8 @@ export interface CheckpointRow {
   path: string;
   size: number;
   hash: string;
+  /** Validation top-1 of its weights, where evaluated (fine-tuning). */
+  valTop1: number | null;
   createdAt: string;
 }
 
@@ -236,7 +249,10 @@ export class Store {
   updateRun(
     id: number,
     fields: Partial<
-      Pick<RunRow, 'status' | 'pid' | 'error' | 'backend' | 'step' | 'epoch' | 'name' | 'notes' | 'tags' | 'config' | 'datasetId'>
+      Pick<
+        RunRow,
+        'status' | 'pid' | 'error' | 'backend' | 'step' | 'epoch' | 'name' | 'notes' | 'tags' | 'config' | 'datasetId' | 'finetuneResult'
+      >
     >,
   ): void {
     const cols = Object.keys(fields);
@@ -324,10 +340,10 @@ export class Store {
     this.db.prepare('UPDATE runs SET probe_result = ? WHERE id = ?').run(JSON.stringify(result), runId);
   }
 
-  addCheckpoint(c: Omit<CheckpointRow, 'id' | 'createdAt'>): CheckpointRow {
+  addCheckpoint(c: Omit<CheckpointRow, 'id' | 'createdAt' | 'valTop1'> & { valTop1?: number | null }): CheckpointRow {
     this.db
-      .prepare(`INSERT OR REPLACE INTO checkpoints (run_id, step, epoch, loss, path, size, hash) VALUES (?, ?, ?, ?, ?, ?, ?)`)
-      .run(c.runId, c.step, c.epoch, c.loss, c.path, c.size, c.hash);
+      .prepare(`INSERT OR REPLACE INTO checkpoints (run_id, step, epoch, loss, path, size, hash, val_top1) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`)
+      .run(c.runId, c.step, c.epoch, c.loss, c.path, c.size, c.hash, c.valTop1 ?? null);
     return this.checkpoints(c.runId).find((x) => x.step === c.step)!;
   }
 
@@ -374,10 +390,19 @@ export class Store {
     }));
   }
 
+  /** The checkpoint with the highest validation top-1 (the later of equals), if any was evaluated. */
+  bestCheckpoint(runId: number): CheckpointRow | undefined {
+    return bestOf(this.checkpoints(runId));
+  }
+
   deleteCheckpoint(id: number): void {
     this.db.prepare('DELETE FROM checkpoints WHERE id = ?').run(id);
   }
 }
+
+/** The evaluated checkpoint with the highest validation top-1, the later of equals. */
+export const bestOf = (rows: CheckpointRow[]) =>
+  rows.reduce<CheckpointRow | undefined>((b, c) => (c.valTop1 !== null && (!b || c.valTop1 >= b.valTop1!) ? c : b), undefined);
 
 function parseRun(row: Record<string, unknown>): RunRow {
   const r = camel(row) as Record<string, unknown>;
@@ -386,6 +411,7 @@ function parseRun(row: Record<string, unknown>): RunRow {
     config: JSON.parse(r.config as string),
     tags: JSON.parse(r.tags as string) as string[],
     probe: r.probe ? (JSON.parse(r.probe as string) as RunProbe) : null,
+    finetuneResult: r.finetuneResult ? (JSON.parse(r.finetuneResult as string) as FinetuneResult) : null,
     probeResult: r.probeResult ? (JSON.parse(r.probeResult as string) as ProbeResult) : null,
   };
 }

@@ -1,4 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
+import type { Embedded } from '../analysis/knn.js';
+import { fitLinearProbe, type LinearHead } from '../analysis/linear-probe.js';
 import { FinetuneRunSchema, type FinetuneRun } from '../config.js';
 import type { Loader } from '../data/loader.js';
 import { classifierFor, isBackbone, type Classifier } from '../model/classifier.js';
@@ -28,7 +30,11 @@ const PROBE_LARS = { momentum: 0.9, trust: 0.001 };
  * CutMix when enabled) and AdamW with each family's official layer-wise lr decay, or MAE's linear probe (plain cross-entropy, LARS on the
  * head); top-1 on the validation images at each epoch's end.
  */
-export function finetuneTask(config: FinetuneRun, data: LabeledData, init?: ReadonlyMap<string, Float32Array>): Task {
+export function finetuneTask(
+  config: FinetuneRun,
+  data: LabeledData,
+  init?: ReadonlyMap<string, Float32Array>,
+): Task & { model: Classifier } {
   const cfg = FinetuneRunSchema.parse(config);
   const f = cfg.finetune;
   const K = cfg.classes.length;
@@ -68,11 +74,54 @@ export function finetuneTask(config: FinetuneRun, data: LabeledData, init?: Read
       return out;
     },
     evaluate: () => evaluate(model, data.val.images, data.val.labels, f.batch),
+    // LP-FT starts at the probe's accuracy: scored, and checkpointed as a candidate best, before the first step.
+    evaluateFirst: f.probeInit,
     dispose() {
       optimizer.dispose();
       model.dispose();
     },
   };
+}
+
+/**
+ * LP-FT: fits the logistic-regression probe (core/analysis/linear-probe.ts) on the head's input of `images` (at the
+ * evaluation transform) and makes it the classifier's `head`, its standardisation folded into the weights, so that the
+ * classifier's logits are the probe's. Returns the probe.
+ */
+export async function headFromProbe(model: Classifier, images: Rgb8[], labels: number[], seed: number, batch: number): Promise<LinearHead> {
+  const train = await headInputs(model, images, labels, batch);
+  const { head } = await fitLinearProbe(train, model.classes, { seed });
+  const [D, K] = [train.dim, model.classes];
+  const weight = new Float32Array(K * D);
+  const bias = Float64Array.from(head.bias);
+  for (let d = 0; d < D; d++)
+    for (let k = 0; k < K; k++) {
+      const w = head.weight[d * K + k]! / head.std[d]!;
+      weight[k * D + d] = w;
+      bias[k]! -= head.mean[d]! * w;
+    }
+  model.params.assign(
+    new Map([
+      ['head.weight', weight],
+      ['head.bias', Float32Array.from(bias)],
+    ]),
+  );
+  return head;
+}
+
+/** What the classifier's head sees of each image (evaluation mode): the features its probe is fitted on. */
+export async function headInputs(model: Classifier, images: Rgb8[], labels: number[], batch: number): Promise<Embedded> {
+  const parts: Float32Array[] = [];
+  let dim = 0;
+  for (let i = 0; i < images.length; i += batch) {
+    const x = tf.tidy(() => model.headInput(images.slice(i, i + batch)));
+    dim = x.shape[1]!;
+    parts.push((await x.data()) as Float32Array);
+    x.dispose();
+  }
+  const features = new Float32Array(images.length * dim);
+  parts.reduce((at, p) => (features.set(p, at), at + p.length), 0);
+  return { features, dim, labels };
 }
 
 /** Soft-target cross-entropy: `mean_b Σ_k −t[b,k] · log softmax(logits)[b,k]`. */

@@ -16,9 +16,12 @@ export type TrainEvent =
   | { type: 'knn'; step: number; top1: number; top5: number; probeTop1?: number; seconds: number }
   /** A logistic linear probe's result (core/runs/logistic-probe.ts), with its baselines. */
   | ({ type: 'probe' } & ProbeResult)
-  | { type: 'checkpoint'; path: string; step: number; epoch: number; loss: number | null; size: number; hash: string }
+  /** `top1`: the validation top-1 of the weights it holds, where they were evaluated. */
+  | { type: 'checkpoint'; path: string; step: number; epoch: number; loss: number | null; size: number; hash: string; top1?: number }
   /** `reason`: why a run paused that nobody paused (its checkpoint had no room on the disk). */
   | { type: 'end'; status: 'finished' | 'paused'; step: number; reason?: string }
+  /** A finished fine-tune: its best validation top-1, the probe it started from (LP-FT), and its baselines on the same split. */
+  | { type: 'finetune'; step: number; top1: number; probeTop1: number | null; baselines: { pixels: number; init: number } | null }
   /** An image that could not be read (deleted or moved during training) was replaced by another; from the job, not the loop. */
   | { type: 'skipped'; path: string; reason: string };
 
@@ -48,6 +51,8 @@ export interface Task {
    */
   step(epoch: number, j: number, step: number, lr: number): Promise<tf.Tensor1D>;
   evaluate?(): Promise<{ top1: number; loss: number }>;
+  /** Evaluate, and checkpoint, at step 0 of a new run too (its starting point may be the best: LP-FT). */
+  readonly evaluateFirst?: boolean;
   /** After each step (e.g. reconstruction previews); its failures are the task's to handle. */
   afterStep?(step: number): Promise<void>;
   dispose(): void;
@@ -218,6 +223,13 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
       // Within budget once the next evaluation, costing as much as the last, is done.
       return knnSeconds + lastKnnSeconds <= o.knn.budget * ((performance.now() - started) / 1000 - knnSeconds);
     };
+    let evaluated: { step: number; top1: number } | undefined;
+    const evaluate = async (evaluator: () => Promise<{ top1: number; loss: number }>) => {
+      await flush();
+      const scores = await evaluator();
+      evaluated = { step, top1: scores.top1 };
+      o.onEvent({ type: 'eval', step, epoch: step / stepsPerEpoch, ...scores });
+    };
     const checkpoint = async (last: boolean) => {
       await flush();
       await checkWeights(step, task.model.params);
@@ -225,13 +237,18 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
       const loss = losses.length ? losses.reduce((a, b) => a + b, 0) / losses.length : null;
       const path = o.checkpointPath(step);
       const written = await saveCheckpoint(path, task.model, task.optimizer, { step, epoch, loss, config: task.config });
-      o.onEvent({ type: 'checkpoint', path, step, epoch, loss, ...written });
+      const top1 = evaluated?.step === step ? evaluated.top1 : undefined;
+      o.onEvent({ type: 'checkpoint', path, step, epoch, loss, ...written, ...(top1 !== undefined && { top1 }) });
       losses = [];
       if (last || o.knn?.every !== undefined || knnDue()) await knn();
       lastCheckpoint = performance.now();
     };
     const { everySteps, everyMinutes } = o.cadence;
     if (step === 0) await knn();
+    if (step === 0 && task.evaluateFirst && task.evaluate) {
+      await evaluate(task.evaluate);
+      await checkpoint(false);
+    }
 
     while (step < totalSteps) {
       const epoch = Math.floor(step / stepsPerEpoch);
@@ -243,10 +260,7 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
       pending.push({ step, lr, values });
       if (pending.length >= (o.readEvery ?? 1)) await flush();
       const epochEnd = step % stepsPerEpoch === 0;
-      if (epochEnd && task.evaluate) {
-        await flush();
-        o.onEvent({ type: 'eval', step, epoch: step / stepsPerEpoch, ...(await task.evaluate()) });
-      }
+      if (epochEnd && task.evaluate) await evaluate(task.evaluate);
       await task.afterStep?.(step);
       if (knnDue()) await knn();
 

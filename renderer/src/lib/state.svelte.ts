@@ -29,7 +29,7 @@ export async function start(): Promise<void> {
   transport.subscribe((e) => {
     if (e.type === 'dataset.progress') app.indexing[e.datasetPath] = { done: e.done, total: e.total, etaS: e.etaS };
     if (e.type === 'dataset.error') app.indexing[e.datasetPath] = { done: 0, total: 0, etaS: 0, error: e.message };
-    if (e.type === 'dataset.indexed' || e.type === 'run.status') void refresh();
+    if (e.type === 'dataset.indexed' || e.type === 'run.status' || e.type === 'run.result') void refresh();
     for (const l of listeners) l(e);
   });
   try {
