@@ -9,18 +9,19 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=$(mktemp -d)
-if [ ! -f .gpu/config.json ]; then  # the app's defaults, where bench/gpu-pack.sh did not write them
-  mkdir -p .gpu && npx tsx -e "import { newRunConfig } from './core/config.ts'; console.log(JSON.stringify(newRunConfig()))" > .gpu/config.json
+if [ ! -f .gpu/spec-tiny.json ]; then  # the engine's job specs, where bench/gpu-pack.sh did not write them
+  mkdir -p .gpu && npx tsx bench/torch-spec.ts vit-base 224 16 64 > .gpu/spec-vit-base.json &&
+    npx tsx bench/torch-spec.ts vit-tiny 32 8 8 > .gpu/spec-tiny.json
 fi
 python=$(command -v python3)
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import torch' 2>/dev/null && python=/usr/bin/python3
 python=${LOCALMIM_PYTHON:-$python}
 if [ "${LOCALMIM_BENCH_TINY:-0}" = 1 ]; then
-  size=(--model vit-tiny --img 32 --patch 8 --batch 8 --steps 3 --warmup 1 --images 32 --loader-batches 8 --workers 1)
+  size=(--spec .gpu/spec-tiny.json --steps 3 --warmup 1 --images 32 --loader-batches 8 --workers 1)
 else
-  size=(--model vit-base --img 224 --patch 16 --batch 64 --steps 30 --warmup 5)
+  size=(--spec .gpu/spec-vit-base.json --steps 30 --warmup 5)
 fi
-timeout 150 "$python" bench/torch-engine.py --config .gpu/config.json "${size[@]}" | tee "$out/torch.jsonl"
+timeout 150 "$python" bench/torch-engine.py "${size[@]}" | tee "$out/torch.jsonl"
 [ "${LOCALMIM_BENCH_TINY:-0}" = 1 ] && exit 0
 [ -f .gpu/node.xz ] || { echo "no .gpu/: run bench/gpu-pack.sh here first, and carry .gpu"; exit 2; }
 for f in .gpu/debs/*.deb; do dpkg -x "$f" /; done

@@ -6,7 +6,7 @@ import { drawPreview, PREVIEW_PROBES, previewDir, previewNoise, writePreview } f
 import { lossReadEvery } from '../backend.js';
 import { modelDims, modelFamily, type RunConfig } from '../config.js';
 import { evalImage } from '../data/preprocess.js';
-import type { TorchReport } from '../engine.js';
+import { torchProblem, torchSpec, type TorchReport } from '../engine.js';
 import { UserError } from '../errors.js';
 import { homePaths } from '../home.js';
 import { decodeSafetensors, encodeSafetensors } from '../safetensors.js';
@@ -15,17 +15,9 @@ import type { TrainEvent } from '../train/loop.js';
 import type { JobHooks, TrainJob } from './job.js';
 import type { RunSpec } from './spec.js';
 
-/** Why the torch engine cannot train this run, if it cannot: train.py pretrains ViTs (not the fusion variant). */
-export function torchProblem(spec: RunSpec, probe?: object): string | undefined {
-  if (spec.kind !== 'pretrain') return `the torch engine pretrains only; train this ${spec.kind} run with --engine tfjs`;
-  if (modelFamily(spec.config.model) !== 'vit') return `the torch engine trains ViTs; ${spec.config.model.size} needs --engine tfjs`;
-  if (spec.config.model.variant === 'fusion') return 'the torch engine has no fusion variant; train it with --engine tfjs';
-  if (probe) return 'the kNN monitor runs on the tfjs engine: train with --engine tfjs, or without a probe set';
-  return undefined;
-}
-
+/** Refuses, before anything is written, a run the torch engine cannot train (core/engine.ts torchCannot). */
 export function assertTorchCan(spec: RunSpec, probe?: object): void {
-  const problem = torchProblem(spec, probe);
+  const problem = torchProblem({ kind: spec.kind, model: spec.config.model, probe: !!probe });
   if (problem) throw new UserError(`engine: ${problem}`);
 }
 
@@ -40,7 +32,7 @@ export interface TorchOptions {
 }
 
 /**
- * Runs a pretraining job on core/scale/train.py (`--engine`), a child of this process: its JSON-line events become
+ * Runs a pretraining job on core/torch/train.py (`--engine`), a child of this process: its JSON-line events become
  * the training loop's own, so that whoever listens cannot tell the engines apart. SIGTERM pauses it (it
  * checkpoints, then ends 'paused'); if this process goes, its stdin closes and it does the same.
  */
@@ -67,10 +59,10 @@ export async function runTorchJob(
   writeFileSync(
     specFile,
     JSON.stringify({
-      config,
-      items: job.data.items.map((it) => it.abs),
+      ...torchSpec(config),
+      items: job.data.items.map((it) => ({ path: it.abs })),
       start,
-      runDir,
+      out: runDir,
       probes,
       previewEvery: job.previewEvery,
       cadence: job.cadence,
