@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { accessSync, constants, statSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { modelDims, modelFamily, peakLr, type ModelConfig, type RunConfig } from './config.js';
+import { modelDims, modelFamily, peakLr, type FinetuneRun, type ModelConfig, type RunConfig } from './config.js';
 
 /** What trains a run: tfjs in the job process (built in), or core/torch/train.py on a Python with torch. */
 export const ENGINES = ['tfjs', 'torch'] as const;
@@ -157,5 +157,25 @@ export function torchSpec(config: RunConfig) {
     model: { ...config.model, ...modelDims(config.model) },
     optim: { ...o, peakLr: peakLr(o), lrScalesWithWorld: o.lr === undefined },
     seed: config.seed,
+  };
+}
+
+/** Per parameter of a classifier: its learning-rate scale (layer decay) and whether AdamW decays it. */
+export type ParamGroups = Record<string, [lrScale: number, decays: boolean]>;
+
+/**
+ * A ViT fine-tuning run as the torch engine takes it: the model resolved as {@link torchSpec}'s, the recipe, the
+ * classes, and the classifier's parameter groups as the app's model declares them (`groups`).
+ */
+export function torchFinetuneSpec(run: FinetuneRun, groups: ParamGroups) {
+  const f = run.finetune;
+  return {
+    kind: 'finetune' as const,
+    config: run,
+    model: { ...run.model, ...modelDims(run.model) },
+    finetune: { ...f, peakLr: peakLr(f), lrScalesWithWorld: f.lr === undefined },
+    classes: run.classes.length,
+    groups,
+    seed: run.seed,
   };
 }

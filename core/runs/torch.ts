@@ -6,7 +6,8 @@ import { drawPreview, PREVIEW_PROBES, previewDir, previewNoise, writePreview } f
 import { lossReadEvery } from '../backend.js';
 import { modelDims, modelFamily, type RunConfig } from '../config.js';
 import { evalImage } from '../data/preprocess.js';
-import { torchProblem, torchSpec, type TorchReport } from '../engine.js';
+import { torchProblem, torchSpec, type ParamGroups, type TorchReport } from '../engine.js';
+import type { Classifier } from '../model/classifier.js';
 import { UserError } from '../errors.js';
 import { homePaths } from '../home.js';
 import { decodeSafetensors, encodeSafetensors } from '../safetensors.js';
@@ -19,6 +20,12 @@ import type { RunSpec } from './spec.js';
 export function assertTorchCan(spec: RunSpec, probe?: object): void {
   const problem = torchProblem({ kind: spec.kind, model: spec.config.model, probe: !!probe });
   if (problem) throw new UserError(`engine: ${problem}`);
+}
+
+/** A classifier's parameter groups as the torch engine takes them: each trainable tensor's lr scale and decay. */
+export function paramGroups(model: Classifier, layerDecay: number): ParamGroups {
+  const groups = [...model.params.vars].map(([name, p]) => [name, [model.lrScale(name, layerDecay), model.decays(name, p.shape)]]);
+  return Object.fromEntries(groups) as ParamGroups;
 }
 
 /** Runtime options of the torch engine (they change speed, not what is computed, except `amp`). */

@@ -33,6 +33,11 @@ class Rng:
     def uniform(self, lo, hi):
         return lo + (hi - lo) * self.next()
 
+    def normal(self):
+        """Standard normal (Box–Muller), as the app's."""
+        u = 1 - self.next()
+        return math.sqrt(-2 * math.log(u)) * math.cos(2 * math.pi * self.next())
+
     def fill(self, n):
         return torch.tensor([self.next() for _ in range(n)], dtype=torch.float32)
 

@@ -46,9 +46,12 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x, keep=None):
+        """`keep`: stochastic depth's per-sample scales [B, 1, 1] of the two branches, 0 (dropped) or 1/(1−rate)."""
+        attn = self.attn(self.norm1(x))
+        x = x + (attn if keep is None else attn * keep[0])
+        mlp = self.mlp(self.norm2(x))
+        return x + (mlp if keep is None else mlp * keep[1])
 
 
 class PatchEmbed(nn.Module):
