@@ -18,6 +18,8 @@ cp bench/peer.py .gpu/
 # The torch engine's job specs at the benched sizes (bench/torch-engine.py has no sizes of its own).
 npx tsx bench/torch-spec.ts vit-base 224 16 64 > .gpu/spec-vit-base.json
 npx tsx bench/torch-spec.ts vit-tiny 32 8 8 > .gpu/spec-tiny.json
+npx tsx bench/torch-spec.ts vit-base 224 16 64 finetune > .gpu/finetune-vit-base.json
+npx tsx bench/torch-spec.ts vit-tiny 32 8 8 finetune > .gpu/finetune-tiny.json
 o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64-lists'
 mkdir -p /tmp/amd64-lists/partial
 apt-get $o update -qq

@@ -1,5 +1,6 @@
 """The torch engine's speed (core/torch/train.py, as the app runs it): its data loader alone, in images/s, and its
-pretraining step on synthetic batches already on the device, in fp32 and (CUDA) bf16. One JSON line per result.
+pretraining step on synthetic batches already on the device, in fp32 and (CUDA) bf16; with --finetune, its ViT
+fine-tuning step (fp32, bf16) and its embedding's images/s. One JSON line per result.
 
     python3 bench/torch-engine.py --spec SPEC.json
 
@@ -76,9 +77,49 @@ def bench_step(spec, device, amp, steps, warmup):
     return (time.time() - t0) / steps
 
 
+def bench_finetune(spec, device, amp, steps, warmup):
+    """Seconds per fine-tuning step (finetune.finetune_step: Mixup/CutMix, drop path, layer decay) on a batch on the
+    device."""
+    from localmim_torch import finetune
+    c, f = spec['model'], spec['finetune']
+    torch.manual_seed(0)
+    model = finetune.ViTClassifier(c, spec['classes']).to(device)
+    opt = finetune.make_optimizer(model, f, spec['groups'])
+    B, side = f['batch'], c['imgSize']
+    batch = (torch.rand(B, 3, side, side, device=device) * 255, torch.randint(0, spec['classes'], (B,), device=device))
+    for i in range(warmup + steps):
+        if i == warmup:
+            sync(device)
+            t0 = time.time()
+        loss = finetune.finetune_step(model, opt, [batch], 1e-4, f, 0, i, spec['classes'], device, amp)
+    float(loss)
+    return (time.time() - t0) / steps
+
+
+@torch.no_grad()
+def bench_embed(spec, device, batches, warmup):
+    """images/s of the embedding's forward pass (model.Encoder.features) on batches on the device."""
+    from localmim_torch.model import Encoder
+    c, B = spec['model'], spec['finetune']['batch']
+    model = Encoder(c).to(device).eval()
+    images = torch.rand(B, 3, c['imgSize'], c['imgSize'], device=device) * 255
+    for i in range(warmup + batches):
+        if i == warmup:
+            sync(device)
+            t0 = time.time()
+        out = model.features(images)
+    float(out.sum())
+    return B * batches / (time.time() - t0)
+
+
+def precisions(device):
+    return [False, True] if device.type == 'cuda' else [False]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--spec', required=True, help='the job spec at the benched size (bench/torch-spec.ts)')
+    ap.add_argument('--finetune', help='a fine-tuning job spec (bench/torch-spec.ts ... finetune): its steps and embedding')
     ap.add_argument('--steps', type=int, default=20)
     ap.add_argument('--warmup', type=int, default=5)
     ap.add_argument('--workers', type=int, default=min(8, os.cpu_count() or 1))
@@ -92,13 +133,23 @@ def main():
     print(json.dumps({'bench': 'torch', 'torch': torch.__version__, **what}), flush=True)
     rate = bench_loader(spec, args.images, args.workers, args.loader_batches, device)
     print(json.dumps({'bench': 'torch-loader', 'workers': args.workers, 'imagesPerS': round(rate, 1), **what}), flush=True)
-    for amp in [False, True] if device.type == 'cuda' else [False]:
+    for amp in precisions(device):
         seconds = bench_step(spec, device, amp, args.steps, args.warmup)
         precision = str(train.amp_dtype(device)).replace('torch.', '') if amp else 'fp32'
         print(json.dumps({'bench': 'torch-step', 'precision': precision, 'msPerStep': round(seconds * 1000, 2),
                           'imagesPerS': round(batch / seconds, 1), **what}), flush=True)
         if device.type == 'cuda':
             torch.cuda.empty_cache()
+    if args.finetune:
+        ft = json.load(open(args.finetune))
+        c = ft['model']
+        what = {'model': c['size'], 'img': c['imgSize'], 'patch': c['patchSize'], 'batch': ft['finetune']['batch'], 'device': described}
+        for amp in precisions(device):
+            seconds = bench_finetune(ft, device, amp, args.steps, args.warmup)
+            precision = str(train.amp_dtype(device)).replace('torch.', '') if amp else 'fp32'
+            print(json.dumps({'bench': 'torch-finetune-step', 'precision': precision, 'stepsPerS': round(1 / seconds, 2), **what}), flush=True)
+        rate = bench_embed(ft, device, args.steps, args.warmup)
+        print(json.dumps({'bench': 'torch-embed', 'precision': 'fp32', 'imagesPerS': round(rate, 1), **what}), flush=True)
 
 
 if __name__ == '__main__':

@@ -120,7 +120,7 @@ export function describeTorch(r: TorchReport): string {
 
 /** A job as far as the engines differ on it: its kind, its model, whether the kNN monitor scores it. */
 export interface EngineJob {
-  kind: 'pretrain' | 'finetune' | 'import';
+  kind: 'pretrain' | 'finetune' | 'import' | 'embed';
   model: ModelConfig;
   probe?: boolean;
 }
@@ -130,7 +130,7 @@ export interface EngineJob {
  * for it and why; undefined where it can. The CLI, the service, scale-out and the new-run form all ask this.
  */
 export function torchCannot(job: EngineJob, who = 'the torch engine'): { path: string; message: string } | undefined {
-  if (job.kind !== 'pretrain') return { path: 'kind', message: `${job.kind}: ${who} pretrains only` };
+  if (job.kind !== 'pretrain' && job.kind !== 'embed') return { path: 'kind', message: `${job.kind}: ${who} pretrains and embeds only` };
   if (modelFamily(job.model) !== 'vit') return { path: 'model.size', message: `${job.model.size}: ${who} trains ViT models only` };
   if (job.model.variant === 'fusion')
     return { path: 'model.variant', message: `fusion: ${who} trains the local, global and isolated variants only` };

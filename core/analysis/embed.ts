@@ -3,6 +3,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, w
 import { dirname, join } from 'node:path';
 import type { ModelConfig } from '../config.js';
 import type { DecodeCache } from '../data/cache.js';
+import type { DataItem } from '../data/loader.js';
 import type { Param } from '../model/module.js';
 import { decodeSafetensors, encodeSafetensors } from '../safetensors.js';
 import { embedItems } from './knn.js';
@@ -24,6 +25,13 @@ export interface Embeddings {
   dim: number;
   items: { path: string; label: string | null }[];
 }
+
+/** Features `[N, D]` of a shard's images, `onBatch` told how many are done. */
+export type EmbedShard = (
+  items: DataItem[],
+  cache?: DecodeCache,
+  onBatch?: (done: number) => void,
+) => Promise<{ features: Float32Array; dim: number }>;
 
 /** `out` with its extension replaced: the paths' JSONL beside the features. */
 export const pathsFile = (out: string) => out.replace(/\.(safetensors|npy)$/, '') + '.jsonl';
@@ -51,7 +59,15 @@ export async function embedFolder(
   P: Param,
   model: ModelConfig,
   items: EmbedItem[],
-  o: { out: string; weights: string; cache?: DecodeCache; shard?: number; onProgress?: (done: number, total: number) => void },
+  o: {
+    out: string;
+    weights: string;
+    cache?: DecodeCache;
+    shard?: number;
+    onProgress?: (done: number, total: number) => void;
+    /** What embeds a shard: tfjs here by default, or the torch engine (core/runs/torch.ts torchEmbedder). */
+    embed?: EmbedShard;
+  },
 ): Promise<{ out: string; paths: string; images: number; dim: number; computed: number }> {
   const key = keyOf(o.weights, items);
   const paths = pathsFile(o.out);
@@ -71,7 +87,7 @@ export async function embedFolder(
     let features = existsSync(file) && readKey(file) === shardKey ? readEmbeddings(file) : undefined;
     if (!features) {
       const at = s * size;
-      const e = await embedItems(P, model, shard, o.cache, (n) => o.onProgress?.(at + n, items.length));
+      const e = await (o.embed ?? embedItems.bind(null, P, model))(shard, o.cache, (n) => o.onProgress?.(at + n, items.length));
       writeAtomic(file, encodeFeatures(e.features, e.dim, shardKey));
       features = e;
       computed += shard.length;

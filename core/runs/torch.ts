@@ -1,16 +1,18 @@
 import { spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { drawPreview, PREVIEW_PROBES, previewDir, previewNoise, writePreview } from '../analysis/preview.js';
 import { lossReadEvery } from '../backend.js';
-import { modelDims, modelFamily, type RunConfig } from '../config.js';
+import type { EmbedShard } from '../analysis/embed.js';
+import { modelDims, modelFamily, type ModelConfig, type RunConfig } from '../config.js';
 import { evalImage } from '../data/preprocess.js';
 import { torchProblem, torchSpec, type ParamGroups, type TorchReport } from '../engine.js';
 import type { Classifier } from '../model/classifier.js';
 import { UserError } from '../errors.js';
 import { homePaths } from '../home.js';
-import { decodeSafetensors, encodeSafetensors } from '../safetensors.js';
+import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../safetensors.js';
 import { TRAIN_PY, writeInitial } from '../scale/job.js';
 import type { TrainEvent } from '../train/loop.js';
 import type { JobHooks, TrainJob } from './job.js';
@@ -165,4 +167,49 @@ async function previewProbes(config: RunConfig, items: { abs: string }[], file: 
     };
     writePreview(dir, step, await drawPreview(images, arrays, draw));
   };
+}
+
+/** Images per batch of the torch engine's embedding. */
+const TORCH_EMBED_BATCH = 64;
+
+/**
+ * Embedding on the torch engine (`embedFolder`'s `embed`): each shard's images decoded here with the app's evaluation
+ * transform, as the tfjs path decodes them, and their features computed by train.py `--embed` on its best device.
+ * Refuses, before anything is written, what the engine cannot embed; `dispose` removes its working files.
+ */
+export function torchEmbedder(torch: TorchReport, backbone: ReadonlyMap<string, NamedTensor>, model: ModelConfig) {
+  if (!torch.ok) throw new UserError(`engine: torch is unavailable: ${torch.reason}`);
+  const problem = torchProblem({ kind: 'embed', model });
+  if (problem) throw new UserError(`engine: ${problem}`);
+  const dir = mkdtempSync(join(tmpdir(), 'localmim-embed-'));
+  const spec = {
+    model: { ...model, ...modelDims(model) },
+    weights: join(dir, 'backbone.safetensors'),
+    images: join(dir, 'images.safetensors'),
+    out: join(dir, 'features.safetensors'),
+    batch: TORCH_EMBED_BATCH,
+  };
+  writeFileSync(spec.weights, encodeSafetensors(backbone, {}));
+  writeFileSync(join(dir, 'embed.json'), JSON.stringify(spec));
+  const side = model.imgSize;
+  const embed: EmbedShard = async (items, cache, onBatch) => {
+    const images = await Promise.all(items.map((it) => evalImage(it.abs, side, cache && { cache, hash: it.hash })));
+    const pixels = new Float32Array(items.length * side * side * 3);
+    images.forEach((img, i) => pixels.set(img.data, i * side * side * 3));
+    writeFileSync(spec.images, encodeSafetensors(new Map([['images', { shape: [items.length, side, side, 3], values: pixels }]]), {}));
+    await runPython(torch.python!, [TRAIN_PY, '--embed', join(dir, 'embed.json')]);
+    const features = decodeSafetensors(readFileSync(spec.out)).tensors.get('features')!;
+    onBatch?.(items.length);
+    return { features: features.values, dim: features.shape[1]! };
+  };
+  return { embed, dispose: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** Runs train.py to its end; its last line of stderr is the error. */
+async function runPython(python: string, args: string[]): Promise<void> {
+  const child = spawn(python, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-8000)));
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  if (code !== 0) throw new Error(`torch engine: ${stderr.trim().split('\n').at(-1) || `train.py exited with code ${code}`}`);
 }

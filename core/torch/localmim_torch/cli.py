@@ -1,5 +1,6 @@
 """The command line of train.py: a scale-out job (the folder it was copied into), one run of the app (`--engine
-SPEC`), or a feature (`--features IMAGE`); and the two ways the one training loop reports."""
+SPEC`), the app's embeddings (`--embed SPEC`), or a feature (`--features IMAGE`); and the two ways the one training
+loop reports."""
 import argparse
 import hashlib
 import json
@@ -10,10 +11,10 @@ import threading
 
 import torch
 
-from .checkpoint import checkpoints, load_checkpoint
+from .checkpoint import checkpoints, load_checkpoint, read_safetensors, write_safetensors
 from .data import eval_image
-from .loop import train
-from .model import LocalMIM
+from .loop import engine_device, train
+from .model import Encoder, LocalMIM
 
 
 def emit(event):
@@ -120,6 +121,24 @@ def features(args):
     print(json.dumps({'shape': list(f.shape), 'values': f.tolist()}))
 
 
+@torch.no_grad()
+def embed(spec):
+    """The backbone's features [N, D] of images the app decoded (its evaluation transform), on the best device here:
+    `spec` names the resolved model, the backbone's tensors, the images [N, H, W, 3] (0–255) and the output file."""
+    device, _ = engine_device(spec.get('device'))
+    model = Encoder(spec['model'])
+    tensors = read_safetensors(spec['weights'])[0]
+    missing = set(model.state_dict()) - set(tensors)
+    if missing:
+        raise ValueError(f'{spec["weights"]}: not a ViT backbone of this model (missing {sorted(missing)[:3]})')
+    model.load_state_dict({n: tensors[n] for n in model.state_dict()})
+    model.to(device).eval()
+    images = read_safetensors(spec['images'])[0]['images']
+    parts = [model.features(images[i:i + spec['batch']].permute(0, 3, 1, 2).to(device, non_blocking=True)).float().cpu()
+             for i in range(0, images.shape[0], spec['batch'])]
+    write_safetensors(spec['out'], {'features': torch.cat(parts)}, {})
+
+
 def main(here):
     ap = argparse.ArgumentParser(description='LocalMIM pretraining with PyTorch DDP (a LocalMIM Studio job)')
     ap.add_argument('--job', default=here, help='the job folder (default: the one holding train.py)')
@@ -134,11 +153,14 @@ def main(here):
     ap.add_argument('--features', metavar='IMAGE', help="print the backbone's feature of IMAGE as JSON, and exit")
     ap.add_argument('--weights', metavar='CKPT', help='with --features: this checkpoint (default: the last one)')
     ap.add_argument('--engine', metavar='SPEC', help='train one run of the app, described by SPEC (JSON), reporting on stdout')
+    ap.add_argument('--embed', metavar='SPEC', help="write the backbone's features of the images SPEC (JSON) names, and exit")
     args = ap.parse_args()
     # The errors as one line: CUDA out of memory, a lost device, a bad checkpoint, too few images.
     try:
         if args.features:
             features(args)
+        elif args.embed:
+            embed(read_json(args.embed))
         elif args.engine:
             train(read_json(args.engine), Events(), stop_signal())
         else:

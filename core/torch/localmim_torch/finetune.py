@@ -2,40 +2,32 @@
 `pos_embed`, mean-pooled patch tokens, `fc_norm`, `head`; stochastic depth, label smoothing, Mixup or CutMix with the
 batch's mirror image drawn from the app's generators, and AdamW with the per-parameter learning-rate scale (layer
 decay) and weight-decay choice the app resolves and hands over (`groups` of the job spec)."""
+import contextlib
 import math
 
 import torch
 import torch.nn as nn
 
 from .data import Rng, seed_for
-from .model import Block, PatchEmbed, normalize
+from .loop import amp_dtype
+from .model import Encoder
 
 MIX, DROP = 6, 7  # streams of seed_for, as the app's
 
 
-class ViTClassifier(nn.Module):
+class ViTClassifier(Encoder):
+    """The backbone, `fc_norm` and `head`."""
+
     def __init__(self, m, classes):
-        super().__init__()
-        self.m = m
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, m['D']))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + m['L'], m['D']))
-        self.patch_embed = PatchEmbed(m['p'], m['D'])
-        self.blocks = nn.ModuleList([Block(m['D'], m['heads'], m['mlpRatio']) for _ in range(m['depth'])])
+        super().__init__(m)
         self.fc_norm = nn.LayerNorm(m['D'], eps=1e-6)
         self.head = nn.Linear(m['D'], classes)
 
-    def features(self, images, drop_rng=None, rate=0.0):
-        """Mean of the patch tokens after the last block [B, D]; stochastic depth rising linearly to `rate`."""
-        x = self.patch_embed(normalize(images)) + self.pos_embed[:, 1:]
-        x = torch.cat([(self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1), x], dim=1)
-        depth = len(self.blocks)
-        for i, blk in enumerate(self.blocks):
-            keep = keep_masks(drop_rng, rate * i / max(depth - 1, 1), x.shape[0], x.device) if drop_rng and rate > 0 else None
-            x = blk(x, keep)
-        return x[:, 1:].mean(1)
-
     def forward(self, images, drop_rng=None, rate=0.0):
-        return self.head(self.fc_norm(self.features(images, drop_rng, rate)))
+        """Class scores; stochastic depth rising linearly over the blocks to `rate`, drawn from `drop_rng`."""
+        depth = len(self.blocks)
+        keeps = (lambda i, B, device: keep_masks(drop_rng, rate * i / max(depth - 1, 1), B, device)) if drop_rng and rate > 0 else None
+        return self.head(self.fc_norm(self.features(images, keeps)))
 
 
 def keep_masks(rng, rate, B, device):
@@ -97,17 +89,19 @@ def make_optimizer(model, f, groups):
     return torch.optim.AdamW(params, lr=0.0, betas=(f['beta1'], f['beta2']), eps=f['eps'])
 
 
-def finetune_step(model, opt, micro, lr, f, seed, step, classes, device):
+def finetune_step(model, opt, micro, lr, f, seed, step, classes, device, amp=False):
     """One AdamW step over the micro-batches (images [B, 3, H, W] 0–255, labels [B]) of the app's 0-based step
     index `step` (its Mixup and stochastic-depth draws); the loss divided by their number, as the official loop.
-    Returns the loss, unread."""
+    `amp`: the forward pass under autocast (bf16 on CUDA). Returns the loss, unread."""
     for group in opt.param_groups:
         group['lr'] = lr * group['lr_scale']
     total, accum = 0, len(micro)
     for a, (images, labels) in enumerate(micro):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         mixed, targets = mix_batch(images, labels, classes, f, Rng(seed_for(seed, MIX, step, a)))
-        loss = soft_cross_entropy(model(mixed, Rng(seed_for(seed, DROP, step, a)), f['dropPath']), targets) / accum
+        with torch.autocast(device.type, dtype=amp_dtype(device)) if amp else contextlib.nullcontext():
+            logits = model(mixed, Rng(seed_for(seed, DROP, step, a)), f['dropPath'])
+        loss = soft_cross_entropy(logits.float(), targets) / accum
         loss.backward()
         total = total + loss.detach()
     opt.step()

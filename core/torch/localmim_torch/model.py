@@ -139,6 +139,26 @@ def normalize(x):  # [B, 3, H, W] on the 0–255 scale
     return (x / 255 - mean) / std
 
 
+class Encoder(nn.Module):
+    """The ViT backbone with trainable positions (fine-tuning, embedding): its feature is the mean of the patch tokens
+    after the last block (no norm), as the app's."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, m['D']))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + m['L'], m['D']))
+        self.patch_embed = PatchEmbed(m['p'], m['D'])
+        self.blocks = nn.ModuleList([Block(m['D'], m['heads'], m['mlpRatio']) for _ in range(m['depth'])])
+
+    def features(self, images, keeps=None):
+        """images [B, 3, H, W] (0–255) -> [B, D]; `keeps`: per block, stochastic depth's scales (or None)."""
+        x = self.patch_embed(normalize(images)) + self.pos_embed[:, 1:]
+        x = torch.cat([(self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1), x], dim=1)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, keeps(i, x.shape[0], x.device) if keeps else None)
+        return x[:, 1:].mean(1)
+
+
 class LocalMIM(nn.Module):
     """Encoder taps -> one decoder per scale -> summed masked losses (the `local`, `global` and `isolated` variants).
     `m` is the resolved model: the run config's `model` section with its dims (D, depth, heads, p, g, L, nKeep, taps,
