@@ -1,8 +1,13 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { expect, test } from 'vitest';
 import { newRunConfig, parseRunConfig } from '../core/config.js';
 import { torchCannot, torchProblem, torchSpec } from '../core/engine.js';
+import { launchNodeJob } from '../core/jobs/launch.js';
 import { assertTorchCan } from '../core/runs/torch.js';
 import { planScaleOut } from '../core/scale/job.js';
+import { Service } from '../core/service/service.js';
 
 // What the torch engine cannot train is one function's answer (core/engine.ts torchCannot): the CLI and the service
 // (assertTorchCan), scale-out (planScaleOut) and the new-run form (config.check) all ask it.
@@ -42,3 +47,19 @@ test("the engine's spec carries every size resolved: train.py has no table or de
   expect(spec.optim).toMatchObject({ peakLr: (2e-4 * 64) / 256, lrScalesWithWorld: true });
   expect(torchSpec(parseRunConfig({ optim: { lr: 1e-3 } })).optim).toMatchObject({ peakLr: 1e-3, lrScalesWithWorld: false });
 });
+
+test("the new-run form's answer (config.check): why the torch engine cannot train the config, or null", async () => {
+  const home = mkdtempSync(join(tmpdir(), 'localmim-engine-'));
+  const service = new Service(home, () => launchNodeJob());
+  try {
+    const check = (config: object, probe?: boolean) =>
+      service.call('config.check', { config, ...(probe !== undefined && { probe }) }) as Promise<{ torch: string | null }>;
+    expect((await check(vit)).torch).toBeNull();
+    expect((await check(swin)).torch).toBe(torchProblem({ kind: 'pretrain', model: swin.model }));
+    expect((await check(fusion)).torch).toMatch(/^model\.variant: fusion: the torch engine trains/);
+    expect((await check(vit, true)).torch).toMatch(/^probe: the kNN monitor runs on the tfjs engine only/);
+  } finally {
+    await service.shutdown();
+    rmSync(home, { recursive: true, force: true });
+  }
+}, 60_000);
