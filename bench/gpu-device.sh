@@ -2,25 +2,28 @@
 # The GPU check, on a machine with an NVIDIA GPU, PyTorch with CUDA, no internet and maybe no Node. Prepare
 # .gpu/ here first with bench/gpu-pack.sh, then run on the device machine, from the repository root:
 #   bash bench/gpu-device.sh            (device tool: carry [".gpu"], timeout_s 600)
-# It prints the torch engine's loader images/s and its vit-base/224/p16/b64 step in fp32 and bf16
-# (bench/torch-engine.py), the WebGPU adapter, the webgpu pretraining step for vit-tiny/64/p8/b32 and
+# It prints the torch engine's loader images/s, its vit-base/224/p16/b64 pretraining and fine-tuning steps in fp32 and
+# bf16 and its embedding images/s (bench/torch-engine.py), the WebGPU adapter, the webgpu pretraining step for vit-tiny/64/p8/b32 and
 # vit-base/224/p16/b64, PyTorch's plain fp32 step (bench/peer.py) on the same GPU, and the ratio webgpu / torch
 # engine fp32. LOCALMIM_BENCH_TINY=1 runs the torch engine's part only, at a tiny size, on any machine with torch.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=$(mktemp -d)
-if [ ! -f .gpu/config.json ]; then  # the app's defaults, where bench/gpu-pack.sh did not write them
-  mkdir -p .gpu && npx tsx -e "import { newRunConfig } from './core/config.ts'; console.log(JSON.stringify(newRunConfig()))" > .gpu/config.json
+if [ ! -f .gpu/finetune-tiny.json ]; then  # the engine's job specs, where bench/gpu-pack.sh did not write them
+  mkdir -p .gpu && npx tsx bench/torch-spec.ts vit-base 224 16 64 > .gpu/spec-vit-base.json &&
+    npx tsx bench/torch-spec.ts vit-tiny 32 8 8 > .gpu/spec-tiny.json &&
+    npx tsx bench/torch-spec.ts vit-base 224 16 64 finetune > .gpu/finetune-vit-base.json &&
+    npx tsx bench/torch-spec.ts vit-tiny 32 8 8 finetune > .gpu/finetune-tiny.json
 fi
 python=$(command -v python3)
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import torch' 2>/dev/null && python=/usr/bin/python3
 python=${LOCALMIM_PYTHON:-$python}
 if [ "${LOCALMIM_BENCH_TINY:-0}" = 1 ]; then
-  size=(--model vit-tiny --img 32 --patch 8 --batch 8 --steps 3 --warmup 1 --images 32 --loader-batches 8 --workers 1)
+  size=(--spec .gpu/spec-tiny.json --finetune .gpu/finetune-tiny.json --steps 3 --warmup 1 --images 32 --loader-batches 8 --workers 1)
 else
-  size=(--model vit-base --img 224 --patch 16 --batch 64 --steps 30 --warmup 5)
+  size=(--spec .gpu/spec-vit-base.json --finetune .gpu/finetune-vit-base.json --steps 30 --warmup 5)
 fi
-timeout 150 "$python" bench/torch-engine.py --config .gpu/config.json "${size[@]}" | tee "$out/torch.jsonl"
+timeout 240 "$python" bench/torch-engine.py "${size[@]}" | tee "$out/torch.jsonl"
 [ "${LOCALMIM_BENCH_TINY:-0}" = 1 ] && exit 0
 [ -f .gpu/node.xz ] || { echo "no .gpu/: run bench/gpu-pack.sh here first, and carry .gpu"; exit 2; }
 for f in .gpu/debs/*.deb; do dpkg -x "$f" /; done

@@ -15,8 +15,11 @@ npx esbuild bench/run.ts --bundle --splitting --platform=node --format=esm --tar
 cp -r node_modules/webgpu/index.js node_modules/webgpu/package.json .gpu/node_modules/webgpu/
 cp -r node_modules/webgpu/dist/linux-x64 .gpu/node_modules/webgpu/dist/
 cp bench/peer.py .gpu/
-# The app's default run config, which bench/torch-engine.py starts from.
-npx tsx -e "import { newRunConfig } from './core/config.ts'; console.log(JSON.stringify(newRunConfig()))" > .gpu/config.json
+# The torch engine's job specs at the benched sizes (bench/torch-engine.py has no sizes of its own).
+npx tsx bench/torch-spec.ts vit-base 224 16 64 > .gpu/spec-vit-base.json
+npx tsx bench/torch-spec.ts vit-tiny 32 8 8 > .gpu/spec-tiny.json
+npx tsx bench/torch-spec.ts vit-base 224 16 64 finetune > .gpu/finetune-vit-base.json
+npx tsx bench/torch-spec.ts vit-tiny 32 8 8 finetune > .gpu/finetune-tiny.json
 o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64-lists'
 mkdir -p /tmp/amd64-lists/partial
 apt-get $o update -qq

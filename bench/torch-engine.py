@@ -1,10 +1,11 @@
-"""The torch engine's speed (core/scale/train.py, as the app runs it): its data loader alone, in images/s, and its
-pretraining step on synthetic batches already on the device, in fp32 and (CUDA) bf16. One JSON line per result.
+"""The torch engine's speed (core/torch/train.py, as the app runs it): its data loader alone, in images/s, and its
+pretraining step on synthetic batches already on the device, in fp32 and (CUDA) bf16; with --finetune, its ViT
+fine-tuning step (fp32, bf16) and its embedding's images/s. One JSON line per result.
 
-    python3 bench/torch-engine.py --config CONFIG.json --model vit-base --img 224 --patch 16 --batch 64
+    python3 bench/torch-engine.py --spec SPEC.json
 
-CONFIG is a run config (the app's defaults: bench/gpu-pack.sh writes .gpu/config.json); the flags override its
-model size, image side, patch and batch. The loader reads JPEGs it writes first (photo-sized, 500 × 375).
+SPEC is the engine's job spec of the app's default run at one size, resolved by the app (bench/torch-spec.ts; bench/
+gpu-pack.sh writes .gpu/spec-*.json). The loader reads JPEGs it writes first (photo-sized, 500 × 375).
 """
 import argparse
 import importlib.util
@@ -17,7 +18,7 @@ import torch
 from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-spec = importlib.util.spec_from_file_location('train', os.path.join(HERE, '..', 'core', 'scale', 'train.py'))
+spec = importlib.util.spec_from_file_location('train', os.path.join(HERE, '..', 'core', 'torch', 'train.py'))
 train = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train)
 
@@ -27,9 +28,9 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def bench_loader(config, n_images, workers, batches, device):
+def bench_loader(spec, n_images, workers, batches, device):
     """images/s of the engine's DataLoader (decode, crop, resize, flip, mask noise, pinned copy to the device)."""
-    c, o = config['model'], config['optim']
+    c, o = spec['model'], spec['optim']
     with tempfile.TemporaryDirectory() as tmp:
         g = torch.Generator().manual_seed(0)
         for i in range(n_images):
@@ -39,11 +40,10 @@ def bench_loader(config, n_images, workers, batches, device):
             img = (img * 200 + torch.rand(3, 375, 500, generator=g) * 55).clamp(0, 255).byte().permute(1, 2, 0).numpy()
             Image.fromarray(img).save(os.path.join(tmp, f'{i:05d}.jpg'), quality=90)
         items = [{'path': os.path.join(tmp, f'{i:05d}.jpg')} for i in range(n_images)]
-        data = train.MicroBatches('', items, c['imgSize'], o['batch'], config['seed'])
+        data = train.MicroBatches('', items, c['imgSize'], o['batch'], spec['seed'])
         per_epoch = n_images // o['batch']
         data.keys = [(e, i) for e in range(batches // per_epoch + 1) for i in range(per_epoch)][:batches]
-        L = (c['imgSize'] // c['patchSize']) ** 2
-        loader = torch.utils.data.DataLoader(train.Masked(data, L, 1, per_epoch), batch_size=None, num_workers=workers,
+        loader = torch.utils.data.DataLoader(train.Masked(data, c['L'], 1, per_epoch), batch_size=None, num_workers=workers,
                                              pin_memory=device.type == 'cuda')
         it = iter(loader)
         for _ in range(min(workers * 2, batches // 4)):  # workers started and their first batches made
@@ -56,16 +56,16 @@ def bench_loader(config, n_images, workers, batches, device):
         return n / (time.time() - t0)
 
 
-def bench_step(config, device, amp, steps, warmup):
+def bench_step(spec, device, amp, steps, warmup):
     """Seconds per optimizer step of the engine's own step (train.optimizer_step) on batches on the device."""
-    c, o = config['model'], config['optim']
+    c, o = spec['model'], spec['optim']
     torch.manual_seed(0)
     model = train.LocalMIM(c).to(device)
     opt = train.make_optimizer(model, o)
     for group in opt.param_groups:
         group['lr'] = 1e-4
     scaler = torch.cuda.amp.GradScaler(enabled=amp and train.amp_dtype(device) == torch.float16)
-    B, side, L = o['batch'], c['imgSize'], model.dims.L
+    B, side, L = o['batch'], c['imgSize'], c['L']
     images = torch.rand(B, 3, side, side, device=device) * 255
     noise = torch.rand(B, L, device=device)
     for i in range(warmup + steps):
@@ -77,34 +77,79 @@ def bench_step(config, device, amp, steps, warmup):
     return (time.time() - t0) / steps
 
 
+def bench_finetune(spec, device, amp, steps, warmup):
+    """Seconds per fine-tuning step (finetune.finetune_step: Mixup/CutMix, drop path, layer decay) on a batch on the
+    device."""
+    from localmim_torch import finetune
+    c, f = spec['model'], spec['finetune']
+    torch.manual_seed(0)
+    model = finetune.ViTClassifier(c, spec['classes']).to(device)
+    opt = finetune.make_optimizer(model, f, spec['groups'])
+    B, side = f['batch'], c['imgSize']
+    batch = (torch.rand(B, 3, side, side, device=device) * 255, torch.randint(0, spec['classes'], (B,), device=device))
+    for i in range(warmup + steps):
+        if i == warmup:
+            sync(device)
+            t0 = time.time()
+        loss = finetune.finetune_step(model, opt, [batch], 1e-4, f, 0, i, spec['classes'], device, amp)
+    float(loss)
+    return (time.time() - t0) / steps
+
+
+@torch.no_grad()
+def bench_embed(spec, device, batches, warmup):
+    """images/s of the embedding's forward pass (model.Encoder.features) on batches on the device."""
+    from localmim_torch.model import Encoder
+    c, B = spec['model'], spec['finetune']['batch']
+    model = Encoder(c).to(device).eval()
+    images = torch.rand(B, 3, c['imgSize'], c['imgSize'], device=device) * 255
+    for i in range(warmup + batches):
+        if i == warmup:
+            sync(device)
+            t0 = time.time()
+        out = model.features(images)
+    float(out.sum())
+    return B * batches / (time.time() - t0)
+
+
+def precisions(device):
+    return [False, True] if device.type == 'cuda' else [False]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--config', required=True)
-    ap.add_argument('--model', default='vit-base')
-    ap.add_argument('--img', type=int, default=224)
-    ap.add_argument('--patch', type=int, default=16)
-    ap.add_argument('--batch', type=int, default=64)
+    ap.add_argument('--spec', required=True, help='the job spec at the benched size (bench/torch-spec.ts)')
+    ap.add_argument('--finetune', help='a fine-tuning job spec (bench/torch-spec.ts ... finetune): its steps and embedding')
     ap.add_argument('--steps', type=int, default=20)
     ap.add_argument('--warmup', type=int, default=5)
     ap.add_argument('--workers', type=int, default=min(8, os.cpu_count() or 1))
     ap.add_argument('--images', type=int, default=512, help='JPEGs the loader reads')
     ap.add_argument('--loader-batches', type=int, default=40)
     args = ap.parse_args()
-    config = json.load(open(args.config))
-    config['model'].update(size=args.model, imgSize=args.img, patchSize=args.patch)
-    config['optim']['batch'] = args.batch
+    spec = json.load(open(args.spec))
+    c, batch = spec['model'], spec['optim']['batch']
     device, described = train.engine_device(None)
-    what = {'model': args.model, 'img': args.img, 'patch': args.patch, 'batch': args.batch, 'device': described}
+    what = {'model': c['size'], 'img': c['imgSize'], 'patch': c['patchSize'], 'batch': batch, 'device': described}
     print(json.dumps({'bench': 'torch', 'torch': torch.__version__, **what}), flush=True)
-    rate = bench_loader(config, args.images, args.workers, args.loader_batches, device)
+    rate = bench_loader(spec, args.images, args.workers, args.loader_batches, device)
     print(json.dumps({'bench': 'torch-loader', 'workers': args.workers, 'imagesPerS': round(rate, 1), **what}), flush=True)
-    for amp in [False, True] if device.type == 'cuda' else [False]:
-        seconds = bench_step(config, device, amp, args.steps, args.warmup)
+    for amp in precisions(device):
+        seconds = bench_step(spec, device, amp, args.steps, args.warmup)
         precision = str(train.amp_dtype(device)).replace('torch.', '') if amp else 'fp32'
         print(json.dumps({'bench': 'torch-step', 'precision': precision, 'msPerStep': round(seconds * 1000, 2),
-                          'imagesPerS': round(args.batch / seconds, 1), **what}), flush=True)
+                          'imagesPerS': round(batch / seconds, 1), **what}), flush=True)
         if device.type == 'cuda':
             torch.cuda.empty_cache()
+    if args.finetune:
+        ft = json.load(open(args.finetune))
+        c = ft['model']
+        what = {'model': c['size'], 'img': c['imgSize'], 'patch': c['patchSize'], 'batch': ft['finetune']['batch'], 'device': described}
+        for amp in precisions(device):
+            seconds = bench_finetune(ft, device, amp, args.steps, args.warmup)
+            precision = str(train.amp_dtype(device)).replace('torch.', '') if amp else 'fp32'
+            print(json.dumps({'bench': 'torch-finetune-step', 'precision': precision, 'stepsPerS': round(1 / seconds, 2), **what}), flush=True)
+        rate = bench_embed(ft, device, args.steps, args.warmup)
+        print(json.dumps({'bench': 'torch-embed', 'precision': 'fp32', 'imagesPerS': round(rate, 1), **what}), flush=True)
 
 
 if __name__ == '__main__':

@@ -26,7 +26,8 @@ export const METHODS = {
     offset: z.number().int().min(0).default(0),
     limit: z.number().int().min(1).max(200).default(48),
   }),
-  'config.check': z.strictObject({ config: z.unknown(), datasetId: id.optional() }),
+  /** `probe`: whether the run will have a kNN probe set (the torch engine has no kNN monitor). */
+  'config.check': z.strictObject({ config: z.unknown(), datasetId: id.optional(), probe: z.boolean().optional() }),
   'runs.list': z.strictObject({}),
   'runs.get': z.strictObject({ id }),
   /**

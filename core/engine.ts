@@ -1,11 +1,16 @@
 import { spawnSync } from 'node:child_process';
 import { accessSync, constants, statSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { modelDims, modelFamily, peakLr, type FinetuneRun, type ModelConfig, type RunConfig } from './config.js';
 
-/** What trains a run: tfjs in the job process (built in), or core/scale/train.py on a Python with torch. */
+/** What trains a run: tfjs in the job process (built in), or core/torch/train.py on a Python with torch. */
 export const ENGINES = ['tfjs', 'torch'] as const;
 export type Engine = (typeof ENGINES)[number];
 export type EngineChoice = Engine | 'auto';
+
+/** The torch engine's Python package and its entry point, train.py: what a scale-out job folder copies whole. */
+export const TORCH_ENGINE = fileURLToPath(new URL('./torch/', import.meta.url));
 
 /** The oldest torch train.py runs on (stable argsort, AdamW's tensor step). */
 const MIN_TORCH: [number, number] = [1, 13];
@@ -111,4 +116,66 @@ export function describeTorch(r: TorchReport): string {
     ? r.devices.map((d) => `${d.id} ${d.name}${d.memoryMB ? ` (${(d.memoryMB / 1024).toFixed(0)} GiB)` : ''}`).join(', ')
     : 'cpu (no CUDA or MPS device)';
   return `torch ${r.version} on ${r.python}: ${devices}`;
+}
+
+/** A job as far as the engines differ on it: its kind, its model, whether the kNN monitor scores it. */
+export interface EngineJob {
+  kind: 'pretrain' | 'finetune' | 'import' | 'embed';
+  model: ModelConfig;
+  probe?: boolean;
+}
+
+/**
+ * What the torch engine cannot train (`who`: the torch engine, or scale-out, which runs it), as the field that asks
+ * for it and why; undefined where it can. The CLI, the service, scale-out and the new-run form all ask this.
+ */
+export function torchCannot(job: EngineJob, who = 'the torch engine'): { path: string; message: string } | undefined {
+  if (job.kind !== 'pretrain' && job.kind !== 'embed') return { path: 'kind', message: `${job.kind}: ${who} pretrains and embeds only` };
+  if (modelFamily(job.model) !== 'vit') return { path: 'model.size', message: `${job.model.size}: ${who} trains ViT models only` };
+  if (job.model.variant === 'fusion')
+    return { path: 'model.variant', message: `fusion: ${who} trains the local, global and isolated variants only` };
+  if (job.probe) return { path: 'probe', message: 'the kNN monitor runs on the tfjs engine only: train without a probe set' };
+  return undefined;
+}
+
+/** The same, as one line for a user: the field, why, and the engine that can. */
+export function torchProblem(job: EngineJob): string | undefined {
+  const cannot = torchCannot(job);
+  return cannot && `${cannot.path}: ${cannot.message}; train it with --engine tfjs`;
+}
+
+/**
+ * A pretraining run as train.py takes it: the model with every size resolved here (dims, taps, scales, targets'
+ * features), the schedule's peak for one process, and the run config itself (written back into checkpoints), so that
+ * the Python side has no size table or default of its own.
+ */
+export function torchSpec(config: RunConfig) {
+  const o = config.optim;
+  return {
+    kind: 'pretrain' as const,
+    config,
+    model: { ...config.model, ...modelDims(config.model) },
+    optim: { ...o, peakLr: peakLr(o), lrScalesWithWorld: o.lr === undefined },
+    seed: config.seed,
+  };
+}
+
+/** Per parameter of a classifier: its learning-rate scale (layer decay) and whether AdamW decays it. */
+export type ParamGroups = Record<string, [lrScale: number, decays: boolean]>;
+
+/**
+ * A ViT fine-tuning run as the torch engine takes it: the model resolved as {@link torchSpec}'s, the recipe, the
+ * classes, and the classifier's parameter groups as the app's model declares them (`groups`).
+ */
+export function torchFinetuneSpec(run: FinetuneRun, groups: ParamGroups) {
+  const f = run.finetune;
+  return {
+    kind: 'finetune' as const,
+    config: run,
+    model: { ...run.model, ...modelDims(run.model) },
+    finetune: { ...f, peakLr: peakLr(f), lrScalesWithWorld: f.lr === undefined },
+    classes: run.classes.length,
+    groups,
+    seed: run.seed,
+  };
 }

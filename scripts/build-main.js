@@ -2,7 +2,7 @@
 // main and the job process as ESM with node_modules external; the preload as CommonJS, as a sandboxed
 // preload must be.
 import { build } from 'esbuild';
-import { copyFileSync } from 'node:fs';
+import { cpSync } from 'node:fs';
 
 const common = { bundle: true, platform: 'node', target: 'node20', sourcemap: true, logLevel: 'warning' };
 await build({
@@ -21,5 +21,5 @@ await build({
   external: ['electron'],
   outExtension: { '.js': '.cjs' },
 });
-// The scale-out job's trainer, which core/scale/job.ts copies from beside the bundle that imports it.
-copyFileSync('core/scale/train.py', 'dist/main/train.py');
+// The torch engine (train.py and its package), which core/engine.ts finds beside the bundle that imports it.
+cpSync('core/torch', 'dist/main/torch', { recursive: true, filter: (src) => !src.includes('__pycache__') });

@@ -9,6 +9,7 @@ import { afterAll, expect, test } from 'vitest';
 import { parseRunConfig, type RunConfigInput } from '../core/config.js';
 import { randomCrop } from '../core/data/augment.js';
 import { DecodeCache } from '../core/data/cache.js';
+import { torchSpec } from '../core/engine.js';
 import { Loader, sampleRng } from '../core/data/loader.js';
 import { evalImage } from '../core/data/preprocess.js';
 import { SAMPLE_IMAGES } from '../core/home.js';
@@ -80,7 +81,7 @@ withTorch('train.py: one optimizer step equals the app’s', () => {
     handed.set('batch.noise', { shape: [4, model.dims.L], values: noise });
     const stem = join(dir, name.replace(/\W+/g, '-'));
     writeFileSync(`${stem}-in.safetensors`, encodeSafetensors(handed, { lr: String(lr) }));
-    writeFileSync(`${stem}-config.json`, JSON.stringify(config));
+    writeFileSync(`${stem}-config.json`, JSON.stringify(torchSpec(config)));
 
     const batch = model.prepare(images, noise);
     const out = trainer.run([batch], lr);

@@ -6,6 +6,7 @@ import type { ModelConfig } from '../config.js';
 import type { DecodeCache } from '../data/cache.js';
 import { removeStaleTemps } from '../home.js';
 import type { ProbeFeatures } from '../model/classifier.js';
+import type { DataItem } from '../data/loader.js';
 import type { Param } from '../model/module.js';
 import { decodeSafetensors, encodeSafetensors } from '../safetensors.js';
 import { embedItems } from './knn.js';
@@ -27,6 +28,13 @@ export interface Embeddings {
   dim: number;
   items: { path: string; label: string | null }[];
 }
+
+/** Features `[N, D]` of a shard's images, `onBatch` told how many are done. */
+export type EmbedShard = (
+  items: DataItem[],
+  cache?: DecodeCache,
+  onBatch?: (done: number) => void,
+) => Promise<{ features: Float32Array; dim: number }>;
 
 /** `out` with its extension replaced: the paths' JSONL beside the features. */
 export const pathsFile = (out: string) => out.replace(/\.(safetensors|npy)$/, '') + '.jsonl';
@@ -55,6 +63,8 @@ export async function embedFolder(
     shard?: number;
     onProgress?: (done: number, total: number) => void;
     features?: ProbeFeatures;
+    /** What embeds a shard: tfjs here by default, or the torch engine (core/runs/torch.ts torchEmbedder). */
+    embed?: EmbedShard;
   },
 ): Promise<{ out: string; paths: string; images: number; dim: number; computed: number }> {
   const weights = o.features && o.features !== 'last' ? `${o.weights}:${o.features}` : o.weights;
@@ -76,7 +86,8 @@ export async function embedFolder(
     let features = existsSync(file) && readKey(file) === shardKey ? readEmbeddings(file) : undefined;
     if (!features) {
       const at = s * size;
-      const e = await embedItems(P, model, shard, o.cache, (n) => o.onProgress?.(at + n, items.length), o.features);
+      const embed = o.embed ?? ((items, cache, onBatch) => embedItems(P, model, items, cache, onBatch, o.features));
+      const e = await embed(shard, o.cache, (n) => o.onProgress?.(at + n, items.length));
       writeAtomic(file, encodeFeatures(e.features, e.dim, shardKey));
       features = e;
       computed += shard.length;

@@ -109,8 +109,15 @@ function cadenceGiven(c: Cadence, values: SessionValues): Resume['cadence'] {
   return Object.keys(out).length ? out : undefined;
 }
 
-/** `--engine`, checked, and resolved (see resolveEngine); torch must be there. */
-function engineOf(value: EngineChoice | undefined, previous?: string | null): Engine {
+/** `--engine`, checked: one of the engines, or auto. */
+export function engineChoice(value: string | undefined): EngineChoice | undefined {
+  if (value !== undefined && ![...ENGINES, 'auto'].includes(value))
+    throw new UsageError(`--engine: expected tfjs, torch or auto, got "${value}"`);
+  return value as EngineChoice | undefined;
+}
+
+/** `--engine`, resolved (see resolveEngine); torch must be there. */
+export function engineOf(value: EngineChoice | undefined, previous?: string | null): Engine {
   const engine = resolveEngine(value, probeTorch, previous);
   const torch = engine === 'torch' ? probeTorch() : undefined;
   if (torch && !torch.ok) throw new UsageError(`--engine torch: ${torch.reason}`);
@@ -152,9 +159,7 @@ export async function runInTerminal(
   const stopAtStep = values['max-steps'] === undefined ? undefined : positiveInt('max-steps', values['max-steps']);
   const indexing = indexOptions(values);
   const json = values.json ?? false;
-  const choice = values.engine as EngineChoice | undefined;
-  if (choice !== undefined && ![...ENGINES, 'auto'].includes(choice))
-    throw new UsageError(`--engine: expected tfjs, torch or auto, got "${choice}"`);
+  const choice = engineChoice(values.engine);
   const log = (text: string) => !json && console.error(text);
   const home = homeDir(values.home);
   const store = new Store(homePaths(home).db);

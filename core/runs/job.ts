@@ -43,7 +43,7 @@ export interface TrainJob {
   /** Pretraining: the labeled probe set the kNN monitor scores the backbone on. */
   probe?: ProbeSet;
   backend: string;
-  /** What trains it (default tfjs, on `backend`); the torch engine runs core/scale/train.py with `torch`'s options. */
+  /** What trains it (default tfjs, on `backend`); the torch engine runs core/torch/train.py with `torch`'s options. */
   engine?: Engine;
   torch?: TorchOptions;
 }

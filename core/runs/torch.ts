@@ -1,33 +1,34 @@
 import { spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { drawPreview, PREVIEW_PROBES, previewDir, previewNoise, writePreview } from '../analysis/preview.js';
 import { writeAtomic } from '../atomic.js';
 import { lossReadEvery } from '../backend.js';
-import { modelDims, modelFamily, type RunConfig } from '../config.js';
+import type { EmbedShard } from '../analysis/embed.js';
+import { modelDims, modelFamily, type ModelConfig, type RunConfig } from '../config.js';
 import { evalImage } from '../data/preprocess.js';
-import type { TorchReport } from '../engine.js';
+import { torchProblem, torchSpec, type ParamGroups, type TorchReport } from '../engine.js';
+import type { Classifier } from '../model/classifier.js';
 import { UserError } from '../errors.js';
 import { homePaths } from '../home.js';
-import { decodeSafetensors, encodeSafetensors } from '../safetensors.js';
+import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../safetensors.js';
 import { TRAIN_PY, writeInitial } from '../scale/job.js';
 import type { TrainEvent } from '../train/loop.js';
 import type { JobHooks, TrainJob } from './job.js';
 import type { RunSpec } from './spec.js';
 
-/** Why the torch engine cannot train this run, if it cannot: train.py pretrains ViTs (not the fusion variant). */
-export function torchProblem(spec: RunSpec, probe?: object): string | undefined {
-  if (spec.kind !== 'pretrain') return `the torch engine pretrains only; train this ${spec.kind} run with --engine tfjs`;
-  if (modelFamily(spec.config.model) !== 'vit') return `the torch engine trains ViTs; ${spec.config.model.size} needs --engine tfjs`;
-  if (spec.config.model.variant === 'fusion') return 'the torch engine has no fusion variant; train it with --engine tfjs';
-  if (probe) return 'the kNN monitor runs on the tfjs engine: train with --engine tfjs, or without a probe set';
-  return undefined;
+/** Refuses, before anything is written, a run the torch engine cannot train (core/engine.ts torchCannot). */
+export function assertTorchCan(spec: RunSpec, probe?: object): void {
+  const problem = torchProblem({ kind: spec.kind, model: spec.config.model, probe: !!probe });
+  if (problem) throw new UserError(`engine: ${problem}`);
 }
 
-export function assertTorchCan(spec: RunSpec, probe?: object): void {
-  const problem = torchProblem(spec, probe);
-  if (problem) throw new UserError(`engine: ${problem}`);
+/** A classifier's parameter groups as the torch engine takes them: each trainable tensor's lr scale and decay. */
+export function paramGroups(model: Classifier, layerDecay: number): ParamGroups {
+  const groups = [...model.params.vars].map(([name, p]) => [name, [model.lrScale(name, layerDecay), model.decays(name, p.shape)]]);
+  return Object.fromEntries(groups) as ParamGroups;
 }
 
 /** Runtime options of the torch engine (they change speed, not what is computed, except `amp`). */
@@ -41,7 +42,7 @@ export interface TorchOptions {
 }
 
 /**
- * Runs a pretraining job on core/scale/train.py (`--engine`), a child of this process: its JSON-line events become
+ * Runs a pretraining job on core/torch/train.py (`--engine`), a child of this process: its JSON-line events become
  * the training loop's own, so that whoever listens cannot tell the engines apart. SIGTERM pauses it (it
  * checkpoints, then ends 'paused'); if this process goes, its stdin closes and it does the same.
  */
@@ -68,10 +69,10 @@ export async function runTorchJob(
   writeAtomic(
     specFile,
     JSON.stringify({
-      config,
-      items: job.data.items.map((it) => it.abs),
+      ...torchSpec(config),
+      items: job.data.items.map((it) => ({ path: it.abs })),
       start,
-      runDir,
+      out: runDir,
       probes,
       previewEvery: job.previewEvery,
       cadence: job.cadence,
@@ -167,4 +168,49 @@ async function previewProbes(config: RunConfig, items: { abs: string }[], file: 
     };
     writePreview(dir, step, await drawPreview(images, arrays, draw));
   };
+}
+
+/** Images per batch of the torch engine's embedding. */
+const TORCH_EMBED_BATCH = 64;
+
+/**
+ * Embedding on the torch engine (`embedFolder`'s `embed`): each shard's images decoded here with the app's evaluation
+ * transform, as the tfjs path decodes them, and their features computed by train.py `--embed` on its best device.
+ * Refuses, before anything is written, what the engine cannot embed; `dispose` removes its working files.
+ */
+export function torchEmbedder(torch: TorchReport, backbone: ReadonlyMap<string, NamedTensor>, model: ModelConfig) {
+  if (!torch.ok) throw new UserError(`engine: torch is unavailable: ${torch.reason}`);
+  const problem = torchProblem({ kind: 'embed', model });
+  if (problem) throw new UserError(`engine: ${problem}`);
+  const dir = mkdtempSync(join(tmpdir(), 'localmim-embed-'));
+  const spec = {
+    model: { ...model, ...modelDims(model) },
+    weights: join(dir, 'backbone.safetensors'),
+    images: join(dir, 'images.safetensors'),
+    out: join(dir, 'features.safetensors'),
+    batch: TORCH_EMBED_BATCH,
+  };
+  writeFileSync(spec.weights, encodeSafetensors(backbone, {}));
+  writeFileSync(join(dir, 'embed.json'), JSON.stringify(spec));
+  const side = model.imgSize;
+  const embed: EmbedShard = async (items, cache, onBatch) => {
+    const images = await Promise.all(items.map((it) => evalImage(it.abs, side, cache && { cache, hash: it.hash })));
+    const pixels = new Float32Array(items.length * side * side * 3);
+    images.forEach((img, i) => pixels.set(img.data, i * side * side * 3));
+    writeFileSync(spec.images, encodeSafetensors(new Map([['images', { shape: [items.length, side, side, 3], values: pixels }]]), {}));
+    await runPython(torch.python!, [TRAIN_PY, '--embed', join(dir, 'embed.json')]);
+    const features = decodeSafetensors(readFileSync(spec.out)).tensors.get('features')!;
+    onBatch?.(items.length);
+    return { features: features.values, dim: features.shape[1]! };
+  };
+  return { embed, dispose: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** Runs train.py to its end; its last line of stderr is the error. */
+async function runPython(python: string, args: string[]): Promise<void> {
+  const child = spawn(python, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-8000)));
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  if (code !== 0) throw new Error(`torch engine: ${stderr.trim().split('\n').at(-1) || `train.py exited with code ${code}`}`);
 }

@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { writeAtomic } from '../atomic.js';
 import { parseRunConfig, type RunConfig } from '../config.js';
 import { indexFolder } from '../data/indexer.js';
+import { TORCH_ENGINE, torchCannot, torchSpec } from '../engine.js';
 import { UserError } from '../errors.js';
 import { LocalMIM } from '../model/localmim.js';
 import { checkpointRef, loadRef, type CheckpointRef } from '../runs/checkpoints.js';
@@ -14,8 +14,8 @@ import { AdamW } from '../train/adamw.js';
 import { loadCheckpoint, saveCheckpoint } from '../train/checkpoint.js';
 import { jobReadme } from './readme.js';
 
-/** The PyTorch trainer shipped with the app, copied into every job folder. */
-export const TRAIN_PY = fileURLToPath(new URL('./train.py', import.meta.url));
+/** The PyTorch trainer shipped with the app (the torch engine's entry point), copied into every job folder. */
+export const TRAIN_PY = join(TORCH_ENGINE, 'train.py');
 
 /** What `job.json` records: where the images were, the run a job continues (and the step), the run it came back as. */
 export interface JobInfo {
@@ -42,7 +42,8 @@ export interface ScalePlan {
 }
 
 /**
- * Writes a self-contained job folder for PyTorch DDP: train.py, config.json, manifest.jsonl (the dataset's images in
+ * Writes a self-contained job folder for PyTorch DDP: the torch engine (train.py and its package), spec.json (the model
+ * and schedule, resolved), config.json, manifest.jsonl (the dataset's images in
  * the app's order), init.safetensors (a new run's seeded initial weights, or a continued run's checkpoint with its
  * optimizer state), job.json and README.md with the launch commands. Everything is checked before anything is written.
  */
@@ -83,7 +84,8 @@ export async function writeScaleOut(plan: ScalePlan): Promise<{ out: string; con
   const { out, config, rows, dataRoot } = plan;
   const found = plan.source && loadRef(plan.source);
   mkdirSync(out, { recursive: true });
-  copyFileSync(TRAIN_PY, join(out, 'train.py'));
+  cpSync(TORCH_ENGINE, out, { recursive: true, filter: (src) => !src.includes('__pycache__') });
+  writeAtomic(join(out, 'spec.json'), JSON.stringify(torchSpec(config), null, 2) + '\n');
   writeAtomic(join(out, 'config.json'), JSON.stringify(config, null, 2) + '\n');
   writeAtomic(
     join(out, 'manifest.jsonl'),
@@ -105,12 +107,10 @@ function emptyOut(path: string): string {
   return out;
 }
 
-/** Scale-out trains ViTs in the local, global and isolated variants; anything else is refused before a file is written. */
+/** Scale-out runs the torch engine: what it cannot train is refused before a file is written. */
 function supported(config: RunConfig): void {
-  const size = String(config.model.size);
-  if (!size.startsWith('vit-')) throw new UserError(`model.size: ${size}: scale-out trains ViT models only`);
-  if (config.model.variant === 'fusion')
-    throw new UserError('model.variant: fusion: scale-out trains the local, global and isolated variants only');
+  const cannot = torchCannot({ kind: 'pretrain', model: config.model }, 'scale-out');
+  if (cannot) throw new UserError(`${cannot.path}: ${cannot.message}`);
 }
 
 /** A new run's step-0 checkpoint: the weights the app would start from with this seed (over them `init`, a

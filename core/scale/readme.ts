@@ -25,11 +25,12 @@ export function jobReadme(o: {
 
 Written by LocalMIM Studio (\`localmim scale-out\`) for ${o.images} images under \`${o.dataRoot}\`${
     o.source ? `, continuing run ${o.source.runId} from step ${o.source.step}` : ''
-  }. \`train.py\` is the app's trainer in PyTorch: the same model and parameter names, targets, masks, losses, AdamW
-groups, schedule, accumulation, seeded data order and crops. Bring the result back with
-\`localmim scale-in ${'<this folder>'}\`.
+  }. \`train.py\` (with its package, \`localmim_torch/\`) is the app's trainer in PyTorch: the same model and
+parameter names, targets, masks, losses, AdamW groups, schedule, accumulation, seeded data order and crops. Bring the
+result back with \`localmim scale-in ${'<this folder>'}\`.
 
-- \`config.json\`: the run config; \`manifest.jsonl\`: the images (path under the data root, sha256, label).
+- \`spec.json\`: the model and schedule, every size resolved by the app; \`config.json\`: the run config;
+  \`manifest.jsonl\`: the images (path under the data root, sha256, label).
 - \`init.safetensors\`: the starting weights${o.source ? ' and optimizer state' : ' (the seeded initialisation the app would use)'}.
 - \`checkpoints/\`: written by rank 0, atomically, every \`--every-steps\` (default 1000) steps, every
   \`--every-minutes\` (30), at each epoch end and at the end; the last three are kept. A relaunch resumes from the last.

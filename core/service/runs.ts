@@ -15,6 +15,7 @@ import {
   SWIN_SIZES,
   type Preset,
 } from '../config.js';
+import { torchProblem } from '../engine.js';
 import { homePaths } from '../home.js';
 import { estimate } from '../runs/estimate.js';
 import { memoryProblem } from '../runs/lifecycle.js';
@@ -58,7 +59,9 @@ export const runHandlers = (c: Context) =>
       const { report, computePath } = await c.scheduler.backend();
       const e = estimate(r.data, images, computePath);
       const problem = memoryProblem(r.data, report.chosen, report.adapter ?? null);
-      return { ok: !problem, errors: problem ? [{ path: 'model', message: problem }] : [], config: r.data, estimate: e };
+      // Why the torch engine cannot train it, if it cannot: the new-run form greys the engine out with this.
+      const torch = torchProblem({ kind: 'pretrain', model: r.data.model, probe: !!a.probe }) ?? null;
+      return { ok: !problem, errors: problem ? [{ path: 'model', message: problem }] : [], config: r.data, estimate: e, torch };
     },
     'runs.list': () => {
       const last = c.store.lastMetrics();

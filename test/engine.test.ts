@@ -1,0 +1,65 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { expect, test } from 'vitest';
+import { newRunConfig, parseRunConfig } from '../core/config.js';
+import { torchCannot, torchProblem, torchSpec } from '../core/engine.js';
+import { launchNodeJob } from '../core/jobs/launch.js';
+import { assertTorchCan } from '../core/runs/torch.js';
+import { planScaleOut } from '../core/scale/job.js';
+import { Service } from '../core/service/service.js';
+
+// What the torch engine cannot train is one function's answer (core/engine.ts torchCannot): the CLI and the service
+// (assertTorchCan), scale-out (planScaleOut) and the new-run form (config.check) all ask it.
+const vit = parseRunConfig({ model: { size: 'vit-tiny', imgSize: 32, patchSize: 8 } });
+const swin = newRunConfig(undefined, 'swin-tiny');
+const fusion = parseRunConfig({ model: { ...vit.model, variant: 'fusion' } });
+
+test('the torch engine pretrains ViTs in the local, global and isolated variants and embeds with ViTs, nothing else', () => {
+  expect(torchCannot({ kind: 'pretrain', model: vit.model })).toBeUndefined();
+  expect(torchCannot({ kind: 'pretrain', model: swin.model })).toEqual({
+    path: 'model.size',
+    message: 'swin-tiny: the torch engine trains ViT models only',
+  });
+  expect(torchProblem({ kind: 'pretrain', model: fusion.model })).toBe(
+    'model.variant: fusion: the torch engine trains the local, global and isolated variants only; train it with --engine tfjs',
+  );
+  expect(torchCannot({ kind: 'finetune', model: vit.model })?.path).toBe('kind');
+  expect(torchCannot({ kind: 'embed', model: vit.model })).toBeUndefined();
+  expect(torchCannot({ kind: 'embed', model: swin.model })?.path).toBe('model.size');
+  expect(torchCannot({ kind: 'pretrain', model: vit.model, probe: true })?.path).toBe('probe');
+});
+
+test('the CLI, the service and scale-out refuse with the same reason', () => {
+  expect(() => assertTorchCan({ kind: 'pretrain', config: fusion })).toThrow(
+    /^engine: model\.variant: fusion: the torch engine trains the local, global and isolated variants only/,
+  );
+  const plan = (config: typeof vit) => () =>
+    planScaleOut({ config, source: null, dataRoot: '/nowhere', rows: [], out: '/tmp/localmim-never-written' });
+  expect(plan(swin)).toThrow(/^model\.size: swin-tiny: scale-out trains ViT models only$/);
+  expect(plan(fusion)).toThrow(/^model\.variant: fusion: scale-out trains the local, global and isolated variants only$/);
+});
+
+test("the engine's spec carries every size resolved: train.py has no table or default of its own", () => {
+  const spec = torchSpec(parseRunConfig({ model: { size: 'vit-base', imgSize: 224, patchSize: 16 }, optim: { batch: 64 } }));
+  expect(spec.model).toMatchObject({ D: 768, depth: 12, heads: 12, g: 14, L: 196, nKeep: 49, taps: [1, 3, 9, 11], scales: [4, 2, 1, 0.5] });
+  expect(spec.model).toMatchObject({ cells: [4, 8, 16, 32], F: [27, 27, 27, 27], decoderDim: 256, decoderDepth: 1 });
+  expect(spec.optim).toMatchObject({ peakLr: (2e-4 * 64) / 256, lrScalesWithWorld: true });
+  expect(torchSpec(parseRunConfig({ optim: { lr: 1e-3 } })).optim).toMatchObject({ peakLr: 1e-3, lrScalesWithWorld: false });
+});
+
+test("the new-run form's answer (config.check): why the torch engine cannot train the config, or null", async () => {
+  const home = mkdtempSync(join(tmpdir(), 'localmim-engine-'));
+  const service = new Service(home, () => launchNodeJob());
+  try {
+    const check = (config: object, probe?: boolean) =>
+      service.call('config.check', { config, ...(probe !== undefined && { probe }) }) as Promise<{ torch: string | null }>;
+    expect((await check(vit)).torch).toBeNull();
+    expect((await check(swin)).torch).toBe(torchProblem({ kind: 'pretrain', model: swin.model }));
+    expect((await check(fusion)).torch).toMatch(/^model\.variant: fusion: the torch engine trains/);
+    expect((await check(vit, true)).torch).toMatch(/^probe: the kNN monitor runs on the tfjs engine only/);
+  } finally {
+    await service.shutdown();
+    rmSync(home, { recursive: true, force: true });
+  }
+}, 60_000);

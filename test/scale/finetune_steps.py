@@ -1,0 +1,25 @@
+"""Fine-tuning steps of the torch engine (core/torch/localmim_torch/finetune.py) on weights and batches handed over by
+the test: `finetune_steps.py TRAIN_PY SPEC IN OUT`. SPEC is the job spec (core/engine.ts torchFinetuneSpec); IN holds
+the classifier's state dict and per step `batch.<s>.images` [B, H, W, 3] (0–255, already augmented by the app) and
+`batch.<s>.labels` [B], with each step's learning rate in its metadata (`lrs`); OUT gets the steps' losses."""
+import importlib.util
+import json
+import sys
+
+train_py, spec_file, src, dst = sys.argv[1:5]
+spec = importlib.util.spec_from_file_location('train', train_py)
+train = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train)
+import torch  # noqa: E402
+from localmim_torch import finetune  # noqa: E402
+
+job = json.load(open(spec_file))
+tensors, meta = train.read_safetensors(src)
+model = finetune.ViTClassifier(job['model'], job['classes'])
+model.load_state_dict({n: t for n, t in tensors.items() if not n.startswith('batch.')})
+opt = finetune.make_optimizer(model, job['finetune'], job['groups'])
+losses = []
+for s, lr in enumerate(json.loads(meta['lrs'])):
+    batch = (tensors[f'batch.{s}.images'].permute(0, 3, 1, 2), tensors[f'batch.{s}.labels'].long())
+    losses.append(finetune.finetune_step(model, opt, [batch], lr, job['finetune'], job['seed'], s, job['classes'], torch.device('cpu')))
+train.write_safetensors(dst, {'losses': torch.stack(losses)}, {})
