@@ -2,6 +2,8 @@
 // {dtype, shape, data_offsets} (plus optional string-valued "__metadata__"), then the raw bytes.
 // Checkpoints and exports share it, so it sits below both train/ and export/.
 
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+
 export interface NamedTensor {
   shape: number[];
   values: Float32Array;
@@ -67,6 +69,27 @@ export function decodeSafetensors(
       values: new Float32Array(data.buffer.slice(data.byteOffset + e.start, data.byteOffset + e.end)),
     });
   return { tensors, metadata };
+}
+
+/** A safetensors file's `__metadata__`, reading its header only: undefined when the file is missing or no safetensors. */
+export function readSafetensorsMetadata(path: string): Record<string, string> | undefined {
+  let fd: number | undefined;
+  try {
+    fd = openSync(path, 'r');
+    const size = fstatSync(fd).size;
+    const head = Buffer.alloc(8);
+    if (readSync(fd, head, 0, 8, 0) < 8) return undefined;
+    const n = head.readBigUInt64LE(0);
+    if (n > BigInt(Math.min(size - 8, MAX_HEADER))) return undefined;
+    const bytes = Buffer.alloc(Number(n));
+    if (readSync(fd, bytes, 0, bytes.length, 8) < bytes.length) return undefined;
+    const meta = (JSON.parse(bytes.toString('utf8')) as { __metadata__?: unknown }).__metadata__;
+    return isObject(meta) ? (meta as Record<string, string>) : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
 }
 
 function parseHeader(bytes: Buffer, fail: (what: string) => never): Record<string, unknown> {

@@ -1,4 +1,5 @@
 import { homeDir, homePaths, isAlive } from '../home.js';
+import { recoverRuns, runCheckpoints } from '../runs/reconcile.js';
 import { Store } from '../store/store.js';
 import { homeFlag, parse, positiveInt, UsageError } from './args.js';
 
@@ -11,10 +12,12 @@ const OPTIONS = {
 
 export async function run(argv: string[]): Promise<void> {
   const { values, positionals } = parse(argv, OPTIONS, { usage: 'localmim runs [show ID] [options]', summary });
-  const store = new Store(homePaths(homeDir(values.home)).db);
+  const home = homeDir(values.home);
+  const store = new Store(homePaths(home).db);
   try {
     store.markInterrupted(isAlive);
-    if (positionals[0] === 'show') return show(store, positiveInt('ID', positionals[1] ?? ''), values.json);
+    for (const line of recoverRuns(store, home)) console.error(line);
+    if (positionals[0] === 'show') return show(store, home, positiveInt('ID', positionals[1] ?? ''), values.json);
     if (positionals.length) throw new UsageError(`unknown runs subcommand "${positionals[0]}" (use: localmim runs [show ID])`);
     const runs = store.runs().map((r) => ({ ...r, lastLoss: store.metrics(r.id).at(-1)?.loss ?? null }));
     if (values.json) return console.log(JSON.stringify(runs));
@@ -29,11 +32,11 @@ export async function run(argv: string[]): Promise<void> {
   }
 }
 
-function show(store: Store, id: number, json: boolean): void {
+function show(store: Store, home: string, id: number, json: boolean): void {
   const run = store.run(id);
   if (!run) throw new UsageError(`no run ${id}`);
   const metrics = store.metrics(id);
-  const checkpoints = store.checkpoints(id);
+  const checkpoints = runCheckpoints(store, id, homePaths(home).run(id));
   if (json) return console.log(JSON.stringify({ run, lastMetrics: metrics.at(-1) ?? null, checkpoints }));
   console.log(`run ${run.id}: ${run.name}  [${run.status}]  backend ${run.backend}`);
   console.log(`created ${run.createdAt}, updated ${run.updatedAt}; step ${run.step}, epoch ${run.epoch.toFixed(2)}`);
@@ -45,6 +48,8 @@ function show(store: Store, id: number, json: boolean): void {
     );
   console.log('checkpoints:');
   for (const c of checkpoints)
-    console.log(`  step ${c.step}  loss ${c.loss?.toFixed(4) ?? '—'}  ${(c.size / 1e6).toFixed(1)} MB  ${c.path}`);
+    console.log(
+      `  step ${c.step}  loss ${c.loss?.toFixed(4) ?? '—'}  ${(c.size / 1e6).toFixed(1)} MB  ${c.path}${c.file === 'present' ? '' : `  [${c.file}]`}`,
+    );
   console.log(`config: ${JSON.stringify(run.config, null, 2)}`);
 }

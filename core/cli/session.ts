@@ -4,6 +4,7 @@ import { homeDir, homePaths, isAlive, SAMPLE_IMAGES } from '../home.js';
 import { runTrainJob } from '../runs/job.js';
 import { begin, prepare, type RunRequest } from '../runs/lifecycle.js';
 import { recheckDataset } from '../runs/recheck.js';
+import { recoverRuns } from '../runs/reconcile.js';
 import { RunRecorder } from '../runs/recorder.js';
 import { assertTorchCan } from '../runs/torch.js';
 import { optimOf } from '../runs/spec.js';
@@ -96,6 +97,7 @@ export async function runInTerminal(
   let runId: number | undefined;
   try {
     store.markInterrupted(isAlive);
+    for (const line of recoverRuns(store, home)) console.error(line);
     const backend = await initBackend(values.backend);
     log(describeBackend(backend));
     let request: RunRequest;

@@ -1,64 +1,32 @@
-import { existsSync, readdirSync } from 'node:fs';
-import { join } from 'node:path';
 import { UserError } from '../errors.js';
 import type { CheckpointRow, RunRow, Store } from '../store/store.js';
-import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
+import type { LoadedCheckpoint } from '../train/checkpoint.js';
+import { runCheckpoints, tryLoad } from './reconcile.js';
 
 export interface ResumePoint {
   /** The newest intact checkpoint, recorded or not (see resumePoint); undefined: there is none. */
   checkpoint?: LoadedCheckpoint;
   path?: string;
-  /** Files that exist but are not in the store: written by a job whose service went away before recording them. */
-  unrecorded: Omit<CheckpointRow, 'id' | 'createdAt'>[];
   /** Checkpoints newer than `checkpoint` that are missing, unreadable or not what was recorded. */
   broken: string[];
 }
 
-const FILE = /^ckpt-(\d+)\.safetensors$/;
-
-/** Where a run would continue from: its newest intact checkpoint among those recorded and those left in its folder. */
+/**
+ * Where a run would continue from: its newest intact checkpoint, recorded or left unrecorded in its folder (the
+ * last one a job writes when its service dies is one: it carries the steps the store missed, see TrainState.steps).
+ */
 export function resumePoint(store: Store, runId: number, runDir: string): ResumePoint {
-  const rows = store.checkpoints(runId);
-  const recorded = new Set(rows.map((c) => c.path));
-  const files = existsSync(runDir) ? readdirSync(runDir).filter((n) => FILE.test(n) && !recorded.has(join(runDir, n))) : [];
-  const candidates = [
-    ...rows.map((c) => ({ path: c.path, step: c.step, hash: c.hash as string | undefined })),
-    ...files.map((n) => ({ path: join(runDir, n), step: Number(FILE.exec(n)![1]), hash: undefined })),
-  ].sort((a, b) => b.step - a.step);
-  const point: ResumePoint = { unrecorded: [], broken: [] };
-  // A file renamed into place whose steps never reached the store (killed in between) would leave a gap in the
-  // history: a recorded checkpoint is preferred then. With none recorded, the file is all the work there is.
-  const recordedUpTo = store.lastMetricStep(runId);
-  for (const c of candidates) {
-    if (c.hash === undefined && rows.length && recordedUpTo < c.step) continue;
-    const checkpoint = tryLoad(c.path);
+  const broken: string[] = [];
+  for (const c of runCheckpoints(store, runId, runDir).reverse()) {
+    const checkpoint = c.file === 'missing' ? undefined : tryLoad(c.path);
     if (!checkpoint || (c.hash !== undefined && checkpoint.hash !== c.hash) || checkpoint.state.step !== c.step) {
-      point.broken.push(c.path);
+      broken.push(c.path);
       continue;
     }
-    if (c.hash === undefined) point.unrecorded.push(rowOf(runId, c.path, checkpoint));
-    return { ...point, checkpoint, path: c.path };
+    return { checkpoint, path: c.path, broken };
   }
-  return point;
+  return { broken };
 }
-
-function tryLoad(path: string): LoadedCheckpoint | undefined {
-  try {
-    return loadCheckpoint(path);
-  } catch {
-    return undefined;
-  }
-}
-
-const rowOf = (runId: number, path: string, c: LoadedCheckpoint) => ({
-  runId,
-  path,
-  step: c.state.step,
-  epoch: c.state.epoch,
-  loss: c.state.loss,
-  size: c.size,
-  hash: c.hash,
-});
 
 export interface FoundCheckpoint {
   run: RunRow;

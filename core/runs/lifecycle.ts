@@ -20,6 +20,7 @@ import { finetuneRecipe, type RecipeModel } from '../recipe.js';
 import type { RunProbe, RunRow, Store } from '../store/store.js';
 import { checkpointFor, resumePoint, type FoundCheckpoint, type ResumePoint } from './checkpoints.js';
 import { estimate } from './estimate.js';
+import { recordFromFiles } from './reconcile.js';
 import { probeSetOf } from './probe.js';
 import type { TrainJob } from './job.js';
 import { extended, specOf } from './spec.js';
@@ -292,8 +293,8 @@ export interface Owner {
 
 /**
  * Carries out a prepared request in one immediate transaction: claims the run for `owner` (refusing if a live
- * process holds it meanwhile), creates or updates its row, records checkpoints found unrecorded, and forgets
- * the metrics after the step it continues from. Returns the job to run.
+ * process holds it meanwhile), creates or updates its row, forgets the metrics after the step it continues from, and
+ * records what the store lacks up to there from the run's files (recordFromFiles). Returns the job to run.
  */
 export function begin(store: Store, p: Prepared, owner: Owner): Omit<TrainJob, 'cadence' | 'stopAtStep' | 'previewEvery'> {
   const runId = store.db
@@ -310,8 +311,9 @@ export function begin(store: Store, p: Prepared, owner: Owner): Omit<TrainJob, '
         ...(p.specChanged && { config: p.spec.config }),
         ...(p.run.datasetId && { datasetId: p.run.datasetId }),
       });
-      for (const c of p.resume?.unrecorded ?? []) store.addCheckpoint(c);
-      store.truncateMetrics(run.id, p.resume?.checkpoint?.state.step ?? 0);
+      const from = p.resume?.checkpoint;
+      store.truncateMetrics(run.id, from?.state.step ?? 0);
+      recordFromFiles(store, run.id, homePaths(p.job.home).run(run.id), from && { path: p.resume!.path!, loaded: from });
       return run.id;
     })
     .immediate();

@@ -1,6 +1,8 @@
 import { rmSync } from 'node:fs';
+import { dirname } from 'node:path';
 import type { MetricRow, Store } from '../store/store.js';
 import type { TrainEvent } from '../train/loop.js';
+import { runCheckpoints } from './reconcile.js';
 
 /**
  * Persists a run's training events: metric rows in batched transactions, checkpoint rows (after their
@@ -40,7 +42,7 @@ export class RunRecorder {
     } else if (e.type === 'checkpoint') {
       this.flush();
       this.store.addCheckpoint({ runId: this.runId, step: e.step, epoch: e.epoch, loss: e.loss, path: e.path, size: e.size, hash: e.hash });
-      this.prune();
+      this.prune(dirname(e.path));
     } else if (e.type === 'skipped') {
       this.store.addSkipped(this.runId);
     } else if (e.type === 'end') {
@@ -54,13 +56,18 @@ export class RunRecorder {
     if (this.pending.length) this.store.addMetrics(this.runId, this.pending.splice(0));
   }
 
-  /** Keeps the last `keep` checkpoints and the one with the lowest loss; deletes the rest, file and row. */
-  private prune(): void {
-    const all = this.store.checkpoints(this.runId);
-    const best = all.filter((c) => c.loss !== null).sort((a, b) => a.loss! - b.loss!)[0];
-    for (const c of all.slice(0, Math.max(0, all.length - this.keep))) {
-      if (c.id === best?.id) continue;
-      this.store.deleteCheckpoint(c.id);
+  /**
+   * Keeps the last `keep` checkpoints and the one with the lowest loss, those in the folder the store never recorded
+   * included; deletes the rest, file and row. A row whose file is gone is dropped.
+   */
+  private prune(runDir: string): void {
+    const all = runCheckpoints(this.store, this.runId, runDir);
+    for (const c of all) if (c.file === 'missing') this.store.deleteCheckpoint(c.id!);
+    const kept = all.filter((c) => c.file !== 'missing');
+    const best = kept.filter((c) => c.loss !== null).sort((a, b) => a.loss! - b.loss!)[0];
+    for (const c of kept.slice(0, Math.max(0, kept.length - this.keep))) {
+      if (c === best) continue;
+      if (c.id !== undefined) this.store.deleteCheckpoint(c.id);
       rmSync(c.path, { force: true });
     }
   }

@@ -20,6 +20,7 @@ import { estimate } from '../runs/estimate.js';
 import { memoryProblem } from '../runs/lifecycle.js';
 import { optimOf, specOf } from '../runs/spec.js';
 import { recheckDataset } from '../runs/recheck.js';
+import { runCheckpoints } from '../runs/reconcile.js';
 import type { Context, Handlers } from './service.js';
 
 /** The new-run screen's defaults and checks, and the runs: start, pause, resume, cancel, extend, edit, show. */
@@ -70,7 +71,7 @@ export const runHandlers = (c: Context) =>
         run,
         metrics: c.store.metrics(run.id),
         knn: c.store.knn(run.id),
-        checkpoints: c.store.checkpoints(run.id),
+        checkpoints: runCheckpoints(c.store, run.id, homePaths(c.home).run(run.id)),
         exports: c.store.exports(run.id),
         previews: previews(c.home, run.id),
         active: c.scheduler.isActive(run.id),

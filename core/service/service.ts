@@ -3,6 +3,7 @@ import { ConfigError } from '../config.js';
 import { UserError } from '../errors.js';
 import { homePaths, isAlive, removeStaleTempsIn } from '../home.js';
 import type { Launcher } from '../jobs/protocol.js';
+import { recoverRuns } from '../runs/reconcile.js';
 import { Store, type DatasetRow, type RunRow } from '../store/store.js';
 import { analysisHandlers } from './analysis.js';
 import { datasetHandlers } from './datasets.js';
@@ -44,6 +45,7 @@ export class Service {
   ) {
     this.store = new Store(homePaths(home).db);
     this.store.markInterrupted(isAlive);
+    for (const line of recoverRuns(this.store, home)) console.warn(line);
     removeStaleTempsIn(home);
     const emit = (e: ApiEvent) => this.emit(e);
     this.scheduler = new Scheduler(this.store, home, launch, emit, options);

@@ -1,3 +1,5 @@
+import { existsSync, readdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { openDatabase, type DB } from './db.js';
 
 export type RunStatus = 'queued' | 'running' | 'paused' | 'finished' | 'failed' | 'interrupted';
@@ -106,9 +108,12 @@ const metricRow = (r: Record<string, unknown>): MetricRow => ({
 /** The run store: the one writer of the app's SQLite database. */
 export class Store {
   readonly db: DB;
+  /** The run folders beside the database (core/home.ts): a new run's number is never one of theirs. */
+  private readonly runsDir: string;
 
   constructor(path: string) {
     this.db = openDatabase(path);
+    this.runsDir = join(dirname(path), 'runs');
   }
 
   close(): void {
@@ -168,7 +173,9 @@ export class Store {
 
   // ── runs ───────────────────────────────────────────────────────────────────────────────────────
 
+  /** A new run: numbered `id` (a recovered one), else after every run and every run folder, so that none is overwritten. */
   createRun(r: {
+    id?: number;
     name: string;
     datasetId: number | null;
     config: unknown;
@@ -181,9 +188,10 @@ export class Store {
   }): RunRow {
     const info = this.db
       .prepare(
-        `INSERT INTO runs (name, dataset_id, config, backend, status, pid, kind, parent_id, probe) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT INTO runs (id, name, dataset_id, config, backend, status, pid, kind, parent_id, probe) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
       .run(
+        r.id ?? this.nextRunId(),
         r.name,
         r.datasetId,
         JSON.stringify(r.config),
@@ -195,6 +203,16 @@ export class Store {
         r.probe ? JSON.stringify(r.probe) : null,
       );
     return this.run(Number(info.lastInsertRowid))!;
+  }
+
+  private nextRunId(): number {
+    const last = (this.db.prepare('SELECT MAX(id) AS id FROM runs').get() as { id: number | null }).id ?? 0;
+    const folders = existsSync(this.runsDir)
+      ? readdirSync(this.runsDir)
+          .filter((n) => /^\d+$/.test(n))
+          .map(Number)
+      : [];
+    return Math.max(last, ...folders) + 1;
   }
 
   run(id: number): RunRow | undefined {

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { ModelFamily, OptimConfig } from '../config.js';
 import type { ParamStore } from '../model/module.js';
-import { restoreCheckpoint, saveCheckpoint, type LoadedCheckpoint } from './checkpoint.js';
+import { restoreCheckpoint, saveCheckpoint, type LoadedCheckpoint, type StepRecord } from './checkpoint.js';
 import type { Optimizer } from './optimizer.js';
 import { lrAt } from './schedule.js';
 
@@ -106,7 +106,7 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
     let step = o.resumeFrom?.state.step ?? 0;
     o.onEvent({ type: 'start', step, totalSteps, stepsPerEpoch, backend: o.backend, config: task.config, model: task.summary });
 
-    let losses: number[] = [];
+    let recent: StepRecord[] = [];
     let lastCheckpoint = performance.now();
     const images = optim.batch * optim.accumIter;
     let since = performance.now();
@@ -123,18 +123,17 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
       for (const [i, p] of done.entries()) {
         const [loss, ...perScale] = values.subarray(i * width, (i + 1) * width);
         if (!Number.isFinite(loss)) throw new NonFiniteLossError(p.step, perScale.length ? perScale : [loss!]);
-        losses.push(loss!);
-        const epoch = p.step / stepsPerEpoch;
-        o.onEvent({
-          type: 'step',
+        const record = {
           step: p.step,
-          epoch,
+          epoch: p.step / stepsPerEpoch,
           samples: p.step * images,
           loss: loss!,
           losses: perScale,
           lr: p.lr,
           imagesPerS: images / seconds,
-        });
+        };
+        recent.push(record);
+        o.onEvent({ type: 'step', ...record });
       }
     };
     const started = performance.now();
@@ -161,11 +160,12 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
     const checkpoint = async (last: boolean) => {
       await flush();
       const epoch = step / stepsPerEpoch;
-      const loss = losses.length ? losses.reduce((a, b) => a + b, 0) / losses.length : null;
+      const loss = recent.length ? recent.reduce((a, r) => a + r.loss, 0) / recent.length : null;
       const path = o.checkpointPath(step);
-      const written = await saveCheckpoint(path, task.model, task.optimizer, { step, epoch, loss, config: task.config });
+      const state = { step, epoch, loss, config: task.config, steps: recent };
+      const written = await saveCheckpoint(path, task.model, task.optimizer, state);
       o.onEvent({ type: 'checkpoint', path, step, epoch, loss, ...written });
-      losses = [];
+      recent = [];
       if (last || o.knn?.every !== undefined || knnDue()) await knn();
       lastCheckpoint = performance.now();
     };
