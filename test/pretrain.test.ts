@@ -196,6 +196,16 @@ describe('localmim pretrain', () => {
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/model\.imgSize: imgSize=60 must be a multiple of patchSize=8/);
     expect(localmim(['pretrain', '--home', join(dir, 'bad'), '--preset', 'simclr']).stderr).toMatch(/--preset: unknown preset "simclr"/);
+    // Integer flags take decimal digits only, whatever Number() makes of the rest.
+    for (const [flag, value, message] of [
+      ['--batch', '0x10', /--batch: expected a non-negative integer, got "0x10"/],
+      ['--keep', '1e1', /--keep: expected a positive integer, got "1e1"/],
+      ['--lr', '0x10', /--lr: expected a number, got "0x10"/],
+    ] as const) {
+      const r = localmim(['pretrain', '--home', join(dir, 'bad'), '--max-steps', '1', flag, value]); // one step if taken
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(message);
+    }
   });
 });
 
