@@ -77,6 +77,11 @@ describe('ownership of a running run', () => {
     const b = new Service(a.home, () => launchNodeJob());
     await expect(b.call('runs.resume', { id: runId })).rejects.toMatchObject({ kind: 'conflict' });
     await expect(b.call('runs.extend', { id: runId, epochs: 1 })).rejects.toMatchObject({ kind: 'conflict' });
+    for (const method of ['runs.pause', 'runs.cancel'])
+      await expect(b.call(method, { id: runId })).rejects.toMatchObject({
+        kind: 'conflict',
+        message: `run ${runId} is running elsewhere (process ${row.pid}, another server or a terminal): pause it there`,
+      });
     expect(b.store.run(runId)!.status).toBe('running');
     await b.shutdown();
 

@@ -248,10 +248,15 @@ export class Store {
     this.db.prepare('UPDATE runs SET skipped_images = skipped_images + 1 WHERE id = ?').run(id);
   }
 
-  /** Runs left running or queued by a process that no longer exists were killed: mark them interrupted. */
+  /** Runs left running or queued by a process that no longer exists were killed: mark them interrupted, saying so. */
   markInterrupted(isAlive: (pid: number) => boolean): void {
     const stale = this.runs().filter((r) => (r.status === 'running' || r.status === 'queued') && (r.pid === null || !isAlive(r.pid)));
-    for (const r of stale) this.updateRun(r.id, { status: 'interrupted', pid: null });
+    for (const r of stale) {
+      const by = r.pid === null ? 'its process' : `its process ${r.pid}`;
+      const command = `localmim ${r.kind === 'finetune' ? 'finetune' : 'pretrain'} --resume ${r.id}`;
+      const error = `interrupted: ${by} stopped at ${r.updatedAt} (a crash or kill); resume with ${command} (in the app: Resume), from its last checkpoint`;
+      this.updateRun(r.id, { status: 'interrupted', pid: null, error });
+    }
   }
 
   // ── metrics and checkpoints ────────────────────────────────────────────────────────────────────
