@@ -491,3 +491,18 @@ test('migration 30 keeps runs, metrics and checkpoints, and allows queued runs',
   expect(store.metrics(1)).toHaveLength(0);
   store.close();
 });
+
+test('folder paths in API calls must be absolute: a relative one would resolve against the server’s folder', async () => {
+  const a = service('relative');
+  const message = 'must be an absolute path (a relative one would resolve against the server’s folder)';
+  await expect(a.call('datasets.add', { path: '../../etc' })).rejects.toMatchObject({
+    kind: 'bad-request',
+    message: `datasets.add: path: ${message}`,
+  });
+  await expect(a.call('runs.resume', { id: 1, data: 'photos' })).rejects.toMatchObject({
+    kind: 'bad-request',
+    message: `runs.resume: data: ${message}`,
+  });
+  expect(a.s.store.datasetSummaries()).toEqual([]);
+  await a.s.shutdown();
+});
