@@ -206,6 +206,20 @@ describe('localmim pretrain', () => {
       expect(r.code).toBe(2);
       expect(r.stderr).toMatch(message);
     }
+    // With --json every failing exit ends the event stream with an error event, whatever failed and wherever.
+    for (const [more, message] of [
+      [['--batch', '0x10'], '--batch: expected a non-negative integer, got "0x10"'],
+      [['--resume', '99'], 'no run 99'],
+    ] as const) {
+      const r = localmim(['pretrain', '--json', '--home', join(dir, 'bad'), '--max-steps', '1', ...more]);
+      expect(r.code).not.toBe(0);
+      expect(
+        r.stdout
+          .trim()
+          .split('\n')
+          .map((l) => JSON.parse(l) as unknown),
+      ).toEqual([{ type: 'error', runId: null, message }]);
+    }
   });
 });
 

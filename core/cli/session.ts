@@ -144,11 +144,23 @@ export async function runInTerminal(
       session.close();
     }
   } catch (err) {
-    if (runId !== undefined) store.updateRun(runId, { status: 'failed', pid: null, error: (err as Error).message });
-    if (json) console.log(JSON.stringify({ type: 'error', runId: runId ?? null, message: (err as Error).message }));
+    if (runId !== undefined) failed(store, runId, err as Error);
     throw err;
   } finally {
     store.close();
+  }
+}
+
+/**
+ * Marks the run failed and names it on the error (main.ts's `error` event carries it). The store may be what failed
+ * (a full disk): the error that stopped the run is the one reported, either way.
+ */
+function failed(store: Store, runId: number, err: Error): void {
+  Object.assign(err, { runId });
+  try {
+    store.updateRun(runId, { status: 'failed', pid: null, error: err.message });
+  } catch {
+    // Reported as the original error; the run is marked interrupted at the next start.
   }
 }
 
