@@ -1,3 +1,4 @@
+import * as tf from '@tensorflow/tfjs';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, realpathSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -9,15 +10,18 @@ import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import type { ApiEvent } from '../core/api.js';
 import { parseRunConfig } from '../core/config.js';
 import { indexFolder } from '../core/data/indexer.js';
-import { SAMPLE_IMAGES, isAlive } from '../core/home.js';
+import { SAMPLE_IMAGES, homePaths, isAlive } from '../core/home.js';
 import { launchNodeJob } from '../core/jobs/launch.js';
+import { checkpointRef, loadRef } from '../core/runs/checkpoints.js';
 import { runTrainJob } from '../core/runs/job.js';
 import { begin, prepare } from '../core/runs/lifecycle.js';
 import { RunRecorder } from '../core/runs/recorder.js';
 import { Service } from '../core/service/service.js';
 import { openDatabase } from '../core/store/db.js';
 import { Store } from '../core/store/store.js';
-import { loadCheckpoint } from '../core/train/checkpoint.js';
+import { AdamW } from '../core/train/adamw.js';
+import { loadCheckpoint, saveCheckpoint } from '../core/train/checkpoint.js';
+import type { ParamStore } from '../core/model/module.js';
 import type { TrainEvent } from '../core/train/loop.js';
 import { ensureBuilt, localmim } from './cli.js';
 import { syntheticImages } from './images.js';
@@ -505,4 +509,35 @@ test('folder paths in API calls must be absolute: a relative one would resolve a
   });
   expect(a.s.store.datasetSummaries()).toEqual([]);
   await a.s.shutdown();
+});
+
+test('a checkpoint look-up whose files retention deleted before the read (a running run) takes the newer file that replaced them', async () => {
+  const home = join(dir, 'retention');
+  const store = new Store(homePaths(home).db);
+  const run = store.createRun({ name: 'r', datasetId: null, config: { model: tinyModel }, backend: 'cpu', kind: 'import' });
+  const params = new Map([['w', tf.tensor([1, 2, 3])]]);
+  const save = async (step: number) => {
+    const path = homePaths(home).checkpoint(run.id, step);
+    const written = await saveCheckpoint(
+      path,
+      { params } as unknown as { params: ParamStore },
+      new AdamW(new Map(), tiny().optim as never),
+      {
+        step,
+        epoch: 0,
+        loss: 1,
+        config: {},
+      },
+    );
+    return { runId: run.id, step, epoch: 0, loss: 1, path, ...written };
+  };
+  store.addCheckpoint(await save(4));
+  const ref = checkpointRef(store, String(run.id)); // what the service hands the export job
+  rmSync(homePaths(home).checkpoint(run.id, 4)); // retention, as the running job writes step 8
+  await save(8);
+  expect(loadRef(ref)).toMatchObject({ step: 8, path: homePaths(home).checkpoint(run.id, 8) });
+  rmSync(homePaths(home).checkpoint(run.id, 8));
+  expect(() => loadRef(ref)).toThrow(`run ${run.id} has no intact checkpoint yet`);
+  tf.dispose([...params.values()]);
+  store.close();
 });

@@ -1,7 +1,9 @@
+import { existsSync, readdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { UserError } from '../errors.js';
 import type { CheckpointRow, RunRow, Store } from '../store/store.js';
 import type { LoadedCheckpoint } from '../train/checkpoint.js';
-import { runCheckpoints, tryLoad } from './reconcile.js';
+import { CHECKPOINT_FILE, runCheckpoints, tryLoad } from './reconcile.js';
 
 export interface ResumePoint {
   /** The newest intact checkpoint, recorded or not (see resumePoint); undefined: there is none. */
@@ -74,8 +76,25 @@ export function loadRef({ run, candidates, step }: CheckpointRef): FoundCheckpoi
     const checkpoint = tryLoad(c.path);
     if (checkpoint?.hash === c.hash) return { run, checkpoint, path: c.path, step: step ?? checkpoint.state.step };
   }
+  const newer = step === undefined && candidates[0] && newerInFolder(candidates[0]);
+  if (newer) return { run, ...newer, step: newer.checkpoint.state.step };
   if (step === undefined) throw noIntact(run.id);
   throw new UserError(`run ${run.id}: the checkpoint at step ${step} (${candidates[0]!.path}) is missing or damaged`, 'not-found');
+}
+
+/**
+ * A running run's retention may delete every candidate between the look-up and the read (a job reads no store):
+ * the newest intact file its folder holds past them stands in.
+ */
+function newerInFolder(after: CheckpointRow): { checkpoint: LoadedCheckpoint; path: string } | undefined {
+  const dir = dirname(after.path);
+  const names = existsSync(dir) ? readdirSync(dir) : [];
+  const steps = names.flatMap((n) => (CHECKPOINT_FILE.exec(n) ? [{ path: join(dir, n), step: Number(CHECKPOINT_FILE.exec(n)![1]) }] : []));
+  for (const f of steps.filter((f) => f.step > after.step).sort((a, b) => b.step - a.step)) {
+    const checkpoint = tryLoad(f.path);
+    if (checkpoint?.state.step === f.step) return { checkpoint, path: f.path };
+  }
+  return undefined;
 }
 
 const noIntact = (runId: number) => new UserError(`run ${runId} has no intact checkpoint yet`, 'not-found');

@@ -23,7 +23,8 @@ export interface RunCheckpoint {
   file: FileState;
 }
 
-const FILE = /^ckpt-(\d+)\.safetensors$/;
+/** A checkpoint's file name in its run's folder (core/home.ts homePaths.checkpoint). */
+export const CHECKPOINT_FILE = /^ckpt-(\d+)\.safetensors$/;
 
 /**
  * A run's checkpoints as the store and its folder hold them together, oldest first: the files are the truth, the
@@ -41,11 +42,11 @@ function scan(store: Store, runId: number, runDir: string): (RunCheckpoint & { s
     return { step, epoch, loss, path, size, id, hash, file: onDisk === undefined ? 'missing' : onDisk === size ? 'present' : 'damaged' };
   });
   const recorded = new Set(rows.map((r) => r.step));
-  const names = existsSync(runDir) ? readdirSync(runDir).filter((n) => FILE.test(n)) : [];
+  const names = existsSync(runDir) ? readdirSync(runDir).filter((n) => CHECKPOINT_FILE.test(n)) : [];
   for (const name of names) {
     const path = join(runDir, name);
     const state = stateOf(path);
-    if (!state || recorded.has(state.step) || state.step !== Number(FILE.exec(name)![1])) continue;
+    if (!state || recorded.has(state.step) || state.step !== Number(CHECKPOINT_FILE.exec(name)![1])) continue;
     const { step, epoch, loss, steps } = state;
     all.push({ step, epoch, loss, path, size: statSync(path).size, file: 'unrecorded', steps });
   }
