@@ -9,7 +9,7 @@ import { afterAll, describe, expect, test } from 'vitest';
 import { SAMPLE_IMAGES } from '../core/home.js';
 import { Store } from '../core/store/store.js';
 import { loadCheckpoint } from '../core/train/checkpoint.js';
-import { localmim } from './cli.js';
+import { localmim, localmimAsync } from './cli.js';
 
 const BIN = fileURLToPath(new URL('../bin/localmim.js', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'localmim-pretrain-'));
@@ -191,7 +191,7 @@ describe('localmim pretrain', () => {
     expect(readdirSync(join(home, 'runs', '7'))).toEqual(['ckpt-0000004.safetensors']);
   });
 
-  test('bad flags name the field', () => {
+  test('bad flags name the field', async () => {
     const r = localmim(['pretrain', '--home', join(dir, 'bad'), '--img', '60']);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/model\.imgSize: imgSize=60 must be a multiple of patchSize=8/);
@@ -202,7 +202,7 @@ describe('localmim pretrain', () => {
       ['--keep', '1e1', /--keep: expected a positive integer, got "1e1"/],
       ['--lr', '0x10', /--lr: expected a number, got "0x10"/],
     ] as const) {
-      const r = localmim(['pretrain', '--home', join(dir, 'bad'), '--max-steps', '1', flag, value]); // one step if taken
+      const r = await localmimAsync(['pretrain', '--home', join(dir, 'bad'), '--max-steps', '1', flag, value]); // one step if taken
       expect(r.code).toBe(2);
       expect(r.stderr).toMatch(message);
     }
@@ -211,7 +211,7 @@ describe('localmim pretrain', () => {
       [['--batch', '0x10'], '--batch: expected a non-negative integer, got "0x10"'],
       [['--resume', '99'], 'no run 99'],
     ] as const) {
-      const r = localmim(['pretrain', '--json', '--home', join(dir, 'bad'), '--max-steps', '1', ...more]);
+      const r = await localmimAsync(['pretrain', '--json', '--home', join(dir, 'bad'), '--max-steps', '1', ...more]);
       expect(r.code).not.toBe(0);
       expect(
         r.stdout
