@@ -1,5 +1,5 @@
 import { existsSync, readdirSync, statSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { join } from 'node:path';
 import { homePaths } from '../home.js';
 import { readSafetensorsMetadata } from '../safetensors.js';
 import type { RunKind, Store } from '../store/store.js';
@@ -113,7 +113,7 @@ function recoverRun(store: Store, id: number, dir: string): string {
   const kind = kindOf(last.config);
   store.db.transaction(() => {
     const fields = { datasetId: null, config: last.config, backend: 'unknown', kind, pid: null };
-    store.createRun({ id, name: `${basename(dir)} (recovered)`, status: kind === 'import' ? 'finished' : 'interrupted', ...fields });
+    store.createRun({ id, name: `run ${id} (recovered)`, status: kind === 'import' ? 'finished' : 'interrupted', ...fields });
     const error = kind === 'import' ? null : RECOVERED;
     store.updateRun(id, { step: last.step, epoch: last.epoch, error });
     for (const { path, l } of loaded) recordFromFiles(store, id, dir, { path, loaded: l });
