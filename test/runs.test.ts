@@ -296,7 +296,7 @@ describe('resume', () => {
       ['--keep', '0', /--keep: expected a positive integer/],
       ['--checkpoint-every', '0', /--checkpoint-every: expected a positive integer/],
       ['--checkpoint-minutes=-1', '', /--checkpoint-minutes: expected a positive number/],
-      ['--epochs', '1e9', /optim\.epochs: Too big/],
+      ['--epochs', '1000000000', /optim\.epochs: Too big/],
       ['--max-steps', 'x', /--max-steps: expected a positive integer/],
       ['--init', '99', /no run 99/],
     ] as const) {
