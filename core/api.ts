@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { isAbsolute } from 'node:path';
 import { BACKENDS } from './backend.js';
 import { describeIssue, MAX_EPOCHS, ResumeOverridesSchema } from './config.js';
 import { ENGINES } from './engine.js';
@@ -15,10 +16,17 @@ export const EXPORT_FORMATS = ['safetensors', 'tfjs', 'onnx'] as const;
 /** What trains the run (core/engine.ts); `amp`: bf16 mixed precision on the torch engine's GPU. */
 const engine = { engine: z.enum([...ENGINES, 'auto']).optional(), amp: z.boolean().optional() };
 
+/** A folder on the service's machine: absolute, since a relative one would resolve against the service's working folder. */
+const folder = z
+  .string()
+  .min(1)
+  .max(4096)
+  .refine((p) => isAbsolute(p), { message: 'must be an absolute path (a relative one would resolve against the server’s folder)' });
+
 export const METHODS = {
   'app.info': z.strictObject({}),
   'datasets.list': z.strictObject({}),
-  'datasets.add': z.strictObject({ path: z.string().min(1).max(4096) }),
+  'datasets.add': z.strictObject({ path: folder }),
   'datasets.addSample': z.strictObject({}),
   'datasets.get': z.strictObject({ id }),
   'datasets.thumbnails': z.strictObject({
@@ -58,7 +66,7 @@ export const METHODS = {
     checkpointMinutes: z.number().positive().optional(),
     restart: z.boolean().default(false),
     backend: backend.optional(),
-    data: z.string().min(1).max(4096).optional(),
+    data: folder.optional(),
     ...engine,
   }),
   'runs.cancel': z.strictObject({ id }),

@@ -245,6 +245,7 @@ function checkSwin(c: ModelConfig, issue: (path: string, message: string) => voi
   });
   if (d.nMasked >= d.units)
     issue('maskRatio', `maskRatio=${c.maskRatio} masks ${d.nMasked} of the ${d.units} mask units: at least one must be visible`);
+  checkMlp(c.mlpRatio, [...d.widths, ...d.decoderDims], issue);
   for (const w of new Set(d.decoderDims)) {
     if (w % c.decoderHeads !== 0) issue('decoderHeads', `decoder width ${w} must be divisible by decoderHeads=${c.decoderHeads}`);
     if (w % 4 !== 0) issue('decoderDim', `decoder width ${w} must be a multiple of 4 (2-D sin-cos positions)`);
@@ -269,12 +270,23 @@ function checkSwin(c: ModelConfig, issue: (path: string, message: string) => voi
   });
 }
 
+/** Every block's MLP is `mlpRatio × width` wide: that must be a whole number for each width (encoder and decoders). */
+function checkMlp(ratio: number, widths: number[], issue: (path: string, message: string) => void): void {
+  const w = widths.find((w) => !Number.isInteger(ratio * w));
+  if (w !== undefined)
+    issue(
+      'mlpRatio',
+      `mlpRatio=${ratio} gives a block of width ${w} an MLP ${+(ratio * w).toPrecision(6)} wide: it must be a whole number`,
+    );
+}
+
 /** The ViT-specific checks, as issues on its fields. */
 function checkVit(c: ModelConfig, issue: (path: string, message: string) => void): void {
   for (const k of ['depths', 'stageHeads', 'windowSize'] as const) if (c[k] !== undefined) issue(k, `${k} applies only to Swin models`);
   const d = modelDims(c);
   if (d.D % d.heads !== 0) issue('heads', `encoder width D=${d.D} must be divisible by heads=${d.heads}`);
   if (d.D % 4 !== 0) issue('D', `encoder width D=${d.D} must be a multiple of 4 (2-D sin-cos positions)`);
+  checkMlp(c.mlpRatio, [d.D, c.decoderDim], issue);
   if (c.decoderDim % c.decoderHeads !== 0)
     issue('decoderHeads', `decoderDim=${c.decoderDim} must be divisible by decoderHeads=${c.decoderHeads}`);
   if (c.decoderDim % 4 !== 0) issue('decoderDim', `decoderDim=${c.decoderDim} must be a multiple of 4 (sin-cos positions, ×4 head)`);

@@ -2,6 +2,8 @@
 // {dtype, shape, data_offsets} (plus optional string-valued "__metadata__"), then the raw bytes.
 // Checkpoints and exports share it, so it sits below both train/ and export/.
 
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+
 export interface NamedTensor {
   shape: number[];
   values: Float32Array;
@@ -16,6 +18,8 @@ interface Entry {
 
 /** Headers past this are not weights but a way to make the reader parse gigabytes of JSON (the reference reader's limit). */
 const MAX_HEADER = 100_000_000;
+/** Past this a header is no model (ViT-L with its optimizer state: ~1,000), only millions of tiny allocations. */
+const MAX_TENSORS = 100_000;
 
 export function encodeSafetensors(tensors: ReadonlyMap<string, NamedTensor>, metadata: Record<string, string> = {}): Buffer {
   const header: Record<string, unknown> = Object.keys(metadata).length ? { __metadata__: metadata } : {};
@@ -43,7 +47,8 @@ export function encodeSafetensors(tensors: ReadonlyMap<string, NamedTensor>, met
 
 /**
  * Reads a safetensors file after checking its whole header against the data it claims, so that a
- * damaged or hostile file fails with `<source>: <what>` before anything is allocated for it.
+ * damaged or hostile file fails with `<source>: <what>` before anything is allocated for it; a tensor holding NaN
+ * or ±Inf fails naming it.
  */
 export function decodeSafetensors(
   bytes: Uint8Array,
@@ -55,18 +60,56 @@ export function decodeSafetensors(
   };
   if (buf.length < 8) fail('file is too short to be safetensors');
   const n = buf.readBigUInt64LE(0);
-  if (n > BigInt(Math.min(buf.length - 8, MAX_HEADER))) fail(`header length ${n} exceeds the file (${buf.length} bytes)`);
-  const header = parseHeader(buf.subarray(8, 8 + Number(n)), fail);
+  if (n > BigInt(MAX_HEADER)) fail(`header of ${Math.round(Number(n) / 1e6)} MB exceeds the ${MAX_HEADER / 1e6} MB limit`);
+  if (n > BigInt(buf.length - 8)) fail(`header length ${n} exceeds the file (${buf.length} bytes)`);
+  const headerBytes = buf.subarray(8, 8 + Number(n));
+  const count = countOf(headerBytes, '"data_offsets"');
+  if (count > MAX_TENSORS) fail(`header lists ${count} tensors, more than the limit of ${MAX_TENSORS}`);
+  const header = parseHeader(headerBytes, fail);
   const data = buf.subarray(8 + Number(n));
   const { entries, metadata } = checkHeader(header, data.length, fail);
   const tensors = new Map<string, NamedTensor>();
-  for (const e of entries)
+  for (const e of entries) {
     // Copy: the slice may not be 4-byte aligned in the file buffer.
-    tensors.set(e.name, {
-      shape: e.shape,
-      values: new Float32Array(data.buffer.slice(data.byteOffset + e.start, data.byteOffset + e.end)),
-    });
+    const values = new Float32Array(data.buffer.slice(data.byteOffset + e.start, data.byteOffset + e.end));
+    const bad = firstNonFinite(values);
+    if (bad >= 0) fail(`${e.name} holds a non-finite value (${values[bad]} at index ${bad}): these weights are damaged or diverged`);
+    tensors.set(e.name, { shape: e.shape, values });
+  }
   return { tensors, metadata };
+}
+
+/** A safetensors file's `__metadata__`, reading its header only: undefined when the file is missing or no safetensors. */
+export function readSafetensorsMetadata(path: string): Record<string, string> | undefined {
+  let fd: number | undefined;
+  try {
+    fd = openSync(path, 'r');
+    const size = fstatSync(fd).size;
+    const head = Buffer.alloc(8);
+    if (readSync(fd, head, 0, 8, 0) < 8) return undefined;
+    const n = head.readBigUInt64LE(0);
+    if (n > BigInt(Math.min(size - 8, MAX_HEADER))) return undefined;
+    const bytes = Buffer.alloc(Number(n));
+    if (readSync(fd, bytes, 0, bytes.length, 8) < bytes.length) return undefined;
+    const meta = (JSON.parse(bytes.toString('utf8')) as { __metadata__?: unknown }).__metadata__;
+    return isObject(meta) ? (meta as Record<string, string>) : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
+/** Occurrences of `what` in `bytes`, counted before parsing, without allocating. */
+function countOf(bytes: Buffer, what: string): number {
+  let n = 0;
+  for (let at = bytes.indexOf(what); at >= 0; at = bytes.indexOf(what, at + what.length)) n++;
+  return n;
+}
+
+function firstNonFinite(values: Float32Array): number {
+  for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i])) return i;
+  return -1;
 }
 
 function parseHeader(bytes: Buffer, fail: (what: string) => never): Record<string, unknown> {

@@ -94,6 +94,11 @@ describe('config', () => {
     [{ model: { target: 'pixel', hogBias: true } }, /^model\.hogBias: /],
     [{ model: { size: 'vit-huge' } }, /^model\.size: /],
     [{ optim: { batch: 0 } }, /^optim\.batch: /],
+    [{ model: { mlpRatio: 1.3 } }, /^model\.mlpRatio: mlpRatio=1\.3 gives a block of width 192 an MLP 249\.6 wide/],
+    [
+      { model: { size: 'swin-tiny', imgSize: 224, patchSize: 4, mlpRatio: 1.01 } },
+      /^model\.mlpRatio: mlpRatio=1\.01 gives a block of width \d+ an MLP [\d.]+ wide: it must be a whole number/,
+    ],
   ])('%j is rejected naming the field', (input, message) => {
     const found = problems(input);
     expect(

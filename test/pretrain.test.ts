@@ -1,14 +1,15 @@
 import Database from 'better-sqlite3';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, test } from 'vitest';
+import { SAMPLE_IMAGES } from '../core/home.js';
 import { Store } from '../core/store/store.js';
 import { loadCheckpoint } from '../core/train/checkpoint.js';
-import { localmim } from './cli.js';
+import { localmim, localmimAsync } from './cli.js';
 
 const BIN = fileURLToPath(new URL('../bin/localmim.js', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'localmim-pretrain-'));
@@ -115,7 +116,7 @@ describe('localmim pretrain', () => {
     );
   });
 
-  test('a checkpoint renamed into place but never recorded (killed in between) gives way to a recorded one: no gap in the history', async () => {
+  test('a checkpoint renamed into place but never recorded (killed in between) is the one resume takes, with the steps it carries: no gap', async () => {
     const home = join(dir, 'unrecorded');
     expect((await runUntil([...args(home), '--max-steps', '8'])).code).toBe(0);
     const store = new Store(join(home, 'localmim.db'));
@@ -124,15 +125,101 @@ describe('localmim pretrain', () => {
     store.close();
     const r = await runUntil(['pretrain', '--json', '--home', home, '--resume', '1', '--checkpoint-every', '4']);
     expect(r.code, JSON.stringify(r.events.at(-1))).toBe(0);
-    expect(r.events[0]).toMatchObject({ type: 'start', step: 4 });
-    expect(checkStore(home).losses.map(([s]) => s)).toEqual(checkStore(reference).losses.map(([s]) => s));
+    expect(r.events[0]).toMatchObject({ type: 'start', step: 8 });
+    expect(checkStore(home).losses).toEqual(checkStore(reference).losses);
   });
 
-  test('bad flags name the field', () => {
+  test('the write-ahead log lost: resume finds the checkpoints on disk, runs show marks what is gone, pruning takes the unrecorded', async () => {
+    const home = join(dir, 'wal-lost');
+    expect((await runUntil([...args(home), '--max-steps', '4'])).code).toBe(0);
+    const db = join(home, 'localmim.db');
+    copyFileSync(db, `${db}.then`); // the database as its last WAL checkpoint left it: run 1 at step 4
+    expect(
+      (await runUntil(['pretrain', '--json', '--home', home, '--resume', '1', '--checkpoint-every', '4', '--max-steps', '16'])).code,
+    ).toBe(0);
+    for (const f of [`${db}-wal`, `${db}-shm`]) rmSync(f, { force: true });
+    renameSync(`${db}.then`, db);
+    const runDir = join(home, 'runs', '1');
+    const ckpt4 = join(runDir, 'ckpt-0000004.safetensors');
+    rmSync(ckpt4, { force: true }); // pruned after the log was lost, or deleted by hand
+
+    const shown = JSON.parse(localmim(['runs', 'show', '1', '--json', '--home', home]).stdout) as {
+      checkpoints: { step: number; file: string }[];
+    };
+    expect(shown.checkpoints.map((c) => [c.step, c.file])).toEqual([
+      [4, 'missing'],
+      [8, 'unrecorded'],
+      [12, 'unrecorded'],
+      [16, 'unrecorded'],
+    ]);
+    expect(localmim(['runs', 'show', '1', '--home', home]).stdout).toContain(`${ckpt4}  [missing]`);
+
+    const r = await runUntil(['pretrain', '--json', '--home', home, '--resume', '1', '--checkpoint-every', '4']);
+    expect(r.code, JSON.stringify(r.events.at(-1))).toBe(0);
+    expect(r.events[0]).toMatchObject({ type: 'start', step: 16 });
+    const recorded = new Store(db);
+    const rows = recorded.checkpoints(1);
+    recorded.close();
+    expect(rows.length).toBeLessThanOrEqual(4); // keep 3, and the best
+    expect(
+      readdirSync(runDir)
+        .filter((n) => n.endsWith('.safetensors'))
+        .sort(),
+    ).toEqual(rows.map((c) => basename(c.path)).sort());
+    expect(checkStore(home).losses).toEqual(checkStore(reference).losses);
+  });
+
+  test('a database lost beside its run folders: the runs come back from their checkpoints, and no new run takes their folders', async () => {
+    const home = join(dir, 'db-lost');
+    expect((await runUntil([...args(home), '--max-steps', '8'])).code).toBe(0);
+    for (const f of ['localmim.db', 'localmim.db-wal', 'localmim.db-shm']) rmSync(join(home, f), { force: true });
+    mkdirSync(join(home, 'runs', '7'), { recursive: true });
+    writeFileSync(join(home, 'runs', '7', 'ckpt-0000004.safetensors'), 'not a checkpoint');
+
+    const listed = localmim(['runs', '--home', home]);
+    expect(listed.stderr).toContain(`run 1: recovered from 2 checkpoint(s) in ${join(home, 'runs', '1')}, up to step 8`);
+    expect(listed.stderr).toContain(`${join(home, 'runs', '7')}: a run folder the database has no record of, with no readable checkpoint`);
+    expect(listed.stdout).toMatch(/^1 +interrupted +8 /m);
+
+    const r = await runUntil(['pretrain', '--json', '--home', home, '--resume', '1', '--data', SAMPLE_IMAGES, '--checkpoint-every', '4']);
+    expect(r.code, JSON.stringify(r.events.at(-1))).toBe(0);
+    expect(r.events[0]).toMatchObject({ type: 'start', step: 8 });
+    expect(checkStore(home).losses).toEqual(checkStore(reference).losses);
+
+    const fresh = await runUntil([...args(home), '--max-steps', '1']);
+    expect(fresh.events[0]).toMatchObject({ type: 'start', runId: 8 });
+    expect(readdirSync(join(home, 'runs', '7'))).toEqual(['ckpt-0000004.safetensors']);
+  });
+
+  test('bad flags name the field', async () => {
     const r = localmim(['pretrain', '--home', join(dir, 'bad'), '--img', '60']);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/model\.imgSize: imgSize=60 must be a multiple of patchSize=8/);
     expect(localmim(['pretrain', '--home', join(dir, 'bad'), '--preset', 'simclr']).stderr).toMatch(/--preset: unknown preset "simclr"/);
+    // Integer flags take decimal digits only, whatever Number() makes of the rest.
+    for (const [flag, value, message] of [
+      ['--batch', '0x10', /--batch: expected a non-negative integer, got "0x10"/],
+      ['--keep', '1e1', /--keep: expected a positive integer, got "1e1"/],
+      ['--lr', '0x10', /--lr: expected a number, got "0x10"/],
+    ] as const) {
+      const r = await localmimAsync(['pretrain', '--home', join(dir, 'bad'), '--max-steps', '1', flag, value]); // one step if taken
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(message);
+    }
+    // With --json every failing exit ends the event stream with an error event, whatever failed and wherever.
+    for (const [more, message] of [
+      [['--batch', '0x10'], '--batch: expected a non-negative integer, got "0x10"'],
+      [['--resume', '99'], 'no run 99'],
+    ] as const) {
+      const r = await localmimAsync(['pretrain', '--json', '--home', join(dir, 'bad'), '--max-steps', '1', ...more]);
+      expect(r.code).not.toBe(0);
+      expect(
+        r.stdout
+          .trim()
+          .split('\n')
+          .map((l) => JSON.parse(l) as unknown),
+      ).toEqual([{ type: 'error', runId: null, message }]);
+    }
   });
 });
 

@@ -199,6 +199,38 @@ describe('user errors are one line and a non-zero exit', () => {
     results.forEach((r, i) => expectOneLine(r, 'import', 1, new RegExp(`: ${escape(files[i]!)}: ${escape(messages[i]!)}$`, 'm')));
   });
 
+  test('import refuses weights holding NaN or Inf, naming the tensor; a header past the caps says which cap', async () => {
+    const withNaN = vit(8, 2, 4, 2);
+    withNaN.get('blocks.1.attn.proj.weight')!.values[5] = NaN;
+    const withInf = vit(8, 2, 4, 2);
+    withInf.get('pos_embed')!.values[0] = -Infinity;
+    const runs = async () => (JSON.parse((await cli(['runs', '--json'])).stdout) as unknown[]).length;
+    const before = await runs();
+    const many = Array.from({ length: 100_001 }, (_, i) => `"t${i}":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}`).join(',');
+    const [nan, inf, huge, count] = await Promise.all([
+      cli(['import', write('nan.safetensors', withNaN), '--heads', '2']),
+      cli(['import', write('inf.safetensors', withInf), '--heads', '2']),
+      cli(['import', raw('huge.safetensors', '{}', Buffer.alloc(0), 101_000_000)]),
+      cli(['import', raw('count.safetensors', `{${many}}`)]),
+    ]);
+    expectOneLine(nan, 'import', 1, /nan\.safetensors: blocks\.1\.attn\.proj\.weight holds a non-finite value \(NaN at index 5\)/);
+    expectOneLine(inf, 'import', 1, /inf\.safetensors: pos_embed holds a non-finite value \(-Infinity at index 0\)/);
+    expectOneLine(huge, 'import', 1, /huge\.safetensors: header of 101 MB exceeds the 100 MB limit$/m);
+    expectOneLine(count, 'import', 1, /count\.safetensors: header lists 100001 tensors, more than the limit of 100000$/m);
+    expect(await runs()).toBe(before); // nothing saved
+  });
+
+  test('features whose values overflow fail with one line, never print null', async () => {
+    const big = vit(8, 2, 4, 2);
+    for (const t of big.values()) t.values.fill(1e30);
+    const r = await cli(['import', write('big.safetensors', big), '--heads', '2', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const runId = (JSON.parse(r.stdout) as { runId: number }).runId;
+    const f = await cli(['features', String(runId), '--image', image, '--json']);
+    expectOneLine(f, 'features', 1, new RegExp(`run ${runId}: its features of .* are not finite \\((NaN|-?Infinity) at index \\d+\\)`));
+    expect(f.stdout).toBe('');
+  });
+
   test.each([
     ['entry-null', entry(null), 'x: entry is null, not an object'],
     ['dtype', entry({ ...f32, dtype: 7 }), 'x: dtype is number, not a string'],

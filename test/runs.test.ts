@@ -1,3 +1,4 @@
+import * as tf from '@tensorflow/tfjs';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, realpathSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -9,15 +10,18 @@ import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import type { ApiEvent } from '../core/api.js';
 import { parseRunConfig } from '../core/config.js';
 import { indexFolder } from '../core/data/indexer.js';
-import { SAMPLE_IMAGES, isAlive } from '../core/home.js';
+import { SAMPLE_IMAGES, homePaths, isAlive } from '../core/home.js';
 import { launchNodeJob } from '../core/jobs/launch.js';
+import { checkpointRef, loadRef } from '../core/runs/checkpoints.js';
 import { runTrainJob } from '../core/runs/job.js';
 import { begin, prepare } from '../core/runs/lifecycle.js';
 import { RunRecorder } from '../core/runs/recorder.js';
 import { Service } from '../core/service/service.js';
 import { openDatabase } from '../core/store/db.js';
 import { Store } from '../core/store/store.js';
-import { loadCheckpoint } from '../core/train/checkpoint.js';
+import { AdamW } from '../core/train/adamw.js';
+import { loadCheckpoint, saveCheckpoint } from '../core/train/checkpoint.js';
+import type { ParamStore } from '../core/model/module.js';
 import type { TrainEvent } from '../core/train/loop.js';
 import { ensureBuilt, localmim } from './cli.js';
 import { syntheticImages } from './images.js';
@@ -77,6 +81,11 @@ describe('ownership of a running run', () => {
     const b = new Service(a.home, () => launchNodeJob());
     await expect(b.call('runs.resume', { id: runId })).rejects.toMatchObject({ kind: 'conflict' });
     await expect(b.call('runs.extend', { id: runId, epochs: 1 })).rejects.toMatchObject({ kind: 'conflict' });
+    for (const method of ['runs.pause', 'runs.cancel'])
+      await expect(b.call(method, { id: runId })).rejects.toMatchObject({
+        kind: 'conflict',
+        message: `run ${runId} is running elsewhere (process ${row.pid}, another server or a terminal): pause it there`,
+      });
     expect(b.store.run(runId)!.status).toBe('running');
     await b.shutdown();
 
@@ -287,7 +296,7 @@ describe('resume', () => {
       ['--keep', '0', /--keep: expected a positive integer/],
       ['--checkpoint-every', '0', /--checkpoint-every: expected a positive integer/],
       ['--checkpoint-minutes=-1', '', /--checkpoint-minutes: expected a positive number/],
-      ['--epochs', '1e9', /optim\.epochs: Too big/],
+      ['--epochs', '1000000000', /optim\.epochs: Too big/],
       ['--max-steps', 'x', /--max-steps: expected a positive integer/],
       ['--init', '99', /no run 99/],
     ] as const) {
@@ -349,7 +358,7 @@ test('temp files of writers that died mid-write are removed on resume and when t
 });
 
 describe('a job whose service dies', () => {
-  test('checkpoints and stops cleanly, quietly; resume continues from that checkpoint', async () => {
+  test('checkpoints and stops cleanly, quietly; resume continues from that checkpoint, not the last recorded one', async () => {
     ensureBuilt();
     const home = join(dir, 'orphan');
     const server = spawn(process.execPath, [BIN, 'serve', '--port', '0', '--home', home], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -370,9 +379,12 @@ describe('a job whose service dies', () => {
     await api('datasets.addSample', {});
     await expect.poll(async () => (await api('datasets.list', {})).result, { timeout: 60_000 }).toHaveLength(1);
     const { result } = await api('runs.create', { datasetId: 1, config: tiny(20) });
-    await expect
-      .poll(async () => ((await api('runs.get', { id: result.runId })).result.metrics as unknown[]).length, { timeout: 60_000 })
-      .toBeGreaterThan(3);
+    // Past the first epoch's recorded checkpoint (step 37): the one it writes as its server dies is newer.
+    const progress = async () => {
+      const got = (await api('runs.get', { id: result.runId })).result as { metrics: unknown[]; checkpoints: unknown[] };
+      return got.checkpoints.length && got.metrics.length;
+    };
+    await expect.poll(progress, { timeout: 120_000, interval: 200 }).toBeGreaterThan(40);
     const store = new Store(join(home, 'localmim.db'));
     const pid = store.run(1)!.pid!;
     const seen = store.metrics(1).at(-1)!.step;
@@ -383,15 +395,15 @@ describe('a job whose service dies', () => {
     await expect.poll(() => isAlive(pid), { timeout: 60_000 }).toBe(false);
     expect(output.length, output.slice(0, 500)).toBeLessThan(500);
     const files = readdirSync(join(home, 'runs', '1')).filter((n) => n.endsWith('.safetensors'));
-    expect(files).toHaveLength(1);
-    const saved = loadCheckpoint(join(home, 'runs', '1', files[0]!)).state.step;
+    expect(files).toHaveLength(2);
+    const saved = loadCheckpoint(join(home, 'runs', '1', files.sort().at(-1)!)).state.step;
     expect(saved).toBeGreaterThanOrEqual(seen);
 
     const r = localmim(['pretrain', '--json', '--home', home, '--resume', '1', '--max-steps', String(saved + 1)]);
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout.split('\n')[0]!)).toMatchObject({ type: 'start', step: saved });
     const after = new Store(join(home, 'localmim.db'));
-    expect(after.checkpoints(1).map((c) => c.step)).toEqual([saved, saved + 1]);
+    expect(after.checkpoints(1).map((c) => c.step)).toEqual([37, saved, saved + 1]);
     after.close();
   });
 });
@@ -481,5 +493,51 @@ test('migration 30 keeps runs, metrics and checkpoints, and allows queued runs',
   expect(store.db.pragma('foreign_keys', { simple: true })).toBe(1);
   store.db.prepare('DELETE FROM runs WHERE id = 1').run();
   expect(store.metrics(1)).toHaveLength(0);
+  store.close();
+});
+
+test('folder paths in API calls must be absolute: a relative one would resolve against the server’s folder', async () => {
+  const a = service('relative');
+  const message = 'must be an absolute path (a relative one would resolve against the server’s folder)';
+  await expect(a.call('datasets.add', { path: '../../etc' })).rejects.toMatchObject({
+    kind: 'bad-request',
+    message: `datasets.add: path: ${message}`,
+  });
+  await expect(a.call('runs.resume', { id: 1, data: 'photos' })).rejects.toMatchObject({
+    kind: 'bad-request',
+    message: `runs.resume: data: ${message}`,
+  });
+  expect(a.s.store.datasetSummaries()).toEqual([]);
+  await a.s.shutdown();
+});
+
+test('a checkpoint look-up whose files retention deleted before the read (a running run) takes the newer file that replaced them', async () => {
+  const home = join(dir, 'retention');
+  const store = new Store(homePaths(home).db);
+  const run = store.createRun({ name: 'r', datasetId: null, config: { model: tinyModel }, backend: 'cpu', kind: 'import' });
+  const params = new Map([['w', tf.tensor([1, 2, 3])]]);
+  const save = async (step: number) => {
+    const path = homePaths(home).checkpoint(run.id, step);
+    const written = await saveCheckpoint(
+      path,
+      { params } as unknown as { params: ParamStore },
+      new AdamW(new Map(), tiny().optim as never),
+      {
+        step,
+        epoch: 0,
+        loss: 1,
+        config: {},
+      },
+    );
+    return { runId: run.id, step, epoch: 0, loss: 1, path, ...written };
+  };
+  store.addCheckpoint(await save(4));
+  const ref = checkpointRef(store, String(run.id)); // what the service hands the export job
+  rmSync(homePaths(home).checkpoint(run.id, 4)); // retention, as the running job writes step 8
+  await save(8);
+  expect(loadRef(ref)).toMatchObject({ step: 8, path: homePaths(home).checkpoint(run.id, 8) });
+  rmSync(homePaths(home).checkpoint(run.id, 8));
+  expect(() => loadRef(ref)).toThrow(`run ${run.id} has no intact checkpoint yet`);
+  tf.dispose([...params.values()]);
   store.close();
 });

@@ -123,6 +123,9 @@ test('a run left running by a dead process is marked interrupted', () => {
   expect(store.run(run.id)!.status).toBe('running');
   store.markInterrupted(() => false);
   expect(store.run(run.id)!.status).toBe('interrupted');
+  expect(store.run(run.id)!.error).toBe(
+    `interrupted: its process ${process.pid} stopped at ${run.updatedAt} (a crash or kill); resume with localmim pretrain --resume ${run.id} (in the app: Resume), from its last checkpoint`,
+  );
   store.close();
 });
 

@@ -80,15 +80,21 @@ export function numberList(flag: string, value: string): number[] {
   return parts;
 }
 
+/** A decimal number as written by hand: no hex, octal, binary, `Infinity` or blanks. */
+export const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i;
+
+/** Decimal digits only: `0x10`, `1e3`, `16.0` and ` 16` are no integer flags, whatever Number() makes of them. */
+const DIGITS = /^\d+$/;
+
 export function positiveInt(flag: string, value: string): number {
   const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new UsageError(`--${flag}: expected a positive integer, got "${value}"`);
+  if (!DIGITS.test(value) || !Number.isSafeInteger(n) || n < 1)
+    throw new UsageError(`--${flag}: expected a positive integer, got "${value}"`);
   return n;
 }
 
 export function nonNegativeInt(flag: string, value: string): number {
   const n = Number(value);
-  if (value.trim() === '' || !Number.isInteger(n) || n < 0)
-    throw new UsageError(`--${flag}: expected a non-negative integer, got "${value}"`);
+  if (!DIGITS.test(value) || !Number.isSafeInteger(n)) throw new UsageError(`--${flag}: expected a non-negative integer, got "${value}"`);
   return n;
 }

@@ -20,6 +20,11 @@ export async function run(argv: string[]): Promise<void> {
   const t = tf.tidy(() => featuresOf(paramsOf(b.tensors), b.model, [img]));
   const f = await t.data();
   t.dispose();
+  const bad = f.findIndex((v) => !Number.isFinite(v));
+  if (bad >= 0)
+    throw new Error(
+      `run ${positionals[0]}: its features of ${values.image} are not finite (${f[bad]} at index ${bad}): its weights overflow`,
+    );
   const out = { shape: [f.length], values: Array.from(f) };
   console.log(
     values.json

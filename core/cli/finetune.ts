@@ -1,6 +1,6 @@
 import { FinetuneConfigSchema, parseConfig } from '../config.js';
 import { RECIPE_CHOICES, SMALL_DATA_BELOW, type RecipeChoice } from '../recipe.js';
-import { parse, UsageError, type Flags } from './args.js';
+import { DECIMAL, nonNegativeInt, parse, UsageError, type Flags } from './args.js';
 import { configFromFlags, MODEL_FLAGS } from './pretrain.js';
 import { indexFlags } from './index-cmd.js';
 import { cadenceFlags, resumeFlags, resumeOf, runInTerminal, sessionFlags } from './session.js';
@@ -99,12 +99,13 @@ export async function run(argv: string[]): Promise<void> {
   for (const [flag, [field]] of Object.entries(SETTINGS)) {
     const v = values[flag as keyof typeof SETTINGS];
     if (v === undefined) continue;
-    if (v.trim() === '' || !Number.isFinite(Number(v))) throw new UsageError(`--${flag}: expected a number, got "${v}"`);
-    finetune[field] = Number(v);
+    if (flag === 'epochs' || flag === 'batch') finetune[field] = nonNegativeInt(flag, v);
+    else if (!DECIMAL.test(v) || !Number.isFinite(Number(v))) throw new UsageError(`--${flag}: expected a number, got "${v}"`);
+    else finetune[field] = Number(v);
   }
   parseConfig(FinetuneConfigSchema, finetune, 'finetune'); // named errors now, before the folder is indexed
   if (recipe !== undefined) finetune.recipe = recipe;
-  const seed = values.seed === undefined ? 0 : Number(values.seed);
+  const seed = values.seed === undefined ? 0 : nonNegativeInt('seed', values.seed);
   const model = values.scratch ? configFromFlags({ model: values.model, img: values.img, patch: values.patch }).model : undefined;
   await runInTerminal(values, {
     command: 'finetune',

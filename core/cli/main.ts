@@ -47,10 +47,19 @@ function onClosedPipe(stream: NodeJS.WriteStream, then: () => void): void {
   });
 }
 
-/** Exactly one line per error (the stack too with LOCALMIM_DEBUG=1); 2 for usage errors, else 1. */
-function report(name: string, err: unknown): number {
+/** Commands whose `--json` prints one event per line: every failing exit ends it with an `error` event. */
+const EVENT_STREAMS = new Set(['pretrain', 'finetune']);
+
+/**
+ * Exactly one line per error (the stack too with LOCALMIM_DEBUG=1); 2 for usage errors, else 1. With `--json`, an
+ * event stream gets the `error` event too, naming the run when one was claimed.
+ */
+function report(name: string, err: unknown, argv: string[] = process.argv.slice(3)): number {
   const e = err instanceof Error ? err : new Error(String(err));
-  console.error(`localmim ${name}: ${e.message.split('\n')[0]}`);
+  const message = e.message.split('\n')[0]!;
+  if (EVENT_STREAMS.has(name) && argv.includes('--json'))
+    console.log(JSON.stringify({ type: 'error', runId: (e as { runId?: number }).runId ?? null, message }));
+  console.error(`localmim ${name}: ${message}`);
   if (process.env.LOCALMIM_DEBUG === '1') console.error(e.stack);
   return e instanceof UsageError ? 2 : 1;
 }
@@ -72,7 +81,7 @@ async function main(argv: string[]): Promise<number> {
     await (await load()).run(args);
     return 0;
   } catch (err) {
-    if (!(err instanceof HelpShown)) return report(name, err);
+    if (!(err instanceof HelpShown)) return report(name, err, args);
     console.log(err.text);
     return 0;
   }

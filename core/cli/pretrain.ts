@@ -11,7 +11,7 @@ import {
   type RunConfig,
 } from '../config.js';
 import { KNN_BUDGET } from '../analysis/knn.js';
-import { parse, positiveInt, UsageError, type Flags } from './args.js';
+import { DECIMAL, nonNegativeInt, parse, positiveInt, UsageError, type Flags } from './args.js';
 import { indexFlags } from './index-cmd.js';
 import { cadenceFlags, resumeFlags, resumeOf, runInTerminal, sessionFlags } from './session.js';
 
@@ -64,11 +64,15 @@ const OPTIONS = {
 
 type Values = ReturnType<typeof parse<typeof OPTIONS>>['values'];
 
+/** Flags of integer fields: decimal digits only (`0x10`, `1e1`, `16.0` are refused, whatever Number() makes of them). */
+const INTEGER_FLAGS = new Set(['img', 'patch', 'bins', 'epochs', 'batch', 'accum', 'seed']);
+
 function num(values: Partial<Values>, flag: keyof Values): number | undefined {
   const v = values[flag];
   if (v === undefined || typeof v === 'boolean') return undefined;
+  if (INTEGER_FLAGS.has(flag)) return nonNegativeInt(flag, v);
   const x = Number(v);
-  if (v.trim() === '' || !Number.isFinite(x)) throw new UsageError(`--${flag}: expected a number, got "${v}"`);
+  if (!DECIMAL.test(v) || !Number.isFinite(x)) throw new UsageError(`--${flag}: expected a number, got "${v}"`);
   return x;
 }
 

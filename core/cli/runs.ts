@@ -1,4 +1,5 @@
 import { homeDir, homePaths, isAlive } from '../home.js';
+import { recoverRuns, runCheckpoints } from '../runs/reconcile.js';
 import { bestOf, Store, type ResumeRow } from '../store/store.js';
 import { homeFlag, parse, positiveInt, UsageError } from './args.js';
 import { probeSummary, resultLine } from './progress.js';
@@ -12,10 +13,12 @@ const OPTIONS = {
 
 export async function run(argv: string[]): Promise<void> {
   const { values, positionals } = parse(argv, OPTIONS, { usage: 'localmim runs [show ID] [options]', summary });
-  const store = new Store(homePaths(homeDir(values.home)).db);
+  const home = homeDir(values.home);
+  const store = new Store(homePaths(home).db);
   try {
     store.markInterrupted(isAlive);
-    if (positionals[0] === 'show') return show(store, positiveInt('ID', positionals[1] ?? ''), values.json);
+    for (const line of recoverRuns(store, home)) console.error(line);
+    if (positionals[0] === 'show') return show(store, home, positiveInt('ID', positionals[1] ?? ''), values.json);
     if (positionals.length) throw new UsageError(`unknown runs subcommand "${positionals[0]}" (use: localmim runs [show ID])`);
     const runs = store.runs().map((r) => ({ ...r, lastLoss: store.metrics(r.id).at(-1)?.loss ?? null }));
     if (values.json) return console.log(JSON.stringify(runs));
@@ -30,11 +33,11 @@ export async function run(argv: string[]): Promise<void> {
   }
 }
 
-function show(store: Store, id: number, json: boolean): void {
+function show(store: Store, home: string, id: number, json: boolean): void {
   const run = store.run(id);
   if (!run) throw new UsageError(`no run ${id}`);
   const metrics = store.metrics(id);
-  const checkpoints = store.checkpoints(id);
+  const checkpoints = runCheckpoints(store, id, homePaths(home).run(id));
   const resumes = store.resumes(id);
   if (json) return console.log(JSON.stringify({ run, lastMetrics: metrics.at(-1) ?? null, checkpoints, resumes }));
   console.log(`run ${run.id}: ${run.name}  [${run.status}]  backend ${run.backend}`);
@@ -52,7 +55,7 @@ function show(store: Store, id: number, json: boolean): void {
   for (const c of checkpoints) {
     const top1 = c.valTop1 === null ? '' : `  val top-1 ${(100 * c.valTop1).toFixed(1)} %`;
     console.log(
-      `${c === best ? '*' : ' '} step ${c.step}  loss ${c.loss?.toFixed(4) ?? '—'}${top1}  ${(c.size / 1e6).toFixed(1)} MB  ${c.path}`,
+      `${c === best ? '*' : ' '} step ${c.step}  loss ${c.loss?.toFixed(4) ?? '—'}${top1}  ${(c.size / 1e6).toFixed(1)} MB  ${c.path}${c.file === 'present' ? '' : `  [${c.file}]`}`,
     );
   }
   for (const r of resumes) console.log(describeResume(r));

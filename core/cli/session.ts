@@ -4,6 +4,7 @@ import { homeDir, homePaths, isAlive, SAMPLE_IMAGES } from '../home.js';
 import { runTrainJob } from '../runs/job.js';
 import { begin, prepare, type RunRequest } from '../runs/lifecycle.js';
 import { recheckDataset } from '../runs/recheck.js';
+import { recoverRuns } from '../runs/reconcile.js';
 import { RunRecorder } from '../runs/recorder.js';
 import { assertTorchCan } from '../runs/torch.js';
 import { optimOf } from '../runs/spec.js';
@@ -166,6 +167,7 @@ export async function runInTerminal(
   let runId: number | undefined;
   try {
     store.markInterrupted(isAlive);
+    for (const line of recoverRuns(store, home)) console.error(line);
     const backend = await initBackend(values.backend);
     log(describeBackend(backend));
     let request: RunRequest;
@@ -213,11 +215,23 @@ export async function runInTerminal(
       session.close();
     }
   } catch (err) {
-    if (runId !== undefined) store.updateRun(runId, { status: 'failed', pid: null, error: (err as Error).message });
-    if (json) console.log(JSON.stringify({ type: 'error', runId: runId ?? null, message: (err as Error).message }));
+    if (runId !== undefined) failed(store, runId, err as Error);
     throw err;
   } finally {
     store.close();
+  }
+}
+
+/**
+ * Marks the run failed and names it on the error (main.ts's `error` event carries it). The store may be what failed
+ * (a full disk): the error that stopped the run is the one reported, either way.
+ */
+function failed(store: Store, runId: number, err: Error): void {
+  Object.assign(err, { runId });
+  try {
+    store.updateRun(runId, { status: 'failed', pid: null, error: err.message });
+  } catch {
+    // Reported as the original error; the run is marked interrupted at the next start.
   }
 }
 

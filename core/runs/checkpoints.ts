@@ -1,132 +1,55 @@
-import { existsSync, readdirSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { UserError } from '../errors.js';
 import { bestOf, type CheckpointRow, type RunRow, type Store } from '../store/store.js';
-import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
-import { RunRecorder } from './recorder.js';
+import type { LoadedCheckpoint } from '../train/checkpoint.js';
+import { CHECKPOINT_FILE, runCheckpoints, tryLoad, type RunCheckpoint } from './reconcile.js';
 
 export interface ResumePoint {
   /** The newest intact checkpoint, recorded or not (see resumePoint); undefined: there is none. */
   checkpoint?: LoadedCheckpoint;
   path?: string;
-  /** Files that exist but are not in the store: written by a job whose service went away before recording them. */
-  unrecorded: Omit<CheckpointRow, 'id' | 'createdAt' | 'valTop1'>[];
   /** Checkpoints newer than `checkpoint` that are missing, unreadable or not what was recorded. */
   broken: string[];
   /** With a step asked for: the checkpoints after it, recorded or left in the folder, intact or not. */
   later: { path: string; step: number }[];
 }
 
-const FILE = /^ckpt-(\d+)\.safetensors$/;
-
 /**
- * Where a run would continue from: its newest intact checkpoint among those recorded and those left in its folder,
- * or the one at `step` (an error names it when it is missing or damaged, or lists the steps there are).
+ * Where a run would continue from: its newest intact checkpoint, recorded or left unrecorded in its folder (the last
+ * one a job writes when its service dies is one: it carries the steps the store missed, see TrainState.steps), or the
+ * one at `step` (an error names it when it is missing or damaged, or lists the steps there are).
  */
 export function resumePoint(store: Store, runId: number, runDir: string, step?: number): ResumePoint {
-  const rows = store.checkpoints(runId);
-  const recorded = new Set(rows.map((c) => c.path));
-  const files = existsSync(runDir) ? readdirSync(runDir).filter((n) => FILE.test(n) && !recorded.has(join(runDir, n))) : [];
-  const candidates = [
-    ...rows.map((c) => ({ path: c.path, step: c.step, hash: c.hash as string | undefined })),
-    ...files.map((n) => ({ path: join(runDir, n), step: Number(FILE.exec(n)![1]), hash: undefined })),
-  ].sort((a, b) => b.step - a.step);
-  if (step !== undefined) return pointAt(runId, candidates, step);
-  const point: ResumePoint = { unrecorded: [], broken: [], later: [] };
-  // A file renamed into place whose steps never reached the store (killed in between) would leave a gap in the
-  // history: a recorded checkpoint is preferred then. With none recorded, the file is all the work there is.
-  const recordedUpTo = store.lastMetricStep(runId);
-  for (const c of candidates) {
-    if (c.hash === undefined && beyondHistory(c.step, rows, recordedUpTo)) continue;
+  const all = runCheckpoints(store, runId, runDir);
+  if (step !== undefined) return pointAt(runId, all, step);
+  const broken: string[] = [];
+  for (const c of [...all].reverse()) {
     const checkpoint = intact(c);
-    if (!checkpoint) {
-      point.broken.push(c.path);
-      continue;
-    }
-    if (c.hash === undefined) point.unrecorded.push(rowOf(runId, c.path, checkpoint));
-    return { ...point, checkpoint, path: c.path };
+    if (checkpoint) return { checkpoint, path: c.path, broken, later: [] };
+    broken.push(c.path);
   }
-  return point;
-}
-
-interface Candidate {
-  path: string;
-  step: number;
-  /** As recorded; undefined for a file the store does not know. */
-  hash?: string;
+  return { broken, later: [] };
 }
 
 /** The checkpoint at `step`, asked for by name: it must be there and intact, recorded or not. */
-function pointAt(runId: number, candidates: Candidate[], step: number): ResumePoint {
-  const c = candidates.find((x) => x.step === step);
-  const steps = [...new Set(candidates.map((x) => x.step))].reverse().join(', ') || 'none';
+function pointAt(runId: number, all: RunCheckpoint[], step: number): ResumePoint {
+  const c = all.find((x) => x.step === step);
+  const steps = [...new Set(all.map((x) => x.step))].join(', ') || 'none';
   if (!c) throw new UserError(`run ${runId} has no checkpoint at step ${step} (it has: ${steps})`, 'not-found');
   const checkpoint = intact(c);
   if (!checkpoint)
     throw new UserError(`run ${runId}: the checkpoint at step ${step} (${c.path}) is missing or damaged; nothing was changed`, 'conflict');
-  const later = candidates.filter((x) => x.step > step).map(({ path, step }) => ({ path, step }));
-  const unrecorded = c.hash === undefined ? [rowOf(runId, c.path, checkpoint)] : [];
-  return { checkpoint, path: c.path, unrecorded, broken: [], later };
+  const later = all.filter((x) => x.step > step).map(({ path, step }) => ({ path, step }));
+  return { checkpoint, path: c.path, broken: [], later };
 }
 
-/** The candidate's checkpoint if it reads, is what was recorded, and holds the step its name says. */
-function intact(c: Candidate): LoadedCheckpoint | undefined {
-  const checkpoint = tryLoad(c.path);
+/** The checkpoint's file if it reads, is what was recorded, and holds the step its name says. */
+function intact(c: RunCheckpoint): LoadedCheckpoint | undefined {
+  const checkpoint = c.file === 'missing' ? undefined : tryLoad(c.path);
   if (!checkpoint || (c.hash !== undefined && checkpoint.hash !== c.hash) || checkpoint.state.step !== c.step) return undefined;
   return checkpoint;
 }
-
-/**
- * A file renamed into place whose steps never reached the store (killed in between) would leave a gap in the history:
- * resume passes over it for a recorded checkpoint. With none recorded, the file is all the work there is.
- */
-const beyondHistory = (step: number, rows: CheckpointRow[], recordedUpTo: number) => rows.length > 0 && recordedUpTo < step;
-
-/**
- * Makes the store agree with a run's folder, whose files are the truth: each checkpoint file the store does not know
- * (its writer's service died, or the database refused it) is recorded from its own metadata (retention waits for the
- * run's next checkpoint, which knows the run's --keep); a damaged one, or one that resume would pass over, is deleted.
- * Only for a run no live process trains. Returns the steps recorded and the files deleted.
- */
-export function reconcileCheckpoints(store: Store, runId: number, runDir: string): { recorded: number[]; removed: string[] } {
-  const rows = store.checkpoints(runId);
-  const known = new Set(rows.map((c) => c.path));
-  const recordedUpTo = store.lastMetricStep(runId);
-  const files = existsSync(runDir) ? readdirSync(runDir).filter((n) => FILE.test(n) && !known.has(join(runDir, n))) : [];
-  const done = { recorded: [] as number[], removed: [] as string[] };
-  const recorder = new RunRecorder(store, runId, Infinity);
-  for (const name of files.sort()) {
-    const path = join(runDir, name);
-    const c = tryLoad(path);
-    if (!c || c.state.step !== Number(FILE.exec(name)![1]) || beyondHistory(c.state.step, rows, recordedUpTo)) {
-      rmSync(path, { force: true });
-      done.removed.push(path);
-      continue;
-    }
-    const { epoch, loss } = c.state;
-    recorder.handle({ type: 'checkpoint', path, step: c.state.step, epoch, loss, size: c.size, hash: c.hash });
-    done.recorded.push(c.state.step);
-  }
-  return done;
-}
-
-function tryLoad(path: string): LoadedCheckpoint | undefined {
-  try {
-    return loadCheckpoint(path);
-  } catch {
-    return undefined;
-  }
-}
-
-const rowOf = (runId: number, path: string, c: LoadedCheckpoint) => ({
-  runId,
-  path,
-  step: c.state.step,
-  epoch: c.state.epoch,
-  loss: c.state.loss,
-  size: c.size,
-  hash: c.hash,
-});
 
 export interface FoundCheckpoint {
   run: RunRow;
@@ -178,8 +101,25 @@ export function loadRef({ run, candidates, step }: CheckpointRef): FoundCheckpoi
     const checkpoint = tryLoad(c.path);
     if (checkpoint?.hash === c.hash) return { run, checkpoint, path: c.path, step: step ?? checkpoint.state.step };
   }
+  const newer = step === undefined && candidates[0] && newerInFolder(candidates[0]);
+  if (newer) return { run, ...newer, step: newer.checkpoint.state.step };
   if (step === undefined) throw noIntact(run.id);
   throw new UserError(`run ${run.id}: the checkpoint at step ${step} (${candidates[0]!.path}) is missing or damaged`, 'not-found');
+}
+
+/**
+ * A running run's retention may delete every candidate between the look-up and the read (a job reads no store):
+ * the newest intact file its folder holds past them stands in.
+ */
+function newerInFolder(after: CheckpointRow): { checkpoint: LoadedCheckpoint; path: string } | undefined {
+  const dir = dirname(after.path);
+  const names = existsSync(dir) ? readdirSync(dir) : [];
+  const steps = names.flatMap((n) => (CHECKPOINT_FILE.exec(n) ? [{ path: join(dir, n), step: Number(CHECKPOINT_FILE.exec(n)![1]) }] : []));
+  for (const f of steps.filter((f) => f.step > after.step).sort((a, b) => b.step - a.step)) {
+    const checkpoint = tryLoad(f.path);
+    if (checkpoint?.state.step === f.step) return { checkpoint, path: f.path };
+  }
+  return undefined;
 }
 
 const noIntact = (runId: number) => new UserError(`run ${runId} has no intact checkpoint yet`, 'not-found');

@@ -21,6 +21,7 @@ import { finetuneDefaults, RECIPE_CHOICES, type RecipeChoice, type RecipeModel }
 import type { RunProbe, RunRow, Store } from '../store/store.js';
 import { checkpointFor, resumePoint, type FoundCheckpoint, type ResumePoint } from './checkpoints.js';
 import { estimate } from './estimate.js';
+import { recordFromFiles } from './reconcile.js';
 import { probeSetOf } from './probe.js';
 import type { TrainJob } from './job.js';
 import type { Cadence } from '../train/loop.js';
@@ -344,9 +345,9 @@ export interface Owner {
 
 /**
  * Carries out a prepared request in one immediate transaction: claims the run for `owner` (refusing if a live
- * process holds it meanwhile), creates or updates its row, records checkpoints found unrecorded and the resume in
- * the run's history, sets aside what came after an older checkpoint it was asked to continue from, and forgets
- * the metrics after the step it continues from. Returns the job to run.
+ * process holds it meanwhile), creates or updates its row, records the resume in the run's history, sets aside what
+ * came after an older checkpoint it was asked to continue from, forgets the metrics after the step it continues from,
+ * and records what the store lacks up to there from the run's files (recordFromFiles). Returns the job to run.
  */
 export function begin(store: Store, p: Prepared, owner: Owner): Omit<TrainJob, 'cadence' | 'stopAtStep' | 'previewEvery'> {
   const runId = store.db
@@ -363,10 +364,11 @@ export function begin(store: Store, p: Prepared, owner: Owner): Omit<TrainJob, '
         ...(p.specChanged && { config: p.spec.config }),
         ...(p.run.datasetId && { datasetId: p.run.datasetId }),
       });
-      for (const c of p.resume?.unrecorded ?? []) store.addCheckpoint(c);
-      const step = p.resume?.checkpoint?.state.step ?? 0;
+      const from = p.resume?.checkpoint;
+      const step = from?.state.step ?? 0;
       if (p.history) record(store, run.id, step, p);
       store.truncateMetrics(run.id, step);
+      recordFromFiles(store, run.id, homePaths(p.job.home).run(run.id), from && { path: p.resume!.path!, loaded: from });
       return run.id;
     })
     .immediate();

@@ -1,6 +1,8 @@
 import { rmSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { bestOf, type MetricRow, type Store } from '../store/store.js';
 import type { TrainEvent } from '../train/loop.js';
+import { runCheckpoints } from './reconcile.js';
 
 /** What a recorder persists: the loop's events, and changes to the run's row from whoever runs the job. */
 export type RunEvent = TrainEvent | { type: 'update'; fields: Parameters<Store['updateRun']>[1] };
@@ -85,7 +87,7 @@ export class RunRecorder {
       } else if (e.type === 'checkpoint') {
         const { step, epoch, loss, path, size, hash, top1 } = e;
         this.store.addCheckpoint({ runId: this.runId, step, epoch, loss, path, size, hash, valTop1: top1 ?? null });
-        pruned.push(...this.prune());
+        pruned.push(...this.prune(dirname(path)));
       } else if (e.type === 'skipped') this.store.addSkipped(this.runId);
       else if (e.type === 'finetune')
         this.store.updateRun(this.runId, { finetuneResult: { top1: e.top1, probeTop1: e.probeTop1, baselines: e.baselines } });
@@ -97,16 +99,19 @@ export class RunRecorder {
   }
 
   /**
-   * Keeps the last `keep` checkpoints, the one with the lowest loss and the best validated one; drops the rest's rows,
-   * returns their files.
+   * Keeps the last `keep` checkpoints, the one with the lowest loss and the best validated one, those in the folder the
+   * store never recorded included; drops the rest's rows and returns their files. A row whose file is gone is dropped.
    */
-  private prune(): string[] {
-    const all = this.store.checkpoints(this.runId);
-    const best = all.filter((c) => c.loss !== null).sort((a, b) => a.loss! - b.loss!)[0];
-    const validated = bestOf(all);
-    const keep = new Set([best?.id, validated?.id]);
-    const dropped = all.slice(0, Math.max(0, all.length - this.keep)).filter((c) => !keep.has(c.id));
-    for (const c of dropped) this.store.deleteCheckpoint(c.id);
+  private prune(runDir: string): string[] {
+    const all = runCheckpoints(this.store, this.runId, runDir);
+    for (const c of all) if (c.file === 'missing') this.store.deleteCheckpoint(c.id!);
+    const kept = all.filter((c) => c.file !== 'missing');
+    const lowest = kept.filter((c) => c.loss !== null).sort((a, b) => a.loss! - b.loss!)[0];
+    const validated = bestOf(this.store.checkpoints(this.runId))?.id;
+    const dropped = kept
+      .slice(0, Math.max(0, kept.length - this.keep))
+      .filter((c) => c !== lowest && (c.id === undefined || c.id !== validated));
+    for (const c of dropped) if (c.id !== undefined) this.store.deleteCheckpoint(c.id);
     return dropped.map((c) => c.path);
   }
 }

@@ -111,6 +111,11 @@ export function startServer(o: ServeOptions): Promise<{ server: Server; url: str
         error: { kind: 'forbidden', message: 'missing or wrong token: open the URL that localmim serve printed' },
       });
     if (url.searchParams.has('token')) res.setHeader('Set-Cookie', `${cookieName}=${token}; HttpOnly; SameSite=Strict; Path=/`);
+    // The page's own URL drops the token at once (the cookie carries it), so it stays in no address bar or history.
+    if (url.searchParams.has('token') && req.method === 'GET' && !url.pathname.startsWith('/api/')) {
+      url.searchParams.delete('token');
+      return void res.writeHead(303, { Location: url.pathname + url.search, 'Cache-Control': 'no-store' }).end();
+    }
 
     if (url.pathname === '/api/events' && req.method === 'GET') return events(res);
     if (url.pathname.startsWith('/api/')) {

@@ -21,6 +21,7 @@ import { estimate } from '../runs/estimate.js';
 import { memoryProblem } from '../runs/lifecycle.js';
 import { optimOf, specOf } from '../runs/spec.js';
 import { recheckDataset } from '../runs/recheck.js';
+import { runCheckpoints } from '../runs/reconcile.js';
 import type { Context, Handlers } from './service.js';
 
 /** The new-run screen's defaults and checks, and the runs: start, pause, resume, cancel, extend, edit, show. */
@@ -73,7 +74,7 @@ export const runHandlers = (c: Context) =>
         run: { ...run, error: c.scheduler.problem(run.id) ?? run.error },
         metrics: c.store.metrics(run.id),
         knn: c.store.knn(run.id),
-        checkpoints: c.store.checkpoints(run.id),
+        checkpoints: runCheckpoints(c.store, run.id, homePaths(c.home).run(run.id)),
         resumes: c.store.resumes(run.id),
         /** The checkpoint export uses by default: the best validated one (fine-tuning), if any. */
         best: c.store.bestCheckpoint(run.id)?.id ?? null,

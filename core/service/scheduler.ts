@@ -5,6 +5,7 @@ import type { BackendName } from '../backend.js';
 import { applyScan, type IndexSummary } from '../data/indexer.js';
 import { resolveEngine, type EngineChoice } from '../engine.js';
 import { UserError } from '../errors.js';
+import { isAlive } from '../home.js';
 import type { ComputeRequest, ComputeResult, JobHandle, Launcher } from '../jobs/protocol.js';
 import type { TrainJob } from '../runs/job.js';
 import { begin, prepare, type RunRequest } from '../runs/lifecycle.js';
@@ -214,18 +215,29 @@ export class Scheduler {
       return this.setStatus(runId, 'paused');
     }
     const job = this.training.get(runId);
-    if (!job) throw new ApiError('conflict', `run ${runId} is not running`);
+    if (!job) throw this.notHere(runId);
     job.send({ type: 'pause' });
   }
 
   cancel(runId: number): void {
     const queued = this.queue.findIndex((j) => j.runId === runId);
     const job = this.training.get(runId);
-    if (queued < 0 && !job) throw new ApiError('conflict', `run ${runId} is not running`);
+    if (queued < 0 && !job) throw this.notHere(runId);
     if (queued >= 0) this.queue.splice(queued, 1);
     this.training.delete(runId);
     job?.kill();
     this.setStatus(runId, 'interrupted', 'cancelled; resume continues from the last checkpoint');
+  }
+
+  /** Why this service cannot pause or cancel a run it does not train: it is not running, or another live process trains it. */
+  private notHere(runId: number): ApiError {
+    const run = this.store.run(runId);
+    if ((run?.status === 'running' || run?.status === 'queued') && run.pid !== null && isAlive(run.pid))
+      return new ApiError(
+        'conflict',
+        `run ${runId} is ${run.status} elsewhere (process ${run.pid}, another server or a terminal): pause it there`,
+      );
+    return new ApiError('conflict', `run ${runId} is not running`);
   }
 
   private setStatus(runId: number, status: RunStatus, error: string | null = null): void {

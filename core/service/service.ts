@@ -3,7 +3,7 @@ import { ConfigError } from '../config.js';
 import { UserError } from '../errors.js';
 import { homePaths, isAlive, removeStaleTempsIn } from '../home.js';
 import type { Launcher } from '../jobs/protocol.js';
-import { reconcileCheckpoints } from '../runs/checkpoints.js';
+import { reconcileCheckpoints, recoverRuns } from '../runs/reconcile.js';
 import { Store, type DatasetRow, type RunRow } from '../store/store.js';
 import { analysisHandlers } from './analysis.js';
 import { datasetHandlers } from './datasets.js';
@@ -51,6 +51,7 @@ export class Service {
   ) {
     this.store = new Store(homePaths(home).db, { busyTimeoutMs: BUSY_MS });
     this.store.markInterrupted(isAlive);
+    for (const line of recoverRuns(this.store, home)) console.warn(line);
     removeStaleTempsIn(home);
     for (const r of this.store.runs())
       if (r.status !== 'running' && r.status !== 'queued') reconcileCheckpoints(this.store, r.id, homePaths(home).run(r.id));

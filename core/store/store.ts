@@ -1,3 +1,5 @@
+import { existsSync, readdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { openDatabase, type DB } from './db.js';
 
 export type RunStatus = 'queued' | 'running' | 'paused' | 'finished' | 'failed' | 'interrupted';
@@ -146,9 +148,12 @@ const metricRow = (r: Record<string, unknown>): MetricRow => ({
 /** The run store: the one writer of the app's SQLite database. */
 export class Store {
   readonly db: DB;
+  /** The run folders beside the database (core/home.ts): a new run's number is never one of theirs. */
+  private readonly runsDir: string;
 
   constructor(path: string, o: { busyTimeoutMs?: number } = {}) {
     this.db = openDatabase(path, undefined, o.busyTimeoutMs);
+    this.runsDir = join(dirname(path), 'runs');
   }
 
   close(): void {
@@ -208,7 +213,9 @@ export class Store {
 
   // ── runs ───────────────────────────────────────────────────────────────────────────────────────
 
+  /** A new run: numbered `id` (a recovered one), else after every run and every run folder, so that none is overwritten. */
   createRun(r: {
+    id?: number;
     name: string;
     datasetId: number | null;
     config: unknown;
@@ -221,9 +228,10 @@ export class Store {
   }): RunRow {
     const info = this.db
       .prepare(
-        `INSERT INTO runs (name, dataset_id, config, backend, status, pid, kind, parent_id, probe) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT INTO runs (id, name, dataset_id, config, backend, status, pid, kind, parent_id, probe) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
       .run(
+        r.id ?? this.nextRunId(),
         r.name,
         r.datasetId,
         JSON.stringify(r.config),
@@ -235,6 +243,16 @@ export class Store {
         r.probe ? JSON.stringify(r.probe) : null,
       );
     return this.run(Number(info.lastInsertRowid))!;
+  }
+
+  private nextRunId(): number {
+    const last = (this.db.prepare('SELECT MAX(id) AS id FROM runs').get() as { id: number | null }).id ?? 0;
+    const folders = existsSync(this.runsDir)
+      ? readdirSync(this.runsDir)
+          .filter((n) => /^\d+$/.test(n))
+          .map(Number)
+      : [];
+    return Math.max(last, ...folders) + 1;
   }
 
   run(id: number): RunRow | undefined {
@@ -273,10 +291,15 @@ export class Store {
     this.db.prepare('UPDATE runs SET skipped_images = skipped_images + 1 WHERE id = ?').run(id);
   }
 
-  /** Runs left running or queued by a process that no longer exists were killed: mark them interrupted. */
+  /** Runs left running or queued by a process that no longer exists were killed: mark them interrupted, saying so. */
   markInterrupted(isAlive: (pid: number) => boolean): void {
     const stale = this.runs().filter((r) => (r.status === 'running' || r.status === 'queued') && (r.pid === null || !isAlive(r.pid)));
-    for (const r of stale) this.updateRun(r.id, { status: 'interrupted', pid: null });
+    for (const r of stale) {
+      const by = r.pid === null ? 'its process' : `its process ${r.pid}`;
+      const command = `localmim ${r.kind === 'finetune' ? 'finetune' : 'pretrain'} --resume ${r.id}`;
+      const error = `interrupted: ${by} stopped at ${r.updatedAt} (a crash or kill); resume with ${command} (in the app: Resume), from its last checkpoint`;
+      this.updateRun(r.id, { status: 'interrupted', pid: null, error });
+    }
   }
 
   // ── metrics and checkpoints ────────────────────────────────────────────────────────────────────
@@ -401,8 +424,8 @@ export class Store {
 }
 
 /** The evaluated checkpoint with the highest validation top-1, the later of equals. */
-export const bestOf = (rows: CheckpointRow[]) =>
-  rows.reduce<CheckpointRow | undefined>((b, c) => (c.valTop1 !== null && (!b || c.valTop1 >= b.valTop1!) ? c : b), undefined);
+export const bestOf = <T extends { valTop1: number | null }>(rows: T[]) =>
+  rows.reduce<T | undefined>((b, c) => (c.valTop1 !== null && (!b || c.valTop1 >= b.valTop1!) ? c : b), undefined);
 
 function parseRun(row: Record<string, unknown>): RunRow {
   const r = camel(row) as Record<string, unknown>;

@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs';
 import { assertRoom, writeAtomic } from '../atomic.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../safetensors.js';
 import type { ParamStore } from '../model/module.js';
+import type { TrainEvent } from './loop.js';
 import type { Optimizer } from './optimizer.js';
 
 /** Where training stands: enough, with the weights and moments, to continue exactly. */
@@ -16,7 +17,14 @@ export interface TrainState {
   loss: number | null;
   /** The run's config (a RunConfig, or a FinetuneRun for fine-tuning), parsed by whoever resumes. */
   config: unknown;
+  /**
+   * The steps since the previous checkpoint, as their `step` events reported them: a checkpoint whose recording was
+   * lost (its writer's service died) brings its history with it. Absent in older and torch checkpoints.
+   */
+  steps?: StepRecord[];
 }
+
+export type StepRecord = Omit<Extract<TrainEvent, { type: 'step' }>, 'type'>;
 
 /**
  * Writes model weights (official names), the optimizer's state (`optimizer.<slot>.<name>`) and the training state as one safetensors file,

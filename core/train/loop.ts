@@ -3,7 +3,7 @@ import type { ModelFamily, OptimConfig } from '../config.js';
 import type { ParamStore } from '../model/module.js';
 import { NoRoomError } from '../atomic.js';
 import type { ProbeResult } from '../store/store.js';
-import { restoreCheckpoint, saveCheckpoint, type LoadedCheckpoint } from './checkpoint.js';
+import { restoreCheckpoint, saveCheckpoint, type LoadedCheckpoint, type StepRecord } from './checkpoint.js';
 import type { Optimizer } from './optimizer.js';
 import { lrAt } from './schedule.js';
 
@@ -170,8 +170,8 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
     let step = o.resumeFrom?.state.step ?? 0;
     o.onEvent({ type: 'start', step, totalSteps, stepsPerEpoch, backend: o.backend, config: task.config, model: task.summary });
 
-    let losses: number[] = [];
-    const recent: number[] = [];
+    let recent: StepRecord[] = [];
+    const lossWindow: number[] = [];
     let lastCheckpoint = performance.now();
     const images = optim.batch * optim.accumIter;
     let since = performance.now();
@@ -187,19 +187,18 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
       const width = values.length / done.length;
       for (const [i, p] of done.entries()) {
         const [loss, ...perScale] = values.subarray(i * width, (i + 1) * width);
-        checkLoss(p.step, loss!, perScale, recent);
-        losses.push(loss!);
-        const epoch = p.step / stepsPerEpoch;
-        o.onEvent({
-          type: 'step',
+        checkLoss(p.step, loss!, perScale, lossWindow);
+        const record = {
           step: p.step,
-          epoch,
+          epoch: p.step / stepsPerEpoch,
           samples: p.step * images,
           loss: loss!,
           losses: perScale,
           lr: p.lr,
           imagesPerS: images / seconds,
-        });
+        };
+        recent.push(record);
+        o.onEvent({ type: 'step', ...record });
       }
     };
     const started = performance.now();
@@ -234,12 +233,13 @@ export async function train(task: Task, o: LoopOptions): Promise<{ step: number;
       await flush();
       await checkWeights(step, task.model.params);
       const epoch = step / stepsPerEpoch;
-      const loss = losses.length ? losses.reduce((a, b) => a + b, 0) / losses.length : null;
+      const loss = recent.length ? recent.reduce((a, r) => a + r.loss, 0) / recent.length : null;
       const path = o.checkpointPath(step);
-      const written = await saveCheckpoint(path, task.model, task.optimizer, { step, epoch, loss, config: task.config });
+      const state = { step, epoch, loss, config: task.config, steps: recent };
+      const written = await saveCheckpoint(path, task.model, task.optimizer, state);
       const top1 = evaluated?.step === step ? evaluated.top1 : undefined;
       o.onEvent({ type: 'checkpoint', path, step, epoch, loss, ...written, ...(top1 !== undefined && { top1 }) });
-      losses = [];
+      recent = [];
       if (last || o.knn?.every !== undefined || knnDue()) await knn();
       lastCheckpoint = performance.now();
     };
