@@ -446,7 +446,8 @@ test('images deleted during training are skipped, told of and counted on the run
 
   unlinkSync(join(folder, 'img-9.png'));
   rmSync(join(home, 'cache'), { recursive: true }); // else its decoded copy would still serve
-  await expect(runTrainJob({ ...job, stopAtStep: 9 }, hooks)).rejects.toThrow(
+  const resumeFrom = store.checkpoints(job.runId).at(-1)!.path;
+  await expect(runTrainJob({ ...job, resumeFrom, stopAtStep: 9 }, hooks)).rejects.toThrow(
     new RegExp(
       `^data: only 7 of 10 images can still be read \\(e\\.g\\. .*img-\\d\\.png cannot\\), fewer than one step of 8; the last checkpoint is intact: ` +
         `restore the images, or point at their new folder with localmim pretrain --resume ${job.runId} --data DIR \\(in the app: "Resume from this folder"\\)$`,

@@ -213,7 +213,7 @@ withTorch('the torch engine’s errors', () => {
     ]);
   }, 30_000);
 
-  test('CUDA out of memory: one line saying the run is intact and how to go on; auto picks a GPU', async () => {
+  test('CUDA out of memory: one line saying what the run kept (here: no checkpoint yet) and how to go on; auto picks a GPU', async () => {
     const gpu = fakePython(
       join(dir, 'gpu', 'python3'),
       `echo '{"version": "2.3.0", "devices": [{"id": "cuda:0", "name": "Fake GPU", "memoryMB": 1024}]}'`,
@@ -226,7 +226,7 @@ withTorch('the torch engine’s errors', () => {
     expect(r.code).toBe(1);
     expect(r.stderr.trim().split('\n').at(-1)).toBe(
       'localmim pretrain: the torch engine’s device failed (torch engine: torch.cuda.OutOfMemoryError: CUDA out of memory. ' +
-        'Tried to allocate 2.00 GiB); the last checkpoint is intact: continue with localmim pretrain --resume 1 --engine tfjs, ' +
+        'Tried to allocate 2.00 GiB); the run has no checkpoint yet: continue with localmim pretrain --resume 1 --engine tfjs, ' +
         'or with a smaller batch or image size',
     );
     expect((await localmimAsync(['pretrain', '--engine', 'gpu', '--home', home])).stderr).toMatch(

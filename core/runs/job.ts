@@ -21,6 +21,7 @@ import { DivergedError, train, type Cadence, type LoopOptions, type TrainEvent }
 import { pretrainTask } from '../train/pretrain.js';
 import { optimOf, type RunSpec } from './spec.js';
 import { runLogisticProbe } from './logistic-probe.js';
+import { CHECKPOINT_FILE } from './reconcile.js';
 import { runTorchJob, type TorchOptions } from './torch.js';
 
 export type LabeledItem = DataItem & { label: number };
@@ -62,9 +63,10 @@ const SKIPS_NAMED = 10;
 
 /** Runs a training job in this process: the same code in a job process (app, server) and in the CLI. */
 export async function runTrainJob(job: TrainJob, hooks: JobHooks): Promise<{ step: number; status: 'finished' | 'paused' }> {
-  const saved = lastGood(hooks);
+  const saved = lastGood(hooks, job.resumeFrom);
   return runOn(job, saved.hooks).catch((err: Error) => {
-    throw divergedError(err, job, saved.step()) ?? err;
+    const step = saved.step();
+    throw divergedError(err, job, step) ?? dataError(err, job, step) ?? deviceError(err, job, step) ?? err;
   });
 }
 
@@ -74,9 +76,7 @@ async function runOn(job: TrainJob, hooks: JobHooks): Promise<{ step: number; st
     hooks.warn(`removed ${basename(t.path)} (${(t.size / 1e6).toFixed(1)} MB), left half-written by process ${t.pid}, which died`);
   if (job.engine === 'torch') {
     const init = !job.resumeFrom && job.initFrom ? backbone(loadCheckpoint(job.initFrom)) : undefined;
-    return runTorchJob(job, hooks, probeTorch(), init).catch((err: Error) => {
-      throw deviceError(err, job) ?? err;
-    });
+    return runTorchJob(job, hooks, probeTorch(), init);
   }
   const cache = new DecodeCache(paths.cache);
   const resumeFrom = job.resumeFrom ? loadCheckpoint(job.resumeFrom) : undefined;
@@ -134,8 +134,6 @@ async function runOn(job: TrainJob, hooks: JobHooks): Promise<{ step: number; st
     signal: hooks.signal,
     knn,
     onEvent,
-  }).catch((err: Error) => {
-    throw deviceError(err, job) ?? dataError(err, job) ?? err;
   });
   if (done.status === 'finished' && spec.kind === 'finetune' && !spec.config.finetune.linearProbe && 'train' in job.data)
     hooks.onEvent(await finetuneResult(job, spec.config, job.data, cache, evals, hooks));
@@ -202,8 +200,9 @@ async function finetuneResult(
 }
 
 /** The hooks, watched for the step of the run's last good checkpoint: the one resumed from, then each one written. */
-function lastGood(hooks: JobHooks) {
-  let step: number | undefined;
+function lastGood(hooks: JobHooks, resumeFrom?: string) {
+  const resumed = resumeFrom && CHECKPOINT_FILE.exec(basename(resumeFrom));
+  let step = resumed ? Number(resumed[1]) : undefined;
   const onEvent = (e: TrainEvent) => {
     if (e.type === 'start' && e.step > 0) step = e.step;
     if (e.type === 'checkpoint') step = e.step;
@@ -233,11 +232,14 @@ function short(x: number): string {
   return n >= 1e-3 && n < 1e4 ? String(n) : n.toExponential().replace('e+', 'e');
 }
 
+/** What a failed run still has: its last checkpoint, or nothing yet (`step`: the last checkpoint's, if any). */
+const kept = (step: number | undefined) => (step === undefined ? 'the run has no checkpoint yet' : 'the last checkpoint is intact');
+
 /** Too many images gone to fill a step: say how to go on. */
-function dataError(err: Error, job: TrainJob): Error | undefined {
+function dataError(err: Error, job: TrainJob, step: number | undefined): Error | undefined {
   if (!(err instanceof TooFewImagesError)) return undefined;
   return new Error(
-    `data: ${err.message}; the last checkpoint is intact: restore the images, or point at their new folder with ` +
+    `data: ${err.message}; ${kept(step)}: restore the images, or point at their new folder with ` +
       `localmim ${job.spec.kind} --resume ${job.runId} --data DIR (in the app: "Resume from this folder")`,
   );
 }
@@ -256,13 +258,13 @@ async function readableProbes(items: DataItem[], imgSize: number) {
 }
 
 /** A GPU that ran out of memory or was lost: say what it means for the run, and how to go on. */
-function deviceError(err: Error, job: TrainJob): Error | undefined {
+function deviceError(err: Error, job: TrainJob, step: number | undefined): Error | undefined {
   if (!/out of memory|OutOfMemory|device (was )?lost|DeviceLost|allocation failed|CUDA error/i.test(err.message)) return undefined;
   const what = job.spec.kind === 'pretrain' ? 'pretrain' : 'finetune';
   const device = job.engine === 'torch' ? 'torch engine’s' : job.backend;
   const other = job.engine === 'torch' ? '--engine tfjs' : '--backend wasm';
   return new Error(
-    `the ${device} device failed (${err.message.split('\n')[0]}); the last checkpoint is intact: continue with ` +
+    `the ${device} device failed (${err.message.split('\n')[0]}); ${kept(step)}: continue with ` +
       `localmim ${what} --resume ${job.runId} ${other}, or with a smaller batch or image size`,
   );
 }
