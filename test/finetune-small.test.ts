@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
@@ -127,9 +127,11 @@ test('the best validated checkpoint is kept, listed first and exported; pruning 
     [0.5, 0.5],
     [0.55, 0.8],
   ] as const;
-  scores.forEach(([top1, loss], i) =>
-    recorder.handle({ type: 'checkpoint', path: join(dir, `none-${i}`), step: i * 10, epoch: i, loss, size: 1, hash: `h${i}`, top1 }),
-  );
+  scores.forEach(([top1, loss], i) => {
+    const path = join(dir, `best-${i}`);
+    writeFileSync(path, 'x'); // pruning reads the folder too: a row whose file is gone would be dropped
+    recorder.handle({ type: 'checkpoint', path, step: i * 10, epoch: i, loss, size: 1, hash: `h${i}`, top1 });
+  });
   expect(store.checkpoints(run.id).map((c) => [c.step, c.valTop1])).toEqual([
     [0, 0.6],
     [10, 0.5],

@@ -143,6 +143,7 @@ function checkLoss(step: number, loss: number, perScale: number[], recent: numbe
 /** Throws if a weight's magnitude is past DIVERGENCE.weightBound (or not finite), naming the tensor: one readback. */
 async function checkWeights(step: number, params: ParamStore): Promise<void> {
   const names = [...params.vars.keys()];
+  if (!names.length) return;
   const peaks = tf.tidy(() => tf.stack([...params.vars.values()].map((v) => tf.max(tf.abs(v)))));
   const values = await peaks.data();
   peaks.dispose();
