@@ -3,8 +3,12 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeAtomic } from '../atomic.js';
 import { fitLinearProbe, probeTop1 } from '../analysis/linear-probe.js';
+import type { ModelConfig } from '../config.js';
 import type { DecodeCache } from '../data/cache.js';
 import { evalImage } from '../data/preprocess.js';
+import { isBackbone } from '../model/classifier.js';
+import { readSafetensorsMetadata } from '../safetensors.js';
+import { pretrainModel } from '../train/pretrain.js';
 import { train, type Task, type TrainEvent } from '../train/loop.js';
 import type { LabeledItem } from './job.js';
 
@@ -28,6 +32,29 @@ export async function cachedTop1(home: string, key: string, compute: () => Promi
   const top1 = await compute();
   writeAtomic(file, JSON.stringify({ top1 }));
   return top1;
+}
+
+/** The seed a source run's checkpoint says its model was initialised with (a pretraining run's config), if any. */
+export function sourceSeed(checkpoint: string | undefined): number | undefined {
+  const state = checkpoint ? readSafetensorsMetadata(checkpoint)?.state : undefined;
+  const seed = state ? (JSON.parse(state) as { config?: { seed?: unknown } }).config?.seed : undefined;
+  return typeof seed === 'number' ? seed : undefined;
+}
+
+/**
+ * "No pretraining" for a run probed or fine-tuned from a pretraining run: the backbone as that run started (its
+ * model, the seed in its checkpoint at `source`, else `seed`), so that the baseline differs from the run by its
+ * pretraining alone, not by another initialisation scheme.
+ */
+export async function initialBackbone(model: ModelConfig, source: string | undefined, seed: number) {
+  const { params } = pretrainModel(model, sourceSeed(source) ?? seed);
+  try {
+    const out = new Map<string, Float32Array>();
+    for (const [name, v] of params.vars) if (isBackbone(name)) out.set(name, (await v.data()) as Float32Array);
+    return out;
+  } finally {
+    params.dispose();
+  }
 }
 
 /** Images at the model's input size (the evaluation transform). */

@@ -8,7 +8,7 @@ import { UnreadableImageError } from '../data/decode.js';
 import { Loader, TooFewImagesError, type DataItem, type LoaderOptions } from '../data/loader.js';
 import { evalImage } from '../data/preprocess.js';
 import type { FinetuneRun } from '../config.js';
-import { evalImages, initBaseline, pixelBaseline, splitKey, type LabeledSplit } from './baselines.js';
+import { evalImages, initBaseline, initialBackbone, pixelBaseline, sourceSeed, splitKey, type LabeledSplit } from './baselines.js';
 import { probeTorch, type Engine } from '../engine.js';
 import { homePaths, removeStaleTemps } from '../home.js';
 import { isBackbone } from '../model/classifier.js';
@@ -190,11 +190,13 @@ async function finetuneResult(
   if (!config.finetune.baselines) return { type: 'finetune', step: evals.at(-1)?.step ?? 0, top1, probeTop1, baselines: null };
   const K = config.classes.length;
   const pixels = await pixelBaseline(job.home, split, K, config.model.imgSize, config.seed, cache);
-  const scratch = { ...config, from: null };
-  const key = JSON.stringify({ split: splitKey(split), model: config.model, seed: config.seed, finetune: config.finetune });
+  const from = sourceSeed(job.initFrom);
+  const key = JSON.stringify({ split: splitKey(split), model: config.model, seed: config.seed, from, finetune: config.finetune });
   if (config.from)
     hooks.info?.('baseline: the same recipe from the initialisation (no pretraining), once per split, model, seed and recipe');
-  const init = config.from ? await initBaseline(job.home, key, () => labeledTask(scratch, split, cache, { probeInit: true })) : top1;
+  const task = async () =>
+    labeledTask(config, split, cache, { probeInit: true, init: await initialBackbone(config.model, job.initFrom, config.seed) });
+  const init = config.from ? await initBaseline(job.home, key, task) : top1;
   const last = evals.at(-1)?.step ?? 0;
   return { type: 'finetune', step: last, top1, probeTop1, baselines: { pixels, init } };
 }

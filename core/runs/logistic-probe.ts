@@ -9,7 +9,7 @@ import { classifierFor, isBackbone, PROBE_EPS, type Classifier, type ProbeFeatur
 import type { ParamStore } from '../model/module.js';
 import type { ProbeResult } from '../store/store.js';
 import { saveCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
-import { cacheKey, cachedTop1, pixelBaseline, splitKey } from './baselines.js';
+import { cacheKey, cachedTop1, initialBackbone, pixelBaseline, sourceSeed, splitKey } from './baselines.js';
 import type { JobHooks, LabeledItem, TrainJob } from './job.js';
 
 /** Labeled rows of a split's two parts: what every probe here fits and scores. */
@@ -98,7 +98,7 @@ const initWeights = (config: FinetuneRun) => `init:${config.seed}:${JSON.stringi
 
 /**
  * The same probe, on the same split, of (a) the raw pixels at the model's input size (the evaluation transform, RGB
- * flattened) and (b) the backbone at its initialisation. Each is cached under `<home>/embeddings/baselines` by what it
+ * flattened) and (b) the backbone at its initialisation (as the source run started: initialBackbone). Each is cached under `<home>/embeddings/baselines` by what it
  * depends on: the split's images and labels, the input size, the seed (and for (b) the model and features).
  */
 async function probeBaselines(job: TrainJob, cache: DecodeCache): Promise<{ pixels: number; init: number }> {
@@ -114,12 +114,12 @@ async function probeBaselines(job: TrainJob, cache: DecodeCache): Promise<{ pixe
     return probeTop1(fit.head, s.val);
   };
   const pixels = await pixelBaseline(job.home, data, classes.length, imgSize, seed, cache);
-  const init = await cachedTop1(job.home, cacheKey('init', initWeights(config), kind, splitKey(data)), async () => {
-    const model = classifierFor(config.model, classes.length, seed, true, true);
+  const weights = `${initWeights(config)}:${sourceSeed(job.initFrom) ?? ''}`;
+  const init = await cachedTop1(job.home, cacheKey('init', weights, kind, splitKey(data)), async () => {
+    const model = classifierFor(config.model, classes.length, seed, true, config.from === null);
     try {
-      return await fitted(() =>
-        backboneSplit(model.params, config.model, data, kind, { home: job.home, weights: initWeights(config), cache }),
-      );
+      if (config.from) model.params.assign(await initialBackbone(config.model, job.initFrom, seed));
+      return await fitted(() => backboneSplit(model.params, config.model, data, kind, { home: job.home, weights, cache }));
     } finally {
       model.dispose();
     }
