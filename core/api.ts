@@ -10,6 +10,7 @@ import type { FinetuneResult, KnnRow, MetricRow, RunStatus } from './store/store
 // the receiving side; results are plain JSON.
 
 const id = z.number().int().positive();
+const minutes = z.number().positive().max(1e6).optional();
 const backend = z.enum(BACKENDS);
 /** What `exports.create` and `localmim export --format` write (core/export/export.ts). */
 export const EXPORT_FORMATS = ['safetensors', 'tfjs', 'onnx'] as const;
@@ -35,7 +36,8 @@ export const METHODS = {
     limit: z.number().int().min(1).max(200).default(48),
   }),
   /** `probe`: whether the run will have a kNN probe set (the torch engine has no kNN monitor). */
-  'config.check': z.strictObject({ config: z.unknown(), datasetId: id.optional(), probe: z.boolean().optional() }),
+  /** `minutes`: fit the schedule to this time on this machine (with a dataset: its size sets the epoch). */
+  'config.check': z.strictObject({ config: z.unknown(), datasetId: id.optional(), probe: z.boolean().optional(), minutes }),
   'runs.list': z.strictObject({}),
   'runs.get': z.strictObject({ id }),
   /**
@@ -46,6 +48,8 @@ export const METHODS = {
     datasetId: id,
     name: z.string().max(200).optional(),
     config: z.unknown(),
+    /** Fit the schedule (epochs, warmup, blr) to this many minutes on this machine (core/runs/budget.ts). */
+    minutes,
     backend: backend.optional(),
     ...engine,
     probe: z.strictObject({ datasetId: id, every: z.number().int().min(1).optional() }).optional(),

@@ -17,6 +17,7 @@ import {
 } from '../config.js';
 import { torchProblem } from '../engine.js';
 import { homePaths } from '../home.js';
+import { fitSchedule } from '../runs/budget.js';
 import { estimate } from '../runs/estimate.js';
 import { memoryProblem } from '../runs/lifecycle.js';
 import { optimOf, specOf } from '../runs/spec.js';
@@ -59,10 +60,11 @@ export const runHandlers = (c: Context) =>
       const images = a.datasetId ? c.store.images(a.datasetId, 'ok').length : 0;
       const { report, computePath } = await c.scheduler.backend();
       const e = estimate(r.data, images, computePath);
+      const fitted = a.minutes === undefined ? null : fitSchedule(r.data, images, computePath, a.minutes);
       const problem = memoryProblem(r.data, report.chosen, report.adapter ?? null);
       // Why the torch engine cannot train it, if it cannot: the new-run form greys the engine out with this.
       const torch = torchProblem({ kind: 'pretrain', model: r.data.model, probe: !!a.probe }) ?? null;
-      return { ok: !problem, errors: problem ? [{ path: 'model', message: problem }] : [], config: r.data, estimate: e, torch };
+      return { ok: !problem, errors: problem ? [{ path: 'model', message: problem }] : [], config: r.data, estimate: e, fitted, torch };
     },
     'runs.list': () => {
       const last = c.store.lastMetrics();
@@ -86,7 +88,7 @@ export const runHandlers = (c: Context) =>
     'runs.create': async (a) => {
       // The config is parsed here, once: everything after it passes the typed value on.
       const config = parseRunConfig(a.config ?? {});
-      const req = { new: 'pretrain', datasetId: a.datasetId, config, name: a.name, probe: a.probe } as const;
+      const req = { new: 'pretrain', datasetId: a.datasetId, config, name: a.name, probe: a.probe, minutes: a.minutes } as const;
       return { runId: await c.scheduler.start(req, a.backend, a) };
     },
     'runs.pause': (a) => {

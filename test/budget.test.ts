@@ -1,0 +1,60 @@
+import { mkdtempSync, readdirSync, rmSync, symlinkSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, expect, test } from 'vitest';
+import { newRunConfig, parseRunConfig } from '../core/config.js';
+import { SAMPLE_IMAGES } from '../core/home.js';
+import { DEFAULT_MINUTES, fitSchedule, PAPER_BATCH } from '../core/runs/budget.js';
+import { estimate } from '../core/runs/estimate.js';
+import { Store } from '../core/store/store.js';
+import { localmim } from './cli.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'localmim-budget-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+test('a budget shorter than the preset fits whole epochs, 5 % warmup and a √-scaled blr', () => {
+  const config = newRunConfig();
+  const { secondsPerEpoch } = estimate(config, 10_000, 'wasm-native');
+  const fitted = fitSchedule(config, 10_000, 'wasm-native', 20);
+  expect(fitted.optim.epochs).toBeGreaterThan(1);
+  expect(fitted.optim.epochs * secondsPerEpoch).toBeLessThanOrEqual(20 * 60);
+  expect((fitted.optim.epochs + 1) * secondsPerEpoch).toBeGreaterThan(20 * 60);
+  expect(fitted.optim.warmupEpochs).toBeCloseTo(0.05 * fitted.optim.epochs, 1);
+  // batch 32: √(4096 / 32) ≈ 11.3 × the preset's 2e-4
+  expect(fitted.optim.blr).toBe(2.3e-3);
+  expect(fitted.why).toMatch(/fit 20 min on wasm-native.*blr 0\.0023 \(√128 × the preset's, for batch 32 < 4096\)/);
+});
+
+test("where the preset's schedule fits, its length and warmup stay; a batch at the paper's keeps its blr", () => {
+  const config = newRunConfig();
+  const fitted = fitSchedule(config, 300, 'webgpu', DEFAULT_MINUTES);
+  expect(fitted.optim).toMatchObject({ epochs: config.optim.epochs, warmupEpochs: config.optim.warmupEpochs });
+  const big = parseRunConfig({ optim: { batch: 256, accumIter: PAPER_BATCH / 256 } });
+  expect(fitSchedule(big, 300, 'webgpu', DEFAULT_MINUTES).optim.blr).toBe(big.optim.blr);
+});
+
+test('one epoch longer than the budget still trains one, and says so', () => {
+  const fitted = fitSchedule(newRunConfig(), 10_000_000, 'cpu', 1);
+  expect(fitted.optim.epochs).toBe(1);
+  expect(fitted.why).toMatch(/^one epoch \(.* on cpu\) is longer than 1 min: 1 epoch/);
+});
+
+test('the CLI fits a new run to --minutes by default, and refuses a budget beside a schedule flag', () => {
+  const data = join(dir, 'images');
+  mkdirSync(data);
+  for (const f of readdirSync(SAMPLE_IMAGES).slice(0, 8)) symlinkSync(join(SAMPLE_IMAGES, f), join(data, f));
+  const home = join(dir, 'home');
+  const args = ['pretrain', '--home', home, '--data', data, '--model', 'vit-tiny', '--img', '32', '--patch', '8', '--batch', '4'];
+  const r = localmim([...args, '--max-steps', '1']);
+  expect(r.code, r.stderr).toBe(0);
+  expect(r.stderr).toMatch(/schedule {2}the preset's 100 epochs fit 30 min; blr 0\.0064 \(√1024 × the preset's, for batch 4 < 4096\)/);
+  const store = new Store(join(home, 'localmim.db'));
+  expect(store.run(1)!.config.optim).toMatchObject({ epochs: 100, warmupEpochs: 10, blr: 6.4e-3 });
+  store.close();
+
+  const both = localmim([...args, '--minutes', '5', '--epochs', '2']);
+  expect(both.code).toBe(2);
+  expect(both.stderr.trim()).toBe('localmim pretrain: --minutes fits the schedule to a time; --epochs sets it: give one of them');
+  expect(localmim([...args, '--minutes', '0x10']).stderr).toMatch(/--minutes: expected a positive number of minutes, got "0x10"/);
+  expect(readdirSync(join(home, 'runs'))).toEqual(['1']);
+}, 120_000);
