@@ -10,7 +10,8 @@ import type { FinetuneResult, KnnRow, MetricRow, RunStatus } from './store/store
 // the receiving side; results are plain JSON.
 
 const id = z.number().int().positive();
-const minutes = z.number().positive().max(1e6).optional();
+/** Fit a new run to a time on this machine: its schedule, and with `input` its input size (core/runs/budget.ts). */
+const budget = z.strictObject({ minutes: z.number().positive().max(1e6), input: z.boolean().default(false) }).optional();
 const backend = z.enum(BACKENDS);
 /** What `exports.create` and `localmim export --format` write (core/export/export.ts). */
 export const EXPORT_FORMATS = ['safetensors', 'tfjs', 'onnx'] as const;
@@ -36,8 +37,8 @@ export const METHODS = {
     limit: z.number().int().min(1).max(200).default(48),
   }),
   /** `probe`: whether the run will have a kNN probe set (the torch engine has no kNN monitor). */
-  /** `minutes`: fit the schedule to this time on this machine (with a dataset: its size sets the epoch). */
-  'config.check': z.strictObject({ config: z.unknown(), datasetId: id.optional(), probe: z.boolean().optional(), minutes }),
+  /** `budget`: the config fitted to a time on this machine (with a dataset: its images set the epoch and input). */
+  'config.check': z.strictObject({ config: z.unknown(), datasetId: id.optional(), probe: z.boolean().optional(), budget }),
   'runs.list': z.strictObject({}),
   'runs.get': z.strictObject({ id }),
   /**
@@ -48,8 +49,7 @@ export const METHODS = {
     datasetId: id,
     name: z.string().max(200).optional(),
     config: z.unknown(),
-    /** Fit the schedule (epochs, warmup, blr) to this many minutes on this machine (core/runs/budget.ts). */
-    minutes,
+    budget,
     backend: backend.optional(),
     ...engine,
     probe: z.strictObject({ datasetId: id, every: z.number().int().min(1).optional() }).optional(),

@@ -11,7 +11,7 @@ import {
   type RunConfig,
 } from '../config.js';
 import { KNN_BUDGET } from '../analysis/knn.js';
-import { DEFAULT_MINUTES } from '../runs/budget.js';
+import { DEFAULT_MINUTES, type Budget } from '../runs/budget.js';
 import { DECIMAL, nonNegativeInt, parse, positiveInt, UsageError, type Flags } from './args.js';
 import { indexFlags } from './index-cmd.js';
 import { cadenceFlags, resumeFlags, resumeOf, runInTerminal, sessionFlags } from './session.js';
@@ -43,7 +43,7 @@ const OPTIONS = {
   preset: n(`the paper's configurations: ${Object.keys(PRESETS).join(', ')} (default ${NEW_RUN.preset})`, 'NAME'),
   ...MODEL_FLAGS,
   minutes: n(
-    `fit the schedule (epochs, warmup, blr) to this many minutes on this machine (default ${DEFAULT_MINUTES}, unless a schedule flag, --config or --paper-schedule is given)`,
+    `fit the schedule (epochs, warmup, blr) to this many minutes on this machine (default ${DEFAULT_MINUTES}, unless a schedule flag, --config or --paper-schedule is given), and without --img/--patch a ViT's input to the images' size`,
     'MIN',
   ),
   'paper-schedule': { type: 'boolean', help: "keep the preset's own schedule (the paper's: epochs, warmup, blr), not fitted to a time" },
@@ -131,7 +131,13 @@ export function configFromFlags(values: Partial<Values>): RunConfig {
 
 const SCHEDULE_FLAGS = ['epochs', 'warmup', 'blr', 'lr'] as const;
 
-/** The minutes a new run's schedule is fitted to (core/runs/budget.ts), or none: the schedule was given. */
+/** What a new run is fitted to (core/runs/budget.ts): none where its schedule is given; its input too where that is not. */
+function budgetOf(values: Partial<Values>): Budget | undefined {
+  const minutes = minutesOf(values);
+  const input = values.img === undefined && values.patch === undefined && values.config === undefined;
+  return minutes === undefined ? undefined : { minutes, input };
+}
+
 function minutesOf(values: Partial<Values>): number | undefined {
   const given = SCHEDULE_FLAGS.find((f) => values[f] !== undefined) ?? (values['paper-schedule'] ? 'paper-schedule' : undefined);
   if (values.minutes === undefined) return given || values.config || values.resume !== undefined ? undefined : DEFAULT_MINUTES;
@@ -150,7 +156,7 @@ export async function run(argv: string[]): Promise<void> {
     throw new UsageError('--probe-data: a resumed run keeps the probe set it started with');
   const resume = resumeOf(values, OPTIONS);
   const config = resume ? undefined : configFromFlags(values);
-  const minutes = minutesOf(values);
+  const budget = budgetOf(values);
   if (values['knn-every'] !== undefined && values['probe-data'] === undefined)
     throw new UsageError('--knn-every goes with --probe-data DIR');
   const every = values['knn-every'] === undefined ? undefined : positiveInt('knn-every', values['knn-every']);
@@ -166,7 +172,7 @@ export async function run(argv: string[]): Promise<void> {
       name: values.name,
       init: values.init,
       probe: probeId === undefined ? undefined : { datasetId: probeId, every },
-      minutes,
+      budget,
     }),
   });
 }

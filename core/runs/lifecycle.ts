@@ -18,11 +18,11 @@ import { activeAdapter, computePath } from '../backend.js';
 import type { Adapter } from '../webgpu.js';
 import { homePaths, isAlive } from '../home.js';
 import { finetuneDefaults, RECIPE_CHOICES, type RecipeChoice, type RecipeModel } from '../recipe.js';
-import type { RunProbe, RunRow, Store } from '../store/store.js';
+import { shortSides, type RunProbe, type RunRow, type Store } from '../store/store.js';
 import { checkpointFor, resumePoint, type FoundCheckpoint, type ResumePoint } from './checkpoints.js';
 import { estimate } from './estimate.js';
 import { recordFromFiles } from './reconcile.js';
-import { fitSchedule } from './budget.js';
+import { fitToBudget, type Budget } from './budget.js';
 import { probeSetOf } from './probe.js';
 import type { TrainJob } from './job.js';
 import type { Cadence } from '../train/loop.js';
@@ -38,8 +38,8 @@ export type RunRequest =
       name?: string;
       /** `RUN[:STEP]` whose backbone it starts from. */ init?: string;
       /** A labeled dataset the kNN monitor scores the backbone on. */ probe?: RunProbe;
-      /** Fit the schedule (epochs, warmup, blr) to this many minutes on this machine (core/runs/budget.ts). */
-      minutes?: number;
+      /** Fit the schedule (and, asked, the input size) to a time on this machine (core/runs/budget.ts). */
+      budget?: Budget;
     }
   | {
       new: 'finetune';
@@ -164,11 +164,8 @@ function preparePretrain(store: Store, home: string, req: Extract<RunRequest, { 
     config = parseConfig(RunConfigSchema, { ...config, model: { ...config.model, ...shape } }, `--init ${req.init}`);
     initFrom = source.path;
   }
-  const fitted =
-    req.minutes === undefined
-      ? undefined
-      : fitSchedule(config, store.images(dataset.id, 'ok').length, computePath(on.backend), req.minutes);
-  if (fitted) config = { ...config, optim: { ...config.optim, ...fitted.optim } };
+  const fitted = req.budget && fitToBudget(config, shortSides(store.images(dataset.id, 'ok')), computePath(on.backend), req.budget);
+  if (fitted) config = fitted.config;
   const spec: TrainSpec = { kind: 'pretrain', config };
   checkMemory(spec, on);
   const data = dataFor(store, spec, dataset);

@@ -17,8 +17,9 @@ import {
 } from '../config.js';
 import { torchProblem } from '../engine.js';
 import { homePaths } from '../home.js';
-import { fitSchedule } from '../runs/budget.js';
+import { fitToBudget } from '../runs/budget.js';
 import { estimate } from '../runs/estimate.js';
+import { shortSides } from '../store/store.js';
 import { memoryProblem } from '../runs/lifecycle.js';
 import { optimOf, specOf } from '../runs/spec.js';
 import { recheckDataset } from '../runs/recheck.js';
@@ -57,10 +58,10 @@ export const runHandlers = (c: Context) =>
             message: i.code === 'unrecognized_keys' ? describeIssue(i) : i.message,
           })),
         };
-      const images = a.datasetId ? c.store.images(a.datasetId, 'ok').length : 0;
+      const images = a.datasetId ? c.store.images(a.datasetId, 'ok') : [];
       const { report, computePath } = await c.scheduler.backend();
-      const e = estimate(r.data, images, computePath);
-      const fitted = a.minutes === undefined ? null : fitSchedule(r.data, images, computePath, a.minutes);
+      const e = estimate(r.data, images.length, computePath);
+      const fitted = a.budget ? fitToBudget(r.data, shortSides(images), computePath, a.budget) : null;
       const problem = memoryProblem(r.data, report.chosen, report.adapter ?? null);
       // Why the torch engine cannot train it, if it cannot: the new-run form greys the engine out with this.
       const torch = torchProblem({ kind: 'pretrain', model: r.data.model, probe: !!a.probe }) ?? null;
@@ -88,7 +89,7 @@ export const runHandlers = (c: Context) =>
     'runs.create': async (a) => {
       // The config is parsed here, once: everything after it passes the typed value on.
       const config = parseRunConfig(a.config ?? {});
-      const req = { new: 'pretrain', datasetId: a.datasetId, config, name: a.name, probe: a.probe, minutes: a.minutes } as const;
+      const req = { new: 'pretrain', datasetId: a.datasetId, config, name: a.name, probe: a.probe, budget: a.budget } as const;
       return { runId: await c.scheduler.start(req, a.backend, a) };
     },
     'runs.pause': (a) => {
