@@ -37,7 +37,9 @@ const CLASSES = ['T-shirt', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'S
 const N_UNLABELED = 10_000; // the first training images; the labeled subset comes from the rest
 const PER_CLASS = { train: 50, val: 100 }; // labeled training images per class; test (t10k) images per class
 const MODEL = { size: 'vit-tiny', img: 32, patch: 4, batch: 32 };
-// Pretraining: a 0.1-epoch warmup (31 steps), then a cosine over EPOCHS that no budget ends (so the lr is ~constant).
+// Pretraining: by default each run's schedule is the product's, fitted to its budget (`--minutes`: whole epochs, 5 %
+// warmup, blr √-scaled to the batch). With a blr (--blr, and the curve's), a 0.1-epoch warmup (31 steps) and then a
+// cosine over EPOCHS that no budget ends, so the lr is about constant: the rates compare at the same schedule.
 const EPOCHS = 400;
 // Fine-tuning takes the small-data recipe's step budget (core/recipe.ts), unless told; --quick one epoch.
 const FINETUNE_EPOCHS = QUICK ? '1' : values['finetune-epochs'];
@@ -150,8 +152,8 @@ const shape = ['--model', MODEL.size, '--img', `${MODEL.img}`, '--patch', `${MOD
  */
 async function pretrain(home: string, preset: string, seed: number, budget: number, blr = values.blr, extra: string[] = []) {
   const args = ['pretrain', '--home', home, '--data', join(OUT, 'unlabeled'), '--preset', preset, ...shape];
-  args.push('--batch', `${MODEL.batch}`, '--epochs', `${EPOCHS}`, '--warmup', '0.1', '--seed', `${seed}`, ...extra);
-  if (blr) args.push('--blr', blr);
+  args.push('--batch', `${MODEL.batch}`, '--seed', `${seed}`, ...extra);
+  args.push(...(blr ? ['--epochs', `${EPOCHS}`, '--warmup', '0.1', '--blr', blr] : ['--minutes', `${budget / 60}`]));
   let started = 0;
   let monitor = 0;
   const events = await cli(args, (e) => {
@@ -332,7 +334,7 @@ async function main(): Promise<void> {
   const cpu = cpus();
   const out = [
     `${SEEDS} seed(s); ${cpu[0]?.model} × ${cpu.length} cores; backend ${backend}; pretraining blr ` +
-      `${values.blr ?? 'each preset’s (LocalMIM 2e-4, MAE 1.5e-4)'}; fine-tuning ${FINETUNE_EPOCHS ? `${FINETUNE_EPOCHS} epochs` : 'the small-data recipe'}` +
+      `${values.blr ? `${values.blr} at a constant rate` : 'as the product fits it to the budget (docs/method.md#time-budget)'}; fine-tuning ${FINETUNE_EPOCHS ? `${FINETUNE_EPOCHS} epochs` : 'the small-data recipe'}` +
       `; ${((performance.now() - started) / 60000).toFixed(1)} min in all. The raw-pixel and no-pretraining rows are the ` +
       'baselines the probe and fine-tuning report on the same split (no fine-tuning of raw pixels: it is the probe).',
     '',
