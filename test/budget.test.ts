@@ -2,9 +2,9 @@ import { mkdtempSync, readdirSync, rmSync, symlinkSync, mkdirSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, expect, test } from 'vitest';
-import { newRunConfig, parseRunConfig, type RunConfig } from '../core/config.js';
+import { newRunConfig, type RunConfig } from '../core/config.js';
 import { SAMPLE_IMAGES } from '../core/home.js';
-import { DEFAULT_MINUTES, fitToBudget, PAPER_BATCH } from '../core/runs/budget.js';
+import { DEFAULT_MINUTES, fitToBudget } from '../core/runs/budget.js';
 import { estimate } from '../core/runs/estimate.js';
 import { Store } from '../core/store/store.js';
 import { localmimAsync as localmim } from './cli.js';
@@ -19,7 +19,7 @@ const fitSchedule = (config: RunConfig, n: number, backend: string, minutes: num
 const dir = mkdtempSync(join(tmpdir(), 'localmim-budget-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-test('a budget shorter than the preset fits whole epochs, 5 % warmup and a √-scaled blr', () => {
+test("a budget shorter than the preset's schedule fits whole epochs and a 5 % warmup; the blr stays the preset's", () => {
   const config = newRunConfig();
   const { secondsPerEpoch } = estimate(config, 10_000, 'wasm-native');
   const fitted = fitSchedule(config, 10_000, 'wasm-native', 20);
@@ -27,17 +27,17 @@ test('a budget shorter than the preset fits whole epochs, 5 % warmup and a √-s
   expect(fitted.optim.epochs * secondsPerEpoch).toBeLessThanOrEqual(20 * 60);
   expect((fitted.optim.epochs + 1) * secondsPerEpoch).toBeGreaterThan(20 * 60);
   expect(fitted.optim.warmupEpochs).toBeCloseTo(0.05 * fitted.optim.epochs, 1);
-  // batch 32: √(4096 / 32) ≈ 11.3 × the preset's 2e-4
-  expect(fitted.optim.blr).toBe(2.3e-3);
-  expect(fitted.why).toMatch(/fit 20 min on wasm-native.*blr 0\.0023 \(√128 × the preset's, for batch 32 < 4096\)/);
+  expect(fitted.optim.blr).toBe(config.optim.blr);
+  expect(fitted.why).toBe(
+    `${fitted.optim.epochs} epoch(s) of ${(secondsPerEpoch / 60).toFixed(1)} min (312 steps) fit 20 min on wasm-native, warmup ${fitted.optim.warmupEpochs}`,
+  );
 });
 
-test("where the preset's schedule fits, its length and warmup stay; a batch at the paper's keeps its blr", () => {
+test("where the preset's schedule fits, its length and warmup stay", () => {
   const config = newRunConfig();
   const fitted = fitSchedule(config, 300, 'webgpu', DEFAULT_MINUTES);
   expect(fitted.optim).toMatchObject({ epochs: config.optim.epochs, warmupEpochs: config.optim.warmupEpochs });
-  const big = parseRunConfig({ optim: { batch: 256, accumIter: PAPER_BATCH / 256 } });
-  expect(fitSchedule(big, 300, 'webgpu', DEFAULT_MINUTES).optim.blr).toBe(big.optim.blr);
+  expect(fitted.why).toBe("the preset's 100 epochs fit 30 min");
 });
 
 test('one epoch longer than the budget still trains one, and says so', () => {
@@ -65,14 +65,19 @@ test('the CLI fits a new run to --minutes by default, and refuses a budget besid
   const args = ['pretrain', '--home', home, '--data', data, '--model', 'vit-tiny', '--img', '32', '--patch', '8', '--batch', '4'];
   const r = await localmim([...args, '--max-steps', '1']);
   expect(r.code, r.stderr).toBe(0);
-  expect(r.stderr).toMatch(/schedule {2}the preset's 100 epochs fit 30 min; blr 0\.0064 \(√1024 × the preset's, for batch 4 < 4096\)/);
+  expect(r.stderr).toMatch(/schedule {2}the preset's 100 epochs fit 30 min\n/);
+  const short = await localmim([...args, '--minutes', '0.01', '--max-steps', '1']);
+  const [, epochs, warmup] =
+    /schedule {2}(\d+) epoch\(s\) of .* fit 0\.01 min on wasm(?:-native)?, warmup ([\d.]+)\n/.exec(short.stderr) ?? [];
+  expect(epochs, short.stderr).toBeDefined();
   const store = new Store(join(home, 'localmim.db'));
-  expect((store.run(1)!.config as RunConfig).optim).toMatchObject({ epochs: 100, warmupEpochs: 10, blr: 6.4e-3 });
+  expect((store.run(1)!.config as RunConfig).optim).toMatchObject({ epochs: 100, warmupEpochs: 10, blr: 2e-4 });
+  expect((store.run(2)!.config as RunConfig).optim).toMatchObject({ epochs: Number(epochs), warmupEpochs: Number(warmup), blr: 2e-4 });
   store.close();
 
   const both = await localmim([...args, '--minutes', '5', '--epochs', '2']);
   expect(both.code).toBe(2);
   expect(both.stderr.trim()).toBe('localmim pretrain: --minutes fits the schedule to a time; --epochs sets it: give one of them');
   expect((await localmim([...args, '--minutes', '0x10'])).stderr).toMatch(/--minutes: expected a positive number of minutes, got "0x10"/);
-  expect(readdirSync(join(home, 'runs'))).toEqual(['1']);
+  expect(readdirSync(join(home, 'runs')).sort()).toEqual(['1', '2']);
 }, 120_000);
