@@ -190,7 +190,8 @@ async function curve(home: string, blrs: string[]): Promise<string[]> {
       console.error(`curve: ${m.name}, blr ${blr}, ${budget} s`);
       const p = await pretrain(home, m.preset, 0, budget, blr, ['--probe-data', join(OUT, 'labeled', 'val'), '--knn-every', '100']);
       const knn = p.events.filter((e) => e.type === 'knn');
-      const last = (t: number) => knn.findLast((e) => e.trained! <= t);
+      // The monitor scores at step 0 and when the run stops (its checkpoint), just after the budget: both columns exact.
+      const last = (t: number) => (t === 0 ? knn[0] : t === budget ? knn.at(-1) : knn.findLast((e) => e.trained! <= t));
       const cellAt = (t: number) => {
         const e = last(t);
         return e ? `${(100 * e.top1!).toFixed(1)} / ${(100 * (e.probeTop1 ?? NaN)).toFixed(1)} (step ${e.step})` : '—';
