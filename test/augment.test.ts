@@ -11,7 +11,7 @@ import {
   type RandAugmentConfig,
 } from '../core/data/randaugment.js';
 import { Rng, seedFor } from '../core/random.js';
-import { normalize, toTensor, type Rgb8 } from '../core/targets/image.js';
+import { normalize, toTensor, type Rgb8 } from '../core/image.js';
 import { mixBatch } from '../core/train/finetune.js';
 import { readGolden } from './golden.js';
 

@@ -4,7 +4,7 @@ import { LocalMIM, localMimParams } from '../core/model/localmim.js';
 import { count } from '../core/model/module.js';
 import { SwinLocalMIM, swinLocalMimParams } from '../core/model/swin-localmim.js';
 import { Rng } from '../core/random.js';
-import type { RgbImage } from '../core/targets/image.js';
+import type { RgbImage } from '../core/image.js';
 import { TrainStep } from '../core/train/step.js';
 import './setup.js';
 

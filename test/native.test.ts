@@ -9,7 +9,7 @@ import { fusedLinear, nativeActive, nativeKernel, nativeKernels, nativeStatus, s
 import { AdamW } from '../core/train/adamw.js';
 import { Rng } from '../core/random.js';
 import { hog } from '../core/targets/hog.js';
-import { toTensor } from '../core/targets/image.js';
+import { toTensor } from '../core/image.js';
 import { backend } from './setup.js';
 import { syntheticImages } from './images.js';
 

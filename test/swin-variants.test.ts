@@ -5,7 +5,7 @@ import { count, declare } from '../core/model/module.js';
 import { swinBackboneParams } from '../core/model/swin.js';
 import { SwinLocalMIM, swinLocalMimParams } from '../core/model/swin-localmim.js';
 import { Rng } from '../core/random.js';
-import type { RgbImage } from '../core/targets/image.js';
+import type { RgbImage } from '../core/image.js';
 import { TrainStep } from '../core/train/step.js';
 import { blockGradientNorms } from '../core/analysis/gradients.js';
 import './setup.js';

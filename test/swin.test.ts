@@ -8,9 +8,9 @@ import { SwinLocalMIM, swinLocalMimParams, swinMask } from '../core/model/swin-l
 import { count } from '../core/model/module.js';
 import { layerNorm } from '../core/model/ops.js';
 import { disposePlanTensors, groupWindows, knapsack, planTensors, swinEncode, swinPlan, unitPatches } from '../core/model/swin.js';
-import { normalize, toTensor } from '../core/targets/image.js';
+import { normalize, toTensor } from '../core/image.js';
 import { Rng } from '../core/random.js';
-import type { RgbImage } from '../core/targets/image.js';
+import type { RgbImage } from '../core/image.js';
 import { pretrainModel } from '../core/train/pretrain.js';
 import { TrainStep } from '../core/train/step.js';
 import { renderPreview } from '../core/analysis/preview.js';

@@ -1,5 +1,5 @@
 import sharp from 'sharp';
-import type { Rgb8 } from '../targets/image.js';
+import type { Rgb8 } from '../image.js';
 import { cropSourceSize, type CropSource, type Size } from './augment.js';
 
 // Every image file the app reads is opened with sharp here. The indexer is the gate of training data (probe, verify):
