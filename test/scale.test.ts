@@ -16,7 +16,7 @@ import { SAMPLE_IMAGES } from '../core/home.js';
 import { disposeBatch, LocalMIM } from '../core/model/localmim.js';
 import { Rng } from '../core/random.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../core/safetensors.js';
-import { TRAIN_PY } from '../core/scale/job.js';
+import { TRAIN_PY } from '../core/scale-out/folder.js';
 import { launchNodeJob } from '../core/jobs/launch.js';
 import { Service } from '../core/service/service.js';
 import { Store } from '../core/store/store.js';

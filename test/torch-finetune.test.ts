@@ -15,7 +15,7 @@ import { classifierFor } from '../core/model/classifier.js';
 import { cropKernel } from '../core/recipe.js';
 import { paramGroups } from '../core/runs/torch.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../core/safetensors.js';
-import { TRAIN_PY } from '../core/scale/job.js';
+import { TRAIN_PY } from '../core/scale-out/folder.js';
 import { finetuneTask } from '../core/train/finetune.js';
 import { lrAt } from '../core/train/schedule.js';
 import { describeWith, PYTHON } from './requirements.js';

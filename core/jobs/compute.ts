@@ -8,7 +8,7 @@ import { probeTorch } from '../engine.js';
 import { backboneOf, paramsOf } from '../export/backbone.js';
 import { writeExport } from '../export/export.js';
 import { loadRef } from '../runs/checkpoints.js';
-import { writeScaleOut } from '../scale/job.js';
+import { writeScaleOut } from '../scale-out/folder.js';
 import type { ComputeRequest } from './protocol.js';
 
 type Request<K extends ComputeRequest['kind']> = Extract<ComputeRequest, { kind: K }>;

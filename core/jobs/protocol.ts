@@ -5,7 +5,7 @@ import type { EmbedItem } from '../analysis/embed.js';
 import type { ExportInput } from '../export/export.js';
 import type { CheckpointRef } from '../runs/checkpoints.js';
 import type { TrainJob } from '../runs/job.js';
-import type { ScalePlan } from '../scale/job.js';
+import type { ScalePlan } from '../scale-out/folder.js';
 import type { ImageRow } from '../store/store.js';
 import type { TrainEvent } from '../train/loop.js';
 
