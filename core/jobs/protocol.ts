@@ -15,7 +15,7 @@ import type { TrainEvent } from '../train/loop.js';
  */
 export type ComputeRequest =
   /** This machine's backend, as a training job would choose it. */
-  | { kind: 'probe' }
+  | { kind: 'backend' }
   /** Attention maps of one image; `image` is a path from the index. */
   | { kind: 'analysis'; ref: CheckpointRef; image: string; query: number }
   | { kind: 'analysis-set'; ref: CheckpointRef; images: string[]; seed: number }
