@@ -8,7 +8,7 @@ import { Rng } from '../core/random.js';
 import type { RgbImage } from '../core/image.js';
 import { TrainStep } from '../core/train/step.js';
 import { blockGradientNorms } from '../core/analysis/gradients.js';
-import './setup.js';
+import './support/setup.js';
 
 // The paper's Swin experiments beyond the default model: the plain global baseline (Table 4a, GreenMIM's objective),
 // global single- and multi-scale (Tables 6b, 7b), the isolated gradients (Table 5) and the location subsets (Table 4d).

@@ -17,9 +17,9 @@ import { renderPreview } from '../core/analysis/preview.js';
 import { configFromFlags } from '../core/cli/pretrain.js';
 import { estimate } from '../core/runs/estimate.js';
 import { SAMPLE_IMAGES } from '../core/home.js';
-import { localmim } from './cli.js';
-import { formulaValues, readGolden, worstExcess } from './golden.js';
-import './setup.js';
+import { localmim } from './support/cli.js';
+import { formulaValues, readGolden, worstExcess } from './support/golden.js';
+import './support/setup.js';
 
 interface SwinGolden {
   config: { img_size: number; patch_size: number; embed_dim: number; depths: number[]; num_heads: number[]; window_size: number };

@@ -21,10 +21,10 @@ import { launchNodeJob } from '../core/jobs/launch.js';
 import { Service } from '../core/service/service.js';
 import { Store } from '../core/store/store.js';
 import { TrainStep } from '../core/train/step.js';
-import { localmim } from './cli.js';
-import { describeWith, PYTHON } from './requirements.js';
+import { localmim } from './support/cli.js';
+import { describeWith, PYTHON } from './support/requirements.js';
 
-// The job's trainer runs on Debian's torch and Pillow (test/requirements.ts: skipped without them, failing under CI=true).
+// The job's trainer runs on Debian's torch and Pillow (test/support/requirements.ts: skipped without them, failing under CI=true).
 const withTorch = describeWith('torch', 'pillow');
 
 const dir = mkdtempSync(join(tmpdir(), 'localmim-scale-'));
