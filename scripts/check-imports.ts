@@ -108,10 +108,12 @@ function circles(graph: Graph): string[][] {
 
 /** The layer of a core file: the index in CORE_LAYERS of its folder; undefined outside core/. */
 function layerOf(file: string): number | undefined {
-  const folder = file.split('/').slice(0, 2).join('/');
-  const at = CORE_LAYERS.findIndex((l) => l.includes(folder.endsWith('.ts') ? 'core' : folder));
-  if (file.startsWith('core/') && at < 0) throw new Error(`${file}: its folder has no layer in CORE_LAYERS`);
-  return file.startsWith('core/') ? at : undefined;
+  if (!file.startsWith('core/')) return undefined;
+  const parts = file.split('/');
+  const folder = parts.length > 2 ? parts.slice(0, 2).join('/') : 'core';
+  const at = CORE_LAYERS.findIndex((l) => l.includes(folder));
+  if (at < 0) throw new Error(`${file}: its folder has no layer in CORE_LAYERS`);
+  return at;
 }
 
 function layerProblems(graph: Graph): string[] {
