@@ -93,7 +93,7 @@ export const METHODS = {
     seed: z.number().int().min(0).default(0),
   }),
   'exports.create': z.strictObject({ runId: id, step: z.number().int().min(0).optional(), format: z.enum(EXPORT_FORMATS) }),
-  /** A PyTorch DDP job folder (core/scale/job.ts) for a run (from its newest checkpoint, or `step`) or a new run's config. */
+  /** A PyTorch DDP job folder (core/scale-out/folder.ts) for a run (from its newest checkpoint, or `step`) or a new run's config. */
   'jobs.scaleOut': z
     .strictObject({ runId: id.optional(), step: z.number().int().min(0).optional(), config: z.unknown().optional(), datasetId: id })
     .refine((a) => (a.runId === undefined) !== (a.config === undefined), { message: 'give either runId or config', path: ['runId'] }),

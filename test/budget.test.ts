@@ -7,7 +7,7 @@ import { SAMPLE_IMAGES } from '../core/home.js';
 import { DEFAULT_MINUTES, fitToBudget } from '../core/runs/budget.js';
 import { estimate } from '../core/runs/estimate.js';
 import { Store } from '../core/store/store.js';
-import { localmimAsync as localmim } from './cli.js';
+import { localmimAsync as localmim } from './support/cli.js';
 
 /** The schedule `fitToBudget` gives `n` images of side `side`, its input kept. */
 const fitSchedule = (config: RunConfig, n: number, backend: string, minutes: number, side = 64) => {

@@ -2,8 +2,8 @@ import { mkdirSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { SAMPLE_IMAGES } from '../core/home.js';
 import { expect, test } from 'vitest';
-import { appInChromium } from './app.js';
-import { describeWith } from './requirements.js';
+import { appInChromium } from './support/app.js';
+import { describeWith } from './support/requirements.js';
 
 // The whole app in Chromium against `localmim serve`, with a real data folder and real training.
 
