@@ -12,7 +12,7 @@ import { Loader } from '../core/data/loader.js';
 import { paramStore } from '../core/model/params.js';
 import { evalImages } from '../core/runs/baselines.js';
 import { checkpointRef } from '../core/runs/checkpoints.js';
-import type { LabeledItem } from '../core/runs/job.js';
+import type { LabeledItem } from '../core/runs/train-job.js';
 import { prepare } from '../core/runs/lifecycle.js';
 import { RunRecorder } from '../core/runs/recorder.js';
 import { finetuneDefaults, finetuneRecipe, SMALL_DATA, SMALL_DATA_BELOW } from '../core/recipe.js';

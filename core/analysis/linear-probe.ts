@@ -1,7 +1,13 @@
 import * as tf from '@tensorflow/tfjs';
 import { PROBE_EPS } from '../model/classifier.js';
 import { Rng, seedFor } from '../random.js';
-import type { Embedded } from './knn.js';
+
+/** Row-major features `[N, D]` with one label per row. */
+export interface Embedded {
+  features: Float32Array;
+  dim: number;
+  labels: number[];
+}
 
 /**
  * A fitted linear probe: standardise each feature (`(x − mean) / std`), then `x · weight + bias`. The standardisation is

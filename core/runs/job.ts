@@ -1,5 +1,5 @@
 import { basename } from 'node:path';
-import { KNN_BUDGET, liveBackbone, scoreProbe, type ProbeSet } from '../analysis/knn.js';
+import { KNN_BUDGET, liveBackbone, scoreProbe } from '../analysis/knn.js';
 import { PREVIEW_PROBES, previewDir, previewNoise, renderPreview, writePreview } from '../analysis/preview.js';
 import { lossReadEvery } from '../backend.js';
 import { finetuneAugment } from '../data/augment.js';
@@ -9,7 +9,7 @@ import { Loader, TooFewImagesError, type DataItem, type LoaderOptions } from '..
 import { evalImage } from '../data/preprocess.js';
 import type { FinetuneRun } from '../config.js';
 import { evalImages, initBaseline, initialBackbone, pixelBaseline, sourceSeed, splitKey, type LabeledSplit } from './baselines.js';
-import { probeTorch, type Engine } from '../engine.js';
+import { probeTorch } from '../engine.js';
 import { homePaths, removeStaleTemps } from '../home.js';
 import { isBackbone } from '../model/classifier.js';
 import type { PretrainModel } from '../model/localmim.js';
@@ -17,47 +17,13 @@ import type { RgbImage } from '../targets/image.js';
 import { cropKernel } from '../recipe.js';
 import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
 import { finetuneTask, headFromProbe } from '../train/finetune.js';
-import { DivergedError, train, type Cadence, type LoopOptions, type TrainEvent } from '../train/loop.js';
+import { DivergedError, train, type LoopOptions, type TrainEvent } from '../train/loop.js';
 import { pretrainTask } from '../train/pretrain.js';
-import { optimOf, type RunSpec } from './spec.js';
+import { optimOf } from './spec.js';
 import { runLogisticProbe } from './logistic-probe.js';
 import { CHECKPOINT_FILE } from './reconcile.js';
-import { runTorchJob, type TorchOptions } from './torch.js';
-
-export type LabeledItem = DataItem & { label: number };
-
-/** Everything a training process needs, validated by `prepare` and claimed by `begin`: it touches no database. */
-export interface TrainJob {
-  kind: 'train';
-  runId: number;
-  home: string;
-  spec: Extract<RunSpec, { kind: 'pretrain' | 'finetune' }>;
-  /** Pretraining: every usable image. Fine-tuning: the labeled split. */
-  data: { items: DataItem[] } | { train: LabeledItem[]; val: LabeledItem[] };
-  /** A checkpoint whose weights a new run starts from (pretraining `--init`, or the run a fine-tune starts from). */
-  initFrom?: string;
-  resumeFrom?: string;
-  cadence: Cadence;
-  stopAtStep?: number;
-  /** Render reconstruction previews every this many steps (pretraining); none when absent. */
-  previewEvery?: number;
-  /** Pretraining: the labeled probe set the kNN monitor scores the backbone on. */
-  probe?: ProbeSet;
-  backend: string;
-  /** What trains it (default tfjs, on `backend`); the torch engine runs core/torch/train.py with `torch`'s options. */
-  engine?: Engine;
-  torch?: TorchOptions;
-}
-
-export interface JobHooks {
-  signal?: AbortSignal;
-  onEvent: (e: TrainEvent) => void;
-  onPreview?: (step: number) => void;
-  /** Something went wrong that does not stop training (e.g. a preview could not be written). */
-  warn: (message: string) => void;
-  /** What the job does next, where it takes a while (a baseline). */
-  info?: (message: string) => void;
-}
+import { runTorchJob } from './torch.js';
+import type { JobHooks, TrainJob } from './train-job.js';
 
 const SKIPS_NAMED = 10;
 

@@ -23,7 +23,7 @@ import { checkpointFor, resumePoint, type FoundCheckpoint, type ResumePoint } fr
 import { estimate } from './estimate.js';
 import { recordFromFiles } from './reconcile.js';
 import { probeSetOf } from './probe.js';
-import type { TrainJob } from './job.js';
+import type { TrainJob } from './train-job.js';
 import type { Cadence } from '../train/loop.js';
 import { changesOf, optimOf, specOf, withOverrides } from './spec.js';
 import { supersede } from './supersede.js';

@@ -1,7 +1,6 @@
 import { join } from 'node:path';
 import { embedFolder, readEmbeddings } from '../analysis/embed.js';
-import type { Embedded } from '../analysis/knn.js';
-import { fitLinearProbe, layerNormRows, probeCrossEntropy, probeTop1, type LinearHead } from '../analysis/linear-probe.js';
+import { fitLinearProbe, layerNormRows, probeCrossEntropy, probeTop1, type Embedded, type LinearHead } from '../analysis/linear-probe.js';
 import type { FinetuneRun, ModelConfig } from '../config.js';
 import type { DecodeCache } from '../data/cache.js';
 import { homePaths } from '../home.js';
@@ -10,7 +9,7 @@ import type { ParamStore } from '../model/module.js';
 import type { ProbeResult } from '../store/store.js';
 import { saveCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
 import { cacheKey, cachedTop1, initialBackbone, pixelBaseline, sourceSeed, splitKey } from './baselines.js';
-import type { JobHooks, LabeledItem, TrainJob } from './job.js';
+import type { JobHooks, LabeledItem, TrainJob } from './train-job.js';
 
 /** Labeled rows of a split's two parts: what every probe here fits and scores. */
 interface Split {

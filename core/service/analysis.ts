@@ -9,7 +9,7 @@ import { checkpointRef } from '../runs/checkpoints.js';
 import { specOf } from '../runs/spec.js';
 import { planScaleOut } from '../scale/job.js';
 import type { RunRow } from '../store/store.js';
-import type { Context, Handlers } from './service.js';
+import type { Context, Handlers } from './context.js';
 
 /**
  * Attention analysis, export and scale-out. Each checks its request against the database here, so a bad one answers at

@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import { thumbnail } from '../data/decode.js';
 import { summarize } from '../data/indexer.js';
 import { SAMPLE_IMAGES } from '../home.js';
-import type { Context, Handlers } from './service.js';
+import type { Context, Handlers } from './context.js';
 
 /** Datasets: folders of images, indexed by a job. */
 export const datasetHandlers = (c: Context) =>

@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import { ApiError } from '../api.js';
 import { thumbnail } from '../data/decode.js';
 import { checkpointRef } from '../runs/checkpoints.js';
-import type { Context, Handlers } from './service.js';
+import type { Context, Handlers } from './context.js';
 
 /**
  * A dataset's embeddings by a run's backbone: written once per checkpoint and dataset under `<home>/embeddings` (a rerun

@@ -22,7 +22,7 @@ import { memoryProblem } from '../runs/lifecycle.js';
 import { optimOf, specOf } from '../runs/spec.js';
 import { recheckDataset } from '../runs/recheck.js';
 import { runCheckpoints } from '../runs/reconcile.js';
-import type { Context, Handlers } from './service.js';
+import type { Context, Handlers } from './context.js';
 
 /** The new-run screen's defaults and checks, and the runs: start, pause, resume, cancel, extend, edit, show. */
 export const runHandlers = (c: Context) =>

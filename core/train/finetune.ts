@@ -1,6 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import type { Embedded } from '../analysis/knn.js';
-import { fitLinearProbe, type LinearHead } from '../analysis/linear-probe.js';
+import { fitLinearProbe, type Embedded, type LinearHead } from '../analysis/linear-probe.js';
 import { FinetuneRunSchema, type FinetuneRun } from '../config.js';
 import type { Loader } from '../data/loader.js';
 import { classifierFor, isBackbone, type Classifier } from '../model/classifier.js';
