@@ -24,13 +24,12 @@ export const datasetHandlers = (c: Context) =>
       // Paths come from the index, never from the request.
       const items = await Promise.all(
         rows.slice(a.offset, a.offset + a.limit).map(async (r) => {
-          const jpeg = await thumbnail(join(d.root, r.path), 96);
           return {
             path: r.path,
             label: r.label,
             width: r.width,
             height: r.height,
-            src: jpeg ? `data:image/jpeg;base64,${jpeg.toString('base64')}` : null,
+            src: await thumbnail(join(d.root, r.path), 96),
           };
         }),
       );

@@ -22,10 +22,6 @@ export const embeddingHandlers = (c: Context) => {
   const progress =
     (method: 'embeddings.create' | 'embeddings.similar' | 'embeddings.map', runId: number) => (done: number, total: number) =>
       c.emit({ type: 'job.progress', method, runId, done, total });
-  const thumb = async (abs: string) => {
-    const jpeg = await thumbnail(abs, 96);
-    return jpeg ? `data:image/jpeg;base64,${jpeg.toString('base64')}` : null;
-  };
   return {
     'embeddings.create': async (a) => {
       const r = await c.scheduler.compute({ kind: 'embed', ...request(a) }, progress('embeddings.create', a.runId));
@@ -42,7 +38,7 @@ export const embeddingHandlers = (c: Context) => {
       const shown = async (it: { abs: string; path: string; label: string | null }) => ({
         path: it.path,
         label: it.label,
-        src: await thumb(it.abs),
+        src: await thumbnail(it.abs, 96),
       });
       return {
         query: await shown(query),
