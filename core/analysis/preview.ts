@@ -5,14 +5,14 @@ import sharp from 'sharp';
 import { writeAtomic } from '../atomic.js';
 import type { PretrainModel } from '../model/localmim.js';
 import { homePaths } from '../home.js';
-import { Rng, seedFor } from '../random.js';
+import { Rng, seedFor, STREAMS } from '../random.js';
 import type { Rgb8 } from '../targets/image.js';
 
 /** How many of a run's first images its previews show. */
 export const PREVIEW_PROBES = 2;
 
 /** The previews' fixed mask: `n` uniform numbers of the run's seed, the same on either engine. */
-export const previewNoise = (seed: number, n: number) => new Rng(seedFor(seed, 4)).fill(n);
+export const previewNoise = (seed: number, n: number) => new Rng(seedFor(seed, STREAMS.preview)).fill(n);
 
 /** Where a run's preview of one step lives. */
 export const previewDir = (home: string, runId: number, step: number) => join(homePaths(home).run(runId), 'previews', String(step));
