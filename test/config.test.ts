@@ -1,5 +1,6 @@
 import { describe, expect, test } from 'vitest';
-import { ConfigError, modelDims, newRunConfig, parseRunConfig, peakLr } from '../core/config.js';
+import { ConfigError, modelDims, parseRunConfig, peakLr } from '../core/config.js';
+import { newRunConfig } from '../core/presets.js';
 import { decays } from '../core/model/module.js';
 import { lrAt } from '../core/train/schedule.js';
 

@@ -3,7 +3,8 @@ import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { parseRunConfig, type FinetuneRun } from '../core/config.js';
+import { parseRunConfig } from '../core/config.js';
+import { type FinetuneRun } from '../core/finetune-config.js';
 import { finetuneAugment } from '../core/data/augment.js';
 import { DecodeCache } from '../core/data/cache.js';
 import { indexFolder } from '../core/data/indexer.js';

@@ -1,4 +1,5 @@
-import { FinetuneConfigSchema, parseConfig } from '../config.js';
+import { parseConfig } from '../config.js';
+import { FinetuneConfigSchema } from '../finetune-config.js';
 import { RECIPE_CHOICES, SMALL_DATA_BELOW, type RecipeChoice } from '../recipe.js';
 import { DECIMAL, nonNegativeInt, parse, UsageError, type Flags } from './args.js';
 import { configFromFlags, MODEL_FLAGS } from './pretrain.js';
@@ -9,7 +10,7 @@ export const summary = 'fine-tune (or --linear-probe) a pretrained run on a labe
 
 const n = (help: string, arg = 'N') => ({ type: 'string', arg, help }) as const;
 
-/** Fine-tuning flags and the config field each sets (core/config.ts FinetuneConfigSchema). */
+/** Fine-tuning flags and the config field each sets (core/finetune-config.ts FinetuneConfigSchema). */
 const SETTINGS = {
   epochs: ['epochs', n('epochs (default by the recipe: 50 official, its step budget small-data; 90 for the LARS probe)')],
   batch: ['batch', n('images per step (default 32)')],

@@ -7,7 +7,7 @@ import { DecodeCache } from '../data/cache.js';
 import { UnreadableImageError } from '../data/decode.js';
 import { Loader, TooFewImagesError, type DataItem, type LoaderOptions } from '../data/loader.js';
 import { evalImage } from '../data/preprocess.js';
-import type { FinetuneRun } from '../config.js';
+import type { FinetuneRun } from '../finetune-config.js';
 import { evalImages, initBaseline, initialBackbone, pixelBaseline, sourceSeed, splitKey, type LabeledSplit } from './baselines.js';
 import { probeTorch } from '../engine.js';
 import { homePaths, removeStaleTemps } from '../home.js';

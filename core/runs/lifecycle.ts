@@ -2,8 +2,6 @@ import { totalmem } from 'node:os';
 import { join } from 'node:path';
 import {
   ConfigError,
-  FinetuneConfigSchema,
-  FinetuneRunSchema,
   parseConfig,
   modelFamily,
   parseRunConfig,
@@ -12,6 +10,7 @@ import {
   type ResumeOverrides,
   type RunConfig,
 } from '../config.js';
+import { FinetuneConfigSchema, FinetuneRunSchema } from '../finetune-config.js';
 import { labeledSplit } from '../data/labels.js';
 import { UserError } from '../errors.js';
 import { activeAdapter } from '../backend.js';

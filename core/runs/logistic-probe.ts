@@ -1,7 +1,8 @@
 import { join } from 'node:path';
 import { embedFolder, readEmbeddings } from '../analysis/embed.js';
 import { fitLinearProbe, layerNormRows, probeCrossEntropy, probeTop1, type Embedded, type LinearHead } from '../analysis/linear-probe.js';
-import type { FinetuneRun, ModelConfig } from '../config.js';
+import type { ModelConfig } from '../config.js';
+import type { FinetuneRun } from '../finetune-config.js';
 import type { DecodeCache } from '../data/cache.js';
 import { homePaths } from '../home.js';
 import { classifierFor, isBackbone, PROBE_EPS, type Classifier, type ProbeFeatures } from '../model/classifier.js';

@@ -1,20 +1,9 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ApiError } from '../api.js';
-import {
-  describeIssue,
-  FinetuneConfigSchema,
-  MODEL_SIZES,
-  NEW_RUN,
-  newRunConfig,
-  parseRunConfig,
-  PRESETS,
-  presetFor,
-  RunConfigSchema,
-  sizeDefaults,
-  SWIN_SIZES,
-  type Preset,
-} from '../config.js';
+import { describeIssue, MODEL_SIZES, parseRunConfig, RunConfigSchema, SWIN_SIZES } from '../config.js';
+import { NEW_RUN, newRunConfig, PRESETS, presetFor, sizeDefaults, type Preset } from '../presets.js';
+import { FinetuneConfigSchema } from '../finetune-config.js';
 import { torchProblem } from '../engine.js';
 import { homePaths } from '../home.js';
 import { estimate } from '../runs/estimate.js';

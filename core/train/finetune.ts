@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { fitLinearProbe, type Embedded, type LinearHead } from '../analysis/linear-probe.js';
-import { FinetuneRunSchema, type FinetuneRun } from '../config.js';
+import { FinetuneRunSchema, type FinetuneRun } from '../finetune-config.js';
 import type { Loader } from '../data/loader.js';
 import { classifierFor, isBackbone, type Classifier } from '../model/classifier.js';
 import { Rng, seedFor, STREAMS } from '../random.js';
