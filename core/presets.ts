@@ -1,4 +1,14 @@
-import { DECODERS, isSwinSize, parseRunConfig, SWIN_SIZES, type ModelConfig, type OptimConfig, type RunConfig } from './config.js';
+import {
+  DECODERS,
+  isSwinSize,
+  modelFamily,
+  parseRunConfig,
+  SWIN_SIZES,
+  type ModelConfig,
+  type ModelFamily,
+  type OptimConfig,
+  type RunConfig,
+} from './config.js';
 
 /**
  * The paper's configurations, as starting points: LocalMIM with HOG or pixels, isolated gradients, the global and
@@ -14,6 +24,18 @@ export const PRESETS = {
   fusion: { variant: 'fusion', target: 'hog', ...DECODERS.localmim },
 } as const satisfies Record<string, Partial<ModelConfig>>;
 export type Preset = keyof typeof PRESETS;
+
+const LABELS: Record<Exclude<Preset, 'mae'>, string> = {
+  'localmim-hog': 'LocalMIM · HOG',
+  'localmim-pixel': 'LocalMIM · pixels',
+  isolated: 'LocalMIM · isolated gradients',
+  global: "Global (LocalMIM's decoder on the last block)",
+  fusion: 'Global with feature fusion',
+};
+
+/** How the app names a preset; on a Swin, `mae` is GreenMIM's baseline (presetFor). */
+export const presetLabel = (preset: Preset, family: ModelFamily): string =>
+  preset === 'mae' ? `${family === 'swin' ? 'GreenMIM' : 'MAE'} baseline (its decoder, pixels and schedule)` : LABELS[preset];
 
 /** The paper's Swin sizes, trained with the official Swin-B recipe on GPU machines (docs/method.md#swin-recipe). */
 const isPaperSwin = (size: string) => isSwinSize(size) && size !== 'swin-tiny';
@@ -96,4 +118,10 @@ export function newRunConfig(preset: Preset = NEW_RUN.preset, size: string = NEW
     base,
   );
   return parseRunConfig(merged);
+}
+
+/** Where each preset starts a new run of `size` (newRunConfig), named as the app shows it: the new-run form's choices. */
+export function presetStarts(size: string): Record<Preset, { label: string; config: RunConfig }> {
+  const start = (p: Preset) => ({ label: presetLabel(p, modelFamily({ size })), config: newRunConfig(p, size) });
+  return Object.fromEntries((Object.keys(PRESETS) as Preset[]).map((p) => [p, start(p)])) as Record<Preset, ReturnType<typeof start>>;
 }

@@ -2,7 +2,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ApiError } from '../api.js';
 import { describeIssue, MODEL_SIZES, parseRunConfig, RunConfigSchema, SWIN_SIZES } from '../config.js';
-import { NEW_RUN, newRunConfig, PRESETS, presetFor, sizeDefaults, type Preset } from '../presets.js';
+import { NEW_RUN, newRunConfig, presetStarts } from '../presets.js';
 import { FinetuneConfigSchema } from '../finetune-config.js';
 import { torchProblem } from '../engine.js';
 import { homePaths } from '../home.js';
@@ -21,16 +21,10 @@ export const runHandlers = (c: Context) =>
       /** The torch engine, as the new-run form offers it (greyed out with `reason` where it cannot run). */
       torch: (await c.scheduler.backend()).torch,
       home: c.home,
-      presets: PRESETS,
       sizes: MODEL_SIZES,
       swinSizes: SWIN_SIZES,
-      /** What each size brings to a new run: its defaults and each preset as it applies to it (presetFor). */
-      sizeDefaults: Object.fromEntries(
-        [...Object.keys(MODEL_SIZES), ...Object.keys(SWIN_SIZES)].map((size) => [
-          size,
-          { ...sizeDefaults(size), presets: Object.fromEntries(Object.keys(PRESETS).map((p) => [p, presetFor(p as Preset, size)])) },
-        ]),
-      ),
+      /** Each size's starting config under each preset, and the preset's name: the one layering (core/presets.ts). */
+      starts: Object.fromEntries([...Object.keys(MODEL_SIZES), ...Object.keys(SWIN_SIZES)].map((size) => [size, presetStarts(size)])),
       defaults: newRunConfig(),
       defaultPreset: NEW_RUN.preset,
       probe: FinetuneConfigSchema.parse({ linearProbe: true }),
