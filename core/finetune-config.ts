@@ -9,6 +9,7 @@ import { OFFICIAL_AUGMENT, OFFICIAL_SCHEDULE, SHORT_PRETRAINING } from './recipe
  * recipe here; a new fine-tune takes those of its source's pretraining length (core/recipe.ts).
  */
 const FinetuneFields = OptimConfigSchema.extend({
+  batch: int(1).max(65_536).default(OFFICIAL_SCHEDULE.batch),
   epochs: int(1).max(MAX_EPOCHS).default(OFFICIAL_SCHEDULE.epochs),
   warmupEpochs: z.number().min(0).default(OFFICIAL_SCHEDULE.warmupEpochs),
   /** lr = blr · effective batch / 256. */

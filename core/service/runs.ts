@@ -27,6 +27,8 @@ export const runHandlers = (c: Context) =>
       starts: Object.fromEntries([...Object.keys(MODEL_SIZES), ...Object.keys(SWIN_SIZES)].map((size) => [size, presetStarts(size)])),
       defaults: newRunConfig(),
       defaultPreset: NEW_RUN.preset,
+      /** A fine-tune's and a linear probe's defaults where no recipe chooses them (core/finetune-config.ts). */
+      finetune: FinetuneConfigSchema.parse({}),
       probe: FinetuneConfigSchema.parse({ linearProbe: true }),
     }),
     'config.check': async (a) => {
