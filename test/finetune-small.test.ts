@@ -60,7 +60,7 @@ afterAll(() => {
 });
 
 const finetuneFrom = (finetune: object) =>
-  prepare(store, home, { new: 'finetune', datasetId, from: String(sourceId), model, finetune, seed: 0 }, backend.chosen);
+  prepare(store, home, { new: 'finetune', datasetId, from: { runId: sourceId }, model, finetune, seed: 0 }, backend.chosen);
 
 test('the recipe is chosen by the labeled set’s size: small-data below the threshold, the official one above or when asked', () => {
   const small = finetuneDefaults(500, 'auto', 100);
@@ -139,8 +139,8 @@ test('the best validated checkpoint is kept, listed first and exported; pruning 
     [20, 0.55],
   ]);
   expect(store.bestCheckpoint(run.id)!.step).toBe(0);
-  expect(checkpointRef(store, String(run.id)).candidates.map((c) => c.step)).toEqual([0, 20, 10]);
-  expect(checkpointRef(store, `${run.id}:20`).candidates.map((c) => c.step)).toEqual([20]);
+  expect(checkpointRef(store, { runId: run.id }).candidates.map((c) => c.step)).toEqual([0, 20, 10]);
+  expect(checkpointRef(store, { runId: run.id, step: 20 }).candidates.map((c) => c.step)).toEqual([20]);
 });
 
 test('the CLI says which recipe runs and why, and ends with the finetune event beside its baselines', () => {

@@ -9,6 +9,7 @@ import {
   SMALL_DATA_BELOW,
   type RecipeChoice,
 } from '../recipe.js';
+import { parseCheckpointId } from '../runs/checkpoints.js';
 import { DECIMAL, nonNegativeInt, parse, UsageError, type Flags } from './args.js';
 import { configFromFlags, MODEL_FLAGS } from './pretrain.js';
 import { indexFlags } from './index-cmd.js';
@@ -129,6 +130,14 @@ export async function run(argv: string[]): Promise<void> {
     command: 'finetune',
     resume,
     data: values.data,
-    newRun: (datasetId) => ({ new: 'finetune', datasetId, from: values.from ?? null, model, finetune, seed, name: values.name }),
+    newRun: (datasetId) => ({
+      new: 'finetune',
+      datasetId,
+      from: values.from === undefined ? null : parseCheckpointId(values.from),
+      model,
+      finetune,
+      seed,
+      name: values.name,
+    }),
   });
 }

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { MODEL_SIZES, SWIN_SIZES, type RunConfig } from '../config.js';
 import { NEW_RUN, newRunConfig, PRESETS, sizeDefaults, type ConfigLayer, type Preset } from '../presets.js';
 import { KNN_BUDGET } from '../analysis/knn.js';
+import { parseCheckpointId } from '../runs/checkpoints.js';
 import { DECIMAL, nonNegativeInt, parse, positiveInt, UsageError, type Flags } from './args.js';
 import { indexFlags } from './index-cmd.js';
 import { cadenceFlags, resumeFlags, resumeOf, runInTerminal, sessionFlags } from './session.js';
@@ -134,7 +135,7 @@ export async function run(argv: string[]): Promise<void> {
       datasetId,
       config: config!,
       name: values.name,
-      init: values.init,
+      init: values.init === undefined ? undefined : parseCheckpointId(values.init),
       probe: probeId === undefined ? undefined : { datasetId: probeId, every },
     }),
   });

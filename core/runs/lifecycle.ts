@@ -18,7 +18,7 @@ import type { Adapter } from '../webgpu.js';
 import { homePaths, isAlive } from '../home.js';
 import { finetuneDefaults, RECIPE_CHOICES, type RecipeChoice, type RecipeModel } from '../recipe.js';
 import type { RunProbe, RunRow, Store } from '../store/store.js';
-import { checkpointFor, resumePoint, type FoundCheckpoint, type ResumePoint } from './checkpoints.js';
+import { checkpointFor, checkpointName, resumePoint, type CheckpointId, type FoundCheckpoint, type ResumePoint } from './checkpoints.js';
 import { estimate } from './estimate.js';
 import { recordFromFiles } from './reconcile.js';
 import { probeSetOf } from './probe.js';
@@ -34,14 +34,14 @@ export type RunRequest =
       datasetId: number;
       config: RunConfig;
       name?: string;
-      /** `RUN[:STEP]` whose backbone it starts from. */ init?: string;
+      /** The checkpoint whose backbone it starts from. */ init?: CheckpointId;
       /** A labeled dataset the kNN monitor scores the backbone on. */ probe?: RunProbe;
     }
   | {
       new: 'finetune';
       datasetId: number;
-      /** `RUN[:STEP]` to start from; null = from scratch, with `model`. */
-      from: string | null;
+      /** The checkpoint to start from; null = from scratch, with `model`. */
+      from: CheckpointId | null;
       model?: ModelConfig;
       finetune: unknown;
       seed: number;
@@ -157,7 +157,7 @@ function preparePretrain(store: Store, home: string, req: Extract<RunRequest, { 
       imgSize: b.imgSize,
       mlpRatio: b.mlpRatio,
     };
-    config = parseConfig(RunConfigSchema, { ...config, model: { ...config.model, ...shape } }, `--init ${req.init}`);
+    config = parseConfig(RunConfigSchema, { ...config, model: { ...config.model, ...shape } }, `--init ${checkpointName(req.init)}`);
     initFrom = source.path;
   }
   const spec: TrainSpec = { kind: 'pretrain', config };
@@ -293,8 +293,7 @@ function dataFor(
 /** A fine-tune that has no checkpoint of its own yet starts from its source's weights. */
 function initPath(store: Store, spec: TrainSpec): string | undefined {
   if (spec.kind !== 'finetune' || !spec.config.from) return undefined;
-  const { runId, step } = spec.config.from;
-  return checkpointFor(store, `${runId}:${step}`).path;
+  return checkpointFor(store, spec.config.from).path;
 }
 
 /** A live process owns the run: never take it over. */

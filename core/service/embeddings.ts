@@ -12,7 +12,7 @@ export const embeddingHandlers = (c: Context) => {
   const request = (a: { runId: number; step?: number; datasetId: number }) => {
     const run = c.run(a.runId);
     const d = c.dataset(a.datasetId);
-    const ref = checkpointRef(c.store, a.step === undefined ? String(run.id) : `${run.id}:${a.step}`);
+    const ref = checkpointRef(c.store, { runId: run.id, step: a.step });
     // Paths come from the index, never from the request.
     const items = c.store.images(d.id, 'ok').map((r) => ({ abs: join(d.root, r.path), hash: r.hash!, path: r.path, label: r.label }));
     if (!items.length) throw new ApiError('bad-request', `dataset ${d.name} has no usable images`);

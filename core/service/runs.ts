@@ -126,9 +126,16 @@ export const runHandlers = (c: Context) =>
       };
     },
     'finetune.create': async (a) => {
-      const from = a.from && (a.from.step === undefined ? String(a.from.runId) : `${a.from.runId}:${a.from.step}`);
       const model = a.from ? undefined : parseRunConfig({ model: a.model }).model;
-      const req = { new: 'finetune' as const, datasetId: a.datasetId, from, model, finetune: a.finetune, seed: a.seed, name: a.name };
+      const req = {
+        new: 'finetune' as const,
+        datasetId: a.datasetId,
+        from: a.from,
+        model,
+        finetune: a.finetune,
+        seed: a.seed,
+        name: a.name,
+      };
       return { runId: await c.scheduler.start(req) };
     },
   }) satisfies Handlers;
