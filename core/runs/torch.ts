@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { drawPreview, PREVIEW_PROBES, previewDir, previewNoise, writePreview } from '../analysis/preview.js';
+import { drawPreview, previewDir, previewImages, previewNoise, writePreview } from '../analysis/preview.js';
 import { writeAtomic } from '../atomic.js';
 import { lossReadEvery } from '../backend.js';
 import type { EmbedShard } from '../analysis/embed.js';
@@ -128,7 +128,7 @@ function targetShapes(config: RunConfig): number[][] {
  */
 async function previewProbes(config: RunConfig, items: { abs: string }[], file: string) {
   const { imgSize } = config.model;
-  const images = await Promise.all(items.slice(0, PREVIEW_PROBES).map((it) => evalImage(it.abs, imgSize)));
+  const images = await previewImages(items, imgSize);
   const dims = modelDims(config.model);
   const noise = previewNoise(config.seed, images.length * dims.L);
   const pixels = new Float32Array(images.length * imgSize * imgSize * 3);
