@@ -8,7 +8,7 @@ import { evalImage } from '../data/preprocess.js';
 import type { PretrainModel } from '../model/localmim.js';
 import { homePaths } from '../home.js';
 import { Rng, seedFor, STREAMS } from '../random.js';
-import type { Rgb8 } from '../targets/image.js';
+import type { Rgb8 } from '../image.js';
 
 /** How many of a run's first images its previews show. */
 export const PREVIEW_PROBES = 2;

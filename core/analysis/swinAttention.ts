@@ -4,7 +4,7 @@ import { UserError } from '../errors.js';
 import { fullPlan, swinTokens } from '../model/classifier.js';
 import { disposePlanTensors, type GroupPlan } from '../model/swin.js';
 import type { Param } from '../model/module.js';
-import type { RgbImage } from '../targets/image.js';
+import type { RgbImage } from '../image.js';
 import { meanPairKL, nmi } from './attention.js';
 
 export interface WindowAttentionLayer {

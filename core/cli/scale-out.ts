@@ -1,7 +1,7 @@
 import { initBackend } from '../backend.js';
 import { homeDir, homePaths } from '../home.js';
 import { parseCheckpointId } from '../runs/checkpoints.js';
-import { scaleOut } from '../scale/job.js';
+import { scaleOut } from '../scale-out/folder.js';
 import { Store } from '../store/store.js';
 import { homeFlag, parse, UsageError } from './args.js';
 import { configFromFlags } from './pretrain.js';

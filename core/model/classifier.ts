@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { modelDims, modelFamily, swinDims, type ModelConfig, type ModelDims, type SwinDims } from '../config.js';
 import type { Rng } from '../random.js';
-import { normalize, toTensor, type RgbImage } from '../targets/image.js';
+import { normalize, toTensor, type RgbImage } from '../image.js';
 import { ParamStore, declare, dense, fill, linearParams, norm, normal, normParams, running, type Param, type ParamSpec } from './module.js';
 import { batchNorm } from './ops.js';
 import { allPatches } from './patches.js';

@@ -7,11 +7,11 @@ import { DecodeCache } from '../data/cache.js';
 import { Loader, TooFewImagesError, type LoaderOptions } from '../data/loader.js';
 import type { FinetuneRun } from '../finetune-config.js';
 import { evalImages, initBaseline, initialBackbone, pixelBaseline, sourceSeed, splitKey, type LabeledSplit } from './baselines.js';
-import { probeTorch } from '../engine.js';
+import { detectTorch } from '../engine.js';
 import { homePaths, removeStaleTemps } from '../home.js';
 import { isBackbone } from '../model/classifier.js';
 import type { PretrainModel } from '../model/localmim.js';
-import type { Rgb8, RgbImage } from '../targets/image.js';
+import type { Rgb8, RgbImage } from '../image.js';
 import { cropKernel } from '../recipe.js';
 import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
 import { finetuneTask, headFromProbe } from '../train/finetune.js';
@@ -40,7 +40,7 @@ async function runOn(job: TrainJob, hooks: JobHooks): Promise<{ step: number; st
     hooks.warn(`removed ${basename(t.path)} (${(t.size / 1e6).toFixed(1)} MB), left half-written by process ${t.pid}, which died`);
   if (job.engine === 'torch') {
     const init = !job.resumeFrom && job.initFrom ? backbone(loadCheckpoint(job.initFrom)) : undefined;
-    return runTorchJob(job, hooks, probeTorch(), init);
+    return runTorchJob(job, hooks, detectTorch(), init);
   }
   const cache = new DecodeCache(paths.cache);
   const resumeFrom = job.resumeFrom ? loadCheckpoint(job.resumeFrom) : undefined;

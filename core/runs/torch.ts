@@ -14,7 +14,7 @@ import type { Classifier } from '../model/classifier.js';
 import { UserError } from '../errors.js';
 import { homePaths } from '../home.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../safetensors.js';
-import { TRAIN_PY, writeInitial } from '../scale/job.js';
+import { TRAIN_PY, writeInitial } from '../scale-out/folder.js';
 import type { TrainEvent } from '../train/loop.js';
 import type { JobHooks, TrainJob } from './train-job.js';
 import type { RunSpec } from './spec.js';

@@ -5,8 +5,8 @@ import { afterAll, expect, test } from 'vitest';
 import { parseRunConfig } from '../core/config.js';
 import { newRunConfig, PRESETS } from '../core/presets.js';
 import { paramStore } from '../core/model/params.js';
-import { localmim } from './cli.js';
-import './setup.js';
+import { localmim } from './support/cli.js';
+import './support/setup.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'localmim-mae-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
