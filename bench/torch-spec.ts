@@ -1,7 +1,8 @@
 // The torch engine's job specs (core/engine.ts) of the app's default run at one size, for bench/torch-engine.py,
 // which has no sizes of its own: `npx tsx bench/torch-spec.ts MODEL IMG PATCH BATCH [finetune]` (pretraining, or
 // fine-tuning that model on 1000 classes with its recipe's layer decay).
-import { FinetuneRunSchema, newRunConfig } from '../core/config.js';
+import { newRunConfig } from '../core/presets.js';
+import { FinetuneRunSchema } from '../core/finetune-config.js';
 import { torchFinetuneSpec, torchSpec } from '../core/engine.js';
 import { classifierFor } from '../core/model/classifier.js';
 import { paramGroups } from '../core/runs/torch.js';

@@ -87,7 +87,7 @@ export const METHODS = {
     from: z.strictObject({ runId: id, step: z.number().int().min(0).optional() }).nullable(),
     datasetId: id,
     name: z.string().max(200).optional(),
-    /** Fine-tuning settings (core/config.ts FinetuneConfigSchema); for a scratch run also `model`. */
+    /** Fine-tuning settings (core/finetune-config.ts FinetuneConfigSchema); for a scratch run also `model`. */
     finetune: z.unknown(),
     model: z.unknown().optional(),
     seed: z.number().int().min(0).default(0),

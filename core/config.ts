@@ -1,6 +1,4 @@
 import { z } from 'zod';
-import { parseRandAugment } from './data/randaugment.js';
-import { OFFICIAL_AUGMENT, OFFICIAL_SCHEDULE, SHORT_PRETRAINING } from './recipe.js';
 
 /** Encoder shapes of the paper's models (docs/method.md#model-sizes); ViT-T is DeiT-Tiny's shape. */
 export const MODEL_SIZES = {
@@ -35,7 +33,7 @@ export const modelFamily = (c: { size: string }): ModelFamily => (isSwinSize(c.s
 export const SCALES = [4, 2, 1, 0.5] as const;
 export type Scale = (typeof SCALES)[number];
 
-const int = (min: number) => z.number().int().min(min);
+export const int = (min: number) => z.number().int().min(min);
 
 /**
  * Decoder sizes (docs/method.md#decoders-and-scales): LocalMIM's light one per scale (official `MIM_vit_*`: 256-d, one
@@ -227,8 +225,34 @@ export function swinDims(c: ModelConfig): SwinDims {
   };
 }
 
+/** What taps index: a ViT's blocks or a Swin's stages, how many there are, and that bound as messages say it. */
+interface TapUnits {
+  name: 'block' | 'stage';
+  count: number;
+  bound: string;
+}
+
+type Issue = (path: string, message: string) => void;
+type Taps = { taps: number[]; scales: readonly number[] };
+
+/** One scale per tap (fusion: one scale for the fused taps); false when the counts disagree. */
+function checkTapCount(variant: ModelConfig['variant'], d: Taps, u: TapUnits, issue: Issue): boolean {
+  if (variant === 'fusion' ? d.scales.length === 1 : d.taps.length === d.scales.length) return true;
+  if (variant === 'fusion') issue('scales', `the fusion variant decodes its fused features at one scale, not ${d.scales.length}`);
+  else issue('taps', `${d.taps.length} taps but ${d.scales.length} scales: one scale per tapped ${u.name}`);
+  return false;
+}
+
+/** Taps increase and stay below the model's blocks or stages; the global variant reads every scale from one. */
+function checkTapOrder(variant: ModelConfig['variant'], d: Taps, u: TapUnits, issue: Issue): void {
+  if (variant === 'global' && d.taps.some((t) => t !== d.taps[0]))
+    issue('taps', `the global variant decodes every scale from one ${u.name}, but taps are [${d.taps}]`);
+  else if (d.taps.some((t, i) => t >= u.count || (variant !== 'global' && i > 0 && t <= d.taps[i - 1]!)))
+    issue('taps', `taps [${d.taps}] must be increasing 0-based ${u.name} indices below ${u.bound}`);
+}
+
 /** The Swin-specific checks of a config, as issues on its fields. */
-function checkSwin(c: ModelConfig, issue: (path: string, message: string) => void): void {
+function checkSwin(c: ModelConfig, issue: Issue): void {
   const d = swinDims(c);
   const S = d.depths.length;
   if (c.patchSize > c.imgSize || c.imgSize % c.patchSize !== 0)
@@ -252,15 +276,11 @@ function checkSwin(c: ModelConfig, issue: (path: string, message: string) => voi
   }
   for (const k of ['depth', 'heads'] as const)
     if (c[k] !== undefined) issue(k, `a Swin model has stages: use depths and stageHeads, not ${k}`);
-  if (c.variant === 'fusion') {
-    if (d.scales.length !== 1) return issue('scales', `the fusion variant decodes its fused features at one scale, not ${d.scales.length}`);
-    if (d.taps.at(-1) !== S - 1) issue('taps', `the fusion variant fuses onto the last stage: taps must end with ${S - 1}`);
-  } else if (d.taps.length !== d.scales.length)
-    return issue('taps', `${d.taps.length} taps but ${d.scales.length} scales: one scale per tapped stage`);
-  if (c.variant === 'global' && d.taps.some((t) => t !== d.taps[0]))
-    issue('taps', `the global variant decodes every scale from one stage, but taps are [${d.taps}]`);
-  else if (d.taps.some((t, i) => t >= S || (c.variant !== 'global' && i > 0 && t <= d.taps[i - 1]!)))
-    issue('taps', `taps [${d.taps}] must be increasing 0-based stage indices below ${S} stages`);
+  const stages: TapUnits = { name: 'stage', count: S, bound: `${S} stages` };
+  if (!checkTapCount(c.variant, d, stages, issue)) return;
+  if (c.variant === 'fusion' && d.taps.at(-1) !== S - 1)
+    issue('taps', `the fusion variant fuses onto the last stage: taps must end with ${S - 1}`);
+  checkTapOrder(c.variant, d, stages, issue);
   d.predGrids.forEach((g, k) => {
     if (!Number.isInteger(g) || g % d.maskGrid !== 0)
       issue(
@@ -271,7 +291,7 @@ function checkSwin(c: ModelConfig, issue: (path: string, message: string) => voi
 }
 
 /** Every block's MLP is `mlpRatio × width` wide: that must be a whole number for each width (encoder and decoders). */
-function checkMlp(ratio: number, widths: number[], issue: (path: string, message: string) => void): void {
+function checkMlp(ratio: number, widths: number[], issue: Issue): void {
   const w = widths.find((w) => !Number.isInteger(ratio * w));
   if (w !== undefined)
     issue(
@@ -281,7 +301,7 @@ function checkMlp(ratio: number, widths: number[], issue: (path: string, message
 }
 
 /** The ViT-specific checks, as issues on its fields. */
-function checkVit(c: ModelConfig, issue: (path: string, message: string) => void): void {
+function checkVit(c: ModelConfig, issue: Issue): void {
   for (const k of ['depths', 'stageHeads', 'windowSize'] as const) if (c[k] !== undefined) issue(k, `${k} applies only to Swin models`);
   const d = modelDims(c);
   if (d.D % d.heads !== 0) issue('heads', `encoder width D=${d.D} must be divisible by heads=${d.heads}`);
@@ -293,14 +313,9 @@ function checkVit(c: ModelConfig, issue: (path: string, message: string) => void
   if (c.imgSize % d.p !== 0) issue('imgSize', `imgSize=${c.imgSize} must be a multiple of patchSize=${d.p}`);
   if (d.nKeep < 1 || d.nKeep >= d.L)
     issue('maskRatio', `maskRatio=${c.maskRatio} keeps ${d.nKeep} of ${d.L} patches: at least one must be visible and one masked`);
-  if (c.variant === 'fusion' && d.scales.length !== 1)
-    issue('scales', `the fusion variant decodes its fused features at one scale, not ${d.scales.length}`);
-  else if (c.variant !== 'fusion' && d.taps.length !== d.scales.length)
-    issue('taps', `${d.taps.length} taps but ${d.scales.length} scales: one scale per tapped block`);
-  if (c.variant === 'global' && d.taps.some((t) => t !== d.taps[0]))
-    issue('taps', `the global variant decodes every scale from one block, but taps are [${d.taps}]`);
-  else if (d.taps.some((t, i) => t >= d.depth || (c.variant !== 'global' && i > 0 && t <= d.taps[i - 1]!)))
-    issue('taps', `taps [${d.taps}] must be increasing 0-based block indices below depth=${d.depth}`);
+  const blocks: TapUnits = { name: 'block', count: d.depth, bound: `depth=${d.depth}` };
+  checkTapCount(c.variant, d, blocks, issue);
+  checkTapOrder(c.variant, d, blocks, issue);
   for (const [k, s] of d.scales.entries()) {
     if (!Number.isInteger(d.cells[k]!) || d.cells[k]! < 1)
       issue('patchSize', `patchSize=${d.p} must be divisible by ${s} for scale ×${s} (cell p/${s})`);
@@ -381,202 +396,3 @@ export class ConfigError extends Error {
     this.name = 'ConfigError';
   }
 }
-
-/**
- * The paper's configurations, as starting points: LocalMIM with HOG or pixels, isolated gradients, the global and
- * fusion comparisons (paper Table 7), each with LocalMIM's decoders; and the MAE baseline, MAE's own model: one
- * decoder of MAE's size on the last block, normalized pixels.
- */
-export const PRESETS = {
-  'localmim-hog': { variant: 'local', target: 'hog', ...DECODERS.localmim },
-  'localmim-pixel': { variant: 'local', target: 'pixel', ...DECODERS.localmim },
-  mae: { variant: 'global', target: 'pixel', normPix: true, ...DECODERS.mae },
-  isolated: { variant: 'isolated', target: 'hog', ...DECODERS.localmim },
-  global: { variant: 'global', target: 'hog', ...DECODERS.localmim },
-  fusion: { variant: 'fusion', target: 'hog', ...DECODERS.localmim },
-} as const satisfies Record<string, Partial<ModelConfig>>;
-export type Preset = keyof typeof PRESETS;
-
-/** The paper's Swin sizes, trained with the official Swin-B recipe on GPU machines (docs/method.md#swin-recipe). */
-const isPaperSwin = (size: string) => isSwinSize(size) && size !== 'swin-tiny';
-
-/** What a size or a preset brings to a new run, each section merged over the defaults. */
-export interface RunDefaults {
-  model: Partial<ModelConfig>;
-  optim: Partial<OptimConfig>;
-}
-
-/**
- * Defaults a size brings to a new run: for Swin, its image side, patch 4, and the official Swin schedule's base rate
- * and floor (`run_pretrain.py`: blr 1e-4, min lr 0); for Swin-T/S/B also the official Swin-B recipe's length and
- * effective batch (400 epochs, 40 of warmup, 256 × 8 = 2048 images per step), for Swin-L its own (800 epochs, 40 of
- * warmup, 128 × 4 accumulated × 8 GPUs = 4096). ViT-L brings the official ViT-L recipe (ViT/README.md: 800 epochs, 40
- * of warmup, blr 1.5e-4, 128 × 4 accumulated × 8 GPUs = 4096); the other ViTs nothing.
- */
-export function sizeDefaults(size: string): RunDefaults {
-  if (size === 'vit-large') return { model: {}, optim: { epochs: 800, warmupEpochs: 40, blr: 1.5e-4, batch: 128, accumIter: 32 } };
-  if (!isSwinSize(size)) return { model: {}, optim: {} };
-  const recipe =
-    size === 'swin-l'
-      ? { epochs: 800, warmupEpochs: 40, batch: 128, accumIter: 32 }
-      : isPaperSwin(size)
-        ? { epochs: 400, warmupEpochs: 40, batch: 256, accumIter: 8 }
-        : {};
-  return { model: { imgSize: SWIN_SIZES[size].imgSize, patchSize: 4 }, optim: { blr: 1e-4, minLr: 0, ...recipe } };
-}
-
-/**
- * The baselines' own schedules (docs/method.md#baselines): MAE's (PRETRAIN.md: blr 1.5e-4; main_pretrain.py: min lr
- * 0) on a ViT; GreenMIM's on a Swin (scripts/run_greenmim_swin_base.sh: blr 1.5e-4, 40 warmup epochs;
- * run_greenmim_swin_large_win14.sh: blr 1e-4, 256 × 8 GPUs = 2048 images a step), its length on the paper's sizes only.
- */
-function baselineOptim(size: string): Partial<OptimConfig> {
-  if (!isSwinSize(size)) return { blr: 1.5e-4, minLr: 0 };
-  if (size === 'swin-l') return { blr: 1e-4, warmupEpochs: 40, batch: 256, accumIter: 8 };
-  return isPaperSwin(size) ? { blr: 1.5e-4, warmupEpochs: 40 } : { blr: 1.5e-4 };
-}
-
-/**
- * A preset's fields for a model size, over the size's defaults: Swin sizes take the official Swin decoders
- * (DECODERS.swin), except `mae`, which on a Swin is GreenMIM's baseline (GreenMIM's decoder on the last stage,
- * normalized pixels); ViT-L and Swin-T/S/B/L with HOG targets the official recipes' 18 bins with the HOG bias; `mae` the
- * baseline's own schedule (baselineOptim).
- */
-export function presetFor(preset: Preset, size: string): RunDefaults {
-  const fields = PRESETS[preset];
-  const optim = preset === 'mae' ? baselineOptim(size) : {};
-  const hog = (isPaperSwin(size) || size === 'vit-large') && fields.target === 'hog' ? { nbins: 18 as const, hogBias: true } : {};
-  if (!isSwinSize(size)) return { model: { ...fields, ...hog }, optim };
-  return { model: { ...fields, ...(preset === 'mae' ? DECODERS.greenmim : DECODERS.swin), ...hog }, optim };
-}
-
-/**
- * Where a new run starts in the app and the CLI before any choice is made: a ViT-Tiny at 64 px, patch 8, sized for a
- * CPU and the sample images. The schema's own defaults stay the paper's (224 px, patch 16) for config files.
- */
-export const NEW_RUN = { preset: 'localmim-hog', model: { size: 'vit-tiny', imgSize: 64, patchSize: 8 } } as const satisfies {
-  preset: Preset;
-  model: Partial<ModelConfig>;
-};
-
-/** A partial run config, as a file or a form gives it: sections merge field by field. */
-export type ConfigLayer = { model?: object; optim?: object } & Record<string, unknown>;
-
-/**
- * A new run's config, parsed once: NEW_RUN, then what the size brings (sizeDefaults), then the preset as it applies to
- * the size (presetFor), then each layer in turn (a config file, flags, a form).
- */
-export function newRunConfig(preset: Preset = NEW_RUN.preset, size: string = NEW_RUN.model.size, ...layers: ConfigLayer[]): RunConfig {
-  const bySize = sizeDefaults(size);
-  const byPreset = presetFor(preset, size);
-  const base: ConfigLayer = {
-    model: { ...NEW_RUN.model, size, ...bySize.model, ...byPreset.model },
-    optim: { ...bySize.optim, ...byPreset.optim },
-  };
-  const merged = layers.reduce<ConfigLayer>(
-    (into, l) => ({ ...into, ...l, model: { ...into.model, ...l.model }, optim: { ...into.optim, ...l.optim } }),
-    base,
-  );
-  return parseRunConfig(merged);
-}
-
-/**
- * Fine-tuning and linear probing (docs/method.md#fine-tuning): the official recipe's regularisation and augmentation,
- * with epochs, warmup and batch scaled down to small data. blr, layerDecay and minLr default to the short-pretraining
- * recipe here; a new fine-tune takes those of its source's pretraining length (core/recipe.ts).
- */
-const FinetuneFields = OptimConfigSchema.extend({
-  epochs: int(1).max(MAX_EPOCHS).default(OFFICIAL_SCHEDULE.epochs),
-  warmupEpochs: z.number().min(0).default(OFFICIAL_SCHEDULE.warmupEpochs),
-  /** lr = blr · effective batch / 256. */
-  blr: z.number().positive().default(SHORT_PRETRAINING.blr),
-  minLr: z.number().min(0).default(SHORT_PRETRAINING.minLr),
-  beta2: z.number().min(0).lt(1).default(0.999),
-  /** Layer-wise lr decay: block i gets layerDecay^(depth − i) of the head's rate. */
-  layerDecay: z.number().gt(0).max(1).default(SHORT_PRETRAINING.layerDecay),
-  dropPath: z.number().min(0).lt(1).default(SHORT_PRETRAINING.dropPath),
-  smoothing: z.number().min(0).lt(1).default(OFFICIAL_AUGMENT.smoothing),
-  /** Mixup and CutMix Beta(α, α) parameters, as the paper (0.8, 1.0); 0 turns one off. */
-  mixup: z.number().min(0).default(OFFICIAL_AUGMENT.mixup),
-  cutmix: z.number().min(0).default(OFFICIAL_AUGMENT.cutmix),
-  /** timm's RandAugment string, as the official `--aa`; '' or null = off. */
-  randAugment: z
-    .string()
-    .nullable()
-    .default(OFFICIAL_AUGMENT.randAugment)
-    .superRefine((s, ctx) => {
-      try {
-        if (s) parseRandAugment(s);
-      } catch (err) {
-        ctx.addIssue({ code: 'custom', message: (err as Error).message });
-      }
-    })
-    .transform((s) => s || null),
-  /** Random erasing probability (pixel mode, one box), as the official `--reprob`. */
-  reprob: z.number().min(0).max(1).default(OFFICIAL_AUGMENT.reprob),
-  /** Smallest crop area of RandomResizedCrop during fine-tuning (timm's 0.08). */
-  minScale: z.number().gt(0).max(1).default(0.08),
-  valFraction: z.number().gt(0).lt(1).default(0.2),
-  /** MAE's linear probe (docs/method.md#linear-probe) on the frozen backbone: BatchNorm and a Linear, LARS, crop and flip. */
-  linearProbe: z.boolean().default(false),
-  /** The recipe these settings came from (core/recipe.ts finetuneDefaults), as `runs show` and the app say. */
-  recipe: z.enum(['official', 'small-data']).default('official'),
-  /** LP-FT: the head starts as the logistic-regression probe fitted on the training images' head inputs. */
-  probeInit: z.boolean().default(false),
-  /** End with the baselines on the same split (raw pixels; the same recipe from the initialisation, a second fine-tune once). */
-  baselines: z.boolean().default(true),
-  /**
-   * A linear probe's fit: 'logistic', L2 logistic regression on cached frozen features with λ chosen on a hold-out of
-   * the training labels (core/analysis/linear-probe.ts); or 'lars', MAE's recipe (SGD with LARS over epochs).
-   */
-  probeRecipe: z.enum(['logistic', 'lars']).default('logistic'),
-  /** The logistic probe's features: the mean-pooled last block ('last', the head's input) or the last 4 concatenated. */
-  probeFeatures: z.enum(['last', 'last4']).default('last'),
-}).superRefine((f, ctx) => {
-  const issue = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: [path], message });
-  if (f.probeFeatures !== 'last' && (!f.linearProbe || f.probeRecipe !== 'logistic'))
-    issue('probeFeatures', "features other than 'last' are for the logistic linear probe (linearProbe, probeRecipe 'logistic')");
-  if (f.linearProbe && f.probeInit) issue('probeInit', 'a linear probe trains its own head: probeInit applies to fine-tuning only');
-  if (!f.linearProbe) return;
-  for (const k of ['smoothing', 'mixup', 'cutmix', 'reprob'] as const)
-    if (f[k] !== 0) issue(k, `a linear probe trains on crops and flips with plain cross-entropy (MAE's protocol): ${k} must be 0`);
-  if (f.randAugment) issue('randAugment', "a linear probe trains on crops and flips only (MAE's protocol): randAugment must be ''");
-  if (f.batch < 2) issue('batch', "a linear probe's BatchNorm needs at least 2 images per batch");
-});
-
-/**
- * MAE's linear-probe recipe (main_linprobe.py), the defaults of a `linearProbe` run: 90 epochs with 10 of warmup,
- * blr 0.1 decaying to 0, no weight decay, no label smoothing, mixing or augmentation beyond crops and flips; AdamW's
- * betas, layer decay and drop path do not apply.
- */
-export const LINEAR_PROBE = {
-  epochs: 90,
-  warmupEpochs: 10,
-  blr: 0.1,
-  minLr: 0,
-  weightDecay: 0,
-  smoothing: 0,
-  mixup: 0,
-  cutmix: 0,
-  randAugment: null,
-  reprob: 0,
-} as const;
-
-const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
-
-export const FinetuneConfigSchema = z.preprocess(
-  (v) => (isRecord(v) && v.linearProbe === true ? { ...LINEAR_PROBE, ...v } : v),
-  FinetuneFields,
-);
-export type FinetuneConfig = z.output<typeof FinetuneConfigSchema>;
-
-export const FinetuneRunSchema = z.strictObject({
-  model: ModelConfigSchema,
-  finetune: FinetuneConfigSchema.default(() => FinetuneConfigSchema.parse({})),
-  seed: int(0).default(0),
-  /** Class names, in label index order. */
-  classes: z.array(z.string()).min(2),
-  /** The pretraining run and checkpoint step it starts from; null = from scratch. */
-  from: z.strictObject({ runId: int(1), step: int(0) }).nullable(),
-});
-export type FinetuneRun = z.output<typeof FinetuneRunSchema>;

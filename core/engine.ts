@@ -2,7 +2,8 @@ import { spawnSync } from 'node:child_process';
 import { accessSync, constants, statSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { modelDims, modelFamily, peakLr, type FinetuneRun, type ModelConfig, type RunConfig } from './config.js';
+import { modelDims, modelFamily, peakLr, type ModelConfig, type RunConfig } from './config.js';
+import { type FinetuneRun } from './finetune-config.js';
 
 /** What trains a run: tfjs in the job process (built in), or core/torch/train.py on a Python with torch. */
 export const ENGINES = ['tfjs', 'torch'] as const;

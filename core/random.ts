@@ -43,6 +43,22 @@ export class Rng {
   }
 }
 
+/**
+ * The streams of `seedFor(seed, stream, …)`, one per kind of draw, so that no two kinds draw the same numbers and a
+ * resumed run draws what it would have. Mirrored by name in core/torch/localmim_torch/data.py (STREAMS); a new one takes
+ * a new id.
+ */
+export const STREAMS = {
+  permutation: 1,
+  crop: 2,
+  mask: 3,
+  preview: 4,
+  split: 5,
+  mix: 6,
+  drop: 7,
+  holdout: 29,
+} as const;
+
 /** A 32-bit seed from several integers (e.g. seed, epoch, index), so each draw is addressable and resumable. */
 export function seedFor(...parts: number[]): number {
   let h = 0x811c9dc5;

@@ -24,19 +24,6 @@ const FORBIDDEN: Record<string, string[]> = {
   renderer: ['electron', 'main'],
 };
 
-/**
- * Circles known when this check was written, each a strongly connected set of files: all type-only, and removed by the
- * branch that moves one type out of each (issue 33, item 8). TO BE EMPTIED when it merges: an entry that no longer
- * matches a circle fails the check too, so the list cannot outlive them.
- */
-const KNOWN_CIRCLES: string[][] = [
-  ['core/jobs/compute.ts', 'core/jobs/protocol.ts'],
-  ['core/runs/baselines.ts', 'core/runs/job.ts', 'core/runs/logistic-probe.ts', 'core/runs/torch.ts'],
-  ['core/service/analysis.ts', 'core/service/datasets.ts', 'core/service/embeddings.ts', 'core/service/runs.ts', 'core/service/service.ts'],
-  ['core/analysis/knn.ts', 'core/analysis/linear-probe.ts'],
-  ['core/train/checkpoint.ts', 'core/train/loop.ts'],
-];
-
 type Graph = Map<string, string[]>;
 
 function sourceFiles(dir: string): string[] {
@@ -129,14 +116,7 @@ function layerProblems(graph: Graph): string[] {
 }
 
 function circleProblems(graph: Graph): string[] {
-  const key = (files: string[]) => files.join(' ');
-  const known = new Set(KNOWN_CIRCLES.map(key));
-  const found = circles(graph);
-  const stale = KNOWN_CIRCLES.filter((c) => !found.some((f) => key(f) === key(c)));
-  return [
-    ...found.filter((c) => !known.has(key(c))).map((c) => `a circle: ${c.join(' → ')}`),
-    ...stale.map((c) => `KNOWN_CIRCLES lists a circle there is not (any more): ${c.join(', ')}`),
-  ];
+  return circles(graph).map((c) => `a circle: ${c.join(' → ')}`);
 }
 
 const graph = importGraph(['core', 'main', 'renderer/src'].flatMap(sourceFiles));

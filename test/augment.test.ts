@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, test } from 'vitest';
-import { FinetuneConfigSchema, parseConfig } from '../core/config.js';
+import { parseConfig } from '../core/config.js';
+import { FinetuneConfigSchema } from '../core/finetune-config.js';
 import { finetuneAugment, randomErase } from '../core/data/augment.js';
 import {
   OPS,

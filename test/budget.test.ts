@@ -2,7 +2,8 @@ import { mkdtempSync, readdirSync, rmSync, symlinkSync, mkdirSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, expect, test } from 'vitest';
-import { newRunConfig, type RunConfig } from '../core/config.js';
+import type { RunConfig } from '../core/config.js';
+import { newRunConfig } from '../core/presets.js';
 import { SAMPLE_IMAGES } from '../core/home.js';
 import { DEFAULT_MINUTES, fitToBudget } from '../core/runs/budget.js';
 import { estimate } from '../core/runs/estimate.js';

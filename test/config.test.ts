@@ -1,5 +1,6 @@
 import { describe, expect, test } from 'vitest';
-import { ConfigError, modelDims, newRunConfig, parseRunConfig, peakLr } from '../core/config.js';
+import { ConfigError, modelDims, parseRunConfig, peakLr } from '../core/config.js';
+import { newRunConfig, PRESETS, presetStarts } from '../core/presets.js';
 import { decays } from '../core/model/module.js';
 import { lrAt } from '../core/train/schedule.js';
 
@@ -120,6 +121,15 @@ describe('sizes', () => {
     const b = newRunConfig('localmim-hog', 'vit-base');
     expect(b.model).toMatchObject({ nbins: 9, hogBias: false });
     expect(b.optim).toMatchObject({ epochs: 100, warmupEpochs: 10, blr: 2e-4, batch: 32, accumIter: 1 });
+  });
+
+  test("the new-run form's choices: every preset, named, where it starts a run of the size", () => {
+    const swin = presetStarts('swin-t');
+    expect(Object.keys(swin)).toEqual(Object.keys(PRESETS));
+    expect(swin.mae.label).toMatch(/^GreenMIM baseline/);
+    expect(presetStarts('vit-base').mae.label).toMatch(/^MAE baseline/);
+    expect(swin.mae.config).toEqual(newRunConfig('mae', 'swin-t'));
+    expect(swin.mae.config.optim.blr).toBe(1.5e-4);
   });
 });
 

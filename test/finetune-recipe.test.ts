@@ -3,7 +3,8 @@ import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { parseRunConfig, type FinetuneRun } from '../core/config.js';
+import { parseRunConfig } from '../core/config.js';
+import { type FinetuneRun } from '../core/finetune-config.js';
 import { finetuneAugment } from '../core/data/augment.js';
 import { DecodeCache } from '../core/data/cache.js';
 import { indexFolder } from '../core/data/indexer.js';
@@ -12,6 +13,7 @@ import { SAMPLE_IMAGES } from '../core/home.js';
 import { ViTClassifier } from '../core/model/classifier.js';
 import { paramStore } from '../core/model/params.js';
 import { sinCosPosEmbed } from '../core/model/posEmbed.js';
+import { parseCheckpointId } from '../core/runs/checkpoints.js';
 import { prepare } from '../core/runs/lifecycle.js';
 import { Store } from '../core/store/store.js';
 import { AdamW } from '../core/train/adamw.js';
@@ -56,7 +58,19 @@ beforeAll(async () => {
 });
 
 const finetuneFrom = (from: string | null, finetune: object = {}) =>
-  prepare(store, home, { new: 'finetune', datasetId, from, model, finetune: { recipe: 'official', ...finetune }, seed: 0 }, backend.chosen);
+  prepare(
+    store,
+    home,
+    {
+      new: 'finetune',
+      datasetId,
+      from: from === null ? null : parseCheckpointId(from),
+      model,
+      finetune: { recipe: 'official', ...finetune },
+      seed: 0,
+    },
+    backend.chosen,
+  );
 
 test('fine-tuning defaults follow the pretraining length of the source checkpoint, as the official recipe', async () => {
   const recipe = (from: string | null, given?: object) => {

@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { probeLogits, probeTop1 } from '../core/analysis/linear-probe.js';
-import { parseRunConfig, type FinetuneRun } from '../core/config.js';
+import { parseRunConfig } from '../core/config.js';
+import { type FinetuneRun } from '../core/finetune-config.js';
 import { finetuneAugment } from '../core/data/augment.js';
 import { DecodeCache } from '../core/data/cache.js';
 import { indexFolder } from '../core/data/indexer.js';
@@ -12,7 +13,7 @@ import { Loader } from '../core/data/loader.js';
 import { paramStore } from '../core/model/params.js';
 import { evalImages } from '../core/runs/baselines.js';
 import { checkpointRef } from '../core/runs/checkpoints.js';
-import type { LabeledItem } from '../core/runs/job.js';
+import type { LabeledItem } from '../core/runs/train-job.js';
 import { prepare } from '../core/runs/lifecycle.js';
 import { RunRecorder } from '../core/runs/recorder.js';
 import { finetuneDefaults, finetuneRecipe, SMALL_DATA, SMALL_DATA_BELOW } from '../core/recipe.js';
@@ -59,7 +60,7 @@ afterAll(() => {
 });
 
 const finetuneFrom = (finetune: object) =>
-  prepare(store, home, { new: 'finetune', datasetId, from: String(sourceId), model, finetune, seed: 0 }, backend.chosen);
+  prepare(store, home, { new: 'finetune', datasetId, from: { runId: sourceId }, model, finetune, seed: 0 }, backend.chosen);
 
 test('the recipe is chosen by the labeled set’s size: small-data below the threshold, the official one above or when asked', () => {
   const small = finetuneDefaults(500, 'auto', 100);
@@ -138,8 +139,8 @@ test('the best validated checkpoint is kept, listed first and exported; pruning 
     [20, 0.55],
   ]);
   expect(store.bestCheckpoint(run.id)!.step).toBe(0);
-  expect(checkpointRef(store, String(run.id)).candidates.map((c) => c.step)).toEqual([0, 20, 10]);
-  expect(checkpointRef(store, `${run.id}:20`).candidates.map((c) => c.step)).toEqual([20]);
+  expect(checkpointRef(store, { runId: run.id }).candidates.map((c) => c.step)).toEqual([0, 20, 10]);
+  expect(checkpointRef(store, { runId: run.id, step: 20 }).candidates.map((c) => c.step)).toEqual([20]);
 });
 
 test('the CLI says which recipe runs and why, and ends with the finetune event beside its baselines', () => {

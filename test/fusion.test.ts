@@ -1,5 +1,6 @@
 import { describe, expect, test } from 'vitest';
-import { newRunConfig, parseRunConfig, swinDims, modelDims, type ModelConfig } from '../core/config.js';
+import { parseRunConfig, swinDims, modelDims, type ModelConfig } from '../core/config.js';
+import { newRunConfig } from '../core/presets.js';
 import { LocalMIM, localMimParams } from '../core/model/localmim.js';
 import { count } from '../core/model/module.js';
 import { SwinLocalMIM, swinLocalMimParams } from '../core/model/swin-localmim.js';

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { expect, test } from 'vitest';
-import { ConfigError, FinetuneConfigSchema, parseConfig } from '../core/config.js';
+import { ConfigError, parseConfig } from '../core/config.js';
+import { FinetuneConfigSchema } from '../core/finetune-config.js';
 import { foldProbeHead } from '../core/export/backbone.js';
 import { PROBE_EPS } from '../core/model/classifier.js';
 import { batchNorm, linear } from '../core/model/ops.js';

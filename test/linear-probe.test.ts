@@ -4,8 +4,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import type { Embedded } from '../core/analysis/knn.js';
-import { fitLinearProbe, holdoutSplit, PROBE_GRID, probeLogits, probeTop1, type LinearHead } from '../core/analysis/linear-probe.js';
+import {
+  fitLinearProbe,
+  holdoutSplit,
+  PROBE_GRID,
+  probeLogits,
+  probeTop1,
+  type Embedded,
+  type LinearHead,
+} from '../core/analysis/linear-probe.js';
 import type { ModelConfig } from '../core/config.js';
 import { evalImage } from '../core/data/preprocess.js';
 import { SAMPLE_IMAGES } from '../core/home.js';

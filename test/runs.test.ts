@@ -533,7 +533,7 @@ test('a checkpoint look-up whose files retention deleted before the read (a runn
     return { runId: run.id, step, epoch: 0, loss: 1, path, ...written };
   };
   store.addCheckpoint(await save(4));
-  const ref = checkpointRef(store, String(run.id)); // what the service hands the export job
+  const ref = checkpointRef(store, { runId: run.id }); // what the service hands the export job
   rmSync(homePaths(home).checkpoint(run.id, 4)); // retention, as the running job writes step 8
   await save(8);
   expect(loadRef(ref)).toMatchObject({ step: 8, path: homePaths(home).checkpoint(run.id, 8) });

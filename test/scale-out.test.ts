@@ -145,7 +145,7 @@ for epoch, i in ${JSON.stringify(at)}:
     for j in range(8):
         k = i * 8 + j
         im = train.read_rgb(sys.argv[2] + '/' + items[order[k]]['path'])
-        out.append([order[k], *train.random_crop(train.Rng(train.seed_for(${seed}, train.CROP, epoch, k)), im.width, im.height)])
+        out.append([order[k], *train.random_crop(train.Rng(train.seed_for(${seed}, train.STREAMS['crop'], epoch, k)), im.width, im.height)])
     data.keys = [(epoch, i)]
     out.append(data[0].permute(0, 2, 3, 1).flatten().tolist())
 print(json.dumps(out))`;

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, expect, test } from 'vitest';
-import { FinetuneRunSchema } from '../core/config.js';
+import { FinetuneRunSchema } from '../core/finetune-config.js';
 import { finetuneAugment } from '../core/data/augment.js';
 import { DecodeCache } from '../core/data/cache.js';
 import { Loader } from '../core/data/loader.js';

@@ -5,7 +5,7 @@ import type { DataItem } from '../data/loader.js';
 import { evalImage } from '../data/preprocess.js';
 import { featuresOf, lastBlocksFeatures, type ProbeFeatures } from '../model/classifier.js';
 import type { Param, ParamStore } from '../model/module.js';
-import { fitLinearProbe, holdoutSplit, layerNormRows, probeTop1 } from './linear-probe.js';
+import { fitLinearProbe, holdoutSplit, layerNormRows, probeTop1, type Embedded } from './linear-probe.js';
 
 /** DINO's weighted kNN evaluation (eval_knn.py): k = 20 neighbours by cosine similarity, each voting exp(sim / 0.07). */
 export const KNN = { k: 20, temperature: 0.07 };
@@ -15,13 +15,6 @@ export const KNN_BUDGET = 0.1;
 
 /** Images embedded per forward pass. */
 const EMBED_BATCH = 16;
-
-/** Row-major features `[N, D]` with one label per row. */
-export interface Embedded {
-  features: Float32Array;
-  dim: number;
-  labels: number[];
-}
 
 /** A run's probe set: a labeled folder split (seeded) into a reference and a query part. */
 export interface ProbeSet {

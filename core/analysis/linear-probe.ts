@@ -1,7 +1,13 @@
 import * as tf from '@tensorflow/tfjs';
 import { PROBE_EPS } from '../model/classifier.js';
-import { Rng, seedFor } from '../random.js';
-import type { Embedded } from './knn.js';
+import { Rng, seedFor, STREAMS } from '../random.js';
+
+/** Row-major features `[N, D]` with one label per row. */
+export interface Embedded {
+  features: Float32Array;
+  dim: number;
+  labels: number[];
+}
 
 /**
  * A fitted linear probe: standardise each feature (`(x − mean) / std`), then `x · weight + bias`. The standardisation is
@@ -26,7 +32,6 @@ const MAX_ITER = 500;
 const SWEEP_ITER = 100;
 /** L-BFGS memory. */
 const HISTORY = 10;
-const HOLDOUT_STREAM = 29;
 
 export interface ProbeFit {
   head: LinearHead;
@@ -134,7 +139,7 @@ export function holdoutSplit(labels: number[], seed: number): { fit: number[]; h
   const fit: number[] = [];
   const holdout: number[] = [];
   for (const [y, rows] of [...byClass].sort(([a], [b]) => a - b)) {
-    const rng = new Rng(seedFor(seed, HOLDOUT_STREAM, y));
+    const rng = new Rng(seedFor(seed, STREAMS.holdout, y));
     const order = rows.map((i) => [rng.next(), i] as const).sort(([a], [b]) => a - b);
     const k = rows.length < 2 ? 0 : Math.max(1, Math.round(rows.length * HOLDOUT_FRACTION));
     order.forEach(([, i], j) => (j < k ? holdout : fit).push(i));

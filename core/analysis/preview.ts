@@ -3,16 +3,31 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { writeAtomic } from '../atomic.js';
+import { UnreadableImageError } from '../data/decode.js';
+import { evalImage } from '../data/preprocess.js';
 import type { PretrainModel } from '../model/localmim.js';
 import { homePaths } from '../home.js';
-import { Rng, seedFor } from '../random.js';
+import { Rng, seedFor, STREAMS } from '../random.js';
 import type { Rgb8 } from '../image.js';
 
 /** How many of a run's first images its previews show. */
 export const PREVIEW_PROBES = 2;
 
+/** The run's first PREVIEW_PROBES images that can be read, through the eval transform: what either engine's previews show. */
+export async function previewImages(items: { abs: string }[], imgSize: number): Promise<Rgb8[]> {
+  const images: Rgb8[] = [];
+  for (const it of items) {
+    if (images.length === PREVIEW_PROBES) break;
+    const img = await evalImage(it.abs, imgSize).catch((err: Error) => {
+      if (!(err instanceof UnreadableImageError)) throw err;
+    });
+    if (img) images.push(img);
+  }
+  return images;
+}
+
 /** The previews' fixed mask: `n` uniform numbers of the run's seed, the same on either engine. */
-export const previewNoise = (seed: number, n: number) => new Rng(seedFor(seed, 4)).fill(n);
+export const previewNoise = (seed: number, n: number) => new Rng(seedFor(seed, STREAMS.preview)).fill(n);
 
 /** Where a run's preview of one step lives. */
 export const previewDir = (home: string, runId: number, step: number) => join(homePaths(home).run(runId), 'previews', String(step));

@@ -2,7 +2,7 @@ import { initBackend } from '../backend.js';
 import { evalImage } from '../data/preprocess.js';
 import { backboneOf, type Backbone } from '../export/backbone.js';
 import { homeDir, homePaths } from '../home.js';
-import { checkpointFor } from '../runs/checkpoints.js';
+import { checkpointFor, parseCheckpointId } from '../runs/checkpoints.js';
 import { Store } from '../store/store.js';
 import type { RunRow } from '../store/store.js';
 import type { LoadedCheckpoint } from '../train/checkpoint.js';
@@ -15,7 +15,7 @@ export async function checkpointOf(spec: string | undefined, o: { home?: string;
   await initBackend(o.backend);
   const store = new Store(homePaths(homeDir(o.home)).db);
   try {
-    const { run, checkpoint } = checkpointFor(store, spec);
+    const { run, checkpoint } = checkpointFor(store, parseCheckpointId(spec));
     return { run, checkpoint, backbone: backboneOf(run, checkpoint) } as { run: RunRow; checkpoint: LoadedCheckpoint; backbone: Backbone };
   } finally {
     store.close();

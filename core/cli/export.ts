@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import { EXPORT_FORMATS } from '../api.js';
 import { exportRun, type ExportFormat } from '../export/export.js';
 import { initBackend } from '../backend.js';
+import { parseCheckpointId } from '../runs/checkpoints.js';
 import { Store } from '../store/store.js';
 import { homeFlag, parse, UsageError } from './args.js';
 import { homeDir, homePaths } from '../home.js';
@@ -25,7 +26,7 @@ export async function run(argv: string[]): Promise<void> {
   const store = new Store(homePaths(home).db);
   try {
     const out = values.out ?? join(home, 'exports', `${positionals[0].replace(':', '-')}-${values.format}`);
-    const r = await exportRun(store, positionals[0], values.format as ExportFormat, out);
+    const r = await exportRun(store, parseCheckpointId(positionals[0]), values.format as ExportFormat, out);
     if (values.json) console.log(JSON.stringify(r));
     else console.log(`exported to ${r.dir}: ${r.files.join(', ')}`);
   } finally {

@@ -1,5 +1,15 @@
-import { FinetuneConfigSchema, parseConfig } from '../config.js';
-import { RECIPE_CHOICES, SMALL_DATA_BELOW, type RecipeChoice } from '../recipe.js';
+import { parseConfig } from '../config.js';
+import { FinetuneConfigSchema, LINEAR_PROBE } from '../finetune-config.js';
+import {
+  LONG_FROM_EPOCHS,
+  LONG_PRETRAINING,
+  OFFICIAL_AUGMENT,
+  RECIPE_CHOICES,
+  SHORT_PRETRAINING,
+  SMALL_DATA_BELOW,
+  type RecipeChoice,
+} from '../recipe.js';
+import { parseCheckpointId } from '../runs/checkpoints.js';
 import { DECIMAL, nonNegativeInt, parse, UsageError, type Flags } from './args.js';
 import { configFromFlags, MODEL_FLAGS } from './pretrain.js';
 import { indexFlags } from './index-cmd.js';
@@ -9,31 +19,40 @@ export const summary = 'fine-tune (or --linear-probe) a pretrained run on a labe
 
 const n = (help: string, arg = 'N') => ({ type: 'string', arg, help }) as const;
 
-/** Fine-tuning flags and the config field each sets (core/config.ts FinetuneConfigSchema). */
+/** What a fine-tune gets for each flag not given: the official recipe's, as the schema defaults them, shown in the help. */
+const START = FinetuneConfigSchema.parse({});
+/** Defaults that follow the source's pretraining length (core/recipe.ts finetuneRecipe). */
+const bySource = (k: 'blr' | 'minLr' | 'layerDecay') => `default by the source: ${SHORT_PRETRAINING[k]}, or ${LONG_PRETRAINING[k]}`;
+const noProbe = (k: keyof typeof OFFICIAL_AUGMENT) => `default ${START[k]}; none in a linear probe`;
+
+/** Fine-tuning flags and the config field each sets (core/finetune-config.ts FinetuneConfigSchema). */
 const SETTINGS = {
-  epochs: ['epochs', n('epochs (default by the recipe: 50 official, its step budget small-data; 90 for the LARS probe)')],
-  batch: ['batch', n('images per step (default 32)')],
+  epochs: [
+    'epochs',
+    n(`epochs (default by the recipe: ${START.epochs} official, its step budget small-data; ${LINEAR_PROBE.epochs} for the LARS probe)`),
+  ],
+  batch: ['batch', n(`images per step (default ${START.batch})`)],
   blr: [
     'blr',
     n(
-      'base learning rate; lr = blr · batch / 256 (default by the source: 1e-3, or 5e-4 after ≥ 400 epochs or imported; 0.1 for the LARS probe)',
+      `base learning rate; lr = blr · batch / 256 (${bySource('blr')} after ≥ ${LONG_FROM_EPOCHS} epochs or imported; ${LINEAR_PROBE.blr} for the LARS probe)`,
       'LR',
     ),
   ],
   lr: ['lr', n('absolute learning rate, instead of --blr', 'LR')],
-  'min-lr': ['minLr', n('final learning rate of the cosine (default by the source: 1e-6, or 1e-5; 0 for the LARS probe)', 'LR')],
-  'layer-decay': ['layerDecay', n('layer-wise lr decay (default by the source: 0.75, or 0.65)', 'D')],
-  'drop-path': ['dropPath', n('stochastic depth rate (default 0.1)', 'P')],
-  smoothing: ['smoothing', n('label smoothing (default 0.1; none in a linear probe)', 'E')],
-  mixup: ['mixup', n('Mixup α; 0 = off (default 0.8; none in a linear probe)', 'A')],
-  cutmix: ['cutmix', n('CutMix α; 0 = off (default 1; none in a linear probe)', 'A')],
-  reprob: ['reprob', n('random erasing probability; 0 = off (default 0.25; none in a linear probe)', 'P')],
+  'min-lr': ['minLr', n(`final learning rate of the cosine (${bySource('minLr')}; ${LINEAR_PROBE.minLr} for the LARS probe)`, 'LR')],
+  'layer-decay': ['layerDecay', n(`layer-wise lr decay (${bySource('layerDecay')})`, 'D')],
+  'drop-path': ['dropPath', n(`stochastic depth rate (default ${START.dropPath})`, 'P')],
+  smoothing: ['smoothing', n(`label smoothing (${noProbe('smoothing')})`, 'E')],
+  mixup: ['mixup', n(`Mixup α; 0 = off (${noProbe('mixup')})`, 'A')],
+  cutmix: ['cutmix', n(`CutMix α; 0 = off (${noProbe('cutmix')})`, 'A')],
+  reprob: ['reprob', n(`random erasing probability; 0 = off (${noProbe('reprob')})`, 'P')],
   'min-scale': [
     'minScale',
-    n("smallest crop area of RandomResizedCrop, in (0, 1] (default by the recipe: 0.08 official, small-data's)", 'F'),
+    n(`smallest crop area of RandomResizedCrop, in (0, 1] (default by the recipe: ${START.minScale} official, small-data's)`, 'F'),
   ],
-  'val-fraction': ['valFraction', n('share of each class held out for validation, in (0, 1) (default 0.2)', 'F')],
-  warmup: ['warmupEpochs', n('warmup epochs (default 5; 10 for the LARS probe)', 'EPOCHS')],
+  'val-fraction': ['valFraction', n(`share of each class held out for validation, in (0, 1) (default ${START.valFraction})`, 'F')],
+  warmup: ['warmupEpochs', n(`warmup epochs (default ${START.warmupEpochs}; ${LINEAR_PROBE.warmupEpochs} for the LARS probe)`, 'EPOCHS')],
 } as const;
 
 const OPTIONS = {
@@ -62,7 +81,7 @@ const OPTIONS = {
     "the logistic probe's features: last (the last block's mean-pooled tokens, default) or last4 (the last 4 blocks', as DINOv2)",
     'KIND',
   ),
-  'rand-augment': n("timm's RandAugment string; '' = off (default rand-m9-mstd0.5-inc1; none in a linear probe)", 'SPEC'),
+  'rand-augment': n(`timm's RandAugment string; '' = off (${noProbe('randAugment')})`, 'SPEC'),
   ...(Object.fromEntries(Object.entries(SETTINGS).map(([flag, [, f]]) => [flag, f])) as {
     [K in keyof typeof SETTINGS]: (typeof SETTINGS)[K][1];
   }),
@@ -111,6 +130,14 @@ export async function run(argv: string[]): Promise<void> {
     command: 'finetune',
     resume,
     data: values.data,
-    newRun: (datasetId) => ({ new: 'finetune', datasetId, from: values.from ?? null, model, finetune, seed, name: values.name }),
+    newRun: (datasetId) => ({
+      new: 'finetune',
+      datasetId,
+      from: values.from === undefined ? null : parseCheckpointId(values.from),
+      model,
+      finetune,
+      seed,
+      name: values.name,
+    }),
   });
 }

@@ -1,16 +1,8 @@
 import { readFileSync } from 'node:fs';
-import {
-  MODEL_SIZES,
-  NEW_RUN,
-  newRunConfig,
-  PRESETS,
-  sizeDefaults,
-  SWIN_SIZES,
-  type ConfigLayer,
-  type Preset,
-  type RunConfig,
-} from '../config.js';
+import { MODEL_SIZES, SWIN_SIZES, type RunConfig } from '../config.js';
+import { NEW_RUN, newRunConfig, PRESETS, sizeDefaults, type ConfigLayer, type Preset } from '../presets.js';
 import { KNN_BUDGET } from '../analysis/knn.js';
+import { parseCheckpointId } from '../runs/checkpoints.js';
 import { DEFAULT_MINUTES, type Budget } from '../runs/budget.js';
 import { DECIMAL, nonNegativeInt, parse, positiveInt, UsageError, type Flags } from './args.js';
 import { indexFlags } from './index-cmd.js';
@@ -20,7 +12,7 @@ export const summary = 'pretrain a ViT or Swin with LocalMIM on a folder (defaul
 
 const n = (help: string, arg = 'N') => ({ type: 'string', arg, help }) as const;
 
-/** What a run gets for each flag not given: the one definition in core/config.ts, shown in the help. */
+/** What a run gets for each flag not given: the one definition in core/presets.ts, shown in the help. */
 const START = newRunConfig();
 const swinModel = (size: string) => sizeDefaults(size).model;
 const swinSizesBySide = new Map<number, string[]>();
@@ -99,7 +91,7 @@ function readConfigFile(file: string): ConfigLayer {
   return json as ConfigLayer;
 }
 
-/** A new run's config from the CLI: NEW_RUN, size and preset (core/config.ts), then the --config file, then flags. */
+/** A new run's config from the CLI: NEW_RUN, size and preset (core/presets.ts), then the --config file, then flags. */
 export function configFromFlags(values: Partial<Values>): RunConfig {
   const preset = (values.preset ?? NEW_RUN.preset) as Preset;
   if (!Object.hasOwn(PRESETS, preset))
@@ -170,7 +162,7 @@ export async function run(argv: string[]): Promise<void> {
       datasetId,
       config: config!,
       name: values.name,
-      init: values.init,
+      init: values.init === undefined ? undefined : parseCheckpointId(values.init),
       probe: probeId === undefined ? undefined : { datasetId: probeId, every },
       budget,
     }),

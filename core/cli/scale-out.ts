@@ -1,5 +1,6 @@
 import { initBackend } from '../backend.js';
 import { homeDir, homePaths } from '../home.js';
+import { parseCheckpointId } from '../runs/checkpoints.js';
 import { scaleOut } from '../scale-out/folder.js';
 import { Store } from '../store/store.js';
 import { homeFlag, parse, UsageError } from './args.js';
@@ -24,7 +25,7 @@ export async function run(argv: string[]): Promise<void> {
   if (!spec === !values.config) throw new UsageError('give either a RUN[:STEP] to continue or --config FILE for a new run');
   if (!values.data) throw new UsageError('--data DIR is required: the images the job trains on');
   if (!values.out) throw new UsageError('--out JOBDIR is required: where the job folder goes');
-  const from = spec ? { run: spec } : { config: configFromFlags({ config: values.config }) };
+  const from = spec ? { run: parseCheckpointId(spec) } : { config: configFromFlags({ config: values.config }) };
   await initBackend();
   const store = new Store(homePaths(homeDir(values.home)).db);
   try {

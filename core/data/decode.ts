@@ -63,14 +63,15 @@ export const decodeCropSource = (abs: string, crops: CropSource): Promise<Decode
 /** The image as stored: no EXIF rotation, no resize. */
 export const decodeAsStored = (abs: string): Promise<Rgb8> => naming(abs, () => rgb(open(abs)));
 
-/** A `side²` JPEG of the image, EXIF orientation applied and cropped to cover, or undefined when it does not decode. */
-export const thumbnail = (abs: string, side: number): Promise<Buffer | undefined> =>
+/** A `side²` JPEG of the image as a data URL, EXIF orientation applied and cropped to cover, or null when it does not decode. */
+export const thumbnail = (abs: string, side: number): Promise<string | null> =>
   open(abs)
     .rotate()
     .resize(side, side, { fit: 'cover' })
     .jpeg({ quality: 70 })
     .toBuffer()
-    .catch(() => undefined);
+    .then((jpeg) => `data:image/jpeg;base64,${jpeg.toString('base64')}`)
+    .catch(() => null);
 
 /** A file's format as sharp names it, and its size with EXIF orientation applied. */
 export interface ImageHeader extends Size {

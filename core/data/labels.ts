@@ -1,4 +1,4 @@
-import { Rng, seedFor } from '../random.js';
+import { Rng, seedFor, STREAMS } from '../random.js';
 import type { ImageRow } from '../store/store.js';
 
 export interface LabeledSplit {
@@ -6,8 +6,6 @@ export interface LabeledSplit {
   train: { path: string; hash: string; label: number }[];
   val: { path: string; hash: string; label: number }[];
 }
-
-const SPLIT = 5;
 
 /**
  * Labels from the first sub-folder; `train/` and `val/` sub-folders, when they are the only two, give the
@@ -29,7 +27,7 @@ export function labeledSplit(rows: ImageRow[], valFraction: number, seed: number
       train: labeled.filter((r) => r.path.startsWith('train/')).map(item),
       val: labeled.filter((r) => r.path.startsWith('val/')).map(item),
     };
-  const rng = new Rng(seedFor(seed, SPLIT));
+  const rng = new Rng(seedFor(seed, STREAMS.split));
   const train: LabeledSplit['train'] = [];
   const val: LabeledSplit['val'] = [];
   for (const c of classes) {

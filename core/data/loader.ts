@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { Rng, seedFor } from '../random.js';
+import { Rng, seedFor, STREAMS } from '../random.js';
 import type { Rgb8, RgbImage } from '../image.js';
 import { applyCrop, randomCrop, scaleCrop, type CropSource } from './augment.js';
 import type { DecodeCache } from './cache.js';
@@ -10,11 +10,8 @@ export interface DataItem {
   hash: string;
 }
 
-const PERMUTATION = 1;
-const CROP = 2;
-
 /** The generator of sample `k` of epoch `epoch`: its crop, flip and augmentation draw from it, in that order. */
-export const sampleRng = (seed: number, epoch: number, k: number): Rng => new Rng(seedFor(seed, CROP, epoch, k));
+export const sampleRng = (seed: number, epoch: number, k: number): Rng => new Rng(seedFor(seed, STREAMS.crop, epoch, k));
 
 export interface LoaderOptions<T extends RgbImage> {
   /** Batches prepared ahead. */
@@ -162,7 +159,7 @@ export class Loader<T extends RgbImage = Rgb8> {
   private order(epoch: number): Int32Array {
     let order = this.orders.get(epoch);
     if (!order) {
-      const rng = new Rng(seedFor(this.seed, PERMUTATION, epoch));
+      const rng = new Rng(seedFor(this.seed, STREAMS.permutation, epoch));
       order = Int32Array.from(this.items.keys());
       for (let i = order.length - 1; i > 0; i--) {
         const j = Math.floor(rng.next() * (i + 1));

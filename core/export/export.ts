@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { fsyncFolder, writeWhole } from '../atomic.js';
 import { modelDims, modelFamily, swinDims } from '../config.js';
 import { UserError } from '../errors.js';
-import { checkpointRef, loadRef, type CheckpointRef } from '../runs/checkpoints.js';
+import { checkpointRef, loadRef, type CheckpointId, type CheckpointRef } from '../runs/checkpoints.js';
 import { specOf } from '../runs/spec.js';
 import type { MetricRow, Store } from '../store/store.js';
 import { backboneOf, datasetHash, timmConfig, timmSwinConfig, type Backbone } from './backbone.js';
@@ -27,16 +27,21 @@ export interface ExportInput {
  * Exports a run's backbone (and head, if fine-tuned): `model.safetensors` with timm names, a tfjs
  * LayersModel, or `model.onnx`; plus `config.json` and a model card. Written to a temp folder, then renamed into place.
  */
-export async function exportRun(store: Store, spec: string, format: ExportFormat, out: string): Promise<{ dir: string; files: string[] }> {
-  const input = exportInput(store, spec, format);
+export async function exportRun(
+  store: Store,
+  id: CheckpointId,
+  format: ExportFormat,
+  out: string,
+): Promise<{ dir: string; files: string[] }> {
+  const input = exportInput(store, id, format);
   const r = await writeExport(input, out);
   store.addExport(input.ref.run.id, format, out);
   return r;
 }
 
 /** Reads and checks what {@link writeExport} needs, from the database alone: a wrong request fails before any file is read. */
-export function exportInput(store: Store, spec: string, format: ExportFormat): ExportInput {
-  const ref = checkpointRef(store, spec);
+export function exportInput(store: Store, id: CheckpointId, format: ExportFormat): ExportInput {
+  const ref = checkpointRef(store, id);
   const { run } = ref;
   if (format === 'tfjs' && modelFamily(specOf(run).config.model) === 'swin')
     throw new UserError(`run ${run.id} is a Swin model: --format tfjs exports ViTs only; use --format safetensors (timm's Swin) or onnx`);

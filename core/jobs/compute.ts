@@ -56,6 +56,9 @@ export const COMPUTE = {
   },
 } satisfies { [K in ComputeRequest['kind']]: (r: Request<K>, steps: Steps) => Promise<unknown> };
 
+/** What a compute job of this kind answers. */
+export type ComputeResult<K extends ComputeRequest['kind']> = Awaited<ReturnType<(typeof COMPUTE)[K]>>;
+
 /** Runs one compute job on this machine's backend. */
 export async function runCompute(req: ComputeRequest, steps: Steps): Promise<unknown> {
   await initBackend();

@@ -4,7 +4,7 @@ import type { UserError } from '../errors.js';
 import type { EmbedItem } from '../analysis/embed.js';
 import type { ExportInput } from '../export/export.js';
 import type { CheckpointRef } from '../runs/checkpoints.js';
-import type { TrainJob } from '../runs/job.js';
+import type { TrainJob } from '../runs/train-job.js';
 import type { ScalePlan } from '../scale-out/folder.js';
 import type { ImageRow } from '../store/store.js';
 import type { TrainEvent } from '../train/loop.js';
@@ -38,9 +38,6 @@ export type JobRequest = { kind: 'index'; root: string; known: KnownFile[] } | T
 
 /** Later messages to a running job. */
 export type JobControl = { type: 'pause' };
-
-/** What a compute job of this kind answers. */
-export type ComputeResult<K extends ComputeRequest['kind']> = Awaited<ReturnType<(typeof import('./compute.js'))['COMPUTE'][K]>>;
 
 /** What a job reports. Jobs never write the database: the service does, from these. */
 export type JobMessage =

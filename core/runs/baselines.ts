@@ -10,7 +10,7 @@ import { isBackbone } from '../model/classifier.js';
 import { readSafetensorsMetadata } from '../safetensors.js';
 import { pretrainModel } from '../train/pretrain.js';
 import { train, type Task, type TrainEvent } from '../train/loop.js';
-import type { LabeledItem } from './job.js';
+import type { LabeledItem } from './train-job.js';
 
 export interface LabeledSplit {
   train: LabeledItem[];

@@ -58,7 +58,23 @@ export interface FoundCheckpoint {
   step: number;
 }
 
-/** What `RUN` or `RUN:STEP` names, from the database alone: the run and its recorded checkpoints to try, newest first. */
+/** A checkpoint asked for: a run's, at `step` or (none given) its best or newest. */
+export interface CheckpointId {
+  runId: number;
+  step?: number;
+}
+
+/** The CLI's `RUN` or `RUN:STEP`, read once where it comes in. */
+export function parseCheckpointId(spec: string): CheckpointId {
+  const m = /^(\d+)(?::(\d+))?$/.exec(spec.trim());
+  if (!m) throw new UserError(`"${spec}": expected RUN or RUN:STEP, e.g. 3 or 3:1200`);
+  return { runId: Number(m[1]), ...(m[2] !== undefined && { step: Number(m[2]) }) };
+}
+
+/** A checkpoint id as the CLI writes it, for messages. */
+export const checkpointName = ({ runId, step }: CheckpointId): string => (step === undefined ? `${runId}` : `${runId}:${step}`);
+
+/** What a {@link CheckpointId} names, from the database alone: the run and its recorded checkpoints to try, newest first. */
 export interface CheckpointRef {
   run: RunRow;
   candidates: CheckpointRow[];
@@ -67,29 +83,27 @@ export interface CheckpointRef {
 }
 
 /**
- * `RUN` or `RUN:STEP` → that run's best validated checkpoint (a fine-tune's, see Store.bestCheckpoint) or else its
- * newest intact one, or the one at STEP; errors name what is missing.
+ * A run's best validated checkpoint (a fine-tune's, see Store.bestCheckpoint) or else its newest intact one, or the
+ * one at `step`; errors name what is missing.
  */
-export function checkpointFor(store: Store, spec: string): FoundCheckpoint {
-  return loadRef(checkpointRef(store, spec));
+export function checkpointFor(store: Store, id: CheckpointId): FoundCheckpoint {
+  return loadRef(checkpointRef(store, id));
 }
 
 /** The database half of {@link checkpointFor}: fails fast on a missing run or step, reads no checkpoint file. */
-export function checkpointRef(store: Store, spec: string): CheckpointRef {
-  const m = /^(\d+)(?::(\d+))?$/.exec(spec.trim());
-  if (!m) throw new UserError(`"${spec}": expected RUN or RUN:STEP, e.g. 3 or 3:1200`);
-  const run = store.run(Number(m[1]));
-  if (!run) throw new UserError(`no run ${m[1]}`, 'not-found');
+export function checkpointRef(store: Store, { runId, step }: CheckpointId): CheckpointRef {
+  const run = store.run(runId);
+  if (!run) throw new UserError(`no run ${runId}`, 'not-found');
   const all = store.checkpoints(run.id);
-  if (m[2] === undefined) {
+  if (step === undefined) {
     if (!all.length) throw noIntact(run.id);
     const best = bestOf(all);
     return { run, candidates: [...(best ? [best] : []), ...all.reverse().filter((c) => c !== best)] };
   }
-  const row = all.find((c) => c.step === Number(m[2]));
+  const row = all.find((c) => c.step === step);
   if (!row)
     throw new UserError(
-      `run ${run.id} has no checkpoint at step ${m[2]} (it has: ${all.map((c) => c.step).join(', ') || 'none'})`,
+      `run ${run.id} has no checkpoint at step ${step} (it has: ${all.map((c) => c.step).join(', ') || 'none'})`,
       'not-found',
     );
   return { run, candidates: [row], step: row.step };

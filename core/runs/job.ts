@@ -1,63 +1,27 @@
 import { basename } from 'node:path';
-import { KNN_BUDGET, liveBackbone, scoreProbe, type ProbeSet } from '../analysis/knn.js';
-import { PREVIEW_PROBES, previewDir, previewNoise, renderPreview, writePreview } from '../analysis/preview.js';
+import { KNN_BUDGET, liveBackbone, scoreProbe } from '../analysis/knn.js';
+import { previewDir, previewImages, previewNoise, renderPreview, writePreview } from '../analysis/preview.js';
 import { lossReadEvery } from '../backend.js';
 import { finetuneAugment } from '../data/augment.js';
 import { DecodeCache } from '../data/cache.js';
-import { UnreadableImageError } from '../data/decode.js';
-import { Loader, TooFewImagesError, type DataItem, type LoaderOptions } from '../data/loader.js';
-import { evalImage } from '../data/preprocess.js';
-import type { FinetuneRun } from '../config.js';
+import { Loader, TooFewImagesError, type LoaderOptions } from '../data/loader.js';
+import type { FinetuneRun } from '../finetune-config.js';
 import { evalImages, initBaseline, initialBackbone, pixelBaseline, sourceSeed, splitKey, type LabeledSplit } from './baselines.js';
-import { detectTorch, type Engine } from '../engine.js';
+import { detectTorch } from '../engine.js';
 import { homePaths, removeStaleTemps } from '../home.js';
 import { isBackbone } from '../model/classifier.js';
 import type { PretrainModel } from '../model/localmim.js';
-import type { RgbImage } from '../image.js';
+import type { Rgb8, RgbImage } from '../image.js';
 import { cropKernel } from '../recipe.js';
 import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
 import { finetuneTask, headFromProbe } from '../train/finetune.js';
-import { DivergedError, train, type Cadence, type LoopOptions, type TrainEvent } from '../train/loop.js';
+import { DivergedError, train, type LoopOptions, type TrainEvent } from '../train/loop.js';
 import { pretrainTask } from '../train/pretrain.js';
-import { optimOf, type RunSpec } from './spec.js';
+import { optimOf } from './spec.js';
 import { runLogisticProbe } from './logistic-probe.js';
 import { CHECKPOINT_FILE } from './reconcile.js';
-import { runTorchJob, type TorchOptions } from './torch.js';
-
-export type LabeledItem = DataItem & { label: number };
-
-/** Everything a training process needs, validated by `prepare` and claimed by `begin`: it touches no database. */
-export interface TrainJob {
-  kind: 'train';
-  runId: number;
-  home: string;
-  spec: Extract<RunSpec, { kind: 'pretrain' | 'finetune' }>;
-  /** Pretraining: every usable image. Fine-tuning: the labeled split. */
-  data: { items: DataItem[] } | { train: LabeledItem[]; val: LabeledItem[] };
-  /** A checkpoint whose weights a new run starts from (pretraining `--init`, or the run a fine-tune starts from). */
-  initFrom?: string;
-  resumeFrom?: string;
-  cadence: Cadence;
-  stopAtStep?: number;
-  /** Render reconstruction previews every this many steps (pretraining); none when absent. */
-  previewEvery?: number;
-  /** Pretraining: the labeled probe set the kNN monitor scores the backbone on. */
-  probe?: ProbeSet;
-  backend: string;
-  /** What trains it (default tfjs, on `backend`); the torch engine runs core/torch/train.py with `torch`'s options. */
-  engine?: Engine;
-  torch?: TorchOptions;
-}
-
-export interface JobHooks {
-  signal?: AbortSignal;
-  onEvent: (e: TrainEvent) => void;
-  onPreview?: (step: number) => void;
-  /** Something went wrong that does not stop training (e.g. a preview could not be written). */
-  warn: (message: string) => void;
-  /** What the job does next, where it takes a while (a baseline). */
-  info?: (message: string) => void;
-}
+import { runTorchJob } from './torch.js';
+import type { JobHooks, TrainJob } from './train-job.js';
 
 const SKIPS_NAMED = 10;
 
@@ -104,7 +68,7 @@ async function runOn(job: TrainJob, hooks: JobHooks): Promise<{ step: number; st
     const { optim, seed } = spec.config;
     const loader = new Loader(job.data.items, cache, imgSize, optim.batch, seed, skipping(optim.batch, optim.accumIter));
     const pretrain = pretrainTask(spec.config, loader, init);
-    const probes = job.previewEvery ? await readableProbes(job.data.items, imgSize) : [];
+    const probes = job.previewEvery ? await previewImages(job.data.items, imgSize) : [];
     task = { ...pretrain, afterStep: previews(pretrain.model, probes, job, hooks) };
     const { probe } = job;
     const { model } = spec.config;
@@ -246,19 +210,6 @@ function dataError(err: Error, job: TrainJob, step: number | undefined): Error |
   );
 }
 
-/** The first PROBES images that can be read, for previews. */
-async function readableProbes(items: DataItem[], imgSize: number) {
-  const probes = [];
-  for (const it of items) {
-    if (probes.length === PREVIEW_PROBES) break;
-    const img = await evalImage(it.abs, imgSize).catch((err: Error) => {
-      if (!(err instanceof UnreadableImageError)) throw err;
-    });
-    if (img) probes.push(img);
-  }
-  return probes;
-}
-
 /** A GPU that ran out of memory or was lost: say what it means for the run, and how to go on. */
 function deviceError(err: Error, job: TrainJob, step: number | undefined): Error | undefined {
   if (!/out of memory|OutOfMemory|device (was )?lost|DeviceLost|allocation failed|CUDA error/i.test(err.message)) return undefined;
@@ -275,7 +226,7 @@ function deviceError(err: Error, job: TrainJob, step: number | undefined): Error
 const backbone = (c: LoadedCheckpoint) => new Map([...c.tensors].filter(([n]) => isBackbone(n)).map(([n, t]) => [n, t.values] as const));
 
 /** Reconstructions of the probe images under a fixed mask, every `previewEvery` steps; a failure is reported, never fatal. */
-function previews(model: PretrainModel, probes: Awaited<ReturnType<typeof evalImage>>[], job: TrainJob, hooks: JobHooks) {
+function previews(model: PretrainModel, probes: Rgb8[], job: TrainJob, hooks: JobHooks) {
   const noise = previewNoise(job.spec.config.seed, model.noiseSize(probes.length));
   return async (step: number) => {
     if (!job.previewEvery || !probes.length || (step !== 1 && step % job.previewEvery !== 0)) return;

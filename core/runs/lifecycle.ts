@@ -2,8 +2,6 @@ import { totalmem } from 'node:os';
 import { join } from 'node:path';
 import {
   ConfigError,
-  FinetuneConfigSchema,
-  FinetuneRunSchema,
   parseConfig,
   modelFamily,
   parseRunConfig,
@@ -12,6 +10,7 @@ import {
   type ResumeOverrides,
   type RunConfig,
 } from '../config.js';
+import { FinetuneConfigSchema, FinetuneRunSchema } from '../finetune-config.js';
 import { labeledSplit } from '../data/labels.js';
 import { UserError } from '../errors.js';
 import { activeAdapter, computePath } from '../backend.js';
@@ -19,12 +18,12 @@ import type { Adapter } from '../webgpu.js';
 import { homePaths, isAlive } from '../home.js';
 import { finetuneDefaults, RECIPE_CHOICES, type RecipeChoice, type RecipeModel } from '../recipe.js';
 import { shortSides, type RunProbe, type RunRow, type Store } from '../store/store.js';
-import { checkpointFor, resumePoint, type FoundCheckpoint, type ResumePoint } from './checkpoints.js';
+import { checkpointFor, checkpointName, resumePoint, type CheckpointId, type FoundCheckpoint, type ResumePoint } from './checkpoints.js';
 import { estimate } from './estimate.js';
 import { recordFromFiles } from './reconcile.js';
 import { fitToBudget, type Budget } from './budget.js';
 import { probeSetOf } from './probe.js';
-import type { TrainJob } from './job.js';
+import type { TrainJob } from './train-job.js';
 import type { Cadence } from '../train/loop.js';
 import { changesOf, optimOf, specOf, withOverrides } from './spec.js';
 import { supersede } from './supersede.js';
@@ -36,7 +35,7 @@ export type RunRequest =
       datasetId: number;
       config: RunConfig;
       name?: string;
-      /** `RUN[:STEP]` whose backbone it starts from. */ init?: string;
+      /** The checkpoint whose backbone it starts from. */ init?: CheckpointId;
       /** A labeled dataset the kNN monitor scores the backbone on. */ probe?: RunProbe;
       /** Fit the schedule (and, asked, the input size) to a time on this machine (core/runs/budget.ts). */
       budget?: Budget;
@@ -44,8 +43,8 @@ export type RunRequest =
   | {
       new: 'finetune';
       datasetId: number;
-      /** `RUN[:STEP]` to start from; null = from scratch, with `model`. */
-      from: string | null;
+      /** The checkpoint to start from; null = from scratch, with `model`. */
+      from: CheckpointId | null;
       model?: ModelConfig;
       finetune: unknown;
       seed: number;
@@ -161,7 +160,7 @@ function preparePretrain(store: Store, home: string, req: Extract<RunRequest, { 
       imgSize: b.imgSize,
       mlpRatio: b.mlpRatio,
     };
-    config = parseConfig(RunConfigSchema, { ...config, model: { ...config.model, ...shape } }, `--init ${req.init}`);
+    config = parseConfig(RunConfigSchema, { ...config, model: { ...config.model, ...shape } }, `--init ${checkpointName(req.init)}`);
     initFrom = source.path;
   }
   const fitted = req.budget && fitToBudget(config, shortSides(store.images(dataset.id, 'ok')), computePath(on.backend), req.budget);
@@ -300,8 +299,7 @@ function dataFor(
 /** A fine-tune that has no checkpoint of its own yet starts from its source's weights. */
 function initPath(store: Store, spec: TrainSpec): string | undefined {
   if (spec.kind !== 'finetune' || !spec.config.from) return undefined;
-  const { runId, step } = spec.config.from;
-  return checkpointFor(store, `${runId}:${step}`).path;
+  return checkpointFor(store, spec.config.from).path;
 }
 
 /** A live process owns the run: never take it over. */

@@ -1,8 +1,8 @@
 import { join } from 'node:path';
 import { embedFolder, readEmbeddings } from '../analysis/embed.js';
-import type { Embedded } from '../analysis/knn.js';
-import { fitLinearProbe, layerNormRows, probeCrossEntropy, probeTop1, type LinearHead } from '../analysis/linear-probe.js';
-import type { FinetuneRun, ModelConfig } from '../config.js';
+import { fitLinearProbe, layerNormRows, probeCrossEntropy, probeTop1, type Embedded, type LinearHead } from '../analysis/linear-probe.js';
+import type { ModelConfig } from '../config.js';
+import type { FinetuneRun } from '../finetune-config.js';
 import type { DecodeCache } from '../data/cache.js';
 import { homePaths } from '../home.js';
 import { classifierFor, isBackbone, PROBE_EPS, type Classifier, type ProbeFeatures } from '../model/classifier.js';
@@ -10,7 +10,7 @@ import type { ParamStore } from '../model/module.js';
 import type { ProbeResult } from '../store/store.js';
 import { saveCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
 import { cacheKey, cachedTop1, initialBackbone, pixelBaseline, sourceSeed, splitKey } from './baselines.js';
-import type { JobHooks, LabeledItem, TrainJob } from './job.js';
+import type { JobHooks, LabeledItem, TrainJob } from './train-job.js';
 
 /** Labeled rows of a split's two parts: what every probe here fits and scores. */
 interface Split {

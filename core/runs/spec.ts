@@ -1,16 +1,15 @@
 import { z } from 'zod';
 import {
   ConfigError,
-  FinetuneRunSchema,
   ModelConfigSchema,
   parseConfig,
   ResumeOverridesSchema,
   RunConfigSchema,
-  type FinetuneRun,
   type ModelConfig,
   type ResumeOverrides,
   type RunConfig,
 } from '../config.js';
+import { FinetuneRunSchema, type FinetuneRun } from '../finetune-config.js';
 import type { RunRow } from '../store/store.js';
 
 /** A run's config, typed by its kind: what it trains, and how. */

@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { drawPreview, PREVIEW_PROBES, previewDir, previewNoise, writePreview } from '../analysis/preview.js';
+import { drawPreview, previewDir, previewImages, previewNoise, writePreview } from '../analysis/preview.js';
 import { writeAtomic } from '../atomic.js';
 import { lossReadEvery } from '../backend.js';
 import type { EmbedShard } from '../analysis/embed.js';
@@ -16,7 +16,7 @@ import { homePaths } from '../home.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../safetensors.js';
 import { TRAIN_PY, writeInitial } from '../scale-out/folder.js';
 import type { TrainEvent } from '../train/loop.js';
-import type { JobHooks, TrainJob } from './job.js';
+import type { JobHooks, TrainJob } from './train-job.js';
 import type { RunSpec } from './spec.js';
 
 /** Refuses, before anything is written, a run the torch engine cannot train (core/engine.ts torchCannot). */
@@ -29,16 +29,6 @@ export function assertTorchCan(spec: RunSpec, probe?: object): void {
 export function paramGroups(model: Classifier, layerDecay: number): ParamGroups {
   const groups = [...model.params.vars].map(([name, p]) => [name, [model.lrScale(name, layerDecay), model.decays(name, p.shape)]]);
   return Object.fromEntries(groups) as ParamGroups;
-}
-
-/** Runtime options of the torch engine (they change speed, not what is computed, except `amp`). */
-export interface TorchOptions {
-  /** bf16 autocast on CUDA (off by default, for exactness). */
-  amp?: boolean;
-  /** torch.compile, where torch has it. */
-  compile?: boolean;
-  /** Data-loading worker processes (default: a few on a GPU, none on the CPU). */
-  workers?: number;
 }
 
 /**
@@ -138,7 +128,7 @@ function targetShapes(config: RunConfig): number[][] {
  */
 async function previewProbes(config: RunConfig, items: { abs: string }[], file: string) {
   const { imgSize } = config.model;
-  const images = await Promise.all(items.slice(0, PREVIEW_PROBES).map((it) => evalImage(it.abs, imgSize)));
+  const images = await previewImages(items, imgSize);
   const dims = modelDims(config.model);
   const noise = previewNoise(config.seed, images.length * dims.L);
   const pixels = new Float32Array(images.length * imgSize * imgSize * 3);

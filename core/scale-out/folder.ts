@@ -7,7 +7,7 @@ import { indexFolder } from '../data/indexer.js';
 import { TORCH_ENGINE, torchCannot, torchSpec } from '../engine.js';
 import { UserError } from '../errors.js';
 import { LocalMIM } from '../model/localmim.js';
-import { checkpointRef, loadRef, type CheckpointRef } from '../runs/checkpoints.js';
+import { checkpointRef, loadRef, type CheckpointId, type CheckpointRef } from '../runs/checkpoints.js';
 import { specOf } from '../runs/spec.js';
 import type { ImageRow, MetricRow, Store } from '../store/store.js';
 import { AdamW } from '../train/adamw.js';
@@ -26,7 +26,7 @@ export interface JobInfo {
 
 export interface ScaleOut {
   /** A run to continue from its latest checkpoint (or `RUN:STEP`), or a new run's config. */
-  from: { run: string } | { config: unknown };
+  from: { run: CheckpointId } | { config: unknown };
   data: string;
   out: string;
 }

@@ -9,7 +9,7 @@ import { checkpointRef } from '../runs/checkpoints.js';
 import { specOf } from '../runs/spec.js';
 import { planScaleOut } from '../scale-out/folder.js';
 import type { RunRow } from '../store/store.js';
-import type { Context, Handlers } from './service.js';
+import type { Context, Handlers } from './context.js';
 
 /**
  * Attention analysis, export and scale-out. Each checks its request against the database here, so a bad one answers at
@@ -22,7 +22,7 @@ export const analysisHandlers = (c: Context) =>
       const d = c.dataset(a.datasetId);
       const row = c.store.images(d.id, 'ok').find((r) => r.path === a.path);
       if (!row) throw new ApiError('not-found', `${a.path} is not an image of dataset ${d.name}`);
-      const ref = checkpointRef(c.store, checkpointSpec(run.id, a.step));
+      const ref = checkpointRef(c.store, { runId: run.id, step: a.step });
       const { model } = specOf(run).config;
       checkAnalyzable(model, run.id, 'the attention screen');
       const { g } = modelDims(model);
@@ -36,7 +36,7 @@ export const analysisHandlers = (c: Context) =>
       const d = c.dataset(a.datasetId);
       const all = c.store.images(d.id, 'ok').map((r) => r.path);
       if (!all.length) throw new ApiError('bad-request', `dataset ${d.name} has no usable images`);
-      const ref = checkpointRef(c.store, checkpointSpec(run.id, a.step));
+      const ref = checkpointRef(c.store, { runId: run.id, step: a.step });
       const { model } = specOf(run).config;
       checkAnalyzable(model, run.id, 'the attention screen');
       const paths = chooseImages(all, a.images, a.seed);
@@ -54,9 +54,9 @@ export const analysisHandlers = (c: Context) =>
     },
     'exports.create': async (a) => {
       const run = c.run(a.runId);
-      const spec = checkpointSpec(run.id, a.step);
-      const input = exportInput(c.store, spec, a.format);
-      const r = await c.scheduler.compute({ kind: 'export', input, out: join(c.home, 'exports', `${spec.replace(':', '-')}-${a.format}`) });
+      const input = exportInput(c.store, { runId: run.id, step: a.step }, a.format);
+      const name = `${run.id}${a.step === undefined ? '' : `-${a.step}`}-${a.format}`;
+      const r = await c.scheduler.compute({ kind: 'export', input, out: join(c.home, 'exports', name) });
       c.store.addExport(run.id, a.format, r.dir);
       return r;
     },
@@ -66,7 +66,7 @@ export const analysisHandlers = (c: Context) =>
       // The dataset as indexed: the manifest lists what the app shows.
       const plan = planScaleOut({
         config: a.config === undefined ? undefined : parseRunConfig(a.config),
-        source: a.runId === undefined ? null : checkpointRef(c.store, checkpointSpec(a.runId, a.step)),
+        source: a.runId === undefined ? null : checkpointRef(c.store, { runId: a.runId, step: a.step }),
         dataRoot: d.root,
         rows: c.store.images(d.id, 'ok'),
         out: freshDir(join(c.home, 'jobs', name)),
@@ -75,8 +75,6 @@ export const analysisHandlers = (c: Context) =>
       return { out: job.out, images: job.images, readme: job.readme };
     },
   }) satisfies Handlers;
-
-const checkpointSpec = (runId: number, step?: number) => (step === undefined ? String(runId) : `${runId}:${step}`);
 
 /** The blocks whose output a pretraining run's decoders read (none for the global variant, nor outside pretraining). */
 function tapped(run: RunRow, model: ModelConfig): number[] {

@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import { thumbnail } from '../data/decode.js';
 import { summarize } from '../data/indexer.js';
 import { SAMPLE_IMAGES } from '../home.js';
-import type { Context, Handlers } from './service.js';
+import type { Context, Handlers } from './context.js';
 
 /** Datasets: folders of images, indexed by a job. */
 export const datasetHandlers = (c: Context) =>
@@ -24,13 +24,12 @@ export const datasetHandlers = (c: Context) =>
       // Paths come from the index, never from the request.
       const items = await Promise.all(
         rows.slice(a.offset, a.offset + a.limit).map(async (r) => {
-          const jpeg = await thumbnail(join(d.root, r.path), 96);
           return {
             path: r.path,
             label: r.label,
             width: r.width,
             height: r.height,
-            src: jpeg ? `data:image/jpeg;base64,${jpeg.toString('base64')}` : null,
+            src: await thumbnail(join(d.root, r.path), 96),
           };
         }),
       );

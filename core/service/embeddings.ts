@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import { ApiError } from '../api.js';
 import { thumbnail } from '../data/decode.js';
 import { checkpointRef } from '../runs/checkpoints.js';
-import type { Context, Handlers } from './service.js';
+import type { Context, Handlers } from './context.js';
 
 /**
  * A dataset's embeddings by a run's backbone: written once per checkpoint and dataset under `<home>/embeddings` (a rerun
@@ -12,7 +12,7 @@ export const embeddingHandlers = (c: Context) => {
   const request = (a: { runId: number; step?: number; datasetId: number }) => {
     const run = c.run(a.runId);
     const d = c.dataset(a.datasetId);
-    const ref = checkpointRef(c.store, a.step === undefined ? String(run.id) : `${run.id}:${a.step}`);
+    const ref = checkpointRef(c.store, { runId: run.id, step: a.step });
     // Paths come from the index, never from the request.
     const items = c.store.images(d.id, 'ok').map((r) => ({ abs: join(d.root, r.path), hash: r.hash!, path: r.path, label: r.label }));
     if (!items.length) throw new ApiError('bad-request', `dataset ${d.name} has no usable images`);
@@ -22,10 +22,6 @@ export const embeddingHandlers = (c: Context) => {
   const progress =
     (method: 'embeddings.create' | 'embeddings.similar' | 'embeddings.map', runId: number) => (done: number, total: number) =>
       c.emit({ type: 'job.progress', method, runId, done, total });
-  const thumb = async (abs: string) => {
-    const jpeg = await thumbnail(abs, 96);
-    return jpeg ? `data:image/jpeg;base64,${jpeg.toString('base64')}` : null;
-  };
   return {
     'embeddings.create': async (a) => {
       const r = await c.scheduler.compute({ kind: 'embed', ...request(a) }, progress('embeddings.create', a.runId));
@@ -42,7 +38,7 @@ export const embeddingHandlers = (c: Context) => {
       const shown = async (it: { abs: string; path: string; label: string | null }) => ({
         path: it.path,
         label: it.label,
-        src: await thumb(it.abs),
+        src: await thumbnail(it.abs, 96),
       });
       return {
         query: await shown(query),

@@ -1,20 +1,9 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ApiError } from '../api.js';
-import {
-  describeIssue,
-  FinetuneConfigSchema,
-  MODEL_SIZES,
-  NEW_RUN,
-  newRunConfig,
-  parseRunConfig,
-  PRESETS,
-  presetFor,
-  RunConfigSchema,
-  sizeDefaults,
-  SWIN_SIZES,
-  type Preset,
-} from '../config.js';
+import { describeIssue, MODEL_SIZES, parseRunConfig, RunConfigSchema, SWIN_SIZES } from '../config.js';
+import { NEW_RUN, newRunConfig, presetStarts } from '../presets.js';
+import { FinetuneConfigSchema } from '../finetune-config.js';
 import { torchProblem } from '../engine.js';
 import { homePaths } from '../home.js';
 import { DEFAULT_MINUTES, fitToBudget } from '../runs/budget.js';
@@ -24,7 +13,7 @@ import { memoryProblem } from '../runs/lifecycle.js';
 import { optimOf, specOf } from '../runs/spec.js';
 import { recheckDataset } from '../runs/recheck.js';
 import { runCheckpoints } from '../runs/reconcile.js';
-import type { Context, Handlers } from './service.js';
+import type { Context, Handlers } from './context.js';
 
 /** The new-run screen's defaults and checks, and the runs: start, pause, resume, cancel, extend, edit, show. */
 export const runHandlers = (c: Context) =>
@@ -34,20 +23,16 @@ export const runHandlers = (c: Context) =>
       /** The torch engine, as the new-run form offers it (greyed out with `reason` where it cannot run). */
       torch: (await c.scheduler.backend()).torch,
       home: c.home,
-      presets: PRESETS,
       sizes: MODEL_SIZES,
       swinSizes: SWIN_SIZES,
-      /** What each size brings to a new run: its defaults and each preset as it applies to it (presetFor). */
-      sizeDefaults: Object.fromEntries(
-        [...Object.keys(MODEL_SIZES), ...Object.keys(SWIN_SIZES)].map((size) => [
-          size,
-          { ...sizeDefaults(size), presets: Object.fromEntries(Object.keys(PRESETS).map((p) => [p, presetFor(p as Preset, size)])) },
-        ]),
-      ),
+      /** Each size's starting config under each preset, and the preset's name: the one layering (core/presets.ts). */
+      starts: Object.fromEntries([...Object.keys(MODEL_SIZES), ...Object.keys(SWIN_SIZES)].map((size) => [size, presetStarts(size)])),
       defaults: newRunConfig(),
       defaultPreset: NEW_RUN.preset,
       /** A new run's time budget (core/runs/budget.ts): the form fits the schedule to it unless told otherwise. */
       budgetMinutes: DEFAULT_MINUTES,
+      /** A fine-tune's and a linear probe's defaults where no recipe chooses them (core/finetune-config.ts). */
+      finetune: FinetuneConfigSchema.parse({}),
       probe: FinetuneConfigSchema.parse({ linearProbe: true }),
     }),
     'config.check': async (a) => {
@@ -149,9 +134,16 @@ export const runHandlers = (c: Context) =>
       };
     },
     'finetune.create': async (a) => {
-      const from = a.from && (a.from.step === undefined ? String(a.from.runId) : `${a.from.runId}:${a.from.step}`);
       const model = a.from ? undefined : parseRunConfig({ model: a.model }).model;
-      const req = { new: 'finetune' as const, datasetId: a.datasetId, from, model, finetune: a.finetune, seed: a.seed, name: a.name };
+      const req = {
+        new: 'finetune' as const,
+        datasetId: a.datasetId,
+        from: a.from,
+        model,
+        finetune: a.finetune,
+        seed: a.seed,
+        name: a.name,
+      };
       return { runId: await c.scheduler.start(req) };
     },
   }) satisfies Handlers;

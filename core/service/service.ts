@@ -4,10 +4,11 @@ import { UserError } from '../errors.js';
 import { homePaths, isAlive, removeStaleTempsIn } from '../home.js';
 import type { Launcher } from '../jobs/protocol.js';
 import { reconcileCheckpoints, recoverRuns } from '../runs/reconcile.js';
-import { Store, type DatasetRow, type RunRow } from '../store/store.js';
+import { Store } from '../store/store.js';
 import { analysisHandlers } from './analysis.js';
 import { datasetHandlers } from './datasets.js';
 import { embeddingHandlers } from './embeddings.js';
+import type { Context, Handlers } from './context.js';
 import { runHandlers } from './runs.js';
 import { Scheduler, type ServiceOptions } from './scheduler.js';
 
@@ -18,20 +19,6 @@ export type { ServiceOptions };
  * call and event waits with it. A run's recording retries later instead (core/service/scheduler.ts).
  */
 const BUSY_MS = 200;
-
-/** What each area's handlers (datasets.ts, runs.ts, analysis.ts) build on. */
-export interface Context {
-  readonly home: string;
-  readonly store: Store;
-  readonly scheduler: Scheduler;
-  emit(e: ApiEvent): void;
-  /** The run or dataset by id; `not-found` if there is none. */
-  run(id: number): RunRow;
-  dataset(id: number): DatasetRow;
-}
-
-/** Handlers of some of the API's methods, each taking its method's parsed arguments. */
-export type Handlers = Partial<{ [M in Method]: (a: ReturnType<typeof parseArgs<M>>) => unknown }>;
 
 /**
  * The API's implementation, on top of the store and the job processes. Knows nothing of Electron or HTTP:

@@ -4,7 +4,6 @@ import { readFileSync } from 'node:fs';
 import { assertRoom, writeAtomic } from '../atomic.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../safetensors.js';
 import type { ParamStore } from '../model/module.js';
-import type { TrainEvent } from './loop.js';
 import type { Optimizer } from './optimizer.js';
 
 /** Where training stands: enough, with the weights and moments, to continue exactly. */
@@ -24,7 +23,16 @@ export interface TrainState {
   steps?: StepRecord[];
 }
 
-export type StepRecord = Omit<Extract<TrainEvent, { type: 'step' }>, 'type'>;
+/** One optimizer step as the loop reports it (its `step` event). */
+export interface StepRecord {
+  step: number;
+  epoch: number;
+  samples: number;
+  loss: number;
+  losses: number[];
+  lr: number;
+  imagesPerS: number;
+}
 
 /**
  * Writes model weights (official names), the optimizer's state (`optimizer.<slot>.<name>`) and the training state as one safetensors file,

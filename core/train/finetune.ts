@@ -1,18 +1,14 @@
 import * as tf from '@tensorflow/tfjs';
-import type { Embedded } from '../analysis/knn.js';
-import { fitLinearProbe, type LinearHead } from '../analysis/linear-probe.js';
-import { FinetuneRunSchema, type FinetuneRun } from '../config.js';
+import { fitLinearProbe, type Embedded, type LinearHead } from '../analysis/linear-probe.js';
+import { FinetuneRunSchema, type FinetuneRun } from '../finetune-config.js';
 import type { Loader } from '../data/loader.js';
 import { classifierFor, isBackbone, type Classifier } from '../model/classifier.js';
-import { Rng, seedFor } from '../random.js';
+import { Rng, seedFor, STREAMS } from '../random.js';
 import type { RgbImage, Rgb8 } from '../image.js';
 import { GradientAccumulator } from './accumulate.js';
 import { AdamW } from './adamw.js';
 import { LARS } from './lars.js';
 import type { Task } from './loop.js';
-
-const MIX = 6;
-const DROP = 7;
 
 export interface LabeledData {
   /** Training batches (cropped, augmented and erased: core/data/augment.ts); labels by item index. */
@@ -60,10 +56,10 @@ export function finetuneTask(
         const i = j * f.accumIter + a;
         const { images, items } = await loader.batchAt(epoch, i);
         const labels = items.map((k) => data.labels[k]!);
-        const { mixed, targets } = mixBatch(images, labels, K, f, new Rng(seedFor(cfg.seed, MIX, step, a)));
+        const { mixed, targets } = mixBatch(images, labels, K, f, new Rng(seedFor(cfg.seed, STREAMS.mix, step, a)));
         // A probe trains its head only: the frozen features and BatchNorm (which moves its statistics) stay off the tape.
         const probed = f.linearProbe ? tf.tidy(() => model.headInput(mixed, {})) : undefined;
-        const dropPath = { rate: f.dropPath, rng: new Rng(seedFor(cfg.seed, DROP, step, a)) };
+        const dropPath = { rate: f.dropPath, rng: new Rng(seedFor(cfg.seed, STREAMS.drop, step, a)) };
         acc.add(() => crossEntropy(probed ? model.head(probed) : model.logits(mixed, { dropPath }), targets));
         probed?.dispose();
       }

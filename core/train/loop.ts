@@ -10,7 +10,7 @@ import { lrAt } from './schedule.js';
 /** What a training run reports; the loop knows nothing of terminals, databases or windows. */
 export type TrainEvent =
   | { type: 'start'; step: number; totalSteps: number; stepsPerEpoch: number; backend: string; config: unknown; model?: ModelSummary }
-  | { type: 'step'; step: number; epoch: number; samples: number; loss: number; losses: number[]; lr: number; imagesPerS: number }
+  | ({ type: 'step' } & StepRecord)
   | { type: 'eval'; step: number; epoch: number; top1: number; loss: number }
   /** Weighted kNN accuracy of the backbone on the probe set, the logistic probe's top-1 there, and the seconds both took. */
   | { type: 'knn'; step: number; top1: number; top5: number; probeTop1?: number; seconds: number }

@@ -2,11 +2,9 @@ import { modelFamily, type ModelConfig, type RunConfig } from '../config.js';
 import type { Loader } from '../data/loader.js';
 import { LocalMIM, type PretrainModel } from '../model/localmim.js';
 import { SwinLocalMIM } from '../model/swin-localmim.js';
-import { Rng, seedFor } from '../random.js';
+import { Rng, seedFor, STREAMS } from '../random.js';
 import type { Task } from './loop.js';
 import { TrainStep } from './step.js';
-
-const MASK = 3;
 
 /**
  * LocalMIM pretraining as a task of the training loop: the mask of micro-batch `a` of step `s` is a
@@ -28,7 +26,7 @@ export function pretrainTask(cfg: RunConfig, loader: Loader, init?: ReadonlyMap<
     async step(epoch, j, step, lr) {
       const micro = await Promise.all(Array.from({ length: optim.accumIter }, (_, a) => loader.get(epoch, j * optim.accumIter + a)));
       const batches = micro.map((images, a) =>
-        model.prepare(images, new Rng(seedFor(seed, MASK, step, a)).fill(model.noiseSize(images.length))),
+        model.prepare(images, new Rng(seedFor(seed, STREAMS.mask, step, a)).fill(model.noiseSize(images.length))),
       );
       try {
         return trainer.run(batches, lr);

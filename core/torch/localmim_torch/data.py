@@ -8,7 +8,8 @@ from PIL import Image, ImageOps
 
 from .checkpoint import read_safetensors
 
-PERMUTATION, CROP, MASK = 1, 2, 3  # streams of seed_for, as the app's
+# The streams of seed_for, by name as the app's (core/random.ts STREAMS; test/random.test.ts compares them).
+STREAMS = {'permutation': 1, 'crop': 2, 'mask': 3, 'preview': 4, 'split': 5, 'mix': 6, 'drop': 7, 'holdout': 29}
 U32 = 0xFFFFFFFF
 
 
@@ -94,7 +95,7 @@ class MicroBatches(torch.utils.data.Dataset):
 
     def order(self, epoch):
         if epoch not in self.orders:
-            rng = Rng(seed_for(self.seed, PERMUTATION, epoch))
+            rng = Rng(seed_for(self.seed, STREAMS['permutation'], epoch))
             order = list(range(len(self.items)))
             for i in range(len(order) - 1, 0, -1):
                 j = math.floor(rng.next() * (i + 1))
@@ -112,7 +113,7 @@ class MicroBatches(torch.utils.data.Dataset):
         for j in range(self.batch):
             k = i * self.batch + j
             im = read_rgb(os.path.join(self.root, self.items[order[k]]['path']))
-            left, top, w, h, flip = random_crop(Rng(seed_for(self.seed, CROP, epoch, k)), im.width, im.height)
+            left, top, w, h, flip = random_crop(Rng(seed_for(self.seed, STREAMS['crop'], epoch, k)), im.width, im.height)
             im = im.crop((left, top, left + w, top + h)).resize((self.size, self.size), Image.BICUBIC)
             images.append(to_tensor(im.transpose(Image.FLIP_LEFT_RIGHT) if flip else im))
         return torch.stack(images)
@@ -132,7 +133,7 @@ class Masked(torch.utils.data.Dataset):
         images = self.data[n]
         epoch, u = self.data.keys[n]
         step = epoch * self.steps_per_epoch + u // self.micro
-        noise = Rng(seed_for(self.data.seed, MASK, step, u % self.micro)).fill(images.shape[0] * self.L)
+        noise = Rng(seed_for(self.data.seed, STREAMS['mask'], step, u % self.micro)).fill(images.shape[0] * self.L)
         return images, noise.view(-1, self.L)
 
 

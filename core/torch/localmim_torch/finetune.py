@@ -8,11 +8,9 @@ import math
 import torch
 import torch.nn as nn
 
-from .data import Rng, seed_for
+from .data import STREAMS, Rng, seed_for
 from .loop import amp_dtype
 from .model import Encoder
-
-MIX, DROP = 6, 7  # streams of seed_for, as the app's
 
 
 class ViTClassifier(Encoder):
@@ -98,9 +96,9 @@ def finetune_step(model, opt, micro, lr, f, seed, step, classes, device, amp=Fal
     total, accum = 0, len(micro)
     for a, (images, labels) in enumerate(micro):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        mixed, targets = mix_batch(images, labels, classes, f, Rng(seed_for(seed, MIX, step, a)))
+        mixed, targets = mix_batch(images, labels, classes, f, Rng(seed_for(seed, STREAMS['mix'], step, a)))
         with torch.autocast(device.type, dtype=amp_dtype(device)) if amp else contextlib.nullcontext():
-            logits = model(mixed, Rng(seed_for(seed, DROP, step, a)), f['dropPath'])
+            logits = model(mixed, Rng(seed_for(seed, STREAMS['drop'], step, a)), f['dropPath'])
         loss = soft_cross_entropy(logits.float(), targets) / accum
         loss.backward()
         total = total + loss.detach()
