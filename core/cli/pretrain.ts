@@ -35,14 +35,14 @@ const OPTIONS = {
   preset: n(`the paper's configurations: ${Object.keys(PRESETS).join(', ')} (default ${NEW_RUN.preset})`, 'NAME'),
   ...MODEL_FLAGS,
   minutes: n(
-    `fit the schedule (epochs, warmup, blr) to this many minutes on this machine (default ${DEFAULT_MINUTES}, unless a schedule flag, --config or --paper-schedule is given), and without --img/--patch a ViT's input to the images' size`,
+    `fit the schedule's length and warmup to this many minutes on this machine (default ${DEFAULT_MINUTES}, unless --epochs, --warmup, --config or --paper-schedule is given), and without --img/--patch a ViT's input to the images' size`,
     'MIN',
   ),
-  'paper-schedule': { type: 'boolean', help: "keep the preset's own schedule (the paper's: epochs, warmup, blr), not fitted to a time" },
+  'paper-schedule': { type: 'boolean', help: "keep the preset's own schedule (the paper's epochs and warmup), not fitted to a time" },
   epochs: n(`epochs (default: fitted to --minutes; the preset's ${optim.epochs})`),
   batch: n(`images per step (default ${optim.batch})`),
   accum: n(`micro-batches accumulated per optimizer step (default ${optim.accumIter})`),
-  blr: n(`base learning rate; lr = blr · batch · accum / 256 (default: fitted to --minutes; the preset's ${optim.blr})`, 'LR'),
+  blr: n(`base learning rate; lr = blr · batch · accum / 256 (default: the preset's, ${optim.blr})`, 'LR'),
   lr: n('absolute learning rate, instead of --blr', 'LR'),
   'min-lr': n(`final learning rate of the cosine (default ${optim.minLr})`, 'LR'),
   warmup: n(`warmup epochs (default: fitted to --minutes; the preset's ${optim.warmupEpochs})`, 'EPOCHS'),
@@ -121,7 +121,7 @@ export function configFromFlags(values: Partial<Values>): RunConfig {
   return newRunConfig(preset, size, file, flags);
 }
 
-const SCHEDULE_FLAGS = ['epochs', 'warmup', 'blr', 'lr'] as const;
+const SCHEDULE_FLAGS = ['epochs', 'warmup'] as const;
 
 /** What a new run is fitted to (core/runs/budget.ts): none where its schedule is given; its input too where that is not. */
 function budgetOf(values: Partial<Values>): Budget | undefined {
