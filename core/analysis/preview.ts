@@ -3,7 +3,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { writeAtomic } from '../atomic.js';
-import type { PretrainModel } from '../model/localmim.js';
+import type { PretrainModel } from '../model/pretraining.js';
 import { homePaths } from '../home.js';
 import { Rng, seedFor } from '../random.js';
 import type { Rgb8 } from '../targets/image.js';

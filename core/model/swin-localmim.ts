@@ -3,12 +3,11 @@ import { swinDims, type ModelConfig, type SwinDims } from '../config.js';
 import { hog } from '../targets/hog.js';
 import { normalize, toTensor, type RgbImage } from '../targets/image.js';
 import { pixelTargets } from '../targets/pixels.js';
-import type { ForwardOutput, PretrainModel } from './localmim.js';
-import { fuse, hogParams, maskedMse } from './localmim.js';
 import { scaleMask } from './masking.js';
 import { ParamStore, buffer, declare, dense, linearParams, norm, normal, normParams, param, range, type Param } from './module.js';
 
 import { sinCosPosEmbed } from './posEmbed.js';
+import { fuse, hogParams, maskedMse, targetShapes, type ForwardOutput, type PretrainModel } from './pretraining.js';
 import {
   disposePlanTensors,
   gatherTokens,
@@ -116,7 +115,7 @@ export class SwinLocalMIM implements PretrainModel<SwinBatch> {
   }
 
   targetShapes(): number[][] {
-    return this.dims.predGrids.map((g, k) => [g * g, this.dims.F[k]!]);
+    return targetShapes(this.config);
   }
 
   /** One mask per batch: noise for the mask grid's units only. */
