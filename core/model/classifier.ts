@@ -10,11 +10,11 @@ import {
   planTensors,
   swinBackboneParams,
   swinEncode,
-  swinPlan,
   unitPatches,
   type SwinEncoderOptions,
   type SwinPlanTensors,
 } from './swin.js';
+import { swinPlan } from './swin-windows.js';
 import { encode, encoderParams, meanPatchTokens, type EncoderOptions } from './vit.js';
 
 /**

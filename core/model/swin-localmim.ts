@@ -5,7 +5,6 @@ import { normalize, toTensor, type RgbImage } from '../targets/image.js';
 import { pixelTargets } from '../targets/pixels.js';
 import { scaleMask } from './masking.js';
 import { ParamStore, buffer, declare, dense, linearParams, norm, normal, normParams, param, range, type Param } from './module.js';
-
 import { sinCosPosEmbed } from './posEmbed.js';
 import { fuse, hogParams, maskedMse, targetShapes, type ForwardOutput, type PretrainModel } from './pretraining.js';
 import {
@@ -14,10 +13,10 @@ import {
   planTensors,
   swinBackboneParams,
   swinEncode,
-  swinPlan,
   unitPatches,
   type SwinPlanTensors,
 } from './swin.js';
+import { swinPlan } from './swin-windows.js';
 import { block, blockParams } from './vit.js';
 import { predParams, rescale } from './decoder.js';
 
