@@ -36,7 +36,7 @@ export async function swinWindowAttention(P: Param, model: ModelConfig, image: R
   const kept: { stage: number; block: number; probs: tf.Tensor; g: GroupPlan }[] = [];
   try {
     tf.tidy(() => {
-      swinTokens(P, d, plan, [image], { onAttention: (stage, block, probs, g) => kept.push({ stage, block, probs: tf.keep(probs), g }) });
+      swinTokens(P, plan, [image], { onAttention: (stage, block, probs, g) => kept.push({ stage, block, probs: tf.keep(probs), g }) });
     });
     const layers: WindowAttentionLayer[] = [];
     for (const [index, { stage, block, probs, g }] of kept.entries()) {

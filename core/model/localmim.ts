@@ -5,7 +5,7 @@ import { normalize, toTensor, type RgbImage } from '../targets/image.js';
 import { pixelTargets } from '../targets/pixels.js';
 import { decode, decoderParams } from './decoder.js';
 import { randomMasking, scaleMask } from './masking.js';
-import { ParamStore, declare, linearParams, range } from './module.js';
+import { ParamStore, declare, linearParams, range, resolve } from './module.js';
 import { visiblePatches } from './patches.js';
 import { fuse, hogParams, maskedMse, targetShapes, type ForwardOutput, type PretrainModel } from './pretraining.js';
 import { encode, encoderParams } from './vit.js';
@@ -98,18 +98,18 @@ export class LocalMIM implements PretrainModel<PreparedBatch> {
   prepare(images: RgbImage[], noise: Float32Array): PreparedBatch {
     const { p, g, L, nKeep, scales } = this.dims;
     const B = images.length;
-    const { idsKeep, mask } = randomMasking(noise, B, L, nKeep);
+    const masking = randomMasking(noise, B, L, nKeep);
     const device = tf.tidy(() => {
       const x = toTensor(images);
       const normalized = normalize(x);
       return {
-        ...visiblePatches(normalized, p, this.params.get(this.modules.pos_embed.name), idsKeep, L),
-        ...unshuffle(idsKeep, mask, B, L, nKeep),
+        ...visiblePatches(normalized, p, this.params.get(this.modules.pos_embed.name), masking.idsKeep),
+        ...unshuffle(masking, this.dims),
         targets: this.targets(x, normalized),
-        scaleMasks: scales.map((s) => tf.tensor2d(scaleMask(mask, B, g, s), [B, (s * g) ** 2])),
+        scaleMasks: scales.map((s) => tf.tensor2d(scaleMask(masking.mask, B, g, s), [B, (s * g) ** 2])),
       };
     });
-    return { B, idsKeep, mask, ...device };
+    return { B, ...masking, ...device };
   }
 
   /** Targets of images `[B, H, W, 3]` (0–255), one `[B, N_k, F_k]` per scale (docs/method.md#targets). */
@@ -124,16 +124,12 @@ export class LocalMIM implements PretrainModel<PreparedBatch> {
 
   /** The whole forward pass and loss (docs/method.md#loss). Call inside `tf.tidy`. */
   forward(batch: PreparedBatch): ForwardOutput {
-    const { B } = batch;
-    const P = (name: string) => this.params.get(name);
-    const m = this.modules;
-    const tapped = encode(P, m, this.dims, batch.patches, batch.pos, B, {
-      taps: this.dims.taps,
-      isolate: this.config.variant === 'isolated',
-    }).latents;
-    const latents = this.config.variant === 'fusion' ? [fuse(P, m.fuse, tapped)] : tapped;
+    const m = resolve(this.modules, (name) => this.params.get(name));
+    const isolate = this.config.variant === 'isolated';
+    const tapped = encode(m, batch, this.dims.heads, { taps: this.dims.taps, isolate }).latents;
+    const latents = this.config.variant === 'fusion' ? [fuse(m.fuse, tapped)] : tapped;
     const un = { select: batch.select, mask: batch.removed };
-    const preds = latents.map((z, k) => decode(P, m.decoder[k]!, this.config, this.dims, z, un, B));
+    const preds = latents.map((z, k) => decode(m.decoder[k]!, z, un, this.config.decoderHeads));
     const losses = preds.map((pred, k) => maskedMse(pred, batch.targets[k]!, batch.scaleMasks[k]!));
     return { latents, preds, losses, loss: tf.addN(losses) as tf.Scalar };
   }
@@ -144,7 +140,8 @@ export class LocalMIM implements PretrainModel<PreparedBatch> {
 }
 
 /** The decoders' un-shuffle (see `Unshuffle`): sample b's row 1+n takes visible token 1+k when idsKeep[b, k] = n. */
-function unshuffle(idsKeep: Int32Array, mask: Float32Array, B: number, L: number, nKeep: number) {
+function unshuffle({ idsKeep, mask }: { idsKeep: Int32Array; mask: Float32Array }, { L, nKeep }: ModelDims) {
+  const B = mask.length / L;
   const [T, n] = [1 + L, 1 + nKeep];
   const select = new Float32Array(B * T * n);
   const removed = new Float32Array(B * T);

@@ -74,20 +74,26 @@ const xWt = customGrad((x: tf.Tensor, W: tf.Tensor, save: tf.GradSaveFunc) => {
   };
 }) as (x: tf.Tensor, W: tf.Tensor) => tf.Tensor;
 
+/** B sequences of T tokens, flattened to `[B·T, W]` between blocks so that every Linear is a plain 2-D GEMM. */
+export interface Seq {
+  B: number;
+  T: number;
+}
+
+export interface AttentionOptions {
+  heads: number;
+  /** Receives the attention probabilities `[B·H, T, T]`. */
+  onProbs?: (p: tf.Tensor) => void;
+  /** `[n, heads, T, T]`, added to the scores of sequence b as its row b mod n (Swin's relative positions and window masks). */
+  bias?: tf.Tensor;
+}
+
 /**
  * Multi-head scaled dot-product attention on the fused projection `qkv [B·T, 3W]` (timm's layout: q, k, v, each
- * head-major), returning `[B·T, W]` with the heads merged. `bias [n, heads, T, T]`, if given, is added to the scores
- * of sequence b as its row b mod n (Swin's relative positions and window masks). One op on the tape that keeps only
- * its inputs and the probabilities, which `onProbs` receives as `[B·H, T, T]`.
+ * head-major), returning `[B·T, W]` with the heads merged. One op on the tape that keeps only its inputs and the
+ * probabilities.
  */
-export function multiHeadAttention(
-  qkv: tf.Tensor,
-  B: number,
-  T: number,
-  heads: number,
-  onProbs?: (p: tf.Tensor) => void,
-  bias?: tf.Tensor,
-): tf.Tensor {
+export function multiHeadAttention(qkv: tf.Tensor, { B, T }: Seq, { heads, onProbs, bias }: AttentionOptions): tf.Tensor {
   const h: Heads = { B, T, heads, scale: (qkv.shape[1]! / 3 / heads) ** -0.5 };
   const forward = (x: tf.Tensor, b: tf.Tensor | undefined, save: tf.GradSaveFunc) => {
     const [out, probs] = nativeOr(fusedAttention, attentionOps)(x, h, b);

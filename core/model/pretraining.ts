@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { modelDims, modelFamily, swinDims, type ModelConfig } from '../config.js';
 import type { RgbImage } from '../targets/image.js';
-import { buffer, dense, range, uniform, type LinearParams, type Param, type ParamStore } from './module.js';
+import { buffer, dense, range, uniform, type Linear, type ParamStore } from './module.js';
 
 // What the training loop, checkpoints and previews need of a pretraining model, ViT (localmim.ts) or Swin
 // (swin-localmim.ts), and the parts both build from: the HOG layers, the fusion of the taps, the masked loss.
@@ -68,8 +68,8 @@ export const hogParams = (c: ModelConfig, n: number) =>
  * The fusion variant's features (docs/method.md#fusion): the last tap's normalised output plus each lower tap's through
  * its own Linear, as ConvMAE adds its projected stages to the top. latents: `[N, D]` each.
  */
-export function fuse(P: Param, m: LinearParams[], latents: tf.Tensor[]): tf.Tensor {
-  return tf.addN([latents.at(-1)!, ...m.map((l, j) => dense(P, l, latents[j]!))]);
+export function fuse(m: Linear[], latents: tf.Tensor[]): tf.Tensor {
+  return tf.addN([latents.at(-1)!, ...m.map((l, j) => dense(l, latents[j]!))]);
 }
 
 /** Σ M·mean_f (P − T)² / Σ M, over the whole batch, not per sample (docs/method.md#loss). */

@@ -3,7 +3,6 @@ import type { SwinDims } from '../config.js';
 import type { Rng } from '../random.js';
 import { tokens } from '../targets/image.js';
 import {
-  declare,
   dense,
   linearParams,
   norm,
@@ -14,7 +13,7 @@ import {
   timmLinear,
   torchConv,
   xavier,
-  type Param,
+  type Tensors,
   type WeightInit,
 } from './module.js';
 import { customGrad, mm, stopGradient } from './ops.js';
@@ -34,6 +33,8 @@ export type MergeOrder = 'pretrain' | 'timm';
 export interface GroupTensors {
   plan: GroupPlan;
   window: number;
+  /** The window side's relative-position one-hot (the plan's, shared). */
+  relIndex: tf.Tensor2D;
   /** Grouping mode: slot → token (N = zero row) and token → slot; masking mode: null. */
   order: tf.Tensor1D | null;
   slots: tf.Tensor1D | null;
@@ -52,6 +53,7 @@ export interface StageTensors {
 
 /** A plan's device tensors: per stage its groupings, per stage output its restore gather, per window side its bias-table one-hot. */
 export interface SwinPlanTensors {
+  dims: SwinDims;
   plan: SwinPlan;
   stages: StageTensors[];
   restore: { order: tf.Tensor1D; slots: tf.Tensor1D }[];
@@ -85,6 +87,7 @@ export function planTensors(d: SwinDims, plan: SwinPlan): SwinPlanTensors {
     return {
       plan: g,
       window: w,
+      relIndex: relIndex.get(w)!,
       order: g.order
         ? tf.keep(
             tf.tensor1d(
@@ -118,7 +121,7 @@ export function planTensors(d: SwinDims, plan: SwinPlan): SwinPlanTensors {
       slots: tf.keep(tf.tensor1d(slots, 'int32')),
     };
   });
-  return { plan, stages, restore, relIndex };
+  return { dims: d, plan, stages, restore, relIndex };
 }
 
 export function disposePlanTensors(t: SwinPlanTensors): void {
@@ -163,58 +166,55 @@ const padZero = (x: tf.Tensor) => tf.concat([x, tf.zeros([x.shape[0]!, 1, x.shap
  * −100 added): the table gathered into a window's full `[w², w², heads]` bias by a one-hot matmul, then each group's
  * pairs picked as `E · bias_h · Eᵀ`.
  */
-export function relativeBias(table: tf.Tensor, g: GroupTensors, relIndex: tf.Tensor2D): tf.Tensor {
+export function relativeBias(table: tf.Tensor, g: GroupTensors): tf.Tensor {
   const { nG, GS } = g.plan;
   const w2 = g.window ** 2;
   const heads = table.shape[1]!;
-  const full = tf.reshape(mm(relIndex, table), [w2, w2 * heads]); // [(i), (j, h)]
+  const full = tf.reshape(mm(g.relIndex, table), [w2, w2 * heads]); // [(i), (j, h)]
   const left = tf.reshape(mm(g.E, full), [nG, GS, w2, heads]); // [g, a, j, h]
   const picked = mm(tf.reshape(tf.transpose(left, [0, 3, 1, 2]), [nG, heads * GS, w2]), g.Et); // [g, (h, a), b]
   return tf.add(tf.mul(tf.reshape(picked, [nG, heads, GS, GS]), g.same), g.minus);
 }
 
 export interface SwinBlockOptions {
+  heads: number;
   onProbs?: (p: tf.Tensor) => void;
   /** Stochastic depth: per-sample scale `[B, 1, 1]` of each residual branch, 0 (dropped) or 1/(1−rate). */
   keep?: [tf.Tensor, tf.Tensor];
   /** LayerNorm eps before the MLP: 1e-6 (`norm_layer`) in pretraining; the official fine-tuning model's is PyTorch's 1e-5. */
   norm2Eps?: number;
-  /** Stages after whose output the gradients stop (paper Table 5). */
-  isolate?: readonly number[];
 }
 
-/** A Swin block's tensors: timm's, with the relative position bias table `[(2w−1)², heads]` first in its attention. */
-export const swinBlockParams = (W: number, heads: number, w: number, mlpRatio: number, o: SwinInit) => ({
-  norm1: normParams(W),
-  attn: { relative_position_bias_table: param([(2 * w - 1) ** 2, heads], normal(0.02), o.tableDecay), ...attentionParams(W, o.linear) },
-  norm2: normParams(W),
-  mlp: mlpParams(W, mlpRatio * W, o.linear),
-});
+/** Block j of stage i's tensors: timm's, with the relative position bias table `[(2w−1)², heads]` first in its attention. */
+export function swinBlockParams(d: SwinDims, i: number, o: SwinInit) {
+  const [W, w] = [d.widths[i]!, d.windows[i]!];
+  return {
+    norm1: normParams(W),
+    attn: {
+      relative_position_bias_table: param([(2 * w - 1) ** 2, d.heads[i]!], normal(0.02), o.tableDecay),
+      ...attentionParams(W, o.linear),
+    },
+    norm2: normParams(W),
+    mlp: mlpParams(W, d.mlpRatio * W, o.linear),
+  };
+}
 export type SwinBlockParams = ReturnType<typeof swinBlockParams>;
 
 /** A Swin block on `x [B, N, C]`: windowed attention with relative position bias within `g`'s groups, then the MLP. */
-export function swinBlock(
-  P: Param,
-  m: SwinBlockParams,
-  x: tf.Tensor,
-  g: GroupTensors,
-  relIndex: tf.Tensor2D,
-  heads: number,
-  o: SwinBlockOptions = {},
-): tf.Tensor {
+export function swinBlock(m: Tensors<SwinBlockParams>, x: tf.Tensor, g: GroupTensors, o: SwinBlockOptions): tf.Tensor {
   const [B, N, C] = x.shape as [number, number, number];
   const { nG, GS } = g.plan;
   const branch = (y: tf.Tensor, i: 0 | 1) => (o.keep ? tf.mul(y, o.keep[i]) : y);
   // LayerNorm is per token, so it commutes with the grouping gather; padding slots are zero rows, masked out.
-  let h = norm(P, m.norm1, x);
+  let h = norm(m.norm1, x);
   if (g.order) h = gatherTokens(h, g.order, g.slots!);
-  const bias = relativeBias(P(m.attn.relative_position_bias_table.name), g, relIndex);
-  let a = attention(P, m.attn, tf.reshape(h, [B * nG * GS, C]), B * nG, GS, heads, o.onProbs, bias);
+  const bias = relativeBias(m.attn.relative_position_bias_table, g);
+  let a = attention(m.attn, tf.reshape(h, [B * nG * GS, C]), { B: B * nG, T: GS }, { heads: o.heads, onProbs: o.onProbs, bias });
   a = tf.reshape(a, [B, nG * GS, C]);
   if (g.order) a = gatherTokens(a, g.slots!, g.order);
   x = tf.add(x, branch(a, 0));
-  const rows = tf.reshape(norm(P, m.norm2, x, o.norm2Eps), [B * N, C]);
-  return tf.add(x, branch(tf.reshape(mlp(P, m.mlp, rows), [B, N, C]), 1));
+  const rows = tf.reshape(norm(m.norm2, x, o.norm2Eps), [B * N, C]);
+  return tf.add(x, branch(tf.reshape(mlp(m.mlp, rows), [B, N, C]), 1));
 }
 
 /** Patch merging's tensors: LayerNorm over the 4C concatenated neighbours, then the reduction `[2C, 4C]` without bias. */
@@ -227,13 +227,13 @@ export const patchMergingParams = (C: number, init: WeightInit) => ({
  * Patch merging on `x [B, N, C]` whose tokens come in mask units of `r × r` (raster within): each 2×2 neighbourhood
  * concatenated in `order`, then LayerNorm and the reduction: `[B, N/4, 2C]`, units of `r/2 × r/2`.
  */
-export function patchMerging(P: Param, m: ReturnType<typeof patchMergingParams>, x: tf.Tensor, r: number, order: MergeOrder): tf.Tensor {
+export function patchMerging(m: Tensors<ReturnType<typeof patchMergingParams>>, x: tf.Tensor, r: number, order: MergeOrder): tf.Tensor {
   const [B, N, C] = x.shape as [number, number, number];
   const h = r / 2;
   const grid = tf.reshape(x, [(B * N) / (r * 2), 2, h, 2, C]); // [(b, unit, h2), dh, w2, dw, C]
   const merged = tf.transpose(grid, order === 'pretrain' ? [0, 2, 1, 3, 4] : [0, 2, 3, 1, 4]); // [.., w2, (dh, dw) or (dw, dh), C]
-  const y = norm(P, m.norm, tf.reshape(merged, [(B * N) / 4, 4 * C]));
-  return tf.reshape(dense(P, m.reduction, y), [B, N / 4, 2 * C]);
+  const y = norm(m.norm, tf.reshape(merged, [(B * N) / 4, 4 * C]));
+  return tf.reshape(dense(m.reduction, y), [B, N / 4, 2 * C]);
 }
 
 /** How a Swin backbone initialises its Linears, and whether its bias tables decay. */
@@ -254,7 +254,7 @@ export function swinBackboneParams(d: SwinDims, finetune = false) {
   return {
     patch_embed: { ...patchEmbedParams(d.C, d.p, finetune ? torchConv(k) : xavier(d.C, k)), norm: normParams(d.C) },
     layers: d.widths.map((W, i) => ({
-      blocks: range(d.depths[i]!, () => swinBlockParams(W, d.heads[i]!, d.windows[i]!, d.mlpRatio, o)),
+      blocks: range(d.depths[i]!, () => swinBlockParams(d, i, o)),
       downsample: i < d.widths.length - 1 ? patchMergingParams(W, o.linear) : undefined,
     })),
   };
@@ -298,40 +298,44 @@ export interface SwinEncoderOptions {
  * embedded and normalised, then each stage's blocks (unshifted, shifted, …) and its patch merging. Returns each stage's
  * output after its merging, `[B, N_i, C_i]`, unnormalised (the last stage's is the last block's).
  */
-export function swinEncode(P: Param, d: SwinDims, patches: tf.Tensor, t: SwinPlanTensors, o: SwinEncoderOptions = {}): tf.Tensor[] {
+export function swinEncode(
+  m: Tensors<SwinBackboneParams>,
+  patches: tf.Tensor,
+  t: SwinPlanTensors,
+  o: SwinEncoderOptions = {},
+): tf.Tensor[] {
+  const d = t.dims;
   const [B, N0] = patches.shape as [number, number, number];
-  const m = declare(swinBackboneParams(d));
-  const x0 = embedPatches(P, m.patch_embed, tf.reshape(patches, [B * N0, -1]));
-  let x = tf.reshape(norm(P, m.patch_embed.norm, x0), [B, N0, d.C]);
-  const total = d.depths.reduce((a, b) => a + b, 0);
-  const outputs: tf.Tensor[] = [];
-  let index = 0;
-  d.depths.forEach((depth, i) => {
+  const x0 = embedPatches(m.patch_embed, tf.reshape(patches, [B * N0, -1]));
+  let x = tf.reshape(norm(m.patch_embed.norm, x0), [B, N0, d.C]);
+  const keep = o.dropPath && dropPathKeep(o.dropPath, d.depths, B);
+  return m.layers.map((layer, i) => {
     const s = t.stages[i]!;
-    const rel = t.relIndex.get(d.windows[i]!)!;
-    for (let j = 0; j < depth; j++, index++) {
+    layer.blocks.forEach((blk, j) => {
       const g = j % 2 === 1 && s.shifted ? s.shifted : s.plain;
-      const rate = o.dropPath && o.dropPath.rate > 0 ? (o.dropPath.rate * index) / Math.max(total - 1, 1) : 0;
-      x = swinBlock(P, m.layers[i]!.blocks[j]!, x, g, rel, d.heads[i]!, {
-        keep: rate > 0 ? keepMasks(o.dropPath!.rng, rate, B) : undefined,
-        onProbs: o.onAttention && ((p) => o.onAttention!(i, j, p, g.plan)),
-        norm2Eps: o.norm2Eps,
-      });
-    }
-    const down = m.layers[i]!.downsample;
-    if (down) x = patchMerging(P, down, x, d.grids[i]! / d.maskGrid, o.merge ?? 'pretrain');
-    outputs.push(x);
+      const onProbs = o.onAttention && ((p: tf.Tensor) => o.onAttention!(i, j, p, g.plan));
+      x = swinBlock(blk, x, g, { heads: d.heads[i]!, keep: keep?.(i, j), onProbs, norm2Eps: o.norm2Eps });
+    });
+    if (layer.downsample) x = patchMerging(layer.downsample, x, d.grids[i]! / d.maskGrid, o.merge ?? 'pretrain');
+    const out = x;
     if (o.isolate?.includes(i)) x = stopGradient(x);
+    return out;
   });
-  return outputs;
 }
 
-/** Two per-sample keep masks `[B, 1, 1]` (attention and MLP branch). */
-function keepMasks(rng: Rng, rate: number, B: number): [tf.Tensor, tf.Tensor] {
-  const mask = () =>
+/**
+ * Block j of stage i's two keep masks `[B, 1, 1]` (attention and MLP branch), per sample, at a rate rising linearly
+ * to `rate` over all blocks, as timm; none at rate 0.
+ */
+function dropPathKeep({ rate, rng }: { rate: number; rng: Rng }, depths: readonly number[], B: number) {
+  const total = depths.reduce((a, b) => a + b, 0);
+  const mask = (r: number) =>
     tf.tensor3d(
-      Float32Array.from({ length: B }, () => (rng.next() < rate ? 0 : 1 / (1 - rate))),
+      Float32Array.from({ length: B }, () => (rng.next() < r ? 0 : 1 / (1 - r))),
       [B, 1, 1],
     );
-  return [mask(), mask()];
+  return (i: number, j: number): [tf.Tensor, tf.Tensor] | undefined => {
+    const r = (rate * (depths.slice(0, i).reduce((a, b) => a + b, 0) + j)) / Math.max(total - 1, 1);
+    return r > 0 ? [mask(r), mask(r)] : undefined;
+  };
 }
