@@ -70,10 +70,8 @@ export interface Classifier {
 }
 
 /** The fine-tuning classifier of a model config's family. */
-export function classifierFor(config: ModelConfig, classes: number, seed: number, probe = false, scratch = false): Classifier {
-  return modelFamily(config) === 'swin'
-    ? new SwinClassifier(config, classes, seed, probe, scratch)
-    : new ViTClassifier(config, classes, seed, probe, scratch);
+export function classifierFor(config: ModelConfig, head: HeadSpec, seed: number): Classifier {
+  return modelFamily(config) === 'swin' ? new SwinClassifier(config, head, seed) : new ViTClassifier(config, head, seed);
 }
 
 /**
@@ -82,7 +80,7 @@ export function classifierFor(config: ModelConfig, classes: number, seed: number
  */
 export interface HeadSpec {
   classes: number;
-  probe: boolean;
+  probe?: boolean;
   scratch?: boolean;
 }
 
@@ -118,16 +116,18 @@ export class ViTClassifier implements Classifier {
   readonly dims: ModelDims;
   readonly modules: ReturnType<typeof vitClassifierParams>;
   readonly params: ParamStore;
+  readonly classes: number;
+  readonly probe: boolean;
 
   constructor(
     readonly config: ModelConfig,
-    readonly classes: number,
+    head: HeadSpec,
     seed: number,
-    readonly probe = false,
-    scratch = false,
   ) {
+    this.classes = head.classes;
+    this.probe = head.probe ?? false;
     this.dims = modelDims(config);
-    this.modules = vitClassifierParams(config, { classes, probe, scratch });
+    this.modules = vitClassifierParams(config, head);
     this.params = new ParamStore(this.modules, seed);
   }
 
@@ -193,17 +193,18 @@ export class SwinClassifier implements Classifier {
   readonly params: ParamStore;
   /** Every image's tokens are all visible: one grouping plan, kept for the backward passes. */
   private readonly plan: SwinPlanTensors;
+  readonly classes: number;
+  readonly probe = false;
 
   constructor(
     readonly config: ModelConfig,
-    readonly classes: number,
+    head: HeadSpec,
     seed: number,
-    readonly probe = false,
-    scratch = false,
   ) {
-    if (probe) throw new Error("a linear probe is MAE's ViT protocol; the official Swin code has none");
+    if (head.probe) throw new Error("a linear probe is MAE's ViT protocol; the official Swin code has none");
+    this.classes = head.classes;
     this.dims = swinDims(config);
-    this.modules = swinClassifierParams(this.dims, classes, scratch);
+    this.modules = swinClassifierParams(this.dims, head.classes, head.scratch);
     this.params = new ParamStore(this.modules, seed);
     this.plan = fullPlan(this.dims);
   }
