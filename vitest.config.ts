@@ -9,6 +9,6 @@ export default defineConfig({
     // One file at a time: the training tests are CPU-bound, and two at once on 2 cores starve the runner's RPC.
     fileParallelism: false,
     // Prints, after the run, which system components were missing, the tests they skipped and what installs them.
-    globalSetup: ['test/requirements-summary.ts'],
+    globalSetup: ['test/support/requirements-summary.ts'],
   },
 });

@@ -1,4 +1,5 @@
-// npx tsx bench/reproduce.ts [--budgets S,S] [--seeds N] [--out DIR] [--blr LR] [--finetune-epochs E] [--quick]
+// npx tsx bench/reproduce.ts [--budgets S,S] [--seeds N] [--finetune-seeds N] [--out DIR] [--blr LR] [--finetune-epochs E] [--quick]
+// npx tsx bench/reproduce.ts --curve LR,LR [--budgets S]: live kNN and probe top-1 against wall-clock, per method and blr
 // Issue 29's reproduction on real images (docs/results.md): LocalMIM-HOG, MAE, no pretraining and the raw pixels at equal
 // wall-clock pretraining budgets on unlabeled Fashion-MNIST, each scored on a small labeled subset by weighted kNN, the
 // logistic linear probe and small-data fine-tuning (LP-FT), every score beside its baselines on the same split.
@@ -23,7 +24,9 @@ const { values } = parseArgs({
     out: { type: 'string', default: '.localmim/fashion-mnist' },
     blr: { type: 'string' },
     'finetune-epochs': { type: 'string' },
+    'finetune-seeds': { type: 'string' },
     quick: { type: 'boolean', default: false },
+    curve: { type: 'string' },
   },
 });
 const BUDGETS = values.budgets.split(',').map(Number);
@@ -35,10 +38,14 @@ const CLASSES = ['T-shirt', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'S
 const N_UNLABELED = 10_000; // the first training images; the labeled subset comes from the rest
 const PER_CLASS = { train: 50, val: 100 }; // labeled training images per class; test (t10k) images per class
 const MODEL = { size: 'vit-tiny', img: 32, patch: 4, batch: 32 };
-// Pretraining: a 0.1-epoch warmup (31 steps), then a cosine over EPOCHS that no budget ends (so the lr is ~constant).
+// Pretraining: by default each run's schedule is the product's, fitted to its budget (`--minutes`: whole epochs, 5 %
+// warmup, blr √-scaled to the batch). With a blr (--blr, and the curve's), a 0.1-epoch warmup (31 steps) and then a
+// cosine over EPOCHS that no budget ends, so the lr is about constant: the rates compare at the same schedule.
 const EPOCHS = 400;
 // Fine-tuning takes the small-data recipe's step budget (core/recipe.ts), unless told; --quick one epoch.
 const FINETUNE_EPOCHS = QUICK ? '1' : values['finetune-epochs'];
+// Fine-tuning is the costly evaluation (minutes per run on a CPU): the first N seeds get it (default all).
+const FINETUNE_SEEDS = Number(values['finetune-seeds'] ?? SEEDS);
 const METHODS = [
   { name: 'LocalMIM-HOG', preset: 'localmim-hog' },
   { name: 'MAE', preset: 'mae' },
@@ -99,39 +106,99 @@ interface CliEvent {
   top1?: number;
   probeTop1?: number | null;
   baselines?: { pixels: number; init: number } | null;
+  /** kNN monitor events: how long the evaluation took. */
+  seconds?: number;
+  /** When it arrived (performance.now(), ms), and the seconds of training by then (pretraining). */
+  at: number;
+  trained?: number;
 }
 
-/** Runs the CLI with --json; `onEvent` may return a budget in ms after which the command gets SIGINT (Ctrl-C: checkpoint, pause). */
+/**
+ * Runs the CLI with --json; `onEvent` may return a time in ms after which the command gets SIGINT (Ctrl-C: checkpoint,
+ * pause), replacing any earlier time until it is sent.
+ */
 function cli(args: string[], onEvent: (e: CliEvent) => number | void = () => {}): Promise<CliEvent[]> {
   return new Promise((done, fail) => {
     const child = spawn(process.execPath, [CLI, ...args, '--json'], { stdio: ['ignore', 'pipe', 'inherit'] });
     const events: CliEvent[] = [];
     let rest = '';
+    let timer: NodeJS.Timeout | undefined;
+    let stopping = false;
     child.stdout.on('data', (chunk: Buffer) => {
       const lines = (rest + chunk).split('\n');
       rest = lines.pop()!;
       for (const l of lines.filter((l) => l.startsWith('{'))) {
-        const e = JSON.parse(l) as CliEvent;
+        const e = { ...JSON.parse(l), at: performance.now() } as CliEvent;
         events.push(e);
         const ms = onEvent(e);
-        if (ms !== undefined) setTimeout(() => child.kill('SIGINT'), ms);
+        if (ms === undefined || stopping) continue;
+        clearTimeout(timer);
+        // Once: a second Ctrl-C stops the CLI without its checkpoint.
+        timer = setTimeout(() => ((stopping = true), child.kill('SIGINT')), Math.max(0, ms));
       }
     });
     child.on('error', fail);
-    child.on('close', (code) => (code === 0 ? done(events) : fail(new Error(`localmim ${args[0]} exited with ${code}`))));
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      if (code === 0) done(events);
+      else fail(new Error(`localmim ${args[0]} exited with ${code}`));
+    });
   });
 }
 
 const shape = ['--model', MODEL.size, '--img', `${MODEL.img}`, '--patch', `${MODEL.patch}`];
 
-/** Pretrains for `budget` seconds of training (from the start event, so indexing is not counted); returns run id and steps. */
-async function pretrain(home: string, preset: string, seed: number, budget: number) {
+/**
+ * Pretrains for `budget` seconds of training, counted from the start event (indexing not counted) less the time the
+ * kNN monitor takes (the curve's), so a monitored run trains as long as an unmonitored one. Each event gets `trained`,
+ * the training seconds at its arrival.
+ */
+async function pretrain(home: string, preset: string, seed: number, budget: number, blr = values.blr, extra: string[] = []) {
   const args = ['pretrain', '--home', home, '--data', join(OUT, 'unlabeled'), '--preset', preset, ...shape];
-  args.push('--batch', `${MODEL.batch}`, '--epochs', `${EPOCHS}`, '--warmup', '0.1', '--seed', `${seed}`);
-  if (values.blr) args.push('--blr', values.blr);
-  const events = await cli(args, (e) => (e.type === 'start' ? budget * 1000 : undefined));
-  const end = events.find((e) => e.type === 'end')!;
-  return { runId: end.runId, steps: end.step, backend: events.find((e) => e.type === 'start')!.backend! };
+  args.push('--batch', `${MODEL.batch}`, '--seed', `${seed}`, ...extra);
+  args.push(...(blr ? ['--epochs', `${EPOCHS}`, '--warmup', '0.1', '--blr', blr] : ['--minutes', `${budget / 60}`]));
+  let started = 0;
+  let monitor = 0;
+  const events = await cli(args, (e) => {
+    if (e.type === 'start') started = e.at;
+    if (!started) return undefined;
+    if (e.type === 'knn') monitor += 1000 * e.seconds!;
+    e.trained = (e.at - started - monitor) / 1000;
+    return e.type === 'start' || e.type === 'knn' ? 1000 * (budget - e.trained) : undefined;
+  });
+  const [start, end] = [events.find((e) => e.type === 'start')!, events.find((e) => e.type === 'end')!];
+  return { runId: end.runId, steps: end.step, backend: start.backend!, events };
+}
+
+/**
+ * Issue 29's curve: each method at each base learning rate for the first budget, seed 0, with the kNN monitor scoring
+ * the labeled validation images (half reference, half query; kNN and the logistic probe) every 100 steps: top-1 against
+ * the seconds of training (the monitor's own time not counted).
+ */
+async function curve(home: string, blrs: string[]): Promise<string[]> {
+  const budget = BUDGETS[0]!;
+  const at = [0, 0.25, 0.5, 0.75, 1].map((f) => Math.round(f * budget));
+  const lines = [
+    `### kNN / probe top-1 (%) after t seconds of training (the kNN monitor every 100 steps on labeled/val, half ` +
+      'reference, half query; its own time not counted)',
+    '',
+    `| method | blr | steps | ${at.map((t) => `t = ${t}`).join(' | ')} |`,
+    `|---|---|---|${at.map(() => '---').join('|')}|`,
+  ];
+  for (const m of METHODS)
+    for (const blr of blrs) {
+      console.error(`curve: ${m.name}, blr ${blr}, ${budget} s`);
+      const p = await pretrain(home, m.preset, 0, budget, blr, ['--probe-data', join(OUT, 'labeled', 'val'), '--knn-every', '100']);
+      const knn = p.events.filter((e) => e.type === 'knn');
+      // The monitor scores at step 0 and when the run stops (its checkpoint), just after the budget: both columns exact.
+      const last = (t: number) => (t === 0 ? knn[0] : t === budget ? knn.at(-1) : knn.findLast((e) => e.trained! <= t));
+      const cellAt = (t: number) => {
+        const e = last(t);
+        return e ? `${(100 * e.top1!).toFixed(1)} / ${(100 * (e.probeTop1 ?? NaN)).toFixed(1)} (step ${e.step})` : '—';
+      };
+      lines.push(`| ${m.name} | ${blr} | ${p.steps} | ${at.map(cellAt).join(' | ')} |`);
+    }
+  return [...lines, ''];
 }
 
 /** The run's last event of `type` (`probe` or `finetune`): its top-1, the probe it started from and the baselines. */
@@ -213,17 +280,21 @@ async function measure(home: string, budget: number, checks: string[]): Promise<
       r.steps.push(p.steps);
       r.knn.push(await knnTop1((split) => embedRun(home, p.runId, split)));
       const probe = await evaluate(home, p.runId, seed, 'probe');
-      const finetune = await evaluate(home, p.runId, seed, 'finetune');
       r.probe.push(probe.top1!);
-      r.finetune.push(finetune.top1!);
       // The same split and seed give each method the same baselines; the table keeps one per seed.
       if (m === METHODS[0]) {
         pixels.probe.push(probe.baselines!.pixels);
         init.probe.push(probe.baselines!.init);
-        init.finetune.push(finetune.baselines!.init);
       }
       const gap = r.knn.at(-1)! - probe.top1!;
       if (gap > 0.03) checks.push(`${m.name}, ${budget} s, seed ${seed}: probe ${points(probe.top1!)} is ${points(gap)} points below kNN`);
+      const got = { budget, seed, method: m.name, steps: p.steps, knn: r.knn.at(-1), probe: probe.top1, baselines: probe.baselines };
+      console.error(JSON.stringify(got));
+      if (seed >= FINETUNE_SEEDS) continue;
+      const finetune = await evaluate(home, p.runId, seed, 'finetune');
+      r.finetune.push(finetune.top1!);
+      if (m === METHODS[0]) init.finetune.push(finetune.baselines!.init);
+      console.error(JSON.stringify({ ...got, finetune: finetune.top1, finetuneBaselines: finetune.baselines }));
       if (finetune.top1! < (finetune.probeTop1 ?? 0))
         checks.push(
           `${m.name}, ${budget} s, seed ${seed}: fine-tune ${points(finetune.top1!)} below its probe ${points(finetune.probeTop1!)}`,
@@ -261,22 +332,26 @@ async function main(): Promise<void> {
   const checks: string[] = [];
   const lines: string[] = [];
   let backend = '';
-  for (const budget of BUDGETS) {
-    const m = await measure(home, budget, checks);
-    backend ||= m.backend;
-    lines.push(...table(budget, m.rows));
-  }
+  if (values.curve) lines.push(...(await curve(home, values.curve.split(','))));
+  else
+    for (const budget of BUDGETS) {
+      const m = await measure(home, budget, checks);
+      backend ||= m.backend;
+      lines.push(...table(budget, m.rows));
+    }
   const cpu = cpus();
   const out = [
     `${SEEDS} seed(s); ${cpu[0]?.model} × ${cpu.length} cores; backend ${backend}; pretraining blr ` +
-      `${values.blr ?? 'each preset’s (LocalMIM 2e-4, MAE 1.5e-4)'}; fine-tuning ${FINETUNE_EPOCHS ? `${FINETUNE_EPOCHS} epochs` : 'the small-data recipe'}` +
+      `${values.blr ? `${values.blr} at a constant rate` : 'as the product fits it to the budget (docs/method.md#time-budget)'}; fine-tuning (${FINETUNE_SEEDS} seed(s)) ${FINETUNE_EPOCHS ? `${FINETUNE_EPOCHS} epochs` : 'the small-data recipe'}` +
       `; ${((performance.now() - started) / 60000).toFixed(1)} min in all. The raw-pixel and no-pretraining rows are the ` +
       'baselines the probe and fine-tuning report on the same split (no fine-tuning of raw pixels: it is the probe).',
     '',
     ...lines,
-    checks.length
-      ? `Checks not met:\n${checks.map((c) => `- ${c}`).join('\n')}`
-      : 'Checks met: every probe within 3 points of its kNN, every fine-tune at or above its probe.',
+    values.curve
+      ? ''
+      : checks.length
+        ? `Checks not met:\n${checks.map((c) => `- ${c}`).join('\n')}`
+        : 'Checks met: every probe within 3 points of its kNN, every fine-tune at or above its probe.',
   ].join('\n');
   console.log(out);
   writeFileSync(join(OUT, 'results.md'), out + '\n');

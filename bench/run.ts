@@ -13,7 +13,7 @@ import { modelFamily, parseRunConfig, presetFor, sizeDefaults } from '../core/co
 import { Rng } from '../core/random.js';
 import { pretrainModel } from '../core/train/pretrain.js';
 import { TrainStep } from '../core/train/step.js';
-import { syntheticImages } from '../test/images.js';
+import { syntheticImages } from '../test/support/images.js';
 import { benchPeer } from './peer.js';
 
 const { values } = parseArgs({

@@ -10,6 +10,8 @@ import type { FinetuneResult, KnnRow, MetricRow, RunStatus } from './store/store
 // the receiving side; results are plain JSON.
 
 const id = z.number().int().positive();
+/** Fit a new run to a time on this machine: its schedule, and with `input` its input size (core/runs/budget.ts). */
+const budget = z.strictObject({ minutes: z.number().positive().max(1e6), input: z.boolean().default(false) }).optional();
 const backend = z.enum(BACKENDS);
 /** What `exports.create` and `localmim export --format` write (core/export/export.ts). */
 export const EXPORT_FORMATS = ['safetensors', 'tfjs', 'onnx'] as const;
@@ -35,7 +37,8 @@ export const METHODS = {
     limit: z.number().int().min(1).max(200).default(48),
   }),
   /** `probe`: whether the run will have a kNN probe set (the torch engine has no kNN monitor). */
-  'config.check': z.strictObject({ config: z.unknown(), datasetId: id.optional(), probe: z.boolean().optional() }),
+  /** `budget`: the config fitted to a time on this machine (with a dataset: its images set the epoch and input). */
+  'config.check': z.strictObject({ config: z.unknown(), datasetId: id.optional(), probe: z.boolean().optional(), budget }),
   'runs.list': z.strictObject({}),
   'runs.get': z.strictObject({ id }),
   /**
@@ -46,6 +49,7 @@ export const METHODS = {
     datasetId: id,
     name: z.string().max(200).optional(),
     config: z.unknown(),
+    budget,
     backend: backend.optional(),
     ...engine,
     probe: z.strictObject({ datasetId: id, every: z.number().int().min(1).optional() }).optional(),
@@ -89,7 +93,7 @@ export const METHODS = {
     seed: z.number().int().min(0).default(0),
   }),
   'exports.create': z.strictObject({ runId: id, step: z.number().int().min(0).optional(), format: z.enum(EXPORT_FORMATS) }),
-  /** A PyTorch DDP job folder (core/scale/job.ts) for a run (from its newest checkpoint, or `step`) or a new run's config. */
+  /** A PyTorch DDP job folder (core/scale-out/folder.ts) for a run (from its newest checkpoint, or `step`) or a new run's config. */
   'jobs.scaleOut': z
     .strictObject({ runId: id.optional(), step: z.number().int().min(0).optional(), config: z.unknown().optional(), datasetId: id })
     .refine((a) => (a.runId === undefined) !== (a.config === undefined), { message: 'give either runId or config', path: ['runId'] }),

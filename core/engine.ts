@@ -70,7 +70,7 @@ const atLeast = (version: string) => {
 let cached: TorchReport | undefined;
 
 /** Finds the first interpreter whose torch imports and is new enough (once per process; each try imports torch). */
-export function probeTorch(): TorchReport {
+export function detectTorch(): TorchReport {
   if (cached) return cached;
   const rejected: TorchReport['rejected'] = [];
   for (const python of pythonCandidates()) {

@@ -1,7 +1,7 @@
 import { app, BrowserWindow, dialog, ipcMain, Menu, session, shell, type IpcMainInvokeEvent, type WebContents } from 'electron';
 import { join } from 'node:path';
 import { APP_NAME } from '../core/home.js';
-import { startBackend } from './backend.js';
+import { startServiceHost } from './service-host.js';
 import { isAppUrl, isSafeExternal, menuTemplate, windowOptions } from './window.js';
 
 const appRoot = app.getAppPath();
@@ -50,13 +50,13 @@ app.on('second-instance', () => {
 void app.whenReady().then(() => {
   session.defaultSession.setPermissionRequestHandler((_wc, _permission, cb) => cb(false));
   session.defaultSession.setPermissionCheckHandler(() => false);
-  const backend = startBackend(appRoot, app.isPackaged);
-  backend.onEvent((e) => win?.webContents.send('event', e));
+  const host = startServiceHost(appRoot, app.isPackaged);
+  host.onEvent((e) => win?.webContents.send('event', e));
   ipcMain.handle('api', async (e, method: unknown, args: unknown) => {
     if (!trusted(e)) return { ok: false, error: { kind: 'forbidden', message: 'untrusted sender' } };
     if (typeof method !== 'string' || method.length > 100)
       return { ok: false, error: { kind: 'bad-request', message: 'method must be a string' } };
-    return backend.call(method, args); // the service validates the arguments against the API's schemas
+    return host.call(method, args); // the service validates the arguments against the API's schemas
   });
   ipcMain.handle('pickFolder', async (e) => {
     if (!trusted(e) || !win) return null;
@@ -71,7 +71,7 @@ void app.whenReady().then(() => {
     if (quitting) return;
     e.preventDefault();
     quitting = true;
-    void backend.shutdown().then(() => app.quit());
+    void host.shutdown().then(() => app.quit());
   });
 });
 

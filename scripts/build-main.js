@@ -7,7 +7,7 @@ import { cpSync } from 'node:fs';
 const common = { bundle: true, platform: 'node', target: 'node20', sourcemap: true, logLevel: 'warning' };
 await build({
   ...common,
-  entryPoints: { main: 'main/main.ts', job: 'main/job.ts', 'backend-host': 'main/backend-host.ts' },
+  entryPoints: { main: 'main/main.ts', 'job-entry': 'main/job-entry.ts', 'service-host-entry': 'main/service-host-entry.ts' },
   outdir: 'dist/main',
   format: 'esm',
   packages: 'external',

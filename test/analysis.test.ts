@@ -6,8 +6,8 @@ import { attentionOverSet, chooseImages, gradientNormsOverSet, spread, type Spre
 import { parseRunConfig } from '../core/config.js';
 import { LocalMIM } from '../core/model/localmim.js';
 import { Rng, seedFor } from '../core/random.js';
-import { syntheticImages } from './images.js';
-import './setup.js';
+import { syntheticImages } from './support/images.js';
+import './support/setup.js';
 
 const N = 16;
 const matrix = (f: (q: number, k: number) => number) => {

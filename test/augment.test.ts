@@ -11,9 +11,9 @@ import {
   type RandAugmentConfig,
 } from '../core/data/randaugment.js';
 import { Rng, seedFor } from '../core/random.js';
-import { normalize, toTensor, type Rgb8 } from '../core/targets/image.js';
+import { normalize, toTensor, type Rgb8 } from '../core/image.js';
 import { mixBatch } from '../core/train/finetune.js';
-import { readGolden } from './golden.js';
+import { readGolden } from './support/golden.js';
 
 interface PilGolden {
   source: string;

@@ -3,7 +3,7 @@ import { afterAll, expect, test } from 'vitest';
 import { setFreeingBackprop } from '../core/backprop.js';
 import { customGrad } from '../core/model/ops.js';
 import { Rng } from '../core/random.js';
-import './setup.js';
+import './support/setup.js';
 
 // core/backprop.ts replaces tfjs's Engine.gradients, relying on the engine's private tape. These fail if a tfjs
 // upgrade changes what it reads (wrong or missing gradients, or nothing freed any more).

@@ -3,8 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { localmim } from './cli.js';
-import { readGolden, worstExcess } from './golden.js';
+import { localmim } from './support/cli.js';
+import { readGolden, worstExcess } from './support/golden.js';
 
 interface Golden {
   images: {

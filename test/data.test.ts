@@ -21,8 +21,8 @@ import { indexFolder, type IndexSummary } from '../core/data/indexer.js';
 import { Loader, sampleRng, TooFewImagesError } from '../core/data/loader.js';
 import { Rng } from '../core/random.js';
 import { Store } from '../core/store/store.js';
-import type { RgbImage } from '../core/targets/image.js';
-import { localmimAsync } from './cli.js';
+import type { RgbImage } from '../core/image.js';
+import { localmimAsync } from './support/cli.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'localmim-data-'));
 const root = join(tmp, 'photos');

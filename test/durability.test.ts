@@ -20,8 +20,8 @@ import { Store } from '../core/store/store.js';
 import { AdamW } from '../core/train/adamw.js';
 import { loadCheckpoint, saveCheckpoint } from '../core/train/checkpoint.js';
 import type { TrainEvent } from '../core/train/loop.js';
-import { syntheticImages } from './images.js';
-import { backend } from './setup.js';
+import { syntheticImages } from './support/images.js';
+import { backend } from './support/setup.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'localmim-durable-'));
 const mounts: string[] = [];

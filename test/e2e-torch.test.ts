@@ -1,6 +1,6 @@
 import { expect, test } from 'vitest';
-import { appInChromium } from './app.js';
-import { describeWith, PYTHON } from './requirements.js';
+import { appInChromium } from './support/app.js';
+import { describeWith, PYTHON } from './support/requirements.js';
 
 // A torch-engine run in the app, in Chromium against `localmim serve` (as test/e2e.test.ts), on Debian's CPU torch.
 

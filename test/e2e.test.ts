@@ -2,8 +2,8 @@ import { mkdirSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { SAMPLE_IMAGES } from '../core/home.js';
 import { expect, test } from 'vitest';
-import { appInChromium } from './app.js';
-import { describeWith } from './requirements.js';
+import { appInChromium } from './support/app.js';
+import { describeWith } from './support/requirements.js';
 
 // The whole app in Chromium against `localmim serve`, with a real data folder and real training.
 
@@ -21,6 +21,16 @@ describeWith('chromium')('the app in Chromium', () => {
 
     await page.goto(url.replace(/\/\?token=.*/, '/#/new?dataset=1'));
     const field = (label: string) => page.getByLabel(label, { exact: true });
+    // By default the schedule is fitted to 30 minutes here (300 images: the preset's length fits), its fields the service's.
+    await expect.poll(() => page.getByTestId('fitted').textContent()).toBe("Fitted to 30 min here: the preset's 100 epochs fit 30 min.");
+    expect(await field('Epochs').isDisabled()).toBe(true);
+    await field('Time budget (min)').fill('0.5');
+    await expect
+      .poll(() => page.getByTestId('fitted').textContent())
+      .toMatch(/^Fitted to 0\.5 min here: \d+ epoch\(s\) of .* fit 0\.5 min/);
+    // The preset's own schedule is one click away, and the fields are the form's again.
+    await page.getByTestId('paper-schedule').check();
+    await expect.poll(() => field('Epochs').isDisabled()).toBe(false);
     // A Swin size brings its own image side and patch 4, and decodes every stage; back on a ViT, the app's defaults.
     await page.getByLabel('Model').selectOption('swin-tiny');
     await expect.poll(() => field('Image size (px)').inputValue()).toBe('112');

@@ -6,7 +6,7 @@ import { newRunConfig, parseRunConfig } from '../core/config.js';
 import { torchCannot, torchProblem, torchSpec } from '../core/engine.js';
 import { launchNodeJob } from '../core/jobs/launch.js';
 import { assertTorchCan } from '../core/runs/torch.js';
-import { planScaleOut } from '../core/scale/job.js';
+import { planScaleOut } from '../core/scale-out/folder.js';
 import { Service } from '../core/service/service.js';
 
 // What the torch engine cannot train is one function's answer (core/engine.ts torchCannot): the CLI and the service

@@ -2,7 +2,7 @@ import { expect, test } from 'vitest';
 import { parseRunConfig } from '../core/config.js';
 import { LocalMIM } from '../core/model/localmim.js';
 import { estimate } from '../core/runs/estimate.js';
-import './setup.js';
+import './support/setup.js';
 
 test.each([{}, { target: 'pixel' }, { variant: 'global' }, { size: 'vit-small', imgSize: 96, patchSize: 16 }])(
   'the estimated parameter count is the model’s: %j',

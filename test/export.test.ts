@@ -13,8 +13,8 @@ import { encodeSafetensors } from '../core/safetensors.js';
 import { Service } from '../core/service/service.js';
 import { Store } from '../core/store/store.js';
 import { loadCheckpoint } from '../core/train/checkpoint.js';
-import { localmim } from './cli.js';
-import './setup.js';
+import { localmim } from './support/cli.js';
+import './support/setup.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'localmim-export-'));
 const home = join(dir, 'home');

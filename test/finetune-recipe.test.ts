@@ -17,7 +17,7 @@ import { Store } from '../core/store/store.js';
 import { AdamW } from '../core/train/adamw.js';
 import { saveCheckpoint } from '../core/train/checkpoint.js';
 import { finetuneTask } from '../core/train/finetune.js';
-import { backend } from './setup.js';
+import { backend } from './support/setup.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'localmim-recipe-'));
 const labeled = join(dir, 'labeled');

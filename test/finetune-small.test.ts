@@ -20,9 +20,9 @@ import { Store } from '../core/store/store.js';
 import { AdamW } from '../core/train/adamw.js';
 import { saveCheckpoint } from '../core/train/checkpoint.js';
 import { finetuneTask, headFromProbe, headInputs } from '../core/train/finetune.js';
-import { localmim } from './cli.js';
-import { labeledSamples } from './images.js';
-import { backend } from './setup.js';
+import { localmim } from './support/cli.js';
+import { labeledSamples } from './support/images.js';
+import { backend } from './support/setup.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'localmim-small-'));
 const labeled = labeledSamples(join(dir, 'labeled'), 20); // 6 classes × 20 crops: 96 training, 24 validation images

@@ -7,7 +7,7 @@ import { SAMPLE_IMAGES } from '../core/home.js';
 import { Store } from '../core/store/store.js';
 import { decodeSafetensors } from '../core/safetensors.js';
 import { loadCheckpoint } from '../core/train/checkpoint.js';
-import { localmim } from './cli.js';
+import { localmim } from './support/cli.js';
 
 // A labeled folder: the sample crops, one class per source photograph (6 classes of 50).
 const dir = mkdtempSync(join(tmpdir(), 'localmim-finetune-'));

@@ -4,9 +4,9 @@ import { LocalMIM, localMimParams } from '../core/model/localmim.js';
 import { count } from '../core/model/module.js';
 import { SwinLocalMIM, swinLocalMimParams } from '../core/model/swin-localmim.js';
 import { Rng } from '../core/random.js';
-import type { RgbImage } from '../core/targets/image.js';
+import type { RgbImage } from '../core/image.js';
 import { TrainStep } from '../core/train/step.js';
-import './setup.js';
+import './support/setup.js';
 
 // The global reconstruction with feature fusion (paper Table 7, the Table 4d "fusion" row, Fig. 5's "Fusion" curve):
 // the taps' normalised features, the lower ones each through a Linear, summed onto the last, one decoder at one scale.

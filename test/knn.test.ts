@@ -13,9 +13,9 @@ import { decodeSafetensors } from '../core/safetensors.js';
 import { Store } from '../core/store/store.js';
 import { train, type Task, type TrainEvent } from '../core/train/loop.js';
 import { pretrainModel } from '../core/train/pretrain.js';
-import { localmim } from './cli.js';
-import { labeledSamples } from './images.js';
-import { backend } from './setup.js';
+import { localmim } from './support/cli.js';
+import { labeledSamples } from './support/images.js';
+import { backend } from './support/setup.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'localmim-knn-'));
 const home = join(dir, 'home');

@@ -15,8 +15,8 @@ import { decodeSafetensors } from '../core/safetensors.js';
 import { Store, type ProbeResult } from '../core/store/store.js';
 import { loadCheckpoint } from '../core/train/checkpoint.js';
 import { pixelRows } from '../core/runs/baselines.js';
-import { localmim } from './cli.js';
-import { describeWith, pathOf } from './requirements.js';
+import { localmim } from './support/cli.js';
+import { describeWith, pathOf } from './support/requirements.js';
 
 /** Gaussian classes around random centres: `spread` sets how much they overlap. */
 function clusters(n: number, dim: number, classes: number, seed: number, spread = 1): Embedded {

@@ -9,9 +9,9 @@ import { fusedLinear, nativeActive, nativeKernel, nativeKernels, nativeStatus, s
 import { AdamW } from '../core/train/adamw.js';
 import { Rng } from '../core/random.js';
 import { hog } from '../core/targets/hog.js';
-import { toTensor } from '../core/targets/image.js';
-import { backend } from './setup.js';
-import { syntheticImages } from './images.js';
+import { toTensor } from '../core/image.js';
+import { backend } from './support/setup.js';
+import { syntheticImages } from './support/images.js';
 
 // CI builds the addon (a C compiler is all it needs) and sets LOCALMIM_REQUIRE_NATIVE=1, so there this cannot be skipped.
 const available = backend.chosen === 'wasm' && nativeActive();

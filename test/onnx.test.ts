@@ -10,10 +10,10 @@ import { SAMPLE_IMAGES } from '../core/home.js';
 import { classifierFor, featuresOf } from '../core/model/classifier.js';
 import { Rng } from '../core/random.js';
 import { decodeSafetensors } from '../core/safetensors.js';
-import type { RgbImage } from '../core/targets/image.js';
-import { localmim } from './cli.js';
-import { channelsFirst, syntheticImages } from './images.js';
-import './setup.js';
+import type { RgbImage } from '../core/image.js';
+import { localmim } from './support/cli.js';
+import { channelsFirst, syntheticImages } from './support/images.js';
+import './support/setup.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'localmim-onnx-'));
 const home = join(dir, 'home');

@@ -4,7 +4,7 @@ import { deconv2x2 } from '../core/model/decoder.js';
 import { linear, multiHeadAttention } from '../core/model/ops.js';
 import { nativeActive, setNativeGemm } from '../core/native.js';
 import { Rng } from '../core/random.js';
-import { backend } from './setup.js';
+import { backend } from './support/setup.js';
 
 // The custom ops keep only their inputs for the backward pass and bring their own gradients (native kernels when the
 // addon is on, tfjs ops otherwise). Both must equal tfjs's own autodiff of the same computation written plainly.

@@ -9,7 +9,7 @@ import { afterAll, describe, expect, test } from 'vitest';
 import { SAMPLE_IMAGES } from '../core/home.js';
 import { Store } from '../core/store/store.js';
 import { loadCheckpoint } from '../core/train/checkpoint.js';
-import { localmim, localmimAsync } from './cli.js';
+import { localmim, localmimAsync } from './support/cli.js';
 
 const BIN = fileURLToPath(new URL('../bin/localmim.js', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'localmim-pretrain-'));

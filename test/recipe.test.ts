@@ -4,7 +4,7 @@ import { classifierFor } from '../core/model/classifier.js';
 import type { ParamStore } from '../core/model/module.js';
 import { paramStore } from '../core/model/params.js';
 import { cropKernel, finetuneRecipe } from '../core/recipe.js';
-import './setup.js';
+import './support/setup.js';
 
 // The fine-tuning defaults that depend on the backbone, each against the official command it comes from
 // (LocalMIM ViT/README.md, Swin/README.md, MAE main_linprobe.py); lr = blr · effective batch / 256.

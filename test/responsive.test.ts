@@ -9,7 +9,7 @@ import { LocalMIM } from '../core/model/localmim.js';
 import { Service } from '../core/service/service.js';
 import { AdamW } from '../core/train/adamw.js';
 import { saveCheckpoint } from '../core/train/checkpoint.js';
-import './setup.js';
+import './support/setup.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'localmim-responsive-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

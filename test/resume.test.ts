@@ -7,7 +7,7 @@ import { specOf } from '../core/runs/spec.js';
 import { Service } from '../core/service/service.js';
 import { Store } from '../core/store/store.js';
 import { lrAt } from '../core/train/schedule.js';
-import { localmim, localmimAsync } from './cli.js';
+import { localmim, localmimAsync } from './support/cli.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'localmim-resume-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { importWeights } from '../core/export/export.js';
+import { importWeights } from '../core/export/import.js';
 import { SAMPLE_IMAGES } from '../core/home.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../core/safetensors.js';
 import { Store } from '../core/store/store.js';

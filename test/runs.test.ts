@@ -23,9 +23,9 @@ import { AdamW } from '../core/train/adamw.js';
 import { loadCheckpoint, saveCheckpoint } from '../core/train/checkpoint.js';
 import type { ParamStore } from '../core/model/module.js';
 import type { TrainEvent } from '../core/train/loop.js';
-import { ensureBuilt, localmim } from './cli.js';
-import { syntheticImages } from './images.js';
-import { backend } from './setup.js';
+import { ensureBuilt, localmim } from './support/cli.js';
+import { syntheticImages } from './support/images.js';
+import { backend } from './support/setup.js';
 
 const BIN = fileURLToPath(new URL('../bin/localmim.js', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'localmim-runs-'));

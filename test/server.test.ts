@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { launchNodeJob } from '../core/jobs/launch.js';
 import { allowedHosts, serveUrls, startServer, type Machine } from '../core/server/server.js';
 import { Service } from '../core/service/service.js';
-import { describeWith, pathOf } from './requirements.js';
+import { describeWith, pathOf } from './support/requirements.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'localmim-server-'));
 const ui = join(dir, 'ui');

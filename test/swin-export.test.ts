@@ -13,10 +13,10 @@ import { SAMPLE_IMAGES } from '../core/home.js';
 import { paramStore } from '../core/model/params.js';
 import { Rng } from '../core/random.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../core/safetensors.js';
-import { localmimAsync } from './cli.js';
-import { channelsFirst } from './images.js';
-import { describeWith, PYTHON } from './requirements.js';
-import './setup.js';
+import { localmimAsync } from './support/cli.js';
+import { channelsFirst } from './support/images.js';
+import { describeWith, PYTHON } from './support/requirements.js';
+import './support/setup.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'localmim-swin-export-'));
 const home = join(dir, 'home');

@@ -5,8 +5,8 @@ import { fromTimmSwin, toTimmSwin } from '../core/export/timmSwin.js';
 import { isBackbone, SwinClassifier, swinLayerId } from '../core/model/classifier.js';
 import { paramStore } from '../core/model/params.js';
 import { Rng } from '../core/random.js';
-import { goldenImage, readGolden, worstExcess } from './golden.js';
-import './setup.js';
+import { goldenImage, readGolden, worstExcess } from './support/golden.js';
+import './support/setup.js';
 
 interface Case {
   name: string;

@@ -5,10 +5,10 @@ import { count, declare } from '../core/model/module.js';
 import { swinBackboneParams } from '../core/model/swin.js';
 import { SwinLocalMIM, swinLocalMimParams } from '../core/model/swin-localmim.js';
 import { Rng } from '../core/random.js';
-import type { RgbImage } from '../core/targets/image.js';
+import type { RgbImage } from '../core/image.js';
 import { TrainStep } from '../core/train/step.js';
 import { blockGradientNorms } from '../core/analysis/gradients.js';
-import './setup.js';
+import './support/setup.js';
 
 // The paper's Swin experiments beyond the default model: the plain global baseline (Table 4a, GreenMIM's objective),
 // global single- and multi-scale (Tables 6b, 7b), the isolated gradients (Table 5) and the location subsets (Table 4d).

@@ -9,18 +9,18 @@ import { count, declare, resolve } from '../core/model/module.js';
 import { layerNorm } from '../core/model/ops.js';
 import { disposePlanTensors, planTensors, swinBackboneParams, swinEncode, unitPatches } from '../core/model/swin.js';
 import { groupWindows, knapsack, swinPlan } from '../core/model/swin-windows.js';
-import { normalize, toTensor } from '../core/targets/image.js';
+import { normalize, toTensor } from '../core/image.js';
 import { Rng } from '../core/random.js';
-import type { RgbImage } from '../core/targets/image.js';
+import type { RgbImage } from '../core/image.js';
 import { pretrainModel } from '../core/train/pretrain.js';
 import { TrainStep } from '../core/train/step.js';
 import { renderPreview } from '../core/analysis/preview.js';
 import { configFromFlags } from '../core/cli/pretrain.js';
 import { estimate } from '../core/runs/estimate.js';
 import { SAMPLE_IMAGES } from '../core/home.js';
-import { localmim } from './cli.js';
-import { formulaValues, readGolden, worstExcess } from './golden.js';
-import './setup.js';
+import { localmim } from './support/cli.js';
+import { formulaValues, readGolden, worstExcess } from './support/golden.js';
+import './support/setup.js';
 
 interface SwinGolden {
   config: { img_size: number; patch_size: number; embed_dim: number; depths: number[]; num_heads: number[]; window_size: number };

@@ -1,6 +1,6 @@
 import { describe, test } from 'vitest';
-import './setup.js';
-import { expectHogMatches, expectPixelsMatch, golden } from './targets-golden.js';
+import './support/setup.js';
+import { expectHogMatches, expectPixelsMatch, golden } from './support/targets-golden.js';
 
 describe.each(golden.images)('$name', (image) => {
   test.each(image.hog)('HOG nbins=$nbins bias=$bias', (c) => expectHogMatches(image, c));

@@ -4,8 +4,8 @@ import { join } from 'node:path';
 import { afterAll, expect, test } from 'vitest';
 import { SAMPLE_IMAGES } from '../core/home.js';
 import { decodeSafetensors } from '../core/safetensors.js';
-import { localmimAsync } from './cli.js';
-import { describeWith, PYTHON } from './requirements.js';
+import { localmimAsync } from './support/cli.js';
+import { describeWith, PYTHON } from './support/requirements.js';
 
 // `localmim embed --engine torch`: the app decodes (its evaluation transform), train.py --embed computes the features;
 // they equal the tfjs engine's within 1e-4.

@@ -12,12 +12,12 @@ import { launchNodeJob } from '../core/jobs/launch.js';
 import { encodeSafetensors, type NamedTensor } from '../core/safetensors.js';
 import { Service } from '../core/service/service.js';
 import { Store } from '../core/store/store.js';
-import { localmimAsync } from './cli.js';
-import { describeWith, PYTHON } from './requirements.js';
+import { localmimAsync } from './support/cli.js';
+import { describeWith, PYTHON } from './support/requirements.js';
 
 // The torch engine on Debian's CPU torch (skipped without it, failing under CI=true). Both engines see the same
 // pixels: the torch side is handed the app's decoded batches (PIL and sharp resample differently), as
-// test/scale.test.ts does; initial weights, order, masks and schedule are each engine's own.
+// test/scale-out.test.ts does; initial weights, order, masks and schedule are each engine's own.
 const withTorch = describeWith('torch', 'pillow');
 
 const dir = mkdtempSync(join(tmpdir(), 'localmim-torch-'));

@@ -15,13 +15,13 @@ import { classifierFor } from '../core/model/classifier.js';
 import { cropKernel } from '../core/recipe.js';
 import { paramGroups } from '../core/runs/torch.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../core/safetensors.js';
-import { TRAIN_PY } from '../core/scale/job.js';
+import { TRAIN_PY } from '../core/scale-out/folder.js';
 import { finetuneTask } from '../core/train/finetune.js';
 import { lrAt } from '../core/train/schedule.js';
-import { describeWith, PYTHON } from './requirements.js';
+import { describeWith, PYTHON } from './support/requirements.js';
 
 // ViT fine-tuning on the torch engine equals the app's: the same weights and the same augmented batches handed over
-// (RandAugment, crops and random erasing are the app's, as test/scale.test.ts hands pretraining its pixels); Mixup,
+// (RandAugment, crops and random erasing are the app's, as test/scale-out.test.ts hands pretraining its pixels); Mixup,
 // CutMix, label smoothing and stochastic depth drawn by each engine from the same seeds; layer decay as handed over.
 const dir = mkdtempSync(join(tmpdir(), 'localmim-torch-ft-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

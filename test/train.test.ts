@@ -9,8 +9,8 @@ import { Rng } from '../core/random.js';
 import { loadCheckpoint } from '../core/train/checkpoint.js';
 import { DivergedError, NonFiniteLossError, train, type Task, type TrainEvent } from '../core/train/loop.js';
 import { TrainStep } from '../core/train/step.js';
-import { syntheticImages } from './images.js';
-import './setup.js';
+import { syntheticImages } from './support/images.js';
+import './support/setup.js';
 
 // Long synchronous tfjs work starves the test runner's RPC; give it a turn between steps.
 const yieldToRunner = () => new Promise((resolve) => setImmediate(resolve));

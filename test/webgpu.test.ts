@@ -12,11 +12,11 @@ import { Rng } from '../core/random.js';
 import { prepare } from '../core/runs/lifecycle.js';
 import { Store } from '../core/store/store.js';
 import { TrainStep } from '../core/train/step.js';
-import { localmim } from './cli.js';
-import { expectForwardMatchesOfficial } from './forward-tiny.js';
-import { syntheticImages } from './images.js';
-import { describeWith, SWIFTSHADER_ICD } from './requirements.js';
-import { expectHogMatches, expectPixelsMatch, golden } from './targets-golden.js';
+import { localmim } from './support/cli.js';
+import { expectForwardMatchesOfficial } from './support/forward-tiny.js';
+import { syntheticImages } from './support/images.js';
+import { describeWith, SWIFTSHADER_ICD } from './support/requirements.js';
+import { expectHogMatches, expectPixelsMatch, golden } from './support/targets-golden.js';
 
 // The webgpu backend on SwiftShader, the software Vulkan driver in Debian's chromium package: as slow as a CPU
 // emulation of a GPU is, but the same WGSL kernels a real GPU runs. Tiny shapes keep it quick.

@@ -3,7 +3,7 @@ import { modelDims, modelFamily, type ModelConfig, type ModelDims } from '../con
 import { UserError } from '../errors.js';
 import { encodeImages } from '../model/classifier.js';
 import type { Param } from '../model/module.js';
-import type { RgbImage } from '../targets/image.js';
+import type { RgbImage } from '../image.js';
 
 /**
  * Normalised mutual information between query and key patches (paper Fig. 3) of one attention matrix

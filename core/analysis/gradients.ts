@@ -3,7 +3,7 @@ import { modelDims, modelFamily, parseRunConfig, swinDims, type ModelConfig } fr
 import type { PretrainModel } from '../model/pretraining.js';
 import { Rng } from '../random.js';
 import type { RunRow } from '../store/store.js';
-import type { RgbImage } from '../targets/image.js';
+import type { RgbImage } from '../image.js';
 import type { LoadedCheckpoint } from '../train/checkpoint.js';
 import { pretrainModel } from '../train/pretrain.js';
 

@@ -6,7 +6,7 @@ import { writeAtomic } from '../atomic.js';
 import type { PretrainModel } from '../model/pretraining.js';
 import { homePaths } from '../home.js';
 import { Rng, seedFor } from '../random.js';
-import type { Rgb8 } from '../targets/image.js';
+import type { Rgb8 } from '../image.js';
 
 /** How many of a run's first images its previews show. */
 export const PREVIEW_PROBES = 2;

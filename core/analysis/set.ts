@@ -3,7 +3,7 @@ import type { PretrainModel } from '../model/pretraining.js';
 import type { Param } from '../model/module.js';
 import { Rng, seedFor } from '../random.js';
 import type { RunRow } from '../store/store.js';
-import type { RgbImage } from '../targets/image.js';
+import type { RgbImage } from '../image.js';
 import type { LoadedCheckpoint } from '../train/checkpoint.js';
 import { layerStats, visitAttention } from './attention.js';
 import { blockGradientNorms, blockPrefixes, lossModelOf } from './gradients.js';

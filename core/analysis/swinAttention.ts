@@ -5,7 +5,7 @@ import { fullPlan, swinTokens } from '../model/classifier.js';
 import { disposePlanTensors } from '../model/swin.js';
 import type { GroupPlan } from '../model/swin-windows.js';
 import type { Param } from '../model/module.js';
-import type { RgbImage } from '../targets/image.js';
+import type { RgbImage } from '../image.js';
 import { meanPairKL, nmi } from './attention.js';
 
 export interface WindowAttentionLayer {

@@ -5,7 +5,7 @@ import { analyzeSet, chooseImages, type Spread } from '../analysis/set.js';
 import { swinWindowAttention } from '../analysis/swinAttention.js';
 import { modelDims, modelFamily } from '../config.js';
 import type { Backbone } from '../export/backbone.js';
-import type { Rgb8 } from '../targets/image.js';
+import type { Rgb8 } from '../image.js';
 import { resolveFolder } from '../data/indexer.js';
 import { paramsOf } from '../export/backbone.js';
 import { homeDir, homePaths } from '../home.js';

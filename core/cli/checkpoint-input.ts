@@ -6,7 +6,7 @@ import { checkpointFor } from '../runs/checkpoints.js';
 import { Store } from '../store/store.js';
 import type { RunRow } from '../store/store.js';
 import type { LoadedCheckpoint } from '../train/checkpoint.js';
-import type { Rgb8 } from '../targets/image.js';
+import type { Rgb8 } from '../image.js';
 import { UsageError } from './args.js';
 
 /** What `features` and `analyze` share: a run's checkpoint and its backbone, on a ready backend. */

@@ -1,5 +1,5 @@
 import { describeSlowPath, initBackend } from '../backend.js';
-import { describeTorch, probeTorch } from '../engine.js';
+import { describeTorch, detectTorch } from '../engine.js';
 import { parse } from './args.js';
 
 export const summary = 'show which tfjs backend runs here, and why the faster ones do not; and the torch engine';
@@ -14,7 +14,7 @@ export async function run(argv: string[]): Promise<void> {
     { usage: 'localmim doctor [options]', summary },
   );
   const r = await initBackend(values.backend);
-  const torch = probeTorch();
+  const torch = detectTorch();
   if (values.json) {
     console.log(JSON.stringify({ ...r, torch }));
     return;

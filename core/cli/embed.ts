@@ -2,7 +2,7 @@ import { resolve } from 'node:path';
 import { embedFolder } from '../analysis/embed.js';
 import { DecodeCache } from '../data/cache.js';
 import { paramsOf } from '../export/backbone.js';
-import { probeTorch } from '../engine.js';
+import { detectTorch } from '../engine.js';
 import { homeDir, homePaths } from '../home.js';
 import { torchEmbedder } from '../runs/torch.js';
 import { Store } from '../store/store.js';
@@ -34,7 +34,7 @@ export async function run(argv: string[]): Promise<void> {
     throw new UsageError('--out FILE is required, ending in .safetensors or .npy');
   const engine = engineOf(engineChoice(values.engine));
   const { checkpoint, backbone: b } = await checkpointOf(positionals[0], values);
-  const torch = engine === 'torch' ? torchEmbedder(probeTorch(), b.tensors, b.model) : undefined;
+  const torch = engine === 'torch' ? torchEmbedder(detectTorch(), b.tensors, b.model) : undefined;
   try {
     const home = homeDir(values.home);
     const store = new Store(homePaths(home).db);

@@ -1,4 +1,4 @@
-import { importWeights } from '../export/export.js';
+import { importWeights } from '../export/import.js';
 import { initBackend } from '../backend.js';
 import { homeDir, homePaths } from '../home.js';
 import { Store } from '../store/store.js';

@@ -11,6 +11,7 @@ import {
   type RunConfig,
 } from '../config.js';
 import { KNN_BUDGET } from '../analysis/knn.js';
+import { DEFAULT_MINUTES, type Budget } from '../runs/budget.js';
 import { DECIMAL, nonNegativeInt, parse, positiveInt, UsageError, type Flags } from './args.js';
 import { indexFlags } from './index-cmd.js';
 import { cadenceFlags, resumeFlags, resumeOf, runInTerminal, sessionFlags } from './session.js';
@@ -41,13 +42,18 @@ const OPTIONS = {
   data: n("folder of images (default: the bundled sample images); with --resume: where the run's images are now", 'DIR'),
   preset: n(`the paper's configurations: ${Object.keys(PRESETS).join(', ')} (default ${NEW_RUN.preset})`, 'NAME'),
   ...MODEL_FLAGS,
-  epochs: n(`epochs (default ${optim.epochs})`),
+  minutes: n(
+    `fit the schedule (epochs, warmup, blr) to this many minutes on this machine (default ${DEFAULT_MINUTES}, unless a schedule flag, --config or --paper-schedule is given), and without --img/--patch a ViT's input to the images' size`,
+    'MIN',
+  ),
+  'paper-schedule': { type: 'boolean', help: "keep the preset's own schedule (the paper's: epochs, warmup, blr), not fitted to a time" },
+  epochs: n(`epochs (default: fitted to --minutes; the preset's ${optim.epochs})`),
   batch: n(`images per step (default ${optim.batch})`),
   accum: n(`micro-batches accumulated per optimizer step (default ${optim.accumIter})`),
-  blr: n(`base learning rate; lr = blr · batch · accum / 256 (default ${optim.blr})`, 'LR'),
+  blr: n(`base learning rate; lr = blr · batch · accum / 256 (default: fitted to --minutes; the preset's ${optim.blr})`, 'LR'),
   lr: n('absolute learning rate, instead of --blr', 'LR'),
   'min-lr': n(`final learning rate of the cosine (default ${optim.minLr})`, 'LR'),
-  warmup: n(`warmup epochs (default ${optim.warmupEpochs})`, 'EPOCHS'),
+  warmup: n(`warmup epochs (default: fitted to --minutes; the preset's ${optim.warmupEpochs})`, 'EPOCHS'),
   'mask-ratio': n(`fraction of patches masked (default ${START.model.maskRatio})`, 'R'),
   bins: n(`HOG orientation bins: 9 or 18 (default ${START.model.nbins})`),
   seed: n(`seed of data order, crops, masks and initialisation (default ${START.seed})`),
@@ -123,6 +129,26 @@ export function configFromFlags(values: Partial<Values>): RunConfig {
   return newRunConfig(preset, size, file, flags);
 }
 
+const SCHEDULE_FLAGS = ['epochs', 'warmup', 'blr', 'lr'] as const;
+
+/** What a new run is fitted to (core/runs/budget.ts): none where its schedule is given; its input too where that is not. */
+function budgetOf(values: Partial<Values>): Budget | undefined {
+  const minutes = minutesOf(values);
+  const input = values.img === undefined && values.patch === undefined && values.config === undefined;
+  return minutes === undefined ? undefined : { minutes, input };
+}
+
+function minutesOf(values: Partial<Values>): number | undefined {
+  const given = SCHEDULE_FLAGS.find((f) => values[f] !== undefined) ?? (values['paper-schedule'] ? 'paper-schedule' : undefined);
+  if (values.minutes === undefined) return given || values.config || values.resume !== undefined ? undefined : DEFAULT_MINUTES;
+  if (given) throw new UsageError(`--minutes fits the schedule to a time; --${given} sets it: give one of them`);
+  if (values.resume !== undefined) throw new UsageError('--minutes: a resumed run keeps its schedule; change it with --epochs');
+  const minutes = Number(values.minutes);
+  if (!DECIMAL.test(values.minutes) || !(minutes > 0))
+    throw new UsageError(`--minutes: expected a positive number of minutes, got "${values.minutes}"`);
+  return minutes;
+}
+
 export async function run(argv: string[]): Promise<void> {
   const { values } = parse(argv, OPTIONS, { usage: 'localmim pretrain [options]', summary });
   // Every flag is checked before anything is written: a bad one leaves no run behind.
@@ -130,6 +156,7 @@ export async function run(argv: string[]): Promise<void> {
     throw new UsageError('--probe-data: a resumed run keeps the probe set it started with');
   const resume = resumeOf(values, OPTIONS);
   const config = resume ? undefined : configFromFlags(values);
+  const budget = budgetOf(values);
   if (values['knn-every'] !== undefined && values['probe-data'] === undefined)
     throw new UsageError('--knn-every goes with --probe-data DIR');
   const every = values['knn-every'] === undefined ? undefined : positiveInt('knn-every', values['knn-every']);
@@ -145,6 +172,7 @@ export async function run(argv: string[]): Promise<void> {
       name: values.name,
       init: values.init,
       probe: probeId === undefined ? undefined : { datasetId: probeId, every },
+      budget,
     }),
   });
 }

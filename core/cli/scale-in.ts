@@ -1,5 +1,5 @@
 import { homeDir, homePaths } from '../home.js';
-import { scaleIn } from '../scale/job.js';
+import { scaleIn } from '../scale-out/folder.js';
 import { Store } from '../store/store.js';
 import { homeFlag, parse, UsageError } from './args.js';
 

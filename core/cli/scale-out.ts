@@ -1,6 +1,6 @@
 import { initBackend } from '../backend.js';
 import { homeDir, homePaths } from '../home.js';
-import { scaleOut } from '../scale/job.js';
+import { scaleOut } from '../scale-out/folder.js';
 import { Store } from '../store/store.js';
 import { homeFlag, parse, UsageError } from './args.js';
 import { configFromFlags } from './pretrain.js';

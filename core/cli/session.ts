@@ -1,5 +1,5 @@
 import { describeBackend, initBackend, type BackendReport } from '../backend.js';
-import { describeTorch, ENGINES, probeTorch, resolveEngine, type Engine, type EngineChoice } from '../engine.js';
+import { describeTorch, ENGINES, detectTorch, resolveEngine, type Engine, type EngineChoice } from '../engine.js';
 import { homeDir, homePaths, isAlive, SAMPLE_IMAGES } from '../home.js';
 import { runTrainJob } from '../runs/job.js';
 import { begin, prepare, type RunRequest } from '../runs/lifecycle.js';
@@ -119,8 +119,8 @@ export function engineChoice(value: string | undefined): EngineChoice | undefine
 
 /** `--engine`, resolved (see resolveEngine); torch must be there. */
 export function engineOf(value: EngineChoice | undefined, previous?: string | null): Engine {
-  const engine = resolveEngine(value, probeTorch, previous);
-  const torch = engine === 'torch' ? probeTorch() : undefined;
+  const engine = resolveEngine(value, detectTorch, previous);
+  const torch = engine === 'torch' ? detectTorch() : undefined;
   if (torch && !torch.ok) throw new UsageError(`--engine torch: ${torch.reason}`);
   return engine;
 }
@@ -184,7 +184,7 @@ export async function runInTerminal(
       request = o.newRun(indexed.datasetId, probe?.datasetId);
     }
     const engine = engineOf(choice, o.resume && store.run(o.resume.resume)?.backend);
-    if (engine === 'torch') log(`engine    ${describeTorch(probeTorch())}`);
+    if (engine === 'torch') log(`engine    ${describeTorch(detectTorch())}`);
     const on = engine === 'torch' ? 'torch' : backend.chosen;
     const prepared = prepare(store, home, request, on);
     if (prepared.recipe) log(prepared.recipe);

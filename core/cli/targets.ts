@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../backend.js';
 import { decodeAsStored } from '../data/decode.js';
 import { hog } from '../targets/hog.js';
-import { normalize, toTensor } from '../targets/image.js';
+import { normalize, toTensor } from '../image.js';
 import { pixelTargets } from '../targets/pixels.js';
 import { numberList, parse, positiveInt, UsageError } from './args.js';
 

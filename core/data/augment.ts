@@ -1,6 +1,6 @@
 import sharp from 'sharp';
 import type { Rng } from '../random.js';
-import { IMAGENET_MEAN, IMAGENET_STD, type Rgb8, type RgbImage } from '../targets/image.js';
+import { IMAGENET_MEAN, IMAGENET_STD, type Rgb8, type RgbImage } from '../image.js';
 import { parseRandAugment, randAugment } from './randaugment.js';
 
 export interface Crop {

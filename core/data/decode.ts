@@ -1,8 +1,8 @@
 import sharp from 'sharp';
-import type { Rgb8 } from '../targets/image.js';
+import type { Rgb8 } from '../image.js';
 import { cropSourceSize, type CropSource, type Size } from './augment.js';
 
-// Every image file the app reads is opened with sharp here. The indexer is the gate of training data (probe, verify):
+// Every image file the app reads is opened with sharp here. The indexer is the gate of training data (readHeader, verify):
 // it rejects what does not fully decode, so the other decodes tolerate warnings (failOn 'none') under sharp's own
 // pixel limit, and their errors name the file. Pixels come out as 8-bit sRGB, alpha dropped and grey expanded.
 
@@ -79,7 +79,7 @@ export interface ImageHeader extends Size {
 }
 
 /** The header of a file's bytes, read without a pixel limit: the indexer rejects a huge image by its size instead. */
-export async function probe(bytes: Buffer): Promise<ImageHeader> {
+export async function readHeader(bytes: Buffer): Promise<ImageHeader> {
   const { format, compression, autoOrient } = await sharp(bytes, { limitInputPixels: false }).metadata();
   return { format, compression, ...autoOrient };
 }

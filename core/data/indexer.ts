@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { readFile, readdir, realpath, stat } from 'node:fs/promises';
 import { basename, extname, join, relative, sep } from 'node:path';
 import type { ImageRow, Store } from '../store/store.js';
-import { probe, verify, type ImageHeader } from './decode.js';
+import { readHeader, verify, type ImageHeader } from './decode.js';
 import { IMAGE_EXTENSIONS, trainableFormat } from './formats.js';
 
 export interface IndexOptions {
@@ -187,7 +187,7 @@ async function inspect(f: FoundFile, o: typeof DEFAULTS): Promise<ImageRow> {
   }
   let meta: ImageHeader;
   try {
-    meta = await probe(bytes);
+    meta = await readHeader(bytes);
   } catch (err) {
     return reject(`not a decodable image (${firstLine(err)})`);
   }

@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
 import { Rng, seedFor } from '../random.js';
-import type { Rgb8, RgbImage } from '../targets/image.js';
+import type { Rgb8, RgbImage } from '../image.js';
 import { applyCrop, randomCrop, scaleCrop, type CropSource } from './augment.js';
 import type { DecodeCache } from './cache.js';
 import { UnreadableImageError, type Decoded } from './decode.js';

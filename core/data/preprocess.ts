@@ -1,4 +1,4 @@
-import type { Rgb8 } from '../targets/image.js';
+import type { Rgb8 } from '../image.js';
 import type { DecodeCache } from './cache.js';
 import { decodeShorterSide } from './decode.js';
 

@@ -1,5 +1,5 @@
 import type { Rng } from '../random.js';
-import { IMAGENET_MEAN, type Rgb8 } from '../targets/image.js';
+import { IMAGENET_MEAN, type Rgb8 } from '../image.js';
 
 /**
  * timm's RandAugment (docs/method.md#fine-tuning) on 8-bit RGB, op for op as timm 0.3.2 runs them on PIL images:

@@ -4,11 +4,11 @@ import { embedFolder, nearest, pca2, readEmbeddings } from '../analysis/embed.js
 import { analyzeSet } from '../analysis/set.js';
 import { computePath, initBackend } from '../backend.js';
 import { evalImage } from '../data/preprocess.js';
-import { probeTorch } from '../engine.js';
+import { detectTorch } from '../engine.js';
 import { backboneOf, paramsOf } from '../export/backbone.js';
 import { writeExport } from '../export/export.js';
 import { loadRef } from '../runs/checkpoints.js';
-import { writeScaleOut } from '../scale/job.js';
+import { writeScaleOut } from '../scale-out/folder.js';
 import type { ComputeRequest } from './protocol.js';
 
 type Request<K extends ComputeRequest['kind']> = Extract<ComputeRequest, { kind: K }>;
@@ -20,9 +20,9 @@ export const COMPUTE = {
    * The service never loads a backend itself: this tells it which one its jobs choose, the path a step takes there,
    * and the torch engine's interpreter and devices, or why there is none.
    */
-  probe: async () => {
+  backend: async () => {
     const report = await initBackend();
-    return { report, computePath: computePath(report.chosen), torch: probeTorch() };
+    return { report, computePath: computePath(report.chosen), torch: detectTorch() };
   },
   analysis: async (r: Request<'analysis'>) => {
     const { run, checkpoint } = loadRef(r.ref);

@@ -6,7 +6,7 @@ const BIN = fileURLToPath(new URL('../../bin/localmim.js', import.meta.url));
 
 /**
  * A job in a Node child process, talking over Node's IPC channel: `localmim job` from a checkout, or a
- * bundled job script (`dist/main/job.js`) in the packaged app.
+ * bundled job script (`dist/main/job-entry.js`) in the packaged app.
  */
 export function launchNodeJob(script = BIN, args = ['job']): JobHandle {
   const child = fork(script, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'advanced' });

@@ -5,7 +5,7 @@ import type { EmbedItem } from '../analysis/embed.js';
 import type { ExportInput } from '../export/export.js';
 import type { CheckpointRef } from '../runs/checkpoints.js';
 import type { TrainJob } from '../runs/job.js';
-import type { ScalePlan } from '../scale/job.js';
+import type { ScalePlan } from '../scale-out/folder.js';
 import type { ImageRow } from '../store/store.js';
 import type { TrainEvent } from '../train/loop.js';
 
@@ -15,7 +15,7 @@ import type { TrainEvent } from '../train/loop.js';
  */
 export type ComputeRequest =
   /** This machine's backend, as a training job would choose it. */
-  | { kind: 'probe' }
+  | { kind: 'backend' }
   /** Attention maps of one image; `image` is a path from the index. */
   | { kind: 'analysis'; ref: CheckpointRef; image: string; query: number }
   | { kind: 'analysis-set'; ref: CheckpointRef; images: string[]; seed: number }

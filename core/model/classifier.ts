@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { modelDims, modelFamily, swinDims, type ModelConfig, type ModelDims, type SwinDims } from '../config.js';
 import type { Rng } from '../random.js';
-import { normalize, toTensor, type RgbImage } from '../targets/image.js';
+import { normalize, toTensor, type RgbImage } from '../image.js';
 import {
   ParamStore,
   declare,

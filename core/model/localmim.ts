@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { modelDims, type ModelConfig, type ModelDims } from '../config.js';
 import { hog } from '../targets/hog.js';
-import { normalize, toTensor, type RgbImage } from '../targets/image.js';
+import { normalize, toTensor, type RgbImage } from '../image.js';
 import { pixelTargets } from '../targets/pixels.js';
 import { decode, decoderParams } from './decoder.js';
 import { randomMasking, scaleMask } from './masking.js';

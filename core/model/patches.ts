@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { tokens } from '../targets/image.js';
+import { tokens } from '../image.js';
 
 /**
  * Patches of normalised images `[B, H, W, 3]` flattened `(c, dy, dx)` like the patch conv's weight, so the patch

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { modelDims, modelFamily, swinDims, type ModelConfig } from '../config.js';
-import type { RgbImage } from '../targets/image.js';
+import type { RgbImage } from '../image.js';
 import { buffer, dense, range, uniform, type Linear, type ParamStore } from './module.js';
 
 // What the training loop, checkpoints and previews need of a pretraining model, ViT (localmim.ts) or Swin

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { swinDims, type ModelConfig, type SwinDims } from '../config.js';
 import { hog } from '../targets/hog.js';
-import { normalize, toTensor, type RgbImage } from '../targets/image.js';
+import { normalize, toTensor, type RgbImage } from '../image.js';
 import { pixelTargets } from '../targets/pixels.js';
 import { scaleMask } from './masking.js';
 import {

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { SwinDims } from '../config.js';
 import type { Rng } from '../random.js';
-import { tokens } from '../targets/image.js';
+import { tokens } from '../image.js';
 import {
   dense,
   linearParams,

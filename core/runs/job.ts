@@ -9,11 +9,11 @@ import { Loader, TooFewImagesError, type DataItem, type LoaderOptions } from '..
 import { evalImage } from '../data/preprocess.js';
 import type { FinetuneRun } from '../config.js';
 import { evalImages, initBaseline, initialBackbone, pixelBaseline, sourceSeed, splitKey, type LabeledSplit } from './baselines.js';
-import { probeTorch, type Engine } from '../engine.js';
+import { detectTorch, type Engine } from '../engine.js';
 import { homePaths, removeStaleTemps } from '../home.js';
 import { isBackbone } from '../model/classifier.js';
 import type { PretrainModel } from '../model/pretraining.js';
-import type { RgbImage } from '../targets/image.js';
+import type { RgbImage } from '../image.js';
 import { cropKernel } from '../recipe.js';
 import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
 import { finetuneTask, headFromProbe } from '../train/finetune.js';
@@ -76,7 +76,7 @@ async function runOn(job: TrainJob, hooks: JobHooks): Promise<{ step: number; st
     hooks.warn(`removed ${basename(t.path)} (${(t.size / 1e6).toFixed(1)} MB), left half-written by process ${t.pid}, which died`);
   if (job.engine === 'torch') {
     const init = !job.resumeFrom && job.initFrom ? backbone(loadCheckpoint(job.initFrom)) : undefined;
-    return runTorchJob(job, hooks, probeTorch(), init);
+    return runTorchJob(job, hooks, detectTorch(), init);
   }
   const cache = new DecodeCache(paths.cache);
   const resumeFrom = job.resumeFrom ? loadCheckpoint(job.resumeFrom) : undefined;

@@ -14,14 +14,15 @@ import {
 } from '../config.js';
 import { labeledSplit } from '../data/labels.js';
 import { UserError } from '../errors.js';
-import { activeAdapter } from '../backend.js';
+import { activeAdapter, computePath } from '../backend.js';
 import type { Adapter } from '../webgpu.js';
 import { homePaths, isAlive } from '../home.js';
 import { finetuneDefaults, RECIPE_CHOICES, type RecipeChoice, type RecipeModel } from '../recipe.js';
-import type { RunProbe, RunRow, Store } from '../store/store.js';
+import { shortSides, type RunProbe, type RunRow, type Store } from '../store/store.js';
 import { checkpointFor, resumePoint, type FoundCheckpoint, type ResumePoint } from './checkpoints.js';
 import { estimate } from './estimate.js';
 import { recordFromFiles } from './reconcile.js';
+import { fitToBudget, type Budget } from './budget.js';
 import { probeSetOf } from './probe.js';
 import type { TrainJob } from './job.js';
 import type { Cadence } from '../train/loop.js';
@@ -37,6 +38,8 @@ export type RunRequest =
       name?: string;
       /** `RUN[:STEP]` whose backbone it starts from. */ init?: string;
       /** A labeled dataset the kNN monitor scores the backbone on. */ probe?: RunProbe;
+      /** Fit the schedule (and, asked, the input size) to a time on this machine (core/runs/budget.ts). */
+      budget?: Budget;
     }
   | {
       new: 'finetune';
@@ -71,7 +74,7 @@ export interface Prepared {
   resume?: ResumePoint;
   /** What the run's resume history records: the settings changed, and whether later checkpoints are set aside. */
   history?: { changes: Record<string, [unknown, unknown]>; supersede: boolean };
-  /** A new fine-tune: which recipe runs and why (core/recipe.ts finetuneDefaults). */
+  /** A new fine-tune: which recipe runs and why (core/recipe.ts finetuneDefaults); a budgeted pretraining: its schedule. */
   recipe?: string;
   job: Omit<TrainJob, 'runId' | 'cadence' | 'backend' | 'stopAtStep' | 'previewEvery'>;
 }
@@ -161,6 +164,8 @@ function preparePretrain(store: Store, home: string, req: Extract<RunRequest, { 
     config = parseConfig(RunConfigSchema, { ...config, model: { ...config.model, ...shape } }, `--init ${req.init}`);
     initFrom = source.path;
   }
+  const fitted = req.budget && fitToBudget(config, shortSides(store.images(dataset.id, 'ok')), computePath(on.backend), req.budget);
+  if (fitted) config = fitted.config;
   const spec: TrainSpec = { kind: 'pretrain', config };
   checkMemory(spec, on);
   const data = dataFor(store, spec, dataset);
@@ -170,6 +175,7 @@ function preparePretrain(store: Store, home: string, req: Extract<RunRequest, { 
     run: { create: { name: req.name || `${size} ${variant} ${target}`, datasetId: dataset.id, parentId: null, probe: req.probe } },
     spec,
     specChanged: false,
+    recipe: fitted && `schedule  ${fitted.why}`,
     job: { kind: 'train', home, spec, data, initFrom, probe },
   };
 }

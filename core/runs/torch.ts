@@ -15,7 +15,7 @@ import { targetShapes } from '../model/pretraining.js';
 import { UserError } from '../errors.js';
 import { homePaths } from '../home.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../safetensors.js';
-import { TRAIN_PY, writeInitial } from '../scale/job.js';
+import { TRAIN_PY, writeInitial } from '../scale-out/folder.js';
 import type { TrainEvent } from '../train/loop.js';
 import type { JobHooks, TrainJob } from './job.js';
 import type { RunSpec } from './spec.js';

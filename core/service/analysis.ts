@@ -7,7 +7,7 @@ import { modelDims, parseRunConfig, type ModelConfig } from '../config.js';
 import { exportInput } from '../export/export.js';
 import { checkpointRef } from '../runs/checkpoints.js';
 import { specOf } from '../runs/spec.js';
-import { planScaleOut } from '../scale/job.js';
+import { planScaleOut } from '../scale-out/folder.js';
 import type { RunRow } from '../store/store.js';
 import type { Context, Handlers } from './service.js';
 

@@ -17,7 +17,9 @@ import {
 } from '../config.js';
 import { torchProblem } from '../engine.js';
 import { homePaths } from '../home.js';
+import { DEFAULT_MINUTES, fitToBudget } from '../runs/budget.js';
 import { estimate } from '../runs/estimate.js';
+import { shortSides } from '../store/store.js';
 import { memoryProblem } from '../runs/lifecycle.js';
 import { optimOf, specOf } from '../runs/spec.js';
 import { recheckDataset } from '../runs/recheck.js';
@@ -44,6 +46,8 @@ export const runHandlers = (c: Context) =>
       ),
       defaults: newRunConfig(),
       defaultPreset: NEW_RUN.preset,
+      /** A new run's time budget (core/runs/budget.ts): the form fits the schedule to it unless told otherwise. */
+      budgetMinutes: DEFAULT_MINUTES,
       probe: FinetuneConfigSchema.parse({ linearProbe: true }),
     }),
     'config.check': async (a) => {
@@ -56,13 +60,17 @@ export const runHandlers = (c: Context) =>
             message: i.code === 'unrecognized_keys' ? describeIssue(i) : i.message,
           })),
         };
-      const images = a.datasetId ? c.store.images(a.datasetId, 'ok').length : 0;
+      const images = a.datasetId ? c.store.images(a.datasetId, 'ok') : [];
       const { report, computePath } = await c.scheduler.backend();
-      const e = estimate(r.data, images, computePath);
-      const problem = memoryProblem(r.data, report.chosen, report.adapter ?? null);
+      // With a budget, what runs is the fitted config: its estimate and memory are the ones to show.
+      const fitted = a.budget ? fitToBudget(r.data, shortSides(images), computePath, a.budget) : null;
+      const config = fitted?.config ?? r.data;
+      const e = estimate(config, images.length, computePath);
+      const problem = memoryProblem(config, report.chosen, report.adapter ?? null);
       // Why the torch engine cannot train it, if it cannot: the new-run form greys the engine out with this.
-      const torch = torchProblem({ kind: 'pretrain', model: r.data.model, probe: !!a.probe }) ?? null;
-      return { ok: !problem, errors: problem ? [{ path: 'model', message: problem }] : [], config: r.data, estimate: e, torch };
+      const torch = torchProblem({ kind: 'pretrain', model: config.model, probe: !!a.probe }) ?? null;
+      const errors = problem ? [{ path: 'model', message: problem }] : [];
+      return { ok: !problem, errors, config, estimate: e, fitted: fitted && { why: fitted.why }, torch };
     },
     'runs.list': () => {
       const last = c.store.lastMetrics();
@@ -86,7 +94,7 @@ export const runHandlers = (c: Context) =>
     'runs.create': async (a) => {
       // The config is parsed here, once: everything after it passes the typed value on.
       const config = parseRunConfig(a.config ?? {});
-      const req = { new: 'pretrain', datasetId: a.datasetId, config, name: a.name, probe: a.probe } as const;
+      const req = { new: 'pretrain', datasetId: a.datasetId, config, name: a.name, probe: a.probe, budget: a.budget } as const;
       return { runId: await c.scheduler.start(req, a.backend, a) };
     },
     'runs.pause': (a) => {

@@ -57,7 +57,7 @@ export class Scheduler {
   private readonly computing = new Set<JobHandle>();
   /** Runs whose recording the database refuses, until it is recorded again. */
   private readonly stalled = new Map<number, Stall>();
-  private probe?: Promise<ComputeResult<'probe'>>;
+  private detected?: Promise<ComputeResult<'backend'>>;
   /** Compute and index jobs running, and the requests waiting for one to end. */
   private jobs = 0;
   private readonly waiting: { resolve: () => void; reject: (err: Error) => void }[] = [];
@@ -72,13 +72,13 @@ export class Scheduler {
     private readonly options: ServiceOptions,
   ) {}
 
-  /** This machine's backend, as its jobs choose it: learned once from a probe job (again after a failed probe). */
-  backend(): Promise<ComputeResult<'probe'>> {
-    this.probe ??= this.compute({ kind: 'probe' }).catch((err: Error) => {
-      this.probe = undefined;
+  /** This machine's backend, as its jobs choose it: learned once from a `backend` job (again after a failed one). */
+  backend(): Promise<ComputeResult<'backend'>> {
+    this.detected ??= this.compute({ kind: 'backend' }).catch((err: Error) => {
+      this.detected = undefined;
       throw err;
     });
-    return this.probe;
+    return this.detected;
   }
 
   /**

@@ -17,6 +17,9 @@ export interface ImageRow {
   reason: string | null;
 }
 
+/** Each image's short side, where it was read. */
+export const shortSides = (images: ImageRow[]) => images.flatMap((i) => (i.width && i.height ? [Math.min(i.width, i.height)] : []));
+
 export interface DatasetRow {
   id: number;
   root: string;

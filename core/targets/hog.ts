@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { fusedOrientedMagnitudes, nativeOr } from '../native.js';
-import { normalize } from './image.js';
+import { normalize } from '../image.js';
 
 /**
  * HOG targets (docs/method.md#hog-targets) of images `[B, H, W, 3]` on the 0–255 scale: one `[B, N_k, 3·nbins]`

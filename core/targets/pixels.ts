@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { tokens } from './image.js';
+import { tokens } from '../image.js';
 
 /**
  * Normalized-pixel targets (docs/method.md#normalized-pixel-targets) of normalised images `[B, H, W, 3]`:

@@ -5,7 +5,7 @@ import { FinetuneRunSchema, type FinetuneRun } from '../config.js';
 import type { Loader } from '../data/loader.js';
 import { classifierFor, isBackbone, type Classifier } from '../model/classifier.js';
 import { Rng, seedFor } from '../random.js';
-import type { RgbImage, Rgb8 } from '../targets/image.js';
+import type { RgbImage, Rgb8 } from '../image.js';
 import { GradientAccumulator } from './accumulate.js';
 import { AdamW } from './adamw.js';
 import { LARS } from './lars.js';

@@ -3,10 +3,10 @@ import { existsSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { beforeEach, describe } from 'vitest';
 import { getCurrentSuite, getHooks } from 'vitest/suite';
-import { isExecutable } from '../core/engine.js';
+import { isExecutable } from '../../core/engine.js';
 
 // The system components some tests need beyond `npm ci`, found once per process. Where one is missing a plain
-// `npm test` skips those tests (test/requirements-summary.ts names what to install); CI=true (.ci/run installs
+// `npm test` skips those tests (test/support/requirements-summary.ts names what to install); CI=true (.ci/run installs
 // them all) makes each of them fail instead.
 
 /** Debian's Python, whose python3-torch and python3-pil the scale-out trainer and the independent readers use. */
@@ -35,7 +35,7 @@ export type Need = keyof typeof PROBES;
 
 declare module 'vitest' {
   interface TaskMeta {
-    /** On a gated suite whose components are missing: which, for test/requirements-summary.ts in the main process. */
+    /** On a gated suite whose components are missing: which, for test/support/requirements-summary.ts in the main process. */
     missing?: Component[];
   }
 }

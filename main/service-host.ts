@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { utilityProcess } from 'electron';
 import type { HostReply, HostRequest } from '../core/service/host.js';
 
-export interface Backend {
+export interface ServiceHost {
   call(method: string, args: unknown): Promise<{ ok: boolean; result?: unknown; error?: { kind: string; message: string } }>;
   onEvent(cb: (e: unknown) => void): void;
   shutdown(): Promise<void>;
@@ -14,8 +14,8 @@ export interface Backend {
  * process, whose native modules electron-builder rebuilt for Electron. From a checkout (`npm start`):
  * a plain Node process running `localmim backend`, as node_modules there are built for Node.
  */
-export function startBackend(appRoot: string, packaged: boolean): Backend {
-  const channel = packaged ? utilityChannel(join(import.meta.dirname, 'backend-host.js')) : nodeChannel(appRoot);
+export function startServiceHost(appRoot: string, packaged: boolean): ServiceHost {
+  const channel = packaged ? utilityChannel(join(import.meta.dirname, 'service-host-entry.js')) : nodeChannel(appRoot);
   let next = 1;
   const pending = new Map<number, (r: HostReply) => void>();
   const events: ((e: unknown) => void)[] = [];

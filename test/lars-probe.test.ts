@@ -5,7 +5,7 @@ import { foldProbeHead } from '../core/export/backbone.js';
 import { PROBE_EPS } from '../core/model/classifier.js';
 import { batchNorm, linear } from '../core/model/ops.js';
 import { LARS } from '../core/train/lars.js';
-import './setup.js';
+import './support/setup.js';
 
 const close = (actual: ArrayLike<number>, expected: number[], digits = 6) =>
   expected.forEach((e, i) => expect(actual[i], `[${i}]`).toBeCloseTo(e, digits));

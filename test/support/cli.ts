@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const BIN = fileURLToPath(new URL('../bin/localmim.js', import.meta.url));
+const BIN = fileURLToPath(new URL('../../bin/localmim.js', import.meta.url));
 
 /** Runs the real CLI in a child process. */
 export function localmim(args: string[], env: NodeJS.ProcessEnv = {}) {
@@ -28,6 +28,6 @@ export function localmimAsync(
 
 /** `localmim serve` needs the built UI: build it once where a test runs before `npm run build` has. */
 export function ensureBuilt(): void {
-  const root = fileURLToPath(new URL('..', import.meta.url));
+  const root = fileURLToPath(new URL('../..', import.meta.url));
   if (!existsSync(join(root, 'renderer/dist/index.html'))) execSync('npm run build', { cwd: root, stdio: 'inherit' });
 }

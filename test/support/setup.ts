@@ -1,4 +1,4 @@
-import { initBackend } from '../core/backend.js';
+import { initBackend } from '../../core/backend.js';
 
 /** Every test file runs on the backend the app would pick here (LOCALMIM_BACKEND may force one). */
 export const backend = await initBackend();

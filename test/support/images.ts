@@ -1,8 +1,8 @@
 import { mkdirSync, readdirSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { SAMPLE_IMAGES } from '../core/home.js';
-import type { RgbImage } from '../core/targets/image.js';
-import { Rng } from '../core/random.js';
+import { SAMPLE_IMAGES } from '../../core/home.js';
+import type { RgbImage } from '../../core/image.js';
+import { Rng } from '../../core/random.js';
 
 /** Smooth random test images: a few random sinusoids per channel, so that HOG targets have structure. */
 export function syntheticImages(n: number, size: number, seed: number): RgbImage[] {

@@ -16,15 +16,15 @@ import { SAMPLE_IMAGES } from '../core/home.js';
 import { disposeBatch, LocalMIM } from '../core/model/localmim.js';
 import { Rng } from '../core/random.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../core/safetensors.js';
-import { TRAIN_PY } from '../core/scale/job.js';
+import { TRAIN_PY } from '../core/scale-out/folder.js';
 import { launchNodeJob } from '../core/jobs/launch.js';
 import { Service } from '../core/service/service.js';
 import { Store } from '../core/store/store.js';
 import { TrainStep } from '../core/train/step.js';
-import { localmim } from './cli.js';
-import { describeWith, PYTHON } from './requirements.js';
+import { localmim } from './support/cli.js';
+import { describeWith, PYTHON } from './support/requirements.js';
 
-// The job's trainer runs on Debian's torch and Pillow (test/requirements.ts: skipped without them, failing under CI=true).
+// The job's trainer runs on Debian's torch and Pillow (test/support/requirements.ts: skipped without them, failing under CI=true).
 const withTorch = describeWith('torch', 'pillow');
 
 const dir = mkdtempSync(join(tmpdir(), 'localmim-scale-'));

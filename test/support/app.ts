@@ -9,7 +9,7 @@ import { afterAll, beforeAll } from 'vitest';
 import { ensureBuilt } from './cli.js';
 import { pathOf } from './requirements.js';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const ARTIFACTS = join(ROOT, 'test-artifacts');
 
 /** The app as a person uses it: `localmim serve` on a fresh data folder, and a page of headless Chromium on it. */

@@ -1,7 +1,7 @@
 import { expect, test } from 'vitest';
 import { LocalMIM } from '../core/model/localmim.js';
-import { expectForwardMatchesOfficial, golden, tinyConfig } from './forward-tiny.js';
-import './setup.js';
+import { expectForwardMatchesOfficial, golden, tinyConfig } from './support/forward-tiny.js';
+import './support/setup.js';
 
 test('every official trainable parameter exists under its name and shape', () => {
   const model = new LocalMIM(tinyConfig, 0);

@@ -1,10 +1,10 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import type { RgbImage } from '../core/targets/image.js';
+import type { RgbImage } from '../../core/image.js';
 
 /** Reference outputs of the official code, stored in `test/golden/` (see its README for provenance and tolerances). */
 export function readGolden<T>(file: string): T {
-  const path = fileURLToPath(new URL(`./golden/${file}`, import.meta.url));
+  const path = fileURLToPath(new URL(`../golden/${file}`, import.meta.url));
   return JSON.parse(readFileSync(path, 'utf8')) as T;
 }
 

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { expect } from 'vitest';
-import { parseRunConfig } from '../core/config.js';
-import { disposeBatch, LocalMIM } from '../core/model/localmim.js';
+import { parseRunConfig } from '../../core/config.js';
+import { disposeBatch, LocalMIM } from '../../core/model/localmim.js';
 import { formulaValues, goldenImage, readGolden, worstExcess } from './golden.js';
 
 interface ForwardTiny {

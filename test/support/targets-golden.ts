@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { expect } from 'vitest';
-import { hog } from '../core/targets/hog.js';
-import { normalize, toTensor } from '../core/targets/image.js';
-import { pixelTargets } from '../core/targets/pixels.js';
+import { hog } from '../../core/targets/hog.js';
+import { normalize, toTensor } from '../../core/image.js';
+import { pixelTargets } from '../../core/targets/pixels.js';
 import { goldenImage, readGolden, worstExcess } from './golden.js';
 
 interface GoldenScale {

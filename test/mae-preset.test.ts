@@ -4,8 +4,8 @@ import { join } from 'node:path';
 import { afterAll, expect, test } from 'vitest';
 import { newRunConfig, parseRunConfig, PRESETS } from '../core/config.js';
 import { paramStore } from '../core/model/params.js';
-import { localmim } from './cli.js';
-import './setup.js';
+import { localmim } from './support/cli.js';
+import './support/setup.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'localmim-mae-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

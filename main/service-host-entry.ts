@@ -4,4 +4,4 @@ import { homeDir } from '../core/home.js';
 import { launchNodeJob } from '../core/jobs/launch.js';
 import { hostService } from '../core/service/host.js';
 
-hostService(homeDir(), () => launchNodeJob(join(import.meta.dirname, 'job.js'), []));
+hostService(homeDir(), () => launchNodeJob(join(import.meta.dirname, 'job-entry.js'), []));
