@@ -15,7 +15,7 @@ const config = newRunConfig(undefined, size, {
 if (kind === 'finetune') {
   const classes = Array.from({ length: 1000 }, (_, k) => `class-${k}`);
   const run = FinetuneRunSchema.parse({ model: config.model, finetune: { batch: Number(batch) }, seed: 0, classes, from: null });
-  const model = classifierFor(run.model, classes.length, run.seed, false, true);
+  const model = classifierFor(run.model, { classes: classes.length, scratch: true }, run.seed);
   console.log(JSON.stringify(torchFinetuneSpec(run, paramGroups(model, run.finetune.layerDecay))));
   model.dispose();
 } else console.log(JSON.stringify(torchSpec(config)));

@@ -263,9 +263,9 @@ export interface Heads {
  */
 export const fusedAttention = (qkv: tf.Tensor, h: Heads, bias?: tf.Tensor) =>
   run('LocalmimAttention', bias ? [qkv, bias] : [qkv], { ...h });
-/** `[dqkv [B·T, 3W], dbias]` of fusedAttention (dbias only with a bias) from `dout` and what its forward used and returned. */
-export const fusedAttentionGrad = (dout: tf.Tensor, qkv: tf.Tensor, probs: tf.Tensor, h: Heads, bias?: tf.Tensor) =>
-  run('LocalmimAttentionGrad', bias ? [dout, qkv, probs, bias] : [dout, qkv, probs], { ...h });
+/** `[dqkv [B·T, 3W], dbias]` of fusedAttention (dbias only with a bias) from `dout` and what its forward kept, `[qkv, probs, bias?]`. */
+export const fusedAttentionGrad = (dout: tf.Tensor, saved: tf.Tensor[], h: Heads) =>
+  run('LocalmimAttentionGrad', [dout, ...saved], { ...h });
 
 /**
  * Each pixel's Sobel magnitude in its orientation bin, `[nbins·B, H, W, 3]` bin-major, of `x [B, H, W, 3]`, given the

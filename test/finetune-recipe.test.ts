@@ -110,7 +110,7 @@ test('the position embedding is trainable in fine-tuning: it starts as the sourc
   expect(moved[0]).not.toBe(0); // the class row trains too
   task.dispose();
 
-  const scratch = new ViTClassifier(model, 6, 0);
+  const scratch = new ViTClassifier(model, { classes: 6 }, 0);
   const values = scratch.params.get('pos_embed').dataSync() as Float32Array;
   const sd = Math.sqrt(values.reduce((a, v) => a + v * v, 0) / values.length);
   expect(sd).toBeGreaterThan(0.015);

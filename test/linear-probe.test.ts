@@ -209,7 +209,7 @@ describe('localmim finetune --linear-probe', () => {
       [true, ckpt],
       [false, exported],
     ] as const) {
-      const classifier = classifierFor(model.model, 6, 0, probe);
+      const classifier = classifierFor(model.model, { classes: 6, probe }, 0);
       classifier.params.assign(new Map([...tensors].map(([n, t]) => [n, t.values])));
       const logits = tf.tidy(() => tf.logSoftmax(classifier.logits(images)));
       const rows = (await logits.array()) as number[][];

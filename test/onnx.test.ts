@@ -103,7 +103,7 @@ describe('ONNX export', () => {
     // 112 px: grids 28, 14, 7 with window 7 and shift 3, so the shifted windows overhang the grid; 64 px: window 4.
     for (const extra of [{ imgSize: 112 }, { imgSize: 64, windowSize: 4 }]) {
       const model = parseRunConfig({ model: { size: 'swin-tiny', patchSize: 4, ...DECODERS.swin, ...extra } }).model;
-      const c = classifierFor(model, 2, 3);
+      const c = classifierFor(model, { classes: 2 }, 3);
       // Norms, biases and the head moved off their initial values, so that each shows.
       const rng = new Rng(4);
       const moved = [...c.params.vars].map(([n, v]) => {

@@ -37,14 +37,14 @@ function plainDeconv(x: tf.Tensor, W: tf.Tensor, bias: tf.Tensor): tf.Tensor {
 }
 
 const cases: [string, number[][], (...xs: tf.Tensor[]) => tf.Tensor, (...xs: tf.Tensor[]) => tf.Tensor][] = [
-  ['attention', [[3 * 7, 3 * 24]], (qkv) => multiHeadAttention(qkv!, 3, 7, 4), (qkv) => plainAttention(qkv!, 3, 7, 4)],
+  ['attention', [[3 * 7, 3 * 24]], (qkv) => multiHeadAttention(qkv!, { B: 3, T: 7 }, { heads: 4 }), (qkv) => plainAttention(qkv!, 3, 7, 4)],
   [
     'attention with a bias shared by every other sequence',
     [
       [4 * 5, 3 * 8],
       [2, 2, 5, 5],
     ],
-    (qkv, bias) => multiHeadAttention(qkv!, 4, 5, 2, undefined, bias),
+    (qkv, bias) => multiHeadAttention(qkv!, { B: 4, T: 5 }, { heads: 2, bias }),
     (qkv, bias) => plainAttention(qkv!, 4, 5, 2, bias),
   ],
   ['linear', [[10, 6], [5, 6], [5]], (x, W, b) => linear(x!, W!, b), (x, W, b) => tf.add(tf.matMul(x!, W!, false, true), b!)],

@@ -45,7 +45,7 @@ test('training crops: bicubic for the linear probe (interpolation=3) and Swin (t
 
 test('a new head: std 2e-5 when weights are loaded (trunc_normal_ after load), timm’s 0.02 from scratch', () => {
   const std = (scratch: boolean, model: object) => {
-    const c = classifierFor(parseRunConfig({ model }).model, 100, 0, false, scratch);
+    const c = classifierFor(parseRunConfig({ model }).model, { classes: 100, scratch }, 0);
     const w = Array.from(c.params.get('head.weight').dataSync());
     c.dispose();
     return Math.sqrt(w.reduce((a, v) => a + v * v, 0) / w.length);
@@ -62,7 +62,7 @@ test('a ViT from scratch starts as timm 0.3.2’s: trunc_normal_(std .02) Linear
   const model = parseRunConfig({ model: { D: 64, depth: 2, heads: 2, imgSize: 32, patchSize: 8 } }).model;
   const values = (p: ParamStore, name: string) => Array.from(p.get(name).dataSync());
   const std = (w: number[]) => Math.sqrt(w.reduce((a, v) => a + v * v, 0) / w.length);
-  const scratch = classifierFor(model, 10, 0, false, true);
+  const scratch = classifierFor(model, { classes: 10, scratch: true }, 0);
   // timm's _init_weights: every nn.Linear (qkv, proj, fc1, fc2 of each block, the head) trunc_normal_(std=.02), bias 0.
   const linears = [...scratch.params.vars.keys()].filter((n) => n.endsWith('.weight') && scratch.params.get(n).rank === 2);
   expect(linears).toHaveLength(2 * 4 + 1);

@@ -58,7 +58,7 @@ function formula(name: string, shape: number[]): Float32Array {
 const gradTol = (c: Case) => (c.name === 'w7_224' ? 3e-4 : 1e-4);
 
 function goldenClassifier(c: Case): SwinClassifier {
-  const model = new SwinClassifier(configOf(c), c.config.num_classes, 0);
+  const model = new SwinClassifier(configOf(c), { classes: c.config.num_classes }, 0);
   const ours = new Map([...model.params.vars].map(([n, v]) => [n, v.shape]));
   // The same parameters, with the same shapes, as the official model.
   expect(Object.fromEntries(ours)).toEqual(Object.fromEntries(c.param_init.map((p) => [p.name, p.shape])));
@@ -101,7 +101,7 @@ describe('Swin fine-tuning: the official loading, layer decay and weight decay',
 
   test('a pretraining checkpoint loads into the classifier by name; per-stage norms and decoders do not', () => {
     const pre = paramStore(tiny, 1);
-    const cls = new SwinClassifier(tiny, 3, 2);
+    const cls = new SwinClassifier(tiny, { classes: 3 }, 2);
     const loaded = [...pre.vars].filter(([n]) => isBackbone(n));
     for (const [n, v] of loaded) expect(cls.params.get(n).shape, n).toEqual(v.shape);
     expect(loaded.length).toBe([...cls.params.vars.keys()].filter((n) => !/^(norm|head)\./.test(n)).length);
@@ -120,7 +120,7 @@ describe('Swin fine-tuning: the official loading, layer decay and weight decay',
   });
 
   test('a training pass with drop path leaves no tensor behind', () => {
-    const cls = new SwinClassifier(tiny, 3, 0);
+    const cls = new SwinClassifier(tiny, { classes: 3 }, 0);
     const images = [0, 1].map((k) => ({ width: 112, height: 112, data: new Uint8Array(112 * 112 * 3).fill(40 + 90 * k) }));
     const pass = (seed: number) => {
       const { value, grads } = tf.variableGrads(
@@ -156,7 +156,7 @@ describe('Swin fine-tuning: the official loading, layer decay and weight decay',
       ['head.bias', 13],
     ];
     for (const [n, id] of official) expect(swinLayerId(n, [2, 2, 6, 2]), n).toBe(id);
-    const cls = new SwinClassifier(tiny, 3, 0);
+    const cls = new SwinClassifier(tiny, { classes: 3 }, 0);
     const N = swinDims(tiny).depths.reduce((a, b) => a + b, 0);
     expect(cls.lrScale('patch_embed.proj.weight', 0.9)).toBeCloseTo(0.9 ** (N + 1), 12);
     expect(cls.lrScale('head.weight', 0.9)).toBe(1);

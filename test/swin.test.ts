@@ -5,9 +5,10 @@ import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
 import { parseRunConfig, swinDims, type ModelConfig } from '../core/config.js';
 import { SwinLocalMIM, swinLocalMimParams, swinMask } from '../core/model/swin-localmim.js';
-import { count } from '../core/model/module.js';
+import { count, declare, resolve } from '../core/model/module.js';
 import { layerNorm } from '../core/model/ops.js';
-import { disposePlanTensors, groupWindows, knapsack, planTensors, swinEncode, swinPlan, unitPatches } from '../core/model/swin.js';
+import { disposePlanTensors, planTensors, swinBackboneParams, swinEncode, unitPatches } from '../core/model/swin.js';
+import { groupWindows, knapsack, swinPlan } from '../core/model/swin-windows.js';
 import { normalize, toTensor } from '../core/image.js';
 import { Rng } from '../core/random.js';
 import type { RgbImage } from '../core/image.js';
@@ -149,7 +150,7 @@ test('on every token, with true coordinates and timm merge order, the encoder is
   );
   const [pooled, features] = tf.tidy(() => {
     const patches = unitPatches(normalize(toTensor(images)), d, plan.plan.units);
-    const last = swinEncode(P, d, patches, plan, { merge: 'timm', norm2Eps: 1e-5 }).at(-1)!;
+    const last = swinEncode(resolve(declare(swinBackboneParams(d)), P), patches, plan, { merge: 'timm', norm2Eps: 1e-5 }).at(-1)!;
     const mean = tf.mean(last, 1);
     return [mean, layerNorm(mean, P('norm.weight'), P('norm.bias'))];
   });

@@ -65,7 +65,7 @@ describeWith('torch', 'pillow')('fine-tuning on the torch engine', () => {
       tf.dispose(loss);
     }
     const spec = join(dir, 'spec.json');
-    const classifier = classifierFor(config.model, classes.length, config.seed, false, true); // the task's, for its groups
+    const classifier = classifierFor(config.model, { classes: classes.length, scratch: true }, config.seed); // the task's, for its groups
     writeFileSync(spec, JSON.stringify(torchFinetuneSpec(config, paramGroups(classifier, f.layerDecay))));
     classifier.dispose();
     writeFileSync(join(dir, 'in.safetensors'), encodeSafetensors(handed, { lrs: JSON.stringify(lrs) }));

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { modelDims, modelFamily, parseRunConfig, swinDims, type ModelConfig } from '../config.js';
-import type { PretrainModel } from '../model/localmim.js';
+import type { PretrainModel } from '../model/pretraining.js';
 import { Rng } from '../random.js';
 import type { RunRow } from '../store/store.js';
 import type { RgbImage } from '../image.js';

@@ -5,7 +5,7 @@ import sharp from 'sharp';
 import { writeAtomic } from '../atomic.js';
 import { UnreadableImageError } from '../data/decode.js';
 import { evalImage } from '../data/preprocess.js';
-import type { PretrainModel } from '../model/localmim.js';
+import type { PretrainModel } from '../model/pretraining.js';
 import { homePaths } from '../home.js';
 import { Rng, seedFor, STREAMS } from '../random.js';
 import type { Rgb8 } from '../image.js';

@@ -1,5 +1,5 @@
 import { modelDims, type ModelConfig, type ModelDims } from '../config.js';
-import type { PretrainModel } from '../model/localmim.js';
+import type { PretrainModel } from '../model/pretraining.js';
 import type { Param } from '../model/module.js';
 import { Rng, seedFor } from '../random.js';
 import type { RunRow } from '../store/store.js';

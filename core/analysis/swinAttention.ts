@@ -2,7 +2,8 @@ import * as tf from '@tensorflow/tfjs';
 import { swinDims, type ModelConfig } from '../config.js';
 import { UserError } from '../errors.js';
 import { fullPlan, swinTokens } from '../model/classifier.js';
-import { disposePlanTensors, type GroupPlan } from '../model/swin.js';
+import { disposePlanTensors } from '../model/swin.js';
+import type { GroupPlan } from '../model/swin-windows.js';
 import type { Param } from '../model/module.js';
 import type { RgbImage } from '../image.js';
 import { meanPairKL, nmi } from './attention.js';
@@ -35,7 +36,7 @@ export async function swinWindowAttention(P: Param, model: ModelConfig, image: R
   const kept: { stage: number; block: number; probs: tf.Tensor; g: GroupPlan }[] = [];
   try {
     tf.tidy(() => {
-      swinTokens(P, d, plan, [image], { onAttention: (stage, block, probs, g) => kept.push({ stage, block, probs: tf.keep(probs), g }) });
+      swinTokens(P, plan, [image], { onAttention: (stage, block, probs, g) => kept.push({ stage, block, probs: tf.keep(probs), g }) });
     });
     const layers: WindowAttentionLayer[] = [];
     for (const [index, { stage, block, probs, g }] of kept.entries()) {

@@ -2,7 +2,20 @@ import * as tf from '@tensorflow/tfjs';
 import { modelDims, modelFamily, swinDims, type ModelConfig, type ModelDims, type SwinDims } from '../config.js';
 import type { Rng } from '../random.js';
 import { normalize, toTensor, type RgbImage } from '../image.js';
-import { ParamStore, declare, dense, fill, linearParams, norm, normal, normParams, running, type Param, type ParamSpec } from './module.js';
+import {
+  ParamStore,
+  declare,
+  dense,
+  fill,
+  linearParams,
+  norm,
+  normal,
+  normParams,
+  resolve,
+  running,
+  type Param,
+  type ParamSpec,
+} from './module.js';
 import { batchNorm } from './ops.js';
 import { allPatches } from './patches.js';
 import {
@@ -10,11 +23,11 @@ import {
   planTensors,
   swinBackboneParams,
   swinEncode,
-  swinPlan,
   unitPatches,
   type SwinEncoderOptions,
   type SwinPlanTensors,
 } from './swin.js';
+import { swinPlan } from './swin-windows.js';
 import { encode, encoderParams, meanPatchTokens, type EncoderOptions } from './vit.js';
 
 /**
@@ -23,11 +36,10 @@ import { encode, encoderParams, meanPatchTokens, type EncoderOptions } from './v
  * row is added to the class token, as timm's ViT (zero in a pretrained table). Call in `tf.tidy`.
  */
 export function encodeImages(P: Param, dims: ModelDims, images: RgbImage[], o: EncoderOptions = {}) {
-  const m = declare(encoderParams(dims));
-  const table = P(m.pos_embed.name);
-  const { patches, pos } = allPatches(normalize(toTensor(images)), dims.p, table);
-  const cls = tf.add(P(m.cls_token.name), tf.slice(table, [0, 0, 0], [1, 1, dims.D]));
-  return encode((name) => (name === m.cls_token.name ? cls : P(name)), m, dims, patches, pos, images.length, o);
+  const m = resolve(declare(encoderParams(dims)), P);
+  const input = { B: images.length, ...allPatches(normalize(toTensor(images)), dims.p, m.pos_embed) };
+  const cls = tf.add(m.cls_token, tf.slice(m.pos_embed, [0, 0, 0], [1, 1, dims.D]));
+  return encode({ ...m, cls_token: cls }, input, dims.heads, o);
 }
 
 /**
@@ -35,7 +47,7 @@ export function encodeImages(P: Param, dims: ModelDims, images: RgbImage[], o: E
  * excluded, no norm). Returns `[B, D]`; call in `tf.tidy`.
  */
 export function backboneFeatures(P: Param, dims: ModelDims, images: RgbImage[], dropPath?: { rate: number; rng: Rng }): tf.Tensor {
-  return meanPatchTokens(encodeImages(P, dims, images, { dropPath }).x, images.length);
+  return meanPatchTokens(encodeImages(P, dims, images, { dropPath }).blocks.at(-1)!, images.length);
 }
 
 /** MAE's probe BatchNorm eps (main_linprobe.py). */
@@ -58,10 +70,8 @@ export interface Classifier {
 }
 
 /** The fine-tuning classifier of a model config's family. */
-export function classifierFor(config: ModelConfig, classes: number, seed: number, probe = false, scratch = false): Classifier {
-  return modelFamily(config) === 'swin'
-    ? new SwinClassifier(config, classes, seed, probe, scratch)
-    : new ViTClassifier(config, classes, seed, probe, scratch);
+export function classifierFor(config: ModelConfig, head: HeadSpec, seed: number): Classifier {
+  return modelFamily(config) === 'swin' ? new SwinClassifier(config, head, seed) : new ViTClassifier(config, head, seed);
 }
 
 /**
@@ -70,7 +80,7 @@ export function classifierFor(config: ModelConfig, classes: number, seed: number
  */
 export interface HeadSpec {
   classes: number;
-  probe: boolean;
+  probe?: boolean;
   scratch?: boolean;
 }
 
@@ -106,16 +116,18 @@ export class ViTClassifier implements Classifier {
   readonly dims: ModelDims;
   readonly modules: ReturnType<typeof vitClassifierParams>;
   readonly params: ParamStore;
+  readonly classes: number;
+  readonly probe: boolean;
 
   constructor(
     readonly config: ModelConfig,
-    readonly classes: number,
+    head: HeadSpec,
     seed: number,
-    readonly probe = false,
-    scratch = false,
   ) {
+    this.classes = head.classes;
+    this.probe = head.probe ?? false;
     this.dims = modelDims(config);
-    this.modules = vitClassifierParams(config, { classes, probe, scratch });
+    this.modules = vitClassifierParams(config, head);
     this.params = new ParamStore(this.modules, seed);
   }
 
@@ -127,7 +139,7 @@ export class ViTClassifier implements Classifier {
    */
   headInput(images: RgbImage[], train?: { dropPath?: { rate: number; rng: Rng } }): tf.Tensor {
     const f = backboneFeatures(this.P, this.dims, images, train?.dropPath);
-    const x = norm(this.P, this.modules.fc_norm, f);
+    const x = norm(resolve(this.modules.fc_norm, this.P), f);
     const head = this.modules.head;
     if ('weight' in head) return x;
     const stat = (s: ParamSpec) => this.params.stats.get(s.name)!;
@@ -137,7 +149,7 @@ export class ViTClassifier implements Classifier {
   /** Class scores `[B, classes]` of the head's input. */
   head(x: tf.Tensor): tf.Tensor {
     const head = this.modules.head;
-    return dense(this.P, 'weight' in head ? head : head[1], x);
+    return dense(resolve('weight' in head ? head : head[1], this.P), x);
   }
 
   /** Class scores `[B, classes]` of images (evaluation unless `train`). Call in `tf.tidy`. */
@@ -181,17 +193,18 @@ export class SwinClassifier implements Classifier {
   readonly params: ParamStore;
   /** Every image's tokens are all visible: one grouping plan, kept for the backward passes. */
   private readonly plan: SwinPlanTensors;
+  readonly classes: number;
+  readonly probe = false;
 
   constructor(
     readonly config: ModelConfig,
-    readonly classes: number,
+    head: HeadSpec,
     seed: number,
-    readonly probe = false,
-    scratch = false,
   ) {
-    if (probe) throw new Error("a linear probe is MAE's ViT protocol; the official Swin code has none");
+    if (head.probe) throw new Error("a linear probe is MAE's ViT protocol; the official Swin code has none");
+    this.classes = head.classes;
     this.dims = swinDims(config);
-    this.modules = swinClassifierParams(this.dims, classes, scratch);
+    this.modules = swinClassifierParams(this.dims, head.classes, head.scratch);
     this.params = new ParamStore(this.modules, seed);
     this.plan = fullPlan(this.dims);
   }
@@ -200,12 +213,12 @@ export class SwinClassifier implements Classifier {
 
   /** The pooled, normalised last-stage tokens `[B, C_last]`. Call in `tf.tidy`. */
   headInput(images: RgbImage[], train?: { dropPath?: { rate: number; rng: Rng } }): tf.Tensor {
-    const x = swinTokens(this.P, this.dims, this.plan, images, { dropPath: train?.dropPath });
-    return norm(this.P, this.modules.norm, tf.mean(x, 1));
+    const x = swinTokens(this.P, this.plan, images, { dropPath: train?.dropPath });
+    return norm(resolve(this.modules.norm, this.P), tf.mean(x, 1));
   }
 
   head(x: tf.Tensor): tf.Tensor {
-    return dense(this.P, this.modules.head, x);
+    return dense(resolve(this.modules.head, this.P), x);
   }
 
   logits(images: RgbImage[], train?: { dropPath?: { rate: number; rng: Rng } }): tf.Tensor {
@@ -245,13 +258,13 @@ export const fullPlan = (d: SwinDims) =>
  */
 export function swinTokens(
   P: Param,
-  d: SwinDims,
   plan: SwinPlanTensors,
   images: RgbImage[],
   o: Pick<SwinEncoderOptions, 'dropPath' | 'onAttention'> = {},
 ): tf.Tensor {
-  const patches = unitPatches(normalize(toTensor(images)), d, plan.plan.units);
-  return swinEncode(P, d, patches, plan, { ...o, merge: 'timm', norm2Eps: 1e-5 }).at(-1)!;
+  const patches = unitPatches(normalize(toTensor(images)), plan.dims, plan.plan.units);
+  const m = resolve(declare(swinBackboneParams(plan.dims)), P);
+  return swinEncode(m, patches, plan, { ...o, merge: 'timm', norm2Eps: 1e-5 }).at(-1)!;
 }
 
 /**
@@ -273,10 +286,10 @@ export function swinLayerId(name: string, depths: readonly number[]): number {
  */
 export function swinFeatures(P: Param, dims: SwinDims, images: RgbImage[]): tf.Tensor {
   const plan = fullPlan(dims);
-  const x = swinTokens(P, dims, plan, images);
+  const x = swinTokens(P, plan, images);
   disposePlanTensors(plan);
   const [B, T, C] = x.shape as [number, number, number];
-  const normed = norm(P, swinClassifierParams(dims, 0).norm, tf.reshape(x, [B * T, C]));
+  const normed = norm(resolve(swinClassifierParams(dims, 0).norm, P), tf.reshape(x, [B * T, C]));
   return tf.mean(tf.reshape(normed, [B, T, C]), 1);
 }
 
@@ -291,11 +304,11 @@ export type ProbeFeatures = 'last' | 'last4';
 /** A ViT's mean-pooled patch tokens of each of its last `n` blocks, side by side: `[B, n·D]`; call in `tf.tidy`. */
 export function lastBlocksFeatures(P: Param, model: ModelConfig, images: RgbImage[], n = 4): tf.Tensor {
   if (modelFamily(model) === 'swin') throw new Error('the last blocks’ features are a ViT’s; a Swin has stages');
-  const dims = modelDims(model);
-  const pooled: tf.Tensor[] = [];
-  const onBlock = (i: number, x: tf.Tensor) => i >= dims.depth - n && pooled.push(meanPatchTokens(x, images.length));
-  encodeImages(P, dims, images, { onBlock });
-  return tf.concat(pooled, 1);
+  const { blocks } = encodeImages(P, modelDims(model), images);
+  return tf.concat(
+    blocks.slice(-n).map((x) => meanPatchTokens(x, images.length)),
+    1,
+  );
 }
 
 /**

@@ -13,8 +13,8 @@ import {
   uniform,
   xavier,
   type NormParams,
-  type Param,
   type ParamSpec,
+  type Tensors,
 } from './module.js';
 import { columnSum, customGrad, gelu, linear, matMulT, mm } from './ops.js';
 import { sinCosPosEmbed } from './posEmbed.js';
@@ -67,39 +67,31 @@ export function decoderParams(c: ModelConfig, dims: ModelDims, k: number) {
 export type DecoderParams = ReturnType<typeof decoderParams>;
 
 /**
- * One per-scale decoder (docs/method.md#decoders-and-scales) on a tapped latent `[B·(1+nKeep), D]`; returns the prediction
- * `[B, (s·g)², F]` in raster order over the scale's grid.
+ * One per-scale decoder (docs/method.md#decoders-and-scales) with `heads` heads on a tapped latent `[B·(1+nKeep), D]`;
+ * returns the prediction `[B, (s·g)², F]` in raster order over the scale's grid.
  */
-export function decode(
-  P: Param,
-  m: DecoderParams,
-  c: ModelConfig,
-  dims: ModelDims,
-  latent: tf.Tensor,
-  un: Unshuffle,
-  B: number,
-): tf.Tensor {
-  const { g, L, nKeep } = dims;
-  const d = c.decoderDim;
-  const x = tf.reshape(dense(P, m.embed, latent), [B, 1 + nKeep, d]);
+export function decode(m: Tensors<DecoderParams>, latent: tf.Tensor, un: Unshuffle, heads: number): tf.Tensor {
+  const [B, T, n] = un.select.shape as [number, number, number]; // T = 1 + L, n = 1 + nKeep
+  const d = m.mask_token.shape[2]!;
+  const g = Math.sqrt(T - 1);
+  const x = tf.reshape(dense(m.embed, latent), [B, n, d]);
   // Un-shuffle as a one-hot matmul: tfjs's gather gradient is missing on wasm (docs/tfjs.md#kernels-missing-on-wasm).
-  const full = tf.add(mm(un.select, x), tf.mul(un.mask, P(m.mask_token.name))); // [B, 1+L, d]
-  let h: tf.Tensor = tf.add(full, P(m.pos_embed.name));
-  h = tf.reshape(h, [B * (1 + L), d]);
-  for (const b of m.blocks) h = block(P, b, h, B, 1 + L, c.decoderHeads);
-  h = norm(P, m.norm, h);
-  const grid = tf.reshape(tf.slice(tf.reshape(h, [B, 1 + L, d]), [0, 1, 0], [B, L, d]), [B, g, g, d]); // NHWC
-  const out = rescale(P, m.pred, grid);
+  const full = tf.add(mm(un.select, x), tf.mul(un.mask, m.mask_token)); // [B, 1+L, d]
+  let h: tf.Tensor = tf.reshape(tf.add(full, m.pos_embed), [B * T, d]);
+  for (const blk of m.blocks) h = block(blk, h, { B, T }, { heads });
+  h = norm(m.norm, h);
+  const grid = tf.reshape(tf.slice(tf.reshape(h, [B, T, d]), [0, 1, 0], [B, T - 1, d]), [B, g, g, d]); // NHWC
+  const out = rescale(m.pred, grid);
   return tf.reshape(out, [B, -1, out.shape[3]!]);
 }
 
 /** The rescaling head (×4, ×2, ×1, ×0.5) on `x [B, g, g, d]`, channels last. */
-export function rescale(P: Param, layers: PredLayer[], x: tf.Tensor): tf.Tensor {
+export function rescale(layers: Tensors<PredLayer>[], x: tf.Tensor): tf.Tensor {
   for (const l of layers) {
     if (l.kind === 'gelu') x = gelu(x);
     else if (l.kind === 'pool') x = avgPool2x2(x);
-    else if (l.kind === 'norm') x = norm(P, l, x);
-    else x = (l.kind === 'deconv' ? deconv2x2 : conv1x1)(x, P(l.weight.name), P(l.bias.name));
+    else if (l.kind === 'norm') x = norm(l, x);
+    else x = (l.kind === 'deconv' ? deconv2x2 : conv1x1)(x, l.weight, l.bias);
   }
   return x;
 }

@@ -5,9 +5,9 @@ import { normalize, toTensor, type RgbImage } from '../image.js';
 import { pixelTargets } from '../targets/pixels.js';
 import { decode, decoderParams } from './decoder.js';
 import { randomMasking, scaleMask } from './masking.js';
-import { ParamStore, buffer, declare, dense, linearParams, range, uniform, type LinearParams, type Param } from './module.js';
-
+import { ParamStore, declare, linearParams, range, resolve } from './module.js';
 import { visiblePatches } from './patches.js';
+import { fuse, hogParams, maskedMse, targetShapes, type ForwardOutput, type PretrainModel } from './pretraining.js';
 import { encode, encoderParams } from './vit.js';
 
 /**
@@ -34,54 +34,6 @@ export interface PreparedBatch {
 export function disposeBatch(b: PreparedBatch): void {
   tf.dispose([b.patches, b.pos, b.select, b.removed, ...b.targets, ...b.scaleMasks]);
 }
-
-export type ForwardOutput = {
-  latents: tf.Tensor[];
-  preds: tf.Tensor[];
-  losses: tf.Scalar[];
-  loss: tf.Scalar;
-};
-
-/** What every model's batch holds: its size and one target per scale or stage. */
-export interface PretrainBatch {
-  B: number;
-  targets: tf.Tensor3D[];
-}
-
-/**
- * What the training loop, checkpoints and previews need of a pretraining model, ViT or Swin: its parameters, a batch
- * from images and mask noise, the forward pass and loss, and one output per scale or stage.
- */
-export interface PretrainModel<Batch extends PretrainBatch = PretrainBatch> {
-  readonly config: ModelConfig;
-  readonly params: ParamStore;
-  /** Per output: HOG cell or pixel patch, and features per location. */
-  readonly cells: number[];
-  readonly F: number[];
-  /** Which parameters AdamW decays: as declared. */
-  readonly decays: (name: string, shape: readonly number[]) => boolean;
-  /** Per output: the target's `[locations, features]` for one image. */
-  targetShapes(): number[][];
-  /** Length of the uniform noise `prepare` reads for B images. */
-  noiseSize(B: number): number;
-  prepare(images: RgbImage[], noise: Float32Array): Batch;
-  forward(batch: Batch): ForwardOutput;
-  /** The mask of each image over a grid of `g × g` squares of `p` pixels, 1 = removed. */
-  pixelMask(batch: Batch): { mask: (b: number) => Float32Array; g: number; p: number };
-  disposeBatch(batch: Batch): void;
-  dispose(): void;
-}
-
-const SOBEL = Float32Array.of(1, 0, -1, 2, 0, -2, 1, 0, -1, 1, 2, 1, 0, 0, 0, -1, -2, -1);
-
-/**
- * The HOG layers' frozen tensors of n scales or stages: Sobel kernels, and with `hogBias` the official bias, PyTorch's
- * default conv init U(±1/3) (fan-in 9), frozen (docs/method.md#hog-bias).
- */
-export const hogParams = (c: ModelConfig, n: number) =>
-  range(c.target === 'hog' ? n : 0, () => ({
-    conv: { weight: buffer([2, 1, 3, 3], () => SOBEL), bias: c.hogBias ? buffer([2], uniform(1 / 3)) : undefined },
-  }));
 
 /**
  * The pretraining model's tensors (docs/method.md#parameter-names): the encoder with its latent norms, decoders, HOG
@@ -125,8 +77,7 @@ export class LocalMIM implements PretrainModel<PreparedBatch> {
   }
 
   targetShapes(): number[][] {
-    const { g, scales, F } = this.dims;
-    return scales.map((s, k) => [(s * g) ** 2, F[k]!]);
+    return targetShapes(this.config);
   }
 
   /** Per-sample masks: noise `[B, L]`. */
@@ -147,18 +98,18 @@ export class LocalMIM implements PretrainModel<PreparedBatch> {
   prepare(images: RgbImage[], noise: Float32Array): PreparedBatch {
     const { p, g, L, nKeep, scales } = this.dims;
     const B = images.length;
-    const { idsKeep, mask } = randomMasking(noise, B, L, nKeep);
+    const masking = randomMasking(noise, B, L, nKeep);
     const device = tf.tidy(() => {
       const x = toTensor(images);
       const normalized = normalize(x);
       return {
-        ...visiblePatches(normalized, p, this.params.get(this.modules.pos_embed.name), idsKeep, L),
-        ...unshuffle(idsKeep, mask, B, L, nKeep),
+        ...visiblePatches(normalized, p, this.params.get(this.modules.pos_embed.name), masking.idsKeep),
+        ...unshuffle(masking, this.dims),
         targets: this.targets(x, normalized),
-        scaleMasks: scales.map((s) => tf.tensor2d(scaleMask(mask, B, g, s), [B, (s * g) ** 2])),
+        scaleMasks: scales.map((s) => tf.tensor2d(scaleMask(masking.mask, B, g, s), [B, (s * g) ** 2])),
       };
     });
-    return { B, idsKeep, mask, ...device };
+    return { B, ...masking, ...device };
   }
 
   /** Targets of images `[B, H, W, 3]` (0–255), one `[B, N_k, F_k]` per scale (docs/method.md#targets). */
@@ -173,16 +124,12 @@ export class LocalMIM implements PretrainModel<PreparedBatch> {
 
   /** The whole forward pass and loss (docs/method.md#loss). Call inside `tf.tidy`. */
   forward(batch: PreparedBatch): ForwardOutput {
-    const { B } = batch;
-    const P = (name: string) => this.params.get(name);
-    const m = this.modules;
-    const tapped = encode(P, m, this.dims, batch.patches, batch.pos, B, {
-      taps: this.dims.taps,
-      isolate: this.config.variant === 'isolated',
-    }).latents;
-    const latents = this.config.variant === 'fusion' ? [fuse(P, m.fuse, tapped)] : tapped;
+    const m = resolve(this.modules, (name) => this.params.get(name));
+    const isolate = this.config.variant === 'isolated';
+    const tapped = encode(m, batch, this.dims.heads, { taps: this.dims.taps, isolate }).latents;
+    const latents = this.config.variant === 'fusion' ? [fuse(m.fuse, tapped)] : tapped;
     const un = { select: batch.select, mask: batch.removed };
-    const preds = latents.map((z, k) => decode(P, m.decoder[k]!, this.config, this.dims, z, un, B));
+    const preds = latents.map((z, k) => decode(m.decoder[k]!, z, un, this.config.decoderHeads));
     const losses = preds.map((pred, k) => maskedMse(pred, batch.targets[k]!, batch.scaleMasks[k]!));
     return { latents, preds, losses, loss: tf.addN(losses) as tf.Scalar };
   }
@@ -192,22 +139,9 @@ export class LocalMIM implements PretrainModel<PreparedBatch> {
   }
 }
 
-/**
- * The fusion variant's features (docs/method.md#fusion): the last tap's normalised output plus each lower tap's through
- * its own Linear, as ConvMAE adds its projected stages to the top. latents: `[N, D]` each.
- */
-export function fuse(P: Param, m: LinearParams[], latents: tf.Tensor[]): tf.Tensor {
-  return tf.addN([latents.at(-1)!, ...m.map((l, j) => dense(P, l, latents[j]!))]);
-}
-
-/** Σ M·mean_f (P − T)² / Σ M, over the whole batch, not per sample (docs/method.md#loss). */
-export function maskedMse(pred: tf.Tensor, target: tf.Tensor, M: tf.Tensor): tf.Scalar {
-  const perLocation = tf.mean(tf.squaredDifference(pred, target), -1); // [B, N]
-  return tf.div(tf.sum(tf.mul(perLocation, M)), tf.sum(M));
-}
-
 /** The decoders' un-shuffle (see `Unshuffle`): sample b's row 1+n takes visible token 1+k when idsKeep[b, k] = n. */
-function unshuffle(idsKeep: Int32Array, mask: Float32Array, B: number, L: number, nKeep: number) {
+function unshuffle({ idsKeep, mask }: { idsKeep: Int32Array; mask: Float32Array }, { L, nKeep }: ModelDims) {
+  const B = mask.length / L;
   const [T, n] = [1 + L, 1 + nKeep];
   const select = new Float32Array(B * T * n);
   const removed = new Float32Array(B * T);

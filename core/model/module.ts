@@ -4,7 +4,8 @@ import { layerNorm, linear } from './ops.js';
 
 // Each model part declares its tensors once, beside its forward, as a tree of plain objects (PyTorch's modules):
 // `declare` names every tensor by its path, as a state dict does (`blocks.0.attn.qkv.weight`), and the forward reads
-// them through the same fields. The parameter store, counts, export checks and weight-decay groups all walk that tree.
+// them through the same fields once `resolve`d into tensors. The parameter store, counts, export checks and
+// weight-decay groups all walk that tree.
 
 /** Reads a tensor of the state dict by official name: a `ParamStore`'s, or an exported file's. */
 export type Param = (name: string) => tf.Tensor;
@@ -64,6 +65,25 @@ export function declare<M extends object>(m: M, prefix = ''): M {
   return m;
 }
 
+/** A declared tree with its tensors in place: what a forward reads, `m.attn.qkv.weight`. */
+export type Tensors<M> = M extends ParamSpec
+  ? tf.Tensor
+  : M extends readonly (infer E)[]
+    ? Tensors<E>[]
+    : M extends object
+      ? { [K in keyof M]: Tensors<M[K]> }
+      : M;
+
+/** A declared tree's tensors read through `P`, once per forward pass (inside its `tf.tidy` where `P` makes tensors). */
+export function resolve<M extends object>(m: M, P: Param): Tensors<M> {
+  const at = (v: unknown): unknown => {
+    if (v === null || typeof v !== 'object') return v;
+    if (isSpec(v)) return P(v.name);
+    return Array.isArray(v) ? v.map(at) : Object.fromEntries(Object.entries(v).map(([k, x]) => [k, at(x)]));
+  };
+  return at(m) as Tensors<M>;
+}
+
 /** A declared tree's tensors in declaration order, as PyTorch's `state_dict()`. */
 export function specsOf(m: object): ParamSpec[] {
   return Object.values(m).flatMap((v) => (v === null || typeof v !== 'object' ? [] : isSpec(v) ? [v] : specsOf(v)));
@@ -93,10 +113,13 @@ export const linearParams = (o: number, i: number, init: Init = xavier(o, i), bi
 /** `nn.LayerNorm(n)`: ones and zeros. */
 export const normParams = (n: number): NormParams => ({ weight: param([n], fill(1)), bias: param([n], fill(0)) });
 
-/** A declared Linear on `x [N, in]`. */
-export const dense = (P: Param, m: LinearParams, x: tf.Tensor) => linear(x, P(m.weight.name), m.bias && P(m.bias.name));
-/** A declared LayerNorm over the last axis of x. */
-export const norm = (P: Param, m: NormParams, x: tf.Tensor, eps?: number) => layerNorm(x, P(m.weight.name), P(m.bias.name), eps);
+export type Linear = Tensors<LinearParams>;
+export type Norm = Tensors<NormParams>;
+
+/** A Linear on `x [N, in]`. */
+export const dense = (m: Linear, x: tf.Tensor) => linear(x, m.weight, m.bias);
+/** A LayerNorm over the last axis of x. */
+export const norm = (m: Norm, x: tf.Tensor, eps?: number) => layerNorm(x, m.weight, m.bias, eps);
 
 /** The model's state: trainable variables, running statistics and frozen buffers, all keyed by official name. */
 export class ParamStore {

@@ -74,20 +74,26 @@ const xWt = customGrad((x: tf.Tensor, W: tf.Tensor, save: tf.GradSaveFunc) => {
   };
 }) as (x: tf.Tensor, W: tf.Tensor) => tf.Tensor;
 
+/** B sequences of T tokens, flattened to `[B·T, W]` between blocks so that every Linear is a plain 2-D GEMM. */
+export interface Seq {
+  B: number;
+  T: number;
+}
+
+export interface AttentionOptions {
+  heads: number;
+  /** Receives the attention probabilities `[B·H, T, T]`. */
+  onProbs?: (p: tf.Tensor) => void;
+  /** `[n, heads, T, T]`, added to the scores of sequence b as its row b mod n (Swin's relative positions and window masks). */
+  bias?: tf.Tensor;
+}
+
 /**
  * Multi-head scaled dot-product attention on the fused projection `qkv [B·T, 3W]` (timm's layout: q, k, v, each
- * head-major), returning `[B·T, W]` with the heads merged. `bias [n, heads, T, T]`, if given, is added to the scores
- * of sequence b as its row b mod n (Swin's relative positions and window masks). One op on the tape that keeps only
- * its inputs and the probabilities, which `onProbs` receives as `[B·H, T, T]`.
+ * head-major), returning `[B·T, W]` with the heads merged. One op on the tape that keeps only its inputs and the
+ * probabilities.
  */
-export function multiHeadAttention(
-  qkv: tf.Tensor,
-  B: number,
-  T: number,
-  heads: number,
-  onProbs?: (p: tf.Tensor) => void,
-  bias?: tf.Tensor,
-): tf.Tensor {
+export function multiHeadAttention(qkv: tf.Tensor, { B, T }: Seq, { heads, onProbs, bias }: AttentionOptions): tf.Tensor {
   const h: Heads = { B, T, heads, scale: (qkv.shape[1]! / 3 / heads) ** -0.5 };
   const forward = (x: tf.Tensor, b: tf.Tensor | undefined, save: tf.GradSaveFunc) => {
     const [out, probs] = nativeOr(fusedAttention, attentionOps)(x, h, b);
@@ -95,7 +101,7 @@ export function multiHeadAttention(
     save(b ? [x, probs!, b] : [x, probs!]);
     return {
       value: out!,
-      gradFunc: (dy: tf.Tensor, [sx, sp, sb]: tf.Tensor[]) => nativeOr(fusedAttentionGrad, attentionGradOps)(dy, sx!, sp!, h, sb),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => nativeOr(fusedAttentionGrad, attentionGradOps)(dy, saved, h),
     };
   };
   if (!bias) return (customGrad((x: tf.Tensor, save: tf.GradSaveFunc) => forward(x, undefined, save)) as (x: tf.Tensor) => tf.Tensor)(qkv);
@@ -131,17 +137,17 @@ function attentionOps(qkv: tf.Tensor, h: Heads, bias?: tf.Tensor): tf.Tensor[] {
 
 /**
  * dV = Pᵀ dO, dS = P ⊙ (dP − Σ_j P ⊙ dP) with dP = dO Vᵀ, dQ = scale·dS K, dK = scale·dSᵀ Q, in qkv's layout; and the
- * bias's gradient, dS summed over the sequences that share each of its rows.
+ * bias's gradient, dS summed over the sequences that share each of its rows. `saved`: the forward's `[qkv, probs, bias?]`.
  */
-function attentionGradOps(dout: tf.Tensor, qkv: tf.Tensor, probs: tf.Tensor, h: Heads, bias?: tf.Tensor): tf.Tensor[] {
-  const [q, k, v] = splitHeads(qkv, h);
+function attentionGradOps(dout: tf.Tensor, [qkv, probs, bias]: tf.Tensor[], h: Heads): tf.Tensor[] {
+  const [q, k, v] = splitHeads(qkv!, h);
   const dO = toHeads(dout, h);
   const dP = matMulT(dO, v!, false, true);
-  const dS = tf.mul(probs, tf.sub(dP, tf.sum(tf.mul(dP, probs), -1, true)));
+  const dS = tf.mul(probs!, tf.sub(dP, tf.sum(tf.mul(dP, probs!), -1, true)));
   const grads = [
     tf.mul(matMulT(dS, k!, false, false), h.scale),
     tf.mul(matMulT(dS, q!, true, false), h.scale),
-    matMulT(probs, dO, true, false),
+    matMulT(probs!, dO, true, false),
   ];
   const d = tf.reshape(tf.stack(grads), [3, h.B, h.heads, h.T, -1]);
   const dqkv = tf.reshape(tf.transpose(d, [1, 3, 0, 2, 4]), [h.B * h.T, -1]); // [B, T, 3, H, hd]

@@ -18,8 +18,10 @@ export function patchRows(x: tf.Tensor4D, p: number): tf.Tensor2D {
  * `[1 + L, D]` (row 0 is the class token's): `patches [B·nKeep, 3p²]`, `pos [B·nKeep, D]`. Neither needs a
  * gradient; gather has none on wasm.
  */
-export function visiblePatches(x: tf.Tensor4D, p: number, posTable: tf.Tensor, idsKeep: Int32Array, L: number) {
+export function visiblePatches(x: tf.Tensor4D, p: number, posTable: tf.Tensor, idsKeep: Int32Array) {
   return tf.tidy(() => {
+    const all = patchRows(x, p);
+    const L = all.shape[0] / x.shape[0];
     const nKeep = idsKeep.length / x.shape[0];
     const rows = tf.tensor1d(
       Int32Array.from(idsKeep, (id, i) => Math.floor(i / nKeep) * L + id),
@@ -30,7 +32,7 @@ export function visiblePatches(x: tf.Tensor4D, p: number, posTable: tf.Tensor, i
       'int32',
     );
     const D = posTable.shape.at(-1)!;
-    return { patches: tf.gather(patchRows(x, p), rows) as tf.Tensor2D, pos: tf.gather(tf.reshape(posTable, [-1, D]), ids) as tf.Tensor2D };
+    return { patches: tf.gather(all, rows) as tf.Tensor2D, pos: tf.gather(tf.reshape(posTable, [-1, D]), ids) as tf.Tensor2D };
   });
 }
 

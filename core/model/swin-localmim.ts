@@ -3,22 +3,34 @@ import { swinDims, type ModelConfig, type SwinDims } from '../config.js';
 import { hog } from '../targets/hog.js';
 import { normalize, toTensor, type RgbImage } from '../image.js';
 import { pixelTargets } from '../targets/pixels.js';
-import type { ForwardOutput, PretrainModel } from './localmim.js';
-import { fuse, hogParams, maskedMse } from './localmim.js';
 import { scaleMask } from './masking.js';
-import { ParamStore, buffer, declare, dense, linearParams, norm, normal, normParams, param, range, type Param } from './module.js';
-
+import {
+  ParamStore,
+  buffer,
+  declare,
+  dense,
+  linearParams,
+  norm,
+  normal,
+  normParams,
+  param,
+  range,
+  resolve,
+  type Linear,
+  type Tensors,
+} from './module.js';
 import { sinCosPosEmbed } from './posEmbed.js';
+import { fuse, hogParams, maskedMse, targetShapes, type ForwardOutput, type PretrainModel } from './pretraining.js';
 import {
   disposePlanTensors,
   gatherTokens,
   planTensors,
   swinBackboneParams,
   swinEncode,
-  swinPlan,
   unitPatches,
   type SwinPlanTensors,
 } from './swin.js';
+import { swinPlan } from './swin-windows.js';
 import { block, blockParams } from './vit.js';
 import { predParams, rescale } from './decoder.js';
 
@@ -116,7 +128,7 @@ export class SwinLocalMIM implements PretrainModel<SwinBatch> {
   }
 
   targetShapes(): number[][] {
-    return this.dims.predGrids.map((g, k) => [g * g, this.dims.F[k]!]);
+    return targetShapes(this.config);
   }
 
   /** One mask per batch: noise for the mask grid's units only. */
@@ -164,14 +176,13 @@ export class SwinLocalMIM implements PretrainModel<SwinBatch> {
 
   /** The whole forward pass and loss (docs/method.md#swin). Call inside `tf.tidy`. */
   forward(batch: SwinBatch): ForwardOutput {
-    const P = (name: string) => this.params.get(name);
-    const m = this.modules;
+    const m = resolve(this.modules, (name) => this.params.get(name));
     const d = this.dims;
     const isolate = this.config.variant === 'isolated' ? d.taps : undefined;
-    const outputs = swinEncode(P, d, batch.patches, batch.plan, { isolate });
-    const tapped = d.taps.map((t, k) => norm(P, m.norm[k]!, outputs[t]!));
-    const latents = this.config.variant === 'fusion' ? [this.fused(P, tapped)] : tapped;
-    const preds = latents.map((z, k) => this.decode(P, m.decoder[k]!, k, z, batch));
+    const outputs = swinEncode(m, batch.patches, batch.plan, { isolate });
+    const tapped = d.taps.map((t, k) => norm(m.norm[k]!, outputs[t]!));
+    const latents = this.config.variant === 'fusion' ? [fused(m.fuse, tapped)] : tapped;
+    const preds = latents.map((z, k) => this.decode(m.decoder[k]!, k, z, batch));
     const losses = preds.map((pred, k) => maskedMse(pred, batch.targets[k]!, batch.stageMasks[k]!));
     return { latents, preds, losses, loss: tf.addN(losses) as tf.Scalar };
   }
@@ -181,37 +192,20 @@ export class SwinLocalMIM implements PretrainModel<SwinBatch> {
    * the stage's output grid with mask tokens in the gaps, fixed sin-cos positions, blocks, norm, then the Linear (or
    * the rescaling head): `[B, L_k, F_k]`.
    */
-  private decode(P: Param, m: ReturnType<typeof swinDecoderParams>, k: number, latent: tf.Tensor, batch: SwinBatch): tf.Tensor {
+  private decode(m: Tensors<ReturnType<typeof swinDecoderParams>>, k: number, latent: tf.Tensor, batch: SwinBatch): tf.Tensor {
     const [B, n, C] = latent.shape as [number, number, number];
     const W = this.dims.decoderDims[k]!;
     const t = this.dims.reads[k]!;
     const g = this.dims.outGrids[t]!;
-    const x = tf.reshape(dense(P, m.embed, tf.reshape(latent, [B * n, C])), [B, n, W]);
+    const x = tf.reshape(dense(m.embed, tf.reshape(latent, [B * n, C])), [B, n, W]);
     const { order, slots } = batch.plan.restore[t]!;
-    const full = tf.add(gatherTokens(x, order, slots), tf.mul(batch.removed[t]!, P(m.mask_token.name))); // [B, L, W]
-    let h: tf.Tensor = tf.reshape(tf.add(full, P(m.pos_embed.name)), [B * g * g, W]);
-    for (const b of m.blocks) h = block(P, b, h, B, g * g, this.config.decoderHeads);
-    h = norm(P, m.norm, h);
-    if (!Array.isArray(m.pred)) return tf.reshape(dense(P, m.pred, h), [B, g * g, -1]);
-    const out = rescale(P, m.pred, tf.reshape(h, [B, g, g, W]));
+    const full = tf.add(gatherTokens(x, order, slots), tf.mul(batch.removed[t]!, m.mask_token)); // [B, L, W]
+    let h: tf.Tensor = tf.reshape(tf.add(full, m.pos_embed), [B * g * g, W]);
+    for (const blk of m.blocks) h = block(blk, h, { B, T: g * g }, { heads: this.config.decoderHeads });
+    h = norm(m.norm, h);
+    if (!Array.isArray(m.pred)) return tf.reshape(dense(m.pred, h), [B, g * g, -1]);
+    const out = rescale(m.pred, tf.reshape(h, [B, g, g, W]));
     return tf.reshape(out, [B, -1, out.shape[3]!]);
-  }
-
-  /**
-   * The fusion variant's features `[B, n, C_last]` (docs/method.md#fusion): a lower tap's `r × r` tokens of a mask unit
-   * are consecutive (mask-unit-major), so one row of `[B·n, r²·C_t]` each, through `fuse` as a ViT's: ConvMAE's
-   * strided-conv stage projections, on the visible units only.
-   */
-  private fused(P: Param, latents: tf.Tensor[]): tf.Tensor {
-    const [B, n, C] = latents.at(-1)!.shape as [number, number, number];
-    return tf.reshape(
-      fuse(
-        P,
-        this.modules.fuse,
-        latents.map((x) => tf.reshape(x, [B * n, -1])),
-      ),
-      [B, n, C],
-    );
   }
 
   /** The mask of image b on a grid of `g × g` squares of `p` pixels (for previews). */
@@ -227,4 +221,20 @@ export class SwinLocalMIM implements PretrainModel<SwinBatch> {
   dispose(): void {
     this.params.dispose();
   }
+}
+
+/**
+ * The fusion variant's features `[B, n, C_last]` (docs/method.md#fusion): a lower tap's `r × r` tokens of a mask unit
+ * are consecutive (mask-unit-major), so one row of `[B·n, r²·C_t]` each, through `fuse` as a ViT's: ConvMAE's
+ * strided-conv stage projections, on the visible units only.
+ */
+function fused(m: Linear[], latents: tf.Tensor[]): tf.Tensor {
+  const [B, n, C] = latents.at(-1)!.shape as [number, number, number];
+  return tf.reshape(
+    fuse(
+      m,
+      latents.map((x) => tf.reshape(x, [B * n, -1])),
+    ),
+    [B, n, C],
+  );
 }

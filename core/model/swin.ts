@@ -3,7 +3,6 @@ import type { SwinDims } from '../config.js';
 import type { Rng } from '../random.js';
 import { tokens } from '../image.js';
 import {
-  declare,
   dense,
   linearParams,
   norm,
@@ -14,173 +13,28 @@ import {
   timmLinear,
   torchConv,
   xavier,
-  type Param,
+  type Tensors,
   type WeightInit,
 } from './module.js';
 import { customGrad, mm, stopGradient } from './ops.js';
+import type { GroupPlan, SwinPlan } from './swin-windows.js';
 import { attention, attentionParams, embedPatches, mlp, mlpParams, patchEmbedParams } from './vit.js';
 
 // The Swin encoder of the official pretraining model (docs/method.md#swin) on any set of visible mask units, all of
 // them included. Tokens are kept mask-unit-major, as the official code orders them: the visible units of the
 // `maskGrid × maskGrid` mask grid in raster order, each unit's `r × r` tokens in raster order within it. Which tokens
-// attend to which (windows, shifted windows, padding into groups) is index bookkeeping done on the host from the mask,
-// as the official `GroupingModule` does; the device sees gathers with known inverses and one-hot matmuls.
+// attend to which (windows, shifted windows, padding into groups) is index bookkeeping done on the host from the mask
+// (swin-windows.ts), as the official `GroupingModule` does; the device sees gathers with known inverses and one-hot matmuls.
 
 /** How a stage's 2×2 neighbours are concatenated before the reduction: (dh, dw) order as the official pretraining, or timm's x0..x3 = (0,0), (1,0), (0,1), (1,1). */
 export type MergeOrder = 'pretrain' | 'timm';
-/** Token coordinates after a patch merging: the official pretraining's, or the true ones (docs/method.md#swin-coordinates). */
-export type CoordRule = 'official' | 'true';
-
-/** One attention pass's grouping of a stage's N tokens (official `GroupingModule.prepare`). */
-export interface GroupPlan {
-  mode: 'masking' | 'grouping';
-  /** Groups and tokens per group; masking mode is one group of all N tokens in their order. */
-  nG: number;
-  GS: number;
-  /** Grouping mode: the token in each slot `[nG·GS]` (−1 = padding), and each token's slot `[N]`. */
-  order: Int32Array | null;
-  slots: Int32Array | null;
-  /** Per slot: the window id (−1 = padding) and the position inside its window, `ly·w + lx` (−1 = padding). */
-  groupId: Int32Array;
-  local: Int32Array;
-}
-
-export interface StagePlan {
-  /** Tokens entering the stage, their `(row, col)` coordinates `[N·2]`, the unshifted and shifted groupings. */
-  N: number;
-  coords: Int32Array;
-  plain: GroupPlan;
-  shifted: GroupPlan | null;
-}
-
-/** The host-side bookkeeping of a batch's mask: every stage's groupings, and where each stage's output tokens lie. */
-export interface SwinPlan {
-  /** Visible mask units, raster order over the mask grid. */
-  units: Int32Array;
-  stages: StagePlan[];
-  /** Per stage: for each raster position of the stage's output grid, the output token there (−1 = masked). */
-  restore: Int32Array[];
-}
-
-/** Plans the encoder for the visible mask units `units` (raster indices over the mask grid, increasing). */
-export function swinPlan(d: SwinDims, units: Int32Array, rule: CoordRule = 'official'): SwinPlan {
-  const G = d.maskGrid;
-  const stages = d.grids.map((g, i): StagePlan => {
-    const r = g / G;
-    const N = units.length * r * r;
-    const coords = new Int32Array(2 * N);
-    for (let n = 0; n < N; n++) {
-      const u = units[Math.floor(n / (r * r))]!;
-      const t = n % (r * r);
-      const [y, x] = [Math.floor(u / G) * r + Math.floor(t / r), (u % G) * r + (t % r)];
-      // After a merging the official code reads the unit-major index of a token as a raster index (docs/method.md#swin-coordinates).
-      const m = u * r * r + t;
-      const official = i > 0 && rule === 'official';
-      coords[2 * n] = official ? Math.floor(m / g) : y;
-      coords[2 * n + 1] = official ? m % g : x;
-    }
-    const w = d.windows[i]!;
-    const mode = N <= 2 * w * w ? 'masking' : 'grouping';
-    const plain = groupPlan(coords, w, 0, mode);
-    return { N, coords, plain, shifted: d.shifts[i] ? groupPlan(coords, w, d.shifts[i]!, mode) : null };
-  });
-  const restore = d.outGrids.map((g) => {
-    const r = g / G;
-    const out = new Int32Array(g * g).fill(-1);
-    units.forEach((u, k) => {
-      for (let t = 0; t < r * r; t++) {
-        const [y, x] = [Math.floor(u / G) * r + Math.floor(t / r), (u % G) * r + (t % r)];
-        out[y * g + x] = k * r * r + t;
-      }
-    });
-    return out;
-  });
-  return { units, stages, restore };
-}
-
-/** The official `GroupingModule` for one window size and shift, in masking or grouping mode. */
-function groupPlan(coords: Int32Array, w: number, shift: number, mode: GroupPlan['mode']): GroupPlan {
-  const N = coords.length / 2;
-  const off = (w - shift) % w;
-  // The official id multiplies the window row by the token count, not the window columns: same order, same groups.
-  const gid = Int32Array.from(
-    { length: N },
-    (_, n) => Math.floor((coords[2 * n]! + off) / w) * N + Math.floor((coords[2 * n + 1]! + off) / w),
-  );
-  const localOf = (n: number) => ((coords[2 * n]! + off) % w) * w + ((coords[2 * n + 1]! + off) % w);
-  if (mode === 'masking') {
-    return { mode, nG: 1, GS: N, order: null, slots: null, groupId: gid, local: Int32Array.from({ length: N }, (_, n) => localOf(n)) };
-  }
-  // Tokens by window, windows by id; the knapsack packs windows into groups of at most the largest window's count.
-  const byWindow = new Map<number, number[]>();
-  for (const n of [...gid.keys()].sort((a, b) => gid[a]! - gid[b]! || a - b)) {
-    if (!byWindow.has(gid[n]!)) byWindow.set(gid[n]!, []);
-    byWindow.get(gid[n]!)!.push(n);
-  }
-  const windows = [...byWindow.values()];
-  const GS = Math.min(w * w, Math.max(...windows.map((t) => t.length)));
-  const groups = groupWindows(
-    GS,
-    windows.map((t) => t.length),
-  );
-  const order = new Int32Array(groups.length * GS).fill(-1);
-  groups.forEach((g, j) =>
-    order.set(
-      g.flatMap((k) => windows[k]!),
-      j * GS,
-    ),
-  );
-  const slots = new Int32Array(N);
-  order.forEach((n, s) => n >= 0 && (slots[n] = s));
-  return {
-    mode,
-    nG: groups.length,
-    GS,
-    order,
-    slots,
-    groupId: order.map((n) => (n < 0 ? -1 : gid[n]!)),
-    local: order.map((n) => (n < 0 ? -1 : localOf(n))),
-  };
-}
-
-/** 0/1 knapsack of capacity W over item weights = values `wt` (the official DP): the best total and the chosen items, increasing. */
-export function knapsack(W: number, wt: number[]): [number, number[]] {
-  const n = wt.length;
-  const K = Array.from({ length: n + 1 }, () => new Array<number>(W + 1).fill(0));
-  for (let i = 1; i <= n; i++)
-    for (let c = 1; c <= W; c++)
-      K[i]![c] = wt[i - 1]! <= c ? Math.max(wt[i - 1]! + K[i - 1]![c - wt[i - 1]!]!, K[i - 1]![c]!) : K[i - 1]![c]!;
-  let res = K[n]![W]!;
-  let c = W;
-  const idx: number[] = [];
-  for (let i = n; i > 0 && res > 0; i--) {
-    if (res === K[i - 1]![c]) continue;
-    idx.push(i - 1);
-    res -= wt[i - 1]!;
-    c -= wt[i - 1]!;
-  }
-  return [K[n]![W]!, idx.reverse()];
-}
-
-/** The official `group_windows`: knapsack after knapsack over the remaining windows; returns each group's window indices. */
-export function groupWindows(size: number, counts: number[]): number[][] {
-  let wt = [...counts];
-  let ids = counts.map((_, i) => i);
-  const groups: number[][] = [];
-  while (wt.length > 0) {
-    const [, idx] = knapsack(size, wt);
-    groups.push(idx.map((i) => ids[i]!));
-    const chosen = new Set(idx);
-    wt = wt.filter((_, i) => !chosen.has(i));
-    ids = ids.filter((_, i) => !chosen.has(i));
-  }
-  return groups;
-}
 
 /** A grouping on the device: the gathers, the window-position one-hots and the additive mask. */
 export interface GroupTensors {
   plan: GroupPlan;
   window: number;
+  /** The window side's relative-position one-hot (the plan's, shared). */
+  relIndex: tf.Tensor2D;
   /** Grouping mode: slot → token (N = zero row) and token → slot; masking mode: null. */
   order: tf.Tensor1D | null;
   slots: tf.Tensor1D | null;
@@ -199,6 +53,7 @@ export interface StageTensors {
 
 /** A plan's device tensors: per stage its groupings, per stage output its restore gather, per window side its bias-table one-hot. */
 export interface SwinPlanTensors {
+  dims: SwinDims;
   plan: SwinPlan;
   stages: StageTensors[];
   restore: { order: tf.Tensor1D; slots: tf.Tensor1D }[];
@@ -232,6 +87,7 @@ export function planTensors(d: SwinDims, plan: SwinPlan): SwinPlanTensors {
     return {
       plan: g,
       window: w,
+      relIndex: relIndex.get(w)!,
       order: g.order
         ? tf.keep(
             tf.tensor1d(
@@ -265,7 +121,7 @@ export function planTensors(d: SwinDims, plan: SwinPlan): SwinPlanTensors {
       slots: tf.keep(tf.tensor1d(slots, 'int32')),
     };
   });
-  return { plan, stages, restore, relIndex };
+  return { dims: d, plan, stages, restore, relIndex };
 }
 
 export function disposePlanTensors(t: SwinPlanTensors): void {
@@ -310,58 +166,55 @@ const padZero = (x: tf.Tensor) => tf.concat([x, tf.zeros([x.shape[0]!, 1, x.shap
  * −100 added): the table gathered into a window's full `[w², w², heads]` bias by a one-hot matmul, then each group's
  * pairs picked as `E · bias_h · Eᵀ`.
  */
-export function relativeBias(table: tf.Tensor, g: GroupTensors, relIndex: tf.Tensor2D): tf.Tensor {
+export function relativeBias(table: tf.Tensor, g: GroupTensors): tf.Tensor {
   const { nG, GS } = g.plan;
   const w2 = g.window ** 2;
   const heads = table.shape[1]!;
-  const full = tf.reshape(mm(relIndex, table), [w2, w2 * heads]); // [(i), (j, h)]
+  const full = tf.reshape(mm(g.relIndex, table), [w2, w2 * heads]); // [(i), (j, h)]
   const left = tf.reshape(mm(g.E, full), [nG, GS, w2, heads]); // [g, a, j, h]
   const picked = mm(tf.reshape(tf.transpose(left, [0, 3, 1, 2]), [nG, heads * GS, w2]), g.Et); // [g, (h, a), b]
   return tf.add(tf.mul(tf.reshape(picked, [nG, heads, GS, GS]), g.same), g.minus);
 }
 
 export interface SwinBlockOptions {
+  heads: number;
   onProbs?: (p: tf.Tensor) => void;
   /** Stochastic depth: per-sample scale `[B, 1, 1]` of each residual branch, 0 (dropped) or 1/(1−rate). */
   keep?: [tf.Tensor, tf.Tensor];
   /** LayerNorm eps before the MLP: 1e-6 (`norm_layer`) in pretraining; the official fine-tuning model's is PyTorch's 1e-5. */
   norm2Eps?: number;
-  /** Stages after whose output the gradients stop (paper Table 5). */
-  isolate?: readonly number[];
 }
 
-/** A Swin block's tensors: timm's, with the relative position bias table `[(2w−1)², heads]` first in its attention. */
-export const swinBlockParams = (W: number, heads: number, w: number, mlpRatio: number, o: SwinInit) => ({
-  norm1: normParams(W),
-  attn: { relative_position_bias_table: param([(2 * w - 1) ** 2, heads], normal(0.02), o.tableDecay), ...attentionParams(W, o.linear) },
-  norm2: normParams(W),
-  mlp: mlpParams(W, mlpRatio * W, o.linear),
-});
+/** Block j of stage i's tensors: timm's, with the relative position bias table `[(2w−1)², heads]` first in its attention. */
+export function swinBlockParams(d: SwinDims, i: number, o: SwinInit) {
+  const [W, w] = [d.widths[i]!, d.windows[i]!];
+  return {
+    norm1: normParams(W),
+    attn: {
+      relative_position_bias_table: param([(2 * w - 1) ** 2, d.heads[i]!], normal(0.02), o.tableDecay),
+      ...attentionParams(W, o.linear),
+    },
+    norm2: normParams(W),
+    mlp: mlpParams(W, d.mlpRatio * W, o.linear),
+  };
+}
 export type SwinBlockParams = ReturnType<typeof swinBlockParams>;
 
 /** A Swin block on `x [B, N, C]`: windowed attention with relative position bias within `g`'s groups, then the MLP. */
-export function swinBlock(
-  P: Param,
-  m: SwinBlockParams,
-  x: tf.Tensor,
-  g: GroupTensors,
-  relIndex: tf.Tensor2D,
-  heads: number,
-  o: SwinBlockOptions = {},
-): tf.Tensor {
+export function swinBlock(m: Tensors<SwinBlockParams>, x: tf.Tensor, g: GroupTensors, o: SwinBlockOptions): tf.Tensor {
   const [B, N, C] = x.shape as [number, number, number];
   const { nG, GS } = g.plan;
   const branch = (y: tf.Tensor, i: 0 | 1) => (o.keep ? tf.mul(y, o.keep[i]) : y);
   // LayerNorm is per token, so it commutes with the grouping gather; padding slots are zero rows, masked out.
-  let h = norm(P, m.norm1, x);
+  let h = norm(m.norm1, x);
   if (g.order) h = gatherTokens(h, g.order, g.slots!);
-  const bias = relativeBias(P(m.attn.relative_position_bias_table.name), g, relIndex);
-  let a = attention(P, m.attn, tf.reshape(h, [B * nG * GS, C]), B * nG, GS, heads, o.onProbs, bias);
+  const bias = relativeBias(m.attn.relative_position_bias_table, g);
+  let a = attention(m.attn, tf.reshape(h, [B * nG * GS, C]), { B: B * nG, T: GS }, { heads: o.heads, onProbs: o.onProbs, bias });
   a = tf.reshape(a, [B, nG * GS, C]);
   if (g.order) a = gatherTokens(a, g.slots!, g.order);
   x = tf.add(x, branch(a, 0));
-  const rows = tf.reshape(norm(P, m.norm2, x, o.norm2Eps), [B * N, C]);
-  return tf.add(x, branch(tf.reshape(mlp(P, m.mlp, rows), [B, N, C]), 1));
+  const rows = tf.reshape(norm(m.norm2, x, o.norm2Eps), [B * N, C]);
+  return tf.add(x, branch(tf.reshape(mlp(m.mlp, rows), [B, N, C]), 1));
 }
 
 /** Patch merging's tensors: LayerNorm over the 4C concatenated neighbours, then the reduction `[2C, 4C]` without bias. */
@@ -374,13 +227,13 @@ export const patchMergingParams = (C: number, init: WeightInit) => ({
  * Patch merging on `x [B, N, C]` whose tokens come in mask units of `r × r` (raster within): each 2×2 neighbourhood
  * concatenated in `order`, then LayerNorm and the reduction: `[B, N/4, 2C]`, units of `r/2 × r/2`.
  */
-export function patchMerging(P: Param, m: ReturnType<typeof patchMergingParams>, x: tf.Tensor, r: number, order: MergeOrder): tf.Tensor {
+export function patchMerging(m: Tensors<ReturnType<typeof patchMergingParams>>, x: tf.Tensor, r: number, order: MergeOrder): tf.Tensor {
   const [B, N, C] = x.shape as [number, number, number];
   const h = r / 2;
   const grid = tf.reshape(x, [(B * N) / (r * 2), 2, h, 2, C]); // [(b, unit, h2), dh, w2, dw, C]
   const merged = tf.transpose(grid, order === 'pretrain' ? [0, 2, 1, 3, 4] : [0, 2, 3, 1, 4]); // [.., w2, (dh, dw) or (dw, dh), C]
-  const y = norm(P, m.norm, tf.reshape(merged, [(B * N) / 4, 4 * C]));
-  return tf.reshape(dense(P, m.reduction, y), [B, N / 4, 2 * C]);
+  const y = norm(m.norm, tf.reshape(merged, [(B * N) / 4, 4 * C]));
+  return tf.reshape(dense(m.reduction, y), [B, N / 4, 2 * C]);
 }
 
 /** How a Swin backbone initialises its Linears, and whether its bias tables decay. */
@@ -401,7 +254,7 @@ export function swinBackboneParams(d: SwinDims, finetune = false) {
   return {
     patch_embed: { ...patchEmbedParams(d.C, d.p, finetune ? torchConv(k) : xavier(d.C, k)), norm: normParams(d.C) },
     layers: d.widths.map((W, i) => ({
-      blocks: range(d.depths[i]!, () => swinBlockParams(W, d.heads[i]!, d.windows[i]!, d.mlpRatio, o)),
+      blocks: range(d.depths[i]!, () => swinBlockParams(d, i, o)),
       downsample: i < d.widths.length - 1 ? patchMergingParams(W, o.linear) : undefined,
     })),
   };
@@ -445,40 +298,44 @@ export interface SwinEncoderOptions {
  * embedded and normalised, then each stage's blocks (unshifted, shifted, …) and its patch merging. Returns each stage's
  * output after its merging, `[B, N_i, C_i]`, unnormalised (the last stage's is the last block's).
  */
-export function swinEncode(P: Param, d: SwinDims, patches: tf.Tensor, t: SwinPlanTensors, o: SwinEncoderOptions = {}): tf.Tensor[] {
+export function swinEncode(
+  m: Tensors<SwinBackboneParams>,
+  patches: tf.Tensor,
+  t: SwinPlanTensors,
+  o: SwinEncoderOptions = {},
+): tf.Tensor[] {
+  const d = t.dims;
   const [B, N0] = patches.shape as [number, number, number];
-  const m = declare(swinBackboneParams(d));
-  const x0 = embedPatches(P, m.patch_embed, tf.reshape(patches, [B * N0, -1]));
-  let x = tf.reshape(norm(P, m.patch_embed.norm, x0), [B, N0, d.C]);
-  const total = d.depths.reduce((a, b) => a + b, 0);
-  const outputs: tf.Tensor[] = [];
-  let index = 0;
-  d.depths.forEach((depth, i) => {
+  const x0 = embedPatches(m.patch_embed, tf.reshape(patches, [B * N0, -1]));
+  let x = tf.reshape(norm(m.patch_embed.norm, x0), [B, N0, d.C]);
+  const keep = o.dropPath && dropPathKeep(o.dropPath, d.depths, B);
+  return m.layers.map((layer, i) => {
     const s = t.stages[i]!;
-    const rel = t.relIndex.get(d.windows[i]!)!;
-    for (let j = 0; j < depth; j++, index++) {
+    layer.blocks.forEach((blk, j) => {
       const g = j % 2 === 1 && s.shifted ? s.shifted : s.plain;
-      const rate = o.dropPath && o.dropPath.rate > 0 ? (o.dropPath.rate * index) / Math.max(total - 1, 1) : 0;
-      x = swinBlock(P, m.layers[i]!.blocks[j]!, x, g, rel, d.heads[i]!, {
-        keep: rate > 0 ? keepMasks(o.dropPath!.rng, rate, B) : undefined,
-        onProbs: o.onAttention && ((p) => o.onAttention!(i, j, p, g.plan)),
-        norm2Eps: o.norm2Eps,
-      });
-    }
-    const down = m.layers[i]!.downsample;
-    if (down) x = patchMerging(P, down, x, d.grids[i]! / d.maskGrid, o.merge ?? 'pretrain');
-    outputs.push(x);
+      const onProbs = o.onAttention && ((p: tf.Tensor) => o.onAttention!(i, j, p, g.plan));
+      x = swinBlock(blk, x, g, { heads: d.heads[i]!, keep: keep?.(i, j), onProbs, norm2Eps: o.norm2Eps });
+    });
+    if (layer.downsample) x = patchMerging(layer.downsample, x, d.grids[i]! / d.maskGrid, o.merge ?? 'pretrain');
+    const out = x;
     if (o.isolate?.includes(i)) x = stopGradient(x);
+    return out;
   });
-  return outputs;
 }
 
-/** Two per-sample keep masks `[B, 1, 1]` (attention and MLP branch). */
-function keepMasks(rng: Rng, rate: number, B: number): [tf.Tensor, tf.Tensor] {
-  const mask = () =>
+/**
+ * Block j of stage i's two keep masks `[B, 1, 1]` (attention and MLP branch), per sample, at a rate rising linearly
+ * to `rate` over all blocks, as timm; none at rate 0.
+ */
+function dropPathKeep({ rate, rng }: { rate: number; rng: Rng }, depths: readonly number[], B: number) {
+  const total = depths.reduce((a, b) => a + b, 0);
+  const mask = (r: number) =>
     tf.tensor3d(
-      Float32Array.from({ length: B }, () => (rng.next() < rate ? 0 : 1 / (1 - rate))),
+      Float32Array.from({ length: B }, () => (rng.next() < r ? 0 : 1 / (1 - r))),
       [B, 1, 1],
     );
-  return [mask(), mask()];
+  return (i: number, j: number): [tf.Tensor, tf.Tensor] | undefined => {
+    const r = (rate * (depths.slice(0, i).reduce((a, b) => a + b, 0) + j)) / Math.max(total - 1, 1);
+    return r > 0 ? [mask(r), mask(r)] : undefined;
+  };
 }

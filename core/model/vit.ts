@@ -14,10 +14,10 @@ import {
   torchConv,
   xavier,
   type Init,
-  type Param,
+  type Tensors,
   type WeightInit,
 } from './module.js';
-import { gelu, linear, multiHeadAttention, stopGradient } from './ops.js';
+import { gelu, linear, multiHeadAttention, stopGradient, type AttentionOptions, type Seq } from './ops.js';
 import { sinCosPosEmbed } from './posEmbed.js';
 
 // Activations stay 2-D, [B·T, W], between blocks so that every Linear is a plain 2-D GEMM.
@@ -29,22 +29,10 @@ export const attentionParams = (W: number, init: WeightInit = xavier) => ({
 });
 export type AttentionParams = ReturnType<typeof attentionParams>;
 
-/**
- * Multi-head self-attention (docs/method.md#encoder). x: [B·T, W]. `bias` `[n, heads, T, T]` is added to the scores of
- * sequence b as its row b mod n (Swin's windows).
- */
-export function attention(
-  P: Param,
-  m: AttentionParams,
-  x: tf.Tensor,
-  B: number,
-  T: number,
-  heads: number,
-  onProbs?: (p: tf.Tensor) => void,
-  bias?: tf.Tensor,
-): tf.Tensor {
-  const qkv = dense(P, m.qkv, x); // [B·T, 3W]: q, k, v, each head-major
-  return dense(P, m.proj, multiHeadAttention(qkv, B, T, heads, onProbs, bias));
+/** Multi-head self-attention (docs/method.md#encoder). x: [B·T, W]. */
+export function attention(m: Tensors<AttentionParams>, x: tf.Tensor, seq: Seq, o: AttentionOptions): tf.Tensor {
+  const qkv = dense(m.qkv, x); // [B·T, 3W]: q, k, v, each head-major
+  return dense(m.proj, multiHeadAttention(qkv, seq, o));
 }
 
 export const mlpParams = (W: number, hidden: number, init: WeightInit = xavier) => ({
@@ -54,7 +42,7 @@ export const mlpParams = (W: number, hidden: number, init: WeightInit = xavier) 
 export type MlpParams = ReturnType<typeof mlpParams>;
 
 /** fc2(GELU(fc1(x))). x: [N, W]. */
-export const mlp = (P: Param, m: MlpParams, x: tf.Tensor) => dense(P, m.fc2, gelu(dense(P, m.fc1, x)));
+export const mlp = (m: Tensors<MlpParams>, x: tf.Tensor) => dense(m.fc2, gelu(dense(m.fc1, x)));
 
 export const blockParams = (W: number, mlpRatio: number, init: WeightInit = xavier) => ({
   norm1: normParams(W),
@@ -64,17 +52,16 @@ export const blockParams = (W: number, mlpRatio: number, init: WeightInit = xavi
 });
 export type BlockParams = ReturnType<typeof blockParams>;
 
-export interface BlockOptions {
-  onProbs?: (p: tf.Tensor) => void;
+export interface BlockOptions extends AttentionOptions {
   /** Stochastic depth: per-row scale `[B·T, 1]` of each residual branch, 0 (dropped) or 1/(1−rate). */
   keep?: [tf.Tensor, tf.Tensor];
 }
 
 /** Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)). x: [B·T, W]. */
-export function block(P: Param, m: BlockParams, x: tf.Tensor, B: number, T: number, heads: number, o: BlockOptions = {}): tf.Tensor {
+export function block(m: Tensors<BlockParams>, x: tf.Tensor, seq: Seq, o: BlockOptions): tf.Tensor {
   const branch = (y: tf.Tensor, i: 0 | 1) => (o.keep ? tf.mul(y, o.keep[i]) : y);
-  x = tf.add(x, branch(attention(P, m.attn, norm(P, m.norm1, x), B, T, heads, o.onProbs), 0));
-  return tf.add(x, branch(mlp(P, m.mlp, norm(P, m.norm2, x)), 1));
+  x = tf.add(x, branch(attention(m.attn, norm(m.norm1, x), seq, o), 0));
+  return tf.add(x, branch(mlp(m.mlp, norm(m.norm2, x)), 1));
 }
 
 /** The patch conv `[D, 3, p, p]`; its bias keeps PyTorch's default conv init, U(±1/√fan_in). */
@@ -83,8 +70,8 @@ export const patchEmbedParams = (D: number, p: number, init: Init = xavier(D, 3 
 });
 
 /** The patch conv as a Linear on flattened patches `[N, 3p²]` (`(c, dy, dx)`, like the conv's weight): `[N, D]`. */
-export const embedPatches = (P: Param, m: ReturnType<typeof patchEmbedParams>, patches: tf.Tensor) =>
-  linear(patches, tf.reshape(P(m.proj.weight.name), [m.proj.weight.shape[0]!, -1]), P(m.proj.bias.name));
+export const embedPatches = (m: Tensors<ReturnType<typeof patchEmbedParams>>, patches: tf.Tensor) =>
+  linear(patches, tf.reshape(m.proj.weight, [m.proj.weight.shape[0]!, -1]), m.proj.bias);
 
 /**
  * The ViT encoder's tensors (timm names). In pretraining MAE's init (Xavier Linears and patch conv), a frozen sin-cos
@@ -106,10 +93,11 @@ export function encoderParams(d: Pick<ModelDims, 'D' | 'depth' | 'p' | 'g' | 'ml
 }
 export type EncoderParams = ReturnType<typeof encoderParams>;
 
-export interface EncoderDims {
-  D: number;
-  depth: number;
-  heads: number;
+/** The encoder's input: `patches [B·n, 3p²]` flattened `(c, dy, dx)` like the patch conv's weight, their positions `pos [B·n, D]`. */
+export interface EncoderInput {
+  B: number;
+  patches: tf.Tensor;
+  pos: tf.Tensor;
 }
 
 export interface EncoderOptions {
@@ -121,54 +109,48 @@ export interface EncoderOptions {
   onAttention?: (block: number, probs: tf.Tensor) => void;
   /** Stochastic depth with a rate rising linearly to `rate` over the blocks, as timm. */
   dropPath?: { rate: number; rng: Rng };
-  /** Receives each block's output `[B·T, D]` (the linear probe's last-4-blocks features). */
-  onBlock?: (block: number, x: tf.Tensor) => void;
 }
 
 /**
- * The ViT encoder (docs/method.md#encoder) on `n` patches per image: `patches [B·n, 3p²]` flattened `(c, dy, dx)` like
- * the patch conv's weight, `pos [B·n, D]` their fixed positions (gathered on the host, as neither needs
- * a gradient). Returns the normalised tapped outputs and the last block's output `x [B·(1+n), D]`.
+ * The ViT encoder (docs/method.md#encoder) on `n` patches per image (their positions gathered on the host, as neither
+ * needs a gradient). Returns the normalised tapped outputs and each block's output `[B·(1+n), D]` up to the last tap.
  */
-export function encode(
-  P: Param,
-  m: EncoderParams,
-  dims: EncoderDims,
-  patches: tf.Tensor,
-  pos: tf.Tensor,
-  B: number,
-  o: EncoderOptions = {},
-): { latents: tf.Tensor[]; x: tf.Tensor } {
-  const { D, depth, heads } = dims;
-  const n = patches.shape[0]! / B;
-  const T = 1 + n;
-  const tokens = tf.reshape(tf.add(embedPatches(P, m.patch_embed, patches), pos), [B, n, D]);
-  const cls = tf.tile(P(m.cls_token.name), [B, 1, 1]); // pos[0] is zero
-  let x: tf.Tensor = tf.reshape(tf.concat([cls, tokens], 1), [B * T, D]);
+export function encode(m: Tensors<EncoderParams>, input: EncoderInput, heads: number, o: EncoderOptions = {}) {
+  const { B, patches, pos } = input;
+  const D = m.cls_token.shape[2]!;
+  const seq = { B, T: 1 + patches.shape[0]! / B };
+  const tokens = tf.reshape(tf.add(embedPatches(m.patch_embed, patches), pos), [B, seq.T - 1, D]);
+  const cls = tf.tile(m.cls_token, [B, 1, 1]); // pos[0] is zero
+  let x: tf.Tensor = tf.reshape(tf.concat([cls, tokens], 1), [B * seq.T, D]);
   const taps = o.taps ?? [];
-  const last = taps.length ? taps[taps.length - 1]! : depth - 1;
+  const keep = o.dropPath && o.dropPath.rate > 0 ? dropPathKeep(o.dropPath, m.blocks.length, seq) : undefined;
+  const blocks: tf.Tensor[] = [];
   const latents: tf.Tensor[] = [];
-  for (let i = 0; i <= last; i++) {
-    const keep =
-      o.dropPath && o.dropPath.rate > 0 ? keepMasks(o.dropPath, (o.dropPath.rate * i) / Math.max(depth - 1, 1), B, T) : undefined;
-    x = block(P, m.blocks[i]!, x, B, T, heads, { keep, onProbs: o.onAttention && ((p) => o.onAttention!(i, p)) });
-    o.onBlock?.(i, x);
-    if (!taps.includes(i)) continue;
-    // A block may feed several decoders (the global multi-scale variant), each through its own norm.
-    for (const [j, t] of taps.entries()) if (t === i) latents.push(norm(P, m.norm[j]!, x));
-    if (o.isolate) x = stopGradient(x);
+  for (const [i, blk] of m.blocks.slice(0, taps.length ? taps.at(-1)! + 1 : undefined).entries()) {
+    const onProbs = o.onAttention && ((p: tf.Tensor) => o.onAttention!(i, p));
+    blocks.push((x = block(blk, x, seq, { heads, keep: keep?.(i), onProbs })));
+    // A block may feed several decoders (the global multi-scale variant), each through its own norm; taken here, as the
+    // order in which a block's output meets its consumers fixes the order its gradients are summed in.
+    taps.forEach((t, j) => t === i && latents.push(norm(m.norm[j]!, x)));
+    if (o.isolate && taps.includes(i)) x = stopGradient(x);
   }
-  return { latents, x };
+  return { latents, blocks };
 }
 
-/** Two per-sample keep masks (attention and MLP branch), repeated over the sample's T tokens: `[B·T, 1]`. */
-function keepMasks({ rng }: { rng: Rng }, rate: number, B: number, T: number): [tf.Tensor, tf.Tensor] {
-  const mask = () => {
+/**
+ * Block i's two keep masks (attention and MLP branch) at a rate rising linearly to `rate` over the depth, as timm:
+ * per sample, repeated over its T tokens, `[B·T, 1]`.
+ */
+function dropPathKeep({ rate, rng }: { rate: number; rng: Rng }, depth: number, { B, T }: Seq) {
+  const mask = (r: number) => {
     const m = new Float32Array(B * T);
-    for (let b = 0; b < B; b++) m.fill(rng.next() < rate ? 0 : 1 / (1 - rate), b * T, (b + 1) * T);
+    for (let b = 0; b < B; b++) m.fill(rng.next() < r ? 0 : 1 / (1 - r), b * T, (b + 1) * T);
     return tf.tensor2d(m, [B * T, 1]);
   };
-  return [mask(), mask()];
+  return (i: number): [tf.Tensor, tf.Tensor] => {
+    const r = (rate * i) / Math.max(depth - 1, 1);
+    return [mask(r), mask(r)];
+  };
 }
 
 /** Mean of the patch tokens (class token excluded): the backbone's feature. x: [B·(1+n), D] -> [B, D]. */

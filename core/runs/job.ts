@@ -10,7 +10,7 @@ import { evalImages, initBaseline, initialBackbone, pixelBaseline, sourceSeed, s
 import { detectTorch } from '../engine.js';
 import { homePaths, removeStaleTemps } from '../home.js';
 import { isBackbone } from '../model/classifier.js';
-import type { PretrainModel } from '../model/localmim.js';
+import type { PretrainModel } from '../model/pretraining.js';
 import type { Rgb8, RgbImage } from '../image.js';
 import { cropKernel } from '../recipe.js';
 import { loadCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';

@@ -31,7 +31,7 @@ export async function runLogisticProbe(job: TrainJob, hooks: JobHooks, cache: De
   const { data } = job;
   const kind = config.finetune.probeFeatures;
   hooks.onEvent({ type: 'start', step: 0, totalSteps: 1, stepsPerEpoch: 1, backend: job.backend, config });
-  const model = classifierFor(config.model, config.classes.length, config.seed, true, config.from === null);
+  const model = classifierFor(config.model, { classes: config.classes.length, probe: true, scratch: config.from === null }, config.seed);
   try {
     if (source) model.params.assign(new Map([...source.tensors].filter(([n]) => isBackbone(n)).map(([n, t]) => [n, t.values])));
     const weights = source?.hash ?? initWeights(config);
@@ -116,7 +116,7 @@ async function probeBaselines(job: TrainJob, cache: DecodeCache): Promise<{ pixe
   const pixels = await pixelBaseline(job.home, data, classes.length, imgSize, seed, cache);
   const weights = `${initWeights(config)}:${sourceSeed(job.initFrom) ?? ''}`;
   const init = await cachedTop1(job.home, cacheKey('init', weights, kind, splitKey(data)), async () => {
-    const model = classifierFor(config.model, classes.length, seed, true, config.from === null);
+    const model = classifierFor(config.model, { classes: classes.length, probe: true, scratch: config.from === null }, seed);
     try {
       if (config.from) model.params.assign(await initialBackbone(config.model, job.initFrom, seed));
       return await fitted(() => backboneSplit(model.params, config.model, data, kind, { home: job.home, weights, cache }));

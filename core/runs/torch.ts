@@ -11,6 +11,7 @@ import { modelDims, modelFamily, type ModelConfig, type RunConfig } from '../con
 import { evalImage } from '../data/preprocess.js';
 import { torchProblem, torchSpec, type ParamGroups, type TorchReport } from '../engine.js';
 import type { Classifier } from '../model/classifier.js';
+import { targetShapes } from '../model/pretraining.js';
 import { UserError } from '../errors.js';
 import { homePaths } from '../home.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../safetensors.js';
@@ -81,7 +82,7 @@ export async function runTorchJob(
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-8000)));
   let result: { step: number; status: 'finished' | 'paused' } | undefined;
-  const summary = { family: modelFamily(config.model), targets: targetShapes(config) };
+  const summary = { family: modelFamily(config.model), targets: targetShapes(config.model) };
   // Events in order: a preview is drawn before the events after it are passed on.
   let chain = Promise.resolve();
   const handle = async (line: string) => {
@@ -114,12 +115,6 @@ export async function runTorchJob(
   if (result && code === 0) return result;
   const why = stderr.trim().split('\n').at(-1) || `train.py exited with code ${code}`;
   throw new Error(`torch engine: ${why}`);
-}
-
-/** Each scale's target shape `[locations, features]`, as the model reports it. */
-function targetShapes(config: RunConfig): number[][] {
-  const { g, scales, F } = modelDims(config.model);
-  return scales.map((s, k) => [(s * g) ** 2, F[k]!]);
 }
 
 /**

@@ -34,7 +34,7 @@ export function finetuneTask(
   const cfg = FinetuneRunSchema.parse(config);
   const f = cfg.finetune;
   const K = cfg.classes.length;
-  const model = classifierFor(cfg.model, K, cfg.seed, f.linearProbe, cfg.from === null);
+  const model = classifierFor(cfg.model, { classes: K, probe: f.linearProbe, scratch: cfg.from === null }, cfg.seed);
   if (init) model.params.assign(new Map([...init].filter(([name]) => isBackbone(name))));
   const trainable = new Map([...model.params.vars].filter(([name]) => !f.linearProbe || name.startsWith('head.')));
   const optimizer = f.linearProbe

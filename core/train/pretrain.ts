@@ -1,6 +1,7 @@
 import { modelFamily, type ModelConfig, type RunConfig } from '../config.js';
 import type { Loader } from '../data/loader.js';
-import { LocalMIM, type PretrainModel } from '../model/localmim.js';
+import { LocalMIM } from '../model/localmim.js';
+import type { PretrainModel } from '../model/pretraining.js';
 import { SwinLocalMIM } from '../model/swin-localmim.js';
 import { Rng, seedFor, STREAMS } from '../random.js';
 import type { Task } from './loop.js';

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import type { OptimConfig } from '../config.js';
-import type { PretrainBatch, PretrainModel } from '../model/localmim.js';
+import type { PretrainBatch, PretrainModel } from '../model/pretraining.js';
 import { GradientAccumulator } from './accumulate.js';
 import { AdamW } from './adamw.js';
 
