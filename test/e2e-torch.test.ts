@@ -23,6 +23,7 @@ describeWith(
     await page.getByLabel('Model').selectOption('vit-tiny');
     await page.getByTestId('engine').selectOption('torch');
     await expect.poll(() => page.getByTestId('run-backend').textContent()).toBe('torch cpu');
+    await page.getByTestId('paper-schedule').check();
     await field('Image size (px)').fill('32');
     await field('Batch').fill('8');
     await field('Epochs').fill('3');
