@@ -28,7 +28,8 @@ export function fitToBudget(config: RunConfig, sides: number[], backend: string,
 }
 
 /**
- * A ViT's input no larger than its images (rounded up to a multiple of 8), with the patch that keeps its token grid:
+ * A ViT's input no larger than its images (their median side rounded up to a multiple of its token grid), with the
+ * patch that keeps the grid:
  * upsampling 28 px images to 64 px costs 5× the compute and adds nothing.
  */
 function fitInput(config: RunConfig, sides: number[]) {
