@@ -8,7 +8,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { parseArgs } from 'node:util';
 import { activeAdapter, BACKENDS, lossReadEvery, useBackend, type BackendName } from '../core/backend.js';
-import { nativeActive, setNativeGemm } from '../core/native.js';
+import { describeGemm, routeGemm } from '../core/blas.js';
+import { nativeActive, nativeAddon, setNativeGemm } from '../core/native.js';
 import { modelFamily, parseRunConfig } from '../core/config.js';
 import { presetFor, sizeDefaults } from '../core/presets.js';
 import { Rng } from '../core/random.js';
@@ -113,7 +114,7 @@ for (const name of sections.includes('step') ? (values.backends.split(',') as Ba
   if (name === 'webgpu') console.log(JSON.stringify({ bench: 'adapter', ...activeAdapter() }));
   if (name === 'wasm') {
     const off = process.env.LOCALMIM_NATIVE === '0' ? 'LOCALMIM_NATIVE=0' : setNativeGemm(true);
-    console.log(`wasm: native BLAS path ${off ? `off (${off})` : 'on'}`);
+    console.log(`wasm: native path ${off ? `off (${off})` : `on; ${describeGemm(routeGemm(nativeAddon()!))}`}`);
   }
   const r = await benchPretrainStep(name);
   results.push(r);

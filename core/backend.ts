@@ -2,7 +2,8 @@ import * as tf from '@tensorflow/tfjs';
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { setFreeingBackprop } from './backprop.js';
-import { nativeKernel, nativeOr, nativeThreads, setNativeGemm } from './native.js';
+import { describeGemm, routeGemm } from './blas.js';
+import { nativeAddon, nativeKernel, nativeOr, nativeThreads, setNativeGemm } from './native.js';
 import { describeAdapter, openAdapter, type Adapter } from './webgpu.js';
 
 /** Backends in order of preference: fastest first. */
@@ -125,9 +126,9 @@ export const useBackend = (name: BackendName) => tryBackend(name, true);
 function nativeGemm(): string {
   if (process.env.LOCALMIM_NATIVE === '0') return 'off (LOCALMIM_NATIVE=0)';
   const why = setNativeGemm(true);
-  return why
-    ? `off: ${why}`
-    : `our sgemm (${nativeKernel()}) and fused kernels on ${nativeThreads()} thread${nativeThreads() === 1 ? '' : 's'}`;
+  if (why) return `off: ${why}`;
+  const gemm = describeGemm(routeGemm(nativeAddon()!));
+  return `our sgemm (${nativeKernel()}) and fused kernels on ${nativeThreads()} thread${nativeThreads() === 1 ? '' : 's'}; ${gemm}`;
 }
 
 const COMPILER: Partial<Record<NodeJS.Platform, string>> = {

@@ -11,7 +11,7 @@ import { heapView, sharedIdentity } from './native-internals.js';
 // nativeOr. When the addon cannot build or load, plain wasm runs, and doctor, the app and the run estimates say so
 // (core/backend.ts).
 
-interface Addon {
+export interface Addon {
   gemm(
     ta: boolean,
     tb: boolean,
@@ -30,6 +30,9 @@ interface Addon {
   kernel(): string;
   kernels(): string[];
   useKernel(name: string): void;
+  openBlas(path: string): boolean;
+  blasPath(): string | null;
+  routeGemm(ta: boolean, tb: boolean, system: boolean): void;
   layerNorm(x: F, w: F, b: F, y: F, mean: F, rstd: F, rows: number, cols: number, eps: number): void;
   layerNormGrad(dy: F, x: F, w: F, mean: F, rstd: F, dx: F, dw: F, db: F, rows: number, cols: number): void;
   gelu(x: F, y: F, n: number): void;
@@ -70,6 +73,9 @@ export const nativeKernel = () => addon?.kernel();
 export const nativeKernels = () => addon?.kernels() ?? [];
 /** Switches sgemm to one of nativeKernels() (tests and benchmarks compare them). */
 export const useNativeKernel = (name: string) => addon?.useKernel(name);
+
+/** The addon, loaded (core/blas.ts routes its products and times them), or undefined when it cannot load. */
+export const nativeAddon = (): Addon | undefined => load();
 
 /** Turns the native path on for the wasm backend (returns why not, if it cannot), or off. */
 export function setNativeGemm(on: boolean): string | undefined {

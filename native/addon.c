@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas.h"
 #include "pool.h"
 #include "sgemm.h"
 
@@ -605,6 +606,40 @@ static napi_value use_kernel(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// openBlas(path): opens a system BLAS (native/blas.c) and returns whether it has cblas_sgemm; blasPath(): the one open.
+static napi_value open_blas(napi_env env, napi_callback_info info) {
+  napi_value argv[1], out;
+  size_t argc = 1, len;
+  char path[1024];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 ||
+      napi_get_value_string_utf8(env, argv[0], path, sizeof path, &len) != napi_ok)
+    return fail(env, "localmim_native: openBlas takes a library path");
+  napi_get_boolean(env, blas_open(path), &out);
+  return out;
+}
+
+static napi_value blas_opened(napi_env env, napi_callback_info info) {
+  napi_value out;
+  (void)info;
+  const char *path = blas_path();
+  if (path) napi_create_string_utf8(env, path, NAPI_AUTO_LENGTH, &out);
+  else napi_get_null(env, &out);
+  return out;
+}
+
+// routeGemm(transA, transB, system): one transpose mode's products on the system BLAS or on our sgemm.
+static napi_value route_gemm(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  size_t argc = 3;
+  bool ta, tb, system;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 3 || napi_get_value_bool(env, argv[0], &ta) != napi_ok ||
+      napi_get_value_bool(env, argv[1], &tb) != napi_ok || napi_get_value_bool(env, argv[2], &system) != napi_ok)
+    return fail(env, "localmim_native: routeGemm takes (transA, transB, system)");
+  if (system && !blas_path()) return fail(env, "localmim_native: no system BLAS is open");
+  sgemm_route(ta, tb, system);
+  return NULL;
+}
+
 NAPI_MODULE_INIT() {
   static const struct {
     const char *name;
@@ -616,6 +651,9 @@ NAPI_MODULE_INIT() {
       {"kernel", kernel},
       {"kernels", kernels},
       {"useKernel", use_kernel},
+      {"openBlas", open_blas},
+      {"blasPath", blas_opened},
+      {"routeGemm", route_gemm},
       {"layerNorm", layer_norm},
       {"layerNormGrad", layer_norm_grad},
       {"gelu", gelu},

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas.h"
 #include "pool.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -313,8 +314,16 @@ static void band(void *ctx, size_t part, size_t parts) {
   }
 }
 
+static bool routed[2][2];
+
+void sgemm_route(bool ta, bool tb, bool system) { routed[ta][tb] = system; }
+
 void sgemm(bool ta, bool tb, size_t M, size_t N, size_t K, float alpha, const float *A, size_t lda, const float *B, size_t ldb,
            float beta, float *C, size_t ldc) {
+  if (routed[ta][tb]) {
+    blas_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
   const struct kernel *kr = current();
   const size_t macs = M * N * K, rows = (M + kr->mr - 1) / kr->mr, cols = (N + kr->nr - 1) / kr->nr;
   const size_t t = macs < SGEMM_PARALLEL_MACS ? 1 : pool_threads();

@@ -24,3 +24,6 @@ const char *const *sgemm_kernels(void);
 
 /** Switches to a kernel by name (for tests and benchmarks); false if this CPU cannot run it. */
 bool sgemm_use(const char *name);
+
+/** Sends the products of one transpose mode to the system BLAS (native/blas.h, which must be open) or back to ours. */
+void sgemm_route(bool transA, bool transB, bool system);

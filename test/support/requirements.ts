@@ -3,7 +3,9 @@ import { existsSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { beforeEach, describe } from 'vitest';
 import { getCurrentSuite, getHooks } from 'vitest/suite';
+import { blasCandidates } from '../../core/blas.js';
 import { isExecutable } from '../../core/engine.js';
+import { nativeAddon } from '../../core/native.js';
 
 // The system components some tests need beyond `npm ci`, found once per process. Where one is missing a plain
 // `npm test` skips those tests (test/support/requirements-summary.ts names what to install); CI=true (.ci/run installs
@@ -30,6 +32,7 @@ const PROBES = {
   torch: () => pythonModule('PyTorch', 'torch', 'python3-torch'),
   pillow: () => pythonModule('Pillow', 'PIL', 'python3-pil'),
   sklearn: () => pythonModule('scikit-learn', 'sklearn', 'python3-sklearn'),
+  blas: systemBlas,
 } satisfies Record<string, () => Component>;
 export type Need = keyof typeof PROBES;
 
@@ -104,6 +107,16 @@ function vulkan(): Component {
   if (!existsSync(SWIFTSHADER_ICD)) lacks.push([`no ${SWIFTSHADER_ICD}`, 'chromium']);
   if (lacks.length === 0) return { name, path: SWIFTSHADER_ICD };
   return { name, missing: lacks.map(([why]) => why).join(', '), install: lacks.map(([, pkg]) => pkg) };
+}
+
+/** A system BLAS the native addon can open (core/blas.ts): its file. */
+function systemBlas(): Component {
+  const [name, install] = ['a system BLAS', ['libopenblas0-pthread']];
+  const addon = nativeAddon();
+  if (!addon) return { name, missing: 'the native addon is not built', install };
+  if (!addon.blasPath()) blasCandidates().find((path) => addon.openBlas(path));
+  const path = addon.blasPath();
+  return path ? { name, path } : { name, missing: `none of ${blasCandidates().join(', ')} opens`, install };
 }
 
 function pythonModule(name: string, module: string, pkg: string): Component {
