@@ -6,7 +6,7 @@ efficiently: fused qkv, batched matmuls, gather-based un-shuffle, no Python loop
 HOG histograms are computed once per step and average-pooled per cell size. Threads: --torch-threads, with
 OPENBLAS_NUM_THREADS set by the caller (bench/peer.ts tries 1 x 2 and 2 x 1 and keeps the faster).
 """
-import argparse, json, math, resource, time
+import argparse, ctypes, json, math, os, resource, time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -127,6 +127,28 @@ class LocalMIM(nn.Module):
 SIZES = {"vit-tiny": (192, 12, 3), "vit-base": (768, 12, 12)}
 
 
+def blas_in_use():
+    """The library whose sgemm torch calls: on Linux the one libtorch_cpu's lookup finds (its dependency order), else
+    torch's build setting; and whether it is the reference BLAS (Debian's /usr/lib/<arch>/blas/), about 20x slower
+    than an optimised one and so no fair peer."""
+    built = next((x.split("=")[1].strip(", ") for x in torch.__config__.show().split() if x.startswith("BLAS_INFO=")), "unknown")
+    libs = sorted({line.split()[-1] for line in open("/proc/self/maps") if "libtorch_cpu" in line}) if os.path.exists("/proc/self/maps") else []
+    if not libs:
+        return f"{built} (torch's build)", False
+
+    class Info(ctypes.Structure):
+        _fields_ = [("fname", ctypes.c_char_p), ("fbase", ctypes.c_void_p), ("sname", ctypes.c_char_p), ("saddr", ctypes.c_void_p)]
+
+    try:
+        sgemm = ctypes.CDLL(libs[0], mode=os.RTLD_NOLOAD).sgemm_
+    except (OSError, AttributeError):
+        return f"{built} (torch's build)", False
+    info = Info()
+    ctypes.CDLL(None).dladdr(ctypes.cast(sgemm, ctypes.c_void_p), ctypes.byref(info))
+    path = os.path.realpath(info.fname.decode())
+    return path, f"{os.sep}blas{os.sep}" in path
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=32)
@@ -138,6 +160,10 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu, or cuda: fp32 eager with TF32 off")
     a = ap.parse_args()
     torch.set_num_threads(a.torch_threads)
+    blas, reference = blas_in_use()
+    if reference and a.device == "cpu":
+        raise SystemExit(f"torch runs the reference BLAS ({blas}), about 20x slower than OpenBLAS: no fair peer; "
+                         "apt-get install libopenblas0-pthread")
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -161,7 +187,7 @@ def main():
         step()
         steps += 1
     s = (time.perf_counter() - t0) / steps
-    print(json.dumps({"bench": "pretrain-step-peer", "framework": f"torch {torch.__version__}", "device": a.device, "model": a.model, "img": a.img, "batch": a.batch, "torchThreads": a.torch_threads, "stepsPerS": round(1 / s, 4), "imagesPerS": round(a.batch / s, 2), "peakRssMB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
+    print(json.dumps({"bench": "pretrain-step-peer", "framework": f"torch {torch.__version__}", "device": a.device, "model": a.model, "img": a.img, "batch": a.batch, "torchThreads": a.torch_threads, "blas": blas, "stepsPerS": round(1 / s, 4), "imagesPerS": round(a.batch / s, 2), "peakRssMB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
 
 
 if __name__ == "__main__":

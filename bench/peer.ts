@@ -6,6 +6,8 @@ export interface PeerResult {
   peakRssMB: number;
   torchThreads: number;
   blasThreads: number;
+  /** The library whose sgemm torch calls. */
+  blas: string;
 }
 
 /**
@@ -39,7 +41,8 @@ export function benchPeer(o: {
     });
     const line = r.stdout.trim().split('\n').at(-1) ?? '';
     if (r.status !== 0 || !line.startsWith('{')) {
-      console.log(`peer: bench/peer.py failed: ${r.stderr.trim().split('\n').at(-1)}`);
+      // Its last line of stderr says why, e.g. the reference BLAS it refuses to compare against.
+      console.log(`peer: skipped: ${r.stderr.trim().split('\n').at(-1)}`);
       return undefined;
     }
     console.log(line.replace('}', `, "blasThreads": ${blasThreads}}`));

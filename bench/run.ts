@@ -146,6 +146,7 @@ for (const r of results) {
         ours: +r.stepsPerS.toFixed(4),
         peer: peer.stepsPerS,
         peerThreads: `${peer.torchThreads} torch × ${peer.blasThreads} BLAS`,
+        peerBlas: peer.blas,
         // The whole process's peak: with several backends benched, that of all of them.
         memoryRatio: +(peakRssMB / peer.peakRssMB).toFixed(3),
         oursPeakRssMB: peakRssMB,
