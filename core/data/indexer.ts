@@ -41,7 +41,8 @@ export interface IndexSummary {
   seconds: number;
 }
 
-const DEFAULTS = { maxPixels: 80_000_000, minSide: 16, concurrency: 4 };
+// Enough files in flight to keep sharp's and the file system's threads busy while each file waits on the other.
+const DEFAULTS = { maxPixels: 80_000_000, minSide: 16, concurrency: 16 };
 
 /** What one pass over a folder found; applying it to the store is a separate, atomic step. */
 export interface ScanResult {
@@ -150,13 +151,14 @@ async function walk(root: string) {
     } catch (err) {
       return void reject(dir, `folder cannot be read (${(err as NodeJS.ErrnoException).code})`);
     }
-    for (const e of entries.sort((a, b) => (a.name < b.name ? -1 : 1))) {
+    entries.sort((a, b) => (a.name < b.name ? -1 : 1));
+    // A folder's entries stat'ed together (each follows symlinks), then taken in name order.
+    const stats = await Promise.all(entries.map((e) => stat(join(dir, e.name)).catch((err: NodeJS.ErrnoException) => err)));
+    for (const [i, e] of entries.entries()) {
       const abs = join(dir, e.name);
-      let st;
-      try {
-        st = await stat(abs); // follows symlinks
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code;
+      const st = stats[i]!;
+      if (st instanceof Error) {
+        const code = st.code;
         if (IMAGE_EXTENSIONS.has(extname(e.name).toLowerCase()) || e.isSymbolicLink())
           reject(abs, code === 'ENOENT' || code === 'ELOOP' ? 'broken or looping symlink' : `cannot stat (${code})`);
         continue;
@@ -199,7 +201,7 @@ async function inspect(f: FoundFile, o: typeof DEFAULTS): Promise<ImageRow> {
   if (Math.min(width, height) < o.minSide)
     return reject(`too small: ${width}×${height}, shorter side under ${o.minSide} px (--min-side lowers the limit)`);
   try {
-    await verify(bytes, o.maxPixels);
+    await verify(bytes, o.maxPixels, width * height);
   } catch (err) {
     // The header of some formats understates what the decoder counts (e.g. pages): still a size problem, not corruption.
     return reject(/exceeds pixel limit/.test(firstLine(err)) ? tooLarge : `corrupt or truncated ${format} (${firstLine(err)})`);
