@@ -14,6 +14,9 @@ describeWith('chromium')('the app in Chromium', () => {
     const { page, url, consoleErrors, shot } = app;
     await page.goto(url);
     await expect.poll(() => page.getByTestId('backend').textContent()).toMatch(/Compute: (wasm|cpu|tensorflow)/);
+    // Its tooltip names what runs the products under wasm: our sgemm (the tests' LOCALMIM_GEMM) or a system BLAS.
+    if ((await page.getByTestId('backend').textContent())!.includes('wasm'))
+      expect(await page.getByTestId('backend').getAttribute('title')).toMatch(/^native: our sgemm .*; GEMM ours \(LOCALMIM_GEMM=own\)$/m);
     await page.getByRole('button', { name: 'Use the sample images' }).click();
     await page.getByTestId('dataset-row').filter({ hasText: '300' }).waitFor({ timeout: 60_000 });
     await page.getByTestId('thumbnails').locator('img').first().waitFor();
