@@ -5,6 +5,7 @@
 //       on the GPU in fp32 (TF32 off).
 // data: indexing throughput against a bare sharp decode loop, and loader epochs with a cold and a warm cache.
 // gemm (not run by default): native/sgemm.c against the system's BLAS on the step's GEMM shapes (bench/gemm.ts).
+// profile (not run by default): the default step on wasm by op class, against a FLOP-bound ideal (bench/profile.ts).
 import * as tf from '@tensorflow/tfjs';
 import { parseArgs } from 'node:util';
 import { activeAdapter, BACKENDS, lossReadEvery, useBackend, type BackendName } from '../core/backend.js';
@@ -51,13 +52,13 @@ interface Result {
   steps: number;
 }
 
-async function benchPretrainStep(backend: BackendName): Promise<Result> {
+/** The default step as training runs it: the batch prepared on the device inside the step, losses read every few steps. */
+function pretrainStepper(backend: BackendName) {
   const model = pretrainModel(config.model, 0);
   decoders = model.cells.length;
   const trainer = new TrainStep(model, config.optim);
   const images = syntheticImages(B, img, 1);
   const rng = new Rng(2);
-  // As in training: the batch is prepared on the device inside the step, and losses are read every few steps.
   const every = lossReadEvery(backend);
   let unread: tf.Tensor[] = [];
   const step = async () => {
@@ -70,6 +71,11 @@ async function benchPretrainStep(backend: BackendName): Promise<Result> {
     tf.dispose([all, ...unread]);
     unread = [];
   };
+  return { step, every, dispose: () => (trainer.dispose(), model.dispose()) };
+}
+
+async function benchPretrainStep(backend: BackendName): Promise<Result> {
+  const { step, every, dispose } = pretrainStepper(backend);
   for (let i = 0; i < every; i++) await step(); // warm-up: kernels compiled, buffers allocated
   let steps = 0;
   const t0 = performance.now();
@@ -93,8 +99,7 @@ async function benchPretrainStep(backend: BackendName): Promise<Result> {
         }),
       );
   }
-  trainer.dispose();
-  model.dispose();
+  dispose();
   const stepsPerS = steps / (busy / 1000);
   return { backend, stepsPerS, imagesPerS: stepsPerS * B, steps };
 }
@@ -103,6 +108,16 @@ const sections = values.only.split(',');
 // Loaded on demand: the data bench needs sharp, which a bundled GPU bench (bench/gpu-pack.sh) leaves out.
 if (sections.includes('data')) await (await import('./data.js')).benchData();
 if (sections.includes('gemm')) (await import('./gemm.js')).benchGemm(budgetS);
+if (sections.includes('profile')) {
+  // The native path as training takes it: our kernels, and each transpose mode's products on the faster BLAS.
+  const why = (await useBackend('wasm')) ?? setNativeGemm(true);
+  if (why) throw new Error(`--only profile: the native wasm path cannot run: ${why}`);
+  console.log(`profile: ${describeGemm(routeGemm(nativeAddon()!))}`);
+  const { profileStep, printProfile } = await import('./profile.js');
+  const stepper = pretrainStepper('wasm');
+  printProfile(await profileStep(stepper.step, stepper.every));
+  stepper.dispose();
+}
 
 const results: Result[] = [];
 for (const name of sections.includes('step') ? (values.backends.split(',') as BackendName[]) : []) {
