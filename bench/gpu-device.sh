@@ -3,7 +3,8 @@
 # .gpu/ here first with bench/gpu-pack.sh, then run on the device machine, from the repository root:
 #   bash bench/gpu-device.sh            (device tool: carry [".gpu"], timeout_s 600)
 # It prints the torch engine's loader images/s, its vit-base/224/p16/b64 pretraining and fine-tuning steps in fp32 and
-# bf16 and its embedding images/s (bench/torch-engine.py), the WebGPU adapter, the webgpu pretraining step for vit-tiny/64/p8/b32 and
+# bf16, bf16's effect on the loss (the same init and batches, step by step) and its embedding images/s
+# (bench/torch-engine.py), the WebGPU adapter, the webgpu pretraining step for vit-tiny/64/p8/b32 and
 # vit-base/224/p16/b64, PyTorch's plain fp32 step (bench/peer.py) on the same GPU, and the ratio webgpu / torch
 # engine fp32. LOCALMIM_BENCH_TINY=1 runs the torch engine's part only, at a tiny size, on any machine with torch.
 set -uo pipefail

@@ -1,6 +1,6 @@
 """The torch engine's speed (core/torch/train.py, as the app runs it): its data loader alone, in images/s, and its
-pretraining step on synthetic batches already on the device, in fp32 and (CUDA) bf16; with --finetune, its ViT
-fine-tuning step (fp32, bf16) and its embedding's images/s. One JSON line per result.
+pretraining step on synthetic batches already on the device, in fp32 and (CUDA) bf16, and bf16's effect on the loss
+(CUDA); with --finetune, its ViT fine-tuning step (fp32, bf16) and its embedding's images/s. One JSON line per result.
 
     python3 bench/torch-engine.py --spec SPEC.json
 
@@ -112,6 +112,28 @@ def bench_embed(spec, device, batches, warmup):
     return B * batches / (time.time() - t0)
 
 
+def amp_losses(spec, device, steps):
+    """Mixed precision's effect on the loss, measured rather than assumed: the same init and the same batches trained
+    `steps` steps in fp32 and under autocast; the relative gap of each step's loss."""
+    c, o = spec['model'], spec['optim']
+    B, side, L = o['batch'], c['imgSize'], c['L']
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.rand(B, 3, side, side, generator=g) * 255, torch.rand(B, L, generator=g)) for _ in range(steps)]
+    runs = []
+    for amp in (False, True):
+        torch.manual_seed(0)
+        model = train.LocalMIM(c).to(device)
+        opt = train.make_optimizer(model, o)
+        for group in opt.param_groups:
+            group['lr'] = 1e-4
+        scaler = torch.cuda.amp.GradScaler(enabled=amp and train.amp_dtype(device) == torch.float16)
+        runs.append([float(train.optimizer_step(model, opt, scaler, [(x.to(device), m.to(device))], 1, amp, device).sum())
+                     for x, m in batches])
+    gaps = [abs(a - b) / abs(a) for a, b in zip(*runs)]
+    return {'steps': steps, 'fp32': [round(x, 5) for x in runs[0]], 'amp': [round(x, 5) for x in runs[1]],
+            'maxRelGap': round(max(gaps), 5), 'lastRelGap': round(gaps[-1], 5)}
+
+
 def precisions(device):
     return [False, True] if device.type == 'cuda' else [False]
 
@@ -140,6 +162,9 @@ def main():
                           'imagesPerS': round(batch / seconds, 1), **what}), flush=True)
         if device.type == 'cuda':
             torch.cuda.empty_cache()
+    if device.type == 'cuda':
+        precision = str(train.amp_dtype(device)).replace('torch.', '')
+        print(json.dumps({'bench': 'torch-amp-loss', 'precision': precision, **amp_losses(spec, device, args.steps), **what}), flush=True)
     if args.finetune:
         ft = json.load(open(args.finetune))
         c = ft['model']
