@@ -12,6 +12,7 @@ import { hog } from '../core/targets/hog.js';
 import { toTensor } from '../core/image.js';
 import { backend } from './support/setup.js';
 import { syntheticImages } from './support/images.js';
+import { product, relativeError } from './support/products.js';
 
 // CI builds the addon (a C compiler is all it needs) and sets LOCALMIM_REQUIRE_NATIVE=1, so there this cannot be skipped.
 const available = backend.chosen === 'wasm' && nativeActive();
@@ -89,31 +90,6 @@ describe.each(kernels)('sgemm kernel %s', (kernel) => {
   });
 });
 
-interface Product {
-  ba: number;
-  bb: number;
-  M: number;
-  N: number;
-  K: number;
-  ta: boolean;
-  tb: boolean;
-}
-/** op(a)·op(b) per batch item in float64, as [batch, M, N]. */
-function product(a: Float32Array, b: Float32Array, { ba, bb, M, N, K, ta, tb }: Product): Float64Array {
-  const batch = Math.max(ba, bb);
-  const out = new Float64Array(batch * M * N);
-  for (let n = 0; n < batch; n++) {
-    const [oa, ob] = [(ba > 1 ? n : 0) * M * K, (bb > 1 ? n : 0) * K * N];
-    for (let i = 0; i < M; i++)
-      for (let j = 0; j < N; j++) {
-        let s = 0;
-        for (let k = 0; k < K; k++) s += a[oa + (ta ? k * M + i : i * K + k)]! * b[ob + (tb ? j * K + k : k * N + j)]!;
-        out[(n * M + i) * N + j] = s;
-      }
-  }
-  return out;
-}
-
 test.each(kernels)('gradients of the native path (sgemm kernel %s) equal the reference wasm path within 1e-5 relative', async (kernel) => {
   useNativeKernel(kernel);
   const cfg = parseRunConfig({ model: { D: 64, depth: 4, heads: 4, decoderDim: 32, decoderHeads: 4, imgSize: 32, patchSize: 8 } });
@@ -140,15 +116,6 @@ test.each(kernels)('gradients of the native path (sgemm kernel %s) equal the ref
   for (const [name, ref] of Object.entries(reference)) expect(relativeError(fast[name]!, ref), name).toBeLessThan(1e-5);
   model.dispose();
 });
-
-function relativeError(got: ArrayLike<number>, ref: ArrayLike<number>): number {
-  let [diff, norm] = [0, 0];
-  for (let i = 0; i < ref.length; i++) {
-    diff += (got[i]! - ref[i]!) ** 2;
-    norm += ref[i]! ** 2;
-  }
-  return Math.sqrt(diff / Math.max(norm, 1e-30));
-}
 
 test.runIf(available)('the fused AdamW follows the tfjs-op AdamW: decay flags, lr scales, bias correction', () => {
   const rng = new Rng(3);
