@@ -38,7 +38,7 @@ export const METHODS = {
   }),
   /** `probe`: whether the run will have a kNN probe set (the torch engine has no kNN monitor). */
   /** `budget`: the config fitted to a time on this machine (with a dataset: its images set the epoch and input). */
-  'config.check': z.strictObject({ config: z.unknown(), datasetId: id.optional(), probe: z.boolean().optional(), budget }),
+  'config.check': z.strictObject({ config: z.unknown(), datasetId: id.optional(), budget }),
   'runs.list': z.strictObject({}),
   'runs.get': z.strictObject({ id }),
   /**
