@@ -24,8 +24,14 @@ import type { RunSpec } from './spec.js';
 
 /** Refuses, before anything is written, a run the torch engine cannot train (core/engine.ts torchCannot). */
 export function assertTorchCan(spec: RunSpec): void {
-  const problem = torchProblem({ kind: spec.kind, model: spec.config.model });
+  const problem = torchProblem({ kind: embedsOnly(spec) ? 'embed' : spec.kind, model: spec.config.model });
   if (problem) throw new UserError(`engine: ${problem}`);
+}
+
+/** A logistic probe of the last block's features: all the torch engine does for it is embed (the fit stays here). */
+export function embedsOnly(spec: RunSpec): boolean {
+  const f = spec.kind === 'finetune' ? spec.config.finetune : undefined;
+  return !!f?.linearProbe && f.probeRecipe === 'logistic' && f.probeFeatures === 'last';
 }
 
 /** A classifier's parameter groups as the torch engine takes them: each trainable tensor's lr scale and decay. */

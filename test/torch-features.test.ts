@@ -5,20 +5,23 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, expect, test } from 'vitest';
-import { liveBackbone } from '../core/analysis/knn.js';
+import { pathsFile, readEmbeddings } from '../core/analysis/embed.js';
+import { embedItems, liveBackbone } from '../core/analysis/knn.js';
 import type { RunConfig } from '../core/config.js';
 import { homePaths, SAMPLE_IMAGES } from '../core/home.js';
+import { paramsOf } from '../core/export/backbone.js';
 import { featuresOf } from '../core/model/classifier.js';
 import { LocalMIM } from '../core/model/localmim.js';
 import { decodeSafetensors } from '../core/safetensors.js';
 import { TRAIN_PY, writeInitial } from '../core/scale-out/folder.js';
+import { loadCheckpoint } from '../core/train/checkpoint.js';
 import { localmimAsync } from './support/cli.js';
 import { labeledSamples } from './support/images.js';
 import { describeWith, PYTHON } from './support/requirements.js';
 import './support/setup.js';
 
-// The kNN monitor on the torch engine: train.py computes the probe set's features at the tfjs monitor's steps, the
-// app scores them with the tfjs monitor's code.
+// Feature extraction on the torch engine: train.py computes the features, the app scores and fits them with the tfjs
+// engine's code (the kNN monitor, the logistic probe).
 const dir = mkdtempSync(join(tmpdir(), 'localmim-torch-knn-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const probe = labeledSamples(join(dir, 'probe'), 8); // 6 classes of 8
@@ -40,9 +43,26 @@ async function knnEvents(home: string, engine: string): Promise<Knn[]> {
     .filter((e) => e.type === 'knn');
 }
 
-describeWith('torch', 'pillow')('the kNN monitor on the torch engine', () => {
-  test('scored at the tfjs monitor’s steps; at step 0 the same features within 1e-4 and the same top-1', async () => {
-    const home = join(dir, 'torch');
+const jsonLines = (stdout: string) =>
+  stdout
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as { type: string } & Record<string, unknown>);
+
+/** ‖a − b‖ / ‖a‖, the largest over the rows of two [N, dim] arrays. */
+function worstGap(a: Float32Array, b: Float32Array, dim: number): number {
+  let worst = 0;
+  for (let i = 0; i < a.length / dim; i++) {
+    const [x, y] = [a.subarray(i * dim, (i + 1) * dim), b.subarray(i * dim, (i + 1) * dim)];
+    worst = Math.max(worst, Math.hypot(...x.map((v, k) => v - y[k]!)) / Math.hypot(...x));
+  }
+  return worst;
+}
+
+describeWith('torch', 'pillow')('feature extraction on the torch engine', () => {
+  const home = join(dir, 'torch');
+
+  test("the kNN monitor: scored at the tfjs monitor's steps; at step 0 the same features within 1e-4 and the same top-1", async () => {
     const [ours, theirs] = [await knnEvents(join(dir, 'tfjs'), 'tfjs'), await knnEvents(home, 'torch')];
     expect(theirs.map((e) => e.step)).toEqual([0, 2, 4, 5]); // step 0, every 2, the last checkpoint
     expect(theirs.map((e) => e.step)).toEqual(ours.map((e) => e.step));
@@ -79,12 +99,47 @@ describeWith('torch', 'pillow')('the kNN monitor on the torch engine', () => {
     const tfjsFeatures = (await t.data()) as Float32Array;
     t.dispose();
     model.dispose();
-    let worst = 0;
-    for (let i = 0; i < n; i++) {
-      const [a, b] = [tfjsFeatures.subarray(i * tiny.D, (i + 1) * tiny.D), torchFeatures.values.subarray(i * tiny.D, (i + 1) * tiny.D)];
-      worst = Math.max(worst, Math.hypot(...a.map((v, k) => v - b[k]!)) / Math.hypot(...a));
-    }
+    const worst = worstGap(tfjsFeatures, torchFeatures.values, tiny.D);
     console.log(`largest relative feature gap over ${n} probe images: ${worst.toExponential(1)}`);
+    expect(worst).toBeLessThan(1e-4);
+  }, 300_000);
+
+  // On the monitored run's last checkpoint; the tfjs probe first, so that the torch one embeds only its source (the
+  // baseline of the untrained backbone is cached by then).
+  test('finetune --linear-probe --engine torch: the features of tfjs within 1e-4, the same top-1 and baselines', async () => {
+    const embeddings = join(home, 'embeddings');
+    const probeRun = async (engine: string) => {
+      const args = ['finetune', '--json', '--home', home, '--from', '1', '--data', probe, '--linear-probe', '--engine', engine];
+      const r = await localmimAsync(args, env);
+      expect(r.code, r.stderr).toBe(0);
+      const events = jsonLines(r.stdout);
+      expect(events.map((e) => e.type)).toEqual(['start', 'step', 'eval', 'checkpoint', 'end', 'probe']);
+      return events;
+    };
+    const ours = await probeRun('tfjs');
+    const before = new Set(readdirSync(embeddings));
+    const theirs = await probeRun('torch');
+    expect(theirs[0]).toMatchObject({ engine: 'torch' });
+    const pick = (e: Record<string, unknown>) => ({ top1: e.top1, baselines: e.baselines, lambda: e.lambda, holdoutTop1: e.holdoutTop1 });
+    console.log(`linear probe: tfjs ${JSON.stringify(pick(ours.at(-1)!))}, torch ${JSON.stringify(pick(theirs.at(-1)!))}`);
+    expect(pick(theirs.at(-1)!)).toEqual(pick(ours.at(-1)!));
+
+    const added = readdirSync(embeddings).filter((f) => !before.has(f) && f.endsWith('.safetensors'));
+    expect(added).toHaveLength(1);
+    const torchFeatures = readEmbeddings(join(embeddings, added[0]!));
+    const items = readFileSync(pathsFile(join(embeddings, added[0]!)), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => ({ abs: (JSON.parse(l) as { path: string }).path, hash: '' }));
+    const run = homePaths(home).run(1);
+    const last = readdirSync(run)
+      .filter((f) => /^ckpt-\d+\.safetensors$/.test(f))
+      .sort()
+      .at(-1)!;
+    const { tensors, state } = loadCheckpoint(join(run, last));
+    const tfjsFeatures = await embedItems(paramsOf(tensors), (state.config as RunConfig).model, items);
+    const worst = worstGap(tfjsFeatures.features, torchFeatures.features, torchFeatures.dim);
+    console.log(`linear probe: largest relative feature gap over ${items.length} images: ${worst.toExponential(1)}`);
     expect(worst).toBeLessThan(1e-4);
   }, 300_000);
 });
