@@ -36,7 +36,6 @@ export const METHODS = {
     offset: z.number().int().min(0).default(0),
     limit: z.number().int().min(1).max(200).default(48),
   }),
-  /** `probe`: whether the run will have a kNN probe set (the torch engine has no kNN monitor). */
   /** `budget`: the config fitted to a time on this machine (with a dataset: its images set the epoch and input). */
   'config.check': z.strictObject({ config: z.unknown(), datasetId: id.optional(), budget }),
   'runs.list': z.strictObject({}),
