@@ -4,15 +4,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
-import { afterAll, expect, test } from 'vitest';
-import { pathsFile, readEmbeddings } from '../core/analysis/embed.js';
+import { afterAll, beforeAll, expect, test } from 'vitest';
+import { nearest, pathsFile, readEmbeddings } from '../core/analysis/embed.js';
 import { embedItems, liveBackbone } from '../core/analysis/knn.js';
 import type { RunConfig } from '../core/config.js';
 import { homePaths, SAMPLE_IMAGES } from '../core/home.js';
 import { paramsOf } from '../core/export/backbone.js';
+import { launchNodeJob } from '../core/jobs/launch.js';
 import { featuresOf } from '../core/model/classifier.js';
 import { LocalMIM } from '../core/model/localmim.js';
 import { decodeSafetensors } from '../core/safetensors.js';
+import { Service } from '../core/service/service.js';
 import { TRAIN_PY, writeInitial } from '../core/scale-out/folder.js';
 import { loadCheckpoint } from '../core/train/checkpoint.js';
 import { localmimAsync } from './support/cli.js';
@@ -60,10 +62,15 @@ function worstGap(a: Float32Array, b: Float32Array, dim: number): number {
 }
 
 describeWith('torch', 'pillow')('feature extraction on the torch engine', () => {
+  // The same run with a probe set on each engine; the torch one's run 1 is what the later tests probe and embed.
   const home = join(dir, 'torch');
+  let ours: Knn[] = [];
+  let theirs: Knn[] = [];
+  beforeAll(async () => {
+    [ours, theirs] = [await knnEvents(join(dir, 'tfjs'), 'tfjs'), await knnEvents(home, 'torch')];
+  }, 300_000);
 
   test("the kNN monitor: scored at the tfjs monitor's steps; at step 0 the same features within 1e-4 and the same top-1", async () => {
-    const [ours, theirs] = [await knnEvents(join(dir, 'tfjs'), 'tfjs'), await knnEvents(home, 'torch')];
     expect(theirs.map((e) => e.step)).toEqual([0, 2, 4, 5]); // step 0, every 2, the last checkpoint
     expect(theirs.map((e) => e.step)).toEqual(ours.map((e) => e.step));
     for (const e of theirs) expect(e.seconds).toBeGreaterThan(0);
@@ -142,4 +149,33 @@ describeWith('torch', 'pillow')('feature extraction on the torch engine', () => 
     console.log(`linear probe: largest relative feature gap over ${items.length} images: ${worst.toExponential(1)}`);
     expect(worst).toBeLessThan(1e-4);
   }, 300_000);
+
+  test("the app's embeddings (embeddings.create, .similar) on the torch engine: tfjs's within 1e-4, in a file of their own", async () => {
+    const service = new Service(home, () => launchNodeJob());
+    try {
+      const datasetId = service.store.dataset(probe)!.id;
+      type Created = { out: string; images: number; dim: number; computed: number };
+      const create = (engine?: string) =>
+        service.call('embeddings.create', { runId: 1, datasetId, ...(engine && { engine }) }) as Promise<Created>;
+      const [ours, theirs] = [await create(), await create('torch')];
+      expect(theirs).toMatchObject({ images: 48, dim: tiny.D, computed: 48 });
+      expect(theirs.out).not.toBe(ours.out);
+      const [a, b] = [readEmbeddings(ours.out), readEmbeddings(theirs.out)];
+      const worst = worstGap(a.features, b.features, a.dim);
+      console.log(`embeddings: largest relative feature gap over 48 images: ${worst.toExponential(1)}`);
+      expect(worst).toBeLessThan(1e-4);
+      expect(await create('auto')).toMatchObject({ out: ours.out, computed: 0 }); // no GPU here: tfjs, already written
+      // .similar on torch reads the torch file: the neighbours tfjs's features give.
+      const paths = readFileSync(pathsFile(ours.out), 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => (JSON.parse(l) as { path: string }).path);
+      const similar = (await service.call('embeddings.similar', { runId: 1, datasetId, path: paths[0]!, k: 5, engine: 'torch' })) as {
+        neighbours: { path: string }[];
+      };
+      expect(similar.neighbours.map((n) => n.path)).toEqual(nearest(a, 0, 5).map((n) => paths[n.index]));
+    } finally {
+      await service.shutdown();
+    }
+  }, 120_000);
 });
