@@ -190,19 +190,12 @@ async function knnProbes(probe: ProbeSet, config: RunConfig, home: string, file:
     const features = decodeSafetensors(readFileSync(e.path)).tensors.get('features')!;
     rmSync(e.path); // scored once; a long run's features would fill the disk
     const dim = features.shape[1]!;
-    const part = (from: number, to: number, labels: number[]) => ({ features: features.values.slice(from * dim, to * dim), dim, labels });
-    const n = probe.reference.length;
-    const reference = part(
-      0,
-      n,
-      probe.reference.map((it) => it.label),
-    );
-    const query = part(
-      n,
-      items.length,
-      probe.query.map((it) => it.label),
-    );
-    const scores = await scoreEmbedded(reference, query, probe.classes.length);
+    const part = (from: number, of: ProbeSet['reference']) => ({
+      features: features.values.slice(from * dim, (from + of.length) * dim),
+      dim,
+      labels: of.map((it) => it.label),
+    });
+    const scores = await scoreEmbedded(part(0, probe.reference), part(probe.reference.length, probe.query), probe.classes.length);
     return { type: 'knn', step: e.step, ...scores, seconds: e.seconds + (performance.now() - t0) / 1000 };
   };
   return { spec, score };
