@@ -16,7 +16,8 @@ const backend = z.enum(BACKENDS);
 /** What `exports.create` and `localmim export --format` write (core/export/export.ts). */
 export const EXPORT_FORMATS = ['safetensors', 'tfjs', 'onnx'] as const;
 /** What trains the run (core/engine.ts); `amp`: bf16 mixed precision on the torch engine's GPU. */
-const engine = { engine: z.enum([...ENGINES, 'auto']).optional(), amp: z.boolean().optional() };
+const embedEngine = { engine: z.enum([...ENGINES, 'auto']).optional() };
+const engine = { ...embedEngine, amp: z.boolean().optional() };
 
 /** A folder on the service's machine: absolute, since a relative one would resolve against the service's working folder. */
 const folder = z
@@ -36,9 +37,8 @@ export const METHODS = {
     offset: z.number().int().min(0).default(0),
     limit: z.number().int().min(1).max(200).default(48),
   }),
-  /** `probe`: whether the run will have a kNN probe set (the torch engine has no kNN monitor). */
   /** `budget`: the config fitted to a time on this machine (with a dataset: its images set the epoch and input). */
-  'config.check': z.strictObject({ config: z.unknown(), datasetId: id.optional(), probe: z.boolean().optional(), budget }),
+  'config.check': z.strictObject({ config: z.unknown(), datasetId: id.optional(), budget }),
   'runs.list': z.strictObject({}),
   'runs.get': z.strictObject({ id }),
   /**
@@ -112,8 +112,11 @@ export const METHODS = {
     images: z.number().int().min(1).max(4096).default(64),
     seed: z.number().int().min(0).default(0),
   }),
-  /** A dataset's embeddings by a run's backbone (its newest checkpoint, or `step`), written once and reused. */
-  'embeddings.create': z.strictObject({ runId: id, step: z.number().int().min(0).optional(), datasetId: id }),
+  /**
+   * A dataset's embeddings by a run's backbone (its newest checkpoint, or `step`), written once and reused; `engine`:
+   * what embeds (default tfjs; auto: torch where it has a GPU), for these and the two below.
+   */
+  'embeddings.create': z.strictObject({ runId: id, step: z.number().int().min(0).optional(), datasetId: id, ...embedEngine }),
   /** The `k` images of the dataset most cosine-similar to the one at `path`. */
   'embeddings.similar': z.strictObject({
     runId: id,
@@ -121,9 +124,10 @@ export const METHODS = {
     datasetId: id,
     path: z.string().min(1).max(4096),
     k: z.number().int().min(1).max(50).default(8),
+    ...embedEngine,
   }),
   /** The dataset's embeddings on their first two principal components. */
-  'embeddings.map': z.strictObject({ runId: id, step: z.number().int().min(0).optional(), datasetId: id }),
+  'embeddings.map': z.strictObject({ runId: id, step: z.number().int().min(0).optional(), datasetId: id, ...embedEngine }),
 } as const;
 
 export type Method = keyof typeof METHODS;

@@ -119,11 +119,10 @@ export function describeTorch(r: TorchReport): string {
   return `torch ${r.version} on ${r.python}: ${devices}`;
 }
 
-/** A job as far as the engines differ on it: its kind, its model, whether the kNN monitor scores it. */
+/** A job as far as the engines differ on it: its kind and its model. */
 export interface EngineJob {
   kind: 'pretrain' | 'finetune' | 'import' | 'embed';
   model: ModelConfig;
-  probe?: boolean;
 }
 
 /**
@@ -135,7 +134,6 @@ export function torchCannot(job: EngineJob, who = 'the torch engine'): { path: s
   if (modelFamily(job.model) !== 'vit') return { path: 'model.size', message: `${job.model.size}: ${who} trains ViT models only` };
   if (job.model.variant === 'fusion')
     return { path: 'model.variant', message: `fusion: ${who} trains the local, global and isolated variants only` };
-  if (job.probe) return { path: 'probe', message: 'the kNN monitor runs on the tfjs engine only: train without a probe set' };
   return undefined;
 }
 

@@ -28,7 +28,6 @@ test('the torch engine pretrains ViTs in the local, global and isolated variants
   expect(torchCannot({ kind: 'finetune', model: vit.model })?.path).toBe('kind');
   expect(torchCannot({ kind: 'embed', model: vit.model })).toBeUndefined();
   expect(torchCannot({ kind: 'embed', model: swin.model })?.path).toBe('model.size');
-  expect(torchCannot({ kind: 'pretrain', model: vit.model, probe: true })?.path).toBe('probe');
 });
 
 test('the CLI, the service and scale-out refuse with the same reason', () => {
@@ -53,12 +52,10 @@ test("the new-run form's answer (config.check): why the torch engine cannot trai
   const home = mkdtempSync(join(tmpdir(), 'localmim-engine-'));
   const service = new Service(home, () => launchNodeJob());
   try {
-    const check = (config: object, probe?: boolean) =>
-      service.call('config.check', { config, ...(probe !== undefined && { probe }) }) as Promise<{ torch: string | null }>;
+    const check = (config: object) => service.call('config.check', { config }) as Promise<{ torch: string | null }>;
     expect((await check(vit)).torch).toBeNull();
     expect((await check(swin)).torch).toBe(torchProblem({ kind: 'pretrain', model: swin.model }));
     expect((await check(fusion)).torch).toMatch(/^model\.variant: fusion: the torch engine trains/);
-    expect((await check(vit, true)).torch).toMatch(/^probe: the kNN monitor runs on the tfjs engine only/);
   } finally {
     await service.shutdown();
     rmSync(home, { recursive: true, force: true });

@@ -104,9 +104,7 @@ export function liveBackbone(params: ParamStore, model: ModelConfig): Param {
 }
 
 /**
- * Scores the backbone's current weights on a probe set: embeds both parts once, then weighted kNN, and the logistic
- * linear probe fitted on the reference part (through fc_norm's LayerNorm, as a probe run's), where some class of it
- * has two images to hold one out.
+ * Scores the backbone's current weights on a probe set: embeds both parts once, then {@link scoreEmbedded}.
  */
 export async function scoreProbe(
   P: Param,
@@ -118,10 +116,22 @@ export async function scoreProbe(
     ...(await embedItems(P, model, items, cache)),
     labels: items.map((i) => i.label),
   });
-  const [reference, query] = [await embedded(probe.reference), await embedded(probe.query)];
-  const knn = knnScore(reference, query, probe.classes.length);
+  return scoreEmbedded(await embedded(probe.reference), await embedded(probe.query), probe.classes.length);
+}
+
+/**
+ * A probe set's scores from its parts' features, whichever engine embedded them: weighted kNN, and the logistic
+ * linear probe fitted on the reference part (through fc_norm's LayerNorm, as a probe run's), where some class of it
+ * has two images to hold one out.
+ */
+export async function scoreEmbedded(
+  reference: Embedded,
+  query: Embedded,
+  classes: number,
+): Promise<{ top1: number; top5: number; probeTop1?: number }> {
+  const knn = knnScore(reference, query, classes);
   if (!holdoutSplit(reference.labels, 0).holdout.length) return knn;
   const normed = (e: Embedded) => ({ ...e, features: layerNormRows(e.features, e.dim) });
-  const { head } = await fitLinearProbe(normed(reference), probe.classes.length);
+  const { head } = await fitLinearProbe(normed(reference), classes);
   return { ...knn, probeTop1: probeTop1(head, normed(query)) };
 }

@@ -188,7 +188,7 @@ export async function runInTerminal(
     const on = engine === 'torch' ? 'torch' : backend.chosen;
     const prepared = prepare(store, home, request, on);
     if (prepared.recipe) log(prepared.recipe);
-    if (engine === 'torch') assertTorchCan(prepared.spec, prepared.job.probe);
+    if (engine === 'torch') assertTorchCan(prepared.spec);
     const claimed = begin(store, prepared, { pid: process.pid, status: 'running', backend: on });
     const job = { ...claimed, cadence, stopAtStep, engine, torch: { amp: values.amp } };
     runId = job.runId;

@@ -8,6 +8,7 @@ import { detectTorch } from '../engine.js';
 import { backboneOf, paramsOf } from '../export/backbone.js';
 import { writeExport } from '../export/export.js';
 import { loadRef } from '../runs/checkpoints.js';
+import { torchEmbedder } from '../runs/torch.js';
 import { writeScaleOut } from '../scale-out/folder.js';
 import type { ComputeRequest } from './protocol.js';
 
@@ -45,7 +46,13 @@ export const COMPUTE = {
   embed: async (r: Request<'embed'>, steps: Steps) => {
     const { run, checkpoint } = loadRef(r.ref);
     const b = backboneOf(run, checkpoint);
-    const file = await embedFolder(paramsOf(b.tensors), b.model, r.items, { out: r.out, weights: checkpoint.hash, onProgress: steps });
+    const torch = r.engine === 'torch' ? torchEmbedder(detectTorch(), b.tensors, b.model) : undefined;
+    const file = await embedFolder(paramsOf(b.tensors), b.model, r.items, {
+      out: r.out,
+      weights: checkpoint.hash,
+      onProgress: steps,
+      embed: torch?.embed,
+    }).finally(() => torch?.dispose());
     const e = r.similar || r.map ? readEmbeddings(r.out) : undefined;
     const q = r.similar ? r.items.findIndex((it) => it.path === r.similar!.path) : -1;
     return {

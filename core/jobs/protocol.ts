@@ -1,6 +1,7 @@
 import type { BackendReport } from '../backend.js';
 import type { IndexProgress, KnownFile, ScanResult } from '../data/indexer.js';
 import type { UserError } from '../errors.js';
+import type { Engine } from '../engine.js';
 import type { EmbedItem } from '../analysis/embed.js';
 import type { ExportInput } from '../export/export.js';
 import type { CheckpointRef } from '../runs/checkpoints.js';
@@ -31,6 +32,7 @@ export interface EmbedRequest {
   out: string;
   similar?: { path: string; k: number };
   map?: boolean;
+  engine: Engine;
 }
 
 /** The first message a job process receives: what to do. */

@@ -20,7 +20,7 @@ import { pretrainTask } from '../train/pretrain.js';
 import { optimOf } from './spec.js';
 import { runLogisticProbe } from './logistic-probe.js';
 import { CHECKPOINT_FILE } from './reconcile.js';
-import { runTorchJob } from './torch.js';
+import { embedsOnly, runTorchJob } from './torch.js';
 import type { JobHooks, TrainJob } from './train-job.js';
 
 const SKIPS_NAMED = 10;
@@ -38,7 +38,7 @@ async function runOn(job: TrainJob, hooks: JobHooks): Promise<{ step: number; st
   const paths = homePaths(job.home);
   for (const t of removeStaleTemps(paths.run(job.runId)))
     hooks.warn(`removed ${basename(t.path)} (${(t.size / 1e6).toFixed(1)} MB), left half-written by process ${t.pid}, which died`);
-  if (job.engine === 'torch') {
+  if (job.engine === 'torch' && !embedsOnly(job.spec)) {
     const init = !job.resumeFrom && job.initFrom ? backbone(loadCheckpoint(job.initFrom)) : undefined;
     return runTorchJob(job, hooks, detectTorch(), init);
   }

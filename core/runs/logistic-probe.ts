@@ -2,14 +2,17 @@ import { join } from 'node:path';
 import { embedFolder, readEmbeddings } from '../analysis/embed.js';
 import { fitLinearProbe, layerNormRows, probeCrossEntropy, probeTop1, type Embedded, type LinearHead } from '../analysis/linear-probe.js';
 import type { ModelConfig } from '../config.js';
+import { detectTorch, type TorchReport } from '../engine.js';
 import type { FinetuneRun } from '../finetune-config.js';
 import type { DecodeCache } from '../data/cache.js';
 import { homePaths } from '../home.js';
 import { classifierFor, isBackbone, PROBE_EPS, type Classifier, type ProbeFeatures } from '../model/classifier.js';
 import type { ParamStore } from '../model/module.js';
+import type { NamedTensor } from '../safetensors.js';
 import type { ProbeResult } from '../store/store.js';
 import { saveCheckpoint, type LoadedCheckpoint } from '../train/checkpoint.js';
 import { cacheKey, cachedTop1, initialBackbone, pixelBaseline, sourceSeed, splitKey } from './baselines.js';
+import { torchEmbedder } from './torch.js';
 import type { JobHooks, LabeledItem, TrainJob } from './train-job.js';
 
 /** Labeled rows of a split's two parts: what every probe here fits and scores. */
@@ -35,10 +38,11 @@ export async function runLogisticProbe(job: TrainJob, hooks: JobHooks, cache: De
   try {
     if (source) model.params.assign(new Map([...source.tensors].filter(([n]) => isBackbone(n)).map(([n, t]) => [n, t.values])));
     const weights = source?.hash ?? initWeights(config);
-    const split = await backboneSplit(model.params, config.model, data, kind, { home: job.home, weights, cache });
+    const torch = job.engine === 'torch' ? detectTorch() : undefined;
+    const split = await backboneSplit(model.params, config.model, data, kind, { home: job.home, weights, cache, torch });
     const fit = await fitLinearProbe(split.train, config.classes.length, { seed: config.seed });
     const top1 = probeTop1(fit.head, split.val);
-    const baselines = await probeBaselines(job, cache);
+    const baselines = await probeBaselines(job, cache, torch);
     if (kind === 'last') setProbeHead(model, fit.head);
     const loss = probeCrossEntropy(fit.head, split.train);
     const n = data.train.length;
@@ -67,22 +71,38 @@ export async function runLogisticProbe(job: TrainJob, hooks: JobHooks, cache: De
   }
 }
 
-/** The backbone's probe features of the split: embedded through the cache, then each block's through fc_norm's LayerNorm. */
+/**
+ * The backbone's probe features of the split: embedded through the cache (on the torch engine with `torch`, keyed
+ * apart), then each block's through fc_norm's LayerNorm.
+ */
 async function backboneSplit(
   params: ParamStore,
   model: ModelConfig,
   data: { train: LabeledItem[]; val: LabeledItem[] },
   kind: ProbeFeatures,
-  o: { home: string; weights: string; cache: DecodeCache },
+  o: { home: string; weights: string; cache: DecodeCache; torch?: TorchReport },
 ): Promise<Split> {
   const items = [...data.train, ...data.val].map((it) => ({ abs: it.abs, hash: it.hash, path: it.abs, label: String(it.label) }));
-  const key = cacheKey(o.weights, kind, ...items.map((it) => it.hash));
+  const weights = o.torch ? `${o.weights}:torch` : o.weights;
+  const key = cacheKey(weights, kind, ...items.map((it) => it.hash));
   const out = join(o.home, 'embeddings', `probe-${key.slice(0, 24)}.safetensors`);
   const P = (name: string) => params.get(name);
-  await embedFolder(P, model, items, { out, weights: o.weights, cache: o.cache, features: kind });
+  const torch = o.torch && torchEmbedder(o.torch, await backboneTensors(params), model);
+  try {
+    await embedFolder(P, model, items, { out, weights, cache: o.cache, features: kind, embed: torch?.embed });
+  } finally {
+    torch?.dispose();
+  }
   const e = readEmbeddings(out);
   const segment = kind === 'last' ? e.dim : e.dim / 4;
   return splitRows({ ...e, features: layerNormRows(e.features, segment) }, data);
+}
+
+async function backboneTensors(params: ParamStore): Promise<Map<string, NamedTensor>> {
+  const named = [...params.vars].filter(([name]) => isBackbone(name));
+  return new Map(
+    await Promise.all(named.map(async ([name, v]) => [name, { shape: v.shape, values: (await v.data()) as Float32Array }] as const)),
+  );
 }
 
 function splitRows(e: { features: Float32Array; dim: number }, data: { train: LabeledItem[]; val: LabeledItem[] }): Split {
@@ -101,7 +121,7 @@ const initWeights = (config: FinetuneRun) => `init:${config.seed}:${JSON.stringi
  * flattened) and (b) the backbone at its initialisation (as the source run started: initialBackbone). Each is cached under `<home>/embeddings/baselines` by what it
  * depends on: the split's images and labels, the input size, the seed (and for (b) the model and features).
  */
-async function probeBaselines(job: TrainJob, cache: DecodeCache): Promise<{ pixels: number; init: number }> {
+async function probeBaselines(job: TrainJob, cache: DecodeCache, torch?: TorchReport): Promise<{ pixels: number; init: number }> {
   if (job.spec.kind !== 'finetune' || !('train' in job.data)) throw new Error('a linear probe needs a labeled split');
   const { config } = job.spec;
   const data = job.data;
@@ -119,7 +139,7 @@ async function probeBaselines(job: TrainJob, cache: DecodeCache): Promise<{ pixe
     const model = classifierFor(config.model, { classes: classes.length, probe: true, scratch: config.from === null }, seed);
     try {
       if (config.from) model.params.assign(await initialBackbone(config.model, job.initFrom, seed));
-      return await fitted(() => backboneSplit(model.params, config.model, data, kind, { home: job.home, weights, cache }));
+      return await fitted(() => backboneSplit(model.params, config.model, data, kind, { home: job.home, weights, cache, torch }));
     } finally {
       model.dispose();
     }

@@ -7,7 +7,9 @@ import { drawPreview, previewDir, previewImages, previewNoise, writePreview } fr
 import { writeAtomic } from '../atomic.js';
 import { lossReadEvery } from '../backend.js';
 import type { EmbedShard } from '../analysis/embed.js';
+import { KNN_BUDGET, scoreEmbedded, type ProbeSet } from '../analysis/knn.js';
 import { modelDims, modelFamily, type ModelConfig, type RunConfig } from '../config.js';
+import { DecodeCache } from '../data/cache.js';
 import { evalImage } from '../data/preprocess.js';
 import { torchProblem, torchSpec, type ParamGroups, type TorchReport } from '../engine.js';
 import type { Classifier } from '../model/classifier.js';
@@ -21,9 +23,15 @@ import type { JobHooks, TrainJob } from './train-job.js';
 import type { RunSpec } from './spec.js';
 
 /** Refuses, before anything is written, a run the torch engine cannot train (core/engine.ts torchCannot). */
-export function assertTorchCan(spec: RunSpec, probe?: object): void {
-  const problem = torchProblem({ kind: spec.kind, model: spec.config.model, probe: !!probe });
+export function assertTorchCan(spec: RunSpec): void {
+  const problem = torchProblem({ kind: embedsOnly(spec) ? 'embed' : spec.kind, model: spec.config.model });
   if (problem) throw new UserError(`engine: ${problem}`);
+}
+
+/** A logistic probe of the last block's features: all the torch engine does for it is embed (the fit stays here). */
+export function embedsOnly(spec: RunSpec): boolean {
+  const f = spec.kind === 'finetune' ? spec.config.finetune : undefined;
+  return !!f?.linearProbe && f.probeRecipe === 'logistic' && f.probeFeatures === 'last';
 }
 
 /** A classifier's parameter groups as the torch engine takes them: each trainable tensor's lr scale and decay. */
@@ -45,7 +53,7 @@ export async function runTorchJob(
 ): Promise<{ step: number; status: 'finished' | 'paused' }> {
   if (!torch.ok) throw new UserError(`engine: torch is unavailable: ${torch.reason}`);
   const { spec } = job;
-  assertTorchCan(spec, job.probe);
+  assertTorchCan(spec);
   if (spec.kind !== 'pretrain' || !('items' in job.data)) throw new Error('a torch job pretrains on unlabeled items');
   const config = spec.config;
   const runDir = homePaths(job.home).run(job.runId);
@@ -54,6 +62,7 @@ export async function runTorchJob(
   if (!job.resumeFrom) await writeInitial(config, start, init);
   const probes = join(runDir, 'torch-probes.safetensors');
   const drawing = job.previewEvery ? await previewProbes(config, job.data.items, probes) : undefined;
+  const knn = job.probe && (await knnProbes(job.probe, config, job.home, join(runDir, 'torch-knn.safetensors')));
   const gpu = torch.devices.length > 0;
   const o = job.torch ?? {};
   const specFile = join(runDir, 'torch-job.json');
@@ -66,6 +75,7 @@ export async function runTorchJob(
       out: runDir,
       probes,
       previewEvery: job.previewEvery,
+      knn: knn?.spec,
       cadence: job.cadence,
       stopAtStep: job.stopAtStep,
       readEvery: lossReadEvery(gpu ? 'webgpu' : 'cpu'),
@@ -89,8 +99,11 @@ export async function runTorchJob(
     const e = JSON.parse(line) as
       | TrainEvent
       | { type: 'start'; step: number; totalSteps: number; stepsPerEpoch: number; device: string }
-      | { type: 'preview'; step: number };
-    if (e.type === 'preview') {
+      | { type: 'preview'; step: number }
+      | { type: 'features'; step: number; path: string; seconds: number };
+    if (e.type === 'features') {
+      if (knn) hooks.onEvent(await knn.score(e));
+    } else if (e.type === 'preview') {
       if (!drawing) return;
       try {
         await drawing(job, e.step);
@@ -157,6 +170,36 @@ async function previewProbes(config: RunConfig, items: { abs: string }[], file: 
 
 /** Images per batch of the torch engine's embedding. */
 const TORCH_EMBED_BATCH = 64;
+
+/**
+ * The kNN monitor on the torch engine: the probe set's images (reference part, then query part) decoded once here with
+ * the evaluation transform, as the tfjs monitor decodes them, handed to train.py in `file`; returns its part of the
+ * job spec and what scores the features train.py writes at a monitored step, with the tfjs monitor's code.
+ */
+async function knnProbes(probe: ProbeSet, config: RunConfig, home: string, file: string) {
+  const side = config.model.imgSize;
+  const cache = new DecodeCache(homePaths(home).cache);
+  const items = [...probe.reference, ...probe.query];
+  const pixels = new Float32Array(items.length * side * side * 3);
+  for (let i = 0; i < items.length; i++)
+    pixels.set((await evalImage(items[i]!.abs, side, { cache, hash: items[i]!.hash })).data, i * side * side * 3);
+  writeAtomic(file, encodeSafetensors(new Map([['images', { shape: [items.length, side, side, 3], values: pixels }]]), {}));
+  const spec = { images: file, every: probe.every ?? null, budget: KNN_BUDGET, batch: TORCH_EMBED_BATCH };
+  const score = async (e: { step: number; path: string; seconds: number }): Promise<TrainEvent> => {
+    const t0 = performance.now();
+    const features = decodeSafetensors(readFileSync(e.path)).tensors.get('features')!;
+    rmSync(e.path); // scored once; a long run's features would fill the disk
+    const dim = features.shape[1]!;
+    const part = (from: number, of: ProbeSet['reference']) => ({
+      features: features.values.slice(from * dim, (from + of.length) * dim),
+      dim,
+      labels: of.map((it) => it.label),
+    });
+    const scores = await scoreEmbedded(part(0, probe.reference), part(probe.reference.length, probe.query), probe.classes.length);
+    return { type: 'knn', step: e.step, ...scores, seconds: e.seconds + (performance.now() - t0) / 1000 };
+  };
+  return { spec, score };
+}
 
 /**
  * Embedding on the torch engine (`embedFolder`'s `embed`): each shard's images decoded here with the app's evaluation

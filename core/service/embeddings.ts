@@ -1,5 +1,6 @@
 import { join } from 'node:path';
 import { ApiError } from '../api.js';
+import { resolveEngine, type Engine, type EngineChoice } from '../engine.js';
 import { thumbnail } from '../data/decode.js';
 import { checkpointRef } from '../runs/checkpoints.js';
 import type { Context, Handlers } from './context.js';
@@ -9,7 +10,7 @@ import type { Context, Handlers } from './context.js';
  * reuses them), then one image's nearest neighbours or a 2-D map. Checked here; a job process computes.
  */
 export const embeddingHandlers = (c: Context) => {
-  const request = (a: { runId: number; step?: number; datasetId: number }) => {
+  const request = async (a: { runId: number; step?: number; datasetId: number; engine?: EngineChoice }) => {
     const run = c.run(a.runId);
     const d = c.dataset(a.datasetId);
     const ref = checkpointRef(c.store, { runId: run.id, step: a.step });
@@ -17,18 +18,28 @@ export const embeddingHandlers = (c: Context) => {
     const items = c.store.images(d.id, 'ok').map((r) => ({ abs: join(d.root, r.path), hash: r.hash!, path: r.path, label: r.label }));
     if (!items.length) throw new ApiError('bad-request', `dataset ${d.name} has no usable images`);
     const step = ref.step ?? ref.candidates[0]!.step;
-    return { ref, items, out: join(c.home, 'embeddings', `run${run.id}-${step}-dataset${d.id}.safetensors`) };
+    const engine = await engineOf(a.engine);
+    // Each engine's features in their own file: the two agree within 1e-4, not bit for bit.
+    const name = `run${run.id}-${step}-dataset${d.id}${engine === 'torch' ? '-torch' : ''}.safetensors`;
+    return { ref, items, out: join(c.home, 'embeddings', name), engine };
+  };
+  const engineOf = async (choice?: EngineChoice): Promise<Engine> => {
+    if (choice === undefined || choice === 'tfjs') return 'tfjs';
+    const { torch } = await c.scheduler.backend();
+    const engine = resolveEngine(choice, () => torch);
+    if (engine === 'torch' && !torch.ok) throw new ApiError('bad-request', `engine: torch is unavailable: ${torch.reason}`);
+    return engine;
   };
   const progress =
     (method: 'embeddings.create' | 'embeddings.similar' | 'embeddings.map', runId: number) => (done: number, total: number) =>
       c.emit({ type: 'job.progress', method, runId, done, total });
   return {
     'embeddings.create': async (a) => {
-      const r = await c.scheduler.compute({ kind: 'embed', ...request(a) }, progress('embeddings.create', a.runId));
+      const r = await c.scheduler.compute({ kind: 'embed', ...(await request(a)) }, progress('embeddings.create', a.runId));
       return r.file;
     },
     'embeddings.similar': async (a) => {
-      const req = request(a);
+      const req = await request(a);
       const query = req.items.find((it) => it.path === a.path);
       if (!query) throw new ApiError('not-found', `${a.path} is not an image of dataset ${a.datasetId}`);
       const r = await c.scheduler.compute(
@@ -46,7 +57,7 @@ export const embeddingHandlers = (c: Context) => {
       };
     },
     'embeddings.map': async (a) => {
-      const req = request(a);
+      const req = await request(a);
       const r = await c.scheduler.compute({ kind: 'embed', ...req, map: true }, progress('embeddings.map', a.runId));
       const { points, explained } = r.map!;
       return { explained, points: req.items.map((it, i) => ({ path: it.path, label: it.label, x: points[i]![0], y: points[i]![1] })) };

@@ -53,7 +53,7 @@ export const runHandlers = (c: Context) =>
       const e = estimate(config, images.length, computePath);
       const problem = memoryProblem(config, report.chosen, report.adapter ?? null);
       // Why the torch engine cannot train it, if it cannot: the new-run form greys the engine out with this.
-      const torch = torchProblem({ kind: 'pretrain', model: config.model, probe: !!a.probe }) ?? null;
+      const torch = torchProblem({ kind: 'pretrain', model: config.model }) ?? null;
       const errors = problem ? [{ path: 'model', message: problem }] : [];
       return { ok: !problem, errors, config, estimate: e, fitted: fitted && { why: fitted.why }, torch };
     },

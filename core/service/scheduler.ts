@@ -194,7 +194,7 @@ export class Scheduler {
     if (engine === 'torch' && !torch.ok) throw new UserError(`engine: torch is unavailable: ${torch.reason}`);
     const backend = engine === 'torch' ? 'torch' : (pinned ?? report.chosen);
     const prepared = prepare(this.store, this.home, req, backend, (backend === report.chosen && report.adapter) || null);
-    if (engine === 'torch') assertTorchCan(prepared.spec, prepared.job.probe);
+    if (engine === 'torch') assertTorchCan(prepared.spec);
     const full = this.training.size >= (this.options.concurrency ?? 1);
     const job: TrainJob = {
       ...begin(this.store, prepared, { pid: process.pid, status: full ? 'queued' : 'running', backend }),

@@ -11,9 +11,9 @@ import threading
 
 import torch
 
-from .checkpoint import checkpoints, load_checkpoint, read_safetensors, write_safetensors
+from .checkpoint import checkpoints, load_checkpoint, read_safetensors
 from .data import eval_image
-from .loop import engine_device, train
+from .loop import engine_device, train, write_features
 from .model import Encoder, LocalMIM
 
 
@@ -39,6 +39,9 @@ class Events:
 
     def preview(self, step):
         emit({'type': 'preview', 'step': step})
+
+    def features(self, step, path, seconds):
+        emit({'type': 'features', 'step': step, 'path': path, 'seconds': seconds})
 
     def end(self, status, step):
         emit({'type': 'end', 'status': status, 'step': step})
@@ -116,8 +119,7 @@ def features(args):
     m = read_json(os.path.join(args.job, 'spec.json'))['model']
     model = LocalMIM(m)
     load_checkpoint(args.weights or checkpoints(os.path.join(args.job, 'checkpoints'))[-1][1], model, None)
-    x = model.encode_all(eval_image(args.features, m['imgSize']).unsqueeze(0))
-    f = x[0, 1:].mean(0)
+    f = model.features(eval_image(args.features, m['imgSize']).unsqueeze(0))[0]
     print(json.dumps({'shape': list(f.shape), 'values': f.tolist()}))
 
 
@@ -133,10 +135,7 @@ def embed(spec):
         raise ValueError(f'{spec["weights"]}: not a ViT backbone of this model (missing {sorted(missing)[:3]})')
     model.load_state_dict({n: tensors[n] for n in model.state_dict()})
     model.to(device).eval()
-    images = read_safetensors(spec['images'])[0]['images']
-    parts = [model.features(images[i:i + spec['batch']].permute(0, 3, 1, 2).to(device, non_blocking=True)).float().cpu()
-             for i in range(0, images.shape[0], spec['batch'])]
-    write_safetensors(spec['out'], {'features': torch.cat(parts)}, {})
+    write_features(model, read_safetensors(spec['images'])[0]['images'], spec['batch'], device, spec['out'])
 
 
 def main(here):

@@ -93,6 +93,15 @@ def write_preview(model, probes, path):
     write_safetensors(path, tensors, {})
 
 
+@torch.no_grad()
+def write_features(model, images, batch, device, path):
+    """The backbone's features [N, D] of images [N, H, W, 3] the app decoded (its evaluation transform), `batch` at a
+    time on `device`, in float32: what the app embeds, scores the kNN monitor on and probes with."""
+    parts = [model.features(images[i:i + batch].permute(0, 3, 1, 2).to(device, non_blocking=True)).float().cpu()
+             for i in range(0, images.shape[0], batch)]
+    write_safetensors(path, {'features': torch.cat(parts)}, {})
+
+
 def train(spec, report, stop):
     """Trains the job `spec` describes (core/runs/torch.ts torchSpec, and where its images, its start and its
     checkpoints are) from its start checkpoint to the end of its schedule, or to `stopAtStep`, or until `stop` is set
@@ -132,6 +141,31 @@ def train(spec, report, stop):
 
     cadence = spec.get('cadence', {})
     pending, losses_since, last_save, since = [], [], time.time(), time.time()
+    # The kNN monitor (`knn`: the probe set's images, and `every` N steps or within `budget` of the time): the app
+    # scores the features it is handed, while training goes on.
+    knn = spec.get('knn') if rank == 0 else None
+    knn_images = read_safetensors(knn['images'])[0]['images'] if knn else None
+    knn_seconds, last_knn, knn_step, started = 0.0, 0.0, -1, time.time()
+
+    def knn_due():
+        if not knn:
+            return False
+        if knn['every'] is not None:
+            return step % knn['every'] == 0
+        # Within budget once the next extraction, costing as much as the last, is done.
+        return knn_seconds + last_knn <= knn['budget'] * (time.time() - started - knn_seconds)
+
+    def monitor():
+        nonlocal knn_seconds, last_knn, knn_step
+        if not knn or knn_step == step:
+            return
+        flush()
+        t0 = time.time()
+        path = os.path.join(spec['out'], f'knn-{step}.safetensors')
+        write_features(model, knn_images, knn['batch'], device, path)
+        last_knn, knn_step = time.time() - t0, step
+        knn_seconds += last_knn
+        report.features(step, path, last_knn)
 
     def flush():
         """Reports the pending steps: one readback for all of them."""
@@ -149,7 +183,7 @@ def train(spec, report, stop):
                          'loss': sum(losses), 'losses': losses, 'lr': lr, 'imagesPerS': images / seconds}, total)
         pending = []
 
-    def checkpoint():
+    def checkpoint(last):
         nonlocal losses_since, last_save
         flush()
         if rank == 0:
@@ -158,7 +192,12 @@ def train(spec, report, stop):
             path = os.path.join(spec['out'], f'ckpt-{step:07d}.safetensors')
             save_checkpoint(path, model, opt, state)
             report.checkpoint(path, state)
+        if knn and (last or knn['every'] is not None or knn_due()):
+            monitor()
         losses_since, last_save = [], time.time()
+
+    if step == 0:
+        monitor()
 
     while step < stop_at:
         epoch, j0 = divmod(step, steps_per_epoch)
@@ -186,11 +225,13 @@ def train(spec, report, stop):
                 write_preview(model, probes, os.path.join(spec['out'], 'previews', str(step), 'arrays.safetensors'))
                 flush()
                 report.preview(step)
+            if knn_due():
+                monitor()
             stopping = stop.is_set() or step == stop_at
             due = (step % steps_per_epoch == 0 or (cadence.get('everySteps') and step % cadence['everySteps'] == 0)
                    or (cadence.get('everyMinutes') and time.time() - last_save > cadence['everyMinutes'] * 60))
             if stopping or due:
-                checkpoint()
+                checkpoint(stopping)
             if stopping:
                 break
         if stop.is_set():

@@ -176,13 +176,14 @@ class LocalMIM(nn.Module):
         if m['target'] == 'hog':
             self.hog_enc = nn.ModuleList([HogLayer(m['hogBias']) for _ in m['scales']])
 
-    def encode_all(self, images):
-        """The last block's output on every patch [B, 1+L, D] (features)."""
+    def features(self, images):
+        """images [B, 3, H, W] (0–255) -> [B, D]: the mean of the patch tokens after the last block, on every patch
+        (the kNN monitor, `--features`), as the Encoder's."""
         x = self.patch_embed(normalize(images)) + self.pos_embed[:, 1:]
         x = torch.cat([(self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1), x], dim=1)
         for blk in self.blocks:
             x = blk(x)
-        return x
+        return x[:, 1:].mean(1)
 
     def forward(self, images, noise):
         """images [B, 3, H, W] (0–255), noise [B, L] -> per-scale losses."""
