@@ -16,29 +16,27 @@ const vit = parseRunConfig({ model: { size: 'vit-tiny', imgSize: 32, patchSize: 
 const swin = newRunConfig(undefined, 'swin-tiny');
 const fusion = parseRunConfig({ model: { ...vit.model, variant: 'fusion' } });
 
-test('the torch engine pretrains ViTs in the local, global and isolated variants and embeds with ViTs, nothing else', () => {
+test('the torch engine pretrains ViT and Swin in every variant and embeds with ViTs, nothing else', () => {
   expect(torchCannot({ kind: 'pretrain', model: vit.model })).toBeUndefined();
-  expect(torchCannot({ kind: 'pretrain', model: swin.model })).toEqual({
-    path: 'model.size',
-    message: 'swin-tiny: the torch engine trains ViT models only',
-  });
-  expect(torchProblem({ kind: 'pretrain', model: fusion.model })).toBe(
-    'model.variant: fusion: the torch engine trains the local, global and isolated variants only; train it with --engine tfjs',
-  );
+  expect(torchCannot({ kind: 'pretrain', model: swin.model })).toBeUndefined();
+  expect(torchCannot({ kind: 'pretrain', model: fusion.model })).toBeUndefined();
   expect(torchCannot({ kind: 'finetune', model: vit.model })?.path).toBe('kind');
   expect(torchCannot({ kind: 'embed', model: vit.model })).toBeUndefined();
-  expect(torchCannot({ kind: 'embed', model: swin.model })?.path).toBe('model.size');
+  expect(torchProblem({ kind: 'embed', model: swin.model })).toBe(
+    'model.size: swin-tiny: the torch engine embeds with ViT backbones only; train it with --engine tfjs',
+  );
   expect(torchCannot({ kind: 'pretrain', model: vit.model, probe: true })?.path).toBe('probe');
 });
 
-test('the CLI, the service and scale-out refuse with the same reason', () => {
-  expect(() => assertTorchCan({ kind: 'pretrain', config: fusion })).toThrow(
-    /^engine: model\.variant: fusion: the torch engine trains the local, global and isolated variants only/,
+test('the CLI, the service and scale-out ask the same function', () => {
+  expect(() => assertTorchCan({ kind: 'pretrain', config: vit }, {})).toThrow(
+    /^engine: probe: the kNN monitor runs on the tfjs engine only/,
   );
   const plan = (config: typeof vit) => () =>
     planScaleOut({ config, source: null, dataRoot: '/nowhere', rows: [], out: '/tmp/localmim-never-written' });
-  expect(plan(swin)).toThrow(/^model\.size: swin-tiny: scale-out trains ViT models only$/);
-  expect(plan(fusion)).toThrow(/^model\.variant: fusion: scale-out trains the local, global and isolated variants only$/);
+  // Past the engine's check, to the images.
+  expect(plan(swin)).toThrow(/^--data: \/nowhere has 0 usable images/);
+  expect(plan(fusion)).toThrow(/^--data: \/nowhere has 0 usable images/);
 });
 
 test("the engine's spec carries every size resolved: train.py has no table or default of its own", () => {
@@ -56,8 +54,8 @@ test("the new-run form's answer (config.check): why the torch engine cannot trai
     const check = (config: object, probe?: boolean) =>
       service.call('config.check', { config, ...(probe !== undefined && { probe }) }) as Promise<{ torch: string | null }>;
     expect((await check(vit)).torch).toBeNull();
-    expect((await check(swin)).torch).toBe(torchProblem({ kind: 'pretrain', model: swin.model }));
-    expect((await check(fusion)).torch).toMatch(/^model\.variant: fusion: the torch engine trains/);
+    expect((await check(swin)).torch).toBeNull();
+    expect((await check(fusion)).torch).toBeNull();
     expect((await check(vit, true)).torch).toMatch(/^probe: the kNN monitor runs on the tfjs engine only/);
   } finally {
     await service.shutdown();

@@ -13,6 +13,7 @@ import torch.nn as nn
 from .checkpoint import load_checkpoint, read_safetensors, save_checkpoint, write_safetensors
 from .data import HandedOver, Masked, MicroBatches
 from .model import LocalMIM
+from .swin import SwinLocalMIM
 
 
 def lr_at(e, o, world):
@@ -101,11 +102,12 @@ def train(spec, report, stop):
     rank, world, device, described = setup(spec.get('device'))
     if spec.get('amp') and device.type != 'cuda':
         raise ValueError('--amp needs a CUDA GPU')
-    model = LocalMIM(m).to(device)
+    swin = m['family'] == 'swin'
+    model = (SwinLocalMIM if swin else LocalMIM)(m).to(device)
     opt = make_optimizer(model, o)
     step = load_checkpoint(spec['start'], model, opt)['step']
     ddp = world > 1
-    net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=max(m['taps']) < m['depth'] - 1) if ddp else model
+    net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=model.unused) if ddp else model
     no_sync = net.no_sync if ddp else None
     if spec.get('compile') and hasattr(torch, 'compile'):
         net = torch.compile(net)
@@ -165,8 +167,9 @@ def train(spec, report, stop):
         # This process's micro-batches of the epoch's remaining steps: u = j·micro + a·world + rank within a step.
         data.keys = [(epoch, j * micro + a * world + rank) for j in range(j0, min(steps_per_epoch, j0 + stop_at - step))
                      for a in range(accum)]
-        loader = torch.utils.data.DataLoader(Masked(data, m['L'], micro, steps_per_epoch), batch_size=None,
-                                             num_workers=spec.get('workers', 0), pin_memory=device.type == 'cuda')
+        masked = Masked(data, m['units'] if swin else m['L'], micro, steps_per_epoch, shared=swin)
+        loader = torch.utils.data.DataLoader(masked, batch_size=None, num_workers=spec.get('workers', 0),
+                                             pin_memory=device.type == 'cuda')
         batches = iter(loader)
         for j in range(j0, j0 + len(data.keys) // accum):
             lr = lr_at(epoch + j / steps_per_epoch, o, world)
