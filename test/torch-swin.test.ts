@@ -94,6 +94,14 @@ withTorch('Swin on the torch engine', () => {
     expectSameLosses(ours, reference);
   }, 90_000);
 
+  test('the fusion variant: three steps on torch equal tfjs within 1e-3', async () => {
+    const fusion = config({ variant: 'fusion' });
+    const tfjs = steps(await pretrain(join(dir, 'fusion-tfjs'), ['--config', fusion, '--max-steps', '3']));
+    const ours = steps(await pretrain(join(dir, 'fusion-torch'), ['--engine', 'torch', '--config', fusion, '--max-steps', '3']));
+    expect(ours.map((s) => s.step)).toEqual([1, 2, 3]);
+    expectSameLosses(ours, tfjs);
+  }, 90_000);
+
   test('paused on torch (Ctrl-C), resumed on tfjs: the losses of the uninterrupted run', async () => {
     const home = join(dir, 'torch-then-tfjs');
     const out = await interrupted(home, ['--engine', 'torch', '--config', local, '--max-steps', String(STEPS)]);
