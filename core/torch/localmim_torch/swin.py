@@ -85,9 +85,10 @@ class Grouping:
 
 class Plan:
     """The host-side bookkeeping of a batch's mask (the visible units, raster, increasing), on the device: the visible
-    patches' token ids, per stage its groupings, per stage output the raster order of its tokens (n: masked)."""
+    patches' token ids, per stage its groupings, per stage output the raster order of its tokens (n: masked).
+    `official`: the pretraining's token coordinates after a merging, else the true ones (fine-tuning)."""
 
-    def __init__(self, m, units, device):
+    def __init__(self, m, units, device, official=True):
         G, g0 = m['maskGrid'], m['grids'][0]
         self.tokens = torch.tensor(unit_major(units, G, g0), device=device)
         self.stages = []
@@ -95,7 +96,7 @@ class Plan:
             r, w, shift = g // G, m['windows'][i], m['shifts'][i]
             # After a merging the official code reads the unit-major index of a token as a raster index
             # (docs/method.md#swin-coordinates).
-            at = [u * r * r + t for u in units for t in range(r * r)] if i else unit_major(units, G, g)
+            at = [u * r * r + t for u in units for t in range(r * r)] if i and official else unit_major(units, G, g)
             coords = [divmod(n, g) for n in at]
             shifted = Grouping(group_plan(coords, w, shift), w, device) if shift else None
             self.stages.append((Grouping(group_plan(coords, w, 0), w, device), shifted))
