@@ -20,7 +20,7 @@ import { finetuneTask } from '../core/train/finetune.js';
 import { lrAt } from '../core/train/schedule.js';
 import { describeWith, PYTHON } from './support/requirements.js';
 
-// ViT fine-tuning on the torch engine equals the app's: the same weights and the same augmented batches handed over
+// ViT and Swin fine-tuning on the torch engine equal the app’s: the same weights and the same augmented batches handed over
 // (RandAugment, crops and random erasing are the app's, as test/scale-out.test.ts hands pretraining its pixels); Mixup,
 // CutMix, label smoothing and stochastic depth drawn by each engine from the same seeds; layer decay as handed over.
 const dir = mkdtempSync(join(tmpdir(), 'localmim-torch-ft-'));

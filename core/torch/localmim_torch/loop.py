@@ -16,6 +16,11 @@ from .model import LocalMIM
 from .swin import SwinLocalMIM
 
 
+def pretraining_model(m):
+    """The pretraining model of the resolved model's family."""
+    return (SwinLocalMIM if m['family'] == 'swin' else LocalMIM)(m)
+
+
 def lr_at(e, o, world):
     """Linear warmup from 0, then half-cosine down to minLr, at fractional epoch e (every iteration). The peak is the
     app's for one process; blr's scales with the processes' images (`lrScalesWithWorld`), an absolute lr does not."""
@@ -45,14 +50,16 @@ def amp_dtype(device):
     return torch.bfloat16 if device.type == 'cuda' and torch.cuda.is_bf16_supported() else torch.float16
 
 
-def optimizer_step(net, opt, scaler, micro, accum, amp, device, no_sync=None):
+def optimizer_step(net, opt, scaler, micro, accum, amp, device, no_sync=None, host_noise=False):
     """One AdamW step over `accum` micro-batches (images, noise), the loss divided by `accum` as the official loop;
-    `no_sync` (DDP) skips the gradient all-reduce of all but the last. Returns the per-scale losses [S], unread."""
+    `no_sync` (DDP) skips the gradient all-reduce of all but the last; `host_noise`: the noise stays on the host (Swin
+    plans its windows there). Returns the per-scale losses [S], unread."""
     total = 0
     for a, (images, noise) in enumerate(micro):
         with contextlib.nullcontext() if no_sync is None or a == accum - 1 else no_sync():
             with torch.autocast(device.type, dtype=amp_dtype(device)) if amp else contextlib.nullcontext():
-                losses = torch.stack(net(images.to(device, non_blocking=True), noise.to(device, non_blocking=True))).float()
+                noise = noise if host_noise else noise.to(device, non_blocking=True)
+                losses = torch.stack(net(images.to(device, non_blocking=True), noise)).float()
             scaler.scale(losses.sum() / accum).backward()
         total = total + losses.detach() / accum
     scaler.step(opt)
@@ -103,7 +110,7 @@ def train(spec, report, stop):
     if spec.get('amp') and device.type != 'cuda':
         raise ValueError('--amp needs a CUDA GPU')
     swin = m['family'] == 'swin'
-    model = (SwinLocalMIM if swin else LocalMIM)(m).to(device)
+    model = pretraining_model(m).to(device)
     opt = make_optimizer(model, o)
     step = load_checkpoint(spec['start'], model, opt)['step']
     ddp = world > 1
@@ -177,7 +184,7 @@ def train(spec, report, stop):
                 group['lr'] = lr
             if not pending:
                 since = time.time()
-            losses = optimizer_step(net, opt, scaler, (next(batches) for _ in range(accum)), accum, amp, device, no_sync)
+            losses = optimizer_step(net, opt, scaler, (next(batches) for _ in range(accum)), accum, amp, device, no_sync, swin)
             if ddp:
                 dist.all_reduce(losses)
                 losses /= world

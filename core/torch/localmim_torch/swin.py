@@ -68,14 +68,15 @@ class Grouping:
 
     def __init__(self, plan, w, device):
         self.GS, order, slots, gid, local = plan
-        self.order = None if order is None else torch.tensor([len(slots) if n < 0 else n for n in order], device=device)
-        self.slots = None if slots is None else torch.tensor(slots, device=device)
-        gid = torch.tensor(gid, device=device).view(-1, self.GS)
-        local = torch.tensor(local, device=device).clamp(min=0).view(-1, self.GS)
-        self.same = ((gid[:, :, None] == gid[:, None, :]) & (gid[:, :, None] >= 0)).unsqueeze(1)  # [nG, 1, GS, GS]
+        self.order = None if order is None else on(device, [len(slots) if n < 0 else n for n in order])
+        self.slots = None if slots is None else on(device, slots)
+        gid = torch.tensor(gid).view(-1, self.GS)
+        local = torch.tensor(local).clamp(min=0).view(-1, self.GS)
+        same = (gid[:, :, None] == gid[:, None, :]) & (gid[:, :, None] >= 0)
+        self.same = on(device, same.unsqueeze(1))  # [nG, 1, GS, GS]
         dy = local[:, :, None] // w - local[:, None, :] // w
         dx = local[:, :, None] % w - local[:, None, :] % w
-        self.index = (dy + w - 1) * (2 * w - 1) + dx + w - 1  # [nG, GS, GS]
+        self.index = on(device, (dy + w - 1) * (2 * w - 1) + dx + w - 1)  # [nG, GS, GS]
 
     def bias(self, table):
         """The relative position bias [nG, heads, GS, GS] within windows, the official −100 across them."""
@@ -90,7 +91,7 @@ class Plan:
 
     def __init__(self, m, units, device, official=True):
         G, g0 = m['maskGrid'], m['grids'][0]
-        self.tokens = torch.tensor(unit_major(units, G, g0), device=device)
+        self.tokens = on(device, unit_major(units, G, g0))
         self.stages = []
         for i, g in enumerate(m['grids']):
             r, w, shift = g // G, m['windows'][i], m['shifts'][i]
@@ -106,7 +107,13 @@ class Plan:
             order = [len(at)] * (g * g)
             for k, t in enumerate(at):
                 order[t] = k
-            self.restore.append(torch.tensor(order, device=device))
+            self.restore.append(on(device, order))
+
+
+def on(device, values):
+    """A host tensor (or list) on the device without waiting for it: pinned, then copied asynchronously on CUDA."""
+    t = values if torch.is_tensor(values) else torch.tensor(values)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == 'cuda' else t.to(device)
 
 
 def unit_major(units, G, g):
@@ -248,16 +255,18 @@ class SwinLocalMIM(Targets, SwinBackbone):
         self.unused = max(m['taps']) < len(m['depths']) - 1  # stages after the last tap (DDP must know)
 
     def forward(self, images, noise):
-        """images [B, 3, H, W] (0–255), noise [1, units] -> per-decoder losses."""
+        """images [B, 3, H, W] (0–255), noise [1, units] on the host (the windows are planned there) -> per-decoder
+        losses."""
         preds, targets, mask = self.reconstruct(images, noise)
-        G = self.m['maskGrid']
-        return [masked_mse(p, t, scale_mask(mask, G, self.m['predGrids'][k] / G)) for k, (p, t) in enumerate(zip(preds, targets))]
+        G, grids = self.m['maskGrid'], self.m['predGrids']
+        return [masked_mse(p, t, scale_mask(mask, G, grids[k] / G)) for k, (p, t) in enumerate(zip(preds, targets))]
 
     def reconstruct(self, images, noise):
         """Per decoder the predictions and targets [B, L_k, F_k], and the mask over the units [B, units] (1 = removed)."""
         m, B = self.m, images.shape[0]
-        mask = swin_mask(noise[0], m)
+        mask = swin_mask(noise[0].cpu(), m)
         plan = Plan(m, (mask == 0).nonzero().flatten().tolist(), images.device)
+        mask = on(images.device, mask)
         normalized = normalize(images)
         x = self.patch_embed(normalized)[:, plan.tokens]
         outs = self.encode(x, plan, max(m['taps']) + 1, isolate=m['taps'] if m['variant'] == 'isolated' else ())
