@@ -3,26 +3,30 @@
 # .gpu/ here first with bench/gpu-pack.sh, then run on the device machine, from the repository root:
 #   bash bench/gpu-device.sh            (device tool: carry [".gpu"], timeout_s 600)
 # It prints the torch engine's loader images/s, its vit-base/224/p16/b64 pretraining and fine-tuning steps in fp32 and
-# bf16, bf16's effect on the loss (the same init and batches, step by step) and its embedding images/s
-# (bench/torch-engine.py), the WebGPU adapter, the webgpu pretraining step for vit-tiny/64/p8/b32 and
-# vit-base/224/p16/b64, PyTorch's plain fp32 step (bench/peer.py) on the same GPU, and the ratio webgpu / torch
-# engine fp32. LOCALMIM_BENCH_TINY=1 runs the torch engine's part only, at a tiny size, on any machine with torch.
+# bf16, bf16's effect on the loss (the same init and batches, step by step), its embedding images/s and its
+# swin-b/224/p4/b64 pretraining steps in fp32 and bf16 (bench/torch-engine.py), the WebGPU adapter, the webgpu
+# pretraining step for vit-tiny/64/p8/b32 and vit-base/224/p16/b64, PyTorch's plain fp32 step (bench/peer.py) on the
+# same GPU, and the ratio webgpu / torch engine fp32. LOCALMIM_BENCH_TINY=1 runs the torch engine's part only, at a
+# tiny size, on any machine with torch.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=$(mktemp -d)
-if [ ! -f .gpu/finetune-tiny.json ]; then  # the engine's job specs, where bench/gpu-pack.sh did not write them
+if [ ! -f .gpu/spec-swin-tiny.json ]; then  # the engine's job specs, where bench/gpu-pack.sh did not write them
   mkdir -p .gpu && npx tsx bench/torch-spec.ts vit-base 224 16 64 > .gpu/spec-vit-base.json &&
     npx tsx bench/torch-spec.ts vit-tiny 32 8 8 > .gpu/spec-tiny.json &&
     npx tsx bench/torch-spec.ts vit-base 224 16 64 finetune > .gpu/finetune-vit-base.json &&
-    npx tsx bench/torch-spec.ts vit-tiny 32 8 8 finetune > .gpu/finetune-tiny.json
+    npx tsx bench/torch-spec.ts vit-tiny 32 8 8 finetune > .gpu/finetune-tiny.json &&
+    npx tsx bench/torch-spec.ts swin-b 224 4 64 > .gpu/spec-swin-b.json &&
+    npx tsx bench/torch-spec.ts swin-tiny 112 4 4 > .gpu/spec-swin-tiny.json
 fi
 python=$(command -v python3)
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import torch' 2>/dev/null && python=/usr/bin/python3
 python=${LOCALMIM_PYTHON:-$python}
 if [ "${LOCALMIM_BENCH_TINY:-0}" = 1 ]; then
-  size=(--spec .gpu/spec-tiny.json --finetune .gpu/finetune-tiny.json --steps 3 --warmup 1 --images 32 --loader-batches 8 --workers 1)
+  size=(--spec .gpu/spec-tiny.json --finetune .gpu/finetune-tiny.json --swin .gpu/spec-swin-tiny.json --steps 3 --warmup 1
+    --images 32 --loader-batches 8 --workers 1)
 else
-  size=(--spec .gpu/spec-vit-base.json --finetune .gpu/finetune-vit-base.json --steps 30 --warmup 5)
+  size=(--spec .gpu/spec-vit-base.json --finetune .gpu/finetune-vit-base.json --swin .gpu/spec-swin-b.json --steps 30 --warmup 5)
 fi
 timeout 240 "$python" bench/torch-engine.py "${size[@]}" | tee "$out/torch.jsonl"
 [ "${LOCALMIM_BENCH_TINY:-0}" = 1 ] && exit 0

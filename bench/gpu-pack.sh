@@ -20,6 +20,8 @@ npx tsx bench/torch-spec.ts vit-base 224 16 64 > .gpu/spec-vit-base.json
 npx tsx bench/torch-spec.ts vit-tiny 32 8 8 > .gpu/spec-tiny.json
 npx tsx bench/torch-spec.ts vit-base 224 16 64 finetune > .gpu/finetune-vit-base.json
 npx tsx bench/torch-spec.ts vit-tiny 32 8 8 finetune > .gpu/finetune-tiny.json
+npx tsx bench/torch-spec.ts swin-b 224 4 64 > .gpu/spec-swin-b.json
+npx tsx bench/torch-spec.ts swin-tiny 112 4 4 > .gpu/spec-swin-tiny.json
 o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64-lists'
 mkdir -p /tmp/amd64-lists/partial
 apt-get $o update -qq

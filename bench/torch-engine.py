@@ -1,6 +1,7 @@
 """The torch engine's speed (core/torch/train.py, as the app runs it): its data loader alone, in images/s, and its
 pretraining step on synthetic batches already on the device, in fp32 and (CUDA) bf16, and bf16's effect on the loss
-(CUDA); with --finetune, its ViT fine-tuning step (fp32, bf16) and its embedding's images/s. One JSON line per result.
+(CUDA); with --finetune, its ViT fine-tuning step (fp32, bf16) and its embedding's images/s; with --swin, a Swin's
+pretraining step (fp32, bf16). One JSON line per result.
 
     python3 bench/torch-engine.py --spec SPEC.json
 
@@ -57,22 +58,24 @@ def bench_loader(spec, n_images, workers, batches, device):
 
 
 def bench_step(spec, device, amp, steps, warmup):
-    """Seconds per optimizer step of the engine's own step (train.optimizer_step) on batches on the device."""
+    """Seconds per optimizer step of the engine's own step (train.optimizer_step) on batches on the device; a Swin's
+    includes planning its windows from the mask on the host, as every step of a run does."""
     c, o = spec['model'], spec['optim']
     torch.manual_seed(0)
-    model = train.LocalMIM(c).to(device)
+    model = train.pretraining_model(c).to(device)
     opt = train.make_optimizer(model, o)
     for group in opt.param_groups:
         group['lr'] = 1e-4
     scaler = torch.cuda.amp.GradScaler(enabled=amp and train.amp_dtype(device) == torch.float16)
-    B, side, L = o['batch'], c['imgSize'], c['L']
+    B, side = o['batch'], c['imgSize']
     images = torch.rand(B, 3, side, side, device=device) * 255
-    noise = torch.rand(B, L, device=device)
+    swin = c['family'] == 'swin'
+    noise = torch.rand(1, c['units']) if swin else torch.rand(B, c['L'], device=device)
     for i in range(warmup + steps):
         if i == warmup:
             sync(device)
             t0 = time.time()
-        losses = train.optimizer_step(model, opt, scaler, [(images, noise)], 1, amp, device)
+        losses = train.optimizer_step(model, opt, scaler, [(images, noise)], 1, amp, device, host_noise=swin)
     float(losses.sum())
     return (time.time() - t0) / steps
 
@@ -83,7 +86,7 @@ def bench_finetune(spec, device, amp, steps, warmup):
     from localmim_torch import finetune
     c, f = spec['model'], spec['finetune']
     torch.manual_seed(0)
-    model = finetune.ViTClassifier(c, spec['classes']).to(device)
+    model = finetune.classifier(c, spec['classes']).to(device)
     opt = finetune.make_optimizer(model, f, spec['groups'])
     B, side = f['batch'], c['imgSize']
     batch = (torch.rand(B, 3, side, side, device=device) * 255, torch.randint(0, spec['classes'], (B,), device=device))
@@ -138,10 +141,24 @@ def precisions(device):
     return [False, True] if device.type == 'cuda' else [False]
 
 
+def steps(spec, bench, device, described, args):
+    """The pretraining step of `spec` in each precision: one line each."""
+    c, batch = spec['model'], spec['optim']['batch']
+    what = {'model': c['size'], 'img': c['imgSize'], 'patch': c['patchSize'], 'batch': batch, 'device': described}
+    for amp in precisions(device):
+        seconds = bench_step(spec, device, amp, args.steps, args.warmup)
+        precision = str(train.amp_dtype(device)).replace('torch.', '') if amp else 'fp32'
+        print(json.dumps({'bench': bench, 'precision': precision, 'msPerStep': round(seconds * 1000, 2),
+                          'stepsPerS': round(1 / seconds, 2), 'imagesPerS': round(batch / seconds, 1), **what}), flush=True)
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--spec', required=True, help='the job spec at the benched size (bench/torch-spec.ts)')
     ap.add_argument('--finetune', help='a fine-tuning job spec (bench/torch-spec.ts ... finetune): its steps and embedding')
+    ap.add_argument('--swin', help="a Swin pretraining job spec (bench/torch-spec.ts swin-b ...): its steps")
     ap.add_argument('--steps', type=int, default=20)
     ap.add_argument('--warmup', type=int, default=5)
     ap.add_argument('--workers', type=int, default=min(8, os.cpu_count() or 1))
@@ -155,13 +172,9 @@ def main():
     print(json.dumps({'bench': 'torch', 'torch': torch.__version__, **what}), flush=True)
     rate = bench_loader(spec, args.images, args.workers, args.loader_batches, device)
     print(json.dumps({'bench': 'torch-loader', 'workers': args.workers, 'imagesPerS': round(rate, 1), **what}), flush=True)
-    for amp in precisions(device):
-        seconds = bench_step(spec, device, amp, args.steps, args.warmup)
-        precision = str(train.amp_dtype(device)).replace('torch.', '') if amp else 'fp32'
-        print(json.dumps({'bench': 'torch-step', 'precision': precision, 'msPerStep': round(seconds * 1000, 2),
-                          'imagesPerS': round(batch / seconds, 1), **what}), flush=True)
-        if device.type == 'cuda':
-            torch.cuda.empty_cache()
+    steps(spec, 'torch-step', device, described, args)
+    if args.swin:
+        steps(json.load(open(args.swin)), 'torch-swin-step', device, described, args)
     if device.type == 'cuda':
         precision = str(train.amp_dtype(device)).replace('torch.', '')
         print(json.dumps({'bench': 'torch-amp-loss', 'precision': precision, **amp_losses(spec, device, args.steps), **what}), flush=True)

@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { accessSync, constants, statSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { modelDims, modelFamily, peakLr, type ModelConfig, type RunConfig } from './config.js';
+import { modelDims, modelFamily, peakLr, swinDims, type ModelConfig, type RunConfig } from './config.js';
 import { type FinetuneRun } from './finetune-config.js';
 
 /** What trains a run: tfjs in the job process (built in), or core/torch/train.py on a Python with torch. */
@@ -131,9 +131,8 @@ export interface EngineJob {
  */
 export function torchCannot(job: EngineJob, who = 'the torch engine'): { path: string; message: string } | undefined {
   if (job.kind !== 'pretrain' && job.kind !== 'embed') return { path: 'kind', message: `${job.kind}: ${who} pretrains and embeds only` };
-  if (modelFamily(job.model) !== 'vit') return { path: 'model.size', message: `${job.model.size}: ${who} trains ViT models only` };
-  if (job.model.variant === 'fusion')
-    return { path: 'model.variant', message: `fusion: ${who} trains the local, global and isolated variants only` };
+  if (job.kind === 'embed' && modelFamily(job.model) !== 'vit')
+    return { path: 'model.size', message: `${job.model.size}: ${who} embeds with ViT backbones only` };
   return undefined;
 }
 
@@ -141,6 +140,13 @@ export function torchCannot(job: EngineJob, who = 'the torch engine'): { path: s
 export function torchProblem(job: EngineJob): string | undefined {
   const cannot = torchCannot(job);
   return cannot && `${cannot.path}: ${cannot.message}; train it with --engine tfjs`;
+}
+
+/** A model as the torch engine takes it: the config with its family and every size resolved (modelDims or swinDims). */
+export function torchModel(model: ModelConfig) {
+  return modelFamily(model) === 'swin'
+    ? { ...model, family: 'swin' as const, ...swinDims(model) }
+    : { ...model, family: 'vit' as const, ...modelDims(model) };
 }
 
 /**
@@ -153,7 +159,7 @@ export function torchSpec(config: RunConfig) {
   return {
     kind: 'pretrain' as const,
     config,
-    model: { ...config.model, ...modelDims(config.model) },
+    model: torchModel(config.model),
     optim: { ...o, peakLr: peakLr(o), lrScalesWithWorld: o.lr === undefined },
     seed: config.seed,
   };
@@ -171,7 +177,7 @@ export function torchFinetuneSpec(run: FinetuneRun, groups: ParamGroups) {
   return {
     kind: 'finetune' as const,
     config: run,
-    model: { ...run.model, ...modelDims(run.model) },
+    model: torchModel(run.model),
     finetune: { ...f, peakLr: peakLr(f), lrScalesWithWorld: f.lr === undefined },
     classes: run.classes.length,
     groups,

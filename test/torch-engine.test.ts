@@ -109,6 +109,16 @@ withTorch('the torch engine', () => {
     store.close();
   }, 30_000);
 
+  test('the fusion variant: five steps on torch equal tfjs within 1e-3', async () => {
+    const run = JSON.parse(readFileSync(configFile, 'utf8')) as { model: object };
+    const fusion = join(dir, 'fusion.json');
+    writeFileSync(fusion, JSON.stringify({ ...run, model: { ...run.model, variant: 'fusion' } }));
+    const tfjs = steps(await pretrain(join(dir, 'fusion-tfjs'), ['--config', fusion, '--max-steps', '5']));
+    const ours = steps(await pretrain(join(dir, 'fusion-torch'), ['--engine', 'torch', '--config', fusion, '--max-steps', '5']));
+    expect(ours.map((s) => s.step)).toEqual([1, 2, 3, 4, 5]);
+    expectSameLosses(ours, tfjs);
+  }, 60_000);
+
   test('paused on torch (Ctrl-C), resumed on tfjs: the losses of the uninterrupted run', async () => {
     const home = join(dir, 'torch-then-tfjs');
     const out = await interrupted(home, ['--engine', 'torch', '--config', configFile, '--max-steps', '8']);

@@ -11,7 +11,7 @@ import { KNN_BUDGET, scoreEmbedded, type ProbeSet } from '../analysis/knn.js';
 import { modelDims, modelFamily, type ModelConfig, type RunConfig } from '../config.js';
 import { DecodeCache } from '../data/cache.js';
 import { evalImage } from '../data/preprocess.js';
-import { torchProblem, torchSpec, type ParamGroups, type TorchReport } from '../engine.js';
+import { torchModel, torchProblem, torchSpec, type ParamGroups, type TorchReport } from '../engine.js';
 import type { Classifier } from '../model/classifier.js';
 import { targetShapes } from '../model/pretraining.js';
 import { UserError } from '../errors.js';
@@ -137,20 +137,22 @@ export async function runTorchJob(
 async function previewProbes(config: RunConfig, items: { abs: string }[], file: string) {
   const { imgSize } = config.model;
   const images = await previewImages(items, imgSize);
-  const dims = modelDims(config.model);
-  const noise = previewNoise(config.seed, images.length * dims.L);
+  const dims = torchModel(config.model);
+  // A ViT masks each image's patches, a Swin the whole batch's mask units at once (core/runs/job.ts, noiseSize).
+  const [rows, L, g] = dims.family === 'swin' ? [1, dims.units, dims.maskGrid] : [images.length, dims.L, dims.g];
+  const noise = previewNoise(config.seed, rows * L);
   const pixels = new Float32Array(images.length * imgSize * imgSize * 3);
   images.forEach((img, b) => pixels.set(img.data, b * imgSize * imgSize * 3));
   const tensors = new Map([
     ['images', { shape: [images.length, imgSize, imgSize, 3], values: pixels }],
-    ['noise', { shape: [images.length, dims.L], values: noise }],
+    ['noise', { shape: [rows, L], values: noise }],
   ]);
   writeAtomic(file, encodeSafetensors(tensors, {}));
   const draw = {
     cells: dims.cells,
     F: dims.F,
-    g: dims.g,
-    p: config.model.patchSize,
+    g,
+    p: imgSize / g,
     nbins: config.model.nbins,
     hog: config.model.target === 'hog',
   };
@@ -212,7 +214,7 @@ export function torchEmbedder(torch: TorchReport, backbone: ReadonlyMap<string, 
   if (problem) throw new UserError(`engine: ${problem}`);
   const dir = mkdtempSync(join(tmpdir(), 'localmim-embed-'));
   const spec = {
-    model: { ...model, ...modelDims(model) },
+    model: torchModel(model),
     weights: join(dir, 'backbone.safetensors'),
     images: join(dir, 'images.safetensors'),
     out: join(dir, 'features.safetensors'),

@@ -6,12 +6,12 @@ import { parseRunConfig, type RunConfig } from '../config.js';
 import { indexFolder } from '../data/indexer.js';
 import { TORCH_ENGINE, torchCannot, torchSpec } from '../engine.js';
 import { UserError } from '../errors.js';
-import { LocalMIM } from '../model/localmim.js';
 import { checkpointRef, loadRef, type CheckpointId, type CheckpointRef } from '../runs/checkpoints.js';
 import { specOf } from '../runs/spec.js';
 import type { ImageRow, MetricRow, Store } from '../store/store.js';
 import { AdamW } from '../train/adamw.js';
 import { loadCheckpoint, saveCheckpoint } from '../train/checkpoint.js';
+import { pretrainModel } from '../train/pretrain.js';
 import { jobReadme } from './readme.js';
 
 /** The PyTorch trainer shipped with the app (the torch engine's entry point), copied into every job folder. */
@@ -116,7 +116,7 @@ function supported(config: RunConfig): void {
 /** A new run's step-0 checkpoint: the weights the app would start from with this seed (over them `init`, a
  * backbone's), zero moments. */
 export async function writeInitial(config: RunConfig, path: string, init?: ReadonlyMap<string, Float32Array>): Promise<void> {
-  const model = new LocalMIM(config.model, config.seed);
+  const model = pretrainModel(config.model, config.seed);
   if (init) model.params.assign(init);
   const optimizer = new AdamW(model.params.vars, config.optim);
   try {

@@ -15,7 +15,7 @@ from localmim_torch import finetune  # noqa: E402
 
 job = json.load(open(spec_file))
 tensors, meta = train.read_safetensors(src)
-model = finetune.ViTClassifier(job['model'], job['classes'])
+model = finetune.classifier(job['model'], job['classes'])
 model.load_state_dict({n: t for n, t in tensors.items() if not n.startswith('batch.')})
 opt = finetune.make_optimizer(model, job['finetune'], job['groups'])
 losses = []

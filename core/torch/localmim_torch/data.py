@@ -121,10 +121,11 @@ class MicroBatches(torch.utils.data.Dataset):
 
 class Masked(torch.utils.data.Dataset):
     """(images, noise) of micro-batch u = j·micro + a of an epoch: the mask's noise is a function of (seed, step, a),
-    as the app's, drawn here so that loader workers make it."""
+    as the app's, drawn here so that loader workers make it: [B, L] (a mask per image), or with `shared` [1, L] (one
+    mask for the batch, Swin's)."""
 
-    def __init__(self, data, L, micro, steps_per_epoch):
-        self.data, self.L, self.micro, self.steps_per_epoch = data, L, micro, steps_per_epoch
+    def __init__(self, data, L, micro, steps_per_epoch, shared=False):
+        self.data, self.L, self.micro, self.steps_per_epoch, self.shared = data, L, micro, steps_per_epoch, shared
 
     def __len__(self):
         return len(self.data)
@@ -133,7 +134,7 @@ class Masked(torch.utils.data.Dataset):
         images = self.data[n]
         epoch, u = self.data.keys[n]
         step = epoch * self.steps_per_epoch + u // self.micro
-        noise = Rng(seed_for(self.data.seed, STREAMS['mask'], step, u % self.micro)).fill(images.shape[0] * self.L)
+        noise = Rng(seed_for(self.data.seed, STREAMS['mask'], step, u % self.micro)).fill((1 if self.shared else images.shape[0]) * self.L)
         return images, noise.view(-1, self.L)
 
 

@@ -1,5 +1,6 @@
-"""ViT fine-tuning in PyTorch, as the app's (core/train/finetune.ts): the pretrained backbone with a trainable
-`pos_embed`, mean-pooled patch tokens, `fc_norm`, `head`; stochastic depth, label smoothing, Mixup or CutMix with the
+"""ViT and Swin fine-tuning in PyTorch, as the app's (core/train/finetune.ts): the pretrained backbone and its head
+(ViT: a trainable `pos_embed`, mean-pooled patch tokens, `fc_norm`, `head`; Swin: the last stage pooled, `norm`,
+`head`); stochastic depth, label smoothing, Mixup or CutMix with the
 batch's mirror image drawn from the app's generators, and AdamW with the per-parameter learning-rate scale (layer
 decay) and weight-decay choice the app resolves and hands over (`groups` of the job spec)."""
 import contextlib
@@ -10,7 +11,13 @@ import torch.nn as nn
 
 from .data import STREAMS, Rng, seed_for
 from .loop import amp_dtype
-from .model import Encoder
+from .model import Encoder, normalize
+from .swin import Plan, SwinBackbone
+
+
+def classifier(m, classes):
+    """The fine-tuning model of the resolved model's family."""
+    return (SwinClassifier if m['family'] == 'swin' else ViTClassifier)(m, classes)
 
 
 class ViTClassifier(Encoder):
@@ -26,6 +33,34 @@ class ViTClassifier(Encoder):
         depth = len(self.blocks)
         keeps = (lambda i, B, device: keep_masks(drop_rng, rate * i / max(depth - 1, 1), B, device)) if drop_rng and rate > 0 else None
         return self.head(self.fc_norm(self.features(images, keeps)))
+
+
+class SwinClassifier(SwinBackbone):
+    """The official Swin fine-tuning model (models_swin.py), as the app's: the backbone on every token (the standard
+    shifted windows, at true coordinates), timm's merge order and `norm2` eps 1e-5; the last stage's tokens averaged,
+    `norm`, `head`."""
+
+    def __init__(self, m, classes):
+        super().__init__(m, norm2_eps=1e-5)
+        self.norm = nn.LayerNorm(m['widths'][-1], eps=1e-6)
+        self.head = nn.Linear(m['widths'][-1], classes)
+        self.plan = None  # every unit visible: one plan, made on the images' device
+
+    def forward(self, images, drop_rng=None, rate=0.0):
+        """Class scores; stochastic depth rising linearly over all blocks to `rate`, drawn from `drop_rng` (none at 0)."""
+        m, B = self.m, images.shape[0]
+        if self.plan is None:
+            self.plan = Plan(m, list(range(m['units'])), images.device, official=False)
+        depths = m['depths']
+        total = sum(depths)
+
+        def keeps(i, j):
+            r = rate * (sum(depths[:i]) + j) / max(total - 1, 1)
+            return keep_masks(drop_rng, r, B, images.device) if r > 0 else None
+
+        x = self.patch_embed(normalize(images))[:, self.plan.tokens]
+        x = self.encode(x, self.plan, len(depths), merge='timm', keeps=keeps if drop_rng and rate > 0 else None)[-1]
+        return self.head(self.norm(x.mean(1)))
 
 
 def keep_masks(rng, rate, B, device):

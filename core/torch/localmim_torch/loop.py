@@ -13,6 +13,12 @@ import torch.nn as nn
 from .checkpoint import load_checkpoint, read_safetensors, save_checkpoint, write_safetensors
 from .data import HandedOver, Masked, MicroBatches
 from .model import LocalMIM
+from .swin import SwinLocalMIM
+
+
+def pretraining_model(m):
+    """The pretraining model of the resolved model's family."""
+    return (SwinLocalMIM if m['family'] == 'swin' else LocalMIM)(m)
 
 
 def lr_at(e, o, world):
@@ -44,14 +50,16 @@ def amp_dtype(device):
     return torch.bfloat16 if device.type == 'cuda' and torch.cuda.is_bf16_supported() else torch.float16
 
 
-def optimizer_step(net, opt, scaler, micro, accum, amp, device, no_sync=None):
+def optimizer_step(net, opt, scaler, micro, accum, amp, device, no_sync=None, host_noise=False):
     """One AdamW step over `accum` micro-batches (images, noise), the loss divided by `accum` as the official loop;
-    `no_sync` (DDP) skips the gradient all-reduce of all but the last. Returns the per-scale losses [S], unread."""
+    `no_sync` (DDP) skips the gradient all-reduce of all but the last; `host_noise`: the noise stays on the host (Swin
+    plans its windows there). Returns the per-scale losses [S], unread."""
     total = 0
     for a, (images, noise) in enumerate(micro):
         with contextlib.nullcontext() if no_sync is None or a == accum - 1 else no_sync():
             with torch.autocast(device.type, dtype=amp_dtype(device)) if amp else contextlib.nullcontext():
-                losses = torch.stack(net(images.to(device, non_blocking=True), noise.to(device, non_blocking=True))).float()
+                noise = noise if host_noise else noise.to(device, non_blocking=True)
+                losses = torch.stack(net(images.to(device, non_blocking=True), noise)).float()
             scaler.scale(losses.sum() / accum).backward()
         total = total + losses.detach() / accum
     scaler.step(opt)
@@ -110,11 +118,12 @@ def train(spec, report, stop):
     rank, world, device, described = setup(spec.get('device'))
     if spec.get('amp') and device.type != 'cuda':
         raise ValueError('--amp needs a CUDA GPU')
-    model = LocalMIM(m).to(device)
+    swin = m['family'] == 'swin'
+    model = pretraining_model(m).to(device)
     opt = make_optimizer(model, o)
     step = load_checkpoint(spec['start'], model, opt)['step']
     ddp = world > 1
-    net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=max(m['taps']) < m['depth'] - 1) if ddp else model
+    net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=model.unused) if ddp else model
     no_sync = net.no_sync if ddp else None
     if spec.get('compile') and hasattr(torch, 'compile'):
         net = torch.compile(net)
@@ -204,8 +213,9 @@ def train(spec, report, stop):
         # This process's micro-batches of the epoch's remaining steps: u = j·micro + a·world + rank within a step.
         data.keys = [(epoch, j * micro + a * world + rank) for j in range(j0, min(steps_per_epoch, j0 + stop_at - step))
                      for a in range(accum)]
-        loader = torch.utils.data.DataLoader(Masked(data, m['L'], micro, steps_per_epoch), batch_size=None,
-                                             num_workers=spec.get('workers', 0), pin_memory=device.type == 'cuda')
+        masked = Masked(data, m['units'] if swin else m['L'], micro, steps_per_epoch, shared=swin)
+        loader = torch.utils.data.DataLoader(masked, batch_size=None, num_workers=spec.get('workers', 0),
+                                             pin_memory=device.type == 'cuda')
         batches = iter(loader)
         for j in range(j0, j0 + len(data.keys) // accum):
             lr = lr_at(epoch + j / steps_per_epoch, o, world)
@@ -213,7 +223,7 @@ def train(spec, report, stop):
                 group['lr'] = lr
             if not pending:
                 since = time.time()
-            losses = optimizer_step(net, opt, scaler, (next(batches) for _ in range(accum)), accum, amp, device, no_sync)
+            losses = optimizer_step(net, opt, scaler, (next(batches) for _ in range(accum)), accum, amp, device, no_sync, swin)
             if ddp:
                 dist.all_reduce(losses)
                 losses /= world

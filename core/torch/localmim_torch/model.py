@@ -18,10 +18,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x):  # [B, T, W]
+    def forward(self, x, bias=None):  # [B, T, W]
+        """`bias` [n, H, T, T] is added to the scores of sequence b as its row b mod n (Swin's windows)."""
         B, T, W = x.shape
         q, k, v = self.qkv(x).reshape(B, T, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)  # [B, H, T, hd]
         attn = (q * (W // self.heads) ** -0.5) @ k.transpose(-2, -1)
+        if bias is not None:
+            attn = (attn.view(-1, *bias.shape) + bias).flatten(0, 1)
         x = attn.softmax(dim=-1) @ v
         return self.proj(x.transpose(1, 2).reshape(B, T, W))
 
@@ -55,12 +58,16 @@ class Block(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, p, D):
+    """The patch conv, and with `norm` (Swin) a LayerNorm after it."""
+
+    def __init__(self, p, D, norm=False):
         super().__init__()
         self.proj = nn.Conv2d(3, D, p, p)
+        self.norm = nn.LayerNorm(D, eps=1e-6) if norm else None
 
     def forward(self, x):  # [B, 3, H, W] -> [B, L, D]
-        return self.proj(x).flatten(2).transpose(1, 2)
+        x = self.proj(x).flatten(2).transpose(1, 2)
+        return x if self.norm is None else self.norm(x)
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -159,9 +166,27 @@ class Encoder(nn.Module):
         return x[:, 1:].mean(1)
 
 
-class LocalMIM(nn.Module):
-    """Encoder taps -> one decoder per scale -> summed masked losses (the `local`, `global` and `isolated` variants).
-    `m` is the resolved model: the run config's `model` section with its dims (D, depth, heads, p, g, L, nKeep, taps,
+class Targets:
+    """The targets of decoder k, HOG cells or pixel patches, of a pretraining model with `m` and `hog_enc`."""
+
+    @torch.no_grad()
+    @torch.autocast('cuda', enabled=False)  # targets in float32 under --amp
+    def target(self, k, images, normalized):
+        m, cell = self.m, self.m['cells'][k]
+        if m['target'] == 'pixel':
+            return pixel_targets(normalized, cell, m['normPix'])
+        conv = self.hog_enc[k].conv
+        return hog(normalized if conv.bias is not None else images, conv.weight, conv.bias, m['nbins'], cell)
+
+
+def fuse(layers, latents):
+    """The fusion variant's features: the last tap's latent plus each lower tap's through its own Linear."""
+    return latents[-1] + sum(layer(x) for layer, x in zip(layers, latents))
+
+
+class LocalMIM(Targets, nn.Module):
+    """Encoder taps -> one decoder per scale -> summed masked losses (the `local`, `global`, `isolated` and `fusion`
+    variants). `m` is the resolved model: the run config's `model` section with its dims (D, depth, heads, p, g, L, nKeep, taps,
     scales, cells, F)."""
 
     def __init__(self, m):
@@ -175,6 +200,9 @@ class LocalMIM(nn.Module):
         self.decoder = nn.ModuleList([Decoder(m, k) for k in range(len(m['scales']))])
         if m['target'] == 'hog':
             self.hog_enc = nn.ModuleList([HogLayer(m['hogBias']) for _ in m['scales']])
+        if m['variant'] == 'fusion':
+            self.fuse = nn.ModuleList([nn.Linear(m['D'], m['D']) for _ in m['taps'][:-1]])
+        self.unused = max(m['taps']) < m['depth'] - 1  # blocks after the last tap (DDP must know)
 
     def features(self, images):
         """images [B, 3, H, W] (0–255) -> [B, D]: the mean of the patch tokens after the last block, on every patch
@@ -211,18 +239,11 @@ class LocalMIM(nn.Module):
             latents += [self.norm[j](x) for j, t in enumerate(m['taps']) if t == i]
             if m['variant'] == 'isolated' and i in m['taps']:
                 x = x.detach()
+        if m['variant'] == 'fusion':
+            latents = [fuse(self.fuse, latents)]
         preds = [self.decoder[k](latent, ids_restore) for k, latent in enumerate(latents)]
         targets = [self.target(k, images, normalized) for k in range(len(latents))]
         return preds, targets, mask
-
-    @torch.no_grad()
-    @torch.autocast('cuda', enabled=False)  # targets in float32 under --amp
-    def target(self, k, images, normalized):
-        m, cell = self.m, self.m['cells'][k]
-        if m['target'] == 'pixel':
-            return pixel_targets(normalized, cell, m['normPix'])
-        conv = self.hog_enc[k].conv
-        return hog(normalized if conv.bias is not None else images, conv.weight, conv.bias, m['nbins'], cell)
 
 
 def masked_mse(pred, target, M):
