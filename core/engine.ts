@@ -3,7 +3,9 @@ import { accessSync, constants, statSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { modelDims, modelFamily, peakLr, type ModelConfig, type RunConfig } from './config.js';
+import { parseRandAugment } from './data/randaugment.js';
 import { type FinetuneRun } from './finetune-config.js';
+import { cropKernel } from './recipe.js';
 
 /** What trains a run: tfjs in the job process (built in), or core/torch/train.py on a Python with torch. */
 export const ENGINES = ['tfjs', 'torch'] as const;
@@ -119,11 +121,13 @@ export function describeTorch(r: TorchReport): string {
   return `torch ${r.version} on ${r.python}: ${devices}`;
 }
 
-/** A job as far as the engines differ on it: its kind, its model, whether the kNN monitor scores it. */
+/** A job as far as the engines differ on it: its kind, its model, whether the kNN monitor scores it, its linear probe. */
 export interface EngineJob {
   kind: 'pretrain' | 'finetune' | 'import' | 'embed';
   model: ModelConfig;
   probe?: boolean;
+  /** A fine-tune that is a linear probe: its recipe. */
+  linearProbe?: 'logistic' | 'lars';
 }
 
 /**
@@ -131,10 +135,12 @@ export interface EngineJob {
  * for it and why; undefined where it can. The CLI, the service, scale-out and the new-run form all ask this.
  */
 export function torchCannot(job: EngineJob, who = 'the torch engine'): { path: string; message: string } | undefined {
-  if (job.kind !== 'pretrain' && job.kind !== 'embed') return { path: 'kind', message: `${job.kind}: ${who} pretrains and embeds only` };
+  if (job.kind === 'import') return { path: 'kind', message: `import: ${who} pretrains, fine-tunes and embeds only` };
   if (modelFamily(job.model) !== 'vit') return { path: 'model.size', message: `${job.model.size}: ${who} trains ViT models only` };
   if (job.model.variant === 'fusion')
     return { path: 'model.variant', message: `fusion: ${who} trains the local, global and isolated variants only` };
+  if (job.linearProbe)
+    return { path: 'finetune.probeRecipe', message: `${job.linearProbe}: the linear probe runs on the tfjs engine only` };
   if (job.probe) return { path: 'probe', message: 'the kNN monitor runs on the tfjs engine only: train without a probe set' };
   return undefined;
 }
@@ -165,8 +171,9 @@ export function torchSpec(config: RunConfig) {
 export type ParamGroups = Record<string, [lrScale: number, decays: boolean]>;
 
 /**
- * A ViT fine-tuning run as the torch engine takes it: the model resolved as {@link torchSpec}'s, the recipe, the
- * classes, and the classifier's parameter groups as the app's model declares them (`groups`).
+ * A ViT fine-tuning run as the torch engine takes it: the model resolved as {@link torchSpec}'s, the recipe (its crop
+ * kernel and RandAugment resolved), the classes, and the classifier's parameter groups as the app's model declares
+ * them (`groups`).
  */
 export function torchFinetuneSpec(run: FinetuneRun, groups: ParamGroups) {
   const f = run.finetune;
@@ -174,7 +181,13 @@ export function torchFinetuneSpec(run: FinetuneRun, groups: ParamGroups) {
     kind: 'finetune' as const,
     config: run,
     model: { ...run.model, ...modelDims(run.model) },
-    finetune: { ...f, peakLr: peakLr(f), lrScalesWithWorld: f.lr === undefined },
+    finetune: {
+      ...f,
+      peakLr: peakLr(f),
+      lrScalesWithWorld: f.lr === undefined,
+      kernel: cropKernel(f, run.model),
+      randAugment: f.randAugment ? parseRandAugment(f.randAugment) : null,
+    },
     classes: run.classes.length,
     groups,
     seed: run.seed,

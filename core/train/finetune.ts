@@ -85,7 +85,11 @@ export function finetuneTask(
  * classifier's logits are the probe's. Returns the probe.
  */
 export async function headFromProbe(model: Classifier, images: Rgb8[], labels: number[], seed: number, batch: number): Promise<LinearHead> {
-  const train = await headInputs(model, images, labels, batch);
+  return fitHead(model, await headInputs(model, images, labels, batch), seed);
+}
+
+/** The same on head inputs computed elsewhere (the torch engine's): the one fit, folded into the classifier's `head`. */
+export async function fitHead(model: Classifier, train: Embedded, seed: number): Promise<LinearHead> {
   const { head } = await fitLinearProbe(train, model.classes, { seed });
   const [D, K] = [train.dim, model.classes];
   const weight = new Float32Array(K * D);

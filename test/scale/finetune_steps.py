@@ -12,14 +12,17 @@ train = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train)
 import torch  # noqa: E402
 from localmim_torch import finetune  # noqa: E402
+from localmim_torch.loop import set_lr  # noqa: E402
 
 job = json.load(open(spec_file))
 tensors, meta = train.read_safetensors(src)
 model = finetune.ViTClassifier(job['model'], job['classes'])
 model.load_state_dict({n: t for n, t in tensors.items() if not n.startswith('batch.')})
 opt = finetune.make_optimizer(model, job['finetune'], job['groups'])
+scaler = torch.cuda.amp.GradScaler(enabled=False)
 losses = []
 for s, lr in enumerate(json.loads(meta['lrs'])):
     batch = (tensors[f'batch.{s}.images'].permute(0, 3, 1, 2), tensors[f'batch.{s}.labels'].long())
-    losses.append(finetune.finetune_step(model, opt, [batch], lr, job['finetune'], job['seed'], s, job['classes'], torch.device('cpu')))
+    set_lr(opt, lr)
+    losses.append(finetune.finetune_step(model, opt, scaler, [batch], job['finetune'], job['seed'], s, job['classes'], torch.device('cpu'))[0])
 train.write_safetensors(dst, {'losses': torch.stack(losses)}, {})

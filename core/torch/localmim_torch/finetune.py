@@ -8,9 +8,47 @@ import math
 import torch
 import torch.nn as nn
 
-from .data import STREAMS, Rng, seed_for
+from .augment import FinetuneAugment
+from .checkpoint import read_safetensors
+from .data import STREAMS, Labeled, Rng, seed_for
 from .loop import amp_dtype
 from .model import Encoder
+
+
+class Finetuning:
+    """Fine-tuning as a job of the one loop (core/torch/localmim_torch/loop.py): the classifier, AdamW with the app's
+    groups, labeled micro-batches cropped and augmented as the app's; top-1 and loss on the validation images the app
+    decoded (`val`: images [N, H, W, 3] 0–255, labels [N]) at each epoch's end."""
+    per_scale = False
+    unused = False
+
+    def __init__(self, spec, device):
+        f = self.schedule = spec['finetune']
+        self.model = ViTClassifier(spec['model'], spec['classes']).to(device)
+        self.opt = make_optimizer(self.model, f, spec['groups'])
+        self.crops = {'min_scale': f['minScale'], 'kernel': f['kernel'], 'augment': FinetuneAugment(f)}
+        self.seed, self.classes, self.device = spec['seed'], spec['classes'], device
+        val = read_safetensors(spec['val'])[0]
+        self.val = (val['images'].permute(0, 3, 1, 2), val['labels'].long())
+
+    def batches(self, data, micro, steps_per_epoch):
+        return Labeled(data)
+
+    def step(self, net, scaler, micro, step, amp, device, no_sync):
+        return finetune_step(net, self.opt, scaler, micro, self.schedule, self.seed, step, self.classes, device, amp, no_sync)
+
+    @torch.no_grad()
+    def evaluate(self):
+        """(top-1, mean cross-entropy) on the validation images, in batches of the recipe's."""
+        images, labels = self.val
+        correct, loss, batch = 0, 0.0, self.schedule['batch']
+        for i in range(0, len(labels), batch):
+            y = labels[i:i + batch].to(self.device)
+            logits = self.model(images[i:i + batch].to(self.device, non_blocking=True)).float()
+            correct += int((logits.argmax(-1) == y).sum())
+            loss += float(nn.functional.cross_entropy(logits, y, reduction='sum'))
+        n = max(len(labels), 1)
+        return correct / n, loss / n
 
 
 class ViTClassifier(Encoder):
@@ -87,21 +125,22 @@ def make_optimizer(model, f, groups):
     return torch.optim.AdamW(params, lr=0.0, betas=(f['beta1'], f['beta2']), eps=f['eps'])
 
 
-def finetune_step(model, opt, micro, lr, f, seed, step, classes, device, amp=False):
-    """One AdamW step over the micro-batches (images [B, 3, H, W] 0–255, labels [B]) of the app's 0-based step
-    index `step` (its Mixup and stochastic-depth draws); the loss divided by their number, as the official loop.
-    `amp`: the forward pass under autocast (bf16 on CUDA). Returns the loss, unread."""
-    for group in opt.param_groups:
-        group['lr'] = lr * group['lr_scale']
-    total, accum = 0, len(micro)
+def finetune_step(net, opt, scaler, micro, f, seed, step, classes, device, amp=False, no_sync=None):
+    """One AdamW step (its learning rates set: loop.set_lr) over f['accumIter'] micro-batches (images [B, 3, H, W]
+    0–255, labels [B]) of the app's 0-based step index `step` (its Mixup and stochastic-depth draws); the loss divided
+    by their number, as the official loop. `amp`: the forward pass under autocast (bf16 on CUDA); `no_sync` (DDP)
+    skips the gradient all-reduce of all but the last. Returns the loss [1], unread."""
+    total, accum = 0, f['accumIter']
     for a, (images, labels) in enumerate(micro):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         mixed, targets = mix_batch(images, labels, classes, f, Rng(seed_for(seed, STREAMS['mix'], step, a)))
-        with torch.autocast(device.type, dtype=amp_dtype(device)) if amp else contextlib.nullcontext():
-            logits = model(mixed, Rng(seed_for(seed, STREAMS['drop'], step, a)), f['dropPath'])
-        loss = soft_cross_entropy(logits.float(), targets) / accum
-        loss.backward()
+        with contextlib.nullcontext() if no_sync is None or a == accum - 1 else no_sync():
+            with torch.autocast(device.type, dtype=amp_dtype(device)) if amp else contextlib.nullcontext():
+                logits = net(mixed, Rng(seed_for(seed, STREAMS['drop'], step, a)), f['dropPath'])
+            loss = soft_cross_entropy(logits.float(), targets) / accum
+            scaler.scale(loss).backward()
         total = total + loss.detach()
-    opt.step()
+    scaler.step(opt)
+    scaler.update()
     opt.zero_grad(set_to_none=True)
-    return total
+    return total.view(1)

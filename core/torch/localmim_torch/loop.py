@@ -60,6 +60,32 @@ def optimizer_step(net, opt, scaler, micro, accum, amp, device, no_sync=None):
     return total
 
 
+def set_lr(opt, lr):
+    """The step's learning rate on every group, times the group's `lr_scale` (fine-tuning's layer decay)."""
+    for group in opt.param_groups:
+        group['lr'] = lr * group.get('lr_scale', 1.0)
+
+
+class Pretraining:
+    """Pretraining as a job of the loop: the LocalMIM model, AdamW with timm's two groups, masked micro-batches of
+    crops; its step's losses are per scale."""
+    per_scale = True
+
+    def __init__(self, spec, device):
+        self.m, self.schedule = spec['model'], spec['optim']
+        self.model = LocalMIM(self.m).to(device)
+        self.opt = make_optimizer(self.model, self.schedule)
+        self.unused = max(self.m['taps']) < self.m['depth'] - 1  # blocks past the last tap (DDP must know)
+        self.crops = {}
+        self.evaluate = None
+
+    def batches(self, data, micro, steps_per_epoch):
+        return Masked(data, self.m['L'], micro, steps_per_epoch)
+
+    def step(self, net, scaler, micro, step, amp, device, no_sync):
+        return optimizer_step(net, self.opt, scaler, micro, self.schedule['accumIter'], amp, device, no_sync)
+
+
 def engine_device(name=None):
     """(device, its description): the one asked for, else the first CUDA device, else MPS, else the CPU."""
     mps = getattr(torch.backends, 'mps', None)
@@ -93,19 +119,21 @@ def write_preview(model, probes, path):
     write_safetensors(path, tensors, {})
 
 
-def train(spec, report, stop):
-    """Trains the job `spec` describes (core/runs/torch.ts torchSpec, and where its images, its start and its
-    checkpoints are) from its start checkpoint to the end of its schedule, or to `stopAtStep`, or until `stop` is set
-    (pause): a checkpoint at the end, on the cadence and at each epoch end. `report` hears every event."""
-    m, o, seed = spec['model'], spec['optim'], spec['seed']
+def train(spec, report, stop, Task=Pretraining):
+    """Trains the job `spec` describes (core/runs/torch.ts torchSpec or torchFinetuneSpec, and where its images, its
+    start and its checkpoints are) as a `Task` (Pretraining, finetune.Finetuning) from its start checkpoint to the end
+    of its schedule, or to `stopAtStep`, or until `stop` is set (pause): a checkpoint at the end, on the cadence and at
+    each epoch end, where a task that evaluates is scored first (and at step 0 with `evaluateFirst`). `report` hears
+    every event."""
+    m, seed = spec['model'], spec['seed']
     rank, world, device, described = setup(spec.get('device'))
     if spec.get('amp') and device.type != 'cuda':
         raise ValueError('--amp needs a CUDA GPU')
-    model = LocalMIM(m).to(device)
-    opt = make_optimizer(model, o)
+    task = Task(spec, device)
+    model, opt, o = task.model, task.opt, task.schedule
     step = load_checkpoint(spec['start'], model, opt)['step']
     ddp = world > 1
-    net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=max(m['taps']) < m['depth'] - 1) if ddp else model
+    net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=task.unused) if ddp else model
     no_sync = net.no_sync if ddp else None
     if spec.get('compile') and hasattr(torch, 'compile'):
         net = torch.compile(net)
@@ -114,7 +142,7 @@ def train(spec, report, stop):
 
     handed = os.environ.get('LOCALMIM_TORCH_BATCHES')
     items = spec['items']
-    data = HandedOver(handed, seed) if handed else MicroBatches(spec.get('root', ''), items, m['imgSize'], o['batch'], seed)
+    data = HandedOver(handed, seed) if handed else MicroBatches(spec.get('root', ''), items, m['imgSize'], o['batch'], seed, **task.crops)
     accum = o['accumIter']
     micro = accum * world  # micro-batches per optimizer step, over all processes
     steps_per_epoch = len(items) // o['batch'] // micro
@@ -132,6 +160,7 @@ def train(spec, report, stop):
 
     cadence = spec.get('cadence', {})
     pending, losses_since, last_save, since = [], [], time.time(), time.time()
+    evaluated = None  # (step, top1) of the last evaluation
 
     def flush():
         """Reports the pending steps: one readback for all of them."""
@@ -146,8 +175,17 @@ def train(spec, report, stop):
                                    'stopped without saving, the last checkpoint is intact')
             losses_since.append(sum(losses))
             report.step({'type': 'step', 'step': at, 'epoch': at / steps_per_epoch, 'samples': at * images,
-                         'loss': sum(losses), 'losses': losses, 'lr': lr, 'imagesPerS': images / seconds}, total)
+                         'loss': sum(losses), 'losses': losses if task.per_scale else [], 'lr': lr,
+                         'imagesPerS': images / seconds}, total)
         pending = []
+
+    def evaluate():
+        nonlocal evaluated
+        flush()
+        top1, loss = task.evaluate()
+        evaluated = (step, top1)
+        if rank == 0:
+            report.eval({'type': 'eval', 'step': step, 'epoch': step / steps_per_epoch, 'top1': top1, 'loss': loss})
 
     def checkpoint():
         nonlocal losses_since, last_save
@@ -157,24 +195,27 @@ def train(spec, report, stop):
             state = {'step': step, 'epoch': step / steps_per_epoch, 'loss': loss, 'config': spec['config']}
             path = os.path.join(spec['out'], f'ckpt-{step:07d}.safetensors')
             save_checkpoint(path, model, opt, state)
-            report.checkpoint(path, state)
+            report.checkpoint(path, state, evaluated[1] if evaluated and evaluated[0] == step else None)
         losses_since, last_save = [], time.time()
+
+    if step == 0 and spec.get('evaluateFirst') and task.evaluate:
+        evaluate()
+        checkpoint()
 
     while step < stop_at:
         epoch, j0 = divmod(step, steps_per_epoch)
         # This process's micro-batches of the epoch's remaining steps: u = j·micro + a·world + rank within a step.
         data.keys = [(epoch, j * micro + a * world + rank) for j in range(j0, min(steps_per_epoch, j0 + stop_at - step))
                      for a in range(accum)]
-        loader = torch.utils.data.DataLoader(Masked(data, m['L'], micro, steps_per_epoch), batch_size=None,
+        loader = torch.utils.data.DataLoader(task.batches(data, micro, steps_per_epoch), batch_size=None,
                                              num_workers=spec.get('workers', 0), pin_memory=device.type == 'cuda')
         batches = iter(loader)
         for j in range(j0, j0 + len(data.keys) // accum):
             lr = lr_at(epoch + j / steps_per_epoch, o, world)
-            for group in opt.param_groups:
-                group['lr'] = lr
+            set_lr(opt, lr)
             if not pending:
                 since = time.time()
-            losses = optimizer_step(net, opt, scaler, (next(batches) for _ in range(accum)), accum, amp, device, no_sync)
+            losses = task.step(net, scaler, (next(batches) for _ in range(accum)), step, amp, device, no_sync)
             if ddp:
                 dist.all_reduce(losses)
                 losses /= world
@@ -186,6 +227,8 @@ def train(spec, report, stop):
                 write_preview(model, probes, os.path.join(spec['out'], 'previews', str(step), 'arrays.safetensors'))
                 flush()
                 report.preview(step)
+            if step % steps_per_epoch == 0 and task.evaluate:
+                evaluate()
             stopping = stop.is_set() or step == stop_at
             due = (step % steps_per_epoch == 0 or (cadence.get('everySteps') and step % cadence['everySteps'] == 0)
                    or (cadence.get('everyMinutes') and time.time() - last_save > cadence['everyMinutes'] * 60))
