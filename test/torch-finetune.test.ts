@@ -1,23 +1,27 @@
 import * as tf from '@tensorflow/tfjs';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, expect, test } from 'vitest';
+import { afterAll, beforeAll, expect, test } from 'vitest';
 import { FinetuneRunSchema } from '../core/finetune-config.js';
 import { finetuneAugment } from '../core/data/augment.js';
 import { DecodeCache } from '../core/data/cache.js';
 import { Loader } from '../core/data/loader.js';
 import { torchFinetuneSpec } from '../core/engine.js';
-import { SAMPLE_IMAGES } from '../core/home.js';
+import { homePaths, SAMPLE_IMAGES } from '../core/home.js';
 import { classifierFor } from '../core/model/classifier.js';
 import { cropKernel } from '../core/recipe.js';
+import { prepare } from '../core/runs/lifecycle.js';
 import { paramGroups } from '../core/runs/torch.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../core/safetensors.js';
 import { TRAIN_PY } from '../core/scale-out/folder.js';
 import { finetuneTask } from '../core/train/finetune.js';
 import { lrAt } from '../core/train/schedule.js';
+import { Store } from '../core/store/store.js';
+import { localmimAsync } from './support/cli.js';
+import { labeledSamples } from './support/images.js';
 import { describeWith, PYTHON } from './support/requirements.js';
 
 // ViT fine-tuning on the torch engine equals the app's: the same weights and the same augmented batches handed over
@@ -85,4 +89,124 @@ describeWith('torch', 'pillow')('fine-tuning on the torch engine', () => {
     // The steps trained: the loss moved.
     expect(Math.abs(ours[4]! - ours[0]!)).toBeGreaterThan(1e-3);
   }, 120_000);
+});
+
+// A whole fine-tune through the CLI on the torch engine, and pause/resume across engines. The resumed runs are handed
+// the app's augmented batches (LOCALMIM_TORCH_BATCHES: the split's training loader, as the tfjs run builds it), since
+// PIL and sharp resample differently; everything else (initial classifier, LP-FT head, Mixup, drop path, schedule,
+// evaluation) is each engine's own.
+const BIN = fileURLToPath(new URL('../bin/localmim.js', import.meta.url));
+const tinyRun = { model: { D: 32, depth: 4, heads: 2, decoderDim: 32, decoderHeads: 2, imgSize: 32, patchSize: 8 }, seed: 7 };
+type Event = { type: string; step: number; loss: number; runId: number; engine?: string; status?: string; top1?: number };
+const events = (stdout: string) =>
+  stdout
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as Event);
+const stepsOf = (stdout: string) => events(stdout).filter((e) => e.type === 'step');
+
+describeWith('torch', 'pillow')('a fine-tuning job on the torch engine', () => {
+  const home = join(dir, 'home');
+  const labeled = labeledSamples(join(dir, 'labeled'), 8);
+  const batches = join(dir, 'ft-batches.safetensors');
+  const env = { OMP_NUM_THREADS: '1', LOCALMIM_PYTHON: PYTHON };
+  const finetune = (args: string[], extra = {}) =>
+    localmimAsync(['finetune', '--json', '--home', home, ...args], { ...env, ...extra }).then((r) => {
+      expect(r.code, r.stderr).toBe(0);
+      return r.stdout;
+    });
+  let reference: Event[] = [];
+
+  beforeAll(async () => {
+    writeFileSync(join(dir, 'tiny.json'), JSON.stringify({ ...tinyRun, optim: { batch: 8, epochs: 1, warmupEpochs: 0, lr: 3e-3 } }));
+    const r = await localmimAsync(['pretrain', '--json', '--home', home, '--config', join(dir, 'tiny.json'), '--max-steps', '2'], env);
+    expect(r.code, r.stderr).toBe(0);
+    // The uninterrupted reference on tfjs (run 2), then its training batches as its loader makes them, handed over.
+    reference = stepsOf(await finetune(['--from', '1', '--data', labeled, '--batch', '8', '--no-baselines', '--max-steps', '6']));
+    const store = new Store(homePaths(home).db);
+    const { job, spec } = prepare(store, home, { resume: 2, restart: false, overrides: {} }, 'wasm');
+    store.close();
+    if (spec.kind !== 'finetune' || !('train' in job.data)) throw new Error('not a fine-tune');
+    const f = spec.config.finetune;
+    const split = job.data.train;
+    const loader = new Loader(split, new DecodeCache(homePaths(home).cache), 32, f.batch, spec.config.seed, {
+      minScale: f.minScale,
+      kernel: cropKernel(f, spec.config.model),
+      transform: finetuneAugment(f),
+    });
+    const handed = new Map<string, NamedTensor>();
+    for (let s = 0; s < 6; s++) {
+      const [epoch, i] = [Math.floor(s / loader.batchesPerEpoch), s % loader.batchesPerEpoch];
+      const { images, items: picked } = await loader.batchAt(epoch, i);
+      const values = new Float32Array(f.batch * 32 * 32 * 3);
+      images.forEach((img, b) => values.set(img.data, b * 32 * 32 * 3));
+      handed.set(`batch.${epoch}.${i}`, { shape: [f.batch, 32, 32, 3], values });
+      handed.set(`labels.${epoch}.${i}`, { shape: [f.batch], values: Float32Array.from(picked, (k) => split[k]!.label) });
+    }
+    writeFileSync(batches, encodeSafetensors(handed, {}));
+  }, 180_000);
+
+  function expectSameLosses(ours: Event[]) {
+    const gaps = ours.map((s) => Math.abs(s.loss - reference.find((r) => r.step === s.step)!.loss) / s.loss);
+    console.log(`largest relative loss gap to the uninterrupted tfjs fine-tune: ${Math.max(...gaps).toExponential(1)}`);
+    gaps.forEach((gap, i) => expect(gap, `step ${ours[i]!.step}`).toBeLessThan(1e-3));
+  }
+
+  test('the contract: finetune --engine torch --epochs 1 --json trains, evaluates, checkpoints its top-1 and ends with its result', async () => {
+    const out = events(await finetune(['--from', '1', '--data', labeled, '--batch', '8', '--engine', 'torch', '--epochs', '1']));
+    expect(out[0]).toMatchObject({ type: 'start', engine: 'torch', step: 0 });
+    const steps = out.filter((e) => e.type === 'step').map((e) => e.step);
+    expect(steps).toEqual(Array.from({ length: steps.length }, (_, i) => i + 1));
+    // LP-FT: the probe's head scored and checkpointed at step 0, then each epoch's end.
+    const evals = out.filter((e) => e.type === 'eval');
+    expect(evals.map((e) => e.step)).toEqual([0, steps.length]);
+    const checkpoints = out.filter((e) => e.type === 'checkpoint');
+    expect(checkpoints.at(-1)).toMatchObject({ step: steps.length });
+    expect(out.at(-2)).toMatchObject({ type: 'end', status: 'finished', step: steps.length });
+    const result = out.at(-1) as Event & { probeTop1: number; baselines: { pixels: number; init: number } };
+    expect(result).toMatchObject({ type: 'finetune', top1: Math.max(...evals.map((e) => e.top1!)), probeTop1: evals[0]!.top1 });
+    expect(result.baselines.init).toBeGreaterThan(0);
+    // The checkpoints carry their top-1 (export picks the best).
+    const store = new Store(homePaths(home).db);
+    const runId = store.runs().at(-1)!.id;
+    expect(store.checkpoints(runId).map((c) => c.valTop1)).toEqual(evals.map((e) => e.top1));
+    store.close();
+  }, 180_000);
+
+  test('paused on torch (Ctrl-C), resumed on tfjs: the losses of the uninterrupted run', async () => {
+    const args = ['--from', '1', '--data', labeled, '--batch', '8', '--no-baselines', '--max-steps', '6'];
+    const out = await interrupted([...args, '--engine', 'torch'], { ...env, LOCALMIM_TORCH_BATCHES: batches });
+    const paused = events(out).at(-1)!;
+    expect(paused).toMatchObject({ type: 'end', status: 'paused' });
+    expect(paused.step).toBeLessThan(6);
+    const id = String(events(out)[0]!.runId);
+    const rest = stepsOf(await finetune(['--resume', id, '--engine', 'tfjs', '--max-steps', '6']));
+    expect(rest.map((s) => s.step)).toEqual(Array.from({ length: 6 - paused.step }, (_, i) => paused.step + 1 + i));
+    expectSameLosses([...stepsOf(out), ...rest]);
+  }, 180_000);
+
+  test('paused on tfjs, resumed on torch: the same', async () => {
+    const args = ['--from', '1', '--data', labeled, '--batch', '8', '--no-baselines'];
+    const first = events(await finetune([...args, '--max-steps', '3']));
+    const id = String(first[0]!.runId);
+    const rest = stepsOf(await finetune(['--resume', id, '--engine', 'torch', '--max-steps', '6'], { LOCALMIM_TORCH_BATCHES: batches }));
+    expect(rest.map((s) => s.step)).toEqual([4, 5, 6]);
+    expectSameLosses([...first.filter((e) => e.type === 'step'), ...rest]);
+  }, 180_000);
+
+  /** A fine-tune interrupted with Ctrl-C once its second step is reported: it checkpoints and ends paused. */
+  function interrupted(args: string[], extra: object): Promise<string> {
+    return new Promise((resolve) => {
+      const child = spawn(process.execPath, [BIN, 'finetune', '--json', '--home', home, ...args], {
+        env: { ...process.env, ...extra },
+      });
+      let out = '';
+      let sent = false;
+      child.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (!sent && stepsOf(out).length >= 2) sent = child.kill('SIGINT');
+      });
+      child.on('close', () => resolve(out));
+    });
+  }
 });

@@ -144,7 +144,11 @@ async function finetuneInputs(
 ) {
   const f = config.finetune;
   const cache = new DecodeCache(homePaths(o.home).cache);
-  const classifier = classifierFor(config.model, { classes: config.classes.length, probe: f.linearProbe, scratch: config.from === null }, config.seed);
+  const classifier = classifierFor(
+    config.model,
+    { classes: config.classes.length, probe: f.linearProbe, scratch: config.from === null },
+    config.seed,
+  );
   try {
     if (o.init) classifier.params.assign(new Map([...o.init].filter(([name]) => isBackbone(name))));
     if (o.start) {
@@ -185,7 +189,8 @@ async function torchHeadInputs(torch: TorchReport, classifier: Classifier, model
   const { embed, dispose } = torchEmbedder(torch, tensors, model);
   try {
     const parts: Float32Array[] = [];
-    for (let i = 0; i < items.length; i += HEAD_INPUT_SHARD) parts.push((await embed(items.slice(i, i + HEAD_INPUT_SHARD), cache)).features);
+    for (let i = 0; i < items.length; i += HEAD_INPUT_SHARD)
+      parts.push((await embed(items.slice(i, i + HEAD_INPUT_SHARD), cache)).features);
     const dim = parts[0]!.length / Math.min(items.length, HEAD_INPUT_SHARD);
     const features = new Float32Array(items.length * dim);
     parts.reduce((at, p) => (features.set(p, at), at + p.length), 0);
