@@ -4,7 +4,7 @@ import { delimiter, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { modelDims, modelFamily, peakLr, type ModelConfig, type RunConfig } from './config.js';
 import { parseRandAugment } from './data/randaugment.js';
-import { type FinetuneRun } from './finetune-config.js';
+import { PROBE_LARS, type FinetuneRun } from './finetune-config.js';
 import { cropKernel } from './recipe.js';
 
 /** What trains a run: tfjs in the job process (built in), or core/torch/train.py on a Python with torch. */
@@ -139,8 +139,8 @@ export function torchCannot(job: EngineJob, who = 'the torch engine'): { path: s
   if (modelFamily(job.model) !== 'vit') return { path: 'model.size', message: `${job.model.size}: ${who} trains ViT models only` };
   if (job.model.variant === 'fusion')
     return { path: 'model.variant', message: `fusion: ${who} trains the local, global and isolated variants only` };
-  if (job.linearProbe)
-    return { path: 'finetune.probeRecipe', message: `${job.linearProbe}: the linear probe runs on the tfjs engine only` };
+  if (job.linearProbe === 'logistic')
+    return { path: 'finetune.probeRecipe', message: `logistic: ${who} runs MAE's LARS probe, not the logistic one` };
   if (job.probe) return { path: 'probe', message: 'the kNN monitor runs on the tfjs engine only: train without a probe set' };
   return undefined;
 }
@@ -171,9 +171,9 @@ export function torchSpec(config: RunConfig) {
 export type ParamGroups = Record<string, [lrScale: number, decays: boolean]>;
 
 /**
- * A ViT fine-tuning run as the torch engine takes it: the model resolved as {@link torchSpec}'s, the recipe (its crop
- * kernel and RandAugment resolved), the classes, and the classifier's parameter groups as the app's model declares
- * them (`groups`).
+ * A ViT fine-tuning run (or MAE's LARS probe) as the torch engine takes it: the model resolved as {@link torchSpec}'s,
+ * the recipe (its crop kernel and RandAugment resolved), the classes, the classifier's parameter groups as the app's
+ * model declares them (`groups`), and the probe's LARS settings.
  */
 export function torchFinetuneSpec(run: FinetuneRun, groups: ParamGroups) {
   const f = run.finetune;
@@ -190,6 +190,7 @@ export function torchFinetuneSpec(run: FinetuneRun, groups: ParamGroups) {
     },
     classes: run.classes.length,
     groups,
+    lars: PROBE_LARS,
     seed: run.seed,
   };
 }

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { fitLinearProbe, type Embedded, type LinearHead } from '../analysis/linear-probe.js';
-import { FinetuneRunSchema, type FinetuneRun } from '../finetune-config.js';
+import { FinetuneRunSchema, PROBE_LARS, type FinetuneRun } from '../finetune-config.js';
 import type { Loader } from '../data/loader.js';
 import { classifierFor, isBackbone, type Classifier } from '../model/classifier.js';
 import { Rng, seedFor, STREAMS } from '../random.js';
@@ -17,9 +17,6 @@ export interface LabeledData {
   /** Validation images, already at the model's input size (the evaluation transform), and their labels. */
   val: { images: Rgb8[]; labels: number[] };
 }
-
-/** MAE's LARS settings for the linear probe (util/lars.py defaults). */
-const PROBE_LARS = { momentum: 0.9, trust: 0.001 };
 
 /**
  * Fine-tuning (ViT or Swin) or linear probing as a task of the training loop: label-smoothed cross-entropy (with Mixup or

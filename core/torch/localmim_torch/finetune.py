@@ -24,8 +24,8 @@ class Finetuning:
 
     def __init__(self, spec, device):
         f = self.schedule = spec['finetune']
-        self.model = ViTClassifier(spec['model'], spec['classes']).to(device)
-        self.opt = make_optimizer(self.model, f, spec['groups'])
+        self.model = ViTClassifier(spec['model'], spec['classes'], f['linearProbe']).to(device)
+        self.opt = make_optimizer(self.model, f, spec['groups'], spec.get('lars'))
         self.crops = {'min_scale': f['minScale'], 'kernel': f['kernel'], 'augment': FinetuneAugment(f)}
         self.seed, self.classes, self.device = spec['seed'], spec['classes'], device
         val = read_safetensors(spec['val'])[0]
@@ -42,22 +42,39 @@ class Finetuning:
         """(top-1, mean cross-entropy) on the validation images, in batches of the recipe's."""
         images, labels = self.val
         correct, loss, batch = 0, 0.0, self.schedule['batch']
+        self.model.eval()
         for i in range(0, len(labels), batch):
             y = labels[i:i + batch].to(self.device)
             logits = self.model(images[i:i + batch].to(self.device, non_blocking=True)).float()
             correct += int((logits.argmax(-1) == y).sum())
             loss += float(nn.functional.cross_entropy(logits, y, reduction='sum'))
+        self.model.train()
         n = max(len(labels), 1)
         return correct / n, loss / n
 
 
-class ViTClassifier(Encoder):
-    """The backbone, `fc_norm` and `head`."""
+class ProbeNorm(nn.Module):
+    """MAE's linear probe's BatchNorm without affine (eps 1e-6): running statistics only, named as MAE's `head.0`."""
 
-    def __init__(self, m, classes):
+    def __init__(self, D):
+        super().__init__()
+        self.register_buffer('running_mean', torch.zeros(D))
+        self.register_buffer('running_var', torch.ones(D))
+
+    def forward(self, x):
+        return nn.functional.batch_norm(x, self.running_mean, self.running_var, training=self.training, momentum=0.1, eps=1e-6)
+
+
+class ViTClassifier(Encoder):
+    """The backbone, `fc_norm` and `head`; with `probe`, MAE's linear probe: `head` is the BatchNorm and the Linear,
+    and only the Linear trains."""
+
+    def __init__(self, m, classes, probe=False):
         super().__init__(m)
         self.fc_norm = nn.LayerNorm(m['D'], eps=1e-6)
-        self.head = nn.Linear(m['D'], classes)
+        self.head = nn.Sequential(ProbeNorm(m['D']), nn.Linear(m['D'], classes)) if probe else nn.Linear(m['D'], classes)
+        for name, p in self.named_parameters():
+            p.requires_grad_(not probe or name.startswith('head.'))
 
     def forward(self, images, drop_rng=None, rate=0.0):
         """Class scores; stochastic depth rising linearly over the blocks to `rate`, drawn from `drop_rng`."""
@@ -118,8 +135,38 @@ def soft_cross_entropy(logits, targets):
     return (-targets * logits.log_softmax(-1)).sum(-1).mean()
 
 
-def make_optimizer(model, f, groups):
-    """AdamW with one group per parameter: the app's lr scale (layer decay) and whether it decays."""
+class LARS(torch.optim.Optimizer):
+    """LARS as MAE's linear probe uses it (core/train/lars.ts): a tensor of more than one dimension adds weight decay
+    to its gradient and scales it by the trust ratio η·‖p‖/‖g‖ (1 when either is 0); then momentum, μ ← m·μ + g,
+    p ← p − lr·μ."""
+    slots = ('mu',)
+
+    def __init__(self, params, weight_decay, momentum, trust):
+        super().__init__(params, {'lr': 0.0, 'weight_decay': weight_decay, 'momentum': momentum, 'trust': trust})
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group['params']:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if p.ndim > 1:
+                    g = g + group['weight_decay'] * p
+                    p_norm, g_norm = p.norm(), g.norm()
+                    g = g * torch.where((p_norm > 0) & (g_norm > 0), group['trust'] * p_norm / g_norm, torch.ones_like(p_norm))
+                s = self.state[p]
+                s['mu'] = s['mu'] * group['momentum'] + g if 'mu' in s else g.clone()
+                s['step'] = s.get('step', 0) + 1
+                p.sub_(group['lr'] * s['mu'])
+
+
+def make_optimizer(model, f, groups, lars=None):
+    """AdamW with one group per parameter: the app's lr scale (layer decay) and whether it decays; or, for a linear
+    probe, LARS on the head with the app's settings (`lars`)."""
+    if f['linearProbe']:
+        head = [p for p in model.parameters() if p.requires_grad]
+        return LARS(head, f['weightDecay'], lars['momentum'], lars['trust'])
     params = [{'params': [p], 'lr_scale': groups[n][0], 'weight_decay': f['weightDecay'] if groups[n][1] else 0.0}
               for n, p in model.named_parameters()]
     return torch.optim.AdamW(params, lr=0.0, betas=(f['beta1'], f['beta2']), eps=f['eps'])
@@ -136,7 +183,7 @@ def finetune_step(net, opt, scaler, micro, f, seed, step, classes, device, amp=F
         mixed, targets = mix_batch(images, labels, classes, f, Rng(seed_for(seed, STREAMS['mix'], step, a)))
         with contextlib.nullcontext() if no_sync is None or a == accum - 1 else no_sync():
             with torch.autocast(device.type, dtype=amp_dtype(device)) if amp else contextlib.nullcontext():
-                logits = net(mixed, Rng(seed_for(seed, STREAMS['drop'], step, a)), f['dropPath'])
+                logits = net(mixed, Rng(seed_for(seed, STREAMS['drop'], step, a)), 0 if f['linearProbe'] else f['dropPath'])
             loss = soft_cross_entropy(logits.float(), targets) / accum
             scaler.scale(loss).backward()
         total = total + loss.detach()
