@@ -30,6 +30,8 @@ class Finetuning:
         self.seed, self.classes, self.device = spec['seed'], spec['classes'], device
         val = read_safetensors(spec['val'])[0]
         self.val = (val['images'].permute(0, 3, 1, 2), val['labels'].long())
+        if device.type == 'cuda':
+            self.val = tuple(t.pin_memory() for t in self.val)
 
     def batches(self, data, micro, steps_per_epoch):
         return Labeled(data)
@@ -44,13 +46,13 @@ class Finetuning:
         correct, loss, batch = 0, 0.0, self.schedule['batch']
         self.model.eval()
         for i in range(0, len(labels), batch):
-            y = labels[i:i + batch].to(self.device)
+            y = labels[i:i + batch].to(self.device, non_blocking=True)
             logits = self.model(images[i:i + batch].to(self.device, non_blocking=True)).float()
-            correct += int((logits.argmax(-1) == y).sum())
-            loss += float(nn.functional.cross_entropy(logits, y, reduction='sum'))
+            correct = correct + (logits.argmax(-1) == y).sum()
+            loss = loss + nn.functional.cross_entropy(logits, y, reduction='sum')
         self.model.train()
         n = max(len(labels), 1)
-        return correct / n, loss / n
+        return float(correct) / n, float(loss) / n  # one readback
 
 
 class ProbeNorm(nn.Module):
