@@ -12,6 +12,8 @@ import { Loader } from '../core/data/loader.js';
 import { torchFinetuneSpec } from '../core/engine.js';
 import { homePaths, SAMPLE_IMAGES } from '../core/home.js';
 import { classifierFor } from '../core/model/classifier.js';
+import { evalImage } from '../core/data/preprocess.js';
+import { Rng } from '../core/random.js';
 import { cropKernel } from '../core/recipe.js';
 import { prepare } from '../core/runs/lifecycle.js';
 import { paramGroups } from '../core/runs/torch.js';
@@ -30,6 +32,7 @@ import { describeWith, PYTHON } from './support/requirements.js';
 const dir = mkdtempSync(join(tmpdir(), 'localmim-torch-ft-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const STEPS = fileURLToPath(new URL('./scale/finetune_steps.py', import.meta.url));
+const AUGMENT = fileURLToPath(new URL('./scale/augment_samples.py', import.meta.url));
 
 const files = readdirSync(SAMPLE_IMAGES)
   .filter((f) => f.endsWith('.jpg'))
@@ -38,6 +41,53 @@ const classes = [...new Set(files.map((f) => f.replace(/-\d+\.jpg$/, '')))];
 const items = files.map((f) => ({ abs: join(SAMPLE_IMAGES, f), hash: f, label: classes.indexOf(f.replace(/-\d+\.jpg$/, '')) }));
 
 describeWith('torch', 'pillow')('fine-tuning on the torch engine', () => {
+  test("the recipe's augmentation makes the app's choices: RandAugment's ops and magnitudes, random erasing's box", async () => {
+    const f = FinetuneRunSchema.parse({ model: { imgSize: 32 }, finetune: { reprob: 0.5 }, classes, from: null }).finetune;
+    const image = await evalImage(items[0]!.abs, 32);
+    const seeds = Array.from({ length: 40 }, (_, i) => i);
+    const tensors = new Map([['image', { shape: [32, 32, 3], values: Float32Array.from(image.data) }]]);
+    writeFileSync(join(dir, 'aug-in.safetensors'), encodeSafetensors(tensors, { seeds: JSON.stringify(seeds) }));
+    const run = FinetuneRunSchema.parse({ model: { imgSize: 32 }, finetune: f, classes, from: null });
+    writeFileSync(join(dir, 'aug-spec.json'), JSON.stringify(torchFinetuneSpec(run, {})));
+    const r = spawnSync(
+      PYTHON,
+      [AUGMENT, TRAIN_PY, join(dir, 'aug-spec.json'), join(dir, 'aug-in.safetensors'), join(dir, 'aug-out.safetensors')],
+      {
+        encoding: 'utf8',
+        env: { ...process.env, OMP_NUM_THREADS: '1', PYTHONDONTWRITEBYTECODE: '1' },
+      },
+    );
+    expect(r.status, r.stderr).toBe(0);
+    const out = decodeSafetensors(readFileSync(join(dir, 'aug-out.safetensors'))).tensors;
+    const transform = finetuneAugment(f)!;
+    let erased = 0;
+    for (const seed of seeds) {
+      const rng = new Rng(seed);
+      const ours = transform(image, rng).data;
+      const theirs = out.get(`sample.${seed}`)!.values; // [3, H, W]
+      // The same erased box (the bounding box of the noise, non-integer in both) and, outside it, the same pixels
+      // (RandAugment is Pillow's op for op).
+      const noise = (v: (i: number, c: number) => number) => {
+        const at = [...Array(32 * 32).keys()].filter((i) => [0, 1, 2].some((c) => v(i, c) !== Math.round(v(i, c))));
+        const [xs, ys] = [at.map((i) => i % 32), at.map((i) => Math.floor(i / 32))];
+        return at.length ? [Math.min(...xs), Math.min(...ys), Math.max(...xs), Math.max(...ys)] : [];
+      };
+      const box = noise((i, c) => ours[i * 3 + c]!);
+      expect(
+        noise((i, c) => theirs[c * 32 * 32 + i]!),
+        `seed ${seed}`,
+      ).toEqual(box);
+      const inBox = (i: number) => box.length > 0 && i % 32 >= box[0]! && i % 32 <= box[2]! && i >> 5 >= box[1]! && i >> 5 <= box[3]!;
+      let differ = 0;
+      for (let i = 0; i < 32 * 32; i++) for (let c = 0; c < 3; c++) if (!inBox(i) && ours[i * 3 + c] !== theirs[c * 32 * 32 + i]) differ++;
+      expect(differ, `seed ${seed}`).toBe(0);
+      // Unerased, both generators made the same number of draws (the erasing noise is each engine's own).
+      if (box.length) erased++;
+      else expect(out.get('after')!.values[seed], `seed ${seed}`).toBeCloseTo(rng.next(), 6);
+    }
+    expect(erased).toBeGreaterThan(5);
+  }, 60_000);
+
   test.each([
     [
       'ViT steps (layer decay, drop path, Mixup/CutMix, label smoothing)',
