@@ -25,6 +25,7 @@ losses = []
 for s, lr in enumerate(json.loads(meta['lrs'])):
     batch = (tensors[f'batch.{s}.images'].permute(0, 3, 1, 2), tensors[f'batch.{s}.labels'].long())
     set_lr(opt, lr)
-    losses.append(finetune.finetune_step(model, opt, scaler, [batch], job['finetune'], job['seed'], s, job['classes'], torch.device('cpu'))[0])
+    loss = finetune.finetune_step(model, opt, scaler, [batch], job['finetune'], job['seed'], s, job['classes'], torch.device('cpu'))
+    losses.append(loss[0])
 final = {f'final.{n}': t for n, t in model.state_dict().items()}
 train.write_safetensors(dst, {'losses': torch.stack(losses), **final}, {})

@@ -37,7 +37,8 @@ class Finetuning:
         return Labeled(data)
 
     def step(self, net, scaler, micro, step, amp, device, no_sync):
-        return finetune_step(net, self.opt, scaler, micro, self.schedule, self.seed, step, self.classes, device, amp, no_sync)
+        f = self.schedule
+        return finetune_step(net, self.opt, scaler, micro, f, self.seed, step, self.classes, device, amp, no_sync)
 
     @torch.no_grad()
     def evaluate(self):
@@ -64,7 +65,8 @@ class ProbeNorm(nn.Module):
         self.register_buffer('running_var', torch.ones(D))
 
     def forward(self, x):
-        return nn.functional.batch_norm(x, self.running_mean, self.running_var, training=self.training, momentum=0.1, eps=1e-6)
+        return nn.functional.batch_norm(x, self.running_mean, self.running_var, training=self.training, momentum=0.1,
+                                        eps=1e-6)
 
 
 class ViTClassifier(Encoder):
@@ -156,7 +158,8 @@ class LARS(torch.optim.Optimizer):
                 if p.ndim > 1:
                     g = g + group['weight_decay'] * p
                     p_norm, g_norm = p.norm(), g.norm()
-                    g = g * torch.where((p_norm > 0) & (g_norm > 0), group['trust'] * p_norm / g_norm, torch.ones_like(p_norm))
+                    trust = torch.where((p_norm > 0) & (g_norm > 0), group['trust'] * p_norm / g_norm, torch.ones_like(p_norm))
+                    g = g * trust
                 s = self.state[p]
                 s['mu'] = s['mu'] * group['momentum'] + g if 'mu' in s else g.clone()
                 s['step'] = s.get('step', 0) + 1
@@ -185,7 +188,8 @@ def finetune_step(net, opt, scaler, micro, f, seed, step, classes, device, amp=F
         mixed, targets = mix_batch(images, labels, classes, f, Rng(seed_for(seed, STREAMS['mix'], step, a)))
         with contextlib.nullcontext() if no_sync is None or a == accum - 1 else no_sync():
             with torch.autocast(device.type, dtype=amp_dtype(device)) if amp else contextlib.nullcontext():
-                logits = net(mixed, Rng(seed_for(seed, STREAMS['drop'], step, a)), 0 if f['linearProbe'] else f['dropPath'])
+                rate = 0 if f['linearProbe'] else f['dropPath']  # a probe's frozen backbone drops nothing
+                logits = net(mixed, Rng(seed_for(seed, STREAMS['drop'], step, a)), rate)
             loss = soft_cross_entropy(logits.float(), targets) / accum
             scaler.scale(loss).backward()
         total = total + loss.detach()

@@ -1,6 +1,6 @@
 """The one training loop, for a run of the app (one process, JSON-line events) and for a scale-out job (DDP, any
 number of processes): the same steps, schedule, accumulation, seeded data, checkpoints and cadence either way; only
-what reports them differs (report.py)."""
+what reports them differs (cli.py). What it trains is its job: Pretraining (here) or finetune.Finetuning."""
 import contextlib
 import math
 import os
@@ -142,7 +142,8 @@ def train(spec, report, stop, Task=Pretraining):
 
     handed = os.environ.get('LOCALMIM_TORCH_BATCHES')
     items = spec['items']
-    data = HandedOver(handed, seed) if handed else MicroBatches(spec.get('root', ''), items, m['imgSize'], o['batch'], seed, **task.crops)
+    data = (HandedOver(handed, seed) if handed else
+            MicroBatches(spec.get('root', ''), items, m['imgSize'], o['batch'], seed, **task.crops))
     accum = o['accumIter']
     micro = accum * world  # micro-batches per optimizer step, over all processes
     steps_per_epoch = len(items) // o['batch'] // micro
