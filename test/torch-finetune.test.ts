@@ -4,7 +4,8 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, expect, test } from 'vitest';
+import { afterAll, beforeAll, expect, test, vi } from 'vitest';
+import type { ApiEvent } from '../core/api.js';
 import { FinetuneRunSchema } from '../core/finetune-config.js';
 import { finetuneAugment } from '../core/data/augment.js';
 import { DecodeCache } from '../core/data/cache.js';
@@ -15,12 +16,14 @@ import { classifierFor } from '../core/model/classifier.js';
 import { evalImage } from '../core/data/preprocess.js';
 import { Rng } from '../core/random.js';
 import { cropKernel } from '../core/recipe.js';
+import { launchNodeJob } from '../core/jobs/launch.js';
 import { prepare } from '../core/runs/lifecycle.js';
 import { paramGroups } from '../core/runs/torch.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../core/safetensors.js';
 import { TRAIN_PY } from '../core/scale-out/folder.js';
 import { finetuneTask } from '../core/train/finetune.js';
 import { lrAt } from '../core/train/schedule.js';
+import { Service } from '../core/service/service.js';
 import { Store } from '../core/store/store.js';
 import { localmimAsync } from './support/cli.js';
 import { labeledSamples } from './support/images.js';
@@ -280,4 +283,34 @@ describeWith('torch', 'pillow')('a fine-tuning job on the torch engine', () => {
       child.on('close', () => resolve(out));
     });
   }
+});
+
+describeWith('torch', 'pillow')('fine-tuning on the torch engine in the app’s service', () => {
+  test('finetune.create with engine torch: its evaluations and checkpoints reach the app', async () => {
+    process.env.LOCALMIM_PYTHON = PYTHON;
+    const service = new Service(join(dir, 'service'), () => launchNodeJob(), { cadence: {} });
+    const seen: ApiEvent[] = [];
+    service.subscribe((e) => seen.push(e));
+    const until = (pred: (e: ApiEvent) => boolean) =>
+      vi.waitFor(() => expect(seen.find(pred)).toBeTruthy(), { timeout: 120_000, interval: 100 });
+    try {
+      await service.call('datasets.add', { path: labeledSamples(join(dir, 'service-labeled'), 4) });
+      await until((e) => e.type === 'dataset.indexed');
+      const { datasetId } = seen.find((e) => e.type === 'dataset.indexed') as { datasetId: number };
+      const model = { D: 32, depth: 2, heads: 2, imgSize: 32, patchSize: 8 };
+      const finetune = { recipe: 'official', epochs: 1, batch: 8, baselines: false };
+      const { runId } = (await service.call('finetune.create', { from: null, datasetId, model, finetune, engine: 'torch' })) as {
+        runId: number;
+      };
+      await until((e) => e.type === 'run.status' && e.runId === runId && (e.status === 'finished' || e.status === 'failed'));
+      const run = service.store.run(runId)!;
+      expect(run, run.error ?? '').toMatchObject({ backend: 'torch cpu', status: 'finished' });
+      const evals = seen.filter((e): e is Extract<ApiEvent, { type: 'run.eval' }> => e.type === 'run.eval' && e.runId === runId);
+      expect(evals.map((e) => e.step)).toEqual([run.step]);
+      expect(service.store.checkpoints(runId).at(-1)).toMatchObject({ step: run.step, valTop1: evals[0]!.top1 });
+    } finally {
+      await service.shutdown();
+      delete process.env.LOCALMIM_PYTHON;
+    }
+  }, 180_000);
 });
