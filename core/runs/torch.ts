@@ -126,6 +126,7 @@ export async function runTorchJob(
   hooks.signal?.removeEventListener('abort', pause);
   await chain;
   if (!job.resumeFrom) rmSync(start, { force: true }); // a resume starts from a checkpoint, a restart writes it again
+  if ('val' in kind) rmSync(kind.val, { force: true }); // written again by each launch
   if (result && code === 0) return result;
   const why = stderr.trim().split('\n').at(-1) || `train.py exited with code ${code}`;
   throw new Error(`torch engine: ${why}`);

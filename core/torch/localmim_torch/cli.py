@@ -1,6 +1,6 @@
 """The command line of train.py: a scale-out job (the folder it was copied into), one run of the app (`--engine
-SPEC`: pretraining or fine-tuning), the app's embeddings (`--embed SPEC`), or a feature (`--features IMAGE`); and the two ways the one training
-loop reports."""
+SPEC`: pretraining or fine-tuning), the app's embeddings (`--embed SPEC`), or a feature (`--features IMAGE`); and the
+two ways the one training loop reports."""
 import argparse
 import hashlib
 import json

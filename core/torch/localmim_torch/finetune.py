@@ -29,7 +29,7 @@ class Finetuning:
         self.crops = {'min_scale': f['minScale'], 'kernel': f['kernel'], 'augment': FinetuneAugment(f)}
         self.seed, self.classes, self.device = spec['seed'], spec['classes'], device
         val = read_safetensors(spec['val'])[0]
-        self.val = (val['images'].permute(0, 3, 1, 2), val['labels'].long())
+        self.val = (val['images'].permute(0, 3, 1, 2).to(torch.uint8), val['labels'].long())  # 8-bit: a quarter the memory
         if device.type == 'cuda':
             self.val = tuple(t.pin_memory() for t in self.val)
 
@@ -48,7 +48,7 @@ class Finetuning:
         self.model.eval()
         for i in range(0, len(labels), batch):
             y = labels[i:i + batch].to(self.device, non_blocking=True)
-            logits = self.model(images[i:i + batch].to(self.device, non_blocking=True)).float()
+            logits = self.model(images[i:i + batch].to(self.device, non_blocking=True).float()).float()
             correct = correct + (logits.argmax(-1) == y).sum()
             loss = loss + nn.functional.cross_entropy(logits, y, reduction='sum')
         self.model.train()
