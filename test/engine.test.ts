@@ -16,7 +16,7 @@ const vit = parseRunConfig({ model: { size: 'vit-tiny', imgSize: 32, patchSize: 
 const swin = newRunConfig(undefined, 'swin-tiny');
 const fusion = parseRunConfig({ model: { ...vit.model, variant: 'fusion' } });
 
-test('the torch engine pretrains ViTs in the local, global and isolated variants and embeds with ViTs, nothing else', () => {
+test('the torch engine pretrains ViTs in the local, global and isolated variants, fine-tunes, LARS-probes and embeds with ViTs, nothing else', () => {
   expect(torchCannot({ kind: 'pretrain', model: vit.model })).toBeUndefined();
   expect(torchCannot({ kind: 'pretrain', model: swin.model })).toEqual({
     path: 'model.size',
@@ -25,7 +25,11 @@ test('the torch engine pretrains ViTs in the local, global and isolated variants
   expect(torchProblem({ kind: 'pretrain', model: fusion.model })).toBe(
     'model.variant: fusion: the torch engine trains the local, global and isolated variants only; train it with --engine tfjs',
   );
-  expect(torchCannot({ kind: 'finetune', model: vit.model })?.path).toBe('kind');
+  expect(torchCannot({ kind: 'finetune', model: vit.model })).toBeUndefined();
+  expect(torchCannot({ kind: 'finetune', model: vit.model, linearProbe: 'lars' })).toBeUndefined();
+  expect(torchCannot({ kind: 'finetune', model: vit.model, linearProbe: 'logistic' })?.path).toBe('finetune.probeRecipe');
+  expect(torchCannot({ kind: 'finetune', model: swin.model })?.path).toBe('model.size');
+  expect(torchCannot({ kind: 'import', model: vit.model })?.path).toBe('kind');
   expect(torchCannot({ kind: 'embed', model: vit.model })).toBeUndefined();
   expect(torchCannot({ kind: 'embed', model: swin.model })?.path).toBe('model.size');
   expect(torchCannot({ kind: 'pretrain', model: vit.model, probe: true })?.path).toBe('probe');
