@@ -1,7 +1,7 @@
 """The torch engine's speed (core/torch/train.py, as the app runs it): its data loader alone, in images/s, and its
 pretraining step on synthetic batches already on the device, in fp32 and (CUDA) bf16, and bf16's effect on the loss
-(CUDA); with --finetune, its ViT fine-tuning step (fp32, bf16) and its embedding's images/s; with --swin, a Swin's
-pretraining step (fp32, bf16). One JSON line per result.
+(CUDA); with --finetune, its ViT fine-tuning loader (the recipe's augmentation) and step (fp32, bf16), and its
+embedding's images/s; with --swin, a Swin's pretraining step (fp32, bf16). One JSON line per result.
 
     python3 bench/torch-engine.py --spec SPEC.json
 
@@ -22,6 +22,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 spec = importlib.util.spec_from_file_location('train', os.path.join(HERE, '..', 'core', 'torch', 'train.py'))
 train = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train)
+from localmim_torch.augment import FinetuneAugment  # noqa: E402
+from localmim_torch.data import Labeled  # noqa: E402
 
 
 def sync(device):
@@ -30,8 +32,9 @@ def sync(device):
 
 
 def bench_loader(spec, n_images, workers, batches, device):
-    """images/s of the engine's DataLoader (decode, crop, resize, flip, mask noise, pinned copy to the device)."""
-    c, o = spec['model'], spec['optim']
+    """images/s of the engine's DataLoader for the spec's job (decode, crop, resize, flip, then the mask noise or the
+    fine-tuning recipe's RandAugment and random erasing; pinned copy to the device)."""
+    c, o = spec['model'], spec['optim' if spec['kind'] == 'pretrain' else 'finetune']
     with tempfile.TemporaryDirectory() as tmp:
         g = torch.Generator().manual_seed(0)
         for i in range(n_images):
@@ -40,17 +43,21 @@ def bench_loader(spec, n_images, workers, batches, device):
             img = torch.nn.functional.interpolate(base[None], size=(375, 500), mode='bilinear', align_corners=False)[0]
             img = (img * 200 + torch.rand(3, 375, 500, generator=g) * 55).clamp(0, 255).byte().permute(1, 2, 0).numpy()
             Image.fromarray(img).save(os.path.join(tmp, f'{i:05d}.jpg'), quality=90)
-        items = [{'path': os.path.join(tmp, f'{i:05d}.jpg')} for i in range(n_images)]
-        data = train.MicroBatches('', items, c['imgSize'], o['batch'], spec['seed'])
+        items = [{'path': os.path.join(tmp, f'{i:05d}.jpg'), 'label': 0} for i in range(n_images)]
         per_epoch = n_images // o['batch']
+        if spec['kind'] == 'pretrain':
+            data = train.MicroBatches('', items, c['imgSize'], o['batch'], spec['seed'])
+            batched = train.Masked(data, c['L'], 1, per_epoch)
+        else:
+            data = train.MicroBatches('', items, c['imgSize'], o['batch'], spec['seed'], o['minScale'], o['kernel'], FinetuneAugment(o))
+            batched = Labeled(data)
         data.keys = [(e, i) for e in range(batches // per_epoch + 1) for i in range(per_epoch)][:batches]
-        loader = torch.utils.data.DataLoader(train.Masked(data, c['L'], 1, per_epoch), batch_size=None, num_workers=workers,
-                                             pin_memory=device.type == 'cuda')
+        loader = torch.utils.data.DataLoader(batched, batch_size=None, num_workers=workers, pin_memory=device.type == 'cuda')
         it = iter(loader)
         for _ in range(min(workers * 2, batches // 4)):  # workers started and their first batches made
             next(it)
         t0, n = time.time(), 0
-        for images, noise in it:
+        for images, _ in it:
             images.to(device, non_blocking=True)
             n += images.shape[0]
         sync(device)
@@ -88,13 +95,15 @@ def bench_finetune(spec, device, amp, steps, warmup):
     torch.manual_seed(0)
     model = finetune.classifier(c, spec['classes']).to(device)
     opt = finetune.make_optimizer(model, f, spec['groups'])
+    train.set_lr(opt, 1e-4)
+    scaler = torch.cuda.amp.GradScaler(enabled=amp and train.amp_dtype(device) == torch.float16)
     B, side = f['batch'], c['imgSize']
     batch = (torch.rand(B, 3, side, side, device=device) * 255, torch.randint(0, spec['classes'], (B,), device=device))
     for i in range(warmup + steps):
         if i == warmup:
             sync(device)
             t0 = time.time()
-        loss = finetune.finetune_step(model, opt, [batch], 1e-4, f, 0, i, spec['classes'], device, amp)
+        loss = finetune.finetune_step(model, opt, scaler, [batch], f, 0, i, spec['classes'], device, amp)
     float(loss)
     return (time.time() - t0) / steps
 
@@ -182,6 +191,8 @@ def main():
         ft = json.load(open(args.finetune))
         c = ft['model']
         what = {'model': c['size'], 'img': c['imgSize'], 'patch': c['patchSize'], 'batch': ft['finetune']['batch'], 'device': described}
+        rate = bench_loader(ft, args.images, args.workers, args.loader_batches, device)
+        print(json.dumps({'bench': 'torch-finetune-loader', 'workers': args.workers, 'imagesPerS': round(rate, 1), **what}), flush=True)
         for amp in precisions(device):
             seconds = bench_finetune(ft, device, amp, args.steps, args.warmup)
             precision = str(train.amp_dtype(device)).replace('torch.', '') if amp else 'fp32'

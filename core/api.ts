@@ -91,6 +91,7 @@ export const METHODS = {
     finetune: z.unknown(),
     model: z.unknown().optional(),
     seed: z.number().int().min(0).default(0),
+    ...engine,
   }),
   'exports.create': z.strictObject({ runId: id, step: z.number().int().min(0).optional(), format: z.enum(EXPORT_FORMATS) }),
   /** A PyTorch DDP job folder (core/scale-out/folder.ts) for a run (from its newest checkpoint, or `step`) or a new run's config. */

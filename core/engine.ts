@@ -3,7 +3,9 @@ import { accessSync, constants, statSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { modelDims, modelFamily, peakLr, swinDims, type ModelConfig, type RunConfig } from './config.js';
-import { type FinetuneRun } from './finetune-config.js';
+import { parseRandAugment } from './data/randaugment.js';
+import { PROBE_LARS, type FinetuneRun } from './finetune-config.js';
+import { cropKernel } from './recipe.js';
 
 /** What trains a run: tfjs in the job process (built in), or core/torch/train.py on a Python with torch. */
 export const ENGINES = ['tfjs', 'torch'] as const;
@@ -119,10 +121,12 @@ export function describeTorch(r: TorchReport): string {
   return `torch ${r.version} on ${r.python}: ${devices}`;
 }
 
-/** A job as far as the engines differ on it: its kind and its model. */
+/** A job as far as the engines differ on it: its kind, its model, its linear probe. */
 export interface EngineJob {
   kind: 'pretrain' | 'finetune' | 'import' | 'embed';
   model: ModelConfig;
+  /** A fine-tune that is a linear probe: its recipe. */
+  linearProbe?: 'logistic' | 'lars';
 }
 
 /**
@@ -130,9 +134,14 @@ export interface EngineJob {
  * for it and why; undefined where it can. The CLI, the service, scale-out and the new-run form all ask this.
  */
 export function torchCannot(job: EngineJob, who = 'the torch engine'): { path: string; message: string } | undefined {
-  if (job.kind !== 'pretrain' && job.kind !== 'embed') return { path: 'kind', message: `${job.kind}: ${who} pretrains and embeds only` };
+  if (job.kind === 'import') return { path: 'kind', message: `import: ${who} pretrains, fine-tunes and embeds only` };
   if (job.kind === 'embed' && modelFamily(job.model) !== 'vit')
     return { path: 'model.size', message: `${job.model.size}: ${who} embeds with ViT backbones only` };
+  if (job.kind === 'finetune' && modelFamily(job.model) !== 'vit')
+    return { path: 'model.size', message: `${job.model.size}: ${who} fine-tunes ViT models only` };
+  // The logistic probe of the last block reaches the engine as an embedding (core/runs/torch.ts embedsOnly).
+  if (job.linearProbe === 'logistic')
+    return { path: 'finetune.probeFeatures', message: `last4: ${who} embeds the last block only for the logistic probe` };
   return undefined;
 }
 
@@ -169,8 +178,9 @@ export function torchSpec(config: RunConfig) {
 export type ParamGroups = Record<string, [lrScale: number, decays: boolean]>;
 
 /**
- * A ViT fine-tuning run as the torch engine takes it: the model resolved as {@link torchSpec}'s, the recipe, the
- * classes, and the classifier's parameter groups as the app's model declares them (`groups`).
+ * A ViT fine-tuning run (or MAE's LARS probe) as the torch engine takes it: the model resolved as {@link torchSpec}'s,
+ * the recipe (its crop kernel and RandAugment resolved), the classes, the classifier's parameter groups as the app's
+ * model declares them (`groups`), and the probe's LARS settings.
  */
 export function torchFinetuneSpec(run: FinetuneRun, groups: ParamGroups) {
   const f = run.finetune;
@@ -178,9 +188,16 @@ export function torchFinetuneSpec(run: FinetuneRun, groups: ParamGroups) {
     kind: 'finetune' as const,
     config: run,
     model: torchModel(run.model),
-    finetune: { ...f, peakLr: peakLr(f), lrScalesWithWorld: f.lr === undefined },
+    finetune: {
+      ...f,
+      peakLr: peakLr(f),
+      lrScalesWithWorld: f.lr === undefined,
+      kernel: cropKernel(f, run.model),
+      randAugment: f.randAugment ? parseRandAugment(f.randAugment) : null,
+    },
     classes: run.classes.length,
     groups,
+    lars: PROBE_LARS,
     seed: run.seed,
   };
 }

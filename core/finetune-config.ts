@@ -73,6 +73,9 @@ const FinetuneFields = OptimConfigSchema.extend({
  * blr 0.1 decaying to 0, no weight decay, no label smoothing, mixing or augmentation beyond crops and flips; AdamW's
  * betas, layer decay and drop path do not apply.
  */
+/** MAE's LARS settings for the linear probe (util/lars.py defaults). */
+export const PROBE_LARS = { momentum: 0.9, trust: 0.001 } as const;
+
 export const LINEAR_PROBE = {
   epochs: 90,
   warmupEpochs: 10,

@@ -17,11 +17,15 @@ const vit = parseRunConfig({ model: { size: 'vit-tiny', imgSize: 32, patchSize: 
 const swin = newRunConfig(undefined, 'swin-tiny');
 const fusion = parseRunConfig({ model: { ...vit.model, variant: 'fusion' } });
 
-test('the torch engine pretrains ViT and Swin in every variant and embeds with ViTs, nothing else', () => {
+test('the torch engine pretrains ViT and Swin in every variant, fine-tunes, LARS-probes and embeds with ViTs, nothing else', () => {
   expect(torchCannot({ kind: 'pretrain', model: vit.model })).toBeUndefined();
   expect(torchCannot({ kind: 'pretrain', model: swin.model })).toBeUndefined();
   expect(torchCannot({ kind: 'pretrain', model: fusion.model })).toBeUndefined();
-  expect(torchCannot({ kind: 'finetune', model: vit.model })?.path).toBe('kind');
+  expect(torchCannot({ kind: 'finetune', model: vit.model })).toBeUndefined();
+  expect(torchCannot({ kind: 'finetune', model: vit.model, linearProbe: 'lars' })).toBeUndefined();
+  expect(torchCannot({ kind: 'finetune', model: vit.model, linearProbe: 'logistic' })?.path).toBe('finetune.probeFeatures');
+  expect(torchCannot({ kind: 'finetune', model: swin.model })?.path).toBe('model.size');
+  expect(torchCannot({ kind: 'import', model: vit.model })?.path).toBe('kind');
   expect(torchCannot({ kind: 'embed', model: vit.model })).toBeUndefined();
   expect(torchProblem({ kind: 'embed', model: swin.model })).toBe(
     'model.size: swin-tiny: the torch engine embeds with ViT backbones only; train it with --engine tfjs',

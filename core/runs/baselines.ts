@@ -9,7 +9,7 @@ import { evalImage } from '../data/preprocess.js';
 import { isBackbone } from '../model/classifier.js';
 import { readSafetensorsMetadata } from '../safetensors.js';
 import { pretrainModel } from '../train/pretrain.js';
-import { train, type Task, type TrainEvent } from '../train/loop.js';
+import type { TrainEvent } from '../train/loop.js';
 import type { LabeledItem } from './train-job.js';
 
 export interface LabeledSplit {
@@ -80,21 +80,21 @@ export function pixelBaseline(home: string, split: LabeledSplit, classes: number
 
 /**
  * The init baseline: the same fine-tuning from the backbone's initialisation (no pretraining), once per split, model,
- * seed and recipe (`key`). `task` builds it; checkpoints go to a temporary folder, removed after. Its best validation top-1.
+ * seed and recipe (`key`). `run` trains it on the run's engine, its checkpoints in a temporary folder, removed after.
+ * Its best validation top-1.
  */
-export function initBaseline(home: string, key: string, task: () => Promise<Task>): Promise<number> {
+export function initBaseline(
+  home: string,
+  key: string,
+  run: (dir: string, onEvent: (e: TrainEvent) => void) => Promise<unknown>,
+): Promise<number> {
   return cachedTop1(home, cacheKey('finetune-init', key), async () => {
     const dir = mkdtempSync(join(home, 'baseline-'));
     let best = 0;
     try {
-      await train(await task(), {
-        backend: 'baseline',
-        checkpointPath: (step) => join(dir, `ckpt-${step}.safetensors`),
-        cadence: {},
-        onEvent: (e: TrainEvent) => {
-          if (e.type === 'eval') best = Math.max(best, e.top1);
-          if (e.type === 'checkpoint') rmSync(e.path, { force: true });
-        },
+      await run(dir, (e: TrainEvent) => {
+        if (e.type === 'eval') best = Math.max(best, e.top1);
+        if (e.type === 'checkpoint') rmSync(e.path, { force: true });
       });
     } finally {
       rmSync(dir, { recursive: true, force: true });

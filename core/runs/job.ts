@@ -1,4 +1,4 @@
-import { basename } from 'node:path';
+import { basename, join } from 'node:path';
 import { KNN_BUDGET, liveBackbone, scoreProbe } from '../analysis/knn.js';
 import { previewDir, previewImages, previewNoise, renderPreview, writePreview } from '../analysis/preview.js';
 import { lossReadEvery } from '../backend.js';
@@ -38,11 +38,30 @@ async function runOn(job: TrainJob, hooks: JobHooks): Promise<{ step: number; st
   const paths = homePaths(job.home);
   for (const t of removeStaleTemps(paths.run(job.runId)))
     hooks.warn(`removed ${basename(t.path)} (${(t.size / 1e6).toFixed(1)} MB), left half-written by process ${t.pid}, which died`);
-  if (job.engine === 'torch' && !embedsOnly(job.spec)) {
-    const init = !job.resumeFrom && job.initFrom ? backbone(loadCheckpoint(job.initFrom)) : undefined;
-    return runTorchJob(job, hooks, detectTorch(), init);
-  }
   const cache = new DecodeCache(paths.cache);
+  const { spec } = job;
+  const evals: { step: number; top1: number }[] = [];
+  const onEvent = (e: TrainEvent) => {
+    if (e.type === 'eval') evals.push(e);
+    hooks.onEvent(e);
+  };
+  // A logistic probe of the last block only embeds on the torch engine: the fit is the tfjs path's (runLogisticProbe).
+  const torch = job.engine === 'torch' && !embedsOnly(spec);
+  const done = torch ? await onTorch(job, { ...hooks, onEvent }) : await onTfjs(job, hooks, cache, onEvent);
+  if (done.status === 'finished' && spec.kind === 'finetune' && !spec.config.finetune.linearProbe && 'train' in job.data)
+    hooks.onEvent(await finetuneResult(job, spec.config, job.data, cache, evals, hooks));
+  return done;
+}
+
+/** On the torch engine: a new run's backbone from its source, the rest from the job. */
+function onTorch(job: TrainJob, hooks: JobHooks) {
+  const init = !job.resumeFrom && job.initFrom ? backbone(loadCheckpoint(job.initFrom)) : undefined;
+  return runTorchJob(job, hooks, detectTorch(), init);
+}
+
+/** On the tfjs engine, in this process: its task (or the logistic probe) and the one training loop. */
+async function onTfjs(job: TrainJob, hooks: JobHooks, cache: DecodeCache, onEvent: (e: TrainEvent) => void) {
+  const paths = homePaths(job.home);
   const resumeFrom = job.resumeFrom ? loadCheckpoint(job.resumeFrom) : undefined;
   const source = !resumeFrom && job.initFrom ? loadCheckpoint(job.initFrom) : undefined;
   const init = source && backbone(source);
@@ -83,12 +102,7 @@ async function runOn(job: TrainJob, hooks: JobHooks): Promise<{ step: number; st
     const split = job.data;
     task = await labeledTask(spec.config, split, cache, { init, probeInit: !resumeFrom, skipping });
   }
-  const evals: { step: number; top1: number }[] = [];
-  const onEvent = (e: TrainEvent) => {
-    if (e.type === 'eval') evals.push(e);
-    hooks.onEvent(e);
-  };
-  const done = await train(task, {
+  return train(task, {
     backend: job.backend,
     readEvery: lossReadEvery(job.backend),
     checkpointPath: (step) => paths.checkpoint(job.runId, step),
@@ -99,9 +113,6 @@ async function runOn(job: TrainJob, hooks: JobHooks): Promise<{ step: number; st
     knn,
     onEvent,
   });
-  if (done.status === 'finished' && spec.kind === 'finetune' && !spec.config.finetune.linearProbe && 'train' in job.data)
-    hooks.onEvent(await finetuneResult(job, spec.config, job.data, cache, evals, hooks));
-  return done;
 }
 
 /**
@@ -158,9 +169,17 @@ async function finetuneResult(
   const key = JSON.stringify({ split: splitKey(split), model: config.model, seed: config.seed, from, finetune: config.finetune });
   if (config.from)
     hooks.info?.('baseline: the same recipe from the initialisation (no pretraining), once per split, model, seed and recipe');
-  const task = async () =>
-    labeledTask(config, split, cache, { probeInit: true, init: await initialBackbone(config.model, job.initFrom, config.seed) });
-  const init = config.from ? await initBaseline(job.home, key, task) : top1;
+  // The same engine trains it, from the initialisation, into a folder of its own.
+  const run = async (dir: string, onEvent: (e: TrainEvent) => void) => {
+    const init = await initialBackbone(config.model, job.initFrom, config.seed);
+    if (job.engine === 'torch') {
+      const baseline = { ...job, resumeFrom: undefined, initFrom: undefined, stopAtStep: undefined, cadence: {} };
+      return runTorchJob(baseline, { onEvent, warn: hooks.warn }, detectTorch(), init, dir);
+    }
+    const task = await labeledTask(config, split, cache, { probeInit: true, init });
+    return train(task, { backend: 'baseline', checkpointPath: (step) => join(dir, `ckpt-${step}.safetensors`), cadence: {}, onEvent });
+  };
+  const init = config.from ? await initBaseline(job.home, key, run) : top1;
   const last = evals.at(-1)?.step ?? 0;
   return { type: 'finetune', step: last, top1, probeTop1, baselines: { pixels, init } };
 }

@@ -8,23 +8,32 @@ import { writeAtomic } from '../atomic.js';
 import { lossReadEvery } from '../backend.js';
 import type { EmbedShard } from '../analysis/embed.js';
 import { KNN_BUDGET, scoreEmbedded, type ProbeSet } from '../analysis/knn.js';
-import { modelDims, modelFamily, type ModelConfig, type RunConfig } from '../config.js';
+import { modelFamily, type ModelConfig, type RunConfig } from '../config.js';
 import { DecodeCache } from '../data/cache.js';
 import { evalImage } from '../data/preprocess.js';
-import { torchModel, torchProblem, torchSpec, type ParamGroups, type TorchReport } from '../engine.js';
-import type { Classifier } from '../model/classifier.js';
+import { torchFinetuneSpec, torchModel, torchProblem, torchSpec, type ParamGroups, type TorchReport } from '../engine.js';
+import { classifierFor, isBackbone, type Classifier } from '../model/classifier.js';
 import { targetShapes } from '../model/pretraining.js';
 import { UserError } from '../errors.js';
 import { homePaths } from '../home.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../safetensors.js';
 import { TRAIN_PY, writeInitial } from '../scale-out/folder.js';
-import type { TrainEvent } from '../train/loop.js';
-import type { JobHooks, TrainJob } from './train-job.js';
+import type { FinetuneRun } from '../finetune-config.js';
+import { saveCheckpoint } from '../train/checkpoint.js';
+import { fitHead } from '../train/finetune.js';
+import type { ModelSummary, TrainEvent } from '../train/loop.js';
+import { evalImages, type LabeledSplit } from './baselines.js';
+import type { JobHooks, LabeledItem, TrainJob } from './train-job.js';
 import type { RunSpec } from './spec.js';
 
 /** Refuses, before anything is written, a run the torch engine cannot train (core/engine.ts torchCannot). */
 export function assertTorchCan(spec: RunSpec): void {
-  const problem = torchProblem({ kind: embedsOnly(spec) ? 'embed' : spec.kind, model: spec.config.model });
+  const f = spec.kind === 'finetune' ? spec.config.finetune : undefined;
+  const { model } = spec.config;
+  const job = embedsOnly(spec)
+    ? { kind: 'embed' as const, model }
+    : { kind: spec.kind, model, linearProbe: f?.linearProbe ? f.probeRecipe : undefined };
+  const problem = torchProblem(job);
   if (problem) throw new UserError(`engine: ${problem}`);
 }
 
@@ -41,41 +50,50 @@ export function paramGroups(model: Classifier, layerDecay: number): ParamGroups 
 }
 
 /**
- * Runs a pretraining job on core/torch/train.py (`--engine`), a child of this process: its JSON-line events become
- * the training loop's own, so that whoever listens cannot tell the engines apart. SIGTERM pauses it (it
- * checkpoints, then ends 'paused'); if this process goes, its stdin closes and it does the same.
+ * Runs a pretraining or fine-tuning job on core/torch/train.py (`--engine`), a child of this process: its JSON-line
+ * events become the training loop's own, so that whoever listens cannot tell the engines apart. SIGTERM pauses it (it
+ * checkpoints, then ends 'paused'); if this process goes, its stdin closes and it does the same. Its files and
+ * checkpoints go to the run's folder, or to `dir`.
  */
 export async function runTorchJob(
   job: TrainJob,
   hooks: JobHooks,
   torch: TorchReport,
   init?: ReadonlyMap<string, Float32Array>,
+  dir = homePaths(job.home).run(job.runId),
 ): Promise<{ step: number; status: 'finished' | 'paused' }> {
   if (!torch.ok) throw new UserError(`engine: torch is unavailable: ${torch.reason}`);
   const { spec } = job;
   assertTorchCan(spec);
-  if (spec.kind !== 'pretrain' || !('items' in job.data)) throw new Error('a torch job pretrains on unlabeled items');
   const config = spec.config;
-  const runDir = homePaths(job.home).run(job.runId);
-  mkdirSync(runDir, { recursive: true });
-  const start = job.resumeFrom ?? join(runDir, 'torch-init.safetensors');
-  if (!job.resumeFrom) await writeInitial(config, start, init);
-  const probes = join(runDir, 'torch-probes.safetensors');
-  const drawing = job.previewEvery ? await previewProbes(config, job.data.items, probes) : undefined;
-  const knn = job.probe && (await knnProbes(job.probe, config, job.home, join(runDir, 'torch-knn.safetensors')));
+  mkdirSync(dir, { recursive: true });
+  const start = job.resumeFrom ?? join(dir, 'torch-init.safetensors');
+  let kind;
+  let drawing: Awaited<ReturnType<typeof previewProbes>> | undefined;
+  let summary: ModelSummary | undefined;
+  let knn: Awaited<ReturnType<typeof knnProbes>> | undefined;
+  if (spec.kind === 'pretrain') {
+    if (!('items' in job.data)) throw new Error('a torch pretraining job needs unlabeled items');
+    if (!job.resumeFrom) await writeInitial(spec.config, start, init);
+    const probes = join(dir, 'torch-probes.safetensors');
+    drawing = job.previewEvery ? await previewProbes(spec.config, job.data.items, probes) : undefined;
+    summary = { family: modelFamily(spec.config.model), targets: targetShapes(spec.config.model) };
+    knn = job.probe && (await knnProbes(job.probe, spec.config, job.home, join(dir, 'torch-knn.safetensors')));
+    const items = job.data.items.map((it) => ({ path: it.abs }));
+    kind = { ...torchSpec(spec.config), items, probes, previewEvery: job.previewEvery, knn: knn?.spec };
+  } else {
+    if (!('train' in job.data)) throw new Error('a torch fine-tuning job needs a labeled split');
+    kind = await finetuneInputs(spec.config, job.data, { torch, dir, start: job.resumeFrom ? undefined : start, init, home: job.home });
+  }
   const gpu = torch.devices.length > 0;
   const o = job.torch ?? {};
-  const specFile = join(runDir, 'torch-job.json');
+  const specFile = join(dir, 'torch-job.json');
   writeAtomic(
     specFile,
     JSON.stringify({
-      ...torchSpec(config),
-      items: job.data.items.map((it) => ({ path: it.abs })),
+      ...kind,
       start,
-      out: runDir,
-      probes,
-      previewEvery: job.previewEvery,
-      knn: knn?.spec,
+      out: dir,
       cadence: job.cadence,
       stopAtStep: job.stopAtStep,
       readEvery: lossReadEvery(gpu ? 'webgpu' : 'cpu'),
@@ -92,7 +110,6 @@ export async function runTorchJob(
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-8000)));
   let result: { step: number; status: 'finished' | 'paused' } | undefined;
-  const summary = { family: modelFamily(config.model), targets: targetShapes(config.model) };
   // Events in order: a preview is drawn before the events after it are passed on.
   let chain = Promise.resolve();
   const handle = async (line: string) => {
@@ -125,9 +142,89 @@ export async function runTorchJob(
   hooks.signal?.removeEventListener('abort', pause);
   await chain;
   if (!job.resumeFrom) rmSync(start, { force: true }); // a resume starts from a checkpoint, a restart writes it again
+  if ('val' in kind) rmSync(kind.val, { force: true }); // written again by each launch
   if (result && code === 0) return result;
   const why = stderr.trim().split('\n').at(-1) || `train.py exited with code ${code}`;
   throw new Error(`torch engine: ${why}`);
+}
+
+/**
+ * What a fine-tuning job hands train.py besides its spec (core/engine.ts torchFinetuneSpec): the labeled training
+ * items (decoded and augmented by its loader workers), the validation images decoded here with the evaluation
+ * transform (`val`), and for a new run (`start`) the classifier as the tfjs engine starts it: seeded, the backbone of
+ * `init`, and with LP-FT the head fitted by the app's one probe on head inputs the torch engine computes.
+ */
+async function finetuneInputs(
+  config: FinetuneRun,
+  split: LabeledSplit,
+  o: { torch: TorchReport; dir: string; start?: string; init?: ReadonlyMap<string, Float32Array>; home: string },
+) {
+  const f = config.finetune;
+  const cache = new DecodeCache(homePaths(o.home).cache);
+  const classifier = classifierFor(
+    config.model,
+    { classes: config.classes.length, probe: f.linearProbe, scratch: config.from === null },
+    config.seed,
+  );
+  try {
+    if (o.init) classifier.params.assign(new Map([...o.init].filter(([name]) => isBackbone(name))));
+    if (o.start) {
+      if (f.probeInit) await fitHead(classifier, await torchHeadInputs(o.torch, classifier, config.model, split.train, cache), config.seed);
+      await saveCheckpoint(o.start, classifier, { step: 0, slots: {} }, { step: 0, epoch: 0, loss: null, config });
+    }
+    const val = join(o.dir, 'torch-val.safetensors');
+    const side = config.model.imgSize;
+    const images = await evalImages(split.val, side, cache);
+    const pixels = new Float32Array(images.length * side * side * 3);
+    images.forEach((img, i) => pixels.set(img.data, i * side * side * 3));
+    const tensors = new Map([
+      ['images', { shape: [images.length, side, side, 3], values: pixels }],
+      ['labels', { shape: [images.length], values: Float32Array.from(split.val, (v) => v.label) }],
+    ]);
+    writeAtomic(val, encodeSafetensors(tensors, {}));
+    return {
+      ...torchFinetuneSpec(config, paramGroups(classifier, f.layerDecay)),
+      items: split.train.map((it) => ({ path: it.abs, label: it.label })),
+      val,
+      evaluateFirst: f.probeInit && !!o.start,
+    };
+  } finally {
+    classifier.dispose();
+  }
+}
+
+/** Images embedded per call of train.py `--embed` (their pixels are handed over in one file). */
+const HEAD_INPUT_SHARD = 512;
+
+/**
+ * The classifier's head inputs (evaluation mode: `fc_norm` of the backbone's feature) of `items` at the evaluation
+ * transform, the backbone's features computed by the torch engine.
+ */
+async function torchHeadInputs(torch: TorchReport, classifier: Classifier, model: ModelConfig, items: LabeledItem[], cache: DecodeCache) {
+  const tensors = new Map<string, NamedTensor>();
+  for (const [name, v] of classifier.params.vars) tensors.set(name, { shape: v.shape, values: (await v.data()) as Float32Array });
+  const { embed, dispose } = torchEmbedder(torch, tensors, model);
+  try {
+    const parts: Float32Array[] = [];
+    for (let i = 0; i < items.length; i += HEAD_INPUT_SHARD)
+      parts.push((await embed(items.slice(i, i + HEAD_INPUT_SHARD), cache)).features);
+    const dim = parts[0]!.length / Math.min(items.length, HEAD_INPUT_SHARD);
+    const features = new Float32Array(items.length * dim);
+    parts.reduce((at, p) => (features.set(p, at), at + p.length), 0);
+    const [gamma, beta] = [tensors.get('fc_norm.weight')!.values, tensors.get('fc_norm.bias')!.values];
+    for (let r = 0; r < items.length; r++) layerNorm(features.subarray(r * dim, (r + 1) * dim), gamma, beta);
+    return { features, dim, labels: items.map((it) => it.label) };
+  } finally {
+    dispose();
+  }
+}
+
+/** timm's LayerNorm (ε 1e-6) of one row, in place. */
+function layerNorm(x: Float32Array, gamma: Float32Array, beta: Float32Array): void {
+  const mean = x.reduce((a, v) => a + v, 0) / x.length;
+  const variance = x.reduce((a, v) => a + (v - mean) ** 2, 0) / x.length;
+  const inv = 1 / Math.sqrt(variance + 1e-6);
+  x.forEach((v, d) => (x[d] = (v - mean) * inv * gamma[d]! + beta[d]!));
 }
 
 /**

@@ -144,7 +144,7 @@ export const runHandlers = (c: Context) =>
         seed: a.seed,
         name: a.name,
       };
-      return { runId: await c.scheduler.start(req) };
+      return { runId: await c.scheduler.start(req, undefined, a) };
     },
   }) satisfies Handlers;
 

@@ -24,7 +24,7 @@ sys.path.insert(0, HERE)
 from localmim_torch.checkpoint import read_safetensors, write_safetensors  # noqa: E402,F401
 from localmim_torch.cli import main  # noqa: E402
 from localmim_torch.data import STREAMS, Masked, MicroBatches, Rng, random_crop, read_rgb, seed_for  # noqa: E402,F401
-from localmim_torch.loop import amp_dtype, engine_device, make_optimizer, optimizer_step, pretraining_model  # noqa: E402,F401
+from localmim_torch.loop import amp_dtype, engine_device, make_optimizer, optimizer_step, pretraining_model, set_lr  # noqa: E402,F401
 from localmim_torch.model import LocalMIM  # noqa: E402,F401
 
 if __name__ == '__main__':

@@ -41,7 +41,7 @@ export interface StepRecord {
 export async function saveCheckpoint(
   path: string,
   model: { params: ParamStore },
-  optimizer: Optimizer,
+  optimizer: Pick<Optimizer, 'step' | 'slots'>,
   state: TrainState,
 ): Promise<{ size: number; hash: string }> {
   const named: [string, tf.Tensor][] = [...model.params.entries()];

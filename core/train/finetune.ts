@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { fitLinearProbe, type Embedded, type LinearHead } from '../analysis/linear-probe.js';
-import { FinetuneRunSchema, type FinetuneRun } from '../finetune-config.js';
+import { FinetuneRunSchema, PROBE_LARS, type FinetuneRun } from '../finetune-config.js';
 import type { Loader } from '../data/loader.js';
 import { classifierFor, isBackbone, type Classifier } from '../model/classifier.js';
 import { Rng, seedFor, STREAMS } from '../random.js';
@@ -17,9 +17,6 @@ export interface LabeledData {
   /** Validation images, already at the model's input size (the evaluation transform), and their labels. */
   val: { images: Rgb8[]; labels: number[] };
 }
-
-/** MAE's LARS settings for the linear probe (util/lars.py defaults). */
-const PROBE_LARS = { momentum: 0.9, trust: 0.001 };
 
 /**
  * Fine-tuning (ViT or Swin) or linear probing as a task of the training loop: label-smoothed cross-entropy (with Mixup or
@@ -85,7 +82,11 @@ export function finetuneTask(
  * classifier's logits are the probe's. Returns the probe.
  */
 export async function headFromProbe(model: Classifier, images: Rgb8[], labels: number[], seed: number, batch: number): Promise<LinearHead> {
-  const train = await headInputs(model, images, labels, batch);
+  return fitHead(model, await headInputs(model, images, labels, batch), seed);
+}
+
+/** The same on head inputs computed elsewhere (the torch engine's): the one fit, folded into the classifier's `head`. */
+export async function fitHead(model: Classifier, train: Embedded, seed: number): Promise<LinearHead> {
   const { head } = await fitLinearProbe(train, model.classes, { seed });
   const [D, K] = [train.dim, model.classes];
   const weight = new Float32Array(K * D);

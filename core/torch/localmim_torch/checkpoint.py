@@ -1,5 +1,5 @@
-"""The app's safetensors checkpoint format: the state dict, the AdamW moments under `optimizer.<slot>.<name>`, the
-training state as JSON in the metadata."""
+"""The app's safetensors checkpoint format: the state dict, the optimizer's state (AdamW's moments, LARS's momentum)
+under `optimizer.<slot>.<name>`, the training state as JSON in the metadata."""
 import glob
 import json
 import os
@@ -49,11 +49,22 @@ def read_safetensors(path):
     return tensors, metadata
 
 
+def slots(opt):
+    """The optimizer's per-parameter state the app checkpoints: AdamW's moments, or LARS's momentum (its `slots`)."""
+    return getattr(opt, 'slots', ('exp_avg', 'exp_avg_sq'))
+
+
+def trained(model, opt):
+    """The parameters the optimizer steps, by name (a linear probe steps its head only)."""
+    stepped = {id(p) for group in opt.param_groups for p in group['params']}
+    return [(name, p) for name, p in model.named_parameters() if id(p) in stepped]
+
+
 def save_checkpoint(path, model, opt, state):
     tensors = dict(model.state_dict())
     steps = 0
-    for slot in ('exp_avg', 'exp_avg_sq'):
-        for name, p in model.named_parameters():
+    for slot in slots(opt):
+        for name, p in trained(model, opt):
             s = opt.state.get(p, {})
             tensors[f'optimizer.{slot}.{name}'] = s.get(slot, torch.zeros_like(p))
             steps = max(steps, int(s.get('step', 0)))
@@ -74,12 +85,9 @@ def load_checkpoint(path, model, opt):
     model.load_state_dict(weights)
     steps = int(meta.get('optimizer_step', '0'))
     if opt is not None and steps > 0:
-        for name, p in model.named_parameters():
-            opt.state[p] = {
-                'step': torch.tensor(float(steps)),
-                'exp_avg': tensors[f'optimizer.exp_avg.{name}'].to(p.device),
-                'exp_avg_sq': tensors[f'optimizer.exp_avg_sq.{name}'].to(p.device),
-            }
+        for name, p in trained(model, opt):
+            opt.state[p] = {'step': torch.tensor(float(steps)),
+                            **{slot: tensors[f'optimizer.{slot}.{name}'].to(p.device) for slot in slots(opt)}}
     return json.loads(meta['state'])
 
 

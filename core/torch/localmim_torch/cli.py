@@ -1,6 +1,6 @@
 """The command line of train.py: a scale-out job (the folder it was copied into), one run of the app (`--engine
-SPEC`), the app's embeddings (`--embed SPEC`), or a feature (`--features IMAGE`); and the two ways the one training
-loop reports."""
+SPEC`: pretraining or fine-tuning), the app's embeddings (`--embed SPEC`), or a feature (`--features IMAGE`); and the
+two ways the one training loop reports."""
 import argparse
 import hashlib
 import json
@@ -13,8 +13,13 @@ import torch
 
 from .checkpoint import checkpoints, load_checkpoint, read_safetensors
 from .data import eval_image
-from .loop import engine_device, train, write_features
+from .finetune import Finetuning
+from .loop import Pretraining, engine_device, train, write_features
 from .model import Encoder, LocalMIM
+
+
+# The jobs of the one training loop, by the job spec's `kind`.
+TASKS = {'pretrain': Pretraining, 'finetune': Finetuning}
 
 
 def emit(event):
@@ -31,11 +36,14 @@ class Events:
     def step(self, event, total):
         emit(event)
 
-    def checkpoint(self, path, state):
+    def eval(self, event):
+        emit(event)
+
+    def checkpoint(self, path, state, top1=None):
         with open(path, 'rb') as f:
             blob = f.read()
         emit({'type': 'checkpoint', 'path': path, 'step': state['step'], 'epoch': state['epoch'], 'loss': state['loss'],
-              'size': len(blob), 'hash': hashlib.sha256(blob).hexdigest()})
+              'size': len(blob), 'hash': hashlib.sha256(blob).hexdigest(), **({} if top1 is None else {'top1': top1})})
 
     def preview(self, step):
         emit({'type': 'preview', 'step': step})
@@ -73,7 +81,10 @@ class JobFolder:
             print(f'step {event["step"]}/{total} epoch {event["epoch"]:.2f} loss {event["loss"]:.4f} lr {event["lr"]:.3g} '
                   f'{event["imagesPerS"]:.1f} img/s', flush=True)
 
-    def checkpoint(self, path, state):
+    def eval(self, event):
+        pass
+
+    def checkpoint(self, path, state, top1=None):
         for _, old in checkpoints(os.path.dirname(path))[: -self.keep]:
             os.remove(old)
 
@@ -161,7 +172,8 @@ def main(here):
         elif args.embed:
             embed(read_json(args.embed))
         elif args.engine:
-            train(read_json(args.engine), Events(), stop_signal())
+            spec = read_json(args.engine)
+            train(spec, Events(), stop_signal(), TASKS[spec['kind']])
         else:
             train(job_spec(args), JobFolder(args.job, args.print_every, args.keep), threading.Event())
     except (RuntimeError, OSError, ValueError) as err:

@@ -11,6 +11,7 @@ from .checkpoint import read_safetensors
 # The streams of seed_for, by name as the app's (core/random.ts STREAMS; test/random.test.ts compares them).
 STREAMS = {'permutation': 1, 'crop': 2, 'mask': 3, 'preview': 4, 'split': 5, 'mix': 6, 'drop': 7, 'holdout': 29}
 U32 = 0xFFFFFFFF
+KERNELS = {'cubic': Image.BICUBIC, 'linear': Image.BILINEAR}  # the app's crop kernels (core/recipe.ts cropKernel)
 
 
 class Rng:
@@ -86,11 +87,13 @@ def to_tensor(im):
 
 
 class MicroBatches(torch.utils.data.Dataset):
-    """Micro-batch i of epoch e: images order[i·batch …] of the epoch's seeded permutation, each cropped with the
-    generator of (seed, e, its position in the epoch)."""
+    """Micro-batch i of epoch e: images order[i·batch …] of the epoch's seeded permutation, each cropped (area from
+    `min_scale`, resized with `kernel`), flipped and, to fine-tune, augmented with the generator of (seed, e, its
+    position in the epoch)."""
 
-    def __init__(self, root, items, img_size, batch, seed):
+    def __init__(self, root, items, img_size, batch, seed, min_scale=0.2, kernel='cubic', augment=None):
         self.root, self.items, self.size, self.batch, self.seed = root, items, img_size, batch, seed
+        self.scale, self.kernel, self.augment = (min_scale, 1.0), KERNELS[kernel], augment
         self.keys, self.orders = [], {}
 
     def order(self, epoch):
@@ -113,10 +116,17 @@ class MicroBatches(torch.utils.data.Dataset):
         for j in range(self.batch):
             k = i * self.batch + j
             im = read_rgb(os.path.join(self.root, self.items[order[k]]['path']))
-            left, top, w, h, flip = random_crop(Rng(seed_for(self.seed, STREAMS['crop'], epoch, k)), im.width, im.height)
-            im = im.crop((left, top, left + w, top + h)).resize((self.size, self.size), Image.BICUBIC)
-            images.append(to_tensor(im.transpose(Image.FLIP_LEFT_RIGHT) if flip else im))
+            rng = Rng(seed_for(self.seed, STREAMS['crop'], epoch, k))  # the crop, the flip, then the augmentation
+            left, top, w, h, flip = random_crop(rng, im.width, im.height, self.scale)
+            im = im.crop((left, top, left + w, top + h)).resize((self.size, self.size), self.kernel)
+            im = im.transpose(Image.FLIP_LEFT_RIGHT) if flip else im
+            images.append(self.augment(im, rng) if self.augment else to_tensor(im))
         return torch.stack(images)
+
+    def labels(self, n):
+        epoch, i = self.keys[n]
+        order = self.order(epoch)
+        return torch.tensor([self.items[order[i * self.batch + j]]['label'] for j in range(self.batch)])
 
 
 class Masked(torch.utils.data.Dataset):
@@ -139,8 +149,9 @@ class Masked(torch.utils.data.Dataset):
 
 
 class HandedOver(torch.utils.data.Dataset):
-    """Micro-batches decoded by the app (`batch.<epoch>.<i>` [B, H, W, 3] in a safetensors file): tests hand them
-    over so that both engines see the same pixels (PIL and sharp resample differently)."""
+    """Micro-batches decoded by the app (`batch.<epoch>.<i>` [B, H, W, 3] in a safetensors file, and to fine-tune
+    `labels.<epoch>.<i>` [B]): tests hand them over so that both engines see the same pixels (PIL and sharp resample
+    differently)."""
 
     def __init__(self, path, seed):
         self.tensors, self.seed, self.keys = read_safetensors(path)[0], seed, []
@@ -151,6 +162,22 @@ class HandedOver(torch.utils.data.Dataset):
     def __getitem__(self, n):
         epoch, i = self.keys[n]
         return self.tensors[f'batch.{epoch}.{i}'].permute(0, 3, 1, 2)
+
+    def labels(self, n):
+        return self.tensors['labels.{}.{}'.format(*self.keys[n])].long()
+
+
+class Labeled(torch.utils.data.Dataset):
+    """(images, labels) of a micro-batch: fine-tuning's."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, n):
+        return self.data[n], self.data.labels(n)
 
 
 

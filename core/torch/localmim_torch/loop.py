@@ -1,6 +1,6 @@
 """The one training loop, for a run of the app (one process, JSON-line events) and for a scale-out job (DDP, any
 number of processes): the same steps, schedule, accumulation, seeded data, checkpoints and cadence either way; only
-what reports them differs (report.py)."""
+what reports them differs (cli.py). What it trains is its job: Pretraining (here) or finetune.Finetuning."""
 import contextlib
 import math
 import os
@@ -68,6 +68,34 @@ def optimizer_step(net, opt, scaler, micro, accum, amp, device, no_sync=None, ho
     return total
 
 
+def set_lr(opt, lr):
+    """The step's learning rate on every group, times the group's `lr_scale` (fine-tuning's layer decay)."""
+    for group in opt.param_groups:
+        group['lr'] = lr * group.get('lr_scale', 1.0)
+
+
+class Pretraining:
+    """Pretraining as a job of the loop: the LocalMIM model of either family, AdamW with timm's two groups, masked
+    micro-batches of crops (a Swin's batch shares one mask, its windows planned on the host); its step's losses are per
+    scale."""
+    per_scale = True
+
+    def __init__(self, spec, device):
+        self.m, self.schedule = spec['model'], spec['optim']
+        self.swin = self.m['family'] == 'swin'
+        self.model = pretraining_model(self.m).to(device)
+        self.opt = make_optimizer(self.model, self.schedule)
+        self.unused = self.model.unused  # parameters no loss reaches (DDP must know)
+        self.crops = {}
+        self.evaluate = None
+
+    def batches(self, data, micro, steps_per_epoch):
+        return Masked(data, self.m['units'] if self.swin else self.m['L'], micro, steps_per_epoch, shared=self.swin)
+
+    def step(self, net, scaler, micro, step, amp, device, no_sync):
+        return optimizer_step(net, self.opt, scaler, micro, self.schedule['accumIter'], amp, device, no_sync, self.swin)
+
+
 def engine_device(name=None):
     """(device, its description): the one asked for, else the first CUDA device, else MPS, else the CPU."""
     mps = getattr(torch.backends, 'mps', None)
@@ -110,20 +138,21 @@ def write_features(model, images, batch, device, path):
     write_safetensors(path, {'features': torch.cat(parts)}, {})
 
 
-def train(spec, report, stop):
-    """Trains the job `spec` describes (core/runs/torch.ts torchSpec, and where its images, its start and its
-    checkpoints are) from its start checkpoint to the end of its schedule, or to `stopAtStep`, or until `stop` is set
-    (pause): a checkpoint at the end, on the cadence and at each epoch end. `report` hears every event."""
-    m, o, seed = spec['model'], spec['optim'], spec['seed']
+def train(spec, report, stop, Task=Pretraining):
+    """Trains the job `spec` describes (core/runs/torch.ts torchSpec or torchFinetuneSpec, and where its images, its
+    start and its checkpoints are) as a `Task` (Pretraining, finetune.Finetuning) from its start checkpoint to the end
+    of its schedule, or to `stopAtStep`, or until `stop` is set (pause): a checkpoint at the end, on the cadence and at
+    each epoch end, where a task that evaluates is scored first (and at step 0 with `evaluateFirst`). `report` hears
+    every event."""
+    m, seed = spec['model'], spec['seed']
     rank, world, device, described = setup(spec.get('device'))
     if spec.get('amp') and device.type != 'cuda':
         raise ValueError('--amp needs a CUDA GPU')
-    swin = m['family'] == 'swin'
-    model = pretraining_model(m).to(device)
-    opt = make_optimizer(model, o)
+    task = Task(spec, device)
+    model, opt, o = task.model, task.opt, task.schedule
     step = load_checkpoint(spec['start'], model, opt)['step']
     ddp = world > 1
-    net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=model.unused) if ddp else model
+    net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=task.unused) if ddp else model
     no_sync = net.no_sync if ddp else None
     if spec.get('compile') and hasattr(torch, 'compile'):
         net = torch.compile(net)
@@ -132,7 +161,8 @@ def train(spec, report, stop):
 
     handed = os.environ.get('LOCALMIM_TORCH_BATCHES')
     items = spec['items']
-    data = HandedOver(handed, seed) if handed else MicroBatches(spec.get('root', ''), items, m['imgSize'], o['batch'], seed)
+    data = (HandedOver(handed, seed) if handed else
+            MicroBatches(spec.get('root', ''), items, m['imgSize'], o['batch'], seed, **task.crops))
     accum = o['accumIter']
     micro = accum * world  # micro-batches per optimizer step, over all processes
     steps_per_epoch = len(items) // o['batch'] // micro
@@ -150,6 +180,7 @@ def train(spec, report, stop):
 
     cadence = spec.get('cadence', {})
     pending, losses_since, last_save, since = [], [], time.time(), time.time()
+    evaluated = None  # (step, top1) of the last evaluation
     # The kNN monitor (`knn`: the probe set's images, and `every` N steps or within `budget` of the time): the app
     # scores the features it is handed, while training goes on.
     knn = spec.get('knn') if rank == 0 else None
@@ -189,10 +220,19 @@ def train(spec, report, stop):
                                    'stopped without saving, the last checkpoint is intact')
             losses_since.append(sum(losses))
             report.step({'type': 'step', 'step': at, 'epoch': at / steps_per_epoch, 'samples': at * images,
-                         'loss': sum(losses), 'losses': losses, 'lr': lr, 'imagesPerS': images / seconds}, total)
+                         'loss': sum(losses), 'losses': losses if task.per_scale else [], 'lr': lr,
+                         'imagesPerS': images / seconds}, total)
         pending = []
 
-    def checkpoint(last):
+    def evaluate():
+        nonlocal evaluated
+        flush()
+        top1, loss = task.evaluate()
+        evaluated = (step, top1)
+        if rank == 0:
+            report.eval({'type': 'eval', 'step': step, 'epoch': step / steps_per_epoch, 'top1': top1, 'loss': loss})
+
+    def checkpoint(last=False):
         nonlocal losses_since, last_save
         flush()
         if rank == 0:
@@ -200,30 +240,31 @@ def train(spec, report, stop):
             state = {'step': step, 'epoch': step / steps_per_epoch, 'loss': loss, 'config': spec['config']}
             path = os.path.join(spec['out'], f'ckpt-{step:07d}.safetensors')
             save_checkpoint(path, model, opt, state)
-            report.checkpoint(path, state)
+            report.checkpoint(path, state, evaluated[1] if evaluated and evaluated[0] == step else None)
         if knn and (last or knn['every'] is not None or knn_due()):
             monitor()
         losses_since, last_save = [], time.time()
 
     if step == 0:
         monitor()
+        if spec.get('evaluateFirst') and task.evaluate:
+            evaluate()
+            checkpoint()
 
     while step < stop_at:
         epoch, j0 = divmod(step, steps_per_epoch)
         # This process's micro-batches of the epoch's remaining steps: u = j·micro + a·world + rank within a step.
         data.keys = [(epoch, j * micro + a * world + rank) for j in range(j0, min(steps_per_epoch, j0 + stop_at - step))
                      for a in range(accum)]
-        masked = Masked(data, m['units'] if swin else m['L'], micro, steps_per_epoch, shared=swin)
-        loader = torch.utils.data.DataLoader(masked, batch_size=None, num_workers=spec.get('workers', 0),
-                                             pin_memory=device.type == 'cuda')
+        loader = torch.utils.data.DataLoader(task.batches(data, micro, steps_per_epoch), batch_size=None,
+                                             num_workers=spec.get('workers', 0), pin_memory=device.type == 'cuda')
         batches = iter(loader)
         for j in range(j0, j0 + len(data.keys) // accum):
             lr = lr_at(epoch + j / steps_per_epoch, o, world)
-            for group in opt.param_groups:
-                group['lr'] = lr
+            set_lr(opt, lr)
             if not pending:
                 since = time.time()
-            losses = optimizer_step(net, opt, scaler, (next(batches) for _ in range(accum)), accum, amp, device, no_sync, swin)
+            losses = task.step(net, scaler, (next(batches) for _ in range(accum)), step, amp, device, no_sync)
             if ddp:
                 dist.all_reduce(losses)
                 losses /= world
@@ -237,6 +278,8 @@ def train(spec, report, stop):
                 report.preview(step)
             if knn_due():
                 monitor()
+            if step % steps_per_epoch == 0 and task.evaluate:
+                evaluate()
             stopping = stop.is_set() or step == stop_at
             due = (step % steps_per_epoch == 0 or (cadence.get('everySteps') and step % cadence['everySteps'] == 0)
                    or (cadence.get('everyMinutes') and time.time() - last_save > cadence['everyMinutes'] * 60))
