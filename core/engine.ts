@@ -131,8 +131,6 @@ export interface EngineJob {
  */
 export function torchCannot(job: EngineJob, who = 'the torch engine'): { path: string; message: string } | undefined {
   if (job.kind !== 'pretrain' && job.kind !== 'embed') return { path: 'kind', message: `${job.kind}: ${who} pretrains and embeds only` };
-  if (job.kind === 'embed' && modelFamily(job.model) !== 'vit')
-    return { path: 'model.size', message: `${job.model.size}: ${who} embeds with ViT backbones only` };
   return undefined;
 }
 
