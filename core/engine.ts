@@ -135,8 +135,6 @@ export interface EngineJob {
  */
 export function torchCannot(job: EngineJob, who = 'the torch engine'): { path: string; message: string } | undefined {
   if (job.kind === 'import') return { path: 'kind', message: `import: ${who} pretrains, fine-tunes and embeds only` };
-  if (job.kind === 'embed' && modelFamily(job.model) !== 'vit')
-    return { path: 'model.size', message: `${job.model.size}: ${who} embeds with ViT backbones only` };
   if (job.kind === 'finetune' && modelFamily(job.model) !== 'vit')
     return { path: 'model.size', message: `${job.model.size}: ${who} fine-tunes ViT models only` };
   // The logistic probe of the last block reaches the engine as an embedding (core/runs/torch.ts embedsOnly).

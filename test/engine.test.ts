@@ -17,7 +17,7 @@ const vit = parseRunConfig({ model: { size: 'vit-tiny', imgSize: 32, patchSize: 
 const swin = newRunConfig(undefined, 'swin-tiny');
 const fusion = parseRunConfig({ model: { ...vit.model, variant: 'fusion' } });
 
-test('the torch engine pretrains ViT and Swin in every variant, fine-tunes, LARS-probes and embeds with ViTs, nothing else', () => {
+test('the torch engine pretrains ViT and Swin in every variant, fine-tunes and LARS-probes ViTs, embeds with both, nothing else', () => {
   expect(torchCannot({ kind: 'pretrain', model: vit.model })).toBeUndefined();
   expect(torchCannot({ kind: 'pretrain', model: swin.model })).toBeUndefined();
   expect(torchCannot({ kind: 'pretrain', model: fusion.model })).toBeUndefined();
@@ -27,16 +27,19 @@ test('the torch engine pretrains ViT and Swin in every variant, fine-tunes, LARS
   expect(torchCannot({ kind: 'finetune', model: swin.model })?.path).toBe('model.size');
   expect(torchCannot({ kind: 'import', model: vit.model })?.path).toBe('kind');
   expect(torchCannot({ kind: 'embed', model: vit.model })).toBeUndefined();
-  expect(torchProblem({ kind: 'embed', model: swin.model })).toBe(
-    'model.size: swin-tiny: the torch engine embeds with ViT backbones only; train it with --engine tfjs',
+  expect(torchCannot({ kind: 'embed', model: swin.model })).toBeUndefined();
+  expect(torchProblem({ kind: 'finetune', model: swin.model })).toBe(
+    'model.size: swin-tiny: the torch engine fine-tunes ViT models only; train it with --engine tfjs',
   );
 });
 
 test('the CLI, the service and scale-out ask the same function', () => {
-  // A logistic probe asks the engine to embed only, and it embeds with ViTs only.
-  const probe = FinetuneRunSchema.parse({ model: swin.model, finetune: { linearProbe: true }, classes: ['a', 'b'], from: null });
-  expect(() => assertTorchCan({ kind: 'finetune', config: probe })).toThrow(
-    /^engine: model\.size: swin-tiny: the torch engine embeds with ViT backbones only/,
+  // A logistic probe asks the engine to embed only; a Swin's fine-tuning it refuses.
+  const finetune = (model: object, finetune: object) => FinetuneRunSchema.parse({ model, finetune, classes: ['a', 'b'], from: null });
+  expect(() => assertTorchCan({ kind: 'finetune', config: finetune(vit.model, { linearProbe: true }) })).not.toThrow();
+  expect(() => assertTorchCan({ kind: 'finetune', config: finetune(vit.model, {}) })).not.toThrow();
+  expect(() => assertTorchCan({ kind: 'finetune', config: finetune(swin.model, {}) })).toThrow(
+    /^engine: model\.size: swin-tiny: the torch engine fine-tunes ViT models only/,
   );
   const plan = (config: typeof vit) => () =>
     planScaleOut({ config, source: null, dataRoot: '/nowhere', rows: [], out: '/tmp/localmim-never-written' });

@@ -12,7 +12,7 @@ import { homePaths, SAMPLE_IMAGES } from '../core/home.js';
 import { paramsOf } from '../core/export/backbone.js';
 import { launchNodeJob } from '../core/jobs/launch.js';
 import { featuresOf } from '../core/model/classifier.js';
-import { LocalMIM } from '../core/model/localmim.js';
+import { pretrainModel } from '../core/train/pretrain.js';
 import { decodeSafetensors } from '../core/safetensors.js';
 import { Service } from '../core/service/service.js';
 import { TRAIN_PY, writeInitial } from '../core/scale-out/folder.js';
@@ -29,14 +29,29 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const probe = labeledSamples(join(dir, 'probe'), 8); // 6 classes of 8
 const PROBE_FEATURES = fileURLToPath(new URL('./scale/probe_features.py', import.meta.url));
 const tiny = { D: 32, depth: 2, heads: 2, decoderDim: 32, decoderHeads: 2, imgSize: 32, patchSize: 8 };
-const configFile = join(dir, 'tiny.json');
-writeFileSync(configFile, JSON.stringify({ model: tiny, optim: { batch: 8, epochs: 1, warmupEpochs: 0, lr: 3e-3 }, seed: 7 }));
+// A Swin of two stages, the first with shifted windows.
+const swin = {
+  size: 'swin-tiny',
+  D: 32,
+  depths: [2, 2],
+  stageHeads: [1, 2],
+  windowSize: 4,
+  decoderDim: 32,
+  decoderHeads: 2,
+  imgSize: 32,
+  patchSize: 4,
+};
+const configFile = (name: string, model: object) => {
+  const file = join(dir, `${name}.json`);
+  writeFileSync(file, JSON.stringify({ model, optim: { batch: 8, epochs: 1, warmupEpochs: 0, lr: 3e-3 }, seed: 7 }));
+  return file;
+};
 const env = { OMP_NUM_THREADS: '1', LOCALMIM_PYTHON: PYTHON };
 
 type Knn = { type: 'knn'; step: number; top1: number; top5: number; probeTop1?: number; seconds: number };
-async function knnEvents(home: string, engine: string): Promise<Knn[]> {
-  const args = ['pretrain', '--json', '--home', home, '--config', configFile, '--data', SAMPLE_IMAGES, '--engine', engine];
-  const r = await localmimAsync([...args, '--probe-data', probe, '--knn-every', '2', '--max-steps', '5'], env);
+async function knnEvents(home: string, engine: string, config = configFile('tiny', tiny), steps = 5): Promise<Knn[]> {
+  const args = ['pretrain', '--json', '--home', home, '--config', config, '--data', SAMPLE_IMAGES, '--engine', engine];
+  const r = await localmimAsync([...args, '--probe-data', probe, '--knn-every', '2', '--max-steps', String(steps)], env);
   expect(r.code, r.stderr).toBe(0);
   return r.stdout
     .split('\n')
@@ -61,6 +76,49 @@ function worstGap(a: Float32Array, b: Float32Array, dim: number): number {
   return worst;
 }
 
+/**
+ * The same monitor on both engines: knn events at the same steps, the same step-0 scores, and the step-0 weights (the
+ * run's initial checkpoint) through train.py's feature extraction and the tfjs monitor's within 1e-4, on the images
+ * the run handed over (the probe set, decoded once by the app).
+ */
+async function sameMonitor(ours: Knn[], theirs: Knn[], home: string, dim: number) {
+  expect(theirs.map((e) => e.step)).toEqual(ours.map((e) => e.step));
+  for (const e of theirs) expect(e.seconds).toBeGreaterThan(0);
+  const pick = ({ top1, top5, probeTop1 }: Knn) => ({ top1, top5, probeTop1 });
+  console.log(`step 0: tfjs ${JSON.stringify(pick(ours[0]!))}, torch ${JSON.stringify(pick(theirs[0]!))}`);
+  expect(pick(theirs[0]!)).toEqual(pick(ours[0]!));
+  expect(theirs[0]!.probeTop1).toBeDefined();
+
+  const run = homePaths(home).run(1);
+  expect(readdirSync(run).filter((f) => f.startsWith('knn-'))).toEqual([]); // each scored once, then removed
+  const spec = JSON.parse(readFileSync(join(run, 'torch-job.json'), 'utf8')) as { config: RunConfig };
+  const init = join(home, 'init.safetensors');
+  await writeInitial(spec.config, init);
+  const out = join(home, 'features.safetensors');
+  const py = spawnSync(PYTHON, [PROBE_FEATURES, TRAIN_PY, join(run, 'torch-job.json'), init, out], {
+    encoding: 'utf8',
+    env: { ...process.env, ...env },
+  });
+  expect(py.status, py.stderr).toBe(0);
+  const torchFeatures = decodeSafetensors(readFileSync(out)).tensors.get('features')!;
+  const images = decodeSafetensors(readFileSync(join(run, 'torch-knn.safetensors'))).tensors.get('images')!;
+  const [n, side] = images.shape as [number, number];
+  expect(torchFeatures.shape).toEqual([n, dim]);
+  const model = pretrainModel(spec.config.model, spec.config.seed);
+  const rgb = Array.from({ length: n }, (_, i) => ({
+    width: side,
+    height: side,
+    data: images.values.subarray(i * side * side * 3, (i + 1) * side * side * 3),
+  }));
+  const t = tf.tidy(() => featuresOf(liveBackbone(model.params, spec.config.model), spec.config.model, rgb));
+  const tfjsFeatures = (await t.data()) as Float32Array;
+  t.dispose();
+  model.dispose();
+  const worst = worstGap(tfjsFeatures, torchFeatures.values, dim);
+  console.log(`largest relative feature gap over ${n} probe images: ${worst.toExponential(1)}`);
+  expect(worst).toBeLessThan(1e-4);
+}
+
 describeWith('torch', 'pillow')('feature extraction on the torch engine', () => {
   // The same run with a probe set on each engine; the torch one's run 1 is what the later tests probe and embed.
   const home = join(dir, 'torch');
@@ -72,43 +130,7 @@ describeWith('torch', 'pillow')('feature extraction on the torch engine', () => 
 
   test("the kNN monitor: scored at the tfjs monitor's steps; at step 0 the same features within 1e-4 and the same top-1", async () => {
     expect(theirs.map((e) => e.step)).toEqual([0, 2, 4, 5]); // step 0, every 2, the last checkpoint
-    expect(theirs.map((e) => e.step)).toEqual(ours.map((e) => e.step));
-    for (const e of theirs) expect(e.seconds).toBeGreaterThan(0);
-    const pick = ({ top1, top5, probeTop1 }: Knn) => ({ top1, top5, probeTop1 });
-    console.log(`step 0: tfjs ${JSON.stringify(pick(ours[0]!))}, torch ${JSON.stringify(pick(theirs[0]!))}`);
-    expect(pick(theirs[0]!)).toEqual(pick(ours[0]!));
-    expect(theirs[0]!.probeTop1).toBeDefined();
-
-    // The step-0 weights (the run's initial checkpoint) through train.py's feature extraction and through the tfjs
-    // monitor's, on the images the run handed over (the probe set, decoded once by the app).
-    const run = homePaths(home).run(1);
-    expect(readdirSync(run).filter((f) => f.startsWith('knn-'))).toEqual([]); // each scored once, then removed
-    const spec = JSON.parse(readFileSync(join(run, 'torch-job.json'), 'utf8')) as { config: RunConfig };
-    const init = join(dir, 'init.safetensors');
-    await writeInitial(spec.config, init);
-    const out = join(dir, 'features.safetensors');
-    const py = spawnSync(PYTHON, [PROBE_FEATURES, TRAIN_PY, join(run, 'torch-job.json'), init, out], {
-      encoding: 'utf8',
-      env: { ...process.env, ...env },
-    });
-    expect(py.status, py.stderr).toBe(0);
-    const torchFeatures = decodeSafetensors(readFileSync(out)).tensors.get('features')!;
-    const images = decodeSafetensors(readFileSync(join(run, 'torch-knn.safetensors'))).tensors.get('images')!;
-    const [n, side] = images.shape as [number, number];
-    expect(torchFeatures.shape).toEqual([n, tiny.D]);
-    const model = new LocalMIM(spec.config.model, spec.config.seed);
-    const rgb = Array.from({ length: n }, (_, i) => ({
-      width: side,
-      height: side,
-      data: images.values.subarray(i * side * side * 3, (i + 1) * side * side * 3),
-    }));
-    const t = tf.tidy(() => featuresOf(liveBackbone(model.params, spec.config.model), spec.config.model, rgb));
-    const tfjsFeatures = (await t.data()) as Float32Array;
-    t.dispose();
-    model.dispose();
-    const worst = worstGap(tfjsFeatures, torchFeatures.values, tiny.D);
-    console.log(`largest relative feature gap over ${n} probe images: ${worst.toExponential(1)}`);
-    expect(worst).toBeLessThan(1e-4);
+    await sameMonitor(ours, theirs, home, tiny.D);
   }, 300_000);
 
   // On the monitored run's last checkpoint; the tfjs probe first, so that the torch one embeds only its source (the
@@ -178,4 +200,13 @@ describeWith('torch', 'pillow')('feature extraction on the torch engine', () => 
       await service.shutdown();
     }
   }, 120_000);
+});
+
+describeWith('torch', 'pillow')('feature extraction of a Swin on the torch engine', () => {
+  test("the kNN monitor of a Swin pretraining: the tfjs monitor's steps, the step-0 features within 1e-4, the same top-1", async () => {
+    const [home, config] = [join(dir, 'swin-torch'), configFile('swin', swin)];
+    const [ours, theirs] = [await knnEvents(join(dir, 'swin-tfjs'), 'tfjs', config, 3), await knnEvents(home, 'torch', config, 3)];
+    expect(theirs.map((e) => e.step)).toEqual([0, 2, 3]);
+    await sameMonitor(ours, theirs, home, 2 * swin.D); // the last stage's width
+  }, 300_000);
 });

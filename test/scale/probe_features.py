@@ -12,10 +12,10 @@ spec.loader.exec_module(train)
 import torch  # noqa: E402
 
 from localmim_torch.checkpoint import load_checkpoint  # noqa: E402
-from localmim_torch.loop import write_features  # noqa: E402
+from localmim_torch.loop import pretraining_model, write_features  # noqa: E402
 
 spec = json.load(open(spec_file))
-model = train.LocalMIM(spec['model'])
+model = pretraining_model(spec['model'])
 load_checkpoint(ckpt, model, None)
 knn = spec['knn']
 write_features(model, train.read_safetensors(knn['images'])[0]['images'], knn['batch'], torch.device('cpu'), dst)

@@ -14,8 +14,9 @@ import torch
 from .checkpoint import checkpoints, load_checkpoint, read_safetensors
 from .data import eval_image
 from .finetune import Finetuning
-from .loop import Pretraining, engine_device, train, write_features
-from .model import Encoder, LocalMIM
+from .loop import Pretraining, engine_device, pretraining_model, train, write_features
+from .model import Encoder
+from .swin import SwinEncoder
 
 
 # The jobs of the one training loop, by the job spec's `kind`.
@@ -126,9 +127,9 @@ def job_spec(args):
 
 @torch.no_grad()
 def features(args):
-    """Mean of the patch tokens after the last block (no norm): the backbone's feature, as `localmim features`."""
+    """The backbone's feature of one image (the pretraining model's `features`), as `localmim features`."""
     m = read_json(os.path.join(args.job, 'spec.json'))['model']
-    model = LocalMIM(m)
+    model = pretraining_model(m)
     load_checkpoint(args.weights or checkpoints(os.path.join(args.job, 'checkpoints'))[-1][1], model, None)
     f = model.features(eval_image(args.features, m['imgSize']).unsqueeze(0))[0]
     print(json.dumps({'shape': list(f.shape), 'values': f.tolist()}))
@@ -139,11 +140,13 @@ def embed(spec):
     """The backbone's features [N, D] of images the app decoded (its evaluation transform), on the best device here:
     `spec` names the resolved model, the backbone's tensors, the images [N, H, W, 3] (0–255) and the output file."""
     device, _ = engine_device(spec.get('device'))
-    model = Encoder(spec['model'])
+    swin = spec['model']['family'] == 'swin'
+    model = (SwinEncoder if swin else Encoder)(spec['model'])
     tensors = read_safetensors(spec['weights'])[0]
     missing = set(model.state_dict()) - set(tensors)
     if missing:
-        raise ValueError(f'{spec["weights"]}: not a ViT backbone of this model (missing {sorted(missing)[:3]})')
+        family = 'Swin' if swin else 'ViT'
+        raise ValueError(f'{spec["weights"]}: not a {family} backbone of this model (missing {sorted(missing)[:3]})')
     model.load_state_dict({n: tensors[n] for n in model.state_dict()})
     model.to(device).eval()
     write_features(model, read_safetensors(spec['images'])[0]['images'], spec['batch'], device, spec['out'])

@@ -13,8 +13,8 @@ from .augment import FinetuneAugment
 from .checkpoint import read_safetensors
 from .data import STREAMS, Labeled, Rng, seed_for
 from .loop import amp_dtype
-from .model import Encoder, normalize
-from .swin import Plan, SwinBackbone
+from .model import Encoder
+from .swin import SwinBackbone
 
 
 def classifier(m, classes, probe=False):
@@ -101,25 +101,20 @@ class SwinClassifier(SwinBackbone):
     `norm`, `head`."""
 
     def __init__(self, m, classes):
-        super().__init__(m, norm2_eps=1e-5)
+        super().__init__(m)
         self.norm = nn.LayerNorm(m['widths'][-1], eps=1e-6)
         self.head = nn.Linear(m['widths'][-1], classes)
-        self.plan = None  # every unit visible: one plan, made on the images' device
 
     def forward(self, images, drop_rng=None, rate=0.0):
         """Class scores; stochastic depth rising linearly over all blocks to `rate`, drawn from `drop_rng` (none at 0)."""
-        m, B = self.m, images.shape[0]
-        if self.plan is None:
-            self.plan = Plan(m, list(range(m['units'])), images.device, official=False)
-        depths = m['depths']
+        depths, B = self.m['depths'], images.shape[0]
         total = sum(depths)
 
         def keeps(i, j):
             r = rate * (sum(depths[:i]) + j) / max(total - 1, 1)
             return keep_masks(drop_rng, r, B, images.device) if r > 0 else None
 
-        x = self.patch_embed(normalize(images))[:, self.plan.tokens]
-        x = self.encode(x, self.plan, len(depths), merge='timm', keeps=keeps if drop_rng and rate > 0 else None)[-1]
+        x = self.tokens(images, keeps if drop_rng and rate > 0 else None)
         return self.head(self.norm(x.mean(1)))
 
 

@@ -130,16 +130,16 @@ class WindowAttention(Attention):
 
 class SwinBlock(nn.Module):
     """Windowed attention with relative position bias within a grouping's groups, then the MLP; `norm2_eps`: 1e-6 in
-    pretraining, PyTorch's 1e-5 in the official fine-tuning model."""
+    pretraining, PyTorch's 1e-5 in the official fine-tuning model (the same weights are read both ways)."""
 
-    def __init__(self, dim, heads, w, mlp_ratio, norm2_eps):
+    def __init__(self, dim, heads, w, mlp_ratio):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = WindowAttention(dim, heads, w)
-        self.norm2 = nn.LayerNorm(dim, eps=norm2_eps)
+        self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x, g, keep=None):  # x [B, N, C]
+    def forward(self, x, g, keep=None, norm2_eps=1e-6):  # x [B, N, C]
         B, _, C = x.shape
         h = self.norm1(x)  # per token, so it commutes with the gather; padding slots are zero rows, masked out
         if g.order is not None:
@@ -148,7 +148,7 @@ class SwinBlock(nn.Module):
         if g.order is not None:
             a = a[:, g.slots]
         x = x + (a if keep is None else a * keep[0])
-        mlp = self.mlp(self.norm2(x))
+        mlp = self.mlp(F.layer_norm(x, (C,), self.norm2.weight, self.norm2.bias, norm2_eps))
         return x + (mlp if keep is None else mlp * keep[1])
 
 
@@ -168,10 +168,10 @@ class PatchMerging(nn.Module):
 
 
 class Stage(nn.Module):
-    def __init__(self, m, i, norm2_eps):
+    def __init__(self, m, i):
         super().__init__()
         W = m['widths'][i]
-        self.blocks = nn.ModuleList([SwinBlock(W, m['heads'][i], m['windows'][i], m['mlpRatio'], norm2_eps)
+        self.blocks = nn.ModuleList([SwinBlock(W, m['heads'][i], m['windows'][i], m['mlpRatio'])
                                      for _ in range(m['depths'][i])])
         self.downsample = PatchMerging(W) if i < len(m['widths']) - 1 else None
 
@@ -179,26 +179,49 @@ class Stage(nn.Module):
 class SwinBackbone(nn.Module):
     """The patch embedding (conv, LayerNorm) and the stages (`layers.i`, patch merging at the end of all but the last)."""
 
-    def __init__(self, m, norm2_eps=1e-6):
+    def __init__(self, m):
         super().__init__()
         self.m = m
         self.patch_embed = PatchEmbed(m['p'], m['C'], norm=True)
-        self.layers = nn.ModuleList([Stage(m, i, norm2_eps) for i in range(len(m['depths']))])
+        self.layers = nn.ModuleList([Stage(m, i) for i in range(len(m['depths']))])
+        self.full_plan = None  # every unit visible: one plan, made on the images' device
 
-    def encode(self, x, plan, stages, merge='pretrain', isolate=(), keeps=None):
+    def encode(self, x, plan, stages, merge='pretrain', isolate=(), keeps=None, norm2_eps=1e-6):
         """Tokens x [B, N0, C] through the first `stages` stages: each stage's output after its merging [B, N_i, C_i];
         the gradient stops after the stages in `isolate`; `keeps(i, j)`: block j of stage i's stochastic depth."""
         outs = []
         for i, stage in enumerate(self.layers[:stages]):
             plain, shifted = plan.stages[i]
             for j, blk in enumerate(stage.blocks):
-                x = blk(x, shifted if j % 2 and shifted else plain, keeps(i, j) if keeps else None)
+                x = blk(x, shifted if j % 2 and shifted else plain, keeps(i, j) if keeps else None, norm2_eps)
             if stage.downsample is not None:
                 x = stage.downsample(x, self.m['grids'][i] // self.m['maskGrid'], merge)
             outs.append(x)
             if i in isolate:
                 x = x.detach()
         return outs
+
+    def tokens(self, images, keeps=None):
+        """The last stage's tokens [B, T, C] of images [B, 3, H, W] (0–255) as the official fine-tuning model
+        (models_swin.py) sees them: every token (the standard shifted windows, at true coordinates), timm's merge
+        order, `norm2` eps 1e-5."""
+        if self.full_plan is None:
+            self.full_plan = Plan(self.m, list(range(self.m['units'])), images.device, official=False)
+        x = self.patch_embed(normalize(images))[:, self.full_plan.tokens]
+        return self.encode(x, self.full_plan, len(self.m['depths']), merge='timm', keeps=keeps, norm2_eps=1e-5)[-1]
+
+
+class SwinEncoder(SwinBackbone):
+    """An exported Swin backbone with its final `norm` (embedding): its feature is the mean of the last stage's tokens
+    after `norm`, as timm's `forward_head(pre_logits=True)` and the app's."""
+
+    def __init__(self, m):
+        super().__init__(m)
+        self.norm = nn.LayerNorm(m['widths'][-1], eps=1e-6)
+
+    def features(self, images):
+        """images [B, 3, H, W] (0–255) -> [B, C_last]."""
+        return self.norm(self.tokens(images)).mean(1)
 
 
 class SwinDecoder(nn.Module):
@@ -253,6 +276,11 @@ class SwinLocalMIM(Targets, SwinBackbone):
             self.fuse = nn.ModuleList([nn.Linear((m['outGrids'][t] // m['maskGrid']) ** 2 * m['outWidths'][t], top)
                                        for t in m['taps'][:-1]])
         self.unused = max(m['taps']) < len(m['depths']) - 1  # stages after the last tap (DDP must know)
+
+    def features(self, images):
+        """images [B, 3, H, W] (0–255) -> [B, C_last] (the kNN monitor, `--features`): the SwinEncoder's feature, the
+        last stage's latent norm as its final `norm`."""
+        return self.norm[self.m['taps'].index(len(self.m['depths']) - 1)](self.tokens(images)).mean(1)
 
     def forward(self, images, noise):
         """images [B, 3, H, W] (0–255), noise [1, units] on the host (the windows are planned there) -> per-decoder
