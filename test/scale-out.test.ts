@@ -222,11 +222,6 @@ withTorch('localmim scale-out → torch → scale-in', () => {
     expect(r2.code).toBe(1);
     expect(r2.stderr).toMatch(/model\.imgSize: imgSize=30 must be a multiple of patchSize=8/);
     expect(existsSync(join(dir, 'badjob'))).toBe(false);
-    // train.py has no fusion (docs/method.md#fusion): refused before a file is written.
-    const fusion = join(dir, 'fusion.json');
-    writeFileSync(fusion, JSON.stringify({ model: { ...tiny, variant: 'fusion' } }));
-    expect(scaleOut(join(dir, 'fusionjob'), ['--config', fusion]).stderr).toMatch(/model\.variant: fusion: scale-out trains the local/);
-    expect(existsSync(join(dir, 'fusionjob'))).toBe(false);
     expect(localmim(['scale-in', join(dir, 'nowhere'), '--home', home]).stderr).toMatch(/job\.json: cannot read/);
   });
 
