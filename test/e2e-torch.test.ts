@@ -1,8 +1,12 @@
+import { mkdirSync, symlinkSync } from 'node:fs';
+import { join } from 'node:path';
 import { expect, test } from 'vitest';
+import { SAMPLE_IMAGES } from '../core/home.js';
 import { appInChromium } from './support/app.js';
 import { describeWith, PYTHON } from './support/requirements.js';
 
-// A torch-engine run in the app, in Chromium against `localmim serve` (as test/e2e.test.ts), on Debian's CPU torch.
+// Torch-engine runs in the app, in Chromium against `localmim serve` (as test/e2e.test.ts), on Debian's CPU torch:
+// pretraining, then fine-tuning the paused run.
 
 describeWith(
   'chromium',
@@ -49,6 +53,33 @@ describeWith(
     await page.getByRole('button', { name: 'Pause' }).click();
     await expect.poll(() => page.getByTestId('run-status').textContent(), { timeout: 60_000 }).toBe('paused');
 
+    expect(consoleErrors).toEqual([]);
+  }, 300_000);
+
+  test('fine-tune that run on the torch engine and see its loss and validation curves', async () => {
+    const { page, url, home, consoleErrors, shot } = app;
+    const labeled = join(home, 'labeled');
+    for (const cls of ['coffee', 'rocket']) {
+      mkdirSync(join(labeled, cls), { recursive: true });
+      for (let i = 0; i < 24; i++)
+        symlinkSync(join(SAMPLE_IMAGES, `${cls}-${String(i).padStart(2, '0')}.jpg`), join(labeled, cls, `${i}.jpg`));
+    }
+    await page.goto(url.replace(/\/\?token=.*/, '/#/datasets'));
+    await page.getByLabel('Folder of images').fill(labeled);
+    await page.getByRole('button', { name: 'Add folder' }).click();
+    await page.getByTestId('dataset-row').filter({ hasText: 'labeled' }).waitFor({ timeout: 60_000 });
+
+    await page.goto(url.replace(/\/\?token=.*/, '/#/finetune?from=1'));
+    await page.getByLabel('Labeled dataset').selectOption({ label: 'labeled (48 images)' });
+    await page.getByTestId('engine').selectOption('torch');
+    await page.getByLabel('Epochs', { exact: true }).fill('2');
+    await page.getByLabel('Batch', { exact: true }).fill('8');
+    await page.getByRole('button', { name: 'Start fine-tuning' }).click();
+    await expect.poll(() => page.getByTestId('run-status').textContent(), { timeout: 180_000 }).toBe('finished');
+    await expect.poll(() => page.getByText('backend torch cpu').count()).toBe(1);
+    expect(Number(await page.getByTestId('charts').getAttribute('data-points'))).toBeGreaterThan(1);
+    await page.getByText('Validation top-1').first().waitFor();
+    await shot('torch-finetune');
     expect(consoleErrors).toEqual([]);
   }, 300_000);
 });
