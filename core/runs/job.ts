@@ -169,15 +169,20 @@ async function finetuneResult(
   const key = JSON.stringify({ split: splitKey(split), model: config.model, seed: config.seed, from, finetune: config.finetune });
   if (config.from)
     hooks.info?.('baseline: the same recipe from the initialisation (no pretraining), once per split, model, seed and recipe');
-  // The same engine trains it, from the initialisation, into a folder of its own.
+  // The same engine trains it, from the initialisation, into a folder of its own. If the service goes away meanwhile it
+  // stops, and nothing is cached: a baseline cut short is no baseline.
+  const { signal } = hooks;
   const run = async (dir: string, onEvent: (e: TrainEvent) => void) => {
     const init = await initialBackbone(config.model, job.initFrom, config.seed);
     if (job.engine === 'torch') {
       const baseline = { ...job, resumeFrom: undefined, initFrom: undefined, stopAtStep: undefined, cadence: {} };
-      return runTorchJob(baseline, { onEvent, warn: hooks.warn }, detectTorch(), init, dir);
+      await runTorchJob(baseline, { onEvent, warn: hooks.warn, signal }, detectTorch(), init, dir);
+    } else {
+      const task = await labeledTask(config, split, cache, { probeInit: true, init });
+      const checkpointPath = (step: number) => join(dir, `ckpt-${step}.safetensors`);
+      await train(task, { backend: 'baseline', checkpointPath, cadence: {}, onEvent, signal });
     }
-    const task = await labeledTask(config, split, cache, { probeInit: true, init });
-    return train(task, { backend: 'baseline', checkpointPath: (step) => join(dir, `ckpt-${step}.safetensors`), cadence: {}, onEvent });
+    if (signal?.aborted) throw new Error('the baseline was stopped before it finished');
   };
   const init = config.from ? await initBaseline(job.home, key, run) : top1;
   const last = evals.at(-1)?.step ?? 0;

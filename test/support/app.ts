@@ -63,8 +63,8 @@ export function appInChromium(name: string, env: NodeJS.ProcessEnv = {}): App {
     await browser?.close();
     server?.kill('SIGTERM');
     await new Promise((r) => server?.once('exit', r));
-    // The server's job processes may still be renaming a decode-cache entry into place as they exit.
-    rmSync(app.home, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
+    // The server's job processes may still be writing a decode-cache entry for a second as they exit.
+    rmSync(app.home, { recursive: true, force: true, maxRetries: 10, retryDelay: 500 });
   });
   return app;
 }
