@@ -40,7 +40,8 @@ export function appInChromium(name: string, env: NodeJS.ProcessEnv = {}): App {
     app.home = mkdtempSync(join(tmpdir(), `localmim-${name}-`));
     mkdirSync(ARTIFACTS, { recursive: true });
     const args = [join(ROOT, 'bin/localmim.js'), 'serve', '--port', '0', '--home', app.home, '--preview-every', '5'];
-    server = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } });
+    // Its own process group, so that its job processes go with it at the end.
+    server = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env }, detached: true });
     app.url = await new Promise<string>((resolve) =>
       createInterface({ input: server!.stdout! }).on('line', (l) => l.startsWith('LocalMIM Studio: ') && resolve(l.slice(17))),
     );
@@ -63,8 +64,13 @@ export function appInChromium(name: string, env: NodeJS.ProcessEnv = {}): App {
     await browser?.close();
     server?.kill('SIGTERM');
     await new Promise((r) => server?.once('exit', r));
-    // The server's job processes may still be writing a decode-cache entry for a second as they exit.
-    rmSync(app.home, { recursive: true, force: true, maxRetries: 10, retryDelay: 500 });
+    // A job may still be computing a fine-tune's baselines after the server has gone (core/runs/job.ts): it goes too.
+    try {
+      process.kill(-server!.pid!, 'SIGKILL');
+    } catch {
+      // none was left
+    }
+    rmSync(app.home, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
   });
   return app;
 }
