@@ -1,8 +1,7 @@
-import { mkdirSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect, test } from 'vitest';
-import { SAMPLE_IMAGES } from '../core/home.js';
 import { appInChromium } from './support/app.js';
+import { labeledSamples } from './support/images.js';
 import { describeWith, PYTHON } from './support/requirements.js';
 
 // Torch-engine runs in the app, in Chromium against `localmim serve` (as test/e2e.test.ts), on Debian's CPU torch:
@@ -58,12 +57,7 @@ describeWith(
 
   test('fine-tune that run on the torch engine and see its loss and validation curves', async () => {
     const { page, url, home, consoleErrors, shot } = app;
-    const labeled = join(home, 'labeled');
-    for (const cls of ['coffee', 'rocket']) {
-      mkdirSync(join(labeled, cls), { recursive: true });
-      for (let i = 0; i < 24; i++)
-        symlinkSync(join(SAMPLE_IMAGES, `${cls}-${String(i).padStart(2, '0')}.jpg`), join(labeled, cls, `${i}.jpg`));
-    }
+    const labeled = labeledSamples(join(home, 'labeled'), 8); // 6 classes × 8
     await page.goto(url.replace(/\/\?token=.*/, '/#/datasets'));
     await page.getByLabel('Folder of images').fill(labeled);
     await page.getByRole('button', { name: 'Add folder' }).click();
