@@ -47,10 +47,11 @@ export function routeGemm(addon: Addon, env = process.env): GemmReport {
     throw new Error(`LOCALMIM_GEMM: expected own or system, got "${forced}"`);
   const own = MODES.map((mode) => ({ mode, system: false, ratio: null }));
   if (forced === 'own') return apply(addon, { routes: own, source: 'forced' });
-  if (!addon.blasPath()) blasCandidates(process.platform, env).find((path) => addon.openBlas(path));
+  const candidates = blasCandidates(process.platform, env);
+  if (!addon.blasPath()) candidates.find((path) => addon.openBlas(path));
   const blas = addon.blasPath();
   if (!blas) {
-    if (forced === 'system') throw new Error(`LOCALMIM_GEMM=system: no system BLAS found (tried ${blasCandidates().join(', ')})`);
+    if (forced === 'system') throw new Error(`LOCALMIM_GEMM=system: no system BLAS found (tried ${candidates.join(', ')})`);
     return apply(addon, { routes: own, source: 'none' });
   }
   if (forced === 'system')
@@ -83,8 +84,7 @@ export function describeGemm(r: GemmReport): string {
   if (r.source === 'none') return 'GEMM ours (no system BLAS found)';
   if (r.source === 'forced') return r.blas ? `GEMM ${r.blas} for all modes (LOCALMIM_GEMM=system)` : 'GEMM ours (LOCALMIM_GEMM=own)';
   const [system, ours] = [by(true), by(false)];
-  const ratios = 'our time / theirs';
-  return `GEMM ${[system && `${r.blas} for ${system}`, ours && `ours for ${ours}`].filter(Boolean).join('; ')} (${ratios}, ${r.source})`;
+  return `GEMM ${[system && `${r.blas} for ${system}`, ours && `ours for ${ours}`].filter(Boolean).join('; ')} (our time / theirs, ${r.source})`;
 }
 
 /** The machine, the kernels and the library: when any changes, the measurement is taken again. */
